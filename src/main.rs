@@ -1,1 +1,42 @@
-fn main() {}
+//! torchyard: a model server for PyTorch models and workflows, drop-in for TorchServe.
+
+mod api;
+mod archive;
+mod cli;
+mod config;
+mod error;
+mod fetch;
+mod job;
+mod metrics;
+mod model;
+mod python_env;
+mod request;
+mod server;
+mod state;
+mod worker;
+mod workflow;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let cli = cli::Cli::parse();
+    let result = match cli.command {
+        cli::Command::Serve(args) => server::serve(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! Inference API: `/ping`, `/predictions/{model}[/{version}]` and the API description.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, options, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use super::{openapi, with_fallbacks};
+use crate::error::ApiResult;
+use crate::request::{into_http, read_request};
+use crate::state::AppState;
+
+/// Routes of the inference listener.
+pub fn router(state: Arc<AppState>) -> Router {
+    with_fallbacks(
+        Router::new()
+            .route("/", options(description))
+            .route("/api-description", get(description))
+            .route("/ping", get(ping))
+            .route("/predictions/{model}", post(predict))
+            .route("/predictions/{model}/{version}", post(predict_version))
+            .route("/wfpredict/{workflow}", post(workflow_predict)),
+    )
+    .with_state(state)
+}
+
+async fn description() -> impl IntoResponse {
+    Json(openapi::inference())
+}
+
+async fn ping() -> impl IntoResponse {
+    Json(json!({"status": "Healthy"}))
+}
+
+async fn predict(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    run(&state, &model, None, headers, body).await
+}
+
+async fn predict_version(
+    State(state): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    run(&state, &model, Some(&version), headers, body).await
+}
+
+async fn run(
+    state: &AppState,
+    model: &str,
+    version: Option<&str>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let model = state.registry.get(model, version)?;
+    let request = read_request(&headers, body, state.config.max_request_size).await?;
+    let output = model.submit(request).await?;
+    Ok(into_http(output))
+}
+
+async fn workflow_predict(
+    State(state): State<Arc<AppState>>,
+    Path(workflow): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let workflow = state.workflows.get(&workflow)?;
+    let request = read_request(&headers, body, state.config.max_request_size).await?;
+    let output = crate::workflow::execute(&workflow, request).await?;
+    Ok(into_http(output))
+}

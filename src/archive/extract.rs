@@ -1,0 +1,196 @@
+//! Safe unpacking of zip and tar.gz archives: no entry may land outside the target directory.
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Component, Path, PathBuf};
+
+use super::ArchiveError;
+
+/// Largest total size an archive may unpack to.
+const MAX_UNPACKED_BYTES: u64 = 16 << 30;
+
+/// Returns the directory holding the archive's files: `source` itself if it is a directory,
+/// otherwise a fresh directory under `work_dir` into which the zip or tar.gz was unpacked.
+pub fn unpack(source: &Path, work_dir: &Path) -> Result<PathBuf, ArchiveError> {
+    let meta =
+        fs::metadata(source).map_err(|_| ArchiveError::NotFound(source.display().to_string()))?;
+    if meta.is_dir() {
+        return Ok(source.to_path_buf());
+    }
+    fs::create_dir_all(work_dir)?;
+    let target = tempfile::Builder::new()
+        .prefix("archive-")
+        .tempdir_in(work_dir)?
+        .keep();
+    let result = unpack_file(source, &target);
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&target);
+    }
+    result.map(|()| target)
+}
+
+fn unpack_file(source: &Path, target: &Path) -> Result<(), ArchiveError> {
+    let mut magic = [0u8; 4];
+    let read = File::open(source)?.read(&mut magic)?;
+    match &magic[..read] {
+        [b'P', b'K', 3, 4] | [b'P', b'K', 5, 6] => unzip(source, target),
+        [0x1f, 0x8b, ..] => untar_gz(source, target),
+        _ => Err(ArchiveError::Invalid(format!(
+            "{} is neither a zip nor a tar.gz archive",
+            source.display()
+        ))),
+    }
+}
+
+/// Joins an archive entry name onto `target`, refusing absolute paths and `..`.
+fn safe_join(target: &Path, name: &Path) -> Result<PathBuf, ArchiveError> {
+    let mut out = target.to_path_buf();
+    for part in name.components() {
+        match part {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir => {}
+            _ => {
+                return Err(ArchiveError::Invalid(format!(
+                    "entry {} escapes the archive",
+                    name.display()
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn unzip(source: &Path, target: &Path) -> Result<(), ArchiveError> {
+    let invalid = |e: zip::result::ZipError| ArchiveError::Invalid(e.to_string());
+    let mut zip = zip::ZipArchive::new(File::open(source)?).map_err(invalid)?;
+    let mut budget = MAX_UNPACKED_BYTES;
+    for i in 0..zip.len() {
+        let mut entry = zip.by_index(i).map_err(invalid)?;
+        if entry.is_symlink() {
+            return Err(ArchiveError::Invalid(format!(
+                "entry {} is a symbolic link",
+                entry.name()
+            )));
+        }
+        let path = safe_join(target, Path::new(entry.name()))?;
+        if entry.is_dir() {
+            fs::create_dir_all(&path)?;
+            continue;
+        }
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        let mut out = File::create(&path)?;
+        let copied = io::copy(&mut (&mut entry).take(budget + 1), &mut out)?;
+        budget = budget.checked_sub(copied).ok_or_else(too_big)?;
+    }
+    Ok(())
+}
+
+fn untar_gz(source: &Path, target: &Path) -> Result<(), ArchiveError> {
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(File::open(source)?));
+    let mut budget = MAX_UNPACKED_BYTES;
+    for entry in tar.entries()? {
+        let mut entry = entry?;
+        let name = entry.path()?.into_owned();
+        let path = safe_join(target, &name)?;
+        let kind = entry.header().entry_type();
+        if kind.is_dir() {
+            fs::create_dir_all(&path)?;
+        } else if kind.is_file() {
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            let mut out = File::create(&path)?;
+            let copied = io::copy(&mut (&mut entry).take(budget + 1), &mut out)?;
+            budget = budget.checked_sub(copied).ok_or_else(too_big)?;
+        } else if !matches!(
+            kind,
+            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader
+        ) {
+            return Err(ArchiveError::Invalid(format!(
+                "entry {} is not a regular file or directory",
+                name.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn too_big() -> ArchiveError {
+    ArchiveError::Invalid(format!(
+        "archive unpacks to more than {MAX_UNPACKED_BYTES} bytes"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write_zip(path: &Path, entries: &[(&str, &[u8])]) {
+        let mut zip = zip::ZipWriter::new(File::create(path).unwrap());
+        for (name, data) in entries {
+            zip.start_file(*name, zip::write::SimpleFileOptions::default())
+                .unwrap();
+            zip.write_all(data).unwrap();
+        }
+        zip.finish().unwrap();
+    }
+
+    #[test]
+    fn unzips_nested_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let mar = dir.path().join("m.mar");
+        write_zip(
+            &mar,
+            &[("MAR-INF/MANIFEST.json", b"{}"), ("a/b.txt", b"hi")],
+        );
+        let out = unpack(&mar, dir.path()).unwrap();
+        assert_eq!(fs::read(out.join("a/b.txt")).unwrap(), b"hi");
+        assert!(out.join("MAR-INF/MANIFEST.json").is_file());
+    }
+
+    #[test]
+    fn rejects_zip_slip() {
+        let dir = tempfile::tempdir().unwrap();
+        let mar = dir.path().join("evil.mar");
+        write_zip(&mar, &[("../../escape.txt", b"x")]);
+        let err = unpack(&mar, &dir.path().join("work")).unwrap_err();
+        assert!(err.to_string().contains("escapes"), "{err}");
+        assert!(!dir.path().join("escape.txt").exists());
+    }
+
+    #[test]
+    fn untars_gzip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.tar.gz");
+        let gz = flate2::write::GzEncoder::new(
+            File::create(&path).unwrap(),
+            flate2::Compression::fast(),
+        );
+        let mut tar = tar::Builder::new(gz);
+        let mut header = tar::Header::new_gnu();
+        header.set_size(2);
+        header.set_mode(0o644);
+        tar.append_data(&mut header, "x/y.txt", &b"ok"[..]).unwrap();
+        tar.into_inner().unwrap().finish().unwrap();
+        let out = unpack(&path, dir.path()).unwrap();
+        assert_eq!(fs::read(out.join("x/y.txt")).unwrap(), b"ok");
+    }
+
+    #[test]
+    fn rejects_garbage_and_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.mar");
+        fs::write(&path, b"not an archive").unwrap();
+        assert!(matches!(
+            unpack(&path, dir.path()),
+            Err(ArchiveError::Invalid(_))
+        ));
+        assert!(matches!(
+            unpack(&dir.path().join("none.mar"), dir.path()),
+            Err(ArchiveError::NotFound(_))
+        ));
+    }
+}

@@ -1,0 +1,51 @@
+//! Command-line interface: `torchyard serve` (with TorchServe's start flags) and `torchyard archive`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// torchyard: serve PyTorch models and workflows over TorchServe's REST APIs.
+#[derive(Debug, Parser)]
+#[command(name = "torchyard", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the server (runs in the foreground; Ctrl-C or SIGTERM drains and stops it).
+    Serve(ServeArgs),
+}
+
+/// Flags of `torchyard serve`; TorchServe's names are accepted so start scripts keep working.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Directory holding model archives (.mar).
+    #[arg(long)]
+    pub model_store: Option<PathBuf>,
+    /// Directory holding workflow archives (.war); defaults to the model store.
+    #[arg(long)]
+    pub workflow_store: Option<PathBuf>,
+    /// TorchServe config.properties file.
+    #[arg(long, visible_alias = "ts-config")]
+    pub config: Option<PathBuf>,
+    /// Models to load at start: `name=file.mar`, `file.mar` or `all`.
+    #[arg(long, num_args = 1..)]
+    pub models: Vec<String>,
+    /// Python interpreter for workers (default: the repo's .venv, then python3).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// Do not restore or write snapshots.
+    #[arg(long, visible_alias = "no-snapshot")]
+    pub ncs: bool,
+    /// Accepted for TorchServe compatibility.
+    #[arg(long)]
+    pub disable_token_auth: bool,
+    /// Accepted for TorchServe compatibility.
+    #[arg(long)]
+    pub enable_model_api: bool,
+    /// Accepted for TorchServe compatibility: torchyard always runs in the foreground.
+    #[arg(long)]
+    pub foreground: bool,
+}

@@ -1,0 +1,158 @@
+//! Server settings: TorchServe's `config.properties` keys merged with the command line.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::cli::ServeArgs;
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub inference_address: SocketAddr,
+    pub management_address: SocketAddr,
+    pub metrics_address: SocketAddr,
+    pub model_store: Option<PathBuf>,
+    pub workflow_store: Option<PathBuf>,
+    /// Archives to load at start: `name=file.mar`, `file.mar` or `all`.
+    pub load_models: Vec<String>,
+    pub default_workers_per_model: usize,
+    pub job_queue_size: usize,
+    pub default_response_timeout: Duration,
+    pub max_request_size: usize,
+    pub python: Option<PathBuf>,
+}
+
+impl ServerConfig {
+    /// Reads the config file named by the arguments (if any) and applies the flags over it.
+    pub fn from_args(args: &ServeArgs) -> Result<Self> {
+        let props = match &args.config {
+            Some(path) => read_properties(path)?,
+            None => HashMap::new(),
+        };
+        let get = |key: &str| props.get(key).map(String::as_str);
+        let address = |key: &str, default: &str| -> Result<SocketAddr> {
+            parse_address(get(key).unwrap_or(default)).with_context(|| format!("invalid {key}"))
+        };
+        let number = |key: &str, default: usize| -> Result<usize> {
+            get(key).map_or(Ok(default), |v| {
+                v.trim()
+                    .parse()
+                    .with_context(|| format!("invalid {key}: {v:?}"))
+            })
+        };
+        let mut load_models: Vec<String> = get("load_models").map(split_list).unwrap_or_default();
+        if !args.models.is_empty() {
+            load_models = args.models.iter().flat_map(|m| split_list(m)).collect();
+        }
+        let model_store = args
+            .model_store
+            .clone()
+            .or_else(|| get("model_store").map(PathBuf::from));
+        let workflow_store = args
+            .workflow_store
+            .clone()
+            .or_else(|| get("workflow_store").map(PathBuf::from))
+            .or_else(|| model_store.clone());
+        Ok(Self {
+            inference_address: address("inference_address", "http://127.0.0.1:8080")?,
+            management_address: address("management_address", "http://127.0.0.1:8081")?,
+            metrics_address: address("metrics_address", "http://127.0.0.1:8082")?,
+            model_store,
+            workflow_store,
+            load_models,
+            default_workers_per_model: number("default_workers_per_model", 1)?,
+            job_queue_size: number("job_queue_size", 100)?.max(1),
+            default_response_timeout: Duration::from_secs(
+                number("default_response_timeout", 120)? as u64
+            ),
+            max_request_size: number("max_request_size", 6_553_500)?,
+            python: args.python.clone(),
+        })
+    }
+}
+
+fn split_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Parses `http://host:port`, `https://host:port` or `host:port`.
+fn parse_address(value: &str) -> Result<SocketAddr> {
+    let value = value.trim();
+    let rest = value
+        .strip_prefix("http://")
+        .or_else(|| value.strip_prefix("https://"))
+        .unwrap_or(value)
+        .trim_end_matches('/');
+    let rest = rest.replace("localhost", "127.0.0.1");
+    rest.parse()
+        .map_err(|_| anyhow!("expected http://host:port, got {value:?}"))
+}
+
+/// Reads a Java-style properties file: `key=value` or `key: value`, `#`/`!` comments, `\` line
+/// continuations.
+pub fn read_properties(path: &Path) -> Result<HashMap<String, String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    parse_properties(&text)
+}
+
+fn parse_properties(text: &str) -> Result<HashMap<String, String>> {
+    let mut props = HashMap::new();
+    let mut pending = String::new();
+    for raw in text.lines() {
+        let line = raw.trim_start();
+        if pending.is_empty() && (line.is_empty() || line.starts_with('#') || line.starts_with('!'))
+        {
+            continue;
+        }
+        if let Some(head) = line.strip_suffix('\\') {
+            pending.push_str(head);
+            continue;
+        }
+        pending.push_str(line);
+        let entry = std::mem::take(&mut pending);
+        let split = entry.find(['=', ':']);
+        let Some(at) = split else {
+            bail!("malformed config line: {entry:?}");
+        };
+        let key = entry[..at].trim().to_string();
+        let value = entry[at + 1..].trim().to_string();
+        props.insert(key, value);
+    }
+    Ok(props)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_properties() {
+        let text = "# comment\ninference_address=http://127.0.0.1:9000\n! other\nload_models: a.mar,\\\n  b.mar\n";
+        let props = parse_properties(text).unwrap();
+        assert_eq!(props["inference_address"], "http://127.0.0.1:9000");
+        assert_eq!(props["load_models"], "a.mar,b.mar");
+    }
+
+    #[test]
+    fn parses_addresses() {
+        assert_eq!(
+            parse_address("http://0.0.0.0:8080").unwrap(),
+            "0.0.0.0:8080".parse().unwrap()
+        );
+        assert_eq!(
+            parse_address("localhost:81").unwrap(),
+            "127.0.0.1:81".parse().unwrap()
+        );
+        assert!(parse_address("http://nohost").is_err());
+    }
+}

@@ -1,0 +1,58 @@
+//! What a model is before it runs: files, handler and serving settings.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Serving settings of a model.
+#[derive(Debug, Clone, Default)]
+pub struct ModelSettings {
+    pub min_workers: usize,
+    pub max_workers: usize,
+    pub batch_size: usize,
+    pub max_batch_delay: Duration,
+    pub response_timeout: Duration,
+    pub job_queue_size: usize,
+}
+
+/// Everything needed to start a model's workers.
+#[derive(Debug, Clone)]
+pub struct ModelDefinition {
+    pub name: String,
+    pub version: String,
+    /// What the model was registered from, as the user gave it.
+    pub url: String,
+    pub runtime: String,
+    /// Directory holding the model's files (the unpacked archive).
+    pub dir: PathBuf,
+    /// Set when `dir` was unpacked by the server and is removed with the model.
+    pub owns_dir: bool,
+    pub handler: String,
+    pub manifest: serde_json::Value,
+    pub yaml_config: serde_json::Value,
+    pub settings: ModelSettings,
+    pub loaded_at_startup: bool,
+    /// The workflow this model is a node of; such models go with their workflow.
+    pub workflow: Option<String>,
+}
+
+/// Whether `name` is a valid model name: letters, digits, `_`, `-` and `.`, not starting with
+/// a punctuation mark.
+pub fn valid_name(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn validates_names() {
+        assert!(super::valid_name("resnet-18_v1.2"));
+        assert!(!super::valid_name(""));
+        assert!(!super::valid_name("../x"));
+        assert!(!super::valid_name("a b"));
+    }
+}

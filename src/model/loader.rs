@@ -1,0 +1,161 @@
+//! Registering a model from an archive: resolve the url, unpack, read settings, start workers.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::definition::{valid_name, ModelDefinition, ModelSettings};
+use super::served_model::ServedModel;
+use crate::archive::{ArchiveError, ModelArchive};
+use crate::error::{ApiError, ApiResult};
+use crate::fetch::{locate, not_in_store};
+use crate::state::AppState;
+
+/// Query parameters of `POST /models`, also used for models loaded at start.
+#[derive(Debug, Default, Deserialize)]
+pub struct RegisterOptions {
+    pub url: String,
+    pub model_name: Option<String>,
+    pub handler: Option<String>,
+    pub runtime: Option<String>,
+    pub batch_size: Option<usize>,
+    pub max_batch_delay: Option<u64>,
+    pub initial_workers: Option<usize>,
+    #[serde(default)]
+    pub synchronous: bool,
+    pub response_timeout: Option<u64>,
+    #[serde(skip)]
+    pub loaded_at_startup: bool,
+}
+
+/// Registers the archive named by `opts.url` and starts its workers.
+pub async fn register_archive(
+    state: &AppState,
+    opts: RegisterOptions,
+) -> ApiResult<Arc<ServedModel>> {
+    let def = prepare_model(state, &opts, None).await?;
+    state.start_model(def, opts.synchronous).await
+}
+
+/// Finds and unpacks the archive named by `opts.url` (in the model store, else in
+/// `fallback_dir`, or at an http(s) URL) and builds the model's definition.
+pub async fn prepare_model(
+    state: &AppState,
+    opts: &RegisterOptions,
+    fallback_dir: Option<&Path>,
+) -> ApiResult<ModelDefinition> {
+    if opts.batch_size == Some(0) {
+        return Err(ApiError::bad_request("batch_size must be at least 1"));
+    }
+    let dirs: Vec<&Path> = state
+        .config
+        .model_store
+        .as_deref()
+        .into_iter()
+        .chain(fallback_dir)
+        .collect();
+    let (source, downloaded) = locate(state, &opts.url, &dirs).await?;
+    let work_dir = state.python.runtime_dir.join("models");
+    let source_for_open = source.clone();
+    let opened =
+        tokio::task::spawn_blocking(move || ModelArchive::open(&source_for_open, &work_dir))
+            .await
+            .map_err(|e| ApiError::internal(format!("archive loader panicked: {e}")))?;
+    if downloaded {
+        let _ = tokio::fs::remove_file(&source).await;
+    }
+    let archive = opened.map_err(|e| archive_error(&opts.url, e))?;
+    let unpacked = (archive.dir != source).then(|| archive.dir.clone());
+    let def = definition(state, opts, &source, archive);
+    if def.is_err() {
+        if let Some(dir) = unpacked {
+            let _ = tokio::fs::remove_dir_all(dir).await;
+        }
+    }
+    def
+}
+
+/// Builds the definition from the archive and the request's overrides.
+fn definition(
+    state: &AppState,
+    opts: &RegisterOptions,
+    source: &Path,
+    archive: ModelArchive,
+) -> ApiResult<ModelDefinition> {
+    let model = &archive.manifest.model;
+    let stem = source
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(archive_stem);
+    let name = opts
+        .model_name
+        .clone()
+        .or_else(|| model.model_name.clone())
+        .or(stem)
+        .unwrap_or_default();
+    if !valid_name(&name) {
+        return Err(ApiError::bad_request(format!(
+            "Invalid model name {name:?}: use letters, digits, '_', '-' and '.'"
+        )));
+    }
+    let handler = opts
+        .handler
+        .clone()
+        .or_else(|| model.handler.clone())
+        .ok_or_else(|| ApiError::bad_request("The archive names no handler"))?;
+    let config = &archive.config;
+    let min_workers = opts
+        .initial_workers
+        .or(config.min_workers)
+        .unwrap_or(state.config.default_workers_per_model);
+    let settings = ModelSettings {
+        min_workers,
+        max_workers: config.max_workers.unwrap_or(min_workers).max(min_workers),
+        batch_size: opts.batch_size.or(config.batch_size).unwrap_or(1).max(1),
+        max_batch_delay: Duration::from_millis(
+            opts.max_batch_delay
+                .or(config.max_batch_delay)
+                .unwrap_or(100),
+        ),
+        response_timeout: opts
+            .response_timeout
+            .or(config.response_timeout)
+            .map_or(state.config.default_response_timeout, Duration::from_secs),
+        job_queue_size: state.config.job_queue_size,
+    };
+    Ok(ModelDefinition {
+        version: model.model_version.clone().unwrap_or_else(|| "1.0".into()),
+        url: opts.url.clone(),
+        runtime: opts
+            .runtime
+            .clone()
+            .unwrap_or_else(|| archive.manifest.runtime.clone()),
+        owns_dir: archive.dir != source,
+        handler,
+        manifest: archive.manifest.raw.clone(),
+        yaml_config: archive.config.raw.clone(),
+        settings,
+        loaded_at_startup: opts.loaded_at_startup,
+        workflow: None,
+        dir: archive.dir,
+        name,
+    })
+}
+
+/// A file name without its archive extension: `resnet.mar` → `resnet`.
+pub fn archive_stem(file_name: &str) -> String {
+    [".tar.gz", ".tgz", ".mar", ".war", ".zip"]
+        .iter()
+        .find_map(|ext| file_name.strip_suffix(ext))
+        .unwrap_or(file_name)
+        .to_string()
+}
+
+fn archive_error(url: &str, error: ArchiveError) -> ApiError {
+    match error {
+        ArchiveError::NotFound(_) => not_in_store(url),
+        other => ApiError::bad_request(format!("Failed to open model archive {url}: {other}")),
+    }
+}

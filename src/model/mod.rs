@@ -1,0 +1,12 @@
+//! Models: their definitions, the live model with its queue and worker pool, the registry of
+//! names and versions, and loading archives into it.
+
+mod definition;
+mod loader;
+mod registry;
+mod served_model;
+
+pub use definition::{valid_name, ModelDefinition, ModelSettings};
+pub use loader::{archive_stem, prepare_model, register_archive, RegisterOptions};
+pub use registry::Registry;
+pub use served_model::ServedModel;

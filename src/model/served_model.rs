@@ -1,0 +1,241 @@
+//! A registered model version: its job queue, worker pool and description.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use async_channel::{Sender, TrySendError};
+use serde_json::{json, Value};
+
+use super::definition::ModelDefinition;
+use crate::error::{ApiError, ApiResult};
+use crate::job::{InferenceRequest, Job, JobResult};
+use crate::metrics::ModelMetrics;
+use crate::python_env::PythonEnv;
+use crate::worker::{fail_queued, spawn_worker, WorkerHandle, WorkerSpec, WorkerState};
+
+/// A model version being served.
+pub struct ServedModel {
+    pub def: ModelDefinition,
+    queue: Sender<Job>,
+    spec: Arc<WorkerSpec>,
+    pool: Mutex<Pool>,
+    /// Serialises scaling operations.
+    scaling: tokio::sync::Mutex<()>,
+    /// Workers wanted now; 0 means requests are refused at once.
+    target_workers: AtomicUsize,
+}
+
+struct Pool {
+    workers: Vec<WorkerHandle>,
+    min: usize,
+    max: usize,
+    next_id: usize,
+}
+
+impl ServedModel {
+    /// Creates the model with no workers; call [`ServedModel::scale`] to start them.
+    pub fn new(def: ModelDefinition, python: PythonEnv, metrics: ModelMetrics) -> Self {
+        let (queue, rx) = async_channel::bounded(def.settings.job_queue_size);
+        let spec = Arc::new(WorkerSpec {
+            model_name: def.name.clone(),
+            model_version: def.version.clone(),
+            model_dir: def.dir.clone(),
+            handler: def.handler.clone(),
+            manifest: def.manifest.clone(),
+            model_yaml_config: def.yaml_config.clone(),
+            batch_size: def.settings.batch_size,
+            max_batch_delay: def.settings.max_batch_delay,
+            response_timeout: def.settings.response_timeout,
+            python,
+            metrics,
+            queue: rx,
+            ready_workers: AtomicUsize::new(0),
+        });
+        let pool = Pool {
+            workers: Vec::new(),
+            min: def.settings.min_workers,
+            max: def.settings.max_workers,
+            next_id: 1,
+        };
+        Self {
+            def,
+            queue,
+            spec,
+            pool: Mutex::new(pool),
+            scaling: tokio::sync::Mutex::new(()),
+            target_workers: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn metrics(&self) -> &ModelMetrics {
+        &self.spec.metrics
+    }
+
+    /// Queues a request and waits for its answer.
+    pub async fn submit(&self, request: InferenceRequest) -> JobResult {
+        let started = Instant::now();
+        let result = self.enqueue_and_wait(request).await;
+        let failed = result.as_ref().map_or(true, |r| r.status >= 400);
+        self.spec.metrics.record_request(started.elapsed(), failed);
+        result
+    }
+
+    async fn enqueue_and_wait(&self, request: InferenceRequest) -> JobResult {
+        if self.target_workers.load(Ordering::SeqCst) == 0 {
+            return Err(ApiError::unavailable(format!(
+                "Model \"{}\" has no worker to serve inference request. Please use scale workers API to add workers.",
+                self.def.name
+            )));
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = Job {
+            request,
+            reply,
+            enqueued: Instant::now(),
+        };
+        match self.queue.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                return Err(ApiError::unavailable(format!(
+                    "Model \"{}\" Version {} has too many queued requests (job_queue_size {})",
+                    self.def.name, self.def.version, self.def.settings.job_queue_size
+                )))
+            }
+            Err(TrySendError::Closed(_)) => {
+                return Err(ApiError::unavailable(format!(
+                    "Model \"{}\" is being unregistered",
+                    self.def.name
+                )))
+            }
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(ApiError::internal(
+                "the request was dropped before a worker answered",
+            ))
+        })
+    }
+
+    /// Sets the pool to `min` workers (bounded by `max`); with `synchronous`, waits until each
+    /// new worker has loaded and fails if none could.
+    pub async fn scale(&self, min: usize, max: usize, synchronous: bool) -> ApiResult<()> {
+        let _guard = self.scaling.lock().await;
+        let (started, stopped) = {
+            let mut pool = self.pool.lock().expect("pool lock");
+            pool.min = min;
+            pool.max = max.max(min);
+            let mut started = Vec::new();
+            while pool.workers.len() < min {
+                let id = pool.next_id;
+                pool.next_id += 1;
+                let handle = spawn_worker(self.spec.clone(), id);
+                started.push(handle.status.clone());
+                pool.workers.push(handle);
+            }
+            let keep = min.min(pool.workers.len());
+            let stopped = pool.workers.split_off(keep);
+            (started, stopped)
+        };
+        self.target_workers.store(min, Ordering::SeqCst);
+        for worker in &stopped {
+            worker.stop();
+        }
+        let spec = self.spec.clone();
+        let stopping = async move {
+            for worker in stopped {
+                worker.join().await;
+            }
+            if min == 0 {
+                fail_queued(&spec.queue, "the model has no workers");
+            }
+        };
+        if !synchronous {
+            tokio::spawn(stopping);
+            return Ok(());
+        }
+        stopping.await;
+        let mut failures = 0;
+        for status in &started {
+            if status.settled().await != WorkerState::Ready {
+                failures += 1;
+            }
+        }
+        if !started.is_empty() && failures == started.len() {
+            return Err(ApiError::internal(format!(
+                "Failed to start workers for model \"{}\" version {}: see the server log",
+                self.def.name, self.def.version
+            )));
+        }
+        Ok(())
+    }
+
+    /// Stops every worker and answers whatever is still queued with an error.
+    pub async fn shutdown(&self) {
+        self.queue.close();
+        let _ = self.scale(0, 0, true).await;
+        if self.def.owns_dir {
+            let dir = self.def.dir.clone();
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        }
+    }
+
+    /// Refreshes the scrape-time gauges.
+    pub fn sample_gauges(&self) {
+        self.spec.metrics.set_gauges(
+            self.queue.len(),
+            self.spec.ready_workers.load(Ordering::SeqCst),
+        );
+    }
+
+    /// The model's entry in the describe API.
+    pub fn describe(&self) -> Value {
+        let pool = self.pool.lock().expect("pool lock");
+        let workers: Vec<Value> = pool
+            .workers
+            .iter()
+            .map(|w| {
+                let pid = w.status.pid();
+                json!({
+                    "id": format!("{}", 9000 + w.status.id),
+                    "startTime": w.status.started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    "status": w.status.state().as_str(),
+                    "memoryUsage": resident_bytes(pid),
+                    "pid": pid,
+                    "gpu": false,
+                    "gpuUsage": "N/A",
+                })
+            })
+            .collect();
+        let settings = &self.def.settings;
+        json!({
+            "modelName": self.def.name,
+            "modelVersion": self.def.version,
+            "modelUrl": self.def.url,
+            "runtime": self.def.runtime,
+            "minWorkers": pool.min,
+            "maxWorkers": pool.max,
+            "batchSize": settings.batch_size,
+            "maxBatchDelay": settings.max_batch_delay.as_millis() as u64,
+            "responseTimeout": settings.response_timeout.as_secs(),
+            "loadedAtStartup": self.def.loaded_at_startup,
+            "workers": workers,
+            "jobQueueStatus": {
+                "remainingCapacity": settings.job_queue_size.saturating_sub(self.queue.len()),
+                "pendingRequests": self.queue.len(),
+            },
+        })
+    }
+}
+
+/// Resident memory of a process in bytes, 0 when unknown.
+fn resident_bytes(pid: u32) -> u64 {
+    if pid == 0 {
+        return 0;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}

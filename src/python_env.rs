@@ -1,0 +1,68 @@
+//! The Python side as the server ships it: the interpreter to run and the embedded `torchyard`
+//! package, written out at start so any interpreter can run workers of this exact version.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use include_dir::{include_dir, Dir, DirEntry};
+
+static PACKAGE: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/python/torchyard");
+
+/// Where workers come from: the interpreter, the import path holding `torchyard`, and the
+/// directory for worker sockets and unpacked archives.
+#[derive(Debug, Clone)]
+pub struct PythonEnv {
+    pub interpreter: PathBuf,
+    pub import_path: PathBuf,
+    pub runtime_dir: PathBuf,
+}
+
+impl PythonEnv {
+    /// Writes the embedded package under `runtime_dir` and picks the interpreter.
+    pub fn prepare(runtime_dir: &Path, python: Option<&Path>) -> Result<Self> {
+        let import_path = runtime_dir.join("python");
+        write_dir(&PACKAGE, &import_path.join("torchyard"))
+            .context("cannot write the torchyard Python package")?;
+        Ok(Self {
+            interpreter: python.map_or_else(default_interpreter, Path::to_path_buf),
+            import_path,
+            runtime_dir: runtime_dir.to_path_buf(),
+        })
+    }
+}
+
+fn write_dir(dir: &Dir<'_>, target: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(target)?;
+    for entry in dir.entries() {
+        let name = entry.path().file_name().unwrap_or_default();
+        match entry {
+            DirEntry::Dir(sub) if name != "__pycache__" => write_dir(sub, &target.join(name))?,
+            DirEntry::File(file) if entry.path().extension().is_some_and(|e| e == "py") => {
+                std::fs::write(target.join(name), file.contents())?
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// `$TORCHYARD_PYTHON`, else the `.venv` of the working directory or of a directory above the
+/// executable (the repo checkout), else `python3`.
+fn default_interpreter() -> PathBuf {
+    if let Some(path) = std::env::var_os("TORCHYARD_PYTHON") {
+        return PathBuf::from(path);
+    }
+    let cwd = std::env::current_dir().ok();
+    let exe = std::env::current_exe().ok();
+    let roots = cwd
+        .iter()
+        .map(PathBuf::as_path)
+        .chain(exe.iter().flat_map(|e| e.ancestors().skip(1)));
+    for root in roots {
+        let candidate = root.join(".venv/bin/python");
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    PathBuf::from("python3")
+}

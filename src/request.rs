@@ -1,0 +1,169 @@
+//! Turning an HTTP request into handler input (body, form fields or multipart parts) and a
+//! handler's output back into an HTTP response.
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+
+use crate::error::{ApiError, ApiResult};
+use crate::job::{InferenceRequest, InferenceResponse, Param};
+
+/// Reads the body (at most `limit` bytes) and splits it into parameters by content type.
+pub async fn read_request(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> ApiResult<InferenceRequest> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ApiError::too_large(limit));
+    }
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::too_large(limit))?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let params = split_params(content_type, bytes).await?;
+    Ok(InferenceRequest {
+        id: uuid::Uuid::new_v4().to_string(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        params,
+    })
+}
+
+async fn split_params(content_type: Option<String>, bytes: Bytes) -> ApiResult<Vec<Param>> {
+    let mime = content_type.as_deref().map(|c| {
+        c.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    });
+    match mime.as_deref() {
+        Some("application/x-www-form-urlencoded") => Ok(form_fields(&bytes)),
+        Some("multipart/form-data") => {
+            multipart_parts(content_type.as_deref().unwrap_or_default(), bytes).await
+        }
+        _ => Ok(vec![Param {
+            name: "body".into(),
+            content_type,
+            value: bytes,
+        }]),
+    }
+}
+
+fn form_fields(bytes: &[u8]) -> Vec<Param> {
+    form_urlencoded_pairs(bytes)
+        .map(|(name, value)| Param {
+            name,
+            content_type: None,
+            value: Bytes::from(value),
+        })
+        .collect()
+}
+
+fn form_urlencoded_pairs(bytes: &[u8]) -> impl Iterator<Item = (String, String)> + '_ {
+    serde_urlencoded::from_bytes::<Vec<(String, String)>>(bytes)
+        .unwrap_or_default()
+        .into_iter()
+}
+
+async fn multipart_parts(content_type: &str, bytes: Bytes) -> ApiResult<Vec<Param>> {
+    let bad = |e: multer::Error| ApiError::bad_request(format!("Malformed multipart body: {e}"));
+    let boundary = multer::parse_boundary(content_type).map_err(bad)?;
+    let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(bytes) });
+    let mut multipart = multer::Multipart::new(stream, boundary);
+    let mut params = Vec::new();
+    while let Some(field) = multipart.next_field().await.map_err(bad)? {
+        let name = field.name().unwrap_or("body").to_string();
+        let content_type = field.content_type().map(|m| m.to_string());
+        let value = field.bytes().await.map_err(bad)?;
+        params.push(Param {
+            name,
+            content_type,
+            value,
+        });
+    }
+    Ok(params)
+}
+
+/// The HTTP response for a handler's output.
+pub fn into_http(output: InferenceResponse) -> Response {
+    let status = StatusCode::from_u16(output.status).unwrap_or(StatusCode::OK);
+    let mut response = (status, output.body).into_response();
+    if let Some(value) = output
+        .content_type
+        .and_then(|c| HeaderValue::from_str(&c).ok())
+    {
+        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn form_body_becomes_fields() {
+        let params = split_params(
+            Some("application/x-www-form-urlencoded".into()),
+            Bytes::from_static(b"data=5&x=a%20b"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(params[0].name, "data");
+        assert_eq!(params[0].value, "5");
+        assert_eq!(params[1].value, "a b");
+    }
+
+    #[tokio::test]
+    async fn multipart_parts_keep_names_and_types() {
+        let body = "--XX\r\nContent-Disposition: form-data; name=\"img\"; filename=\"a.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n\x01\x02\r\n--XX\r\nContent-Disposition: form-data; name=\"data\"\r\n\r\nhello\r\n--XX--\r\n";
+        let params = split_params(
+            Some("multipart/form-data; boundary=XX".into()),
+            Bytes::from(body),
+        )
+        .await
+        .unwrap();
+        assert_eq!(params.len(), 2);
+        assert_eq!(params[0].name, "img");
+        assert_eq!(params[0].value.as_ref(), b"\x01\x02");
+        assert_eq!(params[1].name, "data");
+        assert_eq!(params[1].value, "hello");
+    }
+
+    #[tokio::test]
+    async fn malformed_multipart_is_a_bad_request() {
+        let err = split_params(
+            Some("multipart/form-data".into()),
+            Bytes::from_static(b"junk"),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn raw_body_keeps_its_type() {
+        let params = split_params(Some("application/json".into()), Bytes::from_static(b"[1]"))
+            .await
+            .unwrap();
+        assert_eq!(params[0].name, "body");
+        assert_eq!(params[0].content_type.as_deref(), Some("application/json"));
+    }
+}

@@ -1,0 +1,75 @@
+//! State shared by every API handler.
+
+use std::sync::Arc;
+
+use crate::config::ServerConfig;
+use crate::error::{ApiError, ApiResult};
+use crate::metrics::{Metrics, ModelLabels};
+use crate::model::{ModelDefinition, Registry, ServedModel};
+use crate::python_env::PythonEnv;
+use crate::workflow::WorkflowRegistry;
+
+/// The server's models, metrics, settings and Python environment.
+pub struct AppState {
+    pub config: ServerConfig,
+    pub registry: Registry,
+    pub workflows: WorkflowRegistry,
+    pub metrics: Metrics,
+    pub python: PythonEnv,
+    pub http: reqwest::Client,
+}
+
+impl AppState {
+    /// Registers a model and starts its workers; with `synchronous`, waits for them and
+    /// unregisters the model again if none could load.
+    pub async fn start_model(
+        &self,
+        def: ModelDefinition,
+        synchronous: bool,
+    ) -> ApiResult<Arc<ServedModel>> {
+        if self.registry.contains(&def.name, &def.version) {
+            return Err(ApiError::conflict(format!(
+                "Model version {} is already registered for model {}",
+                def.version, def.name
+            )));
+        }
+        let labels = ModelLabels {
+            model_name: def.name.clone(),
+            model_version: def.version.clone(),
+        };
+        let (min, max) = (def.settings.min_workers, def.settings.max_workers);
+        let model = Arc::new(ServedModel::new(
+            def,
+            self.python.clone(),
+            self.metrics.for_model(labels),
+        ));
+        if let Err(e) = self.registry.insert(model.clone()) {
+            model.shutdown().await;
+            return Err(e);
+        }
+        if let Err(e) = model.scale(min, max, synchronous).await {
+            self.stop_model(&model).await;
+            return Err(e);
+        }
+        Ok(model)
+    }
+
+    /// Unregisters one version of a model and stops its workers.
+    pub async fn unregister_model(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> ApiResult<Arc<ServedModel>> {
+        let model = self.registry.remove(name, version)?;
+        self.stop_model(&model).await;
+        Ok(model)
+    }
+
+    async fn stop_model(&self, model: &Arc<ServedModel>) {
+        let _ = self
+            .registry
+            .remove(&model.def.name, Some(&model.def.version));
+        model.shutdown().await;
+        self.metrics.remove_model(&model.metrics().labels);
+    }
+}

@@ -1,0 +1,11 @@
+//! Python worker processes: the wire protocol, the process itself, and the task that supervises
+//! one worker and feeds it batches.
+
+mod batcher;
+mod process;
+pub mod protocol;
+mod status;
+mod supervisor;
+
+pub use status::WorkerState;
+pub use supervisor::{fail_queued, spawn_worker, WorkerHandle, WorkerSpec};

@@ -1,0 +1,192 @@
+//! The framed protocol between server and worker (see `docs/protocol.md`).
+
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Largest frame either side may send.
+const MAX_FRAME: usize = 2 << 30;
+
+/// Messages from the server to a worker.
+#[derive(Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ToWorker<'a> {
+    Load(LoadMessage<'a>),
+    Predict {
+        requests: Vec<RequestMeta<'a>>,
+        blobs: Vec<usize>,
+    },
+}
+
+/// What a worker needs to load its handler.
+#[derive(Debug, Serialize)]
+pub struct LoadMessage<'a> {
+    pub model_name: &'a str,
+    pub model_version: &'a str,
+    pub model_dir: &'a str,
+    pub handler: &'a str,
+    pub manifest: &'a serde_json::Value,
+    pub batch_size: usize,
+    pub gpu_id: Option<u32>,
+    pub limit_max_image_pixels: bool,
+    pub model_yaml_config: &'a serde_json::Value,
+    pub server_name: &'a str,
+    pub server_version: &'a str,
+}
+
+/// One request of a batch: its id, headers and parameters (whose values travel as blobs).
+#[derive(Debug, Serialize)]
+pub struct RequestMeta<'a> {
+    pub id: &'a str,
+    pub headers: &'a [(String, String)],
+    pub params: Vec<ParamMeta<'a>>,
+}
+
+/// A body, form field or multipart part; `blob` indexes the frame's blobs.
+#[derive(Debug, Serialize)]
+pub struct ParamMeta<'a> {
+    pub name: &'a str,
+    pub content_type: Option<&'a str>,
+    pub blob: usize,
+}
+
+/// Messages from a worker to the server.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FromWorker {
+    Loaded {
+        pid: Option<u32>,
+    },
+    Predicted {
+        responses: Vec<ResponseMeta>,
+    },
+    Error {
+        status: Option<u16>,
+        #[serde(rename = "type")]
+        error_type: Option<String>,
+        message: String,
+    },
+}
+
+/// One handler output; `blob` indexes the frame's blobs.
+#[derive(Debug, Deserialize)]
+pub struct ResponseMeta {
+    pub status: Option<u16>,
+    pub content_type: Option<String>,
+    pub blob: usize,
+}
+
+/// Writes one frame: length, header length, JSON header, blobs.
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    out: &mut W,
+    header: &impl Serialize,
+    blobs: &[&Bytes],
+) -> std::io::Result<()> {
+    let header = serde_json::to_vec(header)?;
+    let body_len: usize = blobs.iter().map(|b| b.len()).sum();
+    let total = 4 + header.len() + body_len;
+    if total > MAX_FRAME {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "frame too large",
+        ));
+    }
+    let mut head = Vec::with_capacity(8 + header.len());
+    head.extend_from_slice(&(total as u32).to_be_bytes());
+    head.extend_from_slice(&(header.len() as u32).to_be_bytes());
+    head.extend_from_slice(&header);
+    out.write_all(&head).await?;
+    for blob in blobs {
+        out.write_all(blob).await?;
+    }
+    out.flush().await
+}
+
+/// A received frame: its JSON header and its blobs, which share one buffer.
+#[derive(Debug)]
+pub struct Frame {
+    pub header: Bytes,
+    pub blobs: Bytes,
+}
+
+impl Frame {
+    /// Parses the header as `T`.
+    pub fn message<T: for<'de> Deserialize<'de>>(&self) -> std::io::Result<T> {
+        serde_json::from_slice(&self.header).map_err(|e| invalid(format!("bad header: {e}")))
+    }
+
+    /// Splits the blob section by the header's `blobs` lengths, without copying.
+    pub fn split_blobs(&self) -> std::io::Result<Vec<Bytes>> {
+        #[derive(Deserialize)]
+        struct Lengths {
+            #[serde(default)]
+            blobs: Vec<usize>,
+        }
+        let lengths: Lengths = self.message()?;
+        let mut offset = 0;
+        let mut out = Vec::with_capacity(lengths.blobs.len());
+        for len in lengths.blobs {
+            let end = offset + len;
+            if end > self.blobs.len() {
+                return Err(invalid("blob lengths exceed the frame".into()));
+            }
+            out.push(self.blobs.slice(offset..end));
+            offset = end;
+        }
+        Ok(out)
+    }
+}
+
+/// Reads one frame; `UnexpectedEof` when the peer closed the socket.
+pub async fn read_frame<R: AsyncRead + Unpin>(input: &mut R) -> std::io::Result<Frame> {
+    let total = input.read_u32().await? as usize;
+    if !(4..=MAX_FRAME).contains(&total) {
+        return Err(invalid(format!("bad frame length {total}")));
+    }
+    let mut buf = BytesMut::zeroed(total);
+    input.read_exact(&mut buf).await?;
+    let mut buf = buf.freeze();
+    let header_len = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
+    if header_len > total - 4 {
+        return Err(invalid(format!("bad header length {header_len}")));
+    }
+    let rest = buf.split_off(4);
+    let mut header = rest;
+    let blobs = header.split_off(header_len);
+    Ok(Frame { header, blobs })
+}
+
+fn invalid(message: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frame_round_trip() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let blobs = [Bytes::from_static(b"hello"), Bytes::from_static(b"")];
+        let header = serde_json::json!({"kind": "x", "blobs": [5, 0]});
+        write_frame(&mut a, &header, &[&blobs[0], &blobs[1]])
+            .await
+            .unwrap();
+        let frame = read_frame(&mut b).await.unwrap();
+        let parsed: serde_json::Value = frame.message().unwrap();
+        assert_eq!(parsed["kind"], "x");
+        let got = frame.split_blobs().unwrap();
+        assert_eq!(got, blobs);
+    }
+
+    #[tokio::test]
+    async fn rejects_lying_blob_lengths() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let header = serde_json::json!({"blobs": [100]});
+        write_frame(&mut a, &header, &[&Bytes::from_static(b"abc")])
+            .await
+            .unwrap();
+        let frame = read_frame(&mut b).await.unwrap();
+        assert!(frame.split_blobs().is_err());
+    }
+}

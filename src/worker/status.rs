@@ -1,0 +1,74 @@
+//! The observable state of one worker, shared between its task and the management API.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+/// Life-cycle state of a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerState {
+    Starting,
+    Ready,
+    Failed,
+    Stopped,
+}
+
+impl WorkerState {
+    /// The name TorchServe's describe API uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "STARTING",
+            Self::Ready => "READY",
+            Self::Failed => "FAILED",
+            Self::Stopped => "STOPPED",
+        }
+    }
+}
+
+/// A worker's id, start time, process id and state.
+#[derive(Debug)]
+pub struct WorkerStatus {
+    pub id: usize,
+    pub started: DateTime<Utc>,
+    pid: AtomicU32,
+    state: watch::Sender<WorkerState>,
+}
+
+impl WorkerStatus {
+    pub fn new(id: usize) -> Self {
+        Self {
+            id,
+            started: Utc::now(),
+            pid: AtomicU32::new(0),
+            state: watch::Sender::new(WorkerState::Starting),
+        }
+    }
+
+    pub fn state(&self) -> WorkerState {
+        *self.state.borrow()
+    }
+
+    pub fn set_state(&self, state: WorkerState) {
+        self.state.send_replace(state);
+    }
+
+    /// Process id of the current worker process; 0 while none runs.
+    pub fn pid(&self) -> u32 {
+        self.pid.load(Ordering::Relaxed)
+    }
+
+    pub fn set_pid(&self, pid: u32) {
+        self.pid.store(pid, Ordering::Relaxed);
+    }
+
+    /// Waits until the worker has finished a load attempt (ready, failed or stopped).
+    pub async fn settled(&self) -> WorkerState {
+        let mut rx = self.state.subscribe();
+        let state = rx
+            .wait_for(|s| *s != WorkerState::Starting)
+            .await
+            .map(|s| *s);
+        state.unwrap_or(WorkerState::Stopped)
+    }
+}

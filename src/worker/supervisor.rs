@@ -1,0 +1,328 @@
+//! The task that owns one worker: starts the process, loads the handler, feeds it batches from
+//! the model's queue, and restarts it with backoff when it dies or hangs.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_channel::Receiver;
+use bytes::Bytes;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::batcher;
+use super::process::WorkerProcess;
+use super::protocol::{FromWorker, LoadMessage, ParamMeta, RequestMeta, ToWorker};
+use super::status::{WorkerState, WorkerStatus};
+use crate::error::ApiError;
+use crate::job::{InferenceResponse, Job};
+use crate::metrics::ModelMetrics;
+use crate::python_env::PythonEnv;
+
+/// Everything a worker of one model needs, shared by all its workers.
+pub struct WorkerSpec {
+    pub model_name: String,
+    pub model_version: String,
+    pub model_dir: PathBuf,
+    pub handler: String,
+    pub manifest: serde_json::Value,
+    pub model_yaml_config: serde_json::Value,
+    pub batch_size: usize,
+    pub max_batch_delay: Duration,
+    pub response_timeout: Duration,
+    pub python: PythonEnv,
+    pub metrics: ModelMetrics,
+    pub queue: Receiver<Job>,
+    /// Workers of this model that have a loaded handler.
+    pub ready_workers: AtomicUsize,
+}
+
+/// A running worker task.
+pub struct WorkerHandle {
+    pub status: Arc<WorkerStatus>,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl WorkerHandle {
+    /// Asks the worker to stop after its current batch.
+    pub fn stop(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Waits for the worker task to end.
+    pub async fn join(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Starts worker `id` of the model described by `spec`.
+pub fn spawn_worker(spec: Arc<WorkerSpec>, id: usize) -> WorkerHandle {
+    let status = Arc::new(WorkerStatus::new(id));
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(supervise(spec, status.clone(), cancel.clone()));
+    WorkerHandle {
+        status,
+        cancel,
+        task,
+    }
+}
+
+/// Why a worker stopped serving.
+enum Exit {
+    Cancelled,
+    Crashed(String),
+}
+
+/// Restart delays: 0.1 s doubling up to 10 s.
+struct Backoff(Duration);
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(10);
+
+    fn next(&mut self) -> Duration {
+        let delay = self.0;
+        self.0 = (self.0 * 2).min(Self::MAX);
+        delay
+    }
+}
+
+async fn supervise(spec: Arc<WorkerSpec>, status: Arc<WorkerStatus>, cancel: CancellationToken) {
+    static SOCKETS: AtomicUsize = AtomicUsize::new(0);
+    let label = format!("{}:{}", spec.model_name, status.id);
+    let mut backoff = Backoff(Backoff::FIRST);
+    while !cancel.is_cancelled() {
+        status.set_state(WorkerState::Starting);
+        let socket = spec
+            .python
+            .runtime_dir
+            .join(format!("w{}.sock", SOCKETS.fetch_add(1, Ordering::Relaxed)));
+        let started = tokio::select! {
+            started = start(&spec, &label, &socket, &status) => started,
+            _ = cancel.cancelled() => break,
+        };
+        let exit = match started {
+            Ok(mut process) => {
+                backoff = Backoff(Backoff::FIRST);
+                spec.ready_workers.fetch_add(1, Ordering::SeqCst);
+                status.set_state(WorkerState::Ready);
+                let exit = serve(&spec, &mut process, &cancel).await;
+                spec.ready_workers.fetch_sub(1, Ordering::SeqCst);
+                match exit {
+                    Exit::Cancelled => process.stop().await,
+                    Exit::Crashed(_) => process.kill().await,
+                }
+                exit
+            }
+            Err(message) => {
+                status.set_state(WorkerState::Failed);
+                if spec.ready_workers.load(Ordering::SeqCst) == 0 {
+                    fail_queued(&spec.queue, &message);
+                }
+                Exit::Crashed(message)
+            }
+        };
+        status.set_pid(0);
+        let Exit::Crashed(reason) = exit else { break };
+        let delay = backoff.next();
+        tracing::warn!("worker {label} stopped ({reason}); restarting in {delay:?}");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = cancel.cancelled() => break,
+        }
+    }
+    status.set_state(WorkerState::Stopped);
+}
+
+/// Starts the process and loads the handler; the error says why not.
+async fn start(
+    spec: &WorkerSpec,
+    label: &str,
+    socket: &std::path::Path,
+    status: &WorkerStatus,
+) -> Result<WorkerProcess, String> {
+    let mut process = WorkerProcess::start(&spec.python, label, socket, &spec.model_dir)
+        .await
+        .map_err(|e| format!("cannot start worker: {e}"))?;
+    let load = ToWorker::Load(LoadMessage {
+        model_name: &spec.model_name,
+        model_version: &spec.model_version,
+        model_dir: &spec.model_dir.to_string_lossy(),
+        handler: &spec.handler,
+        manifest: &spec.manifest,
+        batch_size: spec.batch_size,
+        gpu_id: None,
+        limit_max_image_pixels: true,
+        model_yaml_config: &spec.model_yaml_config,
+        server_name: "torchyard",
+        server_version: env!("CARGO_PKG_VERSION"),
+    });
+    let reply = process
+        .call(&load, &[])
+        .await
+        .and_then(|frame| frame.message::<FromWorker>());
+    match reply {
+        Ok(FromWorker::Loaded { pid }) => {
+            status.set_pid(pid.unwrap_or(0));
+            Ok(process)
+        }
+        Ok(FromWorker::Error { message, .. }) => {
+            process.kill().await;
+            Err(format!("handler failed to load: {message}"))
+        }
+        Ok(other) => {
+            process.kill().await;
+            Err(format!("unexpected reply to load: {other:?}"))
+        }
+        Err(e) => {
+            process.kill().await;
+            Err(format!("worker died while loading: {e}"))
+        }
+    }
+}
+
+/// Feeds batches to a loaded worker until it is cancelled or breaks.
+async fn serve(spec: &WorkerSpec, process: &mut WorkerProcess, cancel: &CancellationToken) -> Exit {
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Exit::Cancelled,
+            job = spec.queue.recv() => match job {
+                Ok(job) => job,
+                Err(_) => return Exit::Cancelled,
+            },
+        };
+        let mut batch =
+            batcher::collect(&spec.queue, first, spec.batch_size, spec.max_batch_delay).await;
+        batch.retain(|job| !job.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        let now = Instant::now();
+        for job in &batch {
+            spec.metrics.record_queue_wait(now - job.enqueued);
+        }
+        spec.metrics.record_batch(batch.len());
+        match predict(spec, process, &batch).await {
+            Ok(responses) => {
+                for (job, response) in batch.into_iter().zip(responses) {
+                    job.finish(Ok(response));
+                }
+            }
+            Err(Failure::Handler(error)) => {
+                for job in batch {
+                    job.finish(Err(error.clone()));
+                }
+            }
+            Err(Failure::Worker(message)) => {
+                let error = ApiError::internal(format!(
+                    "Worker for model {} failed: {message}",
+                    spec.model_name
+                ));
+                for job in batch {
+                    job.finish(Err(error.clone()));
+                }
+                return Exit::Crashed(message);
+            }
+        }
+    }
+}
+
+/// How a batch failed: the handler raised (the worker lives on) or the worker itself broke.
+enum Failure {
+    Handler(ApiError),
+    Worker(String),
+}
+
+async fn predict(
+    spec: &WorkerSpec,
+    process: &mut WorkerProcess,
+    batch: &[Job],
+) -> Result<Vec<InferenceResponse>, Failure> {
+    let mut blobs: Vec<&Bytes> = Vec::new();
+    let requests: Vec<RequestMeta<'_>> = batch
+        .iter()
+        .map(|job| RequestMeta {
+            id: &job.request.id,
+            headers: &job.request.headers,
+            params: job
+                .request
+                .params
+                .iter()
+                .map(|p| {
+                    blobs.push(&p.value);
+                    ParamMeta {
+                        name: &p.name,
+                        content_type: p.content_type.as_deref(),
+                        blob: blobs.len() - 1,
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    let message = ToWorker::Predict {
+        requests,
+        blobs: blobs.iter().map(|b| b.len()).collect(),
+    };
+    let frame = tokio::time::timeout(spec.response_timeout, process.call(&message, &blobs))
+        .await
+        .map_err(|_| {
+            Failure::Worker(format!(
+                "no response within {}s",
+                spec.response_timeout.as_secs_f64()
+            ))
+        })?
+        .map_err(|e| Failure::Worker(format!("worker connection lost: {e}")))?;
+    let broken = |e: std::io::Error| Failure::Worker(format!("bad reply: {e}"));
+    match frame.message::<FromWorker>().map_err(broken)? {
+        FromWorker::Predicted { responses } => {
+            let bodies = frame.split_blobs().map_err(broken)?;
+            if responses.len() != batch.len() {
+                return Err(Failure::Handler(ApiError::internal(format!(
+                    "worker returned {} responses for a batch of {}",
+                    responses.len(),
+                    batch.len()
+                ))));
+            }
+            responses
+                .into_iter()
+                .map(|r| {
+                    let body = bodies.get(r.blob).cloned().ok_or_else(|| {
+                        Failure::Worker(format!("response blob {} missing", r.blob))
+                    })?;
+                    Ok(InferenceResponse {
+                        status: r.status.unwrap_or(200),
+                        content_type: r.content_type,
+                        body,
+                    })
+                })
+                .collect()
+        }
+        FromWorker::Error {
+            status,
+            error_type,
+            message,
+        } => {
+            let code = status
+                .and_then(|s| axum::http::StatusCode::from_u16(s).ok())
+                .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+            let kind = match error_type.as_deref() {
+                Some("PredictionException") => "PredictionException",
+                _ => "InternalServerException",
+            };
+            Err(Failure::Handler(ApiError::new(code, kind, message)))
+        }
+        FromWorker::Loaded { .. } => Err(Failure::Worker("unexpected 'loaded' reply".into())),
+    }
+}
+
+/// Answers every queued job with an error: no worker can serve them now.
+pub fn fail_queued(queue: &Receiver<Job>, reason: &str) {
+    while let Ok(job) = queue.try_recv() {
+        job.finish(Err(ApiError::unavailable(format!(
+            "No worker is available to serve the request: {reason}"
+        ))));
+    }
+}

@@ -1,0 +1,228 @@
+//! Registering a workflow: unpack the .war, validate spec and DAG, start one node model per
+//! node, and roll everything back if any part fails.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::json;
+
+use super::archive::WorkflowArchive;
+use super::dag::{Dag, NodeKind};
+use super::handler_scan::top_level_names;
+use super::served_workflow::{node_model_name, Workflow, WorkflowNode};
+use super::spec::{NodeProps, WorkflowSpec};
+use crate::archive::ArchiveError;
+use crate::error::{ApiError, ApiResult};
+use crate::fetch::{locate, not_in_store};
+use crate::metrics::NodeLabels;
+use crate::model::{
+    archive_stem, prepare_model, valid_name, ModelDefinition, ModelSettings, RegisterOptions,
+    ServedModel,
+};
+use crate::state::AppState;
+
+/// Query parameters of `POST /workflows`.
+#[derive(Debug, Default, Deserialize)]
+pub struct WorkflowOptions {
+    pub url: String,
+    pub workflow_name: Option<String>,
+}
+
+/// Registers the workflow archive named by `opts.url` with all its node models.
+pub async fn register_workflow(
+    state: &AppState,
+    opts: WorkflowOptions,
+) -> ApiResult<Arc<Workflow>> {
+    let dirs: Vec<&Path> = state.config.workflow_store.as_deref().into_iter().collect();
+    let (source, downloaded) = locate(state, &opts.url, &dirs).await?;
+    let work_dir = state.python.runtime_dir.join("workflows");
+    let source_for_open = source.clone();
+    let opened =
+        tokio::task::spawn_blocking(move || WorkflowArchive::open(&source_for_open, &work_dir))
+            .await
+            .map_err(|e| ApiError::internal(format!("archive loader panicked: {e}")))?;
+    if downloaded {
+        let _ = tokio::fs::remove_file(&source).await;
+    }
+    let archive = opened.map_err(|e| match e {
+        ArchiveError::NotFound(_) => not_in_store(&opts.url),
+        other => ApiError::bad_request(format!(
+            "Failed to open workflow archive {}: {other}",
+            opts.url
+        )),
+    })?;
+    let owns_dir = archive.dir != source;
+    let stem = source
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(archive_stem);
+    let name = opts
+        .workflow_name
+        .clone()
+        .or_else(|| archive.name.clone())
+        .or(stem)
+        .unwrap_or_default();
+    let result = build(state, &opts.url, name, archive, owns_dir).await;
+    if let Err((_, dir)) = &result {
+        if owns_dir {
+            let _ = tokio::fs::remove_dir_all(dir).await;
+        }
+    }
+    let workflow = Arc::new(result.map_err(|(e, _)| e)?);
+    if let Err(e) = state.workflows.insert(workflow.clone()) {
+        stop_nodes(state, &workflow).await;
+        return Err(e);
+    }
+    Ok(workflow)
+}
+
+/// Validates and starts everything; on failure returns the error and the directory to clean.
+async fn build(
+    state: &AppState,
+    url: &str,
+    name: String,
+    archive: WorkflowArchive,
+    owns_dir: bool,
+) -> Result<Workflow, (ApiError, std::path::PathBuf)> {
+    let dir = archive.dir.clone();
+    let fail = |e: ApiError| (e, dir.clone());
+    if !valid_name(&name) || name.contains("__") {
+        return Err(fail(ApiError::bad_request(format!(
+            "Invalid workflow name {name:?}: use letters, digits, '_', '-' and '.', without '__'"
+        ))));
+    }
+    if state.workflows.contains(&name) {
+        return Err(fail(ApiError::conflict(format!(
+            "Workflow {name} is already registered"
+        ))));
+    }
+    let invalid = |e: String| ApiError::bad_request(format!("Invalid workflow specification: {e}"));
+    let spec = WorkflowSpec::parse(&archive.spec_text).map_err(|e| fail(invalid(e)))?;
+    let dag = Dag::build(&spec, &top_level_names(&archive.handler_source))
+        .map_err(|e| fail(invalid(e)))?;
+    let starts = dag.nodes.iter().map(|node| {
+        let props = spec
+            .models
+            .get(&node.name)
+            .map_or_else(|| spec.globals.clone(), |m| m.props.clone());
+        start_node(state, &name, &archive, &spec, node, props)
+    });
+    let started = futures::future::join_all(starts).await;
+    let mut nodes = Vec::with_capacity(started.len());
+    let mut first_error = None;
+    for result in started {
+        match result {
+            Ok(node) => nodes.push(node),
+            Err(e) => first_error = first_error.or(Some(e)),
+        }
+    }
+    let workflow = Workflow {
+        url: url.to_string(),
+        spec,
+        dag,
+        nodes,
+        dir: archive.dir,
+        owns_dir,
+        name,
+    };
+    if let Some(error) = first_error {
+        stop_nodes(state, &workflow).await;
+        return Err(fail(error.context(format!(
+            "Workflow {} could not be registered",
+            workflow.name
+        ))));
+    }
+    Ok(workflow)
+}
+
+/// Registers and starts the node model of one DAG node.
+async fn start_node(
+    state: &AppState,
+    workflow: &str,
+    archive: &WorkflowArchive,
+    spec: &WorkflowSpec,
+    node: &super::dag::Node,
+    props: NodeProps,
+) -> ApiResult<WorkflowNode> {
+    let model_name = node_model_name(workflow, &node.name);
+    let settings = ModelSettings {
+        min_workers: props.min_workers,
+        max_workers: props.max_workers,
+        batch_size: props.batch_size,
+        max_batch_delay: Duration::from_millis(props.max_batch_delay),
+        response_timeout: Duration::from_millis(props.timeout_ms),
+        job_queue_size: state.config.job_queue_size,
+    };
+    let mut def = match node.kind {
+        NodeKind::Model => {
+            let opts = RegisterOptions {
+                url: spec.models[&node.name].url.clone(),
+                model_name: Some(model_name),
+                ..RegisterOptions::default()
+            };
+            prepare_model(state, &opts, Some(&archive.dir))
+                .await
+                .map_err(|e| e.context(format!("node {}", node.name)))?
+        }
+        NodeKind::Function => function_definition(archive, &node.name, model_name, workflow),
+    };
+    def.settings = settings;
+    def.workflow = Some(workflow.to_string());
+    let model: Arc<ServedModel> = state.start_model(def, true).await?;
+    let metrics = state.metrics.for_node(NodeLabels {
+        workflow: workflow.to_string(),
+        node: node.name.clone(),
+    });
+    Ok(WorkflowNode {
+        model,
+        props,
+        metrics,
+    })
+}
+
+/// A function node runs the handler file's function in workers of its own; the caller sets
+/// its settings.
+fn function_definition(
+    archive: &WorkflowArchive,
+    function: &str,
+    model_name: String,
+    workflow: &str,
+) -> ModelDefinition {
+    let handler = format!("{}:{function}", archive.handler);
+    ModelDefinition {
+        manifest: json!({"runtime": "python", "model": {"modelName": model_name, "handler": handler, "modelVersion": "1.0"}}),
+        name: model_name,
+        version: "1.0".into(),
+        url: format!("{}:{function}", archive.handler),
+        runtime: "python".into(),
+        dir: archive.dir.clone(),
+        owns_dir: false,
+        handler,
+        yaml_config: json!({}),
+        settings: ModelSettings::default(),
+        loaded_at_startup: false,
+        workflow: Some(workflow.to_string()),
+    }
+}
+
+/// Unregisters every node model of a workflow and removes their metrics.
+pub async fn stop_nodes(state: &AppState, workflow: &Workflow) {
+    let stops = workflow.nodes.iter().map(|node| async move {
+        let def = &node.model.def;
+        let _ = state.unregister_model(&def.name, Some(&def.version)).await;
+        state.metrics.remove_node(&node.metrics.labels);
+    });
+    futures::future::join_all(stops).await;
+}
+
+/// Unregisters a workflow, its node models and its unpacked archive.
+pub async fn unregister_workflow(state: &AppState, name: &str) -> ApiResult<()> {
+    let workflow = state.workflows.remove(name)?;
+    stop_nodes(state, &workflow).await;
+    if workflow.owns_dir {
+        let _ = tokio::fs::remove_dir_all(&workflow.dir).await;
+    }
+    Ok(())
+}

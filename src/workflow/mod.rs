@@ -1,0 +1,14 @@
+//! Workflows: `.war` archives, the spec and its DAG, the node models, and the executor.
+
+mod archive;
+mod dag;
+mod executor;
+mod handler_scan;
+mod loader;
+mod registry;
+mod served_workflow;
+mod spec;
+
+pub use executor::execute;
+pub use loader::{register_workflow, unregister_workflow, WorkflowOptions};
+pub use registry::WorkflowRegistry;

@@ -1,0 +1,259 @@
+//! The workflow specification (YAML): node properties and the DAG, parsed and validated.
+
+use std::collections::BTreeMap;
+
+use serde_yaml_ng::Value as Yaml;
+
+/// Per-node serving properties, global defaults overridden per model.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeProps {
+    pub min_workers: usize,
+    pub max_workers: usize,
+    pub batch_size: usize,
+    pub max_batch_delay: u64,
+    pub retry_attempts: usize,
+    pub timeout_ms: u64,
+}
+
+impl Default for NodeProps {
+    fn default() -> Self {
+        Self {
+            min_workers: 1,
+            max_workers: 1,
+            batch_size: 1,
+            max_batch_delay: 50,
+            retry_attempts: 1,
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+impl NodeProps {
+    /// Applies one `key: value` property; errors name the key.
+    fn set(&mut self, key: &str, value: &Yaml, owner: &str) -> Result<(), String> {
+        let number = || {
+            value.as_u64().ok_or_else(|| {
+                format!(
+                    "{owner}: {key} must be a non-negative integer, got {}",
+                    show(value)
+                )
+            })
+        };
+        match key {
+            "min-workers" => self.min_workers = number()? as usize,
+            "max-workers" => self.max_workers = number()? as usize,
+            "batch-size" => self.batch_size = number()? as usize,
+            "max-batch-delay" => self.max_batch_delay = number()?,
+            "retry-attempts" => self.retry_attempts = number()? as usize,
+            "timeout-ms" => self.timeout_ms = number()?,
+            _ => return Err(format!("{owner}: unknown property {key:?}")),
+        }
+        Ok(())
+    }
+
+    fn check(&self, owner: &str) -> Result<(), String> {
+        if self.batch_size == 0 {
+            return Err(format!("{owner}: batch-size must be at least 1"));
+        }
+        if self.timeout_ms == 0 {
+            return Err(format!("{owner}: timeout-ms must be at least 1"));
+        }
+        if self.max_workers < self.min_workers {
+            return Err(format!(
+                "{owner}: max-workers ({}) is less than min-workers ({})",
+                self.max_workers, self.min_workers
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A model of the `models` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelEntry {
+    pub url: String,
+    pub props: NodeProps,
+}
+
+/// A parsed, validated-in-shape workflow spec (the DAG itself is checked by [`super::dag`]).
+#[derive(Debug, Clone)]
+pub struct WorkflowSpec {
+    pub globals: NodeProps,
+    pub models: BTreeMap<String, ModelEntry>,
+    /// Node → the nodes it feeds, in spec order.
+    pub dag: Vec<(String, Vec<String>)>,
+}
+
+fn show(value: &Yaml) -> String {
+    serde_yaml_ng::to_string(value)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn key_name(key: &Yaml, section: &str) -> Result<String, String> {
+    match key {
+        Yaml::String(s) => Ok(s.clone()),
+        Yaml::Number(n) => Ok(n.to_string()),
+        other => Err(format!("{section}: key {} is not a name", show(other))),
+    }
+}
+
+impl WorkflowSpec {
+    /// Parses the YAML text of a spec file.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let doc: Yaml =
+            serde_yaml_ng::from_str(text).map_err(|e| format!("malformed YAML: {e}"))?;
+        let Yaml::Mapping(root) = doc else {
+            return Err("the spec must be a mapping with 'models' and 'dag'".into());
+        };
+        for key in root.keys() {
+            let key = key_name(key, "spec")?;
+            if key != "models" && key != "dag" {
+                return Err(format!("unknown top-level section {key:?}"));
+            }
+        }
+        let models = match root.get("models") {
+            None | Some(Yaml::Null) => serde_yaml_ng::Mapping::new(),
+            Some(Yaml::Mapping(m)) => m.clone(),
+            Some(other) => return Err(format!("'models' must be a mapping, got {}", show(other))),
+        };
+        let dag = match root.get("dag") {
+            Some(Yaml::Mapping(m)) if !m.is_empty() => m,
+            Some(Yaml::Mapping(_)) | None | Some(Yaml::Null) => {
+                return Err("the spec has no 'dag' section".into())
+            }
+            Some(other) => return Err(format!("'dag' must be a mapping, got {}", show(other))),
+        };
+        let mut globals = NodeProps::default();
+        let mut entries = Vec::new();
+        for (key, value) in &models {
+            let key = key_name(key, "models")?;
+            match value {
+                Yaml::Mapping(m) => entries.push((key, m)),
+                scalar => globals.set(&key, scalar, "models")?,
+            }
+        }
+        globals.check("models")?;
+        let mut parsed = BTreeMap::new();
+        for (name, fields) in entries {
+            let owner = format!("model {name:?}");
+            let mut props = globals.clone();
+            let mut url = None;
+            for (key, value) in fields {
+                let key = key_name(key, &owner)?;
+                if key == "url" {
+                    url = Some(
+                        value
+                            .as_str()
+                            .filter(|s| !s.trim().is_empty())
+                            .ok_or_else(|| format!("{owner}: url must be a non-empty string"))?
+                            .to_string(),
+                    );
+                } else {
+                    props.set(&key, value, &owner)?;
+                }
+            }
+            props.check(&owner)?;
+            let url = url.ok_or_else(|| format!("{owner} has no url"))?;
+            parsed.insert(name, ModelEntry { url, props });
+        }
+        let mut edges = Vec::new();
+        for (node, children) in dag {
+            let node = key_name(node, "dag")?;
+            let children = match children {
+                Yaml::Sequence(items) => items
+                    .iter()
+                    .map(|c| key_name(c, &format!("dag node {node:?}")))
+                    .collect::<Result<Vec<_>, _>>()?,
+                Yaml::Null => Vec::new(),
+                Yaml::String(single) => vec![single.clone()],
+                other => {
+                    return Err(format!(
+                        "dag node {node:?} must list the nodes it feeds, got {}",
+                        show(other)
+                    ))
+                }
+            };
+            edges.push((node, children));
+        }
+        Ok(Self {
+            globals,
+            models: parsed,
+            dag: edges,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = "
+models:
+    min-workers: 1
+    max-workers: 4
+    batch-size: 3
+    max-batch-delay : 5000
+    retry-attempts : 3
+    timeout-ms : 5000
+    m1:
+       url : model1.mar
+       min-workers: 1
+       max-workers: 2
+       batch-size: 4
+    m2:
+       url : model2.mar
+dag:
+  pre_processing : [m1]
+  m1 : [m2]
+  m2 : [postprocessing]
+";
+
+    #[test]
+    fn globals_apply_and_models_override() {
+        let spec = WorkflowSpec::parse(SEED).unwrap();
+        assert_eq!(spec.globals.max_workers, 4);
+        let m1 = &spec.models["m1"].props;
+        assert_eq!((m1.max_workers, m1.batch_size, m1.timeout_ms), (2, 4, 5000));
+        let m2 = &spec.models["m2"].props;
+        assert_eq!(
+            (m2.max_workers, m2.batch_size, m2.retry_attempts),
+            (4, 3, 3)
+        );
+        assert_eq!(spec.dag.len(), 3);
+    }
+
+    #[test]
+    fn defaults_match_torchserve() {
+        let spec = WorkflowSpec::parse("models:\n  m:\n    url: m.mar\ndag:\n  m: []\n").unwrap();
+        assert_eq!(spec.models["m"].props, NodeProps::default());
+    }
+
+    #[test]
+    fn rejects_bad_specs_with_a_reason() {
+        let cases = [
+            ("models: [\n", "malformed YAML"),
+            (
+                "models:\n  m:\n    min-workers: 1\ndag:\n  m: []\n",
+                "has no url",
+            ),
+            ("models:\n  batch-size: many\ndag:\n  a: []\n", "batch-size"),
+            (
+                "models:\n  m:\n    url: m.mar\n    speed: 3\ndag:\n  m: []\n",
+                "unknown property",
+            ),
+            ("models:\n  m:\n    url: m.mar\n", "no 'dag'"),
+            ("dag: 5\n", "'dag' must be a mapping"),
+            (
+                "models:\n  min-workers: 3\n  max-workers: 2\ndag:\n  a: []\n",
+                "less than",
+            ),
+            ("dag:\n  a: {b: 1}\n", "must list"),
+        ];
+        for (text, expected) in cases {
+            let err = WorkflowSpec::parse(text).unwrap_err();
+            assert!(err.contains(expected), "{text:?}: {err}");
+        }
+    }
+}
