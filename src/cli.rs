@@ -16,6 +16,9 @@ pub struct Cli {
 pub enum Command {
     /// Start the server (runs in the foreground; Ctrl-C or SIGTERM drains and stops it).
     Serve(ServeArgs),
+    /// Build model (.mar) and workflow (.war) archives.
+    #[command(subcommand)]
+    Archive(crate::archiver::ArchiveCommand),
 }
 
 /// Flags of `torchyard serve`; TorchServe's names are accepted so start scripts keep working.
@@ -33,6 +36,9 @@ pub struct ServeArgs {
     /// Models to load at start: `name=file.mar`, `file.mar` or `all`.
     #[arg(long, num_args = 1..)]
     pub models: Vec<String>,
+    /// Workflows to load at start: `name=file.war`, `file.war` or `all`.
+    #[arg(long, num_args = 1..)]
+    pub workflows: Vec<String>,
     /// Python interpreter for workers (default: the repo's .venv, then python3).
     #[arg(long)]
     pub python: Option<PathBuf>,

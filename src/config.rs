@@ -19,6 +19,8 @@ pub struct ServerConfig {
     pub workflow_store: Option<PathBuf>,
     /// Archives to load at start: `name=file.mar`, `file.mar` or `all`.
     pub load_models: Vec<String>,
+    /// Workflow archives to load at start, in the same forms.
+    pub load_workflows: Vec<String>,
     pub default_workers_per_model: usize,
     pub job_queue_size: usize,
     pub default_response_timeout: Duration,
@@ -64,6 +66,7 @@ impl ServerConfig {
             model_store,
             workflow_store,
             load_models,
+            load_workflows: args.workflows.iter().flat_map(|m| split_list(m)).collect(),
             default_workers_per_model: number("default_workers_per_model", 1)?,
             job_queue_size: number("job_queue_size", 100)?.max(1),
             default_response_timeout: Duration::from_secs(

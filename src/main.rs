@@ -2,6 +2,7 @@
 
 mod api;
 mod archive;
+mod archiver;
 mod cli;
 mod config;
 mod error;
@@ -31,6 +32,9 @@ async fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
         cli::Command::Serve(args) => server::serve(args).await,
+        cli::Command::Archive(command) => archiver::run(command).map(|path| {
+            println!("{}", path.display());
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

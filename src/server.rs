@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 use crate::model::{register_archive, RegisterOptions, Registry};
 use crate::python_env::PythonEnv;
 use crate::state::AppState;
-use crate::workflow::WorkflowRegistry;
+use crate::workflow::{register_workflow, WorkflowOptions, WorkflowRegistry};
 
 /// Runs the server until a shutdown signal, then drains requests and stops the workers.
 pub async fn serve(args: ServeArgs) -> Result<()> {
@@ -48,7 +48,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         state.config.management_address,
         state.config.metrics_address
     );
-    load_startup_models(&state);
+    load_startup_archives(&state);
 
     let stop = CancellationToken::new();
     tokio::spawn(wait_for_signal(stop.clone()));
@@ -73,40 +73,70 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// Registers the models named by `--models` / `load_models` in the background.
-fn load_startup_models(state: &Arc<AppState>) {
-    let mut entries = state.config.load_models.clone();
-    if entries.iter().any(|e| e == "all") {
-        entries = state
-            .config
-            .model_store
-            .as_deref()
-            .map(archives_in)
-            .unwrap_or_default();
-    }
-    for entry in entries {
-        let (model_name, url) = match entry.split_once('=') {
-            Some((name, url)) => (Some(name.to_string()), url.to_string()),
-            None => (None, entry),
-        };
-        let opts = RegisterOptions {
-            url,
-            model_name,
-            loaded_at_startup: true,
-            ..RegisterOptions::default()
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let url = opts.url.clone();
-            if let Err(e) = register_archive(&state, opts).await {
-                tracing::error!("cannot load {url} at start: {e}");
+/// Registers the models and workflows named by `--models`, `load_models` and `--workflows` in
+/// the background: models first, then workflows (whose nodes may need the model store).
+fn load_startup_archives(state: &Arc<AppState>) {
+    let config = &state.config;
+    let models = startup_entries(&config.load_models, config.model_store.as_deref(), MAR);
+    let workflows = startup_entries(
+        &config.load_workflows,
+        config.workflow_store.as_deref(),
+        WAR,
+    );
+    let state = state.clone();
+    tokio::spawn(async move {
+        let loads = models.into_iter().map(|(model_name, url)| {
+            let opts = RegisterOptions {
+                url,
+                model_name,
+                loaded_at_startup: true,
+                ..RegisterOptions::default()
+            };
+            let state = &state;
+            async move {
+                let url = opts.url.clone();
+                if let Err(e) = register_archive(state, opts).await {
+                    tracing::error!("cannot load {url} at start: {e}");
+                }
             }
         });
-    }
+        futures::future::join_all(loads).await;
+        for (workflow_name, url) in workflows {
+            let opts = WorkflowOptions { url, workflow_name };
+            let url = opts.url.clone();
+            if let Err(e) = register_workflow(&state, opts).await {
+                tracing::error!("cannot load workflow {url} at start: {e}");
+            }
+        }
+    });
 }
 
-/// Archive names in the model store: `.mar`, `.tar.gz` files and unpacked archive directories.
-fn archives_in(store: &Path) -> Vec<String> {
+/// A kind of archive: its file extension and manifest directory.
+type ArchiveKind = (&'static str, &'static str);
+const MAR: ArchiveKind = (".mar", "MAR-INF");
+const WAR: ArchiveKind = (".war", "WAR-INF");
+
+/// `(name, url)` pairs from `name=url`, `url` or `all` (every archive in `store`).
+fn startup_entries(
+    entries: &[String],
+    store: Option<&Path>,
+    kind: ArchiveKind,
+) -> Vec<(Option<String>, String)> {
+    let mut entries = entries.to_vec();
+    if entries.iter().any(|e| e == "all") {
+        entries = store.map(|s| archives_in(s, kind)).unwrap_or_default();
+    }
+    entries
+        .into_iter()
+        .map(|entry| match entry.split_once('=') {
+            Some((name, url)) => (Some(name.to_string()), url.to_string()),
+            None => (None, entry),
+        })
+        .collect()
+}
+
+/// Archive names in a store: files of the archive's kind and unpacked archive directories.
+fn archives_in(store: &Path, (ext, manifest_dir): ArchiveKind) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(store) else {
         return Vec::new();
     };
@@ -114,9 +144,7 @@ fn archives_in(store: &Path) -> Vec<String> {
         .flatten()
         .filter(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            name.ends_with(".mar")
-                || name.ends_with(".tar.gz")
-                || e.path().join("MAR-INF/MANIFEST.json").is_file()
+            name.ends_with(ext) || e.path().join(manifest_dir).join("MANIFEST.json").is_file()
         })
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();

@@ -1,0 +1,32 @@
+"""Handler of the example's TorchScript models: a number per request in, the model's output out."""
+
+import json
+import os
+
+import torch
+
+_model = None
+
+
+def _number(row):
+    value = row.get("data")
+    if value is None:
+        value = row.get("body")
+    if isinstance(value, (bytes, bytearray)):
+        value = value.decode("utf-8")
+    if isinstance(value, str):
+        value = json.loads(value)
+    return float(value)
+
+
+def handle(data, context):
+    """Loads the model when called with None, then scales each request's number."""
+    global _model
+    if data is None:
+        model_dir = context.system_properties["model_dir"]
+        serialized = context.manifest["model"]["serializedFile"]
+        _model = torch.jit.load(os.path.join(model_dir, serialized), map_location="cpu")
+        return None
+    batch = torch.tensor([_number(row) for row in data], dtype=torch.float32)
+    with torch.inference_mode():
+        return _model(batch).tolist()

@@ -1,0 +1,67 @@
+//! `torchyard archive workflow`: a `.war` with `WAR-INF/MANIFEST.json`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use serde_json::json;
+
+use super::model::handler_entry;
+use super::writer::Contents;
+use super::{created_on, file_list, ArchiveFormat};
+
+/// Flags of torch-workflow-archiver.
+#[derive(Debug, Args)]
+pub struct WorkflowArgs {
+    /// Workflow name; also the archive's file name.
+    #[arg(long)]
+    pub workflow_name: String,
+    /// The workflow specification (YAML).
+    #[arg(long)]
+    pub spec_file: PathBuf,
+    /// The Python file with the workflow's functions.
+    #[arg(long)]
+    pub handler: String,
+    /// Comma-separated extra files or directories.
+    #[arg(long)]
+    pub extra_files: Option<String>,
+    /// Where to write the archive.
+    #[arg(long, default_value = ".")]
+    pub export_path: PathBuf,
+    /// Archive format.
+    #[arg(long, value_enum, default_value = "default")]
+    pub archive_format: ArchiveFormat,
+    /// Overwrite an existing archive.
+    #[arg(short = 'f', long)]
+    pub force: bool,
+}
+
+/// Builds the workflow archive and returns its path.
+pub fn build(args: &WorkflowArgs) -> Result<PathBuf> {
+    let mut contents = Contents::default();
+    let spec = contents.add_file(&args.spec_file)?;
+    let handler = handler_entry(&args.handler, &mut contents)?;
+    for extra in file_list(args.extra_files.as_deref()) {
+        contents.add_file(&extra)?;
+    }
+    let manifest = json!({
+        "createdOn": created_on(),
+        "workflow": {
+            "workflowName": args.workflow_name,
+            "specFile": spec,
+            "handler": handler,
+        },
+        "archiverVersion": env!("CARGO_PKG_VERSION"),
+    });
+    contents.add_bytes(
+        "WAR-INF/MANIFEST.json",
+        serde_json::to_vec_pretty(&manifest)?,
+    );
+    contents.write(
+        &args.export_path,
+        &args.workflow_name,
+        ".war",
+        args.archive_format,
+        args.force,
+    )
+}
