@@ -1,0 +1,1 @@
+"""torchyard's Python side: the worker process that runs TorchServe-style handlers."""
