@@ -42,6 +42,9 @@ pub struct ServeArgs {
     /// Python interpreter for workers (default: the repo's .venv, then python3).
     #[arg(long)]
     pub python: Option<PathBuf>,
+    /// Directory for snapshots of what is registered (default: logs/config).
+    #[arg(long)]
+    pub snapshot_dir: Option<PathBuf>,
     /// Do not restore or write snapshots.
     #[arg(long, visible_alias = "no-snapshot")]
     pub ncs: bool,

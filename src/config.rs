@@ -26,6 +26,8 @@ pub struct ServerConfig {
     pub default_response_timeout: Duration,
     pub max_request_size: usize,
     pub python: Option<PathBuf>,
+    /// Where snapshots go; `None` when they are off (`--ncs`).
+    pub snapshot_dir: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -74,6 +76,12 @@ impl ServerConfig {
             ),
             max_request_size: number("max_request_size", 6_553_500)?,
             python: args.python.clone(),
+            snapshot_dir: (!args.ncs).then(|| {
+                args.snapshot_dir
+                    .clone()
+                    .or_else(|| get("snapshot_dir").map(PathBuf::from))
+                    .unwrap_or_else(|| PathBuf::from("logs/config"))
+            }),
         })
     }
 }

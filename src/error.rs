@@ -78,6 +78,12 @@ impl ApiError {
         )
     }
 
+    /// The error with another message, keeping status and type.
+    pub fn with_message(mut self, message: String) -> Self {
+        self.message = message;
+        self
+    }
+
     /// The error with its message prefixed, keeping status and type.
     pub fn context(mut self, prefix: impl std::fmt::Display) -> Self {
         self.message = format!("{prefix}: {}", self.message);

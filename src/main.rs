@@ -13,7 +13,9 @@ mod model;
 mod python_env;
 mod request;
 mod server;
+mod snapshot;
 mod state;
+mod versioned;
 mod worker;
 mod workflow;
 

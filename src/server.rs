@@ -12,10 +12,11 @@ use crate::api;
 use crate::cli::ServeArgs;
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
-use crate::model::{register_archive, RegisterOptions, Registry};
+use crate::model::{register_archive, RegisterOptions};
 use crate::python_env::PythonEnv;
+use crate::snapshot::{self, Snapshotter};
 use crate::state::AppState;
-use crate::workflow::{register_workflow, WorkflowOptions, WorkflowRegistry};
+use crate::workflow::{register_workflow, WorkflowOptions};
 
 /// Runs the server until a shutdown signal, then drains requests and stops the workers.
 pub async fn serve(args: ServeArgs) -> Result<()> {
@@ -35,11 +36,12 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let management = bind(config.management_address).await?;
     let metrics = bind(config.metrics_address).await?;
     let state = Arc::new(AppState {
-        registry: Registry::default(),
-        workflows: WorkflowRegistry::default(),
+        registry: Default::default(),
+        workflows: Default::default(),
         metrics: Metrics::default(),
         python,
         http: reqwest::Client::new(),
+        snapshots: Snapshotter::new(config.snapshot_dir.as_deref()),
         config,
     });
     tracing::info!(
@@ -48,7 +50,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         state.config.management_address,
         state.config.metrics_address
     );
-    load_startup_archives(&state);
+    let restored = state.snapshots.load()?;
+    load_startup_archives(&state, restored);
 
     let stop = CancellationToken::new();
     tokio::spawn(wait_for_signal(stop.clone()));
@@ -73,9 +76,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// Registers the models and workflows named by `--models`, `load_models` and `--workflows` in
-/// the background: models first, then workflows (whose nodes may need the model store).
-fn load_startup_archives(state: &Arc<AppState>) {
+/// In the background: restores the last snapshot, then registers the models and workflows
+/// named by `--models`, `load_models` and `--workflows` (models first: workflow nodes may
+/// need them).
+fn load_startup_archives(state: &Arc<AppState>, restored: Option<snapshot::Snapshot>) {
     let config = &state.config;
     let models = startup_entries(&config.load_models, config.model_store.as_deref(), MAR);
     let workflows = startup_entries(
@@ -85,6 +89,10 @@ fn load_startup_archives(state: &Arc<AppState>) {
     );
     let state = state.clone();
     tokio::spawn(async move {
+        if let Some(snapshot) = restored {
+            tracing::info!("restoring the last snapshot");
+            snapshot::restore(&state, snapshot).await;
+        }
         let loads = models.into_iter().map(|(model_name, url)| {
             let opts = RegisterOptions {
                 url,
@@ -108,6 +116,7 @@ fn load_startup_archives(state: &Arc<AppState>) {
                 tracing::error!("cannot load workflow {url} at start: {e}");
             }
         }
+        state.snapshots.save(&state).await;
     });
 }
 

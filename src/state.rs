@@ -5,18 +5,21 @@ use std::sync::Arc;
 use crate::config::ServerConfig;
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::{Metrics, ModelLabels};
-use crate::model::{ModelDefinition, Registry, ServedModel};
+use crate::model::{ModelDefinition, ServedModel};
 use crate::python_env::PythonEnv;
-use crate::workflow::WorkflowRegistry;
+use crate::snapshot::Snapshotter;
+use crate::versioned::VersionedRegistry;
+use crate::workflow::Workflow;
 
 /// The server's models, metrics, settings and Python environment.
 pub struct AppState {
     pub config: ServerConfig,
-    pub registry: Registry,
-    pub workflows: WorkflowRegistry,
+    pub registry: VersionedRegistry<ServedModel>,
+    pub workflows: VersionedRegistry<Workflow>,
     pub metrics: Metrics,
     pub python: PythonEnv,
     pub http: reqwest::Client,
+    pub snapshots: Snapshotter,
 }
 
 impl AppState {
@@ -51,6 +54,7 @@ impl AppState {
             self.stop_model(&model).await;
             return Err(e);
         }
+        ServedModel::spawn_autoscaler(&model);
         Ok(model)
     }
 

@@ -24,7 +24,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             .route("/ping", get(ping))
             .route("/predictions/{model}", post(predict))
             .route("/predictions/{model}/{version}", post(predict_version))
-            .route("/wfpredict/{workflow}", post(workflow_predict)),
+            .route("/wfpredict/{workflow}", post(workflow_predict))
+            .route(
+                "/wfpredict/{workflow}/{version}",
+                post(workflow_predict_version),
+            ),
     )
     .with_state(state)
 }
@@ -74,7 +78,26 @@ async fn workflow_predict(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let workflow = state.workflows.get(&workflow)?;
+    run_workflow(&state, &workflow, None, headers, body).await
+}
+
+async fn workflow_predict_version(
+    State(state): State<Arc<AppState>>,
+    Path((workflow, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    run_workflow(&state, &workflow, Some(&version), headers, body).await
+}
+
+async fn run_workflow(
+    state: &AppState,
+    workflow: &str,
+    version: Option<&str>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let workflow = state.workflows.get(workflow, version)?;
     let request = read_request(&headers, body, state.config.max_request_size).await?;
     let output = crate::workflow::execute(&workflow, request).await?;
     Ok(into_http(output))

@@ -2,8 +2,10 @@
 
 use std::sync::Arc;
 
+use axum::extract::Request;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, options, put};
 use axum::{Json, Router};
@@ -35,7 +37,25 @@ pub fn router(state: Arc<AppState>) -> Router {
             .route("/models/{name}/{version}/set-default", put(set_default))
             .merge(super::workflow_management::routes()),
     )
+    .layer(middleware::from_fn_with_state(
+        state.clone(),
+        snapshot_after_change,
+    ))
     .with_state(state)
+}
+
+/// Writes a snapshot after every successful change made through the API.
+async fn snapshot_after_change(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let changes = !matches!(*request.method(), Method::GET | Method::OPTIONS);
+    let response = next.run(request).await;
+    if changes && response.status().is_success() {
+        state.snapshots.save(&state).await;
+    }
+    response
 }
 
 async fn description() -> impl IntoResponse {
@@ -155,13 +175,7 @@ async fn scale_model(
 ) -> ApiResult<Response> {
     let q: ScaleQuery = query::parse(raw)?;
     let model = state.registry.get(name, version)?;
-    let min = q.min_worker.unwrap_or(1);
-    let max = q.max_worker.unwrap_or(min);
-    if max < min {
-        return Err(ApiError::bad_request(format!(
-            "max_worker ({max}) cannot be less than min_worker ({min})"
-        )));
-    }
+    let (min, max) = worker_bounds(q.min_worker, q.max_worker)?;
     model.scale(min, max, q.synchronous).await?;
     if q.synchronous {
         Ok(status(format!("Workers scaled to {min} for model: {name}")).into_response())
@@ -182,6 +196,18 @@ fn check_not_node(state: &AppState, name: &str, version: Option<&str>) -> ApiRes
         ))),
         None => Ok(()),
     }
+}
+
+/// The worker bounds of a scale request: min defaults to 1, max to min.
+pub fn worker_bounds(min: Option<usize>, max: Option<usize>) -> ApiResult<(usize, usize)> {
+    let min = min.unwrap_or(1);
+    let max = max.unwrap_or(min);
+    if max < min {
+        return Err(ApiError::bad_request(format!(
+            "max_worker ({max}) cannot be less than min_worker ({min})"
+        )));
+    }
+    Ok((min, max))
 }
 
 async fn unregister(

@@ -1,23 +1,44 @@
-//! Workflow management API: register, list, describe and unregister workflows.
+//! Workflow management API: register, list, describe, scale, update, set-default and
+//! unregister workflows and their versions.
 
 use std::sync::Arc;
 
 use axum::extract::{Path, RawQuery, State};
-use axum::routing::get;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
 use axum::{Json, Router};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::management::paginate;
+use super::management::{paginate, worker_bounds};
 use super::query;
 use crate::error::ApiResult;
 use crate::state::AppState;
-use crate::workflow::{register_workflow, unregister_workflow, WorkflowOptions};
+use crate::workflow::{
+    register_workflow, scale_workflow, unregister_workflow, update_workflow, Workflow,
+    WorkflowOptions,
+};
 
 /// Workflow routes, merged into the management listener.
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/workflows", get(list).post(register))
-        .route("/workflows/{name}", get(describe).delete(unregister))
+        .route(
+            "/workflows/{name}",
+            get(describe).put(scale_or_update).delete(unregister),
+        )
+        .route(
+            "/workflows/{name}/{version}",
+            get(describe_version)
+                .put(scale_version)
+                .delete(unregister_version),
+        )
+        .route("/workflows/{name}/{version}/set-default", put(set_default))
+}
+
+fn status(message: String) -> Json<Value> {
+    Json(json!({ "status": message }))
 }
 
 async fn register(
@@ -26,9 +47,10 @@ async fn register(
 ) -> ApiResult<Json<Value>> {
     let opts: WorkflowOptions = query::parse(raw.as_deref())?;
     let workflow = register_workflow(&state, opts).await?;
-    Ok(Json(json!({
-        "status": format!("Workflow {} has been registered and scaled successfully.", workflow.name)
-    })))
+    Ok(status(format!(
+        "Workflow {} has been registered and scaled successfully.",
+        workflow.name
+    )))
 }
 
 async fn list(
@@ -47,20 +69,111 @@ async fn list(
     Ok(Json(body))
 }
 
+fn describe_all(workflows: &[Arc<Workflow>]) -> Json<Value> {
+    Json(Value::Array(
+        workflows.iter().map(|w| w.describe()).collect(),
+    ))
+}
+
 async fn describe(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let workflow = state.workflows.get(&name)?;
-    Ok(Json(json!([workflow.describe()])))
+    Ok(describe_all(&[state.workflows.get(&name, None)?]))
+}
+
+async fn describe_version(
+    State(state): State<Arc<AppState>>,
+    Path((name, version)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    if version == "all" {
+        return Ok(describe_all(&state.workflows.versions(&name)?));
+    }
+    Ok(describe_all(&[state
+        .workflows
+        .get(&name, Some(&version))?]))
+}
+
+/// Query of `PUT /workflows/{name}`: `url` updates to a new archive, otherwise it scales.
+#[derive(Deserialize)]
+struct PutQuery {
+    url: Option<String>,
+    node: Option<String>,
+    min_worker: Option<usize>,
+    max_worker: Option<usize>,
+    #[serde(default)]
+    synchronous: bool,
+}
+
+async fn scale_or_update(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Response> {
+    let q: PutQuery = query::parse(raw.as_deref())?;
+    if let Some(url) = q.url {
+        let workflow = update_workflow(&state, &name, url).await?;
+        return Ok(status(format!(
+            "Workflow {name} updated to version {}",
+            workflow.version
+        ))
+        .into_response());
+    }
+    scale(&state, &name, None, q).await
+}
+
+async fn scale_version(
+    State(state): State<Arc<AppState>>,
+    Path((name, version)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Response> {
+    scale(&state, &name, Some(&version), query::parse(raw.as_deref())?).await
+}
+
+async fn scale(
+    state: &AppState,
+    name: &str,
+    version: Option<&str>,
+    q: PutQuery,
+) -> ApiResult<Response> {
+    let workflow = state.workflows.get(name, version)?;
+    let (min, max) = worker_bounds(q.min_worker, q.max_worker)?;
+    scale_workflow(&workflow, q.node.as_deref(), min, max, q.synchronous).await?;
+    if q.synchronous {
+        Ok(status(format!("Workers scaled to {min} for workflow: {name}")).into_response())
+    } else {
+        Ok((
+            StatusCode::ACCEPTED,
+            status("Processing worker updates...".into()),
+        )
+            .into_response())
+    }
 }
 
 async fn unregister(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    unregister_workflow(&state, &name).await?;
-    Ok(Json(
-        json!({ "status": format!("Workflow \"{name}\" unregistered") }),
-    ))
+    unregister_workflow(&state, &name, None).await?;
+    Ok(status(format!("Workflow \"{name}\" unregistered")))
+}
+
+async fn unregister_version(
+    State(state): State<Arc<AppState>>,
+    Path((name, version)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    unregister_workflow(&state, &name, Some(&version)).await?;
+    Ok(status(format!(
+        "Workflow \"{name}\" version {version} unregistered"
+    )))
+}
+
+async fn set_default(
+    State(state): State<Arc<AppState>>,
+    Path((name, version)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    state.workflows.set_default(&name, &version)?;
+    Ok(status(format!(
+        "Default version successfully updated for workflow \"{name}\" to \"{version}\""
+    )))
 }

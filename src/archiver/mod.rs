@@ -17,6 +17,7 @@ pub enum ArchiveCommand {
     #[command(disable_version_flag = true)]
     Model(ModelArgs),
     /// Build a workflow archive (.war), as torch-workflow-archiver does.
+    #[command(disable_version_flag = true)]
     Workflow(WorkflowArgs),
 }
 

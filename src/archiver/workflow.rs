@@ -34,6 +34,9 @@ pub struct WorkflowArgs {
     /// Overwrite an existing archive.
     #[arg(short = 'f', long)]
     pub force: bool,
+    /// Workflow version (a torchyard extension; TorchServe ignores it).
+    #[arg(short = 'v', long, default_value = "1.0")]
+    pub version: String,
 }
 
 /// Builds the workflow archive and returns its path.
@@ -48,6 +51,7 @@ pub fn build(args: &WorkflowArgs) -> Result<PathBuf> {
         "createdOn": created_on(),
         "workflow": {
             "workflowName": args.workflow_name,
+            "workflowVersion": args.version,
             "specFile": spec,
             "handler": handler,
         },

@@ -3,10 +3,8 @@
 
 mod definition;
 mod loader;
-mod registry;
 mod served_model;
 
 pub use definition::{valid_name, ModelDefinition, ModelSettings};
 pub use loader::{archive_stem, prepare_model, register_archive, RegisterOptions};
-pub use registry::Registry;
 pub use served_model::ServedModel;

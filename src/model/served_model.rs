@@ -1,8 +1,8 @@
 //! A registered model version: its job queue, worker pool and description.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use async_channel::{Sender, TrySendError};
 use serde_json::{json, Value};
@@ -13,6 +13,11 @@ use crate::job::{InferenceRequest, Job, JobResult};
 use crate::metrics::ModelMetrics;
 use crate::python_env::PythonEnv;
 use crate::worker::{fail_queued, spawn_worker, WorkerHandle, WorkerSpec, WorkerState};
+
+/// How often the autoscaler looks at the queue.
+const AUTOSCALE_TICK: Duration = Duration::from_millis(250);
+/// How long the queue must stay empty before the autoscaler removes a worker.
+const AUTOSCALE_QUIET: Duration = Duration::from_secs(10);
 
 /// A model version being served.
 pub struct ServedModel {
@@ -31,6 +36,18 @@ struct Pool {
     min: usize,
     max: usize,
     next_id: usize,
+}
+
+impl crate::versioned::Versioned for ServedModel {
+    const KIND: &'static str = "Model";
+
+    fn name(&self) -> &str {
+        &self.def.name
+    }
+
+    fn version(&self) -> &str {
+        &self.def.version
+    }
 }
 
 impl ServedModel {
@@ -169,13 +186,75 @@ impl ServedModel {
         Ok(())
     }
 
-    /// Stops every worker and answers whatever is still queued with an error.
+    /// Stops taking requests, lets the workers answer what was already queued (within the
+    /// response timeout), then stops them; anything left is answered with an error.
     pub async fn shutdown(&self) {
         self.queue.close();
+        let deadline = Instant::now() + self.def.settings.response_timeout;
+        while !self.queue.is_empty()
+            && self.spec.ready_workers.load(Ordering::SeqCst) > 0
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let _ = self.scale(0, 0, true).await;
         if self.def.owns_dir {
             let dir = self.def.dir.clone();
             let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        }
+    }
+
+    /// The pool's current (min, max) worker bounds.
+    pub fn worker_bounds(&self) -> (usize, usize) {
+        let pool = self.pool.lock().expect("pool lock");
+        (pool.min, pool.max)
+    }
+
+    /// Starts the task that scales the pool between min and max workers from queue depth:
+    /// one more worker while more than a batch waits, one fewer after a quiet period.
+    pub fn spawn_autoscaler(model: &Arc<Self>) {
+        let weak = Arc::downgrade(model);
+        tokio::spawn(async move {
+            let mut quiet_since: Option<Instant> = None;
+            loop {
+                tokio::time::sleep(AUTOSCALE_TICK).await;
+                let Some(model) = Weak::upgrade(&weak) else {
+                    break;
+                };
+                if model.queue.is_closed() {
+                    break;
+                }
+                model.autoscale_step(&mut quiet_since);
+            }
+        });
+    }
+
+    fn autoscale_step(&self, quiet_since: &mut Option<Instant>) {
+        let Ok(_guard) = self.scaling.try_lock() else {
+            return;
+        };
+        let depth = self.queue.len();
+        let mut pool = self.pool.lock().expect("pool lock");
+        let count = pool.workers.len();
+        let all_ready = self.spec.ready_workers.load(Ordering::SeqCst) >= count;
+        if depth > self.def.settings.batch_size && count < pool.max && all_ready && count > 0 {
+            let id = pool.next_id;
+            pool.next_id += 1;
+            pool.workers.push(spawn_worker(self.spec.clone(), id));
+            self.target_workers.store(count + 1, Ordering::SeqCst);
+            *quiet_since = None;
+        } else if depth == 0 && count > pool.min {
+            let since = *quiet_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= AUTOSCALE_QUIET {
+                if let Some(worker) = pool.workers.pop() {
+                    worker.stop();
+                    self.target_workers.store(count - 1, Ordering::SeqCst);
+                    tokio::spawn(worker.join());
+                }
+                *quiet_since = None;
+            }
+        } else {
+            *quiet_since = None;
         }
     }
 

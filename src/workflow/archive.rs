@@ -11,6 +11,7 @@ use crate::archive::{unpack, ArchiveError};
 pub struct WorkflowArchive {
     pub dir: PathBuf,
     pub name: Option<String>,
+    pub version: Option<String>,
     pub spec_text: String,
     /// The handler file's name inside `dir`.
     pub handler: String,
@@ -26,6 +27,7 @@ struct ManifestFile {
 #[serde(rename_all = "camelCase")]
 struct WorkflowSection {
     workflow_name: Option<String>,
+    workflow_version: Option<String>,
     spec_file: String,
     handler: String,
 }
@@ -53,6 +55,7 @@ impl WorkflowArchive {
             handler_source: read(&handler, "handler file")?,
             handler,
             name: section.workflow_name,
+            version: section.workflow_version,
             dir,
         })
     }

@@ -21,6 +21,7 @@ pub async fn execute(
     workflow: &Workflow,
     request: InferenceRequest,
 ) -> ApiResult<InferenceResponse> {
+    let _in_flight = workflow.in_flight.enter();
     let dag = &workflow.dag;
     let headers = request.headers.clone();
     let mut entry_request = Some(request);

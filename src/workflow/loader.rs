@@ -64,7 +64,8 @@ pub async fn register_workflow(
         .or_else(|| archive.name.clone())
         .or(stem)
         .unwrap_or_default();
-    let result = build(state, &opts.url, name, archive, owns_dir).await;
+    let version = archive.version.clone().unwrap_or_else(|| "1.0".into());
+    let result = build(state, &opts.url, name, version, archive, owns_dir).await;
     if let Err((_, dir)) = &result {
         if owns_dir {
             let _ = tokio::fs::remove_dir_all(dir).await;
@@ -83,6 +84,7 @@ async fn build(
     state: &AppState,
     url: &str,
     name: String,
+    version: String,
     archive: WorkflowArchive,
     owns_dir: bool,
 ) -> Result<Workflow, (ApiError, std::path::PathBuf)> {
@@ -93,9 +95,9 @@ async fn build(
             "Invalid workflow name {name:?}: use letters, digits, '_', '-' and '.', without '__'"
         ))));
     }
-    if state.workflows.contains(&name) {
+    if state.workflows.contains(&name, &version) {
         return Err(fail(ApiError::conflict(format!(
-            "Workflow {name} is already registered"
+            "Workflow version {version} is already registered for workflow {name}"
         ))));
     }
     let invalid = |e: String| ApiError::bad_request(format!("Invalid workflow specification: {e}"));
@@ -107,7 +109,7 @@ async fn build(
             .models
             .get(&node.name)
             .map_or_else(|| spec.globals.clone(), |m| m.props.clone());
-        start_node(state, &name, &archive, &spec, node, props)
+        start_node(state, (&name, &version), &archive, &spec, node, props)
     });
     let started = futures::future::join_all(starts).await;
     let mut nodes = Vec::with_capacity(started.len());
@@ -119,6 +121,8 @@ async fn build(
         }
     }
     let workflow = Workflow {
+        version,
+        in_flight: Default::default(),
         url: url.to_string(),
         spec,
         dag,
@@ -140,7 +144,7 @@ async fn build(
 /// Registers and starts the node model of one DAG node.
 async fn start_node(
     state: &AppState,
-    workflow: &str,
+    (workflow, version): (&str, &str),
     archive: &WorkflowArchive,
     spec: &WorkflowSpec,
     node: &super::dag::Node,
@@ -168,6 +172,7 @@ async fn start_node(
         }
         NodeKind::Function => function_definition(archive, &node.name, model_name, workflow),
     };
+    def.version = version.to_string();
     def.settings = settings;
     def.workflow = Some(workflow.to_string());
     let model: Arc<ServedModel> = state.start_model(def, true).await?;
@@ -217,12 +222,75 @@ pub async fn stop_nodes(state: &AppState, workflow: &Workflow) {
     futures::future::join_all(stops).await;
 }
 
-/// Unregisters a workflow, its node models and its unpacked archive.
-pub async fn unregister_workflow(state: &AppState, name: &str) -> ApiResult<()> {
-    let workflow = state.workflows.remove(name)?;
+/// How long an unregistered workflow version may take to finish its requests.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Unregisters one version of a workflow (the default when `version` is None): new requests
+/// stop at once, requests in flight finish, then its node models and archive go.
+pub async fn unregister_workflow(
+    state: &AppState,
+    name: &str,
+    version: Option<&str>,
+) -> ApiResult<Arc<Workflow>> {
+    let workflow = state.workflows.remove(name, version)?;
+    if tokio::time::timeout(DRAIN_TIMEOUT, workflow.in_flight.idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!("workflow {name} still had requests in flight after {DRAIN_TIMEOUT:?}");
+    }
     stop_nodes(state, &workflow).await;
     if workflow.owns_dir {
         let _ = tokio::fs::remove_dir_all(&workflow.dir).await;
+    }
+    Ok(workflow)
+}
+
+/// Replaces the default version of `name` by the archive at `url` without dropping a
+/// request: the new version starts, becomes the default, and the old one drains and stops.
+pub async fn update_workflow(
+    state: &AppState,
+    name: &str,
+    url: String,
+) -> ApiResult<Arc<Workflow>> {
+    let old = state.workflows.get(name, None)?;
+    let opts = WorkflowOptions {
+        url,
+        workflow_name: Some(name.to_string()),
+    };
+    let new = register_workflow(state, opts).await?;
+    state.workflows.set_default(name, &new.version)?;
+    unregister_workflow(state, name, Some(&old.version)).await?;
+    Ok(new)
+}
+
+/// Scales the node models of a workflow: all of them, or the one named `node`.
+pub async fn scale_workflow(
+    workflow: &Workflow,
+    node: Option<&str>,
+    min: usize,
+    max: usize,
+    synchronous: bool,
+) -> ApiResult<()> {
+    let mut models: Vec<Arc<ServedModel>> = Vec::new();
+    for (dag_node, served) in workflow.dag.nodes.iter().zip(&workflow.nodes) {
+        if node.is_none_or(|wanted| dag_node.name == wanted) {
+            models.push(served.model.clone());
+        }
+    }
+    if models.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "Workflow {} has no node {}",
+            workflow.name,
+            node.unwrap_or_default()
+        )));
+    }
+    let mut scaling = Vec::with_capacity(models.len());
+    for model in &models {
+        scaling.push(model.scale(min, max, synchronous));
+    }
+    for result in futures::future::join_all(scaling).await {
+        result?;
     }
     Ok(())
 }

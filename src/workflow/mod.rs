@@ -5,10 +5,11 @@ mod dag;
 mod executor;
 mod handler_scan;
 mod loader;
-mod registry;
 mod served_workflow;
 mod spec;
 
 pub use executor::execute;
-pub use loader::{register_workflow, unregister_workflow, WorkflowOptions};
-pub use registry::WorkflowRegistry;
+pub use loader::{
+    register_workflow, scale_workflow, unregister_workflow, update_workflow, WorkflowOptions,
+};
+pub use served_workflow::Workflow;

@@ -1,7 +1,10 @@
 //! A registered workflow: its DAG and the node models that run it.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+
+use tokio::sync::Notify;
 
 use serde_json::{json, Map, Value};
 
@@ -20,6 +23,7 @@ pub struct WorkflowNode {
 /// A workflow being served.
 pub struct Workflow {
     pub name: String,
+    pub version: String,
     pub url: String,
     pub spec: WorkflowSpec,
     pub dag: Dag,
@@ -28,11 +32,62 @@ pub struct Workflow {
     /// The unpacked archive, removed with the workflow when the server unpacked it.
     pub dir: PathBuf,
     pub owns_dir: bool,
+    pub in_flight: InFlight,
+}
+
+/// Counts requests running through a workflow, so an old version can drain before it stops.
+#[derive(Default)]
+pub struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+/// Marks one request in flight until dropped.
+pub struct InFlightGuard<'a>(&'a InFlight);
+
+impl InFlight {
+    pub fn enter(&self) -> InFlightGuard<'_> {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard(self)
+    }
+
+    /// Waits until no request is in flight.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 /// The model name of node `node` of workflow `workflow`.
 pub fn node_model_name(workflow: &str, node: &str) -> String {
     format!("{workflow}__{node}")
+}
+
+impl crate::versioned::Versioned for Workflow {
+    const KIND: &'static str = "Workflow";
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn version(&self) -> &str {
+        &self.version
+    }
 }
 
 impl Workflow {
@@ -54,11 +109,13 @@ impl Workflow {
                     "type": match node.kind { NodeKind::Model => "model", NodeKind::Function => "function" },
                     "modelName": served.model.def.name,
                     "properties": served.props,
+                    "workers": served.model.worker_bounds(),
                 })
             })
             .collect();
         json!({
             "workflowName": self.name,
+            "workflowVersion": self.version,
             "workflowUrl": self.url,
             "minWorkers": globals.min_workers,
             "maxWorkers": globals.max_workers,
