@@ -111,6 +111,8 @@ def main(argv=None) -> int:
         level=os.environ.get("TORCHYARD_WORKER_LOG", "INFO"),
         format=f"[pid {os.getpid()}] %(levelname)s %(name)s: %(message)s",
     )
+    # TorchServe's `ts` package, when installed, wins over torchyard's stand-in.
+    sys.path.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), "compat"))
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(args.socket)
     Worker().serve(sock)
