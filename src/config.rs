@@ -26,6 +26,8 @@ pub struct ServerConfig {
     pub default_response_timeout: Duration,
     pub max_request_size: usize,
     pub python: Option<PathBuf>,
+    /// Whether an archive's requirements.txt is installed for its model.
+    pub install_py_dep_per_model: bool,
     /// Where snapshots go; `None` when they are off (`--ncs`).
     pub snapshot_dir: Option<PathBuf>,
 }
@@ -76,6 +78,8 @@ impl ServerConfig {
             ),
             max_request_size: number("max_request_size", 6_553_500)?,
             python: args.python.clone(),
+            install_py_dep_per_model: get("install_py_dep_per_model")
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
             snapshot_dir: (!args.ncs).then(|| {
                 args.snapshot_dir
                     .clone()

@@ -22,6 +22,7 @@ pub struct ModelSection {
     pub model_version: Option<String>,
     pub handler: Option<String>,
     pub config_file: Option<String>,
+    pub requirements_file: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -31,6 +31,8 @@ pub struct ModelDefinition {
     pub yaml_config: serde_json::Value,
     pub settings: ModelSettings,
     pub loaded_at_startup: bool,
+    /// Directory of Python packages installed from the archive's requirements file.
+    pub deps_dir: Option<PathBuf>,
     /// The workflow this model is a node of; such models go with their workflow.
     pub workflow: Option<String>,
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::definition::{valid_name, ModelDefinition, ModelSettings};
+use super::dependencies::install_requirements;
 use super::served_model::ServedModel;
 use crate::archive::{ArchiveError, ModelArchive};
 use crate::error::{ApiError, ApiResult};
@@ -68,7 +69,21 @@ pub async fn prepare_model(
     }
     let archive = opened.map_err(|e| archive_error(&opts.url, e))?;
     let unpacked = (archive.dir != source).then(|| archive.dir.clone());
-    let def = definition(state, opts, &source, archive);
+    let requirements = archive.manifest.model.requirements_file.clone();
+    let mut def = definition(state, opts, &source, archive);
+    if let (Ok(d), Some(file)) = (&mut def, requirements) {
+        if state.config.install_py_dep_per_model {
+            match install_requirements(&state.python, &d.dir.join(&file), &d.name).await {
+                Ok(dir) => d.deps_dir = Some(dir),
+                Err(e) => def = Err(e),
+            }
+        } else {
+            tracing::warn!(
+                "model {} ships {file}, not installed: set install_py_dep_per_model=true",
+                d.name
+            );
+        }
+    }
     if def.is_err() {
         if let Some(dir) = unpacked {
             let _ = tokio::fs::remove_dir_all(dir).await;
@@ -138,6 +153,7 @@ fn definition(
         yaml_config: archive.config.raw.clone(),
         settings,
         loaded_at_startup: opts.loaded_at_startup,
+        deps_dir: None,
         workflow: None,
         dir: archive.dir,
         name,

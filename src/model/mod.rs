@@ -2,6 +2,7 @@
 //! names and versions, and loading archives into it.
 
 mod definition;
+mod dependencies;
 mod loader;
 mod served_model;
 

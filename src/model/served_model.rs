@@ -58,6 +58,7 @@ impl ServedModel {
             model_name: def.name.clone(),
             model_version: def.version.clone(),
             model_dir: def.dir.clone(),
+            deps_dir: def.deps_dir.clone(),
             handler: def.handler.clone(),
             manifest: def.manifest.clone(),
             model_yaml_config: def.yaml_config.clone(),

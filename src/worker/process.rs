@@ -24,6 +24,7 @@ impl WorkerProcess {
     /// Starts `python -m torchyard.worker` and waits for it to connect to `socket_path`.
     pub async fn start(
         env: &PythonEnv,
+        deps_dir: Option<&Path>,
         label: &str,
         socket_path: &Path,
         work_dir: &Path,
@@ -31,6 +32,9 @@ impl WorkerProcess {
         let _ = std::fs::remove_file(socket_path);
         let listener = UnixListener::bind(socket_path)?;
         let mut import_path = env.import_path.clone().into_os_string();
+        if let Some(deps) = deps_dir {
+            import_path = [deps.as_os_str(), &import_path].join(std::ffi::OsStr::new(":"));
+        }
         if let Some(existing) = std::env::var_os("PYTHONPATH") {
             import_path.push(":");
             import_path.push(existing);

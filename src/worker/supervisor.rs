@@ -25,6 +25,8 @@ pub struct WorkerSpec {
     pub model_name: String,
     pub model_version: String,
     pub model_dir: PathBuf,
+    /// Packages installed for this model, put first on the worker's import path.
+    pub deps_dir: Option<PathBuf>,
     pub handler: String,
     pub manifest: serde_json::Value,
     pub model_yaml_config: serde_json::Value,
@@ -143,9 +145,15 @@ async fn start(
     socket: &std::path::Path,
     status: &WorkerStatus,
 ) -> Result<WorkerProcess, String> {
-    let mut process = WorkerProcess::start(&spec.python, label, socket, &spec.model_dir)
-        .await
-        .map_err(|e| format!("cannot start worker: {e}"))?;
+    let mut process = WorkerProcess::start(
+        &spec.python,
+        spec.deps_dir.as_deref(),
+        label,
+        socket,
+        &spec.model_dir,
+    )
+    .await
+    .map_err(|e| format!("cannot start worker: {e}"))?;
     let load = ToWorker::Load(LoadMessage {
         model_name: &spec.model_name,
         model_version: &spec.model_version,

@@ -208,6 +208,7 @@ fn function_definition(
         yaml_config: json!({}),
         settings: ModelSettings::default(),
         loaded_at_startup: false,
+        deps_dir: None,
         workflow: Some(workflow.to_string()),
     }
 }
