@@ -141,6 +141,7 @@ fn capture(state: &AppState) -> Snapshot {
                 .nodes
                 .iter()
                 .zip(&w.nodes)
+                .filter(|(_, served)| served.owned)
                 .map(|(n, served)| (n.name.clone(), served.model.worker_bounds()))
                 .collect(),
         })

@@ -12,7 +12,7 @@ use super::archive::WorkflowArchive;
 use super::dag::{Dag, NodeKind};
 use super::handler_scan::top_level_names;
 use super::served_workflow::{node_model_name, Workflow, WorkflowNode};
-use super::spec::{NodeProps, WorkflowSpec};
+use super::spec::{ModelSource, NodeProps, WorkflowSpec};
 use crate::archive::ArchiveError;
 use crate::error::{ApiError, ApiResult};
 use crate::fetch::{locate, not_in_store};
@@ -159,10 +159,26 @@ async fn start_node(
         response_timeout: Duration::from_millis(props.timeout_ms),
         job_queue_size: state.config.job_queue_size,
     };
-    let mut def = match node.kind {
-        NodeKind::Model => {
+    let metrics = state.metrics.for_node(NodeLabels {
+        workflow: workflow.to_string(),
+        node: node.name.clone(),
+    });
+    let mut def = match (node.kind, &spec.models.get(&node.name).map(|m| &m.source)) {
+        (NodeKind::Model, Some(ModelSource::Registered(shared))) => {
+            let model = state
+                .registry
+                .get(shared, None)
+                .map_err(|e| e.context(format!("node {}", node.name)))?;
+            return Ok(WorkflowNode {
+                model,
+                owned: false,
+                props,
+                metrics,
+            });
+        }
+        (NodeKind::Model, Some(ModelSource::Archive(url))) => {
             let opts = RegisterOptions {
-                url: spec.models[&node.name].url.clone(),
+                url: url.clone(),
                 model_name: Some(model_name),
                 ..RegisterOptions::default()
             };
@@ -170,18 +186,15 @@ async fn start_node(
                 .await
                 .map_err(|e| e.context(format!("node {}", node.name)))?
         }
-        NodeKind::Function => function_definition(archive, &node.name, model_name, workflow),
+        _ => function_definition(archive, &node.name, model_name, workflow),
     };
     def.version = version.to_string();
     def.settings = settings;
     def.workflow = Some(workflow.to_string());
     let model: Arc<ServedModel> = state.start_model(def, true).await?;
-    let metrics = state.metrics.for_node(NodeLabels {
-        workflow: workflow.to_string(),
-        node: node.name.clone(),
-    });
     Ok(WorkflowNode {
         model,
+        owned: true,
         props,
         metrics,
     })
@@ -216,8 +229,10 @@ fn function_definition(
 /// Unregisters every node model of a workflow and removes their metrics.
 pub async fn stop_nodes(state: &AppState, workflow: &Workflow) {
     let stops = workflow.nodes.iter().map(|node| async move {
-        let def = &node.model.def;
-        let _ = state.unregister_model(&def.name, Some(&def.version)).await;
+        if node.owned {
+            let def = &node.model.def;
+            let _ = state.unregister_model(&def.name, Some(&def.version)).await;
+        }
         state.metrics.remove_node(&node.metrics.labels);
     });
     futures::future::join_all(stops).await;
@@ -265,7 +280,8 @@ pub async fn update_workflow(
     Ok(new)
 }
 
-/// Scales the node models of a workflow: all of them, or the one named `node`.
+/// Scales the node models of a workflow: all of them, or the one named `node`. Shared
+/// models keep their own scale.
 pub async fn scale_workflow(
     workflow: &Workflow,
     node: Option<&str>,
@@ -275,13 +291,13 @@ pub async fn scale_workflow(
 ) -> ApiResult<()> {
     let mut models: Vec<Arc<ServedModel>> = Vec::new();
     for (dag_node, served) in workflow.dag.nodes.iter().zip(&workflow.nodes) {
-        if node.is_none_or(|wanted| dag_node.name == wanted) {
+        if served.owned && node.is_none_or(|wanted| dag_node.name == wanted) {
             models.push(served.model.clone());
         }
     }
     if models.is_empty() {
         return Err(ApiError::bad_request(format!(
-            "Workflow {} has no node {}",
+            "Workflow {} has no node {} of its own to scale",
             workflow.name,
             node.unwrap_or_default()
         )));

@@ -16,6 +16,9 @@ use crate::model::ServedModel;
 /// One node of a running workflow.
 pub struct WorkflowNode {
     pub model: Arc<ServedModel>,
+    /// False when the node shares a model registered on its own, which outlives the workflow
+    /// and keeps its own scale.
+    pub owned: bool,
     pub props: NodeProps,
     pub metrics: NodeMetrics,
 }

@@ -69,10 +69,19 @@ impl NodeProps {
     }
 }
 
+/// Where a node model comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// `url:` an archive; the workflow gets a node model of its own.
+    Archive(String),
+    /// `model:` a model registered on its own, whose worker pool the node shares.
+    Registered(String),
+}
+
 /// A model of the `models` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelEntry {
-    pub url: String,
+    pub source: ModelSource,
     pub props: NodeProps,
 }
 
@@ -139,24 +148,30 @@ impl WorkflowSpec {
         for (name, fields) in entries {
             let owner = format!("model {name:?}");
             let mut props = globals.clone();
-            let mut url = None;
+            let mut source = None;
             for (key, value) in fields {
                 let key = key_name(key, &owner)?;
-                if key == "url" {
-                    url = Some(
-                        value
-                            .as_str()
-                            .filter(|s| !s.trim().is_empty())
-                            .ok_or_else(|| format!("{owner}: url must be a non-empty string"))?
-                            .to_string(),
-                    );
-                } else {
+                if key != "url" && key != "model" {
                     props.set(&key, value, &owner)?;
+                    continue;
                 }
+                let text = value
+                    .as_str()
+                    .filter(|s| !s.trim().is_empty())
+                    .ok_or_else(|| format!("{owner}: {key} must be a non-empty string"))?
+                    .to_string();
+                if source.is_some() {
+                    return Err(format!("{owner}: give either url or model, not both"));
+                }
+                source = Some(if key == "url" {
+                    ModelSource::Archive(text)
+                } else {
+                    ModelSource::Registered(text)
+                });
             }
             props.check(&owner)?;
-            let url = url.ok_or_else(|| format!("{owner} has no url"))?;
-            parsed.insert(name, ModelEntry { url, props });
+            let source = source.ok_or_else(|| format!("{owner} has no url"))?;
+            parsed.insert(name, ModelEntry { source, props });
         }
         let mut edges = Vec::new();
         for (node, children) in dag {
@@ -228,6 +243,11 @@ dag:
     fn defaults_match_torchserve() {
         let spec = WorkflowSpec::parse("models:\n  m:\n    url: m.mar\ndag:\n  m: []\n").unwrap();
         assert_eq!(spec.models["m"].props, NodeProps::default());
+        let shared = WorkflowSpec::parse("models:\n  m:\n    model: resnet\ndag:\n  m: []\n");
+        assert_eq!(
+            shared.unwrap().models["m"].source,
+            ModelSource::Registered("resnet".into())
+        );
     }
 
     #[test]
@@ -244,6 +264,10 @@ dag:
                 "unknown property",
             ),
             ("models:\n  m:\n    url: m.mar\n", "no 'dag'"),
+            (
+                "models:\n  m:\n    url: m.mar\n    model: x\ndag:\n  m: []\n",
+                "not both",
+            ),
             ("dag: 5\n", "'dag' must be a mapping"),
             (
                 "models:\n  min-workers: 3\n  max-workers: 2\ndag:\n  a: []\n",
