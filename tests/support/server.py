@@ -1,0 +1,74 @@
+"""Starting and stopping a real torchyard server for a test, on free loopback ports."""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+BINARY = Path(os.environ.get("TORCHYARD_BINARY", REPO / "target" / "release" / "torchyard"))
+PYTHON = Path(os.environ.get("TORCHYARD_TEST_PYTHON", REPO / ".venv" / "bin" / "python"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A running `torchyard serve` with its three base URLs, model store and log."""
+
+    def __init__(self, workdir: Path, store: Path, properties=None, args=()):
+        self.workdir = workdir
+        self.store = store
+        self.log_path = workdir / "server.log"
+        ports = [free_port() for _ in range(3)]
+        self.inference, self.management, self.metrics = (f"http://127.0.0.1:{p}" for p in ports)
+        config = {
+            "inference_address": self.inference,
+            "management_address": self.management,
+            "metrics_address": self.metrics,
+            **(properties or {}),
+        }
+        (workdir / "config.properties").write_text(
+            "".join(f"{k}={v}\n" for k, v in config.items())
+        )
+        self.args = [str(BINARY), "serve", "--model-store", str(store), "--config",
+                     str(workdir / "config.properties"), "--python", str(PYTHON), *args]
+        self.process = None
+
+    def start(self, timeout=60.0):
+        if not BINARY.exists():
+            raise RuntimeError(f"{BINARY} is missing: run cargo build --release first")
+        self.log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(self.args, cwd=self.workdir, stdout=self.log,
+                                        stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited at start:\n{self.log_text()}")
+            try:
+                if requests.get(f"{self.inference}/ping", timeout=1).ok:
+                    return self
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError(f"server did not answer /ping in {timeout}s:\n{self.log_text()}")
+
+    def stop(self, sig=signal.SIGTERM, timeout=30.0):
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

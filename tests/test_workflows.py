@@ -1,0 +1,395 @@
+"""Workflows end to end: real server, real Python workers, real TorchScript models."""
+
+import concurrent.futures
+import re
+import time
+
+import pytest
+import requests
+
+from support.archives import scale_mar, war
+
+FUNCTIONS = '''
+import json
+import time
+
+_calls = {"flaky": 0}
+
+
+def _num(row):
+    value = row.get("data")
+    if value is None:
+        value = row.get("body")
+    if isinstance(value, (bytes, bytearray)):
+        value = value.decode()
+    return float(json.loads(value) if isinstance(value, str) else value)
+
+
+def pre_processing(data, context):
+    if data is None:
+        return None
+    return [str(_num(row)) for row in data]
+
+
+def postprocessing(data, context):
+    if data is None:
+        return None
+    return [{"result": _num(row)} for row in data]
+
+
+def aggregate(data, context):
+    if data is None:
+        return None
+    return [{name: float(bytes(value).decode()) for name, value in sorted(row.items())}
+            for row in data]
+
+
+def add_one(data, context):
+    if data is None:
+        return None
+    return [str(_num(row) + 1) for row in data]
+
+
+def add_two(data, context):
+    if data is None:
+        return None
+    return [str(_num(row) + 2) for row in data]
+
+
+def add_three(data, context):
+    if data is None:
+        return None
+    return [str(_num(row) + 3) for row in data]
+
+
+def batch_size(data, context):
+    if data is None:
+        return None
+    time.sleep(0.05)
+    return [len(data)] * len(data)
+
+
+def flaky(data, context):
+    if data is None:
+        return None
+    _calls["flaky"] += 1
+    if _calls["flaky"] == 1:
+        raise RuntimeError("first call fails")
+    return ["recovered"] * len(data)
+
+
+def slow(data, context):
+    if data is None:
+        return None
+    time.sleep(3)
+    return ["late"] * len(data)
+
+
+def emit(data, context):
+    if data is None:
+        return None
+    import numpy
+    import torch
+    values = {
+        "str": "abc", "int": 3, "float": 2.5, "list": [1, "a"], "dict": {"a": 1},
+        "bytes": b"\\x00\\xffraw", "numpy": numpy.arange(3), "tensor": torch.tensor([1.5, 2.5]),
+    }
+    return [values[row["body"]] for row in data]
+
+
+def inspect(data, context):
+    if data is None:
+        return None
+    return [{"type": type(row["body"]).__name__, "hex": bytes(row["body"]).hex()}
+            for row in data]
+'''
+
+
+@pytest.fixture(scope="module")
+def server(start_module_server):
+    server = start_module_server()
+    scale_mar(server.store, "double", 2.0)
+    scale_mar(server.store, "triple", 3.0)
+    return server
+
+
+def register(server, name, spec, handler=FUNCTIONS, version="1.0"):
+    war(server.store, name, spec, handler, version)
+    return requests.post(f"{server.management}/workflows", params={"url": f"{name}.war"})
+
+
+def predict(server, name, value, version=None, timeout=30):
+    path = f"{name}/{version}" if version else name
+    return requests.post(f"{server.inference}/wfpredict/{path}", data={"data": str(value)},
+                         timeout=timeout)
+
+
+def model_names(server):
+    return {m["modelName"] for m in requests.get(f"{server.management}/models").json()["models"]}
+
+
+def metric(server, name, **labels):
+    """The value of one series on /metrics, 0 when absent."""
+    text = requests.get(f"{server.metrics}/metrics").text
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    match = re.search(rf"^{name}\{{{re.escape(want)}\}} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+SEQUENTIAL = """
+models:
+  double:
+    url: double.mar
+  triple:
+    url: triple.mar
+dag:
+  pre_processing: [double]
+  double: [triple]
+  triple: [postprocessing]
+"""
+
+
+def test_sequential_dag_runs_function_model_model_function(server):
+    response = register(server, "seq", SEQUENTIAL)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"status": "Workflow seq has been registered and scaled successfully."}
+    answer = predict(server, "seq", 5)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"result": 30.0}
+    assert {"seq__pre_processing", "seq__double", "seq__triple",
+            "seq__postprocessing"} <= model_names(server)
+    assert metric(server, "torchyard_workflow_node_requests_total", workflow="seq",
+                  node="triple") == 1
+
+
+PARALLEL = """
+models:
+  double:
+    url: double.mar
+  triple:
+    url: triple.mar
+dag:
+  pre_processing: [double, triple]
+  double: [aggregate]
+  triple: [aggregate]
+"""
+
+
+def test_parallel_dag_gives_each_parent_output_by_name(server):
+    assert register(server, "par", PARALLEL).status_code == 200
+    answer = predict(server, "par", 4)
+    assert answer.json() == {"double": 8.0, "triple": 12.0}
+
+
+def test_three_way_fan_in(server):
+    spec = """
+    dag:
+      pre_processing: [add_one, add_two, add_three]
+      add_one: [aggregate]
+      add_two: [aggregate]
+      add_three: [aggregate]
+    """
+    assert register(server, "fan", spec).status_code == 200
+    assert predict(server, "fan", 10).json() == {"add_one": 11.0, "add_three": 13.0,
+                                                  "add_two": 12.0}
+
+
+def test_global_properties_and_per_model_overrides_show_in_describe(server):
+    spec = """
+    models:
+      min-workers: 1
+      max-workers: 3
+      batch-size: 4
+      max-batch-delay: 20
+      retry-attempts: 2
+      timeout-ms: 7000
+      double:
+        url: double.mar
+        batch-size: 2
+        max-workers: 2
+      triple:
+        url: triple.mar
+    dag:
+      pre_processing: [double, triple]
+      double: [aggregate]
+      triple: [aggregate]
+    """
+    assert register(server, "props", spec).status_code == 200
+    described = requests.get(f"{server.management}/workflows/props").json()[0]
+    assert (described["workflowName"], described["minWorkers"], described["maxWorkers"],
+            described["batchSize"], described["maxBatchDelay"]) == ("props", 1, 3, 4, 20)
+    assert "workflowDag" in described and described["workflowUrl"] == "props.war"
+    double = requests.get(f"{server.management}/models/props__double").json()[0]
+    triple = requests.get(f"{server.management}/models/props__triple").json()[0]
+    pre = requests.get(f"{server.management}/models/props__pre_processing").json()[0]
+    assert (double["batchSize"], double["maxWorkers"]) == (2, 2)
+    assert (triple["batchSize"], triple["maxWorkers"], triple["maxBatchDelay"]) == (4, 3, 20)
+    assert (pre["batchSize"], pre["maxWorkers"]) == (4, 3)
+
+
+def test_function_node_batches_concurrent_requests(server):
+    spec = """
+    models:
+      batch-size: 8
+      max-batch-delay: 300
+    dag:
+      batch_size: []
+    """
+    assert register(server, "batching", spec).status_code == 200
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        sizes = list(pool.map(lambda i: predict(server, "batching", i).json(), range(16)))
+    assert max(sizes) > 1, sizes
+    assert all(1 <= s <= 8 for s in sizes), sizes
+
+
+def test_retry_recovers_a_node_that_fails_once(server):
+    spec = """
+    models:
+      retry-attempts: 1
+    dag:
+      flaky: []
+    """
+    assert register(server, "retry", spec).status_code == 200
+    answer = predict(server, "retry", 1)
+    assert answer.status_code == 200, answer.text
+    assert answer.text == "recovered"
+    assert metric(server, "torchyard_workflow_node_retries_total", workflow="retry",
+                  node="flaky") == 1
+
+
+def test_node_failing_every_attempt_gives_json_error_naming_it(server):
+    spec = """
+    models:
+      retry-attempts: 0
+    dag:
+      flaky: []
+    """
+    assert register(server, "noretry", spec).status_code == 200
+    answer = predict(server, "noretry", 1)
+    assert answer.status_code == 500
+    body = answer.json()
+    assert body["code"] == 500 and "flaky" in body["message"] and "first call" in body["message"]
+    assert predict(server, "noretry", 1).text == "recovered"
+
+
+def test_timeout_bounds_latency_and_the_node_recovers(server):
+    spec = """
+    models:
+      retry-attempts: 1
+      timeout-ms: 300
+    dag:
+      pre_processing: [slow, add_one]
+      slow: [aggregate]
+      add_one: [aggregate]
+    """
+    assert register(server, "timeout", spec).status_code == 200
+    started = time.monotonic()
+    answer = predict(server, "timeout", 1)
+    elapsed = time.monotonic() - started
+    assert answer.status_code == 500
+    assert "slow" in answer.json()["message"] and "timed out" in answer.json()["message"]
+    assert elapsed < 2.5, f"a 300 ms timeout with one retry took {elapsed:.1f}s"
+    workers = requests.get(f"{server.management}/models/timeout__slow").json()[0]["workers"]
+    assert len(workers) == 1
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("str", b"abc"), ("int", b"3"), ("float", b"2.5"), ("list", b'[1, "a"]'),
+    ("dict", b'{"a": 1}'), ("bytes", b"\x00\xffraw"), ("numpy", b"[0, 1, 2]"),
+    ("tensor", b"[1.5, 2.5]"),
+])
+def test_each_output_type_reaches_the_next_node_as_bytes(server, kind, expected):
+    if "types" not in {w["workflowName"] for w in
+                       requests.get(f"{server.management}/workflows").json()["workflows"]}:
+        assert register(server, "types", "dag:\n  emit: [inspect]\n").status_code == 200
+    answer = requests.post(f"{server.inference}/wfpredict/types", data=kind,
+                           headers={"Content-Type": "text/plain"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["type"] == "bytearray"
+    assert bytes.fromhex(answer.json()["hex"]) == expected
+
+
+INVALID_SPECS = [
+    ("cycle", "models:\n  double:\n    url: double.mar\n  triple:\n    url: triple.mar\n"
+              "dag:\n  pre_processing: [double]\n  double: [triple]\n  triple: [double]\n",
+     "cycle"),
+    ("unknown", "dag:\n  pre_processing: [ghost]\n", "ghost"),
+    ("nofunction", "dag:\n  missing_fn: [add_one]\n", "missing_fn"),
+    ("nourl", "models:\n  double:\n    batch-size: 2\ndag:\n  double: []\n", "has no url"),
+    ("malformed", "models: [\n", "malformed YAML"),
+    ("wrongtype", "models:\n  batch-size: many\ndag:\n  add_one: []\n", "batch-size"),
+    ("twoentries", "dag:\n  add_one: [aggregate]\n  add_two: [aggregate]\n",
+     "exactly one entry node"),
+]
+
+
+@pytest.mark.parametrize("name, spec, reason", INVALID_SPECS, ids=[c[0] for c in INVALID_SPECS])
+def test_invalid_specs_are_rejected_naming_the_problem(server, name, spec, reason):
+    before = model_names(server)
+    answer = register(server, f"bad{name}", spec)
+    assert answer.status_code == 400, answer.text
+    body = answer.json()
+    assert body["code"] == 400 and body["type"] == "BadRequestException"
+    assert reason in body["message"]
+    assert model_names(server) == before
+    assert requests.get(f"{server.management}/workflows/bad{name}").status_code == 404
+
+
+def test_failed_node_load_rolls_back_the_whole_registration(server):
+    from support.archives import archive, write_files
+
+    write_files(server.workdir, {"broken/handler.py": "raise ImportError('broken on purpose')\n"})
+    archive("model", "--model-name", "broken", "--handler",
+            str(server.workdir / "broken" / "handler.py"), "--export-path", str(server.store),
+            "-f")
+    before = model_names(server)
+    spec = ("models:\n  double:\n    url: double.mar\n  broken:\n    url: broken.mar\n"
+            "dag:\n  pre_processing: [double, broken]\n  double: [aggregate]\n"
+            "  broken: [aggregate]\n")
+    answer = register(server, "rollback", spec)
+    assert answer.status_code == 500, answer.text
+    assert "broken" in answer.json()["message"]
+    assert model_names(server) == before
+    answer = register(server, "missingmar", "models:\n  m:\n    url: nothing.mar\ndag:\n  m: []\n")
+    assert answer.status_code == 404 and "nothing.mar" in answer.json()["message"]
+    assert model_names(server) == before
+
+
+def test_duplicate_registration_conflicts_and_unregister_removes_node_models(server):
+    assert register(server, "dup", "dag:\n  add_one: []\n").status_code == 200
+    again = requests.post(f"{server.management}/workflows", params={"url": "dup.war"})
+    assert again.status_code == 409 and again.json()["type"] == "ConflictStatusException"
+    assert "dup__add_one" in model_names(server)
+    node = requests.delete(f"{server.management}/models/dup__add_one")
+    assert node.status_code == 400
+    gone = requests.delete(f"{server.management}/workflows/dup")
+    assert gone.json() == {"status": 'Workflow "dup" unregistered'}
+    assert "dup__add_one" not in model_names(server)
+    missing = predict(server, "dup", 1)
+    assert missing.status_code == 404 and missing.json()["type"] == "WorkflowNotFoundException"
+
+
+def test_workflow_list_pages(server):
+    for name in ("pagea", "pageb"):
+        assert register(server, name, "dag:\n  add_one: []\n").status_code == 200
+    first = requests.get(f"{server.management}/workflows", params={"limit": 1}).json()
+    assert len(first["workflows"]) == 1 and "nextPageToken" in first
+    rest = requests.get(f"{server.management}/workflows",
+                        params={"limit": 100, "next_page_token": first["nextPageToken"]}).json()
+    names = [w["workflowName"] for w in first["workflows"] + rest["workflows"]]
+    assert {"pagea", "pageb"} <= set(names) and len(names) == len(set(names))
+
+
+def test_500_concurrent_requests_all_answered_correctly(server):
+    if requests.get(f"{server.management}/workflows/par").status_code != 200:
+        assert register(server, "par", PARALLEL).status_code == 200
+
+    def one(i):
+        answer = predict(server, "par", i, timeout=60)
+        return i, answer.status_code, answer.json()
+
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(one, range(500)))
+    wrong = [r for r in results if r[1] != 200 or r[2] != {"double": 2.0 * r[0],
+                                                            "triple": 3.0 * r[0]}]
+    assert not wrong, wrong[:5]
