@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Sets up everything torchyard needs on a fresh machine; fast when already done.
+# - .venv/ at the repo root with torch, numpy, pillow, torchvision and the test tools (PyPI)
+# - the torchyard binary: cargo build --release
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+if ! .venv/bin/python -c "import torch, torchvision, numpy, PIL, pytest, requests, model_archiver, workflow_archiver" 2>/dev/null; then
+  .venv/bin/pip install --quiet --disable-pip-version-check --upgrade pip
+  .venv/bin/pip install --quiet --disable-pip-version-check \
+    torch torchvision numpy pillow pytest requests torch-model-archiver torch-workflow-archiver
+fi
+cargo build --release --quiet
