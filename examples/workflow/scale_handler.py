@@ -2,8 +2,11 @@
 
 import json
 import os
+import warnings
 
 import torch
+
+warnings.filterwarnings("ignore", category=FutureWarning)
 
 _model = None
 
