@@ -26,6 +26,8 @@ pub struct ServerConfig {
     pub default_response_timeout: Duration,
     pub max_request_size: usize,
     pub python: Option<PathBuf>,
+    /// How long a model's queue must stay empty before the autoscaler removes a worker.
+    pub scale_down_idle: Duration,
     /// Whether an archive's requirements.txt is installed for its model.
     pub install_py_dep_per_model: bool,
     /// Where snapshots go; `None` when they are off (`--ncs`).
@@ -78,6 +80,7 @@ impl ServerConfig {
             ),
             max_request_size: number("max_request_size", 6_553_500)?,
             python: args.python.clone(),
+            scale_down_idle: Duration::from_millis(number("scale_down_idle_ms", 10_000)? as u64),
             install_py_dep_per_model: get("install_py_dep_per_model")
                 .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
             snapshot_dir: (!args.ncs).then(|| {

@@ -54,7 +54,7 @@ impl AppState {
             self.stop_model(&model).await;
             return Err(e);
         }
-        ServedModel::spawn_autoscaler(&model);
+        ServedModel::spawn_autoscaler(&model, self.config.scale_down_idle);
         Ok(model)
     }
 

@@ -1,49 +1,60 @@
 """Decoding request parameters for handlers and encoding handler outputs for the wire."""
 
+from __future__ import annotations
+
 import json
+from typing import Any, Optional, Tuple, Union
 
-_JSON = "application/json"
-_TEXT = "text/plain; charset=utf-8"
-_BINARY = "application/octet-stream"
+JSON = "application/json"
+TEXT = "text/plain; charset=utf-8"
+BINARY = "application/octet-stream"
+
+Blob = Union[bytes, bytearray, memoryview]
 
 
-def decode(value: memoryview, content_type):
-    """A parameter as TorchServe hands it to handlers: JSON parsed, text as str, else bytearray."""
-    if content_type:
-        mime = content_type.split(";", 1)[0].strip().lower()
-        if mime == _JSON:
-            try:
-                return json.loads(bytes(value))
-            except ValueError:
-                return bytearray(value)
+def decode(value: bytearray, content_type: Optional[str]) -> Any:
+    """A parameter as TorchServe hands it to handlers: `application/json` parsed (the raw
+    bytearray if it does not parse), `text/*` as str (in its `charset`, UTF-8 by default; the raw
+    bytearray if it does not decode), anything else, or no content type, the bytearray itself."""
+    if not content_type:
+        return value
+    mime, _, params = content_type.partition(";")
+    mime = mime.strip().lower()
+    try:
+        if mime == JSON:
+            return json.loads(value)
         if mime.startswith("text/"):
-            charset = "utf-8"
-            for part in content_type.split(";")[1:]:
-                key, _, val = part.strip().partition("=")
-                if key.lower() == "charset" and val:
-                    charset = val.strip('"')
-            try:
-                return bytes(value).decode(charset)
-            except (LookupError, UnicodeDecodeError):
-                return bytearray(value)
-    return bytearray(value)
+            return value.decode(_charset(params))
+    except (ValueError, LookupError):  # bad JSON or text (UnicodeDecodeError), unknown charset
+        pass
+    return value
 
 
-def _jsonable(obj):
-    """Turns tensors, numpy arrays and numpy scalars into plain Python values."""
-    tolist = getattr(obj, "tolist", None)
-    if callable(tolist):
-        return tolist()
-    item = getattr(obj, "item", None)
-    if callable(item):
-        return item()
-    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+def _charset(params: str) -> str:
+    for param in params.split(";"):
+        key, _, val = param.partition("=")
+        if key.strip().lower() == "charset" and val.strip():
+            return val.strip().strip('"')
+    return "utf-8"
 
 
-def encode(output):
-    """Returns (bytes-like, content type) for one handler output."""
-    if isinstance(output, (bytes, bytearray, memoryview)):
-        return output, _BINARY
+def encode(output: Any) -> Tuple[Blob, str]:
+    """(body, content type) of one handler output: str as UTF-8 text, bytes-like as is, anything
+    else as JSON, with numpy arrays and scalars and torch tensors turned into plain values."""
     if isinstance(output, str):
-        return output.encode("utf-8"), _TEXT
-    return json.dumps(output, default=_jsonable).encode("utf-8"), _JSON
+        return output.encode("utf-8"), TEXT
+    if isinstance(output, (bytes, bytearray)):
+        return output, BINARY
+    if isinstance(output, memoryview):
+        return (output if output.c_contiguous else output.tobytes()), BINARY
+    return json.dumps(output, default=_plain).encode("utf-8"), JSON
+
+
+def _plain(obj: Any) -> Any:
+    """JSON fallback: `tolist()` (arrays, tensors, numpy scalars) or `item()`, found by duck
+    typing so that numpy and torch are never imported here."""
+    for method in ("tolist", "item"):
+        convert = getattr(obj, method, None)
+        if callable(convert):
+            return convert()
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")

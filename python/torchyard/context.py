@@ -1,107 +1,193 @@
-"""The `context` object handlers receive, with TorchServe's `ts.context.Context` surface."""
+"""The `context` handlers receive, with the surface of TorchServe's `ts.context.Context`."""
+
+from __future__ import annotations
 
 import logging
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-log = logging.getLogger("torchyard.context")
+log = logging.getLogger("torchyard.metrics")
 
 
 class RequestProcessor:
-    """One request's headers, as TorchServe's RequestProcessor exposes them."""
+    """One request of a batch: its headers, and the status and headers of its response."""
 
-    def __init__(self, headers):
-        self._headers = {k.lower(): v for k, v in headers}
+    def __init__(self, headers: Iterable[Sequence[str]] = ()):
+        self._request_headers: Dict[str, str] = {}
+        for name, value in headers:
+            key = name.lower()
+            previous = self._request_headers.get(key)
+            self._request_headers[key] = value if previous is None else f"{previous}, {value}"
+        self._status_code = 200
+        self._reason_phrase: Optional[str] = None
+        self._response_headers: Dict[str, str] = {}
 
-    def get_request_property(self, key):
-        return self._headers.get(key.lower())
+    def get_request_property(self, key: str) -> Optional[str]:
+        """The request header `key` (case-insensitive); repeated headers are joined by ", "."""
+        return self._request_headers.get(key.lower())
 
-    def get_request_properties(self):
-        return dict(self._headers)
+    def get_request_properties(self) -> Dict[str, str]:
+        """All request headers, names in lower case."""
+        return self._request_headers
+
+    def report_status(self, code: int, reason_phrase: Optional[str] = None) -> None:
+        """Sets the response status and reason phrase."""
+        self._status_code = code
+        self._reason_phrase = reason_phrase
+
+    def get_response_status_code(self) -> int:
+        return self._status_code
+
+    def get_response_status_phrase(self) -> Optional[str]:
+        return self._reason_phrase
+
+    def add_response_property(self, key: str, value: str) -> None:
+        """Sets a response header."""
+        self._response_headers[key] = value
+
+    def get_response_headers(self) -> Dict[str, str]:
+        return self._response_headers
+
+    def get_response_header(self, key: str) -> Optional[str]:
+        return self._response_headers.get(key)
+
+
+class Metric:
+    """A named metric as TorchServe's metric cache returns it; updates are only logged."""
+
+    def __init__(self, name: str, unit: str = "", dimension_names: Sequence[str] = (),
+                 metric_type: Any = None):
+        self.metric_name = name
+        self.unit = unit
+        self.dimension_names = list(dimension_names)
+        self.metric_type = metric_type
+        self.value: Any = None
+
+    def add_or_update(self, value: Any, dimension_values: Sequence[Any] = (),
+                      request_id: str = "") -> None:
+        """Records `value` and logs it at debug level."""
+        self.value = value
+        log.debug("[METRICS]%s.%s:%s|#%s|%s", self.metric_name, self.unit, value,
+                  ",".join(map(str, dimension_values)), request_id)
+
+    def update(self, value: Any, request_id: str = "", dimensions: Sequence[Any] = ()) -> None:
+        """TorchServe's older spelling of add_or_update."""
+        self.add_or_update(value, [getattr(d, "value", d) for d in dimensions], request_id)
 
 
 class Metrics:
-    """Accepts TorchServe's metric calls from handlers and logs them at debug level."""
+    """TorchServe's metric cache API (`context.metrics`): metrics are kept and logged at debug
+    level, never exported, and never raise."""
 
     def __init__(self):
-        self.cache = {}
+        self.cache: Dict[str, Metric] = {}
 
-    def _record(self, kind, name, value, *args, **kwargs):
-        self.cache[name] = value
-        log.debug("metric %s %s=%s", kind, name, value)
+    def add_metric_to_cache(self, metric_name: str, unit: str = "",
+                            dimension_names: Sequence[str] = (), metric_type: Any = None) -> Metric:
+        """Creates (or replaces) the metric `metric_name` and returns it."""
+        metric = self.cache[metric_name] = Metric(metric_name, unit, dimension_names, metric_type)
+        return metric
 
-    def add_time(self, name, value, *args, **kwargs):
-        self._record("time", name, value)
+    def get_metric(self, metric_name: str, metric_type: Any = None) -> Metric:
+        """The metric `metric_name`, created on first use."""
+        metric = self.cache.get(metric_name)
+        return metric if metric is not None else self.add_metric_to_cache(
+            metric_name, metric_type=metric_type)
 
-    def add_counter(self, name, value, *args, **kwargs):
-        self._record("counter", name, value)
+    def _add(self, name: str, value: Any, unit: str, idx: Any, dimensions: Any,
+             metric_type: Any) -> None:
+        metric = self.cache.get(name) or self.add_metric_to_cache(name, unit,
+                                                                  metric_type=metric_type)
+        values = [getattr(d, "value", d) for d in dimensions or ()]
+        metric.add_or_update(value, values, "" if idx is None else str(idx))
 
-    def add_size(self, name, value, *args, **kwargs):
-        self._record("size", name, value)
+    def add_metric(self, name: str, value: Any, unit: str = "", idx: Any = None,
+                   dimensions: Any = None, metric_type: Any = None) -> None:
+        self._add(name, value, unit, idx, dimensions, metric_type)
 
-    def add_percent(self, name, value, *args, **kwargs):
-        self._record("percent", name, value)
+    def add_counter(self, name: str, value: Any, idx: Any = None, dimensions: Any = None) -> None:
+        self._add(name, value, "count", idx, dimensions, "counter")
 
-    def add_metric(self, name, value, *args, **kwargs):
-        self._record("metric", name, value)
+    def add_time(self, name: str, value: Any, idx: Any = None, unit: str = "ms",
+                 dimensions: Any = None, metric_type: Any = None) -> None:
+        self._add(name, value, unit, idx, dimensions, metric_type)
 
-    def get_metric(self, name, *args, **kwargs):
-        return self.cache.get(name)
+    def add_size(self, name: str, value: Any, idx: Any = None, unit: str = "MB",
+                 dimensions: Any = None, metric_type: Any = None) -> None:
+        self._add(name, value, unit, idx, dimensions, metric_type)
+
+    def add_percent(self, name: str, value: Any, idx: Any = None, dimensions: Any = None,
+                    metric_type: Any = None) -> None:
+        self._add(name, value, "percent", idx, dimensions, metric_type)
+
+    def add_error(self, name: str, value: Any, dimensions: Any = None) -> None:
+        self._add(name, value, "", None, dimensions, "counter")
 
 
 class Context:
-    """Model-level facts plus the current batch's request ids, headers and response settings."""
+    """What a handler knows about its model (fixed at load) and about the batch it is serving
+    (request ids and headers in, per-request response status and headers out).
 
-    def __init__(self, model_name, model_dir, manifest, batch_size, gpu_id, server_name,
-                 server_version, limit_max_image_pixels=True, model_yaml_config=None):
+    The positional parameters are those of TorchServe's Context."""
+
+    def __init__(self, model_name: str, model_dir: str, manifest: Optional[dict],
+                 batch_size: int, gpu: Optional[int], server_version: str,
+                 limit_max_image_pixels: bool = True, metrics: Optional[Metrics] = None,
+                 model_yaml_config: Optional[dict] = None, server_name: str = "torchyard"):
         self.model_name = model_name
         self.manifest = manifest
-        self.model_yaml_config = model_yaml_config or {}
-        self.system_properties = {
+        self.model_yaml_config = model_yaml_config if model_yaml_config is not None else {}
+        self._system_properties = {
             "model_dir": model_dir,
-            "gpu_id": gpu_id,
+            "gpu_id": gpu,
             "batch_size": batch_size,
             "server_name": server_name,
             "server_version": server_version,
             "limit_max_image_pixels": limit_max_image_pixels,
         }
-        self.metrics = Metrics()
-        self.start_batch([])
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.request_ids: Dict[int, str] = {}
+        self.request_processor: List[RequestProcessor] = []
 
-    def start_batch(self, requests):
-        """Resets per-request state for a new batch of protocol request dicts."""
-        self.request_ids = {i: r["id"] for i, r in enumerate(requests)}
+    @property
+    def system_properties(self) -> Dict[str, Any]:
+        """model_dir, gpu_id, batch_size, server_name, server_version, limit_max_image_pixels."""
+        return self._system_properties
+
+    def start_batch(self, requests: Sequence[dict]) -> None:
+        """Takes a batch of protocol request entries; resets every response to 200."""
+        self.request_ids = {idx: r["id"] for idx, r in enumerate(requests)}
         self.request_processor = [RequestProcessor(r.get("headers", ())) for r in requests]
-        self._status = {}
-        self._content_type = {}
-        self._response_headers = {}
 
-    def get_request_id(self, idx=0):
+    def get_request_id(self, idx: int = 0) -> Optional[str]:
         return self.request_ids.get(idx)
 
-    def get_request_header(self, idx, key):
+    def get_request_header(self, idx: int, key: str) -> Optional[str]:
+        """Request `idx`'s header `key` (case-insensitive), or None."""
         return self.request_processor[idx].get_request_property(key)
 
-    def get_all_request_header(self, idx):
+    def get_all_request_header(self, idx: int) -> Dict[str, str]:
         return self.request_processor[idx].get_request_properties()
 
-    def set_response_status(self, code=200, phrase="", idx=0):
-        self._status[idx] = (code, phrase)
+    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
+        self.request_processor[idx].report_status(code, phrase)
 
-    def get_response_status(self, idx=0):
-        return self._status.get(idx, (200, ""))[0]
+    def set_all_response_status(self, code: int = 200, phrase: str = "") -> None:
+        for processor in self.request_processor:
+            processor.report_status(code, phrase)
 
-    def set_response_content_type(self, idx, value):
-        self._content_type[idx] = value
+    def get_response_status(self, idx: int = 0) -> Tuple[int, Optional[str]]:
+        """(status code, reason phrase) of request `idx`'s response."""
+        processor = self.request_processor[idx]
+        return processor.get_response_status_code(), processor.get_response_status_phrase()
 
-    def get_response_content_type(self, idx):
-        return self._content_type.get(idx)
+    def set_response_content_type(self, idx: int, value: str) -> None:
+        self.set_response_header(idx, "content-type", value)
 
-    def set_response_header(self, idx, key, value):
-        self._response_headers.setdefault(idx, {})[key] = value
+    def get_response_content_type(self, idx: int) -> Optional[str]:
+        return self.get_response_headers(idx).get("content-type")
 
-    def get_response_headers(self, idx):
-        return self._response_headers.get(idx, {})
+    def set_response_header(self, idx: int, key: str, value: str) -> None:
+        self.request_processor[idx].add_response_property(key, value)
 
-    def response_for(self, idx):
-        """(status, reason, content type override) of request `idx`."""
-        code, phrase = self._status.get(idx, (200, ""))
-        return code, phrase or None, self._content_type.get(idx)
+    def get_response_headers(self, idx: int) -> Dict[str, str]:
+        return self.request_processor[idx].get_response_headers()

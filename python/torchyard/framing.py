@@ -1,44 +1,81 @@
-"""Frames of the worker protocol (docs/protocol.md): length-prefixed JSON header plus raw blobs."""
+"""Frames of the worker protocol (docs/protocol.md): u32 lengths, a JSON header, raw blobs."""
+
+from __future__ import annotations
 
 import json
 import socket
 import struct
+from typing import Any, Iterable, List, Tuple
 
-_U32 = struct.Struct(">I")
+#: Largest value of a frame's leading length (the bytes after it) either side may send.
+MAX_FRAME = 2 << 30
+
+_PREFIX = struct.Struct(">II")  # length of the rest of the frame, length of the header
+_IOV_MAX = 1024  # buffers per sendmsg call (Linux's IOV_MAX)
 
 
-def _recv_exact(sock: socket.socket, size: int) -> memoryview:
+class ProtocolError(ValueError):
+    """A frame that breaks the protocol: bad lengths, a bad header or one too large to send."""
+
+
+def recv_exact(sock: socket.socket, size: int) -> bytearray:
+    """Receives exactly `size` bytes into a new bytearray; EOFError if the peer closes first."""
     buf = bytearray(size)
     view = memoryview(buf)
     got = 0
     while got < size:
-        n = sock.recv_into(view[got:], size - got)
+        n = sock.recv_into(view[got:])
         if n == 0:
-            raise EOFError("socket closed")
+            raise EOFError("socket closed" if got == 0 else "socket closed inside a frame")
         got += n
-    return view
+    return buf
 
 
-def read_frame(sock: socket.socket):
-    """Reads one frame; returns (header dict, list of blob memoryviews). EOFError on close."""
-    total = _U32.unpack(_recv_exact(sock, 4))[0]
-    body = _recv_exact(sock, total)
-    header_len = _U32.unpack(body[:4])[0]
-    header = json.loads(bytes(body[4 : 4 + header_len]))
-    blobs = []
-    offset = 4 + header_len
-    for length in header.get("blobs", ()):
-        blobs.append(body[offset : offset + length])
-        offset += length
-    return header, blobs
+def read_frame(sock: socket.socket) -> Tuple[dict, List[bytearray]]:
+    """Reads one frame: (header dict, its blobs). Each blob is received straight into its own
+    bytearray, so bodies are never copied. EOFError when the socket closes."""
+    total, header_len = _PREFIX.unpack(recv_exact(sock, _PREFIX.size))
+    if not 4 <= total <= MAX_FRAME or header_len > total - 4:
+        raise ProtocolError(f"bad frame lengths: frame {total}, header {header_len}")
+    try:
+        header = json.loads(recv_exact(sock, header_len))
+    except ValueError as exc:
+        raise ProtocolError(f"frame header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("frame header is not a JSON object")
+    lengths = header.get("blobs", [])
+    if not isinstance(lengths, list) or any(not isinstance(n, int) or n < 0 for n in lengths):
+        raise ProtocolError(f"bad blob lengths {lengths!r}")
+    if sum(lengths) != total - 4 - header_len:
+        raise ProtocolError(
+            f"blob lengths add up to {sum(lengths)}, the frame holds {total - 4 - header_len}"
+        )
+    return header, [recv_exact(sock, n) for n in lengths]
 
 
-def write_frame(sock: socket.socket, header: dict, blobs=()) -> None:
-    """Writes one frame; `header["blobs"]` is filled in from `blobs`."""
-    header["blobs"] = [len(b) for b in blobs]
+def write_frame(sock: socket.socket, header: dict, blobs: Iterable[Any] = ()) -> None:
+    """Sends one frame with a single gathering write where possible. `blobs` are bytes-like
+    (C-contiguous); their lengths are added to the header as `blobs`. Raises ProtocolError,
+    before sending anything, if the frame would exceed MAX_FRAME."""
+    views = [memoryview(b).cast("B") for b in blobs]
+    if views:
+        header = {**header, "blobs": [v.nbytes for v in views]}
     head = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    total = 4 + len(head) + sum(header["blobs"])
-    sock.sendall(b"".join([_U32.pack(total), _U32.pack(len(head)), head]))
-    for blob in blobs:
-        if len(blob):
-            sock.sendall(blob)
+    total = 4 + len(head) + sum(v.nbytes for v in views)
+    if total > MAX_FRAME:
+        raise ProtocolError(f"a frame of {total} bytes exceeds the limit of {MAX_FRAME}")
+    _send_all(sock, [memoryview(_PREFIX.pack(total, len(head)) + head), *views])
+
+
+def _send_all(sock: socket.socket, views: List[memoryview]) -> None:
+    pending = [v for v in views if v.nbytes]
+    start = 0
+    while start < len(pending):
+        sent = sock.sendmsg(pending[start : start + _IOV_MAX])
+        while sent:
+            first = pending[start]
+            if sent < first.nbytes:
+                pending[start] = first[sent:]
+                break
+            sent -= first.nbytes
+            start += 1

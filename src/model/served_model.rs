@@ -16,8 +16,6 @@ use crate::worker::{fail_queued, spawn_worker, WorkerHandle, WorkerSpec, WorkerS
 
 /// How often the autoscaler looks at the queue.
 const AUTOSCALE_TICK: Duration = Duration::from_millis(250);
-/// How long the queue must stay empty before the autoscaler removes a worker.
-const AUTOSCALE_QUIET: Duration = Duration::from_secs(10);
 
 /// A model version being served.
 pub struct ServedModel {
@@ -213,7 +211,8 @@ impl ServedModel {
 
     /// Starts the task that scales the pool between min and max workers from queue depth:
     /// one more worker while more than a batch waits, one fewer after a quiet period.
-    pub fn spawn_autoscaler(model: &Arc<Self>) {
+    /// `quiet` is how long the queue must stay empty before a worker goes.
+    pub fn spawn_autoscaler(model: &Arc<Self>, quiet: Duration) {
         let weak = Arc::downgrade(model);
         tokio::spawn(async move {
             let mut quiet_since: Option<Instant> = None;
@@ -225,12 +224,12 @@ impl ServedModel {
                 if model.queue.is_closed() {
                     break;
                 }
-                model.autoscale_step(&mut quiet_since);
+                model.autoscale_step(&mut quiet_since, quiet);
             }
         });
     }
 
-    fn autoscale_step(&self, quiet_since: &mut Option<Instant>) {
+    fn autoscale_step(&self, quiet_since: &mut Option<Instant>, quiet: Duration) {
         let Ok(_guard) = self.scaling.try_lock() else {
             return;
         };
@@ -246,7 +245,7 @@ impl ServedModel {
             *quiet_since = None;
         } else if depth == 0 && count > pool.min {
             let since = *quiet_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= AUTOSCALE_QUIET {
+            if since.elapsed() >= quiet {
                 if let Some(worker) = pool.workers.pop() {
                     worker.stop();
                     self.target_workers.store(count - 1, Ordering::SeqCst);
