@@ -1,54 +1,105 @@
-"""Resolving a manifest's `handler` string into the function the worker calls per batch."""
+"""Resolving a manifest's `handler` string into the callable the worker runs per batch."""
+
+from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import sys
+from types import ModuleType
+from typing import Any, Callable, List
 
-#: Handler names TorchServe ships, mapped to modules of the `ts` package.
-BUILTIN_HANDLERS = ("image_classifier", "image_segmenter", "object_detector", "text_classifier")
+#: TorchServe's built-in handlers, found as `ts.torch_handler.<name>`.
+BUILTIN_PACKAGE = "ts.torch_handler"
 
-
-def _module_name(spec: str) -> str:
-    if spec in BUILTIN_HANDLERS:
-        return f"ts.torch_handler.{spec}"
-    if spec.endswith(".py"):
-        spec = spec[:-3]
-    return spec.replace("/", ".")
+Entry = Callable[[Any, Any], Any]
 
 
-def load_entry_point(handler: str, model_dir: str, context):
-    """Imports the handler and initialises it; returns `entry(data, context)`.
+class HandlerLoadError(Exception):
+    """The handler string names nothing usable."""
 
-    `file.py` / `module`: the module's `handle` function if it has one, else the one class the
-    module defines (instantiated, `initialize(context)` called, its `handle` used).
-    `file.py:fn` / `module:fn`: that function. Function entry points are called once with
-    `data=None` at load, as TorchServe does.
+
+def load_entry_point(handler: str, model_dir: str, context: Any) -> Entry:
+    """Imports and initialises the handler; returns its `entry(data, context)`.
+
+    `model_dir` goes first on sys.path. `x.py` / `module`: the module's `handle` function if it
+    has one (called once with `data=None`), else the one class the module itself defines
+    (instantiated, `initialize(context)` called if it has one; its `handle` is the entry).
+    `x.py:fn` / `module:fn`: that function, called once with `data=None`. A plain name no module
+    answers to is looked up among TorchServe's built-in handlers (`ts.torch_handler.<name>`).
     """
-    if model_dir not in sys.path:
-        sys.path.insert(0, model_dir)
-    module_spec, _, function = handler.partition(":")
-    module = importlib.import_module(_module_name(module_spec))
+    sys.path.insert(0, model_dir)
+    spec, _, function = handler.partition(":")
+    module = _import_handler_module(spec, model_dir)
     name = function or "handle"
     if hasattr(module, name):
         entry = getattr(module, name)
         if not callable(entry):
-            raise TypeError(f"{handler}: {name} is not callable")
+            raise HandlerLoadError(f"{module.__name__}.{name} is not callable")
         entry(None, context)
         return entry
     if function:
-        raise AttributeError(f"handler module {module.__name__} has no function {function!r}")
-    classes = [
+        raise HandlerLoadError(f"handler module {module.__name__} has no function {function!r}")
+    return _class_entry_point(module, context)
+
+
+def _import_handler_module(spec: str, model_dir: str) -> ModuleType:
+    if spec.endswith(".py"):
+        return _import_handler_file(os.path.join(model_dir, spec))
+    try:
+        return importlib.import_module(spec)
+    except ModuleNotFoundError as exc:
+        if exc.name != spec or "." in spec:
+            raise
+        builtin = f"{BUILTIN_PACKAGE}.{spec}"
+        try:
+            return importlib.import_module(builtin)
+        except ModuleNotFoundError as builtin_exc:
+            raise HandlerLoadError(
+                f"handler {spec!r} is neither a module in the model directory or on the import "
+                f"path nor a built-in handler ({builtin} cannot be imported: {builtin_exc})"
+            ) from None
+
+
+def _import_handler_file(path: str) -> ModuleType:
+    """Imports a handler file by its module name, its folder first on sys.path."""
+    if not os.path.isfile(path):
+        raise HandlerLoadError(f"handler file {path} does not exist")
+    folder, file_name = os.path.split(path)
+    if sys.path[0] != folder:
+        sys.path.insert(0, folder)
+    module = importlib.import_module(file_name[:-3])
+    found = getattr(module, "__file__", None)
+    if found is None or not os.path.samefile(found, path):
+        raise HandlerLoadError(
+            f"handler file {path} is shadowed by the module {module.__name__} already imported "
+            f"from {found}; rename the handler file"
+        )
+    return module
+
+
+def _class_entry_point(module: ModuleType, context: Any) -> Entry:
+    classes = _own_classes(module)
+    if len(classes) != 1:
+        names = ", ".join(cls.__name__ for cls in classes) or "none"
+        raise HandlerLoadError(
+            f"handler module {module.__name__} has no handle function, so it must define exactly "
+            f"one class; it defines {len(classes)} ({names})"
+        )
+    service = classes[0]()
+    entry = getattr(service, "handle", None)
+    if not callable(entry):
+        raise HandlerLoadError(f"handler class {classes[0].__name__} has no handle method")
+    initialize = getattr(service, "initialize", None)
+    if callable(initialize):
+        initialize(context)
+    return entry
+
+
+def _own_classes(module: ModuleType) -> List[type]:
+    """Classes defined in `module` itself, not imported into it."""
+    return [
         cls
         for _, cls in inspect.getmembers(module, inspect.isclass)
         if cls.__module__ == module.__name__
     ]
-    if len(classes) != 1:
-        raise ValueError(
-            f"handler module {module.__name__} must define a handle function or exactly one "
-            f"class, found {len(classes)} classes"
-        )
-    service = classes[0]()
-    initialize = getattr(service, "initialize", None)
-    if callable(initialize):
-        initialize(context)
-    return service.handle

@@ -1,0 +1,135 @@
+"""The wire: frame layout, large bodies, message order, malformed frames and shutdown."""
+
+import json
+import os
+import socket
+import struct
+import threading
+
+import pytest
+from worker_harness import body, request
+
+from torchyard import framing
+
+ECHO = """
+def handle(data, context):
+    if data is None:
+        return None
+    return [row["body"] for row in data]
+"""
+
+
+def _recv_exact(sock, size):
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, "worker closed the socket"
+        data += chunk
+    return data
+
+
+def _hand_frame(header: dict, *blobs: bytes) -> bytes:
+    head = json.dumps(header).encode()
+    rest = struct.pack(">I", len(head)) + head + b"".join(blobs)
+    return struct.pack(">I", len(rest)) + rest
+
+
+def _hand_read(sock):
+    (total,) = struct.unpack(">I", _recv_exact(sock, 4))
+    rest = _recv_exact(sock, total)
+    (header_len,) = struct.unpack(">I", rest[:4])
+    return json.loads(rest[4:4 + header_len]), rest[4 + header_len:]
+
+
+def test_frames_built_by_hand(start_worker, model_dir):
+    (model_dir / "handler.py").write_text(ECHO)
+    worker = start_worker()
+    load = {"kind": "load", "model_name": "m", "model_version": "1", "model_dir": str(model_dir),
+            "handler": "handler.py", "manifest": {}, "batch_size": 2, "gpu_id": None,
+            "limit_max_image_pixels": True, "model_yaml_config": {},
+            "server_name": "torchyard", "server_version": "0.1.0"}
+    worker.sock.sendall(_hand_frame(load))
+    assert _hand_read(worker.sock) == ({"kind": "loaded", "pid": worker.process.pid}, b"")
+
+    predict = {"kind": "predict", "blobs": [3, 0, 5], "requests": [
+        {"id": "a", "headers": [], "params": [{"name": "body", "content_type": None, "blob": 0}]},
+        {"id": "b", "headers": [], "params": [{"name": "body", "blob": 2},
+                                              {"name": "empty", "blob": 1}]}]}
+    worker.sock.sendall(_hand_frame(predict, b"abc", b"", b"hello"))
+    header, blobs = _hand_read(worker.sock)
+    assert header == {"kind": "predicted", "blobs": [3, 5], "responses": [
+        {"status": 200, "reason": None, "content_type": "application/octet-stream", "blob": 0},
+        {"status": 200, "reason": None, "content_type": "application/octet-stream", "blob": 1}]}
+    assert blobs == b"abchello"
+
+
+def test_five_megabyte_body_round_trip(loaded):
+    worker = loaded(ECHO)
+    payload = os.urandom(5 * 1024 * 1024)
+    reply, blobs = worker.predict(request(body(payload)), request(body(b"small")))
+    assert reply["kind"] == "predicted"
+    assert [bytes(b) for b in blobs] == [payload, b"small"]
+
+
+def test_messages_out_of_order_are_errors(start_worker, loaded, model_dir):
+    fresh = start_worker()
+    reply, _ = fresh.predict(request(body(b"x")))
+    assert reply["kind"] == "error" and reply["type"] == "InternalServerException"
+    assert "not loaded" in reply["message"]
+
+    worker = loaded(ECHO)
+    reply = worker.load("handler.py", model_dir)
+    assert reply == {"kind": "error", "status": 500, "type": "InternalServerException",
+                     "message": "unexpected message 'load': the handler is loaded"}
+    assert worker.predict(request(body(b"still serving")))[1] == [b"still serving"]
+
+
+def test_worker_exits_0_when_the_socket_closes(start_worker, loaded):
+    assert start_worker().close() == 0
+    worker = loaded(ECHO)
+    worker.predict(request(body(b"x")))
+    assert worker.close() == 0
+    log = worker.log()
+    assert f"[pid {worker.process.pid}]" in log and "exiting" in log
+
+
+def test_malformed_frame_makes_the_worker_exit_1(start_worker):
+    worker = start_worker()
+    header = b'{"kind":"load","blobs":[10]}'
+    worker.sock.sendall(struct.pack(">II", 4 + len(header) + 3, len(header)) + header + b"abc")
+    assert worker.process.wait(10) == 1
+    assert "blob lengths add up to 10, the frame holds 3" in worker.log()
+
+
+def test_read_frame_rejects_bad_lengths():
+    for frame in (struct.pack(">II", 2, 0),                      # shorter than the header length
+                  struct.pack(">II", 8, 9) + b"x" * 4,           # header longer than the frame
+                  struct.pack(">II", 6, 2) + b"[]"):             # header not an object
+        left, right = socket.socketpair()
+        with left, right:
+            left.sendall(frame)
+            with pytest.raises(framing.ProtocolError):
+                framing.read_frame(right)
+
+
+def test_write_frame_refuses_oversized_frames_before_sending(monkeypatch):
+    monkeypatch.setattr(framing, "MAX_FRAME", 100)
+    left, right = socket.socketpair()
+    with left, right:
+        with pytest.raises(framing.ProtocolError, match="exceeds the limit"):
+            framing.write_frame(left, {"kind": "x"}, [b"a" * 100])
+        framing.write_frame(left, {"kind": "y"}, [memoryview(b"ok"), bytearray(b"!")])
+        assert framing.read_frame(right) == ({"kind": "y", "blobs": [2, 1]}, [b"ok", b"!"])
+
+
+def test_write_frame_survives_partial_sends():
+    left, right = socket.socketpair()
+    with left, right:
+        left.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        blobs = [os.urandom(n) for n in (1, 70000, 0, 3, 200000)]
+        sender = threading.Thread(target=framing.write_frame, args=(left, {"kind": "z"}, blobs))
+        sender.start()
+        header, received = framing.read_frame(right)
+        sender.join()
+    assert header["blobs"] == [len(b) for b in blobs]
+    assert received == blobs
