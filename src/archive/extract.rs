@@ -194,3 +194,69 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod robustness {
+    use std::io::Write;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn files_under(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                out.extend(files_under(&path));
+            } else {
+                out.push(path);
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever the entry names, nothing lands outside the unpack directory.
+        #[test]
+        fn entries_never_escape(names in prop::collection::vec(
+            prop::collection::vec(prop::sample::select(vec!["a", "b.txt", "..", ".", "/", "c"]), 1..5),
+            1..5,
+        )) {
+            let root = tempfile::tempdir().unwrap();
+            let mar = root.path().join("in.mar");
+            let mut zip = zip::ZipWriter::new(File::create(&mar).unwrap());
+            for parts in &names {
+                let name = parts.join("/");
+                if zip.start_file(name.as_str(), zip::write::SimpleFileOptions::default()).is_ok() {
+                    zip.write_all(b"x").unwrap();
+                }
+            }
+            zip.finish().unwrap();
+            let work = root.path().join("work");
+            let result = unpack(&mar, &work);
+            for file in files_under(root.path()) {
+                prop_assert!(file == mar || file.starts_with(&work), "{} escaped", file.display());
+            }
+            if let Ok(dir) = result {
+                prop_assert!(dir.starts_with(&work));
+            }
+        }
+
+        /// Truncated archives are refused, never half-trusted.
+        #[test]
+        fn truncated_zips_fail_cleanly(cut in 1usize..200) {
+            let root = tempfile::tempdir().unwrap();
+            let mar = root.path().join("in.mar");
+            let mut zip = zip::ZipWriter::new(File::create(&mar).unwrap());
+            zip.start_file("MAR-INF/MANIFEST.json", zip::write::SimpleFileOptions::default()).unwrap();
+            zip.write_all(&[b'{'; 300]).unwrap();
+            zip.finish().unwrap();
+            let bytes = fs::read(&mar).unwrap();
+            fs::write(&mar, &bytes[..bytes.len().saturating_sub(cut)]).unwrap();
+            prop_assert!(unpack(&mar, &root.path().join("work")).is_err());
+        }
+    }
+}

@@ -281,3 +281,69 @@ dag:
         }
     }
 }
+
+#[cfg(test)]
+mod robustness {
+    use std::collections::HashSet;
+
+    use proptest::prelude::*;
+
+    use super::WorkflowSpec;
+    use crate::workflow::dag::Dag;
+
+    /// Every file of the corpus parses or fails with a message; none panics or hangs.
+    #[test]
+    fn corpus_specs_fail_cleanly_or_parse() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/spec");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            let text = String::from_utf8_lossy(&bytes);
+            if let Err(message) = WorkflowSpec::parse(&text) {
+                assert!(!message.is_empty());
+            }
+            seen += 1;
+        }
+        assert!(seen >= 5, "the corpus is missing");
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,300}") {
+            let _ = WorkflowSpec::parse(&text);
+        }
+
+        /// Generated DAGs either fail validation or yield an order that respects every edge.
+        #[test]
+        fn generated_dags_validate_consistently(
+            edges in prop::collection::vec((0usize..6, 0usize..6), 1..12),
+            batch in 0u64..4,
+        ) {
+            let names: Vec<String> = (0..6).map(|i| format!("n{i}")).collect();
+            let mut text = format!("models:\n  batch-size: {batch}\n  n0:\n    url: n0.mar\ndag:\n");
+            let mut children: Vec<Vec<&str>> = vec![Vec::new(); 6];
+            for &(from, to) in &edges {
+                children[from].push(&names[to]);
+            }
+            for (i, kids) in children.iter().enumerate() {
+                if !kids.is_empty() {
+                    text.push_str(&format!("  {}: [{}]\n", names[i], kids.join(", ")));
+                }
+            }
+            let functions: HashSet<String> = names.iter().skip(1).cloned().collect();
+            let Ok(spec) = WorkflowSpec::parse(&text) else {
+                prop_assert_eq!(batch, 0);
+                return Ok(());
+            };
+            if let Ok(dag) = Dag::build(&spec, &functions) {
+                let position = |i: usize| dag.order.iter().position(|&o| o == i).unwrap();
+                for (i, node) in dag.nodes.iter().enumerate() {
+                    for &child in &node.children {
+                        prop_assert!(position(i) < position(child));
+                    }
+                }
+                prop_assert!(dag.nodes[dag.entry].parents.is_empty());
+            }
+        }
+    }
+}
