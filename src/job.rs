@@ -29,6 +29,8 @@ pub struct Param {
 pub struct InferenceResponse {
     pub status: u16,
     pub content_type: Option<String>,
+    /// Headers the handler set with `context.set_response_header`.
+    pub headers: Vec<(String, String)>,
     pub body: Bytes,
 }
 

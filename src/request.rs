@@ -2,7 +2,7 @@
 //! handler's output back into an HTTP response.
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
@@ -110,6 +110,14 @@ pub fn into_http(output: InferenceResponse) -> Response {
         .and_then(|c| HeaderValue::from_str(&c).ok())
     {
         response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+    for (name, value) in output.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            response.headers_mut().append(name, value);
+        }
     }
     response
 }

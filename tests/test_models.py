@@ -40,6 +40,7 @@ def handle(data, context):
                 return out + [1, 2]
             if "status" in body:
                 context.set_response_status(body["status"], "custom", idx)
+                context.set_response_header(idx, "X-Probe-Reply", "yes")
         out.append({
             "params": {name: _describe(value) for name, value in row.items()},
             "batch": len(data),
@@ -221,7 +222,7 @@ def test_handler_errors_fail_only_their_batch(server):
     wrong = assert_error(requests.post(url, json={"wrong_length": True}), 500, "PredictionException")
     assert "outputs for a batch of 1" in wrong["message"]
     custom = requests.post(url, json={"status": 418})
-    assert custom.status_code == 418
+    assert custom.status_code == 418 and custom.headers["X-Probe-Reply"] == "yes"
     assert requests.post(url, json={}).status_code == 200
 
 

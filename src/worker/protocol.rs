@@ -73,6 +73,8 @@ pub enum FromWorker {
 pub struct ResponseMeta {
     pub status: Option<u16>,
     pub content_type: Option<String>,
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
     pub blob: usize,
 }
 

@@ -303,6 +303,7 @@ async fn predict(
                     Ok(InferenceResponse {
                         status: r.status.unwrap_or(200),
                         content_type: r.content_type,
+                        headers: r.headers,
                         body,
                     })
                 })

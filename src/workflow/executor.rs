@@ -146,6 +146,7 @@ fn merge_leaves(workflow: &Workflow, outputs: &[Arc<InferenceResponse>]) -> Infe
     InferenceResponse {
         status: 200,
         content_type: Some("application/json".into()),
+        headers: Vec::new(),
         body: Bytes::from(Value::Object(merged).to_string()),
     }
 }
