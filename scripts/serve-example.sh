@@ -10,5 +10,5 @@ Serving the example workflow. Try:
   curl -X POST http://127.0.0.1:8080/wfpredict/example -d data=5
   curl http://127.0.0.1:8081/workflows/example
 MSG
-exec target/release/torchyard serve --model-store target/example-store --ncs \
+exec target/release/torchyard serve --model-store target/example-store --ncs --disable-token-auth \
   --workflows example.war "$@"

@@ -48,10 +48,11 @@ pub struct ServeArgs {
     /// Do not restore or write snapshots.
     #[arg(long, visible_alias = "no-snapshot")]
     pub ncs: bool,
-    /// Accepted for TorchServe compatibility.
+    /// Serve the APIs without token authorization (keys are otherwise written to
+    /// key_file.json at start).
     #[arg(long)]
     pub disable_token_auth: bool,
-    /// Accepted for TorchServe compatibility.
+    /// Allow registering and unregistering models and workflows through the API.
     #[arg(long)]
     pub enable_model_api: bool,
     /// Accepted for TorchServe compatibility: torchyard always runs in the foreground.

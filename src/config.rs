@@ -30,6 +30,12 @@ pub struct ServerConfig {
     pub scale_down_idle: Duration,
     /// Whether an archive's requirements.txt is installed for its model.
     pub install_py_dep_per_model: bool,
+    /// Whether the APIs require the Bearer keys of key_file.json.
+    pub token_auth: bool,
+    /// Whether models and workflows may be registered and unregistered through the API.
+    pub model_api_enabled: bool,
+    /// Regular expressions a registration url outside the stores must match in full.
+    pub allowed_urls: Vec<String>,
     /// Where snapshots go; `None` when they are off (`--ncs`).
     pub snapshot_dir: Option<PathBuf>,
 }
@@ -52,6 +58,7 @@ impl ServerConfig {
                     .with_context(|| format!("invalid {key}: {v:?}"))
             })
         };
+        let flag = |key: &str| get(key).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
         let mut load_models: Vec<String> = get("load_models").map(split_list).unwrap_or_default();
         if !args.models.is_empty() {
             load_models = args.models.iter().flat_map(|m| split_list(m)).collect();
@@ -81,8 +88,10 @@ impl ServerConfig {
             max_request_size: number("max_request_size", 6_553_500)?,
             python: args.python.clone(),
             scale_down_idle: Duration::from_millis(number("scale_down_idle_ms", 10_000)? as u64),
-            install_py_dep_per_model: get("install_py_dep_per_model")
-                .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
+            token_auth: !args.disable_token_auth && !flag("disable_token_authorization"),
+            model_api_enabled: args.enable_model_api || flag("enable_model_api"),
+            allowed_urls: get("allowed_urls").map(split_list).unwrap_or_default(),
+            install_py_dep_per_model: flag("install_py_dep_per_model"),
             snapshot_dir: (!args.ncs).then(|| {
                 args.snapshot_dir
                     .clone()

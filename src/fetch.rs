@@ -14,10 +14,14 @@ pub async fn locate(state: &AppState, url: &str, dirs: &[&Path]) -> ApiResult<(P
         return Err(ApiError::bad_request("Parameter url is required"));
     }
     if url.starts_with("http://") || url.starts_with("https://") {
+        check_remote(state, url).await?;
         return download(state, url).await.map(|p| (p, true));
     }
     let path = Path::new(url.strip_prefix("file://").unwrap_or(url));
     if path.is_absolute() {
+        if !allowed(state, url)? {
+            return Err(not_allowed(url, "paths outside the store"));
+        }
         return match tokio::fs::metadata(path).await {
             Ok(_) => Ok((path.to_path_buf(), false)),
             Err(_) => Err(not_in_store(url)),
@@ -50,6 +54,76 @@ pub fn not_in_store(url: &str) -> ApiError {
     ApiError::model_not_found(format!("Model not found in model store: {url}"))
 }
 
+/// Whether `url` matches one of the `allowed_urls` patterns in full.
+fn allowed(state: &AppState, url: &str) -> ApiResult<bool> {
+    for pattern in &state.config.allowed_urls {
+        let regex = regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+            ApiError::internal(format!("allowed_urls pattern {pattern:?} is invalid: {e}"))
+        })?;
+        if regex.is_match(url) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn not_allowed(url: &str, what: &str) -> ApiError {
+    ApiError::bad_request(format!(
+        "{url} is not allowed: {what} must match allowed_urls in the configuration"
+    ))
+}
+
+/// An http(s) URL must match `allowed_urls` or point only at public addresses.
+async fn check_remote(state: &AppState, url: &str) -> ApiResult<()> {
+    if allowed(state, url)? {
+        return Ok(());
+    }
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| ApiError::bad_request(format!("Invalid url {url}: {e}")))?;
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| ApiError::bad_request(format!("Invalid url {url}: no host")))?;
+    let port = parsed.port_or_known_default().unwrap_or(443);
+    let addrs = tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
+        .await
+        .map_err(|e| ApiError::bad_request(format!("Cannot resolve {host}: {e}")))?;
+    for addr in addrs {
+        if !is_public(addr.ip()) {
+            return Err(not_allowed(url, "private and local addresses"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether an address is reachable on the public internet (not loopback, private, link-local,
+/// shared, unspecified or documentation space).
+fn is_public(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || (a == 100 && (64..128).contains(&b))
+                || a == 0)
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_public(IpAddr::V4(v4)),
+            None => {
+                let first = v6.segments()[0];
+                !(v6.is_loopback()
+                    || v6.is_unspecified()
+                    || (first & 0xfe00) == 0xfc00
+                    || (first & 0xffc0) == 0xfe80)
+            }
+        },
+    }
+}
+
 async fn download(state: &AppState, url: &str) -> ApiResult<PathBuf> {
     let failed = |e: &dyn std::fmt::Display| {
         ApiError::bad_request(format!("Failed to download archive from {url}: {e}"))
@@ -76,4 +150,31 @@ async fn download(state: &AppState, url: &str) -> ApiResult<PathBuf> {
         .await
         .map_err(|e| failed(&e))?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_public;
+
+    #[test]
+    fn private_and_local_addresses_are_not_public() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "172.16.5.4",
+            "169.254.1.1",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["8.8.8.8", "151.101.1.1", "2a00:1450::1"] {
+            assert!(is_public(ip.parse().unwrap()), "{ip}");
+        }
+    }
 }

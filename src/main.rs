@@ -3,6 +3,7 @@
 mod api;
 mod archive;
 mod archiver;
+mod auth;
 mod cli;
 mod config;
 mod error;

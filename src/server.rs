@@ -8,7 +8,10 @@ use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use axum::middleware;
+
 use crate::api;
+use crate::auth::{self, Keys};
 use crate::cli::ServeArgs;
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
@@ -63,9 +66,23 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                 .await
         })
     };
+    let mut inference_router = api::inference_router(state.clone());
+    let mut management_router = api::management_router(state.clone());
+    if state.config.token_auth {
+        let keys = Keys::generate(Path::new("key_file.json"))?;
+        tracing::info!("token authorization is on: keys are in key_file.json");
+        inference_router = inference_router.layer(middleware::from_fn_with_state(
+            keys.inference,
+            auth::require_key,
+        ));
+        management_router = management_router.layer(middleware::from_fn_with_state(
+            keys.management,
+            auth::require_key,
+        ));
+    }
     let servers = [
-        serve(inference, api::inference_router(state.clone())),
-        serve(management, api::management_router(state.clone())),
+        serve(inference, inference_router),
+        serve(management, management_router),
         serve(metrics, api::metrics_router(state.clone())),
     ];
     for server in servers {

@@ -2,15 +2,16 @@
 
 import pytest
 
-from support.server import Server
+from support.server import OPEN_FLAGS, Server
 
 
 def _servers(tmp_path_factory, request):
-    """A factory `start(properties=None, args=(), store=None, workdir=None)` → started Server;
+    """A factory `start(properties=None, args=OPEN_FLAGS, store=None, workdir=None)` → a
+    started Server (pass `args=()` for the secure defaults);
     every server it started is stopped afterwards, its log printed if a test failed."""
     servers = []
 
-    def start(properties=None, args=(), store=None, workdir=None):
+    def start(properties=None, args=OPEN_FLAGS, store=None, workdir=None):
         workdir = workdir or tmp_path_factory.mktemp("server")
         store = store or workdir / "store"
         store.mkdir(exist_ok=True)

@@ -41,7 +41,38 @@ pub fn router(state: Arc<AppState>) -> Router {
         state.clone(),
         snapshot_after_change,
     ))
+    .layer(middleware::from_fn_with_state(
+        state.clone(),
+        model_api_gate,
+    ))
     .with_state(state)
+}
+
+/// Refuses registering and unregistering through the API unless the model API is enabled.
+async fn model_api_gate(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let updates = request.method() == Method::PUT
+        && request
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p.starts_with("url=")));
+    let registers = updates || matches!(*request.method(), Method::POST | Method::DELETE);
+    let path = request.uri().path();
+    if registers
+        && !state.config.model_api_enabled
+        && (path.starts_with("/models") || path.starts_with("/workflows"))
+    {
+        return ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowedException",
+            "The model API is disabled: start with --enable-model-api (or enable_model_api=true) to register or unregister",
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// Writes a snapshot after every successful change made through the API.

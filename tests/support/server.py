@@ -20,10 +20,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: What most tests run with, as TorchServe users do in development: no tokens, model API on.
+OPEN_FLAGS = ("--disable-token-auth", "--enable-model-api")
+
+
 class Server:
     """A running `torchyard serve` with its three base URLs, model store and log."""
 
-    def __init__(self, workdir: Path, store: Path, properties=None, args=()):
+    def __init__(self, workdir: Path, store: Path, properties=None, args=OPEN_FLAGS):
         self.workdir = workdir
         self.store = store
         self.log_path = workdir / "server.log"
