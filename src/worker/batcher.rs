@@ -7,8 +7,10 @@ use tokio::time::{timeout_at, Instant};
 
 use crate::job::Job;
 
-/// Builds a batch starting with `first`: takes what is queued already, then waits up to `delay`
-/// for more while the batch is not full. A batch size of 1 never waits.
+/// Builds a batch starting with `first`: takes what is queued already, then, if that made a
+/// batch of several requests (so requests are arriving together), waits up to `delay` for more
+/// while the batch is not full. A lone request never waits: there is nothing to wait for, and
+/// at low load waiting would only add `delay` to every request.
 pub async fn collect(queue: &Receiver<Job>, first: Job, max: usize, delay: Duration) -> Vec<Job> {
     let mut batch = Vec::with_capacity(max);
     batch.push(first);
@@ -17,6 +19,9 @@ pub async fn collect(queue: &Receiver<Job>, first: Job, max: usize, delay: Durat
             Ok(job) => batch.push(job),
             Err(_) => break,
         }
+    }
+    if batch.len() == 1 {
+        return batch;
     }
     let deadline = Instant::now() + delay;
     while batch.len() < max {
@@ -57,8 +62,19 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn lone_request_does_not_wait() {
+        let (tx, rx) = async_channel::unbounded();
+        let started = Instant::now();
+        let batch = collect(&rx, job(), 8, Duration::from_secs(60)).await;
+        assert_eq!(batch.len(), 1);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn waits_for_stragglers_until_the_delay() {
         let (tx, rx) = async_channel::unbounded();
+        tx.try_send(job()).unwrap();
         let sender = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(10)).await;
             tx.send(job()).await.unwrap();
@@ -66,7 +82,7 @@ mod tests {
             tx.send(job()).await.unwrap();
         });
         let batch = collect(&rx, job(), 8, Duration::from_millis(100)).await;
-        assert_eq!(batch.len(), 2);
+        assert_eq!(batch.len(), 3);
         sender.await.unwrap();
     }
 }

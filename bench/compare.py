@@ -1,0 +1,231 @@
+"""Runs the same scenarios against TorchServe and torchyard on one model store and writes a
+markdown table (req/s, p50, p99, errors, frontend RSS, ratios) to bench/results.md."""
+
+import argparse
+import json
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "bench" / "out"
+HANDLER = REPO / "examples" / "double" / "num_handler.py"
+PORTS = {"inference": 18180, "management": 18181, "metrics": 18182}
+FUNCTIONS = '''
+import json
+
+
+def pre(data, context):
+    if data:
+        return [row.get("data") or row.get("body") for row in data]
+
+
+def post(data, context):
+    if data:
+        return [json.loads(bytes(row["body"])) for row in data]
+
+
+def agg(data, context):
+    if data:
+        return [{k: json.loads(bytes(v)) for k, v in row.items()} for row in data]
+'''
+MODELS = "models:\n  batch-size: 8\n  max-batch-delay: 0\n" \
+         "  a:\n    url: wf_a.mar\n  b:\n    url: wf_b.mar\n"
+SEQ4 = MODELS + "dag:\n  pre: [a]\n  a: [b]\n  b: [post]\n"
+PAR = MODELS + "dag:\n  pre: [a, b]\n  a: [agg]\n  b: [agg]\n"
+SCENARIOS = [("model", "predictions/double", 1), ("model", "predictions/double", 16),
+             ("seq4", "wfpredict/seq4", 1), ("seq4", "wfpredict/seq4", 16),
+             ("parallel", "wfpredict/par", 16), ("parallel", "wfpredict/par", 64)]
+
+
+def build_store(ts_bin: Path) -> Path:
+    """A tiny TorchScript model as three .mar files and two .war files, built with
+    TorchServe's archivers so both servers read the very same archives."""
+    import torch
+
+    store = OUT / "store"
+    store.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        torch.jit.script(torch.nn.Identity()).save(str(tmp / "identity.pt"))
+        for name in ("double", "wf_a", "wf_b"):
+            subprocess.run([ts_bin / "torch-model-archiver", "--model-name", name, "-v", "1.0",
+                            "--serialized-file", tmp / "identity.pt", "--handler", HANDLER,
+                            "--export-path", store, "-f"], check=True)
+        (tmp / "functions.py").write_text(FUNCTIONS)
+        for name, spec in (("seq4", SEQ4), ("par", PAR)):
+            (tmp / f"{name}.yaml").write_text(spec)
+            subprocess.run([ts_bin / "torch-workflow-archiver", "--workflow-name", name,
+                            "--spec-file", tmp / f"{name}.yaml", "--handler",
+                            tmp / "functions.py", "--export-path", store, "-f"], check=True)
+    return store
+
+
+def write_config(path: Path, store: Path) -> Path:
+    lines = [f"{k}_address=http://127.0.0.1:{p}" for k, p in PORTS.items()]
+    lines += [f"model_store={store}", "default_workers_per_model=1",
+              "disable_token_authorization=true", "enable_model_api=true"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def wait_ready(url: str, timeout: float) -> float:
+    """Seconds until `url` answers 200."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            if requests.get(url, timeout=1).ok:
+                return time.monotonic() - started
+        except requests.RequestException:
+            pass
+        time.sleep(0.001)
+    raise RuntimeError(f"{url} did not answer within {timeout}s")
+
+
+def register(base: str):
+    for path in ("models?url=double.mar&initial_workers=1&synchronous=true&batch_size=8"
+                 "&max_batch_delay=0",
+                 "workflows?url=seq4.war", "workflows?url=par.war"):
+        answer = requests.post(f"{base}/{path}", timeout=300)
+        answer.raise_for_status()
+
+
+def rss_mib(pid: int) -> float:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) / 1024
+
+
+def wrk(url: str, connections: int, seconds: int) -> dict:
+    out = subprocess.run(["wrk", f"-t{min(connections, 2)}", f"-c{connections}",
+                          f"-d{seconds}s", "--latency", "--timeout", "10s",
+                          "-s", str(REPO / "bench" / "post.lua"), url],
+                         check=True, capture_output=True, text=True).stdout
+
+    def ms(label):
+        value, unit = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\b", out, re.M).groups()
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    latency = re.search(r"^\s+Latency\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)\b", out, re.M)
+    slowest = float(latency.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[latency.group(2)]
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p50": ms("50%"), "p99": ms("99%"), "max": slowest,
+            "errors": (int(non_2xx.group(1)) if non_2xx else 0)
+            + (sum(map(int, socket.groups())) if socket else 0)}
+
+
+def run_server(name: str, command: list, env: dict, frontend_pid, seconds: int) -> dict:
+    log = open(OUT / f"{name}.log", "w")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                               cwd=OUT)
+    base = f"http://127.0.0.1:{PORTS['inference']}"
+    try:
+        ready = wait_ready(f"{base}/ping", 120)
+        register(f"http://127.0.0.1:{PORTS['management']}")
+        results = {"ready_ms": ready * 1000}
+        for label, path, c in SCENARIOS:
+            wrk(f"{base}/{path}", c, 2)  # warm-up
+            results[(label, c)] = wrk(f"{base}/{path}", c, seconds)
+            print(name, label, c, results[(label, c)], flush=True)
+        results["rss"] = rss_mib(frontend_pid(process))
+        return results
+    finally:
+        process.terminate()
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        subprocess.run(["pkill", "-f", "org.pytorch.serve.ModelServer"], check=False)
+        wait_ports_free()
+
+
+def wait_ports_free(timeout=60.0):
+    """Waits until nothing listens on the benchmark's ports any more."""
+    deadline = time.monotonic() + timeout
+    for port in PORTS.values():
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) != 0:
+                    break
+            time.sleep(0.2)
+
+
+def java_pid(_process) -> int:
+    out = subprocess.run(["pgrep", "-f", "org.pytorch.serve.ModelServer"], capture_output=True,
+                         text=True).stdout.split()
+    return int(out[0])
+
+
+def table(ts: dict, ty: dict) -> str:
+    rows = ["| scenario | TorchServe req/s | torchyard req/s | ratio | TorchServe p50 / p99 / max "
+            "ms | torchyard p50 / p99 / max ms | errors (TS / ty) |",
+            "|---|---|---|---|---|---|---|"]
+
+    def latency(r):
+        slowest = f"{r['max']:.0f}" if "max" in r else "n/a"
+        return f"{r['p50']:.1f} / {r['p99']:.1f} / {slowest}"
+
+    for label, _, c in SCENARIOS:
+        a, b = ts[(label, c)], ty[(label, c)]
+        rows.append(f"| {label} c={c} | {a['rps']:.0f} | {b['rps']:.0f} | "
+                    f"{b['rps'] / max(a['rps'], 1e-9):.1f}× | {latency(a)} | {latency(b)} | "
+                    f"{a['errors']} / {b['errors']} |")
+    rows.append(f"| frontend RSS | {ts['rss']:.0f} MiB | {ty['rss']:.0f} MiB | "
+                f"{ty['rss'] / ts['rss']:.2f}× | | | |")
+    rows.append(f"| ready after start | {ts['ready_ms']:.0f} ms | {ty['ready_ms']:.0f} ms | | | | |")
+    return "\n".join(rows) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--ts-venv", type=Path, required=True)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--reuse-torchserve", action="store_true",
+                        help="reuse TorchServe's numbers from the last run")
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    ts_bin = args.ts_venv.resolve() / "bin"
+    store = build_store(ts_bin)
+    config = write_config(OUT / "config.properties", store)
+    env = {"PATH": f"{ts_bin}:/usr/bin:/bin", "HOME": str(OUT)}
+    saved = OUT / "torchserve.json"
+    if args.reuse_torchserve and saved.exists():
+        torchserve = {tuple(k.split(":")) if ":" in k else k: v
+                      for k, v in json.loads(saved.read_text()).items()}
+        torchserve = {(k[0], int(k[1])) if isinstance(k, tuple) else k: v
+                      for k, v in torchserve.items()}
+    else:
+        torchserve = run_server(
+            "torchserve", [str(ts_bin / "torchserve"), "--start", "--foreground", "--ncs",
+                           "--model-store", str(store), "--ts-config", str(config),
+                           "--disable-token-auth", "--enable-model-api"], env, java_pid,
+            args.seconds)
+        saved.write_text(json.dumps({(f"{k[0]}:{k[1]}" if isinstance(k, tuple) else k): v
+                                     for k, v in torchserve.items()}))
+    torchyard = run_server(
+        "torchyard", [str(REPO / "target" / "release" / "torchyard"), "serve", "--ncs",
+                      "--disable-token-auth", "--enable-model-api",
+                      "--model-store", str(store), "--config", str(config),
+                      "--python", str(REPO / ".venv" / "bin" / "python")],
+        env, lambda p: p.pid, args.seconds)
+    result = table(torchserve, torchyard)
+    header = (f"# torchyard vs TorchServe 0.12\n\nOne run of `bench/compare.sh` on "
+              f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} "
+              f"cores, {args.seconds} s per scenario with wrk (after a 2 s warm-up), one worker "
+              f"per model or function node, batch size 8 with max batch delay 0, i.e. greedy batching (TorchServe "
+              f"runs function nodes unbatched whatever the spec says), the same archives for "
+              f"both servers. Frontend RSS is the server process alone (TorchServe's JVM; "
+              f"workers excluded).\n\n")
+    (REPO / "bench" / "results.md").write_text(header + result)
+    print(result)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
