@@ -11,6 +11,10 @@ pub trait Versioned {
     const KIND: &'static str;
     fn name(&self) -> &str;
     fn version(&self) -> &str;
+    /// The item's entry in the describe API.
+    fn describe(&self) -> serde_json::Value;
+    /// The item's entry in the list API.
+    fn summary(&self) -> serde_json::Value;
 }
 
 /// All versions of one name.
@@ -171,6 +175,12 @@ mod tests {
         }
         fn version(&self) -> &str {
             self.1
+        }
+        fn describe(&self) -> serde_json::Value {
+            serde_json::Value::Null
+        }
+        fn summary(&self) -> serde_json::Value {
+            serde_json::Value::Null
         }
     }
 

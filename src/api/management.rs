@@ -10,11 +10,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, options, put};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
+use super::replies::{self, status, worker_bounds};
 use super::{openapi, query, with_fallbacks};
 use crate::error::{ApiError, ApiResult};
-use crate::model::{register_archive, RegisterOptions, ServedModel};
+use crate::model::{register_archive, RegisterOptions};
 use crate::state::AppState;
 
 /// Routes of the management listener.
@@ -93,10 +94,6 @@ async fn description() -> impl IntoResponse {
     Json(openapi::management())
 }
 
-fn status(message: String) -> Json<Value> {
-    Json(json!({ "status": message }))
-}
-
 async fn register(
     State(state): State<Arc<AppState>>,
     RawQuery(raw): RawQuery,
@@ -109,68 +106,25 @@ async fn register(
     )))
 }
 
-/// Query of `GET /models`.
-#[derive(Deserialize)]
-struct Page {
-    limit: Option<usize>,
-    next_page_token: Option<usize>,
-}
-
-/// Cuts a page out of `items`: `limit` (default 100, at most 1000) items from offset
-/// `next_page_token`; the token of the next page when there is one.
-pub fn paginate<T>(items: Vec<T>, raw: Option<&str>) -> ApiResult<(Vec<T>, Option<String>)> {
-    let page: Page = query::parse(raw)?;
-    let limit = page.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
-    }
-    let start = page.next_page_token.unwrap_or(0).min(items.len());
-    let end = (start + limit).min(items.len());
-    let next = (end < items.len()).then(|| end.to_string());
-    Ok((
-        items.into_iter().skip(start).take(end - start).collect(),
-        next,
-    ))
-}
-
 async fn list(
     State(state): State<Arc<AppState>>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    let (page, next) = paginate(state.registry.list(), raw.as_deref())?;
-    let models: Vec<Value> = page
-        .iter()
-        .map(|m| json!({"modelName": m.def.name, "modelUrl": m.def.url}))
-        .collect();
-    let mut body = json!({ "models": models });
-    if let Some(token) = next {
-        body["nextPageToken"] = json!(token);
-    }
-    Ok(Json(body))
-}
-
-fn describe_all(models: &[Arc<ServedModel>]) -> Json<Value> {
-    Json(Value::Array(models.iter().map(|m| m.describe()).collect()))
+    replies::list(&state.registry, "models", raw.as_deref())
 }
 
 async fn describe(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let model = state.registry.get(&name, None)?;
-    Ok(describe_all(&[model]))
+    replies::describe(&state.registry, &name, None)
 }
 
 async fn describe_version(
     State(state): State<Arc<AppState>>,
     Path((name, version)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    if version == "all" {
-        return Ok(describe_all(&state.registry.versions(&name)?));
-    }
-    Ok(describe_all(&[state
-        .registry
-        .get(&name, Some(&version))?]))
+    replies::describe(&state.registry, &name, Some(&version))
 }
 
 /// Query of the scale API.
@@ -208,15 +162,11 @@ async fn scale_model(
     let model = state.registry.get(name, version)?;
     let (min, max) = worker_bounds(q.min_worker, q.max_worker)?;
     model.scale(min, max, q.synchronous).await?;
-    if q.synchronous {
-        Ok(status(format!("Workers scaled to {min} for model: {name}")).into_response())
-    } else {
-        Ok((
-            StatusCode::ACCEPTED,
-            status("Processing worker updates...".into()),
-        )
-            .into_response())
-    }
+    Ok(replies::scaled(
+        q.synchronous,
+        min,
+        &format!("model: {name}"),
+    ))
 }
 
 /// Refuses to unregister a workflow's node model on its own.
@@ -227,18 +177,6 @@ fn check_not_node(state: &AppState, name: &str, version: Option<&str>) -> ApiRes
         ))),
         None => Ok(()),
     }
-}
-
-/// The worker bounds of a scale request: min defaults to 1, max to min.
-pub fn worker_bounds(min: Option<usize>, max: Option<usize>) -> ApiResult<(usize, usize)> {
-    let min = min.unwrap_or(1);
-    let max = max.unwrap_or(min);
-    if max < min {
-        return Err(ApiError::bad_request(format!(
-            "max_worker ({max}) cannot be less than min_worker ({min})"
-        )));
-    }
-    Ok((min, max))
 }
 
 async fn unregister(
@@ -265,8 +203,5 @@ async fn set_default(
     State(state): State<Arc<AppState>>,
     Path((name, version)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    state.registry.set_default(&name, &version)?;
-    Ok(status(format!(
-        "Default version successfully updated for model \"{name}\" to \"{version}\""
-    )))
+    replies::set_default(&state.registry, &name, &version)
 }

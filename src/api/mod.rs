@@ -5,6 +5,7 @@ mod management;
 mod metrics;
 mod openapi;
 mod query;
+mod replies;
 mod workflow_management;
 
 use std::sync::Arc;

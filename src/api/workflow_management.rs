@@ -4,20 +4,18 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::management::{paginate, worker_bounds};
 use super::query;
+use super::replies::{self, status, worker_bounds};
 use crate::error::ApiResult;
 use crate::state::AppState;
 use crate::workflow::{
-    register_workflow, scale_workflow, unregister_workflow, update_workflow, Workflow,
-    WorkflowOptions,
+    register_workflow, scale_workflow, unregister_workflow, update_workflow, WorkflowOptions,
 };
 
 /// Workflow routes, merged into the management listener.
@@ -37,10 +35,6 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/workflows/{name}/{version}/set-default", put(set_default))
 }
 
-fn status(message: String) -> Json<Value> {
-    Json(json!({ "status": message }))
-}
-
 async fn register(
     State(state): State<Arc<AppState>>,
     RawQuery(raw): RawQuery,
@@ -57,41 +51,21 @@ async fn list(
     State(state): State<Arc<AppState>>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    let (page, next) = paginate(state.workflows.list(), raw.as_deref())?;
-    let workflows: Vec<Value> = page
-        .iter()
-        .map(|w| json!({"workflowName": w.name, "workflowUrl": w.url}))
-        .collect();
-    let mut body = json!({ "workflows": workflows });
-    if let Some(token) = next {
-        body["nextPageToken"] = json!(token);
-    }
-    Ok(Json(body))
-}
-
-fn describe_all(workflows: &[Arc<Workflow>]) -> Json<Value> {
-    Json(Value::Array(
-        workflows.iter().map(|w| w.describe()).collect(),
-    ))
+    replies::list(&state.workflows, "workflows", raw.as_deref())
 }
 
 async fn describe(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    Ok(describe_all(&[state.workflows.get(&name, None)?]))
+    replies::describe(&state.workflows, &name, None)
 }
 
 async fn describe_version(
     State(state): State<Arc<AppState>>,
     Path((name, version)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    if version == "all" {
-        return Ok(describe_all(&state.workflows.versions(&name)?));
-    }
-    Ok(describe_all(&[state
-        .workflows
-        .get(&name, Some(&version))?]))
+    replies::describe(&state.workflows, &name, Some(&version))
 }
 
 /// Query of `PUT /workflows/{name}`: `url` updates to a new archive, otherwise it scales.
@@ -139,15 +113,11 @@ async fn scale(
     let workflow = state.workflows.get(name, version)?;
     let (min, max) = worker_bounds(q.min_worker, q.max_worker)?;
     scale_workflow(&workflow, q.node.as_deref(), min, max, q.synchronous).await?;
-    if q.synchronous {
-        Ok(status(format!("Workers scaled to {min} for workflow: {name}")).into_response())
-    } else {
-        Ok((
-            StatusCode::ACCEPTED,
-            status("Processing worker updates...".into()),
-        )
-            .into_response())
-    }
+    Ok(replies::scaled(
+        q.synchronous,
+        min,
+        &format!("workflow: {name}"),
+    ))
 }
 
 async fn unregister(
@@ -172,8 +142,5 @@ async fn set_default(
     State(state): State<Arc<AppState>>,
     Path((name, version)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    state.workflows.set_default(&name, &version)?;
-    Ok(status(format!(
-        "Default version successfully updated for workflow \"{name}\" to \"{version}\""
-    )))
+    replies::set_default(&state.workflows, &name, &version)
 }

@@ -46,6 +46,48 @@ impl crate::versioned::Versioned for ServedModel {
     fn version(&self) -> &str {
         &self.def.version
     }
+
+    fn describe(&self) -> Value {
+        let pool = self.pool.lock().expect("pool lock");
+        let workers: Vec<Value> = pool
+            .workers
+            .iter()
+            .map(|w| {
+                let pid = w.status.pid();
+                json!({
+                    "id": format!("{}", 9000 + w.status.id),
+                    "startTime": w.status.started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    "status": w.status.state().as_str(),
+                    "memoryUsage": resident_bytes(pid),
+                    "pid": pid,
+                    "gpu": false,
+                    "gpuUsage": "N/A",
+                })
+            })
+            .collect();
+        let settings = &self.def.settings;
+        json!({
+            "modelName": self.def.name,
+            "modelVersion": self.def.version,
+            "modelUrl": self.def.url,
+            "runtime": self.def.runtime,
+            "minWorkers": pool.min,
+            "maxWorkers": pool.max,
+            "batchSize": settings.batch_size,
+            "maxBatchDelay": settings.max_batch_delay.as_millis() as u64,
+            "responseTimeout": settings.response_timeout.as_secs(),
+            "loadedAtStartup": self.def.loaded_at_startup,
+            "workers": workers,
+            "jobQueueStatus": {
+                "remainingCapacity": settings.job_queue_size.saturating_sub(self.queue.len()),
+                "pendingRequests": self.queue.len(),
+            },
+        })
+    }
+
+    fn summary(&self) -> Value {
+        json!({"modelName": self.def.name, "modelUrl": self.def.url})
+    }
 }
 
 impl ServedModel {
@@ -264,45 +306,6 @@ impl ServedModel {
             self.queue.len(),
             self.spec.ready_workers.load(Ordering::SeqCst),
         );
-    }
-
-    /// The model's entry in the describe API.
-    pub fn describe(&self) -> Value {
-        let pool = self.pool.lock().expect("pool lock");
-        let workers: Vec<Value> = pool
-            .workers
-            .iter()
-            .map(|w| {
-                let pid = w.status.pid();
-                json!({
-                    "id": format!("{}", 9000 + w.status.id),
-                    "startTime": w.status.started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                    "status": w.status.state().as_str(),
-                    "memoryUsage": resident_bytes(pid),
-                    "pid": pid,
-                    "gpu": false,
-                    "gpuUsage": "N/A",
-                })
-            })
-            .collect();
-        let settings = &self.def.settings;
-        json!({
-            "modelName": self.def.name,
-            "modelVersion": self.def.version,
-            "modelUrl": self.def.url,
-            "runtime": self.def.runtime,
-            "minWorkers": pool.min,
-            "maxWorkers": pool.max,
-            "batchSize": settings.batch_size,
-            "maxBatchDelay": settings.max_batch_delay.as_millis() as u64,
-            "responseTimeout": settings.response_timeout.as_secs(),
-            "loadedAtStartup": self.def.loaded_at_startup,
-            "workers": workers,
-            "jobQueueStatus": {
-                "remainingCapacity": settings.job_queue_size.saturating_sub(self.queue.len()),
-                "pendingRequests": self.queue.len(),
-            },
-        })
     }
 }
 

@@ -91,11 +91,8 @@ impl crate::versioned::Versioned for Workflow {
     fn version(&self) -> &str {
         &self.version
     }
-}
 
-impl Workflow {
-    /// The workflow's entry in the describe API.
-    pub fn describe(&self) -> Value {
+    fn describe(&self) -> Value {
         let globals = &self.spec.globals;
         let mut dag = Map::new();
         for (node, children) in &self.spec.dag {
@@ -129,5 +126,9 @@ impl Workflow {
             "workflowDag": dag,
             "nodes": nodes,
         })
+    }
+
+    fn summary(&self) -> Value {
+        json!({"workflowName": self.name, "workflowUrl": self.url})
     }
 }
