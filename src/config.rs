@@ -36,6 +36,8 @@ pub struct ServerConfig {
     pub model_api_enabled: bool,
     /// Regular expressions a registration url outside the stores must match in full.
     pub allowed_urls: Vec<String>,
+    /// PEM certificate and private key: when both are set, every listener speaks HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// Where snapshots go; `None` when they are off (`--ncs`).
     pub snapshot_dir: Option<PathBuf>,
 }
@@ -92,6 +94,9 @@ impl ServerConfig {
             model_api_enabled: args.enable_model_api || flag("enable_model_api"),
             allowed_urls: get("allowed_urls").map(split_list).unwrap_or_default(),
             install_py_dep_per_model: flag("install_py_dep_per_model"),
+            tls: get("certificate_file")
+                .zip(get("private_key_file"))
+                .map(|(cert, key)| (PathBuf::from(cert), PathBuf::from(key))),
             snapshot_dir: (!args.ncs).then(|| {
                 args.snapshot_dir
                     .clone()

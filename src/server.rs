@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use axum::middleware;
+use axum_server::tls_rustls::RustlsConfig;
 
 use crate::api;
 use crate::auth::{self, Keys};
@@ -58,11 +59,28 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 
     let stop = CancellationToken::new();
     tokio::spawn(wait_for_signal(stop.clone()));
+    let tls = match &state.config.tls {
+        Some((cert, key)) => Some(tls_config(cert, key).await?),
+        None => None,
+    };
     let serve = |listener: TcpListener, router: axum::Router| {
         let stop = stop.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
+            let Some(tls) = tls else {
+                return axum::serve(listener, router)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+            };
+            let handle = axum_server::Handle::new();
+            let on_stop = handle.clone();
+            tokio::spawn(async move {
+                stop.cancelled().await;
+                on_stop.graceful_shutdown(None);
+            });
+            axum_server::from_tcp_rustls(listener.into_std()?, tls)?
+                .handle(handle)
+                .serve(router.into_make_service())
                 .await
         })
     };
@@ -91,6 +109,14 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     tracing::info!("stopping workers");
     futures::future::join_all(state.registry.all().iter().map(|m| m.shutdown())).await;
     Ok(())
+}
+
+/// The HTTPS settings from a PEM certificate chain and private key.
+async fn tls_config(cert: &Path, key: &Path) -> Result<RustlsConfig> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    RustlsConfig::from_pem_file(cert, key)
+        .await
+        .with_context(|| format!("cannot load {} and {}", cert.display(), key.display()))
 }
 
 /// In the background: restores the last snapshot, then registers the models and workflows

@@ -5,6 +5,7 @@ import functools
 import http.server
 import json
 import stat
+import subprocess
 import threading
 import time
 
@@ -78,3 +79,25 @@ def test_allowed_urls_keep_archives_to_the_store_unless_allowed(start_server, fi
     by_path = requests.post(f"{allowing.management}/models",
                             params={"url": str(site / "remote.mar"), "model_name": "again"})
     assert by_path.status_code == 200, by_path.text
+
+
+def test_tls_listeners_when_a_certificate_is_configured(start_server, tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    server = start_server(properties={"certificate_file": str(cert), "private_key_file": str(key)})
+    assert server.inference.startswith("https://")
+    scale_mar(server.store, "double", 2.0)
+    registered = requests.post(f"{server.management}/models", verify=str(cert),
+                               params={"url": "double.mar", "synchronous": "true"})
+    assert registered.status_code == 200, registered.text
+    answer = requests.post(f"{server.inference}/predictions/double", data={"data": "4"},
+                           verify=str(cert))
+    assert answer.json() == 8.0
+    assert "ts_inference_requests_total" in requests.get(f"{server.metrics}/metrics",
+                                                         verify=str(cert)).text
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(f"{server.inference}/ping")
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(server.inference.replace("https://", "http://") + "/ping", timeout=5)

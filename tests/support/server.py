@@ -32,7 +32,11 @@ class Server:
         self.store = store
         self.log_path = workdir / "server.log"
         ports = [free_port() for _ in range(3)]
-        self.inference, self.management, self.metrics = (f"http://127.0.0.1:{p}" for p in ports)
+        #: The certificate to trust when the server speaks HTTPS, else True.
+        self.verify = (properties or {}).get("certificate_file", True)
+        scheme = "http" if self.verify is True else "https"
+        self.inference, self.management, self.metrics = (
+            f"{scheme}://127.0.0.1:{p}" for p in ports)
         config = {
             "inference_address": self.inference,
             "management_address": self.management,
@@ -51,13 +55,14 @@ class Server:
             raise RuntimeError(f"{BINARY} is missing: run cargo build --release first")
         self.log = open(self.log_path, "ab")
         self.process = subprocess.Popen(self.args, cwd=self.workdir, stdout=self.log,
-                                        stderr=subprocess.STDOUT)
+                                        stderr=subprocess.STDOUT,
+                                        env={**os.environ, "NO_COLOR": "1"})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited at start:\n{self.log_text()}")
             try:
-                if requests.get(f"{self.inference}/ping", timeout=1).ok:
+                if requests.get(f"{self.inference}/ping", timeout=1, verify=self.verify).ok:
                     return self
             except requests.ConnectionError:
                 time.sleep(0.05)
