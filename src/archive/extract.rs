@@ -162,6 +162,34 @@ mod tests {
     }
 
     #[test]
+    fn rejects_symlinks_in_zip_and_tar() {
+        let dir = tempfile::tempdir().unwrap();
+        let mar = dir.path().join("link.mar");
+        let mut zip = zip::ZipWriter::new(File::create(&mar).unwrap());
+        zip.add_symlink(
+            "evil",
+            "/etc/passwd",
+            zip::write::SimpleFileOptions::default(),
+        )
+        .unwrap();
+        zip.finish().unwrap();
+        let err = unpack(&mar, &dir.path().join("a")).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+
+        let tgz = dir.path().join("link.tar.gz");
+        let gz =
+            flate2::write::GzEncoder::new(File::create(&tgz).unwrap(), flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        tar.append_link(&mut header, "evil", "/etc/passwd").unwrap();
+        tar.into_inner().unwrap().finish().unwrap();
+        let err = unpack(&tgz, &dir.path().join("b")).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
+
+    #[test]
     fn untars_gzip() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.tar.gz");
