@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything torchyard needs on a fresh machine; fast when already done.
-# - .venv/ at the repo root with torch, numpy, pillow, torchvision and the test tools (PyPI)
+# - .venv/ at the repo root with torch, numpy, pillow, torchvision and the test tools (PyPI),
+#   and the worker package python/ installed editable
 # - the torchyard binary: cargo build --release
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,5 +13,10 @@ if ! .venv/bin/python -c "import torch, torchvision, numpy, PIL, pytest, request
   .venv/bin/pip install --quiet --disable-pip-version-check --upgrade pip
   .venv/bin/pip install --quiet --disable-pip-version-check \
     torch torchvision numpy pillow pytest requests torch-model-archiver torch-workflow-archiver
+fi
+# The worker package, editable, for tools and tests that import it from the venv (the server
+# ships its own copy, embedded in the binary).
+if [ -f python/pyproject.toml ] && ! .venv/bin/pip show --quiet torchyard >/dev/null 2>&1; then
+  .venv/bin/pip install --quiet --disable-pip-version-check -e python/
 fi
 cargo build --release --quiet

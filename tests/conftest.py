@@ -4,11 +4,22 @@ import pytest
 
 from support.server import OPEN_FLAGS, Server
 
+#: Servers started and not yet stopped: a failing test's report shows their logs.
+LIVE = []
 
-def _servers(tmp_path_factory, request):
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    if report.failed:
+        for server in LIVE:
+            report.sections.append((f"server log {server.workdir}", server.log_text()[-20000:]))
+
+
+def _servers(tmp_path_factory):
     """A factory `start(properties=None, args=OPEN_FLAGS, store=None, workdir=None)` → a
-    started Server (pass `args=()` for the secure defaults);
-    every server it started is stopped afterwards, its log printed if a test failed."""
+    started Server (pass `args=()` for the secure defaults); every server it started is
+    stopped afterwards (SIGTERM, then SIGKILL after a timeout)."""
     servers = []
 
     def start(properties=None, args=OPEN_FLAGS, store=None, workdir=None):
@@ -17,25 +28,22 @@ def _servers(tmp_path_factory, request):
         store.mkdir(exist_ok=True)
         server = Server(workdir, store, properties, args)
         servers.append(server)
+        LIVE.append(server)
         return server.start()
 
     yield start
-    failed = request.session.testsfailed > getattr(request, "_failed_before", 0)
     for server in servers:
         server.stop()
-        if failed:
-            print(f"--- server log ({server.workdir}) ---\n{server.log_text()[-20000:]}")
+        LIVE.remove(server)
 
 
 @pytest.fixture
-def start_server(tmp_path_factory, request):
+def start_server(tmp_path_factory):
     """A server factory for one test; each server runs in a fresh directory."""
-    request._failed_before = request.session.testsfailed
-    yield from _servers(tmp_path_factory, request)
+    yield from _servers(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
-def start_module_server(tmp_path_factory, request):
+def start_module_server(tmp_path_factory):
     """A server factory whose servers live for the whole test module."""
-    request._failed_before = request.session.testsfailed
-    yield from _servers(tmp_path_factory, request)
+    yield from _servers(tmp_path_factory)

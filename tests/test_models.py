@@ -10,7 +10,8 @@ import time
 import pytest
 import requests
 
-from support.archives import archive, scale_mar, write_files
+from support.api import assert_error, describe, register
+from support.archives import archive, save_eager_affine, scale_mar, write_files
 
 PROBE = '''
 import json
@@ -52,19 +53,6 @@ def handle(data, context):
     return out
 '''
 
-EAGER_MODEL = '''
-import torch
-
-
-class Affine(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.linear = torch.nn.Linear(2, 1)
-
-    def forward(self, x):
-        return self.linear(x)
-'''
-
 EAGER_HANDLER = '''
 import torch
 from ts.torch_handler.base_handler import BaseHandler
@@ -93,26 +81,10 @@ def server(start_module_server):
     return server
 
 
-def register(server, **params):
-    params.setdefault("synchronous", "true")
-    return requests.post(f"{server.management}/models", params=params)
-
-
-def describe(server, name):
-    return requests.get(f"{server.management}/models/{name}").json()[0]
-
-
 def ensure(server, name, **params):
     if requests.get(f"{server.management}/models/{name}").status_code == 404:
         answer = register(server, url=f"{name}.mar", **params)
         assert answer.status_code == 200, answer.text
-
-
-def assert_error(answer, code, kind):
-    assert answer.status_code == code, answer.text
-    body = answer.json()
-    assert body["code"] == code and body["type"] == kind and body["message"]
-    return body
 
 
 def test_torchscript_model_register_predict_scale_unregister(server):
@@ -140,20 +112,10 @@ def test_torchscript_model_register_predict_scale_unregister(server):
 
 
 def test_eager_model_with_model_file_and_state_dict(server, tmp_path):
-    import torch
-
-    write_files(tmp_path, {"model.py": EAGER_MODEL, "handler.py": EAGER_HANDLER})
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("eager_model", tmp_path / "model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    model = module.Affine()
-    with torch.no_grad():
-        model.linear.weight.copy_(torch.tensor([[2.0, -1.0]]))
-        model.linear.bias.fill_(0.5)
-    torch.save(model.state_dict(), tmp_path / "affine.pt")
-    archive("model", "--model-name", "affine", "--serialized-file", str(tmp_path / "affine.pt"),
-            "--model-file", str(tmp_path / "model.py"), "--handler", str(tmp_path / "handler.py"),
+    model_py, state_dict = save_eager_affine(tmp_path, [2.0, -1.0], 0.5)
+    write_files(tmp_path, {"handler.py": EAGER_HANDLER})
+    archive("model", "--model-name", "affine", "--serialized-file", str(state_dict),
+            "--model-file", str(model_py), "--handler", str(tmp_path / "handler.py"),
             "--export-path", str(server.store), "-f")
     assert register(server, url="affine.mar").status_code == 200
     answer = requests.post(f"{server.inference}/predictions/affine", json=[3, 1])

@@ -6,13 +6,14 @@ import io
 import json
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
 import pytest
 import requests
 
-from support.archives import archive, torchscript_scale, write_files
+from support.archives import SCALE_HANDLER, archive, torchscript_scale, write_files
 
 BIN = Path(sys.executable).parent
 
@@ -84,6 +85,23 @@ def test_torchserve_archivers_and_ts_handlers_run_unmodified(server, tmp_path):
                          data={"data": "5"}).json() == {"scaled": 15.0}
 
 
+@pytest.mark.parametrize("fmt", ["tgz", "no-archive"])
+def test_torchserve_archivers_tgz_and_directory_layouts_load(server, tmp_path, fmt):
+    """torch-model-archiver's tgz nests the files under a `NAME/` folder; no-archive writes
+    the folder `NAME/` itself."""
+    name = f"ts_{fmt.replace('-', '_')}"
+    torchscript_scale(tmp_path / "five.pt", 5.0)
+    ts_archive("torch-model-archiver", "--model-name", name, "--version", "1.0",
+               "--serialized-file", str(tmp_path / "five.pt"), "--handler", str(SCALE_HANDLER),
+               "--archive-format", fmt, "--export-path", str(server.store))
+    url = f"{name}.tar.gz" if fmt == "tgz" else name
+    registered = requests.post(f"{server.management}/models",
+                               params={"url": url, "synchronous": "true"})
+    assert registered.status_code == 200, registered.text
+    answer = requests.post(f"{server.inference}/predictions/{name}", data={"data": "2"})
+    assert answer.json() == 10.0
+
+
 def test_builtin_image_classifier_answers_top5_labels(server, tmp_path):
     import torch
     import torchvision
@@ -140,6 +158,24 @@ def test_torchyard_archive_writes_the_manifests_torchserve_writes(tmp_path):
     ours = manifest(tmp_path / "ty" / "w.war", "WAR-INF/MANIFEST.json")
     theirs = manifest(tmp_path / "ts" / "w.war", "WAR-INF/MANIFEST.json")
     assert {k: v for k, v in ours["workflow"].items() if k != "workflowVersion"} == theirs["workflow"]
+
+
+def test_torchyard_archive_tgz_has_torchserve_layout(tmp_path):
+    """TorchServe unpacks a tar.gz dropping each entry's first path component, so its
+    archiver nests every file under `NAME/`: a tar.gz must do the same to load there."""
+    write_files(tmp_path, {"h.py": TS_HANDLER})
+    args = ["--model-name", "m", "--version", "1.0", "--handler", str(tmp_path / "h.py"),
+            "--archive-format", "tgz"]
+    for out in ("ts", "ty"):
+        (tmp_path / out).mkdir()
+    ts_archive("torch-model-archiver", *args, "--export-path", str(tmp_path / "ts"))
+    archive("model", *args, "--export-path", str(tmp_path / "ty"))
+
+    def files(path):
+        with tarfile.open(path) as tar:
+            return sorted(m.name for m in tar.getmembers() if m.isfile())
+
+    assert files(tmp_path / "ty" / "m.tar.gz") == files(tmp_path / "ts" / "m.tar.gz")
 
 
 def test_requirements_install_into_the_models_own_directory(start_server, tmp_path):

@@ -44,22 +44,15 @@ def aggregate(data, context):
             for row in data]
 
 
-def add_one(data, context):
-    if data is None:
-        return None
-    return [str(_num(row) + 1) for row in data]
+def _adder(amount):
+    def add(data, context):
+        if data is None:
+            return None
+        return [str(_num(row) + amount) for row in data]
+    return add
 
 
-def add_two(data, context):
-    if data is None:
-        return None
-    return [str(_num(row) + 2) for row in data]
-
-
-def add_three(data, context):
-    if data is None:
-        return None
-    return [str(_num(row) + 3) for row in data]
+add_one, add_two, add_three = _adder(1), _adder(2), _adder(3)
 
 
 def batch_size(data, context):

@@ -22,7 +22,7 @@ pub fn unpack(source: &Path, work_dir: &Path) -> Result<PathBuf, ArchiveError> {
         .prefix("archive-")
         .tempdir_in(work_dir)?
         .keep();
-    let result = unpack_file(source, &target);
+    let result = unpack_file(source, &target).and_then(|()| Ok(hoist_single_root(&target)?));
     if result.is_err() {
         let _ = fs::remove_dir_all(&target);
     }
@@ -40,6 +40,25 @@ fn unpack_file(source: &Path, target: &Path) -> Result<(), ArchiveError> {
             source.display()
         ))),
     }
+}
+
+/// Moves the files of a lone top folder holding the manifest (`NAME/MAR-INF/…`, the layout
+/// torch-model-archiver gives tar.gz archives) up into `target`.
+fn hoist_single_root(target: &Path) -> io::Result<()> {
+    let entries: Vec<PathBuf> = fs::read_dir(target)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    let [root] = entries.as_slice() else {
+        return Ok(());
+    };
+    if !["MAR-INF", "WAR-INF"].iter().any(|m| root.join(m).is_dir()) {
+        return Ok(());
+    }
+    for entry in fs::read_dir(root)? {
+        let entry = entry?;
+        fs::rename(entry.path(), target.join(entry.file_name()))?;
+    }
+    fs::remove_dir(root)
 }
 
 /// Joins an archive entry name onto `target`, refusing absolute paths and `..`.
@@ -205,6 +224,19 @@ mod tests {
         tar.into_inner().unwrap().finish().unwrap();
         let out = unpack(&path, dir.path()).unwrap();
         assert_eq!(fs::read(out.join("x/y.txt")).unwrap(), b"ok");
+    }
+
+    #[test]
+    fn hoists_a_single_named_root_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let mar = dir.path().join("nested.mar");
+        write_zip(
+            &mar,
+            &[("m/MAR-INF/MANIFEST.json", b"{}"), ("m/h.py", b"x")],
+        );
+        let out = unpack(&mar, dir.path()).unwrap();
+        assert!(out.join("MAR-INF/MANIFEST.json").is_file() && out.join("h.py").is_file());
+        assert!(!out.join("m").exists());
     }
 
     #[test]

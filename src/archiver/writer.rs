@@ -82,7 +82,7 @@ impl Contents {
         match format {
             ArchiveFormat::Default => self.write_zip(&target, zip::CompressionMethod::Deflated)?,
             ArchiveFormat::ZipStore => self.write_zip(&target, zip::CompressionMethod::Stored)?,
-            ArchiveFormat::Tgz => self.write_tgz(&target)?,
+            ArchiveFormat::Tgz => self.write_tgz(&target, stem)?,
             ArchiveFormat::NoArchive => self.write_dir(&target)?,
         }
         Ok(target)
@@ -110,7 +110,8 @@ impl Contents {
         Ok(())
     }
 
-    fn write_tgz(&self, target: &Path) -> Result<()> {
+    /// A tar.gz whose entries sit under `stem/`, the layout TorchServe unpacks.
+    fn write_tgz(&self, target: &Path, stem: &str) -> Result<()> {
         let gz =
             flate2::write::GzEncoder::new(File::create(target)?, flate2::Compression::default());
         let mut tar = tar::Builder::new(gz);
@@ -120,7 +121,7 @@ impl Contents {
             header.set_size(bytes.len() as u64);
             header.set_mode(0o644);
             header.set_mtime(chrono::Utc::now().timestamp().max(0) as u64);
-            tar.append_data(&mut header, name, bytes.as_ref())?;
+            tar.append_data(&mut header, format!("{stem}/{name}"), bytes.as_ref())?;
         }
         tar.into_inner()?.finish()?;
         Ok(())

@@ -21,10 +21,15 @@ pub fn top_level_names(source: &str) -> HashSet<String> {
             }
         } else if let Some(rest) = line.strip_prefix("import ") {
             names.extend(imported_names(rest));
-        } else if let Some((target, value)) = line.split_once('=') {
-            let target = target.trim();
-            if !value.starts_with('=') && !target.is_empty() && identifier(target) == target {
-                names.insert(target.to_string());
+        } else if let Some((targets, value)) = line.split_once('=') {
+            if value.starts_with('=') {
+                continue;
+            }
+            for target in targets.split(',') {
+                let target = target.trim().trim_matches(|c| c == '(' || c == ')');
+                if identifier(target) == target {
+                    names.insert(target.to_string());
+                }
             }
         }
     }
@@ -55,9 +60,9 @@ fn imported_names(list: &str) -> impl Iterator<Item = String> + '_ {
 mod tests {
     #[test]
     fn finds_functions_assignments_and_imports() {
-        let src = "import json\nfrom m import a, b as c\n\ndef pre(data, context):\n    def inner(): pass\n    return data\n\nasync def post(data, ctx):\n    pass\nagg = pre\nx == 3\n";
+        let src = "import json\nfrom m import a, b as c\n\ndef pre(data, context):\n    def inner(): pass\n    return data\n\nasync def post(data, ctx):\n    pass\nagg = pre\nx == 3\none, (two) = make(1), make(2)\n";
         let names = super::top_level_names(src);
-        for name in ["json", "a", "c", "pre", "post", "agg"] {
+        for name in ["json", "a", "c", "pre", "post", "agg", "one", "two"] {
             assert!(names.contains(name), "{name} missing from {names:?}");
         }
         assert!(!names.contains("inner"));

@@ -1,14 +1,32 @@
-"""Building real archives for tests: TorchScript models and .mar/.war files made with
-`torchyard archive`."""
+"""Building real archives for tests: TorchScript and eager models, .mar/.war files made with
+`torchyard archive`, and .mar files written directly with Python's zipfile and tarfile."""
 
+import io
+import json
 import subprocess
+import tarfile
 import tempfile
 import textwrap
+import zipfile
 from pathlib import Path
 
 from .server import BINARY, REPO
 
-SCALE_HANDLER = REPO / "examples" / "workflow" / "scale_handler.py"
+SCALE_HANDLER = REPO / "examples" / "double" / "num_handler.py"
+MANIFEST_PATH = "MAR-INF/MANIFEST.json"
+
+EAGER_MODEL = '''
+import torch
+
+
+class Affine(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(2, 1)
+
+    def forward(self, x):
+        return self.linear(x)
+'''
 
 
 def archive(*args: str) -> Path:
@@ -59,3 +77,70 @@ def war(store: Path, name: str, spec: str, handler: str, version: str = "1.0") -
         return archive("workflow", "--workflow-name", name, "--spec-file",
                        str(tmp / "spec.yaml"), "--handler", str(tmp / "handler.py"),
                        "--export-path", str(store), "-f", "--version", version)
+
+
+def save_eager_affine(directory: Path, weight, bias: float) -> tuple:
+    """Writes model.py (class `Affine`, y = weight · x + bias over 2 inputs) and its state dict
+    affine.pt into `directory`; returns both paths."""
+    import importlib.util
+
+    import torch
+
+    write_files(directory, {"model.py": EAGER_MODEL})
+    spec = importlib.util.spec_from_file_location("eager_model", directory / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.Affine()
+    with torch.no_grad():
+        model.linear.weight.copy_(torch.tensor([weight], dtype=torch.float32))
+        model.linear.bias.fill_(bias)
+    torch.save(model.state_dict(), directory / "affine.pt")
+    return directory / "model.py", directory / "affine.pt"
+
+
+def manifest(name: str, handler: str, version: str = "1.0", **model_fields) -> dict:
+    """A MANIFEST.json as torch-model-archiver 0.12 writes it; `model_fields` are further keys
+    of its `model` entry (serializedFile, modelFile, configFile, ...)."""
+    return {"createdOn": "24/11/2026 10:00:00", "runtime": "python",
+            "model": {"modelName": name, "handler": handler, "modelVersion": version,
+                      **model_fields},
+            "archiverVersion": "0.12.0"}
+
+
+def build_mar(dest: Path, name: str, files: dict, manifest=None, fmt: str = "zip") -> Path:
+    """Writes `files` ({archive path: str | bytes | Path}) and, unless `manifest` is None,
+    MAR-INF/MANIFEST.json (a dict, or str/bytes written as is) as `dest/name.mar` (fmt "zip"),
+    `dest/name.tar.gz` ("tgz", every entry under `name/` as torch-model-archiver writes it) or
+    the directory `dest/name` ("dir"); returns that path."""
+    entries = {path: _bytes(source) for path, source in files.items()}
+    if manifest is not None:
+        entries[MANIFEST_PATH] = _bytes(manifest)
+    dest.mkdir(parents=True, exist_ok=True)
+    if fmt == "zip":
+        target = dest / f"{name}.mar"
+        with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as z:
+            for path, data in entries.items():
+                z.writestr(path, data)
+    elif fmt == "tgz":
+        target = dest / f"{name}.tar.gz"
+        with tarfile.open(target, "w:gz") as tar:
+            for path, data in entries.items():
+                info = tarfile.TarInfo(f"{name}/{path}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    elif fmt == "dir":
+        target = dest / name
+        for path, data in entries.items():
+            (target / path).parent.mkdir(parents=True, exist_ok=True)
+            (target / path).write_bytes(data)
+    else:
+        raise ValueError(f"unknown archive format {fmt!r}")
+    return target
+
+
+def _bytes(source) -> bytes:
+    if isinstance(source, Path):
+        return source.read_bytes()
+    if isinstance(source, dict):
+        return json.dumps(source, indent=2).encode()
+    return source.encode() if isinstance(source, str) else bytes(source)

@@ -1,4 +1,5 @@
-"""Handler of the example's TorchScript models: a number per request in, the model's output out."""
+"""Handler of the example models (double, triple): a number per request in, the TorchScript
+model's output out. A request's number is its form field `data` or its body (text, bytes or JSON)."""
 
 import json
 import os

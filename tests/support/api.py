@@ -1,0 +1,22 @@
+"""Small clients of the management API and the JSON error check the model tests share."""
+
+import requests
+
+
+def register(server, **params):
+    """POST /models with `params`, synchronous unless they say otherwise."""
+    params.setdefault("synchronous", "true")
+    return requests.post(f"{server.management}/models", params=params)
+
+
+def describe(server, name):
+    """The description of the default version of model `name`."""
+    return requests.get(f"{server.management}/models/{name}").json()[0]
+
+
+def assert_error(answer, code, kind):
+    """Asserts `answer` is TorchServe's JSON error `{code, type, message}`; returns its body."""
+    assert answer.status_code == code, answer.text
+    body = answer.json()
+    assert body["code"] == code and body["type"] == kind and body["message"]
+    return body
