@@ -5,7 +5,11 @@ mod model;
 mod workflow;
 mod writer;
 
-use clap::{Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand, ValueEnum};
+
+use writer::Contents;
 
 pub use model::ModelArgs;
 pub use workflow::WorkflowArgs;
@@ -47,13 +51,41 @@ fn created_on() -> String {
     chrono::Local::now().format("%d/%m/%Y %H:%M:%S").to_string()
 }
 
-/// Splits a comma-separated file list.
-fn file_list(value: Option<&str>) -> Vec<std::path::PathBuf> {
-    value
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(std::path::PathBuf::from)
-        .collect()
+/// Flags both archivers share: extra files, and where and how the archive is written.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Comma-separated extra files or directories.
+    #[arg(long)]
+    pub extra_files: Option<String>,
+    /// Where to write the archive.
+    #[arg(long, default_value = ".")]
+    pub export_path: PathBuf,
+    /// Archive format.
+    #[arg(long, value_enum, default_value = "default")]
+    pub archive_format: ArchiveFormat,
+    /// Overwrite an existing archive.
+    #[arg(short = 'f', long)]
+    pub force: bool,
+}
+
+impl OutputArgs {
+    /// Adds each of `--extra-files` under its base name.
+    fn add_extra_files(&self, contents: &mut Contents) -> anyhow::Result<()> {
+        let list = self.extra_files.as_deref().unwrap_or_default();
+        for extra in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            contents.add_file(std::path::Path::new(extra))?;
+        }
+        Ok(())
+    }
+
+    /// Writes `contents` as `{export_path}/{stem}{ext}` in the chosen format.
+    fn write(&self, contents: &Contents, stem: &str, ext: &str) -> anyhow::Result<PathBuf> {
+        contents.write(
+            &self.export_path,
+            stem,
+            ext,
+            self.archive_format,
+            self.force,
+        )
+    }
 }

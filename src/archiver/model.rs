@@ -7,7 +7,7 @@ use clap::Args;
 use serde_json::{json, Map, Value};
 
 use super::writer::{base_name, Contents};
-use super::{created_on, file_list, ArchiveFormat};
+use super::{created_on, OutputArgs};
 
 /// Flags of torch-model-archiver.
 #[derive(Debug, Args)]
@@ -24,21 +24,11 @@ pub struct ModelArgs {
     /// Handler: a .py file (optionally `file.py:function`) or a built-in handler name.
     #[arg(long)]
     pub handler: String,
-    /// Comma-separated extra files or directories.
-    #[arg(long)]
-    pub extra_files: Option<String>,
     /// Runtime recorded in the manifest.
     #[arg(long, default_value = "python")]
     pub runtime: String,
-    /// Where to write the archive.
-    #[arg(long, default_value = ".")]
-    pub export_path: PathBuf,
-    /// Archive format.
-    #[arg(long, value_enum, default_value = "default")]
-    pub archive_format: ArchiveFormat,
-    /// Overwrite an existing archive.
-    #[arg(short = 'f', long)]
-    pub force: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// Model version.
     #[arg(short = 'v', long, default_value = "1.0")]
     pub version: String,
@@ -70,9 +60,7 @@ pub fn build(args: &ModelArgs) -> Result<PathBuf> {
         json!(handler_entry(&args.handler, &mut contents)?),
     );
     model.insert("modelVersion".into(), json!(args.version));
-    for extra in file_list(args.extra_files.as_deref()) {
-        contents.add_file(&extra)?;
-    }
+    args.output.add_extra_files(&mut contents)?;
     let manifest = json!({
         "createdOn": created_on(),
         "runtime": args.runtime,
@@ -83,13 +71,7 @@ pub fn build(args: &ModelArgs) -> Result<PathBuf> {
         "MAR-INF/MANIFEST.json",
         serde_json::to_vec_pretty(&manifest)?,
     );
-    contents.write(
-        &args.export_path,
-        &args.model_name,
-        ".mar",
-        args.archive_format,
-        args.force,
-    )
+    args.output.write(&contents, &args.model_name, ".mar")
 }
 
 /// Adds a handler file to the archive and returns the manifest's handler value; a name that

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::model::handler_entry;
 use super::writer::Contents;
-use super::{created_on, file_list, ArchiveFormat};
+use super::{created_on, OutputArgs};
 
 /// Flags of torch-workflow-archiver.
 #[derive(Debug, Args)]
@@ -22,18 +22,8 @@ pub struct WorkflowArgs {
     /// The Python file with the workflow's functions.
     #[arg(long)]
     pub handler: String,
-    /// Comma-separated extra files or directories.
-    #[arg(long)]
-    pub extra_files: Option<String>,
-    /// Where to write the archive.
-    #[arg(long, default_value = ".")]
-    pub export_path: PathBuf,
-    /// Archive format.
-    #[arg(long, value_enum, default_value = "default")]
-    pub archive_format: ArchiveFormat,
-    /// Overwrite an existing archive.
-    #[arg(short = 'f', long)]
-    pub force: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// Workflow version (a torchyard extension; TorchServe ignores it).
     #[arg(short = 'v', long, default_value = "1.0")]
     pub version: String,
@@ -44,9 +34,7 @@ pub fn build(args: &WorkflowArgs) -> Result<PathBuf> {
     let mut contents = Contents::default();
     let spec = contents.add_file(&args.spec_file)?;
     let handler = handler_entry(&args.handler, &mut contents)?;
-    for extra in file_list(args.extra_files.as_deref()) {
-        contents.add_file(&extra)?;
-    }
+    args.output.add_extra_files(&mut contents)?;
     let manifest = json!({
         "createdOn": created_on(),
         "workflow": {
@@ -61,11 +49,5 @@ pub fn build(args: &WorkflowArgs) -> Result<PathBuf> {
         "WAR-INF/MANIFEST.json",
         serde_json::to_vec_pretty(&manifest)?,
     );
-    contents.write(
-        &args.export_path,
-        &args.workflow_name,
-        ".war",
-        args.archive_format,
-        args.force,
-    )
+    args.output.write(&contents, &args.workflow_name, ".war")
 }
