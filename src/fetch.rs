@@ -2,14 +2,45 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::archive::ArchiveError;
 use crate::error::{ApiError, ApiResult};
 use crate::model::valid_name;
 use crate::state::AppState;
 
+/// Locates the archive named by `url` (see [`locate`]), opens it with `open` on a blocking
+/// thread, unpacking under the runtime directory's `work_subdir`, and deletes a downloaded
+/// file afterwards. Returns the opened archive and the path it was opened from; `kind` names
+/// the archive in errors ("model", "workflow").
+pub async fn open_archive<T: Send + 'static>(
+    state: &AppState,
+    url: &str,
+    dirs: &[&Path],
+    work_subdir: &str,
+    kind: &str,
+    open: fn(&Path, &Path) -> Result<T, ArchiveError>,
+) -> ApiResult<(T, PathBuf)> {
+    let (source, downloaded) = locate(state, url, dirs).await?;
+    let work_dir = state.python.runtime_dir.join(work_subdir);
+    let path = source.clone();
+    let opened = tokio::task::spawn_blocking(move || open(&path, &work_dir))
+        .await
+        .map_err(|e| ApiError::internal(format!("archive loader panicked: {e}")))?;
+    if downloaded {
+        let _ = tokio::fs::remove_file(&source).await;
+    }
+    match opened {
+        Ok(archive) => Ok((archive, source)),
+        Err(ArchiveError::NotFound(_)) => Err(not_in_store(url)),
+        Err(other) => Err(ApiError::bad_request(format!(
+            "Failed to open {kind} archive {url}: {other}"
+        ))),
+    }
+}
+
 /// Finds an archive on disk: a relative path looked up in `dirs` in order, an absolute path, or
 /// an http(s) URL downloaded into the runtime directory. The flag says whether the file is a
 /// download the caller should delete.
-pub async fn locate(state: &AppState, url: &str, dirs: &[&Path]) -> ApiResult<(PathBuf, bool)> {
+async fn locate(state: &AppState, url: &str, dirs: &[&Path]) -> ApiResult<(PathBuf, bool)> {
     if url.is_empty() {
         return Err(ApiError::bad_request("Parameter url is required"));
     }

@@ -67,19 +67,15 @@ async fn split_params(content_type: Option<String>, bytes: Bytes) -> ApiResult<V
 }
 
 fn form_fields(bytes: &[u8]) -> Vec<Param> {
-    form_urlencoded_pairs(bytes)
+    serde_urlencoded::from_bytes::<Vec<(String, String)>>(bytes)
+        .unwrap_or_default()
+        .into_iter()
         .map(|(name, value)| Param {
             name,
             content_type: None,
             value: Bytes::from(value),
         })
         .collect()
-}
-
-fn form_urlencoded_pairs(bytes: &[u8]) -> impl Iterator<Item = (String, String)> + '_ {
-    serde_urlencoded::from_bytes::<Vec<(String, String)>>(bytes)
-        .unwrap_or_default()
-        .into_iter()
 }
 
 async fn multipart_parts(content_type: &str, bytes: Bytes) -> ApiResult<Vec<Param>> {

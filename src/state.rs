@@ -31,6 +31,9 @@ impl AppState {
         synchronous: bool,
     ) -> ApiResult<Arc<ServedModel>> {
         if self.registry.contains(&def.name, &def.version) {
+            if def.owns_dir {
+                let _ = tokio::fs::remove_dir_all(&def.dir).await;
+            }
             return Err(ApiError::conflict(format!(
                 "Model version {} is already registered for model {}",
                 def.version, def.name

@@ -9,9 +9,9 @@ use serde::Deserialize;
 use super::definition::{valid_name, ModelDefinition, ModelSettings};
 use super::dependencies::install_requirements;
 use super::served_model::ServedModel;
-use crate::archive::{ArchiveError, ModelArchive};
+use crate::archive::ModelArchive;
 use crate::error::{ApiError, ApiResult};
-use crate::fetch::{locate, not_in_store};
+use crate::fetch::open_archive;
 use crate::state::AppState;
 
 /// Query parameters of `POST /models`, also used for models loaded at start.
@@ -57,17 +57,15 @@ pub async fn prepare_model(
         .into_iter()
         .chain(fallback_dir)
         .collect();
-    let (source, downloaded) = locate(state, &opts.url, &dirs).await?;
-    let work_dir = state.python.runtime_dir.join("models");
-    let source_for_open = source.clone();
-    let opened =
-        tokio::task::spawn_blocking(move || ModelArchive::open(&source_for_open, &work_dir))
-            .await
-            .map_err(|e| ApiError::internal(format!("archive loader panicked: {e}")))?;
-    if downloaded {
-        let _ = tokio::fs::remove_file(&source).await;
-    }
-    let archive = opened.map_err(|e| archive_error(&opts.url, e))?;
+    let (archive, source) = open_archive(
+        state,
+        &opts.url,
+        &dirs,
+        "models",
+        "model",
+        ModelArchive::open,
+    )
+    .await?;
     let unpacked = (archive.dir != source).then(|| archive.dir.clone());
     let requirements = archive.manifest.model.requirements_file.clone();
     let mut def = definition(state, opts, &source, archive);
@@ -167,11 +165,4 @@ pub fn archive_stem(file_name: &str) -> String {
         .find_map(|ext| file_name.strip_suffix(ext))
         .unwrap_or(file_name)
         .to_string()
-}
-
-fn archive_error(url: &str, error: ArchiveError) -> ApiError {
-    match error {
-        ArchiveError::NotFound(_) => not_in_store(url),
-        other => ApiError::bad_request(format!("Failed to open model archive {url}: {other}")),
-    }
 }

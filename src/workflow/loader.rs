@@ -13,9 +13,8 @@ use super::dag::{Dag, NodeKind};
 use super::handler_scan::top_level_names;
 use super::served_workflow::{node_model_name, Workflow, WorkflowNode};
 use super::spec::{ModelSource, NodeProps, WorkflowSpec};
-use crate::archive::ArchiveError;
 use crate::error::{ApiError, ApiResult};
-use crate::fetch::{locate, not_in_store};
+use crate::fetch::open_archive;
 use crate::metrics::NodeLabels;
 use crate::model::{
     archive_stem, prepare_model, valid_name, ModelDefinition, ModelSettings, RegisterOptions,
@@ -36,23 +35,15 @@ pub async fn register_workflow(
     opts: WorkflowOptions,
 ) -> ApiResult<Arc<Workflow>> {
     let dirs: Vec<&Path> = state.config.workflow_store.as_deref().into_iter().collect();
-    let (source, downloaded) = locate(state, &opts.url, &dirs).await?;
-    let work_dir = state.python.runtime_dir.join("workflows");
-    let source_for_open = source.clone();
-    let opened =
-        tokio::task::spawn_blocking(move || WorkflowArchive::open(&source_for_open, &work_dir))
-            .await
-            .map_err(|e| ApiError::internal(format!("archive loader panicked: {e}")))?;
-    if downloaded {
-        let _ = tokio::fs::remove_file(&source).await;
-    }
-    let archive = opened.map_err(|e| match e {
-        ArchiveError::NotFound(_) => not_in_store(&opts.url),
-        other => ApiError::bad_request(format!(
-            "Failed to open workflow archive {}: {other}",
-            opts.url
-        )),
-    })?;
+    let (archive, source) = open_archive(
+        state,
+        &opts.url,
+        &dirs,
+        "workflows",
+        "workflow",
+        WorkflowArchive::open,
+    )
+    .await?;
     let owns_dir = archive.dir != source;
     let stem = source
         .file_name()
@@ -65,21 +56,23 @@ pub async fn register_workflow(
         .or(stem)
         .unwrap_or_default();
     let version = archive.version.clone().unwrap_or_else(|| "1.0".into());
-    let result = build(state, &opts.url, name, version, archive, owns_dir).await;
-    if let Err((_, dir)) = &result {
-        if owns_dir {
-            let _ = tokio::fs::remove_dir_all(dir).await;
+    let dir = archive.dir.clone();
+    let registered = async {
+        let workflow = Arc::new(build(state, &opts.url, name, version, archive, owns_dir).await?);
+        if let Err(e) = state.workflows.insert(workflow.clone()) {
+            stop_nodes(state, &workflow).await;
+            return Err(e);
         }
+        Ok(workflow)
     }
-    let workflow = Arc::new(result.map_err(|(e, _)| e)?);
-    if let Err(e) = state.workflows.insert(workflow.clone()) {
-        stop_nodes(state, &workflow).await;
-        return Err(e);
+    .await;
+    if registered.is_err() && owns_dir {
+        let _ = tokio::fs::remove_dir_all(dir).await;
     }
-    Ok(workflow)
+    registered
 }
 
-/// Validates and starts everything; on failure returns the error and the directory to clean.
+/// Validates and starts everything; on failure stops whatever it started.
 async fn build(
     state: &AppState,
     url: &str,
@@ -87,23 +80,20 @@ async fn build(
     version: String,
     archive: WorkflowArchive,
     owns_dir: bool,
-) -> Result<Workflow, (ApiError, std::path::PathBuf)> {
-    let dir = archive.dir.clone();
-    let fail = |e: ApiError| (e, dir.clone());
+) -> ApiResult<Workflow> {
     if !valid_name(&name) || name.contains("__") {
-        return Err(fail(ApiError::bad_request(format!(
+        return Err(ApiError::bad_request(format!(
             "Invalid workflow name {name:?}: use letters, digits, '_', '-' and '.', without '__'"
-        ))));
+        )));
     }
     if state.workflows.contains(&name, &version) {
-        return Err(fail(ApiError::conflict(format!(
+        return Err(ApiError::conflict(format!(
             "Workflow version {version} is already registered for workflow {name}"
-        ))));
+        )));
     }
     let invalid = |e: String| ApiError::bad_request(format!("Invalid workflow specification: {e}"));
-    let spec = WorkflowSpec::parse(&archive.spec_text).map_err(|e| fail(invalid(e)))?;
-    let dag = Dag::build(&spec, &top_level_names(&archive.handler_source))
-        .map_err(|e| fail(invalid(e)))?;
+    let spec = WorkflowSpec::parse(&archive.spec_text).map_err(invalid)?;
+    let dag = Dag::build(&spec, &top_level_names(&archive.handler_source)).map_err(invalid)?;
     let starts = dag.nodes.iter().map(|node| {
         let props = spec
             .models
@@ -133,10 +123,10 @@ async fn build(
     };
     if let Some(error) = first_error {
         stop_nodes(state, &workflow).await;
-        return Err(fail(error.context(format!(
+        return Err(error.context(format!(
             "Workflow {} could not be registered",
             workflow.name
-        ))));
+        )));
     }
     Ok(workflow)
 }
