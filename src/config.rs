@@ -40,6 +40,12 @@ pub struct ServerConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Where snapshots go; `None` when they are off (`--ncs`).
     pub snapshot_dir: Option<PathBuf>,
+    /// Most workers one model (or workflow node) may have.
+    pub max_workers_per_model: usize,
+    /// How long downloading one archive may take, redirects included.
+    pub download_timeout: Duration,
+    /// Largest archive a download may bring.
+    pub max_download_size: u64,
 }
 
 impl ServerConfig {
@@ -74,6 +80,11 @@ impl ServerConfig {
             .clone()
             .or_else(|| get("workflow_store").map(PathBuf::from))
             .or_else(|| model_store.clone());
+        let max_workers_per_model = number("max_workers_per_model", 128)?;
+        let default_workers_per_model = number("default_workers_per_model", 1)?;
+        if default_workers_per_model > max_workers_per_model {
+            bail!("default_workers_per_model ({default_workers_per_model}) is above max_workers_per_model ({max_workers_per_model})");
+        }
         Ok(Self {
             inference_address: address("inference_address", "http://127.0.0.1:8080")?,
             management_address: address("management_address", "http://127.0.0.1:8081")?,
@@ -82,7 +93,10 @@ impl ServerConfig {
             workflow_store,
             load_models,
             load_workflows: args.workflows.iter().flat_map(|m| split_list(m)).collect(),
-            default_workers_per_model: number("default_workers_per_model", 1)?,
+            default_workers_per_model,
+            max_workers_per_model,
+            download_timeout: Duration::from_secs(number("download_timeout", 300)? as u64),
+            max_download_size: number("max_download_size", 10 << 30)? as u64,
             job_queue_size: number("job_queue_size", 100)?.max(1),
             default_response_timeout: Duration::from_secs(
                 number("default_response_timeout", 120)? as u64

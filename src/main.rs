@@ -6,6 +6,7 @@ mod archiver;
 mod auth;
 mod cli;
 mod config;
+mod download;
 mod error;
 mod fetch;
 mod job;

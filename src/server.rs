@@ -44,7 +44,6 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         workflows: Default::default(),
         metrics: Metrics::default(),
         python,
-        http: reqwest::Client::new(),
         snapshots: Snapshotter::new(config.snapshot_dir.as_deref()),
         config,
     });

@@ -18,7 +18,6 @@ pub struct AppState {
     pub workflows: VersionedRegistry<Workflow>,
     pub metrics: Metrics,
     pub python: PythonEnv,
-    pub http: reqwest::Client,
     pub snapshots: Snapshotter,
 }
 
@@ -30,14 +29,20 @@ impl AppState {
         def: ModelDefinition,
         synchronous: bool,
     ) -> ApiResult<Arc<ServedModel>> {
-        if self.registry.contains(&def.name, &def.version) {
+        let refused = if self.registry.contains(&def.name, &def.version) {
+            Err(ApiError::conflict(format!(
+                "Model version {} is already registered for model {}",
+                def.version, def.name
+            )))
+        } else {
+            def.settings
+                .check_workers(self.config.max_workers_per_model)
+        };
+        if let Err(e) = refused {
             if def.owns_dir {
                 let _ = tokio::fs::remove_dir_all(&def.dir).await;
             }
-            return Err(ApiError::conflict(format!(
-                "Model version {} is already registered for model {}",
-                def.version, def.name
-            )));
+            return Err(e);
         }
         let labels = ModelLabels {
             model_name: def.name.clone(),

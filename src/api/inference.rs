@@ -3,13 +3,14 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, options, post};
 use axum::{Json, Router};
 use serde_json::json;
 
+use super::path::Path;
 use super::{openapi, with_fallbacks};
 use crate::error::ApiResult;
 use crate::request::{into_http, read_request};

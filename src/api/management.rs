@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::Request;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{MatchedPath, Request};
+use axum::extract::{RawQuery, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -12,6 +12,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::path::Path;
 use super::replies::{self, status, worker_bounds};
 use super::{openapi, query, with_fallbacks};
 use crate::error::{ApiError, ApiResult};
@@ -42,29 +43,24 @@ pub fn router(state: Arc<AppState>) -> Router {
         state.clone(),
         snapshot_after_change,
     ))
-    .layer(middleware::from_fn_with_state(
+    .route_layer(middleware::from_fn_with_state(
         state.clone(),
         model_api_gate,
     ))
     .with_state(state)
 }
 
-/// Refuses registering and unregistering through the API unless the model API is enabled.
+/// Refuses registering, updating and unregistering through the API unless the model API is
+/// enabled. It runs after routing and decides on the matched route and the decoded query, as
+/// the handlers see them, so no spelling of a path or parameter slips past it.
 async fn model_api_gate(
     State(state): State<Arc<AppState>>,
+    matched: MatchedPath,
     request: Request,
     next: Next,
 ) -> Response {
-    let updates = request.method() == Method::PUT
-        && request
-            .uri()
-            .query()
-            .is_some_and(|q| q.split('&').any(|p| p.starts_with("url=")));
-    let registers = updates || matches!(*request.method(), Method::POST | Method::DELETE);
-    let path = request.uri().path();
-    if registers
-        && !state.config.model_api_enabled
-        && (path.starts_with("/models") || path.starts_with("/workflows"))
+    if !state.config.model_api_enabled
+        && changes_registrations(request.method(), matched.as_str(), request.uri().query())
     {
         return ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -74,6 +70,20 @@ async fn model_api_gate(
         .into_response();
     }
     next.run(request).await
+}
+
+/// Whether a request to `route` registers, updates (`PUT /workflows/{name}?url=`) or
+/// unregisters a model or workflow. A query that does not decode counts as an update: the
+/// handler refuses it anyway.
+fn changes_registrations(method: &Method, route: &str, query: Option<&str>) -> bool {
+    let managed = route.starts_with("/models") || route.starts_with("/workflows");
+    match *method {
+        Method::POST | Method::DELETE => managed,
+        Method::PUT if route == "/workflows/{name}" => {
+            query::pairs(query).is_none_or(|pairs| pairs.iter().any(|(key, _)| key == "url"))
+        }
+        _ => false,
+    }
 }
 
 /// Writes a snapshot after every successful change made through the API.
@@ -160,7 +170,11 @@ async fn scale_model(
 ) -> ApiResult<Response> {
     let q: ScaleQuery = query::parse(raw)?;
     let model = state.registry.get(name, version)?;
-    let (min, max) = worker_bounds(q.min_worker, q.max_worker)?;
+    let (min, max) = worker_bounds(
+        q.min_worker,
+        q.max_worker,
+        state.config.max_workers_per_model,
+    )?;
     model.scale(min, max, q.synchronous).await?;
     Ok(replies::scaled(
         q.synchronous,

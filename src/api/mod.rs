@@ -4,6 +4,7 @@ mod inference;
 mod management;
 mod metrics;
 mod openapi;
+mod path;
 mod query;
 mod replies;
 mod workflow_management;

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use super::query;
 use crate::error::{ApiError, ApiResult};
+use crate::model::check_worker_limit;
 use crate::versioned::{Versioned, VersionedRegistry};
 
 /// `{"status": message}`.
@@ -85,8 +86,13 @@ pub fn list<T: Versioned>(
     Ok(Json(body))
 }
 
-/// The worker bounds of a scale request: min defaults to 1, max to min.
-pub fn worker_bounds(min: Option<usize>, max: Option<usize>) -> ApiResult<(usize, usize)> {
+/// The worker bounds of a scale request: min defaults to 1, max to min; neither may go
+/// above `limit` (`max_workers_per_model`).
+pub fn worker_bounds(
+    min: Option<usize>,
+    max: Option<usize>,
+    limit: usize,
+) -> ApiResult<(usize, usize)> {
     let min = min.unwrap_or(1);
     let max = max.unwrap_or(min);
     if max < min {
@@ -94,5 +100,6 @@ pub fn worker_bounds(min: Option<usize>, max: Option<usize>) -> ApiResult<(usize
             "max_worker ({max}) cannot be less than min_worker ({min})"
         )));
     }
+    check_worker_limit(min, max, limit)?;
     Ok((min, max))
 }

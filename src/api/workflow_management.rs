@@ -3,13 +3,14 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::path::Path;
 use super::query;
 use super::replies::{self, status, worker_bounds};
 use crate::error::ApiResult;
@@ -111,7 +112,11 @@ async fn scale(
     q: PutQuery,
 ) -> ApiResult<Response> {
     let workflow = state.workflows.get(name, version)?;
-    let (min, max) = worker_bounds(q.min_worker, q.max_worker)?;
+    let (min, max) = worker_bounds(
+        q.min_worker,
+        q.max_worker,
+        state.config.max_workers_per_model,
+    )?;
     scale_workflow(&workflow, q.node.as_deref(), min, max, q.synchronous).await?;
     Ok(replies::scaled(
         q.synchronous,

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::error::{ApiError, ApiResult};
+
 /// Serving settings of a model.
 #[derive(Debug, Clone, Default)]
 pub struct ModelSettings {
@@ -12,6 +14,25 @@ pub struct ModelSettings {
     pub max_batch_delay: Duration,
     pub response_timeout: Duration,
     pub job_queue_size: usize,
+}
+
+impl ModelSettings {
+    /// Refuses worker counts above `limit` (the server's `max_workers_per_model`).
+    pub fn check_workers(&self, limit: usize) -> ApiResult<()> {
+        check_worker_limit(self.min_workers, self.max_workers, limit)
+    }
+}
+
+/// Refuses a `min`..`max` worker range that goes above `limit`, the server's
+/// `max_workers_per_model`.
+pub fn check_worker_limit(min: usize, max: usize, limit: usize) -> ApiResult<()> {
+    let wanted = min.max(max);
+    if wanted > limit {
+        return Err(ApiError::bad_request(format!(
+            "Cannot run {wanted} workers for one model: max_workers_per_model is {limit}"
+        )));
+    }
+    Ok(())
 }
 
 /// Everything needed to start a model's workers.

@@ -6,6 +6,6 @@ mod dependencies;
 mod loader;
 mod served_model;
 
-pub use definition::{valid_name, ModelDefinition, ModelSettings};
+pub use definition::{check_worker_limit, valid_name, ModelDefinition, ModelSettings};
 pub use loader::{archive_stem, prepare_model, register_archive, RegisterOptions};
 pub use served_model::ServedModel;

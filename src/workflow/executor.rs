@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::http::StatusCode;
 use bytes::Bytes;
 use futures::future::{join_all, BoxFuture, FutureExt, Shared};
 use serde_json::{Map, Value};
@@ -103,10 +104,13 @@ async fn call_node(
     let timeout = Duration::from_millis(node.props.timeout_ms);
     let started = Instant::now();
     let mut reason = String::new();
+    let mut unavailable = false;
     for attempt in 0..attempts {
         let mut request = input.clone();
         request.id = uuid::Uuid::new_v4().to_string();
-        reason = match tokio::time::timeout(timeout, node.model.submit(request)).await {
+        let outcome = tokio::time::timeout(timeout, node.model.submit(request)).await;
+        unavailable = matches!(&outcome, Ok(Err(e)) if e.status == StatusCode::SERVICE_UNAVAILABLE);
+        reason = match outcome {
             Ok(Ok(output)) if output.status < 400 => {
                 node.metrics.record_call(started.elapsed(), attempt, false);
                 return Ok(output);
@@ -122,10 +126,17 @@ async fn call_node(
     }
     node.metrics
         .record_call(started.elapsed(), attempts - 1, true);
-    Err(ApiError::internal(format!(
+    let failed = format!(
         "Workflow node \"{}\" failed after {attempts} attempt(s): {reason}",
         workflow.dag.nodes[i].name
-    )))
+    );
+    // A node that could not take the request (no worker, full queue) makes the workflow
+    // unavailable, as the same model answers on its own, rather than broken.
+    Err(if unavailable {
+        ApiError::unavailable(failed)
+    } else {
+        ApiError::internal(failed)
+    })
 }
 
 /// Several leaves answer one JSON object keyed by leaf name; a JSON output is embedded as
