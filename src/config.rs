@@ -22,6 +22,9 @@ pub struct ServerConfig {
     /// Workflow archives to load at start, in the same forms.
     pub load_workflows: Vec<String>,
     pub default_workers_per_model: usize,
+    /// Workers of a model registered through the API without `initial_workers`:
+    /// `default_workers_per_model` when the configuration sets it, else 0 (as TorchServe).
+    pub api_default_workers: usize,
     pub job_queue_size: usize,
     pub default_response_timeout: Duration,
     pub max_request_size: usize,
@@ -94,6 +97,8 @@ impl ServerConfig {
             load_models,
             load_workflows: args.workflows.iter().flat_map(|m| split_list(m)).collect(),
             default_workers_per_model,
+            api_default_workers: get("default_workers_per_model")
+                .map_or(0, |_| default_workers_per_model),
             max_workers_per_model,
             download_timeout: Duration::from_secs(number("download_timeout", 300)? as u64),
             max_download_size: number("max_download_size", 10 << 30)? as u64,

@@ -12,7 +12,7 @@ use reqwest::{redirect, Url};
 use tokio::io::AsyncWriteExt;
 
 use crate::error::{ApiError, ApiResult};
-use crate::fetch::{allowed, not_allowed};
+use crate::fetch::{allowed, download_failed, not_allowed};
 use crate::model::valid_name;
 use crate::state::AppState;
 
@@ -27,7 +27,10 @@ pub async fn download(state: &AppState, url: &str) -> ApiResult<PathBuf> {
     let fetched = tokio::time::timeout(limit, fetch(state, url, &path)).await;
     let result = match fetched {
         Ok(result) => result,
-        Err(_) => Err(failed(url, format!("no complete answer within {limit:?}"))),
+        Err(_) => Err(failed_because(
+            url,
+            format!("no complete answer within {limit:?}"),
+        )),
     };
     if result.is_err() {
         let _ = tokio::fs::remove_file(&path).await;
@@ -51,7 +54,7 @@ fn download_path(state: &AppState, url: &str) -> PathBuf {
 
 /// Follows `url` through at most [`MAX_REDIRECTS`] checked redirects and saves the answer.
 async fn fetch(state: &AppState, url: &str, path: &Path) -> ApiResult<()> {
-    let mut target = parse(url)?;
+    let mut target = parse(url).map_err(|e| failed(url, e))?;
     for _ in 0..=MAX_REDIRECTS {
         let addresses = checked_addresses(state, &target).await?;
         let client = pinned_client(&target, &addresses).map_err(|e| failed(url, e))?;
@@ -102,10 +105,10 @@ async fn checked_addresses(state: &AppState, target: &Url) -> ApiResult<Vec<Sock
     let port = target.port_or_known_default().unwrap_or(443);
     let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
         .await
-        .map_err(|e| ApiError::bad_request(format!("Cannot resolve {host}: {e}")))?
+        .map_err(|e| failed(target.as_str(), format!("cannot resolve {host}: {e}")))?
         .collect();
     if addresses.is_empty() {
-        return Err(ApiError::bad_request(format!("Cannot resolve {host}")));
+        return Err(failed(target.as_str(), format!("cannot resolve {host}")));
     }
     if !allowed(state, target.as_str())? && !addresses.iter().all(|a| is_public(a.ip())) {
         return Err(not_allowed(target.as_str(), "private and local addresses"));
@@ -133,7 +136,7 @@ async fn save(
 ) -> ApiResult<()> {
     let cap = state.config.max_download_size;
     let too_big = || {
-        failed(
+        failed_because(
             url,
             format!("the archive is larger than max_download_size ({cap} bytes)"),
         )
@@ -165,8 +168,17 @@ async fn save(
     file.flush().await.map_err(|e| failed(url, e))
 }
 
+/// TorchServe's answer to a download that failed: the URL only; `why` goes to the log.
 fn failed(url: &str, why: impl std::fmt::Display) -> ApiError {
-    ApiError::bad_request(format!("Failed to download archive from {url}: {why}"))
+    tracing::warn!("failed to download archive from {url}: {why}");
+    download_failed(url)
+}
+
+/// A download refused by one of torchyard's own limits, which the answer names.
+fn failed_because(url: &str, why: impl std::fmt::Display) -> ApiError {
+    let error = download_failed(url);
+    let message = format!("{}: {why}", error.message);
+    error.with_message(message)
 }
 
 /// Whether an address is reachable on the public internet (not loopback, private, link-local,

@@ -83,12 +83,6 @@ impl ApiError {
         self.message = message;
         self
     }
-
-    /// The error with its message prefixed, keeping status and type.
-    pub fn context(mut self, prefix: impl std::fmt::Display) -> Self {
-        self.message = format!("{prefix}: {}", self.message);
-        self
-    }
 }
 
 impl std::fmt::Display for ApiError {

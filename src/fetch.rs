@@ -3,6 +3,8 @@
 
 use std::path::{Component, Path, PathBuf};
 
+use axum::http::StatusCode;
+
 use crate::archive::ArchiveError;
 use crate::download::download;
 use crate::error::{ApiError, ApiResult};
@@ -20,7 +22,7 @@ pub async fn open_archive<T: Send + 'static>(
     kind: &str,
     open: fn(&Path, &Path) -> Result<T, ArchiveError>,
 ) -> ApiResult<(T, PathBuf)> {
-    let (source, downloaded) = locate(state, url, dirs).await?;
+    let (source, downloaded) = locate(state, url, dirs, kind).await?;
     let work_dir = state.python.runtime_dir.join(work_subdir);
     let path = source.clone();
     let opened = tokio::task::spawn_blocking(move || open(&path, &work_dir))
@@ -31,38 +33,51 @@ pub async fn open_archive<T: Send + 'static>(
     }
     match opened {
         Ok(archive) => Ok((archive, source)),
-        Err(ArchiveError::NotFound(_)) => Err(not_in_store(url)),
+        Err(ArchiveError::NotFound(_)) => Err(not_in_store(kind, url)),
         Err(other) => Err(ApiError::bad_request(format!(
             "Failed to open {kind} archive {url}: {other}"
         ))),
     }
 }
 
-/// Finds an archive on disk: a relative path looked up in `dirs` in order, an absolute path or
-/// `file://` URL, or an http(s) URL downloaded into the runtime directory. The flag says
-/// whether the file is a download the caller should delete.
-async fn locate(state: &AppState, url: &str, dirs: &[&Path]) -> ApiResult<(PathBuf, bool)> {
+/// Finds an archive on disk: a relative path looked up in `dirs` in order, an absolute path
+/// (inside a store, or matching `allowed_urls`) or `file://` URL, or an http(s) URL downloaded
+/// into the runtime directory. The flag says whether the file is a download the caller should
+/// delete.
+async fn locate(
+    state: &AppState,
+    url: &str,
+    dirs: &[&Path],
+    kind: &str,
+) -> ApiResult<(PathBuf, bool)> {
     if url.is_empty() {
-        return Err(ApiError::bad_request("Parameter url is required"));
+        return Err(ApiError::bad_request("Parameter url is required."));
     }
     let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
     if lower.starts_with("http://") || lower.starts_with("https://") {
         return download(state, url).await.map(|p| (p, true));
     }
-    let (scheme, raw) = match url.strip_prefix("file://") {
-        Some(path) => ("file://", path),
-        None => ("", url),
-    };
-    let path = Path::new(raw);
+    if let Some(path) = url.strip_prefix("file://") {
+        return outside_store(state, "file://", Path::new(path), dirs, kind)
+            .await
+            .map_err(|e| match e.status {
+                StatusCode::NOT_FOUND => download_failed(url),
+                _ => e,
+            })
+            .map(|p| (p, false));
+    }
+    let path = Path::new(url);
     if path.is_absolute() {
-        return outside_store(state, scheme, path).await.map(|p| (p, false));
+        return outside_store(state, "", path, dirs, kind)
+            .await
+            .map(|p| (p, false));
     }
     if path
         .components()
         .any(|c| !matches!(c, std::path::Component::Normal(_)))
     {
-        return Err(ApiError::bad_request(format!(
-            "Invalid archive name {url:?}: it must stay inside the store"
+        return Err(ApiError::model_not_found(format!(
+            "Relative path is not allowed in url: {url}"
         )));
     }
     if dirs.is_empty() {
@@ -76,13 +91,31 @@ async fn locate(state: &AppState, url: &str, dirs: &[&Path]) -> ApiResult<(PathB
             return Ok((candidate, false));
         }
     }
-    Err(not_in_store(url))
+    Err(not_in_store(kind, url))
 }
 
-/// An absolute path outside the stores: allowed only when `allowed_urls` matches both the path
-/// with `.` and `..` resolved and the real path it leads to (symbolic links followed), each
-/// written with the `scheme` the request used.
-async fn outside_store(state: &AppState, scheme: &str, path: &Path) -> ApiResult<PathBuf> {
+/// An absolute path: one inside a store is always fine; any other only when `allowed_urls`
+/// matches both the path with `.` and `..` resolved and the real path it leads to (symbolic
+/// links followed), each written with the `scheme` the request used.
+async fn outside_store(
+    state: &AppState,
+    scheme: &str,
+    path: &Path,
+    dirs: &[&Path],
+    kind: &str,
+) -> ApiResult<PathBuf> {
+    let missing = || not_in_store(kind, &format!("{scheme}{}", path.display()));
+    let real = tokio::fs::canonicalize(path).await.ok();
+    if let Some(real) = &real {
+        for dir in dirs {
+            if tokio::fs::canonicalize(dir)
+                .await
+                .is_ok_and(|store| real.starts_with(store))
+            {
+                return Ok(real.clone());
+            }
+        }
+    }
     let check = |path: &Path| {
         let location = format!("{scheme}{}", path.display());
         match allowed(state, &location)? {
@@ -91,9 +124,7 @@ async fn outside_store(state: &AppState, scheme: &str, path: &Path) -> ApiResult
         }
     };
     check(&normalize(path))?;
-    let real = tokio::fs::canonicalize(path)
-        .await
-        .map_err(|_| not_in_store(&format!("{scheme}{}", path.display())))?;
+    let real = real.ok_or_else(missing)?;
     check(&real)?;
     Ok(real)
 }
@@ -113,9 +144,23 @@ fn normalize(path: &Path) -> PathBuf {
     out
 }
 
-/// The 404 for an archive that is not where it was looked for.
-pub fn not_in_store(url: &str) -> ApiError {
-    ApiError::model_not_found(format!("Model not found in model store: {url}"))
+/// TorchServe's 404 for an archive that is not where it was looked for; `kind` is "model" or
+/// "workflow".
+pub fn not_in_store(kind: &str, url: &str) -> ApiError {
+    if kind == "workflow" {
+        ApiError::workflow_not_found(format!("Workflow not found in workflow store: {url}"))
+    } else {
+        ApiError::model_not_found(format!("Model not found in model store: {url}"))
+    }
+}
+
+/// TorchServe's 400 for an archive URL that could not be fetched; the detail goes to the log.
+pub fn download_failed(url: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "DownloadArchiveException",
+        format!("Failed to download archive from: {url}"),
+    )
 }
 
 /// Whether `location` (a normalised URL or path) matches one of the `allowed_urls` patterns

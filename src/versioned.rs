@@ -3,6 +3,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
+use axum::http::StatusCode;
+
 use crate::error::{ApiError, ApiResult};
 
 /// An item with a name and a version.
@@ -45,11 +47,22 @@ fn not_found(kind: &str, name: &str) -> ApiError {
     }
 }
 
+/// TorchServe's 404 for a missing version: "Model version: 2.0 does not exist for model: m".
 fn version_not_found(kind: &str, name: &str, version: &str) -> ApiError {
     not_found(kind, name).with_message(format!(
-        "{kind} version {version} does not exist for {} {name}",
+        "{kind} version: {version} does not exist for {}: {name}",
         kind.to_lowercase()
     ))
+}
+
+/// Orders versions part by part: numeric parts as numbers, others as text.
+fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
+    let key = |v: &str| -> Vec<(u64, String)> {
+        v.split('.')
+            .map(|part| (part.parse().unwrap_or(u64::MAX), part.to_string()))
+            .collect()
+    };
+    key(a).cmp(&key(b))
 }
 
 impl<T: Versioned> VersionedRegistry<T> {
@@ -65,12 +78,13 @@ impl<T: Versioned> VersionedRegistry<T> {
             .ok_or_else(|| version_not_found(T::KIND, name, version))
     }
 
-    /// Every version of a name, default first.
+    /// Every version of a name, lowest first, comparing dotted numbers as numbers
+    /// (`1.2.1` before `1.11`).
     pub fn versions(&self, name: &str) -> ApiResult<Vec<Arc<T>>> {
         let items = self.items.read().expect("registry lock");
         let versions = items.get(name).ok_or_else(|| not_found(T::KIND, name))?;
         let mut out: Vec<_> = versions.all.values().cloned().collect();
-        out.sort_by_key(|m| m.version() != versions.default);
+        out.sort_by(|a, b| version_order(a.version(), b.version()));
         Ok(out)
     }
 
@@ -105,24 +119,30 @@ impl<T: Versioned> VersionedRegistry<T> {
         Ok(())
     }
 
-    /// Removes one version (the default when `version` is None). When the default goes, the
-    /// highest remaining version becomes the default.
+    /// Removes one version (the default when `version` is None). As in TorchServe, the
+    /// default version goes only last: 403 while other versions remain.
     pub fn remove(&self, name: &str, version: Option<&str>) -> ApiResult<Arc<T>> {
         let mut items = self.items.write().expect("registry lock");
         let versions = items
             .get_mut(name)
             .ok_or_else(|| not_found(T::KIND, name))?;
         let version = version.unwrap_or(&versions.default).to_string();
-        let item = versions
-            .all
-            .remove(&version)
-            .ok_or_else(|| version_not_found(T::KIND, name, &version))?;
-        match versions.all.keys().next_back() {
-            None => {
-                items.remove(name);
-            }
-            Some(highest) if versions.default == version => versions.default = highest.clone(),
-            Some(_) => {}
+        if !versions.all.contains_key(&version) {
+            return Err(version_not_found(T::KIND, name, &version));
+        }
+        if versions.default == version && versions.all.len() > 1 {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "InvalidModelVersionException",
+                format!(
+                    "Cannot remove default version for {} {name}",
+                    T::KIND.to_lowercase()
+                ),
+            ));
+        }
+        let item = versions.all.remove(&version).expect("checked above");
+        if versions.all.is_empty() {
+            items.remove(name);
         }
         Ok(item)
     }
@@ -134,7 +154,11 @@ impl<T: Versioned> VersionedRegistry<T> {
             .get_mut(name)
             .ok_or_else(|| not_found(T::KIND, name))?;
         if !versions.all.contains_key(version) {
-            return Err(version_not_found(T::KIND, name, version));
+            return Err(not_found(T::KIND, name).with_message(format!(
+                "{} version {version} does not exist for {} {name}",
+                T::KIND,
+                T::KIND.to_lowercase()
+            )));
         }
         versions.default = version.to_string();
         Ok(())
@@ -194,13 +218,19 @@ mod tests {
         assert_eq!(dup.status.as_u16(), 409);
         registry.set_default("m", "2.0").unwrap();
         assert_eq!(registry.get("m", None).unwrap().version(), "2.0");
-        assert_eq!(registry.versions("m").unwrap()[0].version(), "2.0");
-        registry.remove("m", None).unwrap();
-        assert_eq!(registry.get("m", None).unwrap().version(), "1.0");
+        assert_eq!(registry.versions("m").unwrap()[0].version(), "1.0");
+        let default = registry.remove("m", None).unwrap_err();
+        assert_eq!(default.status.as_u16(), 403);
+        assert_eq!(default.message, "Cannot remove default version for model m");
         let missing = registry.get("m", Some("3.0")).unwrap_err();
         assert_eq!(missing.status.as_u16(), 404);
-        assert!(missing.message.contains("version 3.0"));
+        assert_eq!(
+            missing.message,
+            "Model version: 3.0 does not exist for model: m"
+        );
         registry.remove("m", Some("1.0")).unwrap();
+        registry.remove("m", None).unwrap();
         assert!(registry.list().is_empty());
+        assert!(version_order("1.2.1", "1.11").is_lt());
     }
 }

@@ -35,9 +35,12 @@ def error_reply(message: str, status: int = 500, error_type: str = "PredictionEx
 
 def exception_reply(exc: BaseException, error_type: str) -> Reply:
     """An `error` for a handler exception; an `error_code` attribute holding an HTTP error
-    status (TorchServe's PredictionException) becomes the status, else 500."""
+    status (TorchServe's PredictionException) becomes the status, a `MemoryError` is 507
+    (Insufficient Storage, as in TorchServe), anything else 500."""
     status = getattr(exc, "error_code", None)
-    if not (isinstance(status, int) and 400 <= status <= 599):
+    if isinstance(exc, MemoryError):
+        status = 507
+    elif not (isinstance(status, int) and 400 <= status <= 599):
         status = 500
     return error_reply(f"{type(exc).__name__}: {exc}", status, error_type)
 

@@ -1,18 +1,24 @@
-//! Inference API: `/ping`, `/predictions/{model}[/{version}]` and the API description.
+//! Inference API: `/ping`, the API description and TorchServe's front doors onto a model:
+//! `/predictions`, `/explanations`, KServe v1 (`/v1/models/{m}:predict|:explain`) and v2
+//! (`/v2/models/{m}/infer|explain`), SageMaker (`/invocations`, `/models/{m}/invoke`), the
+//! legacy `/{m}/predict`, and `/wfpredict` for workflows. Every door decodes the request,
+//! makes one call to the model (or workflow) and encodes its answer.
 
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, options, post};
+use axum::routing::{any, get, options, post};
 use axum::{Json, Router};
+use bytes::Bytes;
 use serde_json::json;
 
 use super::path::Path;
-use super::{openapi, with_fallbacks};
-use crate::error::ApiResult;
+use super::{openapi, query, with_fallbacks};
+use crate::error::{ApiError, ApiResult};
+use crate::job::{InferenceRequest, Param};
 use crate::request::{into_http, read_request};
 use crate::state::AppState;
 
@@ -23,12 +29,22 @@ pub fn router(state: Arc<AppState>) -> Router {
             .route("/", options(description))
             .route("/api-description", get(description))
             .route("/ping", get(ping))
-            .route("/predictions/{model}", post(predict))
-            .route("/predictions/{model}/{version}", post(predict_version))
-            .route("/wfpredict/{workflow}", post(workflow_predict))
+            .route("/predictions/{model}", any(predict))
+            .route("/predictions/{model}/{version}", any(predict_version))
+            .route("/explanations/{model}", any(explain))
+            .route("/explanations/{model}/{version}", any(explain_version))
+            .route("/v1/models/{action}", post(kserve_v1))
+            .route("/v2/models/{model}/{action}", post(kserve_v2))
+            .route("/invocations", post(invocations))
+            .route("/models/{model}/invoke", post(invoke))
+            .route("/{model}/predict", get(legacy_predict).post(legacy_predict))
+            .route(
+                "/wfpredict/{workflow}",
+                post(workflow_predict).put(workflow_predict),
+            )
             .route(
                 "/wfpredict/{workflow}/{version}",
-                post(workflow_predict_version),
+                post(workflow_predict_version).put(workflow_predict_version),
             ),
     )
     .with_state(state)
@@ -42,35 +58,273 @@ async fn ping() -> impl IntoResponse {
     Json(json!({"status": "Healthy"}))
 }
 
+/// What the handler is asked for: TorchServe marks an explanation with the request header
+/// `explain: True`, which `BaseHandler` turns into a call of `explain_handle`.
+#[derive(Clone, Copy, PartialEq)]
+enum Action {
+    Predict,
+    Explain,
+}
+
+/// A request for a model as it arrived; [`decode`] makes the handler's input of it.
+struct Incoming {
+    headers: HeaderMap,
+    query: Option<String>,
+    body: Body,
+}
+
 async fn predict(
     State(state): State<Arc<AppState>>,
+    method: Method,
     Path(model): Path<String>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    run(&state, &model, None, headers, body).await
+    let request = Incoming {
+        headers,
+        query,
+        body,
+    };
+    run(&state, &method, &model, None, Action::Predict, request).await
 }
 
 async fn predict_version(
     State(state): State<Arc<AppState>>,
+    method: Method,
     Path((model, version)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    run(&state, &model, Some(&version), headers, body).await
+    let request = Incoming {
+        headers,
+        query,
+        body,
+    };
+    run(
+        &state,
+        &method,
+        &model,
+        Some(&version),
+        Action::Predict,
+        request,
+    )
+    .await
 }
 
-async fn run(
-    state: &AppState,
-    model: &str,
-    version: Option<&str>,
+async fn explain(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    Path(model): Path<String>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
+    let request = Incoming {
+        headers,
+        query,
+        body,
+    };
+    run(&state, &method, &model, None, Action::Explain, request).await
+}
+
+async fn explain_version(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    Path((model, version)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let request = Incoming {
+        headers,
+        query,
+        body,
+    };
+    run(
+        &state,
+        &method,
+        &model,
+        Some(&version),
+        Action::Explain,
+        request,
+    )
+    .await
+}
+
+/// `POST /v1/models/{model}:predict` or `:explain` (KServe v1).
+async fn kserve_v1(
+    State(state): State<Arc<AppState>>,
+    Path(target): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let (model, action) = match target.rsplit_once(':') {
+        Some((model, "predict")) => (model, Action::Predict),
+        Some((model, "explain")) => (model, Action::Explain),
+        _ => return Err(ApiError::resource_not_found()),
+    };
+    let request = Incoming {
+        headers,
+        query,
+        body,
+    };
+    run(&state, &Method::POST, model, None, action, request).await
+}
+
+/// `POST /v2/models/{model}/infer` or `/explain` (KServe v2).
+async fn kserve_v2(
+    State(state): State<Arc<AppState>>,
+    Path((model, action)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let action = match action.as_str() {
+        "infer" => Action::Predict,
+        "explain" => Action::Explain,
+        _ => return Err(ApiError::resource_not_found()),
+    };
+    let request = Incoming {
+        headers,
+        query,
+        body,
+    };
+    run(&state, &Method::POST, &model, None, action, request).await
+}
+
+/// `POST /models/{model}/invoke` (SageMaker).
+async fn invoke(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let request = Incoming {
+        headers,
+        query,
+        body,
+    };
+    run(
+        &state,
+        &Method::POST,
+        &model,
+        None,
+        Action::Predict,
+        request,
+    )
+    .await
+}
+
+/// `GET|POST /{model}/predict`, TorchServe's legacy prediction path.
+async fn legacy_predict(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let request = Incoming {
+        headers,
+        query,
+        body,
+    };
+    run(
+        &state,
+        &Method::POST,
+        &model,
+        None,
+        Action::Predict,
+        request,
+    )
+    .await
+}
+
+/// `POST /invocations` (SageMaker): the model is named by the `model_name` query parameter or
+/// form field, else it is the only model loaded at start.
+async fn invocations(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let request = decode(
+        &state,
+        Incoming {
+            headers,
+            query,
+            body,
+        },
+    )
+    .await?;
+    let named = request
+        .params
+        .iter()
+        .find(|p| p.name == "model_name")
+        .map(|p| String::from_utf8_lossy(&p.value).into_owned());
+    let model = match named {
+        Some(name) => state.registry.get(&name, None)?,
+        None => only_startup_model(&state)?,
+    };
+    Ok(into_http(model.submit(request).await?))
+}
+
+/// The one model loaded at start, which `/invocations` serves when no model is named.
+fn only_startup_model(state: &AppState) -> ApiResult<Arc<crate::model::ServedModel>> {
+    let mut startup = state
+        .registry
+        .list()
+        .into_iter()
+        .filter(|m| m.def.loaded_at_startup);
+    match (startup.next(), startup.next()) {
+        (Some(model), None) => Ok(model),
+        _ => Err(ApiError::bad_request("Parameter model_name is required.")),
+    }
+}
+
+/// Finds the model, answers `OPTIONS` with the API description once it exists, otherwise
+/// decodes the request and runs it.
+async fn run(
+    state: &AppState,
+    method: &Method,
+    model: &str,
+    version: Option<&str>,
+    action: Action,
+    request: Incoming,
+) -> ApiResult<Response> {
     let model = state.registry.get(model, version)?;
-    let request = read_request(&headers, body, state.config.max_request_size).await?;
-    let output = model.submit(request).await?;
-    Ok(into_http(output))
+    if method == Method::OPTIONS {
+        return Ok(Json(openapi::inference()).into_response());
+    }
+    let mut request = decode(state, request).await?;
+    if action == Action::Explain {
+        request.headers.push(("explain".into(), "True".into()));
+    }
+    Ok(into_http(model.submit(request).await?))
+}
+
+/// Reads the body and puts the query's pairs first among the parameters, as TorchServe does.
+async fn decode(state: &AppState, incoming: Incoming) -> ApiResult<InferenceRequest> {
+    let pairs = query::pairs(incoming.query.as_deref())
+        .ok_or_else(|| ApiError::bad_request("Invalid query string"))?;
+    let mut request = read_request(
+        &incoming.headers,
+        incoming.body,
+        state.config.max_request_size,
+    )
+    .await?;
+    if !pairs.is_empty() {
+        let from_query = pairs.into_iter().map(|(name, value)| Param {
+            name,
+            content_type: None,
+            value: Bytes::from(value),
+        });
+        request.params.splice(0..0, from_query);
+    }
+    Ok(request)
 }
 
 async fn workflow_predict(

@@ -4,11 +4,12 @@ use std::sync::Arc;
 
 use axum::extract::{MatchedPath, Request};
 use axum::extract::{RawQuery, State};
-use axum::http::{Method, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, options, put};
 use axum::{Json, Router};
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -104,15 +105,33 @@ async fn description() -> impl IntoResponse {
     Json(openapi::management())
 }
 
+/// `POST /models`: the options come from the query, or from a JSON body (TorchServe reads
+/// one leniently: single quotes and quoted numbers are fine).
 async fn register(
     State(state): State<Arc<AppState>>,
     RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    let opts: RegisterOptions = query::parse(raw.as_deref())?;
+    let json_body = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"));
+    let opts: RegisterOptions = if json_body && !body.is_empty() {
+        query::parse(Some(&query::json_as_query(&body)?))?
+    } else {
+        query::parse(raw.as_deref())?
+    };
     let model = register_archive(&state, opts).await?;
+    let workers = model.def.settings.min_workers;
+    let hint = if workers == 0 {
+        ". Use scale workers API to add workers for the model."
+    } else {
+        ""
+    };
     Ok(status(format!(
-        "Model \"{}\" Version: {} registered with {} initial workers",
-        model.def.name, model.def.version, model.def.settings.min_workers
+        "Model \"{}\" Version: {} registered with {workers} initial workers{hint}",
+        model.def.name, model.def.version
     )))
 }
 
@@ -176,11 +195,11 @@ async fn scale_model(
         state.config.max_workers_per_model,
     )?;
     model.scale(min, max, q.synchronous).await?;
-    Ok(replies::scaled(
-        q.synchronous,
-        min,
-        &format!("model: {name}"),
-    ))
+    let what = match version {
+        Some(version) => format!("model: {name}, version: {version}"),
+        None => format!("model: {name}"),
+    };
+    Ok(replies::scaled(q.synchronous, min, &what))
 }
 
 /// Refuses to unregister a workflow's node model on its own.
@@ -208,9 +227,7 @@ async fn unregister_version(
 ) -> ApiResult<Json<Value>> {
     check_not_node(&state, &name, Some(&version))?;
     state.unregister_model(&name, Some(&version)).await?;
-    Ok(status(format!(
-        "Model \"{name}\" version {version} unregistered"
-    )))
+    Ok(status(format!("Model \"{name}\" unregistered")))
 }
 
 async fn set_default(

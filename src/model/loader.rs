@@ -17,6 +17,8 @@ use crate::state::AppState;
 /// Query parameters of `POST /models`, also used for models loaded at start.
 #[derive(Debug, Default, Deserialize)]
 pub struct RegisterOptions {
+    /// Missing reads as empty, which registration answers with "Parameter url is required.".
+    #[serde(default)]
     pub url: String,
     pub model_name: Option<String>,
     pub handler: Option<String>,
@@ -47,6 +49,9 @@ pub async fn prepare_model(
     opts: &RegisterOptions,
     fallback_dir: Option<&Path>,
 ) -> ApiResult<ModelDefinition> {
+    if let Some(runtime) = &opts.runtime {
+        check_runtime(runtime)?;
+    }
     if opts.batch_size == Some(0) {
         return Err(ApiError::bad_request("batch_size must be at least 1"));
     }
@@ -119,10 +124,14 @@ fn definition(
         .or_else(|| model.handler.clone())
         .ok_or_else(|| ApiError::bad_request("The archive names no handler"))?;
     let config = &archive.config;
-    let min_workers = opts
-        .initial_workers
-        .or(config.min_workers)
-        .unwrap_or(state.config.default_workers_per_model);
+    let min_workers =
+        opts.initial_workers
+            .or(config.min_workers)
+            .unwrap_or(if opts.loaded_at_startup {
+                state.config.default_workers_per_model
+            } else {
+                state.config.api_default_workers
+            });
     let settings = ModelSettings {
         min_workers,
         max_workers: config.max_workers.unwrap_or(min_workers).max(min_workers),
@@ -156,6 +165,16 @@ fn definition(
         dir: archive.dir,
         name,
     })
+}
+
+/// Refuses a `runtime` TorchServe does not know.
+fn check_runtime(runtime: &str) -> ApiResult<()> {
+    match runtime {
+        "python" | "python3" | "lsp" => Ok(()),
+        other => Err(ApiError::bad_request(format!(
+            "Invalid RuntimeType value: {other}"
+        ))),
+    }
 }
 
 /// A file name without its archive extension: `resnet.mar` → `resnet`.

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use async_channel::{Sender, TrySendError};
+use axum::http::StatusCode;
 use serde_json::{json, Value};
 
 use super::definition::ModelDefinition;
@@ -212,19 +213,32 @@ impl ServedModel {
             return Ok(());
         }
         stopping.await;
-        let mut failures = 0;
+        let mut failures = Vec::new();
         for status in &started {
             if status.settled().await != WorkerState::Ready {
-                failures += 1;
+                failures.push(
+                    status
+                        .failure()
+                        .unwrap_or((500, "the worker stopped while loading".into())),
+                );
             }
         }
-        if !started.is_empty() && failures == started.len() {
-            return Err(ApiError::internal(format!(
-                "Failed to start workers for model \"{}\" version {}: see the server log",
-                self.def.name, self.def.version
-            )));
+        if started.is_empty() || failures.len() < started.len() {
+            return Ok(());
         }
-        Ok(())
+        let (code, cause) = failures.swap_remove(0);
+        let code = StatusCode::from_u16(code)
+            .ok()
+            .filter(|c| *c == StatusCode::INSUFFICIENT_STORAGE)
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        Err(ApiError::new(
+            code,
+            "InternalServerException",
+            format!(
+                "Failed to start workers for model {} version: {}. Cause: {cause}",
+                self.def.name, self.def.version
+            ),
+        ))
     }
 
     /// Stops taking requests, lets the workers answer what was already queued (within the

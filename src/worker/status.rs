@@ -1,6 +1,7 @@
 //! The observable state of one worker, shared between its task and the management API.
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
@@ -33,6 +34,7 @@ pub struct WorkerStatus {
     pub started: DateTime<Utc>,
     pid: AtomicU32,
     state: watch::Sender<WorkerState>,
+    failure: Mutex<Option<(u16, String)>>,
 }
 
 impl WorkerStatus {
@@ -42,6 +44,7 @@ impl WorkerStatus {
             started: Utc::now(),
             pid: AtomicU32::new(0),
             state: watch::Sender::new(WorkerState::Starting),
+            failure: Mutex::new(None),
         }
     }
 
@@ -60,6 +63,17 @@ impl WorkerStatus {
 
     pub fn set_pid(&self, pid: u32) {
         self.pid.store(pid, Ordering::Relaxed);
+    }
+
+    /// Records why the last load failed: the worker's status (507 for a `MemoryError`, else
+    /// 500) and its text. Set before the state turns `Failed`.
+    pub fn set_failure(&self, status: u16, message: String) {
+        *self.failure.lock().expect("failure lock") = Some((status, message));
+    }
+
+    /// Why the last load failed, if one did.
+    pub fn failure(&self) -> Option<(u16, String)> {
+        self.failure.lock().expect("failure lock").clone()
     }
 
     /// Waits until the worker has finished a load attempt (ready, failed or stopped).

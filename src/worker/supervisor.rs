@@ -118,7 +118,8 @@ async fn supervise(spec: Arc<WorkerSpec>, status: Arc<WorkerStatus>, cancel: Can
                 }
                 exit
             }
-            Err(message) => {
+            Err((code, message)) => {
+                status.set_failure(code, message.clone());
                 status.set_state(WorkerState::Failed);
                 if spec.ready_workers.load(Ordering::SeqCst) == 0 {
                     fail_queued(&spec.queue, &message);
@@ -144,7 +145,7 @@ async fn start(
     label: &str,
     socket: &std::path::Path,
     status: &WorkerStatus,
-) -> Result<WorkerProcess, String> {
+) -> Result<WorkerProcess, (u16, String)> {
     let mut process = WorkerProcess::start(
         &spec.python,
         spec.deps_dir.as_deref(),
@@ -153,7 +154,7 @@ async fn start(
         &spec.model_dir,
     )
     .await
-    .map_err(|e| format!("cannot start worker: {e}"))?;
+    .map_err(|e| (500, format!("cannot start worker: {e}")))?;
     let load = ToWorker::Load(LoadMessage {
         model_name: &spec.model_name,
         model_version: &spec.model_version,
@@ -176,17 +177,22 @@ async fn start(
             status.set_pid(pid.unwrap_or(0));
             Ok(process)
         }
-        Ok(FromWorker::Error { message, .. }) => {
+        Ok(FromWorker::Error {
+            status, message, ..
+        }) => {
             process.kill().await;
-            Err(format!("handler failed to load: {message}"))
+            Err((
+                status.unwrap_or(500),
+                format!("handler failed to load: {message}"),
+            ))
         }
         Ok(other) => {
             process.kill().await;
-            Err(format!("unexpected reply to load: {other:?}"))
+            Err((500, format!("unexpected reply to load: {other:?}")))
         }
         Err(e) => {
             process.kill().await;
-            Err(format!("worker died while loading: {e}"))
+            Err((500, format!("worker died while loading: {e}")))
         }
     }
 }

@@ -25,6 +25,8 @@ use crate::state::AppState;
 /// Query parameters of `POST /workflows`.
 #[derive(Debug, Default, Deserialize)]
 pub struct WorkflowOptions {
+    /// Missing reads as empty, which registration answers with "Parameter url is required.".
+    #[serde(default)]
     pub url: String,
     pub workflow_name: Option<String>,
 }
@@ -88,7 +90,7 @@ async fn build(
     }
     if state.workflows.contains(&name, &version) {
         return Err(ApiError::conflict(format!(
-            "Workflow version {version} is already registered for workflow {name}"
+            "Workflow {name} is already registered."
         )));
     }
     let invalid = |e: String| ApiError::bad_request(format!("Invalid workflow specification: {e}"));
@@ -103,11 +105,11 @@ async fn build(
     });
     let started = futures::future::join_all(starts).await;
     let mut nodes = Vec::with_capacity(started.len());
-    let mut first_error = None;
+    let mut failures = Vec::new();
     for result in started {
         match result {
             Ok(node) => nodes.push(node),
-            Err(e) => first_error = first_error.or(Some(e)),
+            Err(e) => failures.push(e.message),
         }
     }
     let workflow = Workflow {
@@ -121,11 +123,12 @@ async fn build(
         owns_dir,
         name,
     };
-    if let Some(error) = first_error {
+    if !failures.is_empty() {
         stop_nodes(state, &workflow).await;
-        return Err(error.context(format!(
-            "Workflow {} could not be registered",
-            workflow.name
+        return Err(ApiError::internal(format!(
+            "Workflow {} has failed to register. Failures: [{}]",
+            workflow.name,
+            failures.join(", ")
         )));
     }
     Ok(workflow)
@@ -158,7 +161,7 @@ async fn start_node(
             let model = state
                 .registry
                 .get(shared, None)
-                .map_err(|e| e.context(format!("node {}", node.name)))?;
+                .map_err(|e| node_failed(&model_name, e))?;
             return Ok(WorkflowNode {
                 model,
                 owned: false,
@@ -169,12 +172,12 @@ async fn start_node(
         (NodeKind::Model, Some(ModelSource::Archive(url))) => {
             let opts = RegisterOptions {
                 url: url.clone(),
-                model_name: Some(model_name),
+                model_name: Some(model_name.clone()),
                 ..RegisterOptions::default()
             };
             prepare_model(state, &opts, Some(&archive.dir))
                 .await
-                .map_err(|e| e.context(format!("node {}", node.name)))?
+                .map_err(|e| node_failed(&model_name, e))?
         }
         _ => function_definition(archive, &node.name, model_name, workflow),
     };
@@ -188,6 +191,15 @@ async fn start_node(
         props,
         metrics,
     })
+}
+
+/// TorchServe's account of a node that could not be registered.
+fn node_failed(model_name: &str, error: ApiError) -> ApiError {
+    let message = format!(
+        "Workflow Node {model_name} failed to register. Details: {}",
+        error.message
+    );
+    error.with_message(message)
 }
 
 /// A function node runs the handler file's function in workers of its own; the caller sets
