@@ -147,6 +147,19 @@ impl<T: Versioned> VersionedRegistry<T> {
         Ok(item)
     }
 
+    /// When `version` is the default of `name` and other versions remain, makes the highest
+    /// of them the default, so that `version` can be removed (a workflow's node models follow
+    /// their workflow's versions, whichever is the default).
+    pub fn pass_default_from(&self, name: &str, version: &str) {
+        let mut items = self.items.write().expect("registry lock");
+        if let Some(versions) = items.get_mut(name).filter(|v| v.default == version) {
+            let others = versions.all.keys().filter(|v| *v != version);
+            if let Some(next) = others.max_by(|a, b| version_order(a, b)) {
+                versions.default = next.clone();
+            }
+        }
+    }
+
     /// Makes `version` the default of `name`.
     pub fn set_default(&self, name: &str, version: &str) -> ApiResult<()> {
         let mut items = self.items.write().expect("registry lock");

@@ -75,7 +75,7 @@ def test_workers_killed_mid_batch_under_load(server):
               "batch_size": 4, "max_batch_delay": 10, "synchronous": "true"}
     assert requests.post(f"{server.management}/models", params=params).status_code == 200
     requests.post(f"{server.management}/models",
-                  params={"url": "steady.mar", "synchronous": "true"})
+                  params={"url": "steady.mar", "synchronous": "true", "initial_workers": 1})
     log = Path(server.store).parent / "processed.log"
     stop = threading.Event()
     kills = []
@@ -119,7 +119,8 @@ def test_workers_killed_mid_batch_under_load(server):
 @pytest.mark.parametrize("action", ["exit", "segfault"])
 def test_worker_that_exits_or_segfaults_is_replaced(server, action):
     name = f"dies_{action}"
-    params = {"url": "chaos.mar", "model_name": name, "synchronous": "true"}
+    params = {"url": "chaos.mar", "model_name": name, "synchronous": "true",
+              "initial_workers": 1}
     assert requests.post(f"{server.management}/models", params=params).status_code == 200
     answer = call(server, name, {"action": action})
     assert answer.status_code == 500 and answer.json()["type"] == "InternalServerException"
@@ -129,7 +130,7 @@ def test_worker_that_exits_or_segfaults_is_replaced(server, action):
 
 def test_worker_hanging_past_response_timeout_is_killed(server):
     params = {"url": "chaos.mar", "model_name": "hangs", "response_timeout": 2,
-              "synchronous": "true"}
+              "synchronous": "true", "initial_workers": 1}
     assert requests.post(f"{server.management}/models", params=params).status_code == 200
     pid = ready_pids(server, "hangs")[0]
     started = time.monotonic()
@@ -158,7 +159,7 @@ def test_soak_mixed_traffic_with_registrations_keeps_memory_flat(server):
     assert requests.post(f"{server.management}/workflows",
                          params={"url": "soakflow.war"}).status_code == 200
     requests.post(f"{server.management}/models",
-                  params={"url": "steady.mar", "synchronous": "true"})
+                  params={"url": "steady.mar", "synchronous": "true", "initial_workers": 1})
     stop = threading.Event()
     codes = []
 
@@ -169,7 +170,8 @@ def test_soak_mixed_traffic_with_registrations_keeps_memory_flat(server):
     def churn():
         while not stop.is_set():
             requests.post(f"{server.management}/models",
-                          params={"url": "chaos.mar", "model_name": "churn", "synchronous": "true"})
+                          params={"url": "chaos.mar", "model_name": "churn", "synchronous": "true",
+                                  "initial_workers": 1})
             call(server, "churn", {"id": 1})
             requests.delete(f"{server.management}/models/churn")
 

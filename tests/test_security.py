@@ -64,7 +64,8 @@ def test_allowed_urls_keep_archives_to_the_store_unless_allowed(start_server, fi
     scale_mar(site, "remote", 5.0)
     server = start_server()
     register = functools.partial(requests.post, f"{server.management}/models")
-    local = register(params={"url": f"{base}/remote.mar", "synchronous": "true"})
+    local = register(params={"url": f"{base}/remote.mar", "synchronous": "true",
+                             "initial_workers": 1})
     assert local.status_code == 400 and "private and local addresses" in local.json()["message"]
     absolute = register(params={"url": str(site / "remote.mar")})
     assert absolute.status_code == 400 and "allowed_urls" in absolute.json()["message"]
@@ -72,7 +73,8 @@ def test_allowed_urls_keep_archives_to_the_store_unless_allowed(start_server, fi
     allowing = start_server(properties={
         "allowed_urls": rf"http://127\.0\.0\.1:\d+/.*,{site}/.*"})
     fetched = requests.post(f"{allowing.management}/models",
-                            params={"url": f"{base}/remote.mar", "synchronous": "true"})
+                            params={"url": f"{base}/remote.mar", "synchronous": "true",
+                                    "initial_workers": 1})
     assert fetched.status_code == 200, fetched.text
     answer = requests.post(f"{allowing.inference}/predictions/remote", data={"data": "2"})
     assert answer.json() == 10.0
@@ -90,7 +92,8 @@ def test_tls_listeners_when_a_certificate_is_configured(start_server, tmp_path):
     assert server.inference.startswith("https://")
     scale_mar(server.store, "double", 2.0)
     registered = requests.post(f"{server.management}/models", verify=str(cert),
-                               params={"url": "double.mar", "synchronous": "true"})
+                               params={"url": "double.mar", "synchronous": "true",
+                                       "initial_workers": 1})
     assert registered.status_code == 200, registered.text
     answer = requests.post(f"{server.inference}/predictions/double", data={"data": "4"},
                            verify=str(cert))

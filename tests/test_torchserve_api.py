@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from support.archives import build_mar, manifest
+from support.archives import build_mar, manifest, mnist_mars
 from support.server import free_port
 
 REFERENCE = Path(os.environ.get("TORCHSERVE_REFERENCE", "/work/shared/reference/torchserve"))
@@ -30,6 +30,7 @@ FORM = {"data": "test"}
 def server(start_module_server, tmp_path_factory):
     store = tmp_path_factory.mktemp("ts") / "store"
     shutil.copytree(MODELS, store)
+    mnist_mars(store)
     build_mar(store, "headers", {"service.py": HEADERS_HANDLER}, manifest("headers", "service.py"))
     started = start_module_server(PROPERTIES, store=store)
     wait_for_workers(started, "noop")
@@ -253,3 +254,16 @@ def test_default_workers_per_model_is_honoured(start_server):
         'Model "noop" Version: 1.11 registered with 1 initial workers')
     described = requests.get(f"{server.management}/models/noop").json()[0]
     assert described["minWorkers"] == 1
+
+
+@pytest.mark.parametrize("name", ["mnist", "mnist_scripted", "mnist_traced"])
+def test_mnist_eager_scripted_and_traced_models(server, name):
+    m, i = server.management, server.inference
+    assert status(register(server, f"{name}.mar", name, workers=1)) == (
+        f'Model "{name}" Version: 1.0 registered with 1 initial workers')
+    for path in [f"/predictions/{name}", f"/explanations/{name}", f"/v1/models/{name}:predict",
+                 f"/v1/models/{name}:explain", f"/v2/models/{name}/infer",
+                 f"/v2/models/{name}/explain"]:
+        answer = requests.post(i + path, data=FORM)
+        assert (answer.status_code, answer.text) == (200, "0"), path
+    assert status(requests.delete(f"{m}/models/{name}")) == f'Model "{name}" unregistered'

@@ -73,7 +73,8 @@ def test_torchserve_archivers_and_ts_handlers_run_unmodified(server, tmp_path):
                str(tmp_path / "spec.yaml"), "--handler", str(tmp_path / "wf.py"),
                "--export-path", str(server.store))
     registered = requests.post(f"{server.management}/models",
-                               params={"url": "ts_triple.mar", "synchronous": "true"})
+                               params={"url": "ts_triple.mar", "synchronous": "true",
+                                       "initial_workers": 1})
     assert registered.status_code == 200, registered.text
     answer = requests.post(f"{server.inference}/predictions/ts_triple", data={"data": "2"})
     assert answer.json() == {"value": 6.0, "server": "torchyard"}
@@ -96,7 +97,7 @@ def test_torchserve_archivers_tgz_and_directory_layouts_load(server, tmp_path, f
                "--archive-format", fmt, "--export-path", str(server.store))
     url = f"{name}.tar.gz" if fmt == "tgz" else name
     registered = requests.post(f"{server.management}/models",
-                               params={"url": url, "synchronous": "true"})
+                               params={"url": url, "synchronous": "true", "initial_workers": 1})
     assert registered.status_code == 200, registered.text
     answer = requests.post(f"{server.inference}/predictions/{name}", data={"data": "2"})
     assert answer.json() == 10.0
@@ -116,7 +117,8 @@ def test_builtin_image_classifier_answers_top5_labels(server, tmp_path):
                "--extra-files", str(tmp_path / "index_to_name.json"), "--export-path",
                str(server.store))
     registered = requests.post(f"{server.management}/models",
-                               params={"url": "resnet.mar", "synchronous": "true"})
+                               params={"url": "resnet.mar", "synchronous": "true",
+                                       "initial_workers": 1})
     assert registered.status_code == 200, registered.text
     image = io.BytesIO()
     Image.new("RGB", (300, 240), (200, 30, 90)).save(image, format="PNG")
@@ -187,7 +189,8 @@ def test_requirements_install_into_the_models_own_directory(start_server, tmp_pa
         archive("model", "--model-name", "needs_deps", "--handler", str(tmp_path / "h.py"),
                 "-r", str(tmp_path / "requirements.txt"), "--export-path", str(server.store), "-f")
         answer = requests.post(f"{server.management}/models",
-                               params={"url": "needs_deps.mar", "synchronous": "true"})
+                               params={"url": "needs_deps.mar", "synchronous": "true",
+                                       "initial_workers": 1})
         if enabled:
             assert answer.status_code == 200, answer.text
             assert "1" in requests.post(f"{server.inference}/predictions/needs_deps",

@@ -138,7 +138,8 @@ def test_shared_models_own_or_shared_pools(server):
     models = {m["modelName"] for m in requests.get(f"{server.management}/models",
                                                     params={"limit": 1000}).json()["models"]}
     assert {"own_a__scale", "own_b__scale"} <= models
-    requests.post(f"{server.management}/models", params={"url": "x3.mar", "synchronous": "true"})
+    requests.post(f"{server.management}/models", params={"url": "x3.mar", "synchronous": "true",
+                                                           "initial_workers": 1})
     register(server, "shared", spec("model: x3"))
     assert predict(server, "shared", 2).json() == 6.0
     models = {m["modelName"] for m in requests.get(f"{server.management}/models",
@@ -176,7 +177,8 @@ def test_snapshot_restores_workflows_versions_and_workers_after_sigkill(start_se
     requests.put(f"{server.management}/workflows/second/2.0/set-default")
     requests.put(f"{server.management}/workflows/first",
                  params={"min_worker": 2, "node": "scale", "synchronous": "true"})
-    requests.post(f"{server.management}/models", params={"url": "x3.mar", "synchronous": "true"})
+    requests.post(f"{server.management}/models", params={"url": "x3.mar", "synchronous": "true",
+                                                           "initial_workers": 1})
     server.stop(signal.SIGKILL)
 
     again = start_server(store=server.store, workdir=server.workdir)

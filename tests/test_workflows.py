@@ -344,7 +344,9 @@ def test_failed_node_load_rolls_back_the_whole_registration(server):
     assert "broken" in answer.json()["message"]
     assert model_names(server) == before
     answer = register(server, "missingmar", "models:\n  m:\n    url: nothing.mar\ndag:\n  m: []\n")
-    assert answer.status_code == 404 and "nothing.mar" in answer.json()["message"]
+    assert answer.status_code == 500 and answer.json()["message"] == (  # as TorchServe
+        "Workflow missingmar has failed to register. Failures: [Workflow Node missingmar__m "
+        "failed to register. Details: Model not found in model store: nothing.mar]")
     assert model_names(server) == before
 
 

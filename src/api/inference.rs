@@ -38,13 +38,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             .route("/invocations", post(invocations))
             .route("/models/{model}/invoke", post(invoke))
             .route("/{model}/predict", get(legacy_predict).post(legacy_predict))
-            .route(
-                "/wfpredict/{workflow}",
-                post(workflow_predict).put(workflow_predict),
-            )
+            .route("/wfpredict/{workflow}", any(workflow_predict))
             .route(
                 "/wfpredict/{workflow}/{version}",
-                post(workflow_predict_version).put(workflow_predict_version),
+                any(workflow_predict_version),
             ),
     )
     .with_state(state)

@@ -41,6 +41,60 @@ const INFERENCE: &[Op] = &[
         summary: "Run a workflow.",
         query: &[],
     },
+    Op {
+        method: "post",
+        path: "/explanations/{model_name}",
+        summary: "Explain a prediction of the default version of a model.",
+        query: &[],
+    },
+    Op {
+        method: "post",
+        path: "/explanations/{model_name}/{model_version}",
+        summary: "Explain a prediction of one version of a model.",
+        query: &[],
+    },
+    Op {
+        method: "post",
+        path: "/v1/models/{model_name}:predict",
+        summary: "Predict (KServe v1 protocol).",
+        query: &[],
+    },
+    Op {
+        method: "post",
+        path: "/v1/models/{model_name}:explain",
+        summary: "Explain (KServe v1 protocol).",
+        query: &[],
+    },
+    Op {
+        method: "post",
+        path: "/v2/models/{model_name}/infer",
+        summary: "Predict (KServe v2 protocol).",
+        query: &[],
+    },
+    Op {
+        method: "post",
+        path: "/v2/models/{model_name}/explain",
+        summary: "Explain (KServe v2 protocol).",
+        query: &[],
+    },
+    Op {
+        method: "post",
+        path: "/invocations",
+        summary: "Predict with the model named by model_name (SageMaker).",
+        query: &["model_name"],
+    },
+    Op {
+        method: "post",
+        path: "/models/{model_name}/invoke",
+        summary: "Predict with a model (SageMaker).",
+        query: &[],
+    },
+    Op {
+        method: "get",
+        path: "/{model_name}/predict",
+        summary: "Predict with a model (legacy path).",
+        query: &[],
+    },
 ];
 
 const MANAGEMENT: &[Op] = &[

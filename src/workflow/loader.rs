@@ -233,6 +233,7 @@ pub async fn stop_nodes(state: &AppState, workflow: &Workflow) {
     let stops = workflow.nodes.iter().map(|node| async move {
         if node.owned {
             let def = &node.model.def;
+            state.registry.pass_default_from(&def.name, &def.version);
             let _ = state.unregister_model(&def.name, Some(&def.version)).await;
         }
         state.metrics.remove_node(&node.metrics.labels);

@@ -4,8 +4,10 @@ import requests
 
 
 def register(server, **params):
-    """POST /models with `params`, synchronous unless they say otherwise."""
+    """POST /models with `params`, synchronous and with one worker unless they say otherwise
+    (TorchServe starts none without `initial_workers`)."""
     params.setdefault("synchronous", "true")
+    params.setdefault("initial_workers", "1")
     return requests.post(f"{server.management}/models", params=params)
 
 

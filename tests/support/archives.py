@@ -144,3 +144,72 @@ def _bytes(source) -> bytes:
     if isinstance(source, dict):
         return json.dumps(source, indent=2).encode()
     return source.encode() if isinstance(source, str) else bytes(source)
+
+
+#: An MNIST-shaped classifier (1×28×28 → 10 classes) for the stand-ins of TorchServe's
+#: mnist*.mar test archives, which are Git LFS objects.
+MNIST_MODEL = """
+import torch
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(28 * 28, 10)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+"""
+
+#: Classifies any input as a blank image and answers the class index, as TorchServe's tests
+#: expect of mnist.mar for the input "test".
+MNIST_HANDLER = """
+import torch
+from ts.torch_handler.base_handler import BaseHandler
+
+
+class MNISTDigitClassifier(BaseHandler):
+    def preprocess(self, data):
+        return torch.zeros(len(data), 1, 28, 28)
+
+    def postprocess(self, data):
+        return data.argmax(1).tolist()
+"""
+
+
+def mnist_mars(store: Path) -> list:
+    """Writes mnist.mar (eager), mnist_scripted.mar (TorchScript) and mnist_traced.mar
+    (traced) into `store`: small random weights whose bias makes a blank image class 0."""
+    import importlib.util
+
+    import torch
+
+    buffers = {}
+    with tempfile.TemporaryDirectory() as tmp:  # TorchScript reads the class's source file
+        write_files(Path(tmp), {"mnist.py": MNIST_MODEL})
+        spec = importlib.util.spec_from_file_location("mnist_standin", Path(tmp) / "mnist.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        model = module.Net().eval()
+        with torch.no_grad():
+            model.fc.bias.copy_(torch.arange(10, 0, -1, dtype=torch.float32))
+        for kind, save in [("eager", lambda f: torch.save(model.state_dict(), f)),
+                           ("scripted", lambda f: torch.jit.save(torch.jit.script(model), f)),
+                           ("traced", lambda f: torch.jit.save(
+                               torch.jit.trace(model, torch.zeros(1, 1, 28, 28)), f))]:
+            data = io.BytesIO()
+            save(data)
+            buffers[kind] = data.getvalue()
+    files = {"mnist_handler.py": MNIST_HANDLER}
+    return [
+        build_mar(store, "mnist", {**files, "mnist.py": MNIST_MODEL,
+                                   "mnist_cnn.pt": buffers["eager"]},
+                  manifest("mnist", "mnist_handler.py", serializedFile="mnist_cnn.pt",
+                           modelFile="mnist.py")),
+        build_mar(store, "mnist_scripted", {**files, "mnist_script.pt": buffers["scripted"]},
+                  manifest("mnist_scripted", "mnist_handler.py",
+                           serializedFile="mnist_script.pt")),
+        build_mar(store, "mnist_traced", {**files, "mnist_traced.pt": buffers["traced"]},
+                  manifest("mnist_traced", "mnist_handler.py",
+                           serializedFile="mnist_traced.pt")),
+    ]
