@@ -8,12 +8,22 @@ use axum::http::StatusCode;
 use crate::archive::ArchiveError;
 use crate::download::download;
 use crate::error::{ApiError, ApiResult};
+use crate::model::valid_name;
 use crate::state::AppState;
 
-/// Locates the archive named by `url` (see [`locate`]), opens it with `open` on a blocking
-/// thread, unpacking under the runtime directory's `work_subdir`, and deletes a downloaded
-/// file afterwards. Returns the opened archive and the path it was opened from; `kind` names
-/// the archive in errors ("model", "workflow").
+/// An opened archive, where it was opened from, and the copy of it registration put into the
+/// store (removed with the registration).
+pub struct Opened<T> {
+    pub archive: T,
+    pub source: PathBuf,
+    pub stored_copy: Option<PathBuf>,
+}
+
+/// Locates the archive named by `url` (see [`locate`]), keeps a copy of an archive fetched from
+/// an http(s) or `file://` URL in the first store (as TorchServe does, unless a file of that
+/// name is there already), opens it with `open` on a blocking thread, unpacking under the
+/// runtime directory's `work_subdir`, and deletes a download afterwards. `kind` names the
+/// archive in errors ("model", "workflow").
 pub async fn open_archive<T: Send + 'static>(
     state: &AppState,
     url: &str,
@@ -21,56 +31,109 @@ pub async fn open_archive<T: Send + 'static>(
     work_subdir: &str,
     kind: &str,
     open: fn(&Path, &Path) -> Result<T, ArchiveError>,
-) -> ApiResult<(T, PathBuf)> {
-    let (source, downloaded) = locate(state, url, dirs, kind).await?;
+) -> ApiResult<Opened<T>> {
+    let located = locate(state, url, dirs, kind).await?;
+    let stored_copy = match (&located.store_as, dirs.first()) {
+        (Some(name), Some(store)) => keep_in_store(&located.path, &store.join(name)).await,
+        _ => None,
+    };
+    let source = stored_copy.clone().unwrap_or_else(|| located.path.clone());
     let work_dir = state.python.runtime_dir.join(work_subdir);
     let path = source.clone();
     let opened = tokio::task::spawn_blocking(move || open(&path, &work_dir))
         .await
-        .map_err(|e| ApiError::internal(format!("archive loader panicked: {e}")))?;
-    if downloaded {
-        let _ = tokio::fs::remove_file(&source).await;
+        .map_err(|e| ApiError::internal(format!("archive loader panicked: {e}")));
+    if located.downloaded {
+        let _ = tokio::fs::remove_file(&located.path).await;
     }
+    let failed = |error: ApiError| async {
+        if let Some(copy) = &stored_copy {
+            let _ = tokio::fs::remove_file(copy).await;
+        }
+        Err(error)
+    };
     match opened {
-        Ok(archive) => Ok((archive, source)),
-        Err(ArchiveError::NotFound(_)) => Err(not_in_store(kind, url)),
-        Err(other) => Err(ApiError::bad_request(format!(
-            "Failed to open {kind} archive {url}: {other}"
-        ))),
+        Ok(Ok(archive)) => Ok(Opened {
+            archive,
+            source,
+            stored_copy,
+        }),
+        Ok(Err(ArchiveError::NotFound(_))) => failed(not_in_store(kind, url)).await,
+        Ok(Err(other)) => {
+            failed(ApiError::bad_request(format!(
+                "Failed to open {kind} archive {url}: {other}"
+            )))
+            .await
+        }
+        Err(e) => failed(e).await,
     }
+}
+
+/// Copies the archive file at `from` to `to` unless `to` exists or `from` is a folder; the
+/// copy's path when one was made.
+async fn keep_in_store(from: &Path, to: &Path) -> Option<PathBuf> {
+    let is_file = tokio::fs::metadata(from).await.is_ok_and(|m| m.is_file());
+    if !is_file || tokio::fs::try_exists(to).await.unwrap_or(true) {
+        return None;
+    }
+    match tokio::fs::copy(from, to).await {
+        Ok(_) => Some(to.to_path_buf()),
+        Err(e) => {
+            tracing::warn!("cannot keep {} in the store: {e}", to.display());
+            None
+        }
+    }
+}
+
+/// Where [`locate`] found an archive.
+struct Located {
+    path: PathBuf,
+    /// A download the caller deletes.
+    downloaded: bool,
+    /// The file name to keep a copy under in the store: set for http(s) and `file://` URLs.
+    store_as: Option<String>,
 }
 
 /// Finds an archive on disk: a relative path looked up in `dirs` in order, an absolute path
 /// (inside a store, or matching `allowed_urls`) or `file://` URL, or an http(s) URL downloaded
-/// into the runtime directory. The flag says whether the file is a download the caller should
-/// delete.
-async fn locate(
-    state: &AppState,
-    url: &str,
-    dirs: &[&Path],
-    kind: &str,
-) -> ApiResult<(PathBuf, bool)> {
+/// into the runtime directory.
+async fn locate(state: &AppState, url: &str, dirs: &[&Path], kind: &str) -> ApiResult<Located> {
     if url.is_empty() {
         return Err(ApiError::bad_request("Parameter url is required."));
     }
     let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    let file_name = || {
+        let name = url.rsplit('/').next().unwrap_or_default();
+        valid_name(name).then(|| name.to_string())
+    };
     if lower.starts_with("http://") || lower.starts_with("https://") {
-        return download(state, url).await.map(|p| (p, true));
+        return Ok(Located {
+            path: download(state, url).await?,
+            downloaded: true,
+            store_as: file_name(),
+        });
     }
     if let Some(path) = url.strip_prefix("file://") {
-        return outside_store(state, "file://", Path::new(path), dirs, kind)
+        let path = outside_store(state, "file://", Path::new(path), dirs, kind)
             .await
             .map_err(|e| match e.status {
                 StatusCode::NOT_FOUND => download_failed(url),
                 _ => e,
-            })
-            .map(|p| (p, false));
+            })?;
+        return Ok(Located {
+            path,
+            downloaded: false,
+            store_as: file_name(),
+        });
     }
+    let found = |path| Located {
+        path,
+        downloaded: false,
+        store_as: None,
+    };
     let path = Path::new(url);
     if path.is_absolute() {
-        return outside_store(state, "", path, dirs, kind)
-            .await
-            .map(|p| (p, false));
+        return outside_store(state, "", path, dirs, kind).await.map(found);
     }
     if path
         .components()
@@ -88,7 +151,7 @@ async fn locate(
     for dir in dirs {
         let candidate = dir.join(path);
         if tokio::fs::metadata(&candidate).await.is_ok() {
-            return Ok((candidate, false));
+            return Ok(found(candidate));
         }
     }
     Err(not_in_store(kind, url))

@@ -42,6 +42,9 @@ impl AppState {
             if def.owns_dir {
                 let _ = tokio::fs::remove_dir_all(&def.dir).await;
             }
+            if let Some(copy) = &def.stored_copy {
+                let _ = tokio::fs::remove_file(copy).await;
+            }
             return Err(e);
         }
         let labels = ModelLabels {

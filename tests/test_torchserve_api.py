@@ -5,8 +5,11 @@ are copied into the test's model store; the suite is skipped without them. Like 
 tests, the server runs with allowed_urls=file://.*|http(s)?://.* and the model API enabled."""
 
 import os
+import functools
 import shutil
+import threading
 import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -267,3 +270,28 @@ def test_mnist_eager_scripted_and_traced_models(server, name):
         answer = requests.post(i + path, data=FORM)
         assert (answer.status_code, answer.text) == (200, "0"), path
     assert status(requests.delete(f"{m}/models/{name}")) == f'Model "{name}" unregistered'
+
+
+def test_archives_from_urls_are_kept_in_the_store_until_unregistered(server, tmp_path):
+    """testLoadModelFromFileURI / testLoadModelFromURL and their unregister tests."""
+    shutil.copy(server.store / "mnist.mar", tmp_path / "mnist1.mar")
+    url = f"file://{tmp_path}/mnist1.mar"
+    assert status(register(server, url, "mnist1", workers=1)) == (
+        'Model "mnist1" Version: 1.0 registered with 1 initial workers')
+    assert (server.store / "mnist1.mar").is_file()
+    assert status(requests.delete(f"{server.management}/models/mnist1"))
+    assert not (server.store / "mnist1.mar").exists()
+
+    shutil.copy(server.store / "noop.mar", tmp_path / "noop_remote.mar")
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
+    site = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{site.server_port}/noop_remote.mar"
+        assert status(register(server, url, "remote", workers=1)).startswith('Model "remote"')
+    finally:
+        site.shutdown()
+    assert (server.store / "noop_remote.mar").is_file()
+    assert requests.post(f"{server.inference}/predictions/remote", data=FORM).text == "OK"
+    assert status(requests.delete(f"{server.management}/models/remote"))
+    assert not (server.store / "noop_remote.mar").exists()

@@ -71,8 +71,11 @@ def test_workflow_from_a_file_url(server, tmp_path):
     shutil.copy(RESOURCES / "workflows" / "smtest.war", tmp_path / "smtest1.war")
     assert status(register(server, f"file://{tmp_path}/smtest1.war", "smtest1")) == (
         "Workflow smtest1 has been registered and scaled successfully.")
+    store = server.store.parent / "workflows"
+    assert (store / "smtest1.war").is_file()  # kept in the workflow store, as TorchServe does
     assert status(requests.delete(f"{server.management}/workflows/smtest1")) == (
         'Workflow "smtest1" unregistered')
+    assert not (store / "smtest1.war").exists()
 
 
 def test_registration_errors(server):

@@ -56,6 +56,9 @@ pub struct ModelDefinition {
     pub deps_dir: Option<PathBuf>,
     /// The workflow this model is a node of; such models go with their workflow.
     pub workflow: Option<String>,
+    /// The copy of a downloaded (or `file://`) archive kept in the model store, removed with
+    /// the model.
+    pub stored_copy: Option<PathBuf>,
 }
 
 /// Whether `name` is a valid model name: letters, digits, `_`, `-` and `.`, not starting with

@@ -11,7 +11,7 @@ use super::dependencies::install_requirements;
 use super::served_model::ServedModel;
 use crate::archive::ModelArchive;
 use crate::error::{ApiError, ApiResult};
-use crate::fetch::open_archive;
+use crate::fetch::{open_archive, Opened};
 use crate::state::AppState;
 
 /// Query parameters of `POST /models`, also used for models loaded at start.
@@ -62,7 +62,11 @@ pub async fn prepare_model(
         .into_iter()
         .chain(fallback_dir)
         .collect();
-    let (archive, source) = open_archive(
+    let Opened {
+        archive,
+        source,
+        stored_copy,
+    } = open_archive(
         state,
         &opts.url,
         &dirs,
@@ -74,6 +78,9 @@ pub async fn prepare_model(
     let unpacked = (archive.dir != source).then(|| archive.dir.clone());
     let requirements = archive.manifest.model.requirements_file.clone();
     let mut def = definition(state, opts, &source, archive);
+    if let Ok(d) = &mut def {
+        d.stored_copy = stored_copy.clone();
+    }
     if let (Ok(d), Some(file)) = (&mut def, requirements) {
         if state.config.install_py_dep_per_model {
             match install_requirements(&state.python, &d.dir.join(&file), &d.name).await {
@@ -90,6 +97,9 @@ pub async fn prepare_model(
     if def.is_err() {
         if let Some(dir) = unpacked {
             let _ = tokio::fs::remove_dir_all(dir).await;
+        }
+        if let Some(copy) = stored_copy {
+            let _ = tokio::fs::remove_file(copy).await;
         }
     }
     def
@@ -162,6 +172,7 @@ fn definition(
         loaded_at_startup: opts.loaded_at_startup,
         deps_dir: None,
         workflow: None,
+        stored_copy: None,
         dir: archive.dir,
         name,
     })

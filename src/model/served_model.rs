@@ -257,6 +257,9 @@ impl ServedModel {
             let dir = self.def.dir.clone();
             let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
         }
+        if let Some(copy) = &self.def.stored_copy {
+            let _ = tokio::fs::remove_file(copy).await;
+        }
     }
 
     /// The pool's current (min, max) worker bounds.

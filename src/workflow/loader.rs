@@ -14,7 +14,7 @@ use super::handler_scan::top_level_names;
 use super::served_workflow::{node_model_name, Workflow, WorkflowNode};
 use super::spec::{ModelSource, NodeProps, WorkflowSpec};
 use crate::error::{ApiError, ApiResult};
-use crate::fetch::open_archive;
+use crate::fetch::{open_archive, Opened};
 use crate::metrics::NodeLabels;
 use crate::model::{
     archive_stem, prepare_model, valid_name, ModelDefinition, ModelSettings, RegisterOptions,
@@ -37,7 +37,11 @@ pub async fn register_workflow(
     opts: WorkflowOptions,
 ) -> ApiResult<Arc<Workflow>> {
     let dirs: Vec<&Path> = state.config.workflow_store.as_deref().into_iter().collect();
-    let (archive, source) = open_archive(
+    let Opened {
+        archive,
+        source,
+        stored_copy,
+    } = open_archive(
         state,
         &opts.url,
         &dirs,
@@ -60,7 +64,9 @@ pub async fn register_workflow(
     let version = archive.version.clone().unwrap_or_else(|| "1.0".into());
     let dir = archive.dir.clone();
     let registered = async {
-        let workflow = Arc::new(build(state, &opts.url, name, version, archive, owns_dir).await?);
+        let mut workflow = build(state, &opts.url, name, version, archive, owns_dir).await?;
+        workflow.stored_copy = stored_copy.clone();
+        let workflow = Arc::new(workflow);
         if let Err(e) = state.workflows.insert(workflow.clone()) {
             stop_nodes(state, &workflow).await;
             return Err(e);
@@ -68,8 +74,13 @@ pub async fn register_workflow(
         Ok(workflow)
     }
     .await;
-    if registered.is_err() && owns_dir {
-        let _ = tokio::fs::remove_dir_all(dir).await;
+    if registered.is_err() {
+        if owns_dir {
+            let _ = tokio::fs::remove_dir_all(dir).await;
+        }
+        if let Some(copy) = stored_copy {
+            let _ = tokio::fs::remove_file(copy).await;
+        }
     }
     registered
 }
@@ -121,6 +132,7 @@ async fn build(
         nodes,
         dir: archive.dir,
         owns_dir,
+        stored_copy: None,
         name,
     };
     if !failures.is_empty() {
@@ -225,6 +237,7 @@ fn function_definition(
         loaded_at_startup: false,
         deps_dir: None,
         workflow: Some(workflow.to_string()),
+        stored_copy: None,
     }
 }
 
@@ -261,6 +274,9 @@ pub async fn unregister_workflow(
     stop_nodes(state, &workflow).await;
     if workflow.owns_dir {
         let _ = tokio::fs::remove_dir_all(&workflow.dir).await;
+    }
+    if let Some(copy) = &workflow.stored_copy {
+        let _ = tokio::fs::remove_file(copy).await;
     }
     Ok(workflow)
 }

@@ -35,6 +35,9 @@ pub struct Workflow {
     /// The unpacked archive, removed with the workflow when the server unpacked it.
     pub dir: PathBuf,
     pub owns_dir: bool,
+    /// The copy of a downloaded (or `file://`) archive kept in the workflow store, removed
+    /// with the workflow.
+    pub stored_copy: Option<PathBuf>,
     pub in_flight: InFlight,
 }
 
