@@ -147,6 +147,8 @@ def test_registration_without_workers_and_scaling(server):
     described = requests.get(f"{m}/models/noop_v1.0").json()[0]
     assert described["minWorkers"] == 0
     assert described["jobQueueStatus"] == {"remainingCapacity": 100, "pendingRequests": 0}
+    # testDescribeModelCustomizedNoWorker
+    error(requests.get(f"{m}/models/noop_v1.0", params={"customized": "true"}), 503)
     error(register(server, "noop.mar", "noop_v1.0", runtime="python", synchronous="false"), 409,
           "Model version 1.11 is already registered for model noop_v1.0")
     scale = f"{m}/models/noop_v1.0"
@@ -169,6 +171,8 @@ def test_versions_defaults_and_their_removal(server):
     assert requests.get(f"{m}/models/noopversioned").json()[0]["modelVersion"] == "1.11"
     versions = [d["modelVersion"] for d in requests.get(f"{m}/models/noopversioned/all").json()]
     assert versions == ["1.2.1", "1.11"]
+    customized = requests.get(f"{m}/models/noopversioned/all?customized=true").json()
+    assert [d["modelVersion"] for d in customized] == ["1.2.1", "1.11"]
     missing = "Model version: 1.3.1 does not exist for model: noopversioned"
     error(requests.get(f"{m}/models/noopversioned/1.3.1"), 404, missing)
     error(requests.post(f"{i}/predictions/noopversioned/1.3.1", data=FORM), 404, missing)
@@ -295,3 +299,14 @@ def test_archives_from_urls_are_kept_in_the_store_until_unregistered(server, tmp
     assert requests.post(f"{server.inference}/predictions/remote", data=FORM).text == "OK"
     assert status(requests.delete(f"{server.management}/models/remote"))
     assert not (server.store / "noop_remote.mar").exists()
+
+
+def test_customized_metadata_comes_from_the_handler(server):
+    """testNoopCustomized: describe_handle's answer to a request flagged describe: True."""
+    assert status(register(server, "noop-customized.mar", "noop-customized", workers=1))
+    described = requests.get(f"{server.management}/models/noop-customized/1.0",
+                             params={"customized": "true"}).json()
+    assert described[0]["customizedMetadata"] == {"data1": "1", "data2": "2"}
+    assert "customizedMetadata" not in requests.get(
+        f"{server.management}/models/noop-customized").json()[0]
+    assert status(requests.delete(f"{server.management}/models/noop-customized/1.0"))

@@ -17,8 +17,10 @@ use super::path::Path;
 use super::replies::{self, status, worker_bounds};
 use super::{openapi, query, with_fallbacks};
 use crate::error::{ApiError, ApiResult};
-use crate::model::{register_archive, RegisterOptions};
+use crate::job::InferenceRequest;
+use crate::model::{register_archive, RegisterOptions, ServedModel};
 use crate::state::AppState;
+use crate::versioned::Versioned;
 
 /// Routes of the management listener.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -145,15 +147,57 @@ async fn list(
 async fn describe(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    replies::describe(&state.registry, &name, None)
+    describe_models(&state, &name, None, raw.as_deref()).await
 }
 
 async fn describe_version(
     State(state): State<Arc<AppState>>,
     Path((name, version)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    replies::describe(&state.registry, &name, Some(&version))
+    describe_models(&state, &name, Some(&version), raw.as_deref()).await
+}
+
+/// Query of the describe API.
+#[derive(Deserialize)]
+struct DescribeQuery {
+    #[serde(default)]
+    customized: bool,
+}
+
+/// Describes models; with `customized=true` each entry also holds `customizedMetadata`, what
+/// the handler answers to a request flagged `describe: True` (TorchServe's `describe_handle`).
+async fn describe_models(
+    state: &AppState,
+    name: &str,
+    version: Option<&str>,
+    raw: Option<&str>,
+) -> ApiResult<Json<Value>> {
+    let q: DescribeQuery = query::parse(raw)?;
+    let models = replies::described(&state.registry, name, version)?;
+    let mut described = Vec::with_capacity(models.len());
+    for model in models {
+        let mut entry = model.describe();
+        if q.customized {
+            entry["customizedMetadata"] = customized_metadata(&model).await?;
+        }
+        described.push(entry);
+    }
+    Ok(Json(Value::Array(described)))
+}
+
+/// The handler's answer to a describe request, as JSON when it is JSON.
+async fn customized_metadata(model: &ServedModel) -> ApiResult<Value> {
+    let request = InferenceRequest {
+        id: uuid::Uuid::new_v4().to_string(),
+        headers: vec![("describe".into(), "True".into())],
+        params: Vec::new(),
+    };
+    let output = model.submit(request).await?;
+    Ok(serde_json::from_slice(&output.body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&output.body).into_owned())))
 }
 
 /// Query of the scale API.

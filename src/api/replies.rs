@@ -1,6 +1,8 @@
 //! Answers shared by the model and workflow management APIs, which treat both as versioned
 //! items: status messages, describe, list pages, set-default and scale replies.
 
+use std::sync::Arc;
+
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -17,16 +19,25 @@ pub fn status(message: String) -> Json<Value> {
     Json(json!({ "status": message }))
 }
 
+/// One version, the default (`None`), or every version (`"all"`).
+pub fn described<T: Versioned>(
+    registry: &VersionedRegistry<T>,
+    name: &str,
+    version: Option<&str>,
+) -> ApiResult<Vec<Arc<T>>> {
+    match version {
+        Some("all") => registry.versions(name),
+        version => Ok(vec![registry.get(name, version)?]),
+    }
+}
+
 /// Describes one version, the default (`None`), or every version (`"all"`).
 pub fn describe<T: Versioned>(
     registry: &VersionedRegistry<T>,
     name: &str,
     version: Option<&str>,
 ) -> ApiResult<Json<Value>> {
-    let items = match version {
-        Some("all") => registry.versions(name)?,
-        version => vec![registry.get(name, version)?],
-    };
+    let items = described(registry, name, version)?;
     Ok(Json(items.iter().map(|i| i.describe()).collect()))
 }
 
