@@ -47,6 +47,9 @@ pub struct ServerConfig {
     pub max_workers_per_model: usize,
     /// How long downloading one archive may take, redirects included.
     pub download_timeout: Duration,
+    /// How long `DELETE /models/...` waits for the workers to stop before answering 408
+    /// (`unregister_model_timeout`, seconds, default 120 as in TorchServe); stopping goes on.
+    pub unregister_model_timeout: Duration,
     /// Largest archive a download may bring.
     pub max_download_size: u64,
 }
@@ -101,6 +104,9 @@ impl ServerConfig {
                 .map_or(0, |_| default_workers_per_model),
             max_workers_per_model,
             download_timeout: Duration::from_secs(number("download_timeout", 300)? as u64),
+            unregister_model_timeout: Duration::from_secs(
+                number("unregister_model_timeout", 120)? as u64
+            ),
             max_download_size: number("max_download_size", 10 << 30)? as u64,
             job_queue_size: number("job_queue_size", 100)?.max(1),
             default_response_timeout: Duration::from_secs(

@@ -254,13 +254,15 @@ def test_failed_workers_name_their_cause(server):
     assert status(requests.delete(f"{m}/models/init-error"))
 
 
-def test_default_workers_per_model_is_honoured(start_server):
-    server = start_server({"default_workers_per_model": 1})
+def test_default_workers_per_model_and_unregister_model_timeout(start_server):
+    server = start_server({"default_workers_per_model": 1, "unregister_model_timeout": 0})
     shutil.copy(MODELS / "noop.mar", server.store)
     assert status(register(server, "noop.mar")) == (
         'Model "noop" Version: 1.11 registered with 1 initial workers')
     described = requests.get(f"{server.management}/models/noop").json()[0]
     assert described["minWorkers"] == 1
+    error(requests.delete(f"{server.management}/models/noop"), 408,
+          "Timed out while cleaning resources: noop")
 
 
 @pytest.mark.parametrize("name", ["mnist", "mnist_scripted", "mnist_traced"])

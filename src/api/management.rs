@@ -260,18 +260,39 @@ async fn unregister(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    check_not_node(&state, &name, None)?;
-    state.unregister_model(&name, None).await?;
-    Ok(status(format!("Model \"{name}\" unregistered")))
+    unregister_model(state, name, None).await
 }
 
 async fn unregister_version(
     State(state): State<Arc<AppState>>,
     Path((name, version)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    check_not_node(&state, &name, Some(&version))?;
-    state.unregister_model(&name, Some(&version)).await?;
-    Ok(status(format!("Model \"{name}\" unregistered")))
+    unregister_model(state, name, Some(version)).await
+}
+
+/// Unregisters a model version (the default when `version` is None) and waits at most
+/// `unregister_model_timeout` for its workers to stop: after that it answers TorchServe's 408
+/// while the stopping finishes in the background.
+async fn unregister_model(
+    state: Arc<AppState>,
+    name: String,
+    version: Option<String>,
+) -> ApiResult<Json<Value>> {
+    check_not_node(&state, &name, version.as_deref())?;
+    let limit = state.config.unregister_model_timeout;
+    let unregistering = {
+        let name = name.clone();
+        tokio::spawn(async move { state.unregister_model(&name, version.as_deref()).await })
+    };
+    match tokio::time::timeout(limit, unregistering).await {
+        Ok(Ok(result)) => result.map(|_| status(format!("Model \"{name}\" unregistered"))),
+        Ok(Err(e)) => Err(ApiError::internal(format!("unregistering failed: {e}"))),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "RequestTimeoutException",
+            format!("Timed out while cleaning resources: {name}"),
+        )),
+    }
 }
 
 async fn set_default(
