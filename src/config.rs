@@ -1,13 +1,13 @@
 //! Server settings: TorchServe's `config.properties` keys merged with the command line.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::cli::ServeArgs;
+use crate::properties::Properties;
 
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
@@ -51,11 +51,8 @@ pub struct ServerConfig {
 impl ServerConfig {
     /// Reads the config file named by the arguments (if any) and applies the flags over it.
     pub fn from_args(args: &ServeArgs) -> Result<Self> {
-        let props = match &args.config {
-            Some(path) => read_properties(path)?,
-            None => HashMap::new(),
-        };
-        let get = |key: &str| props.get(key).map(String::as_str);
+        let props = Properties::load(args.config.as_deref())?;
+        let get = |key: &str| props.get(key);
         let address = |key: &str, default: &str| -> Result<SocketAddr> {
             parse_address(get(key).unwrap_or(default)).with_context(|| format!("invalid {key}"))
         };
@@ -67,25 +64,24 @@ impl ServerConfig {
             })
         };
         let flag = |key: &str| get(key).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        // A flag wins over the file, a `TS_*` variable over both (TorchServe's order).
+        let path = |key: &str, flag: &Option<PathBuf>| match flag {
+            Some(flag) if !props.set_by_env(key) => Some(flag.clone()),
+            _ => get(key).map(PathBuf::from),
+        };
         let mut load_models: Vec<String> = get("load_models").map(split_list).unwrap_or_default();
-        if !args.models.is_empty() {
+        if !args.models.is_empty() && !props.set_by_env("load_models") {
             load_models = args.models.iter().flat_map(|m| split_list(m)).collect();
         }
-        let model_store = args
-            .model_store
-            .clone()
-            .or_else(|| get("model_store").map(PathBuf::from));
-        let workflow_store = args
-            .workflow_store
-            .clone()
-            .or_else(|| get("workflow_store").map(PathBuf::from))
-            .or_else(|| model_store.clone());
+        let model_store = path("model_store", &args.model_store);
+        let workflow_store =
+            path("workflow_store", &args.workflow_store).or_else(|| model_store.clone());
         let max_workers_per_model = number("max_workers_per_model", 128)?;
         let default_workers_per_model = number("default_workers_per_model", 1)?;
         if default_workers_per_model > max_workers_per_model {
             bail!("default_workers_per_model ({default_workers_per_model}) is above max_workers_per_model ({max_workers_per_model})");
         }
-        Ok(Self {
+        let config = Self {
             inference_address: address("inference_address", "http://127.0.0.1:8080")?,
             management_address: address("management_address", "http://127.0.0.1:8081")?,
             metrics_address: address("metrics_address", "http://127.0.0.1:8082")?,
@@ -117,7 +113,9 @@ impl ServerConfig {
                     .or_else(|| get("snapshot_dir").map(PathBuf::from))
                     .unwrap_or_else(|| PathBuf::from("logs/config"))
             }),
-        })
+        };
+        props.warn_unused();
+        Ok(config)
     }
 }
 
@@ -143,51 +141,9 @@ fn parse_address(value: &str) -> Result<SocketAddr> {
         .map_err(|_| anyhow!("expected http://host:port, got {value:?}"))
 }
 
-/// Reads a Java-style properties file: `key=value` or `key: value`, `#`/`!` comments, `\` line
-/// continuations.
-pub fn read_properties(path: &Path) -> Result<HashMap<String, String>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config file {}", path.display()))?;
-    parse_properties(&text)
-}
-
-fn parse_properties(text: &str) -> Result<HashMap<String, String>> {
-    let mut props = HashMap::new();
-    let mut pending = String::new();
-    for raw in text.lines() {
-        let line = raw.trim_start();
-        if pending.is_empty() && (line.is_empty() || line.starts_with('#') || line.starts_with('!'))
-        {
-            continue;
-        }
-        if let Some(head) = line.strip_suffix('\\') {
-            pending.push_str(head);
-            continue;
-        }
-        pending.push_str(line);
-        let entry = std::mem::take(&mut pending);
-        let split = entry.find(['=', ':']);
-        let Some(at) = split else {
-            bail!("malformed config line: {entry:?}");
-        };
-        let key = entry[..at].trim().to_string();
-        let value = entry[at + 1..].trim().to_string();
-        props.insert(key, value);
-    }
-    Ok(props)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_properties() {
-        let text = "# comment\ninference_address=http://127.0.0.1:9000\n! other\nload_models: a.mar,\\\n  b.mar\n";
-        let props = parse_properties(text).unwrap();
-        assert_eq!(props["inference_address"], "http://127.0.0.1:9000");
-        assert_eq!(props["load_models"], "a.mar,b.mar");
-    }
 
     #[test]
     fn parses_addresses() {

@@ -12,6 +12,7 @@ mod fetch;
 mod job;
 mod metrics;
 mod model;
+mod properties;
 mod python_env;
 mod request;
 mod server;

@@ -1,0 +1,203 @@
+//! TorchServe's `config.properties`: which file is read, its Java-properties syntax, the
+//! `TS_*` environment variables that override it when `enable_envvars_config` is set, and a
+//! warning at start for every key that has no effect, so no setting is ignored silently.
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+/// The settings of one start: the file's keys with the environment's overrides applied.
+#[derive(Debug, Default)]
+pub struct Properties {
+    values: HashMap<String, String>,
+    /// Keys given by `TS_*` variables: as in TorchServe, they win over command-line flags too.
+    from_env: BTreeSet<String>,
+    /// Keys some setting looked at, to warn about the others.
+    used: RefCell<BTreeSet<String>>,
+}
+
+impl Properties {
+    /// Reads the config file TorchServe would: `$TS_CONFIG_FILE`, else `explicit`
+    /// (`--ts-config`), else `config.properties` in the working directory if there is one;
+    /// then applies `TS_*` variables when the file sets `enable_envvars_config=true`.
+    pub fn load(explicit: Option<&Path>) -> Result<Self> {
+        let path = std::env::var_os("TS_CONFIG_FILE")
+            .map(PathBuf::from)
+            .or_else(|| explicit.map(Path::to_path_buf))
+            .or_else(|| {
+                let local = PathBuf::from("config.properties");
+                local.is_file().then_some(local)
+            });
+        let values = match &path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                parse(&text)?
+            }
+            None => HashMap::new(),
+        };
+        Ok(Self::with_env(values, std::env::vars()))
+    }
+
+    /// `values` with the overrides of `TS_<KEY>` variables among `vars` when
+    /// `enable_envvars_config` is true; `allowed_urls` only with `use_env_allowed_urls=true`.
+    fn with_env(
+        mut values: HashMap<String, String>,
+        vars: impl Iterator<Item = (String, String)>,
+    ) -> Self {
+        let flag = |values: &HashMap<String, String>, key: &str| {
+            values
+                .get(key)
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+        };
+        let mut from_env = BTreeSet::new();
+        if flag(&values, "enable_envvars_config") {
+            let env_urls = flag(&values, "use_env_allowed_urls");
+            for (name, value) in vars {
+                let Some(key) = name.strip_prefix("TS_") else {
+                    continue;
+                };
+                let key = key.to_ascii_lowercase();
+                if key == "config_file" || (key == "allowed_urls" && !env_urls) {
+                    continue;
+                }
+                values.insert(key.clone(), value);
+                from_env.insert(key);
+            }
+        }
+        let used = RefCell::new(
+            ["enable_envvars_config", "use_env_allowed_urls"]
+                .map(String::from)
+                .into(),
+        );
+        Self {
+            values,
+            from_env,
+            used,
+        }
+    }
+
+    /// The value of `key`, if set; marks the key as honoured.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.used.borrow_mut().insert(key.to_string());
+        self.values.get(key).map(String::as_str)
+    }
+
+    /// Whether `key` came from a `TS_*` environment variable.
+    pub fn set_by_env(&self, key: &str) -> bool {
+        self.from_env.contains(key)
+    }
+
+    /// Logs a warning for every key that no setting read, saying why where it is a known
+    /// TorchServe key.
+    pub fn warn_unused(&self) {
+        let used = self.used.borrow();
+        let mut unused: Vec<&String> = self.values.keys().filter(|k| !used.contains(*k)).collect();
+        unused.sort();
+        for key in unused {
+            tracing::warn!("config key {key} is ignored: {}", why_ignored(key));
+        }
+    }
+}
+
+/// Why a key has no effect in torchyard.
+fn why_ignored(key: &str) -> &'static str {
+    match key {
+        "vmargs" | "number_of_netty_threads" | "netty_client_threads" | "prefer_direct_buffer" => {
+            "a JVM/Netty setting, and torchyard has no JVM"
+        }
+        "keystore" | "keystore_pass" | "keystore_type" => {
+            "Java keystores are not read: set certificate_file and private_key_file (PEM)"
+        }
+        "initial_worker_port" => "workers talk to the server over Unix sockets, not ports",
+        "log_location" | "metrics_location" | "async_logging" => {
+            "torchyard logs to standard output through its own asynchronous writer"
+        }
+        _ => "torchyard does not support this setting",
+    }
+}
+
+/// Parses Java-properties text: `key=value` or `key: value`, `#`/`!` comments, `\` line
+/// continuations.
+fn parse(text: &str) -> Result<HashMap<String, String>> {
+    let mut props = HashMap::new();
+    let mut pending = String::new();
+    for raw in text.lines() {
+        let line = raw.trim_start();
+        if pending.is_empty() && (line.is_empty() || line.starts_with('#') || line.starts_with('!'))
+        {
+            continue;
+        }
+        if let Some(head) = line.strip_suffix('\\') {
+            pending.push_str(head);
+            continue;
+        }
+        pending.push_str(line);
+        let entry = std::mem::take(&mut pending);
+        let Some(at) = entry.find(['=', ':']) else {
+            bail!("malformed config line: {entry:?}");
+        };
+        props.insert(
+            entry[..at].trim().to_string(),
+            entry[at + 1..].trim().to_string(),
+        );
+    }
+    Ok(props)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_properties() {
+        let text = "# comment\ninference_address=http://127.0.0.1:9000\n! other\nload_models: a.mar,\\\n  b.mar\n";
+        let props = parse(text).unwrap();
+        assert_eq!(props["inference_address"], "http://127.0.0.1:9000");
+        assert_eq!(props["load_models"], "a.mar,b.mar");
+        assert!(parse("no separator\n").is_err());
+    }
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn environment_overrides_only_when_enabled() {
+        let env = [
+            ("TS_INFERENCE_ADDRESS", "http://0.0.0.0:9090"),
+            ("TS_ALLOWED_URLS", "http://.*"),
+            ("HOME", "/root"),
+        ];
+        let file = parse("inference_address=http://127.0.0.1:8080\n").unwrap();
+        let off = Properties::with_env(file.clone(), vars(&env));
+        assert_eq!(off.get("inference_address"), Some("http://127.0.0.1:8080"));
+
+        let mut enabled = file.clone();
+        enabled.insert("enable_envvars_config".into(), "true".into());
+        let on = Properties::with_env(enabled.clone(), vars(&env));
+        assert_eq!(on.get("inference_address"), Some("http://0.0.0.0:9090"));
+        assert!(on.set_by_env("inference_address"));
+        assert_eq!(on.get("allowed_urls"), None, "needs use_env_allowed_urls");
+        assert_eq!(on.get("home"), None);
+
+        enabled.insert("use_env_allowed_urls".into(), "true".into());
+        let urls = Properties::with_env(enabled, vars(&env));
+        assert_eq!(urls.get("allowed_urls"), Some("http://.*"));
+    }
+
+    #[test]
+    fn remembers_which_keys_were_read() {
+        let props =
+            Properties::with_env(parse("model_store=/s\nvmargs=-Xmx1g\n").unwrap(), vars(&[]));
+        props.get("model_store");
+        let used = props.used.borrow();
+        assert!(used.contains("model_store") && !used.contains("vmargs"));
+    }
+}
