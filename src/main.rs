@@ -9,6 +9,7 @@ mod config;
 mod error;
 mod fetch;
 mod job;
+mod listener;
 mod metrics;
 mod model;
 mod python_env;
