@@ -199,7 +199,6 @@ mod tests {
 
     #[test]
     fn soft_fd_limit_is_raised_to_the_hard_limit() {
-        let soft = raise_fd_limit();
         let mut limit = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
@@ -209,7 +208,13 @@ mod tests {
             unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
             0
         );
-        assert_eq!(soft, limit.rlim_cur);
-        assert_eq!(limit.rlim_cur, limit.rlim_max);
+        let hard = limit.rlim_max;
+        let soft = raise_fd_limit();
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+            0
+        );
+        assert_eq!((soft, limit.rlim_cur), (hard, hard));
     }
 }

@@ -106,8 +106,8 @@ def test_idle_connections_do_not_starve_other_clients(start_server, extra):
     finally:
         for s in idle:
             s.close()
-    if extra:
-        assert "Too many open files" in server.log_text()
+    # Under the default cap the server never runs out of descriptors; over it, it survives.
+    assert ("Too many open files" in server.log_text()) == bool(extra)
     assert server.process.poll() is None
     assert requests.get(f"{server.inference}/ping", timeout=5).ok
 
