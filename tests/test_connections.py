@@ -76,11 +76,11 @@ def seconds_until_closed(s, timeout=10):
 def test_idle_connections_do_not_starve_other_clients(start_server, extra):
     # Long enough that the idle connections are all open at once (opening them takes seconds
     # when the listeners are full); over the fd limit, accepting fails with EMFILE meanwhile.
-    timeout = "5000" if extra else "3000"
+    timeout = "5000" if extra else "2000"
     properties = {**LIMITS, "connection_header_read_timeout_ms": timeout, **extra}
     server = with_double(start_server(properties=properties, fd_limit=1024))
-    idle = open_idle(server.inference, 700) + open_idle(server.management,
-                                                       IDLE_CONNECTIONS - 700)
+    idle = (open_idle(server.inference, 400) + open_idle(server.management, 400)
+            + open_idle(server.metrics, IDLE_CONNECTIONS - 800))
     try:
         served, deadline = set(), time.monotonic() + 25
         checks = {
