@@ -25,6 +25,13 @@ pub struct ServerConfig {
     pub job_queue_size: usize,
     pub default_response_timeout: Duration,
     pub max_request_size: usize,
+    /// How long a client has to send a request head once the server waits for one; this also
+    /// bounds keep-alive idling between requests and the TLS handshake.
+    pub connection_header_read_timeout: Duration,
+    /// The longest the server waits for the next bytes of a request body.
+    pub connection_idle_timeout: Duration,
+    /// Connections open at once per listener; `None`: derived from the open-file limit.
+    pub max_connections: Option<usize>,
     pub python: Option<PathBuf>,
     /// How long a model's queue must stay empty before the autoscaler removes a worker.
     pub scale_down_idle: Duration,
@@ -98,6 +105,15 @@ impl ServerConfig {
                 number("default_response_timeout", 120)? as u64
             ),
             max_request_size: number("max_request_size", 6_553_500)?,
+            connection_header_read_timeout: Duration::from_millis(
+                number("connection_header_read_timeout_ms", 10_000)?.max(1) as u64,
+            ),
+            connection_idle_timeout: Duration::from_millis(
+                number("connection_idle_timeout_ms", 60_000)?.max(1) as u64,
+            ),
+            max_connections: get("max_connections")
+                .map(|_| number("max_connections", 0))
+                .transpose()?,
             python: args.python.clone(),
             scale_down_idle: Duration::from_millis(number("scale_down_idle_ms", 10_000)? as u64),
             token_auth: !args.disable_token_auth && !flag("disable_token_authorization"),
@@ -144,6 +160,32 @@ fn parse_address(value: &str) -> Result<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    #[test]
+    fn connection_settings_have_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.properties");
+        let config = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            let argv = ["torchyard", "serve", "--config", path.to_str().unwrap()];
+            let Command::Serve(args) = Cli::parse_from(argv).command else {
+                unreachable!("parsed as serve")
+            };
+            ServerConfig::from_args(&args).unwrap()
+        };
+        let defaults = config("");
+        assert_eq!(
+            defaults.connection_header_read_timeout,
+            Duration::from_secs(10)
+        );
+        assert_eq!(defaults.connection_idle_timeout, Duration::from_secs(60));
+        assert_eq!(defaults.max_connections, None);
+        let set = config("connection_header_read_timeout_ms=1000\nmax_connections=50\n");
+        assert_eq!(set.connection_header_read_timeout, Duration::from_secs(1));
+        assert_eq!(set.max_connections, Some(50));
+    }
 
     #[test]
     fn parses_addresses() {

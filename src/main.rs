@@ -10,6 +10,7 @@ mod download;
 mod error;
 mod fetch;
 mod job;
+mod listener;
 mod metrics;
 mod model;
 mod properties;

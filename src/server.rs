@@ -9,12 +9,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use axum::middleware;
-use axum_server::tls_rustls::RustlsConfig;
 
 use crate::api;
 use crate::auth::{self, Keys};
 use crate::cli::ServeArgs;
 use crate::config::ServerConfig;
+use crate::listener::{self, ConnectionLimits};
 use crate::metrics::Metrics;
 use crate::model::{register_archive, RegisterOptions};
 use crate::python_env::PythonEnv;
@@ -59,29 +59,16 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let stop = CancellationToken::new();
     tokio::spawn(wait_for_signal(stop.clone()));
     let tls = match &state.config.tls {
-        Some((cert, key)) => Some(tls_config(cert, key).await?),
+        Some((cert, key)) => Some(listener::tls_acceptor(cert, key)?),
         None => None,
     };
+    let limits = ConnectionLimits::new(
+        state.config.connection_header_read_timeout,
+        state.config.max_connections,
+    );
     let serve = |listener: TcpListener, router: axum::Router| {
-        let stop = stop.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let Some(tls) = tls else {
-                return axum::serve(listener, router)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await;
-            };
-            let handle = axum_server::Handle::new();
-            let on_stop = handle.clone();
-            tokio::spawn(async move {
-                stop.cancelled().await;
-                on_stop.graceful_shutdown(None);
-            });
-            axum_server::from_tcp_rustls(listener.into_std()?, tls)?
-                .handle(handle)
-                .serve(router.into_make_service())
-                .await
-        })
+        let serving = listener::serve(listener, router, tls.clone(), limits.clone(), stop.clone());
+        tokio::spawn(serving)
     };
     let mut inference_router = api::inference_router(state.clone());
     let mut management_router = api::management_router(state.clone());
@@ -103,19 +90,11 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         serve(metrics, api::metrics_router(state.clone())),
     ];
     for server in servers {
-        server.await??;
+        server.await?;
     }
     tracing::info!("stopping workers");
     futures::future::join_all(state.registry.all().iter().map(|m| m.shutdown())).await;
     Ok(())
-}
-
-/// The HTTPS settings from a PEM certificate chain and private key.
-async fn tls_config(cert: &Path, key: &Path) -> Result<RustlsConfig> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    RustlsConfig::from_pem_file(cert, key)
-        .await
-        .with_context(|| format!("cannot load {} and {}", cert.display(), key.display()))
 }
 
 /// In the background: restores the last snapshot, then registers the models and workflows

@@ -68,7 +68,13 @@ async fn run(
     body: Body,
 ) -> ApiResult<Response> {
     let model = state.registry.get(model, version)?;
-    let request = read_request(&headers, body, state.config.max_request_size).await?;
+    let request = read_request(
+        &headers,
+        body,
+        state.config.max_request_size,
+        state.config.connection_idle_timeout,
+    )
+    .await?;
     let output = model.submit(request).await?;
     Ok(into_http(output))
 }
@@ -99,7 +105,13 @@ async fn run_workflow(
     body: Body,
 ) -> ApiResult<Response> {
     let workflow = state.workflows.get(workflow, version)?;
-    let request = read_request(&headers, body, state.config.max_request_size).await?;
+    let request = read_request(
+        &headers,
+        body,
+        state.config.max_request_size,
+        state.config.connection_idle_timeout,
+    )
+    .await?;
     let output = crate::workflow::execute(&workflow, request).await?;
     Ok(into_http(output))
 }

@@ -1,6 +1,7 @@
 """Starting and stopping a real torchyard server for a test, on free loopback ports."""
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -27,7 +28,10 @@ OPEN_FLAGS = ("--disable-token-auth", "--enable-model-api")
 class Server:
     """A running `torchyard serve` with its three base URLs, model store and log."""
 
-    def __init__(self, workdir: Path, store: Path, properties=None, args=OPEN_FLAGS):
+    def __init__(self, workdir: Path, store: Path, properties=None, args=OPEN_FLAGS,
+                 fd_limit=None):
+        #: The open-file limit (soft and hard) to start the server under, if any.
+        self.fd_limit = fd_limit
         self.workdir = workdir
         self.store = store
         self.log_path = workdir / "server.log"
@@ -56,7 +60,8 @@ class Server:
         self.log = open(self.log_path, "ab")
         self.process = subprocess.Popen(self.args, cwd=self.workdir, stdout=self.log,
                                         stderr=subprocess.STDOUT,
-                                        env={**os.environ, "NO_COLOR": "1"})
+                                        env={**os.environ, "NO_COLOR": "1"},
+                                        preexec_fn=self._limit_fds if self.fd_limit else None)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -67,6 +72,9 @@ class Server:
             except requests.ConnectionError:
                 time.sleep(0.05)
         raise RuntimeError(f"server did not answer /ping in {timeout}s:\n{self.log_text()}")
+
+    def _limit_fds(self):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.fd_limit, self.fd_limit))
 
     def stop(self, sig=signal.SIGTERM, timeout=30.0):
         if self.process is None or self.process.poll() is not None:
