@@ -119,8 +119,9 @@ fn why_ignored(key: &str) -> &'static str {
     }
 }
 
-/// Parses Java-properties text: `key=value` or `key: value`, `#`/`!` comments, `\` line
-/// continuations.
+/// Parses Java-properties text as `java.util.Properties` does (TorchServe writes its snapshots
+/// with it): `key=value`, `key: value` or `key value`, `#`/`!` comments, `\` line
+/// continuations, and the escapes `\:`, `\=`, `\n`, `\t`, `\uXXXX`, ...
 fn parse(text: &str) -> Result<HashMap<String, String>> {
     let mut props = HashMap::new();
     let mut pending = String::new();
@@ -130,21 +131,69 @@ fn parse(text: &str) -> Result<HashMap<String, String>> {
         {
             continue;
         }
-        if let Some(head) = line.strip_suffix('\\') {
-            pending.push_str(head);
+        let trailing = line.len() - line.trim_end_matches('\\').len();
+        if trailing % 2 == 1 {
+            pending.push_str(&line[..line.len() - 1]);
             continue;
         }
         pending.push_str(line);
         let entry = std::mem::take(&mut pending);
-        let Some(at) = entry.find(['=', ':']) else {
+        let (key, value) = split_entry(&entry);
+        if key.is_empty() {
             bail!("malformed config line: {entry:?}");
-        };
-        props.insert(
-            entry[..at].trim().to_string(),
-            entry[at + 1..].trim().to_string(),
-        );
+        }
+        props.insert(unescape(key), unescape(value));
     }
     Ok(props)
+}
+
+/// Splits a logical line at the first unescaped `=`, `:` or white space.
+fn split_entry(entry: &str) -> (&str, &str) {
+    let mut escaped = false;
+    for (at, c) in entry.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '=' | ':' | ' ' | '\t' => {
+                let rest = entry[at + 1..].trim_start();
+                let rest = match c {
+                    ' ' | '\t' => rest.strip_prefix(['=', ':']).map_or(rest, str::trim_start),
+                    _ => rest,
+                };
+                return (&entry[..at], rest.trim_end());
+            }
+            _ => {}
+        }
+    }
+    (entry, "")
+}
+
+/// Resolves backslash escapes.
+fn unescape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('r') => out.push('\r'),
+            Some('f') => out.push('\u{c}'),
+            Some('u') => {
+                let hex: String = chars.by_ref().take(4).collect();
+                match u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
+                    Some(decoded) => out.push(decoded),
+                    None => out.push_str(&hex),
+                }
+            }
+            Some(other) => out.push(other),
+            None => {}
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -157,7 +206,17 @@ mod tests {
         let props = parse(text).unwrap();
         assert_eq!(props["inference_address"], "http://127.0.0.1:9000");
         assert_eq!(props["load_models"], "a.mar,b.mar");
-        assert!(parse("no separator\n").is_err());
+        assert!(parse("=no key\n").is_err());
+    }
+
+    #[test]
+    fn resolves_java_escapes_as_torchserve_writes_them() {
+        let text = "inference_address=https\\://127.0.0.1\\:8443\nmodel_snapshot={\\n  \"name\"\\: \"a.cfg\"\\n}\nkey\\=with\\:marks = v\\u00e9\nspaced  value here\n";
+        let props = parse(text).unwrap();
+        assert_eq!(props["inference_address"], "https://127.0.0.1:8443");
+        assert_eq!(props["model_snapshot"], "{\n  \"name\": \"a.cfg\"\n}");
+        assert_eq!(props["key=with:marks"], "v\u{e9}");
+        assert_eq!(props["spaced"], "value here");
     }
 
     fn vars(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
