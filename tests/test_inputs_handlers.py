@@ -122,15 +122,16 @@ def torchserve():
     metrics.initialize_cache()
 
     def run(handler, model_dir, model_manifest, data):
+        """`handler`: a built-in name, or a handler file of `model_dir`."""
         context = Context(model_manifest["model"]["modelName"], str(model_dir), model_manifest,
                           1, None, "0.12.0", metrics=metrics, model_yaml_config={})
         context.request_ids = {0: "reference"}
         context.request_processor = [RequestProcessor({})]
-        (service_class,) = list_classes_from_module(
-            importlib.import_module(f"ts.torch_handler.{handler}"))
-        service = service_class()
         sys.path.insert(0, str(model_dir))
         try:
+            module = (handler[:-3] if handler.endswith(".py") else f"ts.torch_handler.{handler}")
+            (service_class,) = list_classes_from_module(importlib.import_module(module))
+            service = service_class()
             service.initialize(context)
             return service.handle(data, context)
         finally:
@@ -208,6 +209,36 @@ def test_image_classifier_matches_torchserve(builtin_server, torchserve, tmp_pat
         {"r.pt": model, "index_to_name.json": json.dumps(labels)}, image_request(image),
         {"body": bytearray(image)}, serializedFile="r.pt")
     assert list(got) == list(expected) and len(got) == 5
+    assert list(got.values()) == pytest.approx(list(expected.values()), rel=1e-4)
+
+
+DIGITS_HANDLER = '''
+from torchvision import transforms
+from ts.torch_handler.image_classifier import ImageClassifier
+
+
+class DigitClassifier(ImageClassifier):
+    """TorchServe's MNIST example: its own transforms and top-k as class attributes."""
+
+    topk = 3
+    image_processing = transforms.Compose([
+        transforms.Grayscale(), transforms.Resize(28), transforms.CenterCrop(28),
+        transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+'''
+
+
+def test_image_classifier_subclass_keeps_its_transforms(builtin_server, torchserve, tmp_path):
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 26 * 26, 10))
+    pt = scripted(model, tmp_path / "digits.pt")
+    image = png(40, 34)
+    got, expected = serve_and_compare(
+        builtin_server, torchserve, tmp_path, "digits", "digits_handler.py",
+        {"digits.pt": pt, "digits_handler.py": DIGITS_HANDLER}, image_request(image),
+        {"body": bytearray(image)}, serializedFile="digits.pt")
+    assert list(got) == list(expected) and len(got) == 3
     assert list(got.values()) == pytest.approx(list(expected.values()), rel=1e-4)
 
 
