@@ -16,9 +16,11 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Middleware: runs the request with a new id and puts that id on its response.
 pub async fn tag(request: Request, next: Next) -> Response {
     let id = uuid::Uuid::new_v4().to_string();
-    let value = HeaderValue::from_str(&id).expect("a UUID is a valid header value");
+    let value = HeaderValue::from_str(&id);
     let mut response = REQUEST_ID.scope(id, next.run(request)).await;
-    response.headers_mut().insert(X_REQUEST_ID.clone(), value);
+    if let Ok(value) = value {
+        response.headers_mut().insert(X_REQUEST_ID.clone(), value);
+    }
     response
 }
 
