@@ -53,6 +53,8 @@ pub struct ServerConfig {
     pub download_timeout: Duration,
     /// Largest archive a download may bring.
     pub max_download_size: u64,
+    /// Whether workers decode JSON and text parameters for handlers (else raw bytes).
+    pub decode_input_request: bool,
 }
 
 impl ServerConfig {
@@ -120,6 +122,8 @@ impl ServerConfig {
             model_api_enabled: args.enable_model_api || flag("enable_model_api"),
             allowed_urls: get("allowed_urls").map(split_list).unwrap_or_default(),
             install_py_dep_per_model: flag("install_py_dep_per_model"),
+            decode_input_request: !get("decode_input_request")
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("false")),
             tls: get("certificate_file")
                 .zip(get("private_key_file"))
                 .map(|(cert, key)| (PathBuf::from(cert), PathBuf::from(key))),

@@ -31,7 +31,7 @@ pub async fn read_request(
         .map(str::to_string);
     let params = split_params(content_type, bytes).await?;
     Ok(InferenceRequest {
-        id: uuid::Uuid::new_v4().to_string(),
+        id: crate::api::request_id::current(),
         headers: headers
             .iter()
             .map(|(k, v)| {
@@ -134,16 +134,33 @@ async fn split_params(content_type: Option<String>, bytes: Bytes) -> ApiResult<V
     }
 }
 
+/// `application/x-www-form-urlencoded` fields; values are percent-decoded to bytes, so
+/// non-UTF-8 bytes reach the handler unchanged.
 fn form_fields(bytes: &[u8]) -> Vec<Param> {
-    serde_urlencoded::from_bytes::<Vec<(String, String)>>(bytes)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(name, value)| Param {
-            name,
-            content_type: None,
-            value: Bytes::from(value),
+    bytes
+        .split(|&b| b == b'&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = match pair.iter().position(|&b| b == b'=') {
+                Some(at) => (&pair[..at], &pair[at + 1..]),
+                None => (pair, &[][..]),
+            };
+            Param {
+                name: String::from_utf8_lossy(&form_decode(name)).into_owned(),
+                content_type: None,
+                value: Bytes::from(form_decode(value)),
+            }
         })
         .collect()
+}
+
+/// Decodes one form-encoded component: `+` is a space, `%XX` the byte XX.
+fn form_decode(component: &[u8]) -> Vec<u8> {
+    let spaced: Vec<u8> = component
+        .iter()
+        .map(|&b| if b == b'+' { b' ' } else { b })
+        .collect();
+    percent_encoding::percent_decode(&spaced).collect()
 }
 
 async fn multipart_parts(content_type: &str, bytes: Bytes) -> ApiResult<Vec<Param>> {
@@ -241,6 +258,30 @@ mod tests {
         assert_eq!(params[0].name, "data");
         assert_eq!(params[0].value, "5");
         assert_eq!(params[1].value, "a b");
+    }
+
+    #[tokio::test]
+    async fn form_values_keep_every_byte() {
+        let params = split_params(
+            Some("application/x-www-form-urlencoded; charset=ISO-8859-1".into()),
+            Bytes::from_static(b"data=%00%7F%80%FF+%2B&name%5B%5D&=v&&last=%e9t%C3%A9"),
+        )
+        .await
+        .unwrap();
+        let fields: Vec<(&str, &[u8])> = params
+            .iter()
+            .map(|p| (p.name.as_str(), p.value.as_ref()))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                ("data", &b"\x00\x7f\x80\xff +"[..]),
+                ("name[]", b""),
+                ("", b"v"),
+                ("last", b"\xe9t\xc3\xa9"),
+            ]
+        );
+        assert!(params.iter().all(|p| p.content_type.is_none()));
     }
 
     #[tokio::test]

@@ -53,6 +53,7 @@ impl AppState {
             def,
             self.python.clone(),
             self.metrics.for_model(labels),
+            self.config.decode_input_request,
         ));
         if let Err(e) = self.registry.insert(model.clone()) {
             model.shutdown().await;

@@ -92,7 +92,13 @@ impl crate::versioned::Versioned for ServedModel {
 
 impl ServedModel {
     /// Creates the model with no workers; call [`ServedModel::scale`] to start them.
-    pub fn new(def: ModelDefinition, python: PythonEnv, metrics: ModelMetrics) -> Self {
+    /// `decode_input_request`: whether its workers decode JSON and text parameters.
+    pub fn new(
+        def: ModelDefinition,
+        python: PythonEnv,
+        metrics: ModelMetrics,
+        decode_input_request: bool,
+    ) -> Self {
         let (queue, rx) = async_channel::bounded(def.settings.job_queue_size);
         let spec = Arc::new(WorkerSpec {
             model_name: def.name.clone(),
@@ -105,6 +111,7 @@ impl ServedModel {
             batch_size: def.settings.batch_size,
             max_batch_delay: def.settings.max_batch_delay,
             response_timeout: def.settings.response_timeout,
+            decode_input_request,
             python,
             metrics,
             queue: rx,

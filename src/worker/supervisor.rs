@@ -33,6 +33,8 @@ pub struct WorkerSpec {
     pub batch_size: usize,
     pub max_batch_delay: Duration,
     pub response_timeout: Duration,
+    /// Whether the worker decodes JSON and text parameters (TorchServe's `decode_input_request`).
+    pub decode_input_request: bool,
     pub python: PythonEnv,
     pub metrics: ModelMetrics,
     pub queue: Receiver<Job>,
@@ -163,6 +165,7 @@ async fn start(
         batch_size: spec.batch_size,
         gpu_id: None,
         limit_max_image_pixels: true,
+        decode_input_request: spec.decode_input_request,
         model_yaml_config: &spec.model_yaml_config,
         server_name: "torchyard",
         server_version: env!("CARGO_PKG_VERSION"),
