@@ -122,7 +122,7 @@ fn why_ignored(key: &str) -> &'static str {
 /// Parses Java-properties text as `java.util.Properties` does (TorchServe writes its snapshots
 /// with it): `key=value`, `key: value` or `key value`, `#`/`!` comments, `\` line
 /// continuations, and the escapes `\:`, `\=`, `\n`, `\t`, `\uXXXX`, ...
-fn parse(text: &str) -> Result<HashMap<String, String>> {
+pub fn parse(text: &str) -> Result<HashMap<String, String>> {
     let mut props = HashMap::new();
     let mut pending = String::new();
     for raw in text.lines() {
@@ -147,6 +147,33 @@ fn parse(text: &str) -> Result<HashMap<String, String>> {
     Ok(props)
 }
 
+/// Escapes `text` as `java.util.Properties.store` writes a key (`key`: spaces too) or a
+/// value (a leading space only), so Java and [`parse`] read it back unchanged.
+pub fn escape(text: &str, key: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (at, c) in text.chars().enumerate() {
+        match c {
+            '\\' | '=' | ':' | '#' | '!' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' ' if key || at == 0 => out.push_str("\\ "),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 || (c as u32) > 0x7e => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{unit:04X}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Splits a logical line at the first unescaped `=`, `:` or white space.
 fn split_entry(entry: &str) -> (&str, &str) {
     let mut escaped = false;
@@ -168,11 +195,22 @@ fn split_entry(entry: &str) -> (&str, &str) {
     (entry, "")
 }
 
-/// Resolves backslash escapes.
+/// Resolves backslash escapes; `\\uXXXX` pairs may spell one character as UTF-16.
 fn unescape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
+    let mut units: Vec<u16> = Vec::new();
+    let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
+        if c == '\\' && chars.peek() == Some(&'u') {
+            chars.next();
+            let hex: String = chars.by_ref().take(4).collect();
+            match u16::from_str_radix(&hex, 16) {
+                Ok(unit) => units.push(unit),
+                Err(_) => out.push_str(&hex),
+            }
+            continue;
+        }
+        out.extend(char::decode_utf16(units.drain(..)).map(|r| r.unwrap_or('\u{fffd}')));
         if c != '\\' {
             out.push(c);
             continue;
@@ -182,17 +220,11 @@ fn unescape(text: &str) -> String {
             Some('t') => out.push('\t'),
             Some('r') => out.push('\r'),
             Some('f') => out.push('\u{c}'),
-            Some('u') => {
-                let hex: String = chars.by_ref().take(4).collect();
-                match u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
-                    Some(decoded) => out.push(decoded),
-                    None => out.push_str(&hex),
-                }
-            }
             Some(other) => out.push(other),
             None => {}
         }
     }
+    out.extend(char::decode_utf16(units).map(|r| r.unwrap_or('\u{fffd}')));
     out
 }
 
@@ -217,6 +249,14 @@ mod tests {
         assert_eq!(props["model_snapshot"], "{\n  \"name\": \"a.cfg\"\n}");
         assert_eq!(props["key=with:marks"], "v\u{e9}");
         assert_eq!(props["spaced"], "value here");
+    }
+
+    #[test]
+    fn escapes_round_trip() {
+        let value = " https://h:1/#a!b=c\\d\n\u{e9}\u{1F600}";
+        let text = format!("{}={}\n", escape("my key", true), escape(value, false));
+        let props = parse(&text).unwrap();
+        assert_eq!(props["my key"], value);
     }
 
     fn vars(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
