@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::cli::ServeArgs;
+use crate::metrics::MetricsMode;
 
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
@@ -46,6 +47,11 @@ pub struct ServerConfig {
     pub download_timeout: Duration,
     /// Largest archive a download may bring.
     pub max_download_size: u64,
+    /// What the metrics API exports (`metrics_mode`).
+    pub metrics_mode: MetricsMode,
+    /// How often host metrics are read (`metric_time_interval`, seconds); `None` when
+    /// `disable_system_metrics` is true.
+    pub system_metrics_interval: Option<Duration>,
 }
 
 impl ServerConfig {
@@ -102,6 +108,12 @@ impl ServerConfig {
                 number("default_response_timeout", 120)? as u64
             ),
             max_request_size: number("max_request_size", 6_553_500)?,
+            metrics_mode: get("metrics_mode")
+                .map_or(Ok(MetricsMode::Prometheus), str::parse)
+                .map_err(|e: String| anyhow!(e))?,
+            system_metrics_interval: (!flag("disable_system_metrics")).then_some(
+                Duration::from_secs(number("metric_time_interval", 60)?.max(1) as u64),
+            ),
             python: args.python.clone(),
             scale_down_idle: Duration::from_millis(number("scale_down_idle_ms", 10_000)? as u64),
             token_auth: !args.disable_token_auth && !flag("disable_token_authorization"),

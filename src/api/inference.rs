@@ -69,7 +69,7 @@ async fn run(
 ) -> ApiResult<Response> {
     let model = state.registry.get(model, version)?;
     let request = read_request(&headers, body, state.config.max_request_size).await?;
-    let output = model.submit(request).await?;
+    let output = model.submit(request, version.is_some()).await?;
     Ok(into_http(output))
 }
 

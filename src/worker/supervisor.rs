@@ -101,12 +101,15 @@ async fn supervise(spec: Arc<WorkerSpec>, status: Arc<WorkerStatus>, cancel: Can
             .python
             .runtime_dir
             .join(format!("w{}.sock", SOCKETS.fetch_add(1, Ordering::Relaxed)));
+        let loading = Instant::now();
         let started = tokio::select! {
             started = start(&spec, &label, &socket, &status) => started,
             _ = cancel.cancelled() => break,
         };
         let exit = match started {
             Ok(mut process) => {
+                spec.metrics
+                    .record_worker_load(status.id, loading.elapsed());
                 backoff = Backoff(Backoff::FIRST);
                 spec.ready_workers.fetch_add(1, Ordering::SeqCst);
                 status.set_state(WorkerState::Ready);
@@ -210,7 +213,8 @@ async fn serve(spec: &WorkerSpec, process: &mut WorkerProcess, cancel: &Cancella
         }
         let now = Instant::now();
         for job in &batch {
-            spec.metrics.record_queue_wait(now - job.enqueued);
+            spec.metrics
+                .record_queue_wait(job.version_named, now - job.enqueued);
         }
         spec.metrics.record_batch(batch.len());
         match predict(spec, process, &batch).await {
