@@ -97,6 +97,17 @@ def test_request_series_count_requests_by_the_version_they_name(server):
     assert 0 < grew("ts_inference_latency_microseconds", "default") < 60e6
 
 
+def test_requests_not_answered_by_a_worker_count_but_add_no_latency(server):
+    scale_mar(server.store, "idle", 3.0)
+    assert register(server, url="idle.mar", initial_workers=0).status_code == 200
+    refused = requests.post(f"{server.inference}/predictions/idle", data={"data": "1"})
+    assert refused.status_code == 503
+    metrics = families(scrape(server))
+    assert value(metrics["ts_inference_requests_total"], model_name="idle") == 1
+    for name in REQUEST_SERIES[1:]:
+        assert [s for s in metrics[name].samples if s.labels["model_name"] == "idle"] == []
+
+
 def test_queue_and_worker_load_times(server):
     predict(server, "double")
     metrics = families(scrape(server))

@@ -530,17 +530,24 @@ impl ModelMetrics {
         self.series(version_named).requests.get().0.add(1.0);
     }
 
-    /// Records one answered request.
-    pub fn record_request(&self, version_named: bool, elapsed: Duration, failed: bool) {
-        let series = self.series(version_named);
-        series.latency_us.get().0.add(micros(elapsed));
+    /// Adds the latency of a request a worker answered (TorchServe counts no other).
+    pub fn record_answered(&self, version_named: bool, elapsed: Duration) {
+        self.series(version_named)
+            .latency_us
+            .get()
+            .0
+            .add(micros(elapsed));
+    }
+
+    /// Records one request answered, by a worker or with an error.
+    pub fn record_request(&self, elapsed: Duration, failed: bool) {
         if failed {
             self.errors.0.add(1.0);
         }
         self.latency.observe(elapsed.as_secs_f64());
     }
 
-    /// Records how long a request waited for a worker.
+    /// Records how long an answered request waited for a worker.
     pub fn record_queue_wait(&self, version_named: bool, waited: Duration) {
         self.series(version_named)
             .queue_us
@@ -620,7 +627,7 @@ mod tests {
         model.record_received(false);
         model.record_received(false);
         model.record_received(true);
-        model.record_request(false, Duration::from_nanos(1_500), false);
+        model.record_answered(false, Duration::from_nanos(1_500));
         let text = metrics.render(&[]);
         let host = &*metrics.hostname;
         assert!(text.contains(&format!(

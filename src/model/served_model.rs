@@ -136,10 +136,14 @@ impl ServedModel {
         let started = Instant::now();
         self.spec.metrics.record_received(version_named);
         let result = self.enqueue_and_wait(request, version_named).await;
-        let failed = result.as_ref().map_or(true, |r| r.status >= 400);
-        self.spec
-            .metrics
-            .record_request(version_named, started.elapsed(), failed);
+        let (elapsed, failed) = (
+            started.elapsed(),
+            result.as_ref().map_or(true, |r| r.status >= 400),
+        );
+        if result.is_ok() {
+            self.spec.metrics.record_answered(version_named, elapsed);
+        }
+        self.spec.metrics.record_request(elapsed, failed);
         result
     }
 

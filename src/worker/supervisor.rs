@@ -211,15 +211,14 @@ async fn serve(spec: &WorkerSpec, process: &mut WorkerProcess, cancel: &Cancella
         if batch.is_empty() {
             continue;
         }
-        let now = Instant::now();
-        for job in &batch {
-            spec.metrics
-                .record_queue_wait(job.version_named, now - job.enqueued);
-        }
+        let scheduled = Instant::now();
         spec.metrics.record_batch(batch.len());
         match predict(spec, process, &batch).await {
             Ok(responses) => {
                 for (job, response) in batch.into_iter().zip(responses) {
+                    // As in TorchServe, only answered requests count their wait.
+                    let waited = scheduled - job.enqueued;
+                    spec.metrics.record_queue_wait(job.version_named, waited);
                     job.finish(Ok(response));
                 }
             }
