@@ -108,12 +108,14 @@ def test_requests_not_answered_by_a_worker_count_but_add_no_latency(server):
         assert [s for s in metrics[name].samples if s.labels["model_name"] == "idle"] == []
 
 
-def test_queue_and_worker_load_times(server):
+def test_queue_worker_thread_and_worker_load_times(server):
     predict(server, "double")
     metrics = families(scrape(server))
     hostname = socket.gethostname()
-    assert metrics["QueueTime"].type == "gauge"
-    assert value(metrics["QueueTime"], Level="Host", Hostname=hostname) >= 0
+    for name in ("QueueTime", "WorkerThreadTime"):
+        assert metrics[name].type == "gauge"
+        assert [s.labels for s in metrics[name].samples] == [{"Level": "Host", "Hostname": hostname}]
+        assert 0 <= metrics[name].samples[0].value < 60_000
     worker = describe(server, "double")["workers"][0]["id"]
     load = metrics["WorkerLoadTime"]
     assert load.documentation == "Torchserve prometheus gauge metric with unit: Milliseconds"

@@ -194,6 +194,7 @@ pub struct Metrics {
     responses: ResponseCounter,
     requests: RequestFamilies,
     queue_time: Arc<LazySeries<Value>>,
+    worker_thread_time: Arc<LazySeries<Value>>,
     worker_load: Family<Value>,
     host: HostFamilies,
     errors: Family<Counter>,
@@ -255,6 +256,8 @@ impl Metrics {
             ),
         };
         let queue_time = ts_family::<Value>("QueueTime", "Milliseconds", HOST_LABELS);
+        let worker_thread_time =
+            ts_family::<Value>("WorkerThreadTime", "Milliseconds", HOST_LABELS);
         let worker_load = ts_family("WorkerLoadTime", "Milliseconds", WORKER_LABELS);
         let host_families = HostFamilies::new();
         let latency_bounds = exponential_bounds(0.0005, 2.0, 16);
@@ -267,6 +270,7 @@ impl Metrics {
             mode,
             responses,
             queue_time: Arc::new(queue_time.lazy(&host)),
+            worker_thread_time: Arc::new(worker_thread_time.lazy(&host)),
             worker_load: worker_load.clone(),
             host: host_families.clone(),
             errors: Family::new(
@@ -329,6 +333,7 @@ impl Metrics {
             Box::new(requests.latency_us),
             Box::new(requests.queue_us),
             Box::new(queue_time),
+            Box::new(worker_thread_time),
             Box::new(worker_load),
         ];
         families.extend(
@@ -399,6 +404,7 @@ impl Metrics {
             by_default: series(DEFAULT_VERSION),
             by_version: series(&labels.model_version),
             queue_time: self.queue_time.clone(),
+            worker_thread_time: self.worker_thread_time.clone(),
             worker_load: self.worker_load.clone(),
             hostname: self.hostname.clone(),
             errors: self.errors.get_or_create(&model),
@@ -507,6 +513,7 @@ pub struct ModelMetrics {
     /// Requests that named this version.
     by_version: RequestSeries,
     queue_time: Arc<LazySeries<Value>>,
+    worker_thread_time: Arc<LazySeries<Value>>,
     worker_load: Family<Value>,
     hostname: Arc<str>,
     errors: Arc<Counter>,
@@ -555,6 +562,11 @@ impl ModelMetrics {
             .0
             .add(micros(waited));
         self.queue_time.get().set(waited.as_millis() as f64);
+    }
+
+    /// Records the time a worker task spent on a batch besides the worker's round trip.
+    pub fn record_worker_thread(&self, took: Duration) {
+        self.worker_thread_time.get().set(took.as_millis() as f64);
     }
 
     /// Records how long worker `id` took to start and load the handler.

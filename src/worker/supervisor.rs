@@ -213,7 +213,9 @@ async fn serve(spec: &WorkerSpec, process: &mut WorkerProcess, cancel: &Cancella
         }
         let scheduled = Instant::now();
         spec.metrics.record_batch(batch.len());
-        match predict(spec, process, &batch).await {
+        let outcome = predict(spec, process, &batch).await;
+        let backend = scheduled.elapsed();
+        match outcome {
             Ok(responses) => {
                 for (job, response) in batch.into_iter().zip(responses) {
                     // As in TorchServe, only answered requests count their wait.
@@ -238,6 +240,8 @@ async fn serve(spec: &WorkerSpec, process: &mut WorkerProcess, cancel: &Cancella
                 return Exit::Crashed(message);
             }
         }
+        spec.metrics
+            .record_worker_thread(scheduled.elapsed().saturating_sub(backend));
     }
 }
 
