@@ -87,7 +87,14 @@ impl Series for Value {
 
 /// A value that only grows: written as a Prometheus counter.
 #[derive(Default)]
-pub struct Counter(pub Value);
+pub struct Counter(Value);
+
+impl Counter {
+    /// Adds `delta`, which must not be negative.
+    pub fn add(&self, delta: f64) {
+        self.0.add(delta);
+    }
+}
 
 impl Series for Counter {
     const TYPE: &'static str = "counter";
@@ -272,8 +279,8 @@ mod tests {
         let mut out = String::new();
         family.render(&mut out);
         assert!(!out.contains("c{"));
-        lazy.get().0.add(2.0);
-        family.get_or_create(&["a"]).0.add(1.0);
+        lazy.get().add(2.0);
+        family.get_or_create(&["a"]).add(1.0);
         out.clear();
         family.render(&mut out);
         assert!(out.ends_with("c{m=\"a\",} 3.0\n"), "{out}");

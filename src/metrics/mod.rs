@@ -181,7 +181,7 @@ impl ResponseCounter {
             500.. => 2,
             _ => return,
         };
-        self.0[class].get().0.add(1.0);
+        self.0[class].get().add(1.0);
     }
 }
 
@@ -534,33 +534,27 @@ impl ModelMetrics {
 
     /// Counts a request received; `version_named` says whether its path named the version.
     pub fn record_received(&self, version_named: bool) {
-        self.series(version_named).requests.get().0.add(1.0);
+        self.series(version_named).requests.get().add(1.0);
     }
 
     /// Adds the latency of a request a worker answered (TorchServe counts no other).
     pub fn record_answered(&self, version_named: bool, elapsed: Duration) {
-        self.series(version_named)
-            .latency_us
-            .get()
-            .0
-            .add(micros(elapsed));
+        let series = self.series(version_named);
+        series.latency_us.get().add(micros(elapsed));
     }
 
     /// Records one request answered, by a worker or with an error.
     pub fn record_request(&self, elapsed: Duration, failed: bool) {
         if failed {
-            self.errors.0.add(1.0);
+            self.errors.add(1.0);
         }
         self.latency.observe(elapsed.as_secs_f64());
     }
 
     /// Records how long an answered request waited for a worker.
     pub fn record_queue_wait(&self, version_named: bool, waited: Duration) {
-        self.series(version_named)
-            .queue_us
-            .get()
-            .0
-            .add(micros(waited));
+        let series = self.series(version_named);
+        series.queue_us.get().add(micros(waited));
         self.queue_time.get().set(waited.as_millis() as f64);
     }
 
@@ -605,10 +599,10 @@ pub struct NodeMetrics {
 impl NodeMetrics {
     /// Records one node call, its retries and whether it failed in the end.
     pub fn record_call(&self, elapsed: Duration, retries: usize, failed: bool) {
-        self.requests.0.add(1.0);
-        self.retries.0.add(retries as f64);
+        self.requests.add(1.0);
+        self.retries.add(retries as f64);
         if failed {
-            self.errors.0.add(1.0);
+            self.errors.add(1.0);
         }
         self.latency.observe(elapsed.as_secs_f64());
     }
