@@ -8,6 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::cli::ServeArgs;
 use crate::properties::Properties;
+use crate::metrics::MetricsMode;
 
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
@@ -55,6 +56,11 @@ pub struct ServerConfig {
     pub max_download_size: u64,
     /// Whether workers decode JSON and text parameters for handlers (else raw bytes).
     pub decode_input_request: bool,
+    /// What the metrics API exports (`metrics_mode`).
+    pub metrics_mode: MetricsMode,
+    /// How often host metrics are read (`metric_time_interval`, seconds); `None` when
+    /// `disable_system_metrics` is true.
+    pub system_metrics_interval: Option<Duration>,
 }
 
 impl ServerConfig {
@@ -116,6 +122,12 @@ impl ServerConfig {
             max_connections: get("max_connections")
                 .map(|_| number("max_connections", 0))
                 .transpose()?,
+            metrics_mode: get("metrics_mode")
+                .map_or(Ok(MetricsMode::Prometheus), str::parse)
+                .map_err(|e: String| anyhow!(e))?,
+            system_metrics_interval: (!flag("disable_system_metrics")).then_some(
+                Duration::from_secs(number("metric_time_interval", 60)?.max(1) as u64),
+            ),
             python: args.python.clone(),
             scale_down_idle: Duration::from_millis(number("scale_down_idle_ms", 10_000)? as u64),
             token_auth: !args.disable_token_auth && !flag("disable_token_authorization"),

@@ -42,7 +42,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let state = Arc::new(AppState {
         registry: Default::default(),
         workflows: Default::default(),
-        metrics: Metrics::default(),
+        metrics: Metrics::new(config.metrics_mode),
         python,
         snapshots: Snapshotter::new(config.snapshot_dir.as_deref()),
         config,
@@ -53,6 +53,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         state.config.management_address,
         state.config.metrics_address
     );
+    state
+        .metrics
+        .collect_host_metrics(state.config.system_metrics_interval);
     let restored = state.snapshots.load()?;
     load_startup_archives(&state, restored);
 
@@ -67,6 +70,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         state.config.max_connections,
     );
     let serve = |listener: TcpListener, router: axum::Router| {
+        let router = api::count_responses(router, &state.metrics);
         let serving = listener::serve(listener, router, tls.clone(), limits.clone(), stop.clone());
         tokio::spawn(serving)
     };

@@ -75,7 +75,7 @@ async fn run(
         state.config.connection_idle_timeout,
     )
     .await?;
-    let output = model.submit(request).await?;
+    let output = model.submit(request, version.is_some()).await?;
     Ok(into_http(output))
 }
 

@@ -19,7 +19,7 @@ use crate::state::AppState;
 
 pub use inference::router as inference_router;
 pub use management::router as management_router;
-pub use metrics::router as metrics_router;
+pub use metrics::{count_responses, router as metrics_router};
 
 /// Adds TorchServe's JSON answers for unknown paths and wrong methods, and its `x-request-id`
 /// on every answer.

@@ -137,16 +137,24 @@ impl ServedModel {
         &self.spec.metrics
     }
 
-    /// Queues a request and waits for its answer.
-    pub async fn submit(&self, request: InferenceRequest) -> JobResult {
+    /// Queues a request and waits for its answer; `version_named` says whether the request
+    /// named this version (TorchServe labels the request series `default` otherwise).
+    pub async fn submit(&self, request: InferenceRequest, version_named: bool) -> JobResult {
         let started = Instant::now();
-        let result = self.enqueue_and_wait(request).await;
-        let failed = result.as_ref().map_or(true, |r| r.status >= 400);
-        self.spec.metrics.record_request(started.elapsed(), failed);
+        self.spec.metrics.record_received(version_named);
+        let result = self.enqueue_and_wait(request, version_named).await;
+        let (elapsed, failed) = (
+            started.elapsed(),
+            result.as_ref().map_or(true, |r| r.status >= 400),
+        );
+        if result.is_ok() {
+            self.spec.metrics.record_answered(version_named, elapsed);
+        }
+        self.spec.metrics.record_request(elapsed, failed);
         result
     }
 
-    async fn enqueue_and_wait(&self, request: InferenceRequest) -> JobResult {
+    async fn enqueue_and_wait(&self, request: InferenceRequest, version_named: bool) -> JobResult {
         if self.target_workers.load(Ordering::SeqCst) == 0 {
             return Err(ApiError::unavailable(format!(
                 "Model \"{}\" has no worker to serve inference request. Please use scale workers API to add workers.",
@@ -158,6 +166,7 @@ impl ServedModel {
             request,
             reply,
             enqueued: Instant::now(),
+            version_named,
         };
         match self.queue.try_send(job) {
             Ok(()) => {}

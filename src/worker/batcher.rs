@@ -44,6 +44,7 @@ mod tests {
             request: InferenceRequest::default(),
             reply,
             enqueued: std::time::Instant::now(),
+            version_named: false,
         }
     }
 
