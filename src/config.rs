@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::archive::UnpackLimits;
 use crate::cli::ServeArgs;
-use crate::properties::Properties;
 use crate::metrics::MetricsMode;
+use crate::properties::Properties;
 
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
@@ -61,6 +62,8 @@ pub struct ServerConfig {
     /// How often host metrics are read (`metric_time_interval`, seconds); `None` when
     /// `disable_system_metrics` is true.
     pub system_metrics_interval: Option<Duration>,
+    /// How much one archive may unpack to.
+    pub archive_limits: UnpackLimits,
 }
 
 impl ServerConfig {
@@ -76,6 +79,15 @@ impl ServerConfig {
                 v.trim()
                     .parse()
                     .with_context(|| format!("invalid {key}: {v:?}"))
+            })
+        };
+        let limit = |key: &str, default: u64| -> Result<u64> {
+            get(key).map_or(Ok(default), |v| {
+                v.trim()
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| anyhow!("invalid {key}: {v:?}, expected a positive integer"))
             })
         };
         let flag = |key: &str| get(key).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
@@ -145,6 +157,13 @@ impl ServerConfig {
                     .or_else(|| get("snapshot_dir").map(PathBuf::from))
                     .unwrap_or_else(|| PathBuf::from("logs/config"))
             }),
+            archive_limits: UnpackLimits {
+                max_bytes: limit(
+                    "max_archive_unpacked_bytes",
+                    UnpackLimits::default().max_bytes,
+                )?,
+                max_entries: limit("max_archive_entries", UnpackLimits::default().max_entries)?,
+            },
         };
         props.warn_unused();
         Ok(config)

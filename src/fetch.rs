@@ -18,7 +18,7 @@ pub async fn open_archive<T: Send + 'static>(
     dirs: &[&Path],
     work_subdir: &str,
     kind: &str,
-    open: fn(&Path, &Path) -> Result<T, ArchiveError>,
+    open: impl FnOnce(&Path, &Path) -> Result<T, ArchiveError> + Send + 'static,
 ) -> ApiResult<(T, PathBuf)> {
     let (source, downloaded) = locate(state, url, dirs).await?;
     let work_dir = state.python.runtime_dir.join(work_subdir);
