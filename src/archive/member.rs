@@ -16,24 +16,25 @@ pub const MAX_MEMBER_BYTES: u64 = 1 << 20;
 /// Errors name the member, never the content of what it points at.
 pub fn member_path(dir: &Path, name: &str) -> Result<PathBuf, ArchiveError> {
     let invalid = |why: &str| ArchiveError::Invalid(format!("{name:?} {why}"));
-    let relative = Path::new(name);
+    let parts: Vec<_> = Path::new(name)
+        .components()
+        .filter(|c| *c != Component::CurDir)
+        .map(|c| match c {
+            Component::Normal(part) => Ok(part),
+            _ => Err(invalid("must be a relative path inside the archive")),
+        })
+        .collect::<Result<_, _>>()?;
+    if parts.is_empty() {
+        return Err(invalid("must be a relative path inside the archive"));
+    }
     let mut path = dir.to_path_buf();
-    let mut parts = 0;
-    for part in relative.components() {
-        match part {
-            Component::Normal(p) => path.push(p),
-            Component::CurDir => continue,
-            _ => return Err(invalid("must be a relative path inside the archive")),
-        }
-        parts += 1;
+    for part in parts {
+        path.push(part);
         let meta =
             std::fs::symlink_metadata(&path).map_err(|_| invalid("is missing from the archive"))?;
         if meta.file_type().is_symlink() {
             return Err(invalid("is a symbolic link"));
         }
-    }
-    if parts == 0 {
-        return Err(invalid("must be a relative path inside the archive"));
     }
     if !std::fs::symlink_metadata(&path)?.is_file() {
         return Err(invalid("is not a regular file"));
