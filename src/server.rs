@@ -103,7 +103,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 
 /// In the background: restores the last snapshot, then registers the models and workflows
 /// named by `--models`, `load_models` and `--workflows` (models first: workflow nodes may
-/// need them).
+/// need them). Management changes wait until the restore has finished (see
+/// [`snapshot::Snapshotter::wait_restored`]), so no snapshot can drop what is not restored yet.
 fn load_startup_archives(state: &Arc<AppState>, restored: Option<snapshot::Snapshot>) {
     let config = &state.config;
     let models = startup_entries(&config.load_models, config.model_store.as_deref(), MAR);
@@ -114,10 +115,12 @@ fn load_startup_archives(state: &Arc<AppState>, restored: Option<snapshot::Snaps
     );
     let state = state.clone();
     tokio::spawn(async move {
+        let mut failed = snapshot::Snapshot::default();
         if let Some(snapshot) = restored {
             tracing::info!("restoring the last snapshot");
-            snapshot::restore(&state, snapshot).await;
+            failed = snapshot::restore(&state, &snapshot).await;
         }
+        state.snapshots.finish_restore(failed);
         let loads = models.into_iter().map(|(model_name, url)| {
             let opts = RegisterOptions {
                 url,
