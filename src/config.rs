@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::cli::ServeArgs;
-use crate::properties::Properties;
 use crate::metrics::MetricsMode;
+use crate::properties::Properties;
 
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
@@ -61,6 +61,8 @@ pub struct ServerConfig {
     /// How often host metrics are read (`metric_time_interval`, seconds); `None` when
     /// `disable_system_metrics` is true.
     pub system_metrics_interval: Option<Duration>,
+    /// How long SIGTERM waits for requests in flight before failing them and killing workers.
+    pub shutdown_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -145,6 +147,7 @@ impl ServerConfig {
                     .or_else(|| get("snapshot_dir").map(PathBuf::from))
                     .unwrap_or_else(|| PathBuf::from("logs/config"))
             }),
+            shutdown_timeout: Duration::from_secs(number("shutdown_timeout", 30)? as u64),
         };
         props.warn_unused();
         Ok(config)

@@ -3,9 +3,11 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use axum::middleware;
@@ -18,17 +20,17 @@ use crate::listener::{self, ConnectionLimits};
 use crate::metrics::Metrics;
 use crate::model::{register_archive, RegisterOptions};
 use crate::python_env::PythonEnv;
+use crate::runtime_dir;
 use crate::snapshot::{self, Snapshotter};
 use crate::state::AppState;
+use crate::worker;
 use crate::workflow::{register_workflow, WorkflowOptions};
 
 /// Runs the server until a shutdown signal, then drains requests and stops the workers.
 pub async fn serve(args: ServeArgs) -> Result<()> {
     let config = ServerConfig::from_args(&args)?;
-    let runtime_dir = tempfile::Builder::new()
-        .prefix("torchyard-")
-        .tempdir()
-        .context("cannot create the runtime directory")?;
+    let runtime_dir = runtime_dir::create()?;
+    runtime_dir::remove_stale();
     let python = PythonEnv::prepare(runtime_dir.path(), config.python.as_deref())?;
     tracing::info!("workers run {}", python.interpreter.display());
     let bind = |addr| async move {
@@ -93,11 +95,39 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         serve(management, management_router),
         serve(metrics, api::metrics_router(state.clone())),
     ];
-    for server in servers {
-        server.await?;
+    drain(&state, servers, &stop).await
+}
+
+/// How long requests cut off at the shutdown deadline have to send their error replies.
+const CUT_OFF_GRACE: Duration = Duration::from_secs(2);
+
+/// Waits for the listeners to finish their requests, then stops the workers. If that is not
+/// done `shutdown_timeout` after the shutdown signal, fails what still runs, kills the
+/// workers, and returns at most [`CUT_OFF_GRACE`] later.
+async fn drain(
+    state: &AppState,
+    servers: impl IntoIterator<Item = JoinHandle<()>>,
+    stop: &CancellationToken,
+) -> Result<()> {
+    let finished = async {
+        for server in servers {
+            server.await?;
+        }
+        tracing::info!("stopping workers");
+        futures::future::join_all(state.registry.all().iter().map(|m| m.shutdown())).await;
+        Ok(())
+    };
+    tokio::pin!(finished);
+    let timeout = state.config.shutdown_timeout;
+    tokio::select! {
+        done = &mut finished => return done,
+        () = async { stop.cancelled().await; tokio::time::sleep(timeout).await } => {}
     }
-    tracing::info!("stopping workers");
-    futures::future::join_all(state.registry.all().iter().map(|m| m.shutdown())).await;
+    tracing::warn!("still draining {timeout:?} after the shutdown signal: failing what is left and killing the workers");
+    worker::abort_all();
+    if tokio::time::timeout(CUT_OFF_GRACE, finished).await.is_err() {
+        tracing::warn!("exiting with requests still open");
+    }
     Ok(())
 }
 
