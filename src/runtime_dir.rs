@@ -18,7 +18,10 @@ pub fn create() -> Result<TempDir> {
         .tempdir()
         .context("cannot create the runtime directory")?;
     if let Some(mark) = process_mark(std::process::id()) {
-        std::fs::write(dir.path().join(OWNER_FILE), mark)
+        // Written whole, then renamed: another server never reads half a mark.
+        let unfinished = dir.path().join(format!("{OWNER_FILE}.new"));
+        std::fs::write(&unfinished, mark)
+            .and_then(|()| std::fs::rename(&unfinished, dir.path().join(OWNER_FILE)))
             .context("cannot mark the runtime directory")?;
     }
     Ok(dir)

@@ -148,7 +148,11 @@ fn load_startup_archives(state: &Arc<AppState>, restored: Option<snapshot::Snaps
         let mut failed = snapshot::Snapshot::default();
         if let Some(snapshot) = restored {
             tracing::info!("restoring the last snapshot");
-            failed = snapshot::restore(&state, &snapshot).await;
+            let restoring = state.clone();
+            let all = snapshot.clone();
+            let restore = async move { snapshot::restore(&restoring, &snapshot).await };
+            // Should the restore panic, everything stays pending and changes are not held.
+            failed = tokio::spawn(restore).await.unwrap_or(all);
         }
         state.snapshots.finish_restore(failed);
         let loads = models.into_iter().map(|(model_name, url)| {
