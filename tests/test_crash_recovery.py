@@ -334,15 +334,14 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(start_server):
             workflow_war(server.store, name, version=version)
     state = {"models": {}, "workflows": {}}
     candidates = [state]
-    started = time.monotonic()
-    for round_ in range(10):
+    for round_ in range(12):
         if round_:
             server = start_server(store=server.store, workdir=server.workdir)
         context = f"seed {seed}, round {round_}"
         if round_ and rng.random() < 0.3:
             # Kill it while it restores, with a change waiting for the restore to end.
             change = random_change(rng, candidates[0]) if len(candidates) == 1 else None
-            answer = kill_during(server, change, rng, 1.0)
+            answer = kill_during(server, change, rng, 0.6)
             if answer is not None:
                 assert answer.ok, f"{context}: {change[:3]} → {answer.status_code} {answer.text}"
                 candidates = [change[3]]
@@ -359,7 +358,7 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(start_server):
             assert answer.ok, f"{context}: {change[:3]} → {answer.status_code} {answer.text}"
             state = change[3]
         change = random_change(rng, state)
-        answer = kill_during(server, change, rng, 0.5)
+        answer = kill_during(server, change, rng, 0.25)
         if answer is not None:
             assert answer.ok, f"{context}: {change[:3]} → {answer.status_code} {answer.text}"
             candidates = [change[3]]
@@ -368,4 +367,3 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(start_server):
     server = start_server(store=server.store, workdir=server.workdir)
     wait_restored(server)
     assert observe(server) in candidates, f"seed {seed}: final restore"
-    assert time.monotonic() - started < 120
