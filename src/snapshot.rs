@@ -83,6 +83,8 @@ pub struct Snapshotter {
     pending: std::sync::Mutex<Snapshot>,
     /// Whether the restore at start has finished.
     restored: tokio::sync::watch::Sender<bool>,
+    /// Set when the server stops its models: their scale is no longer the user's.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Snapshotter {
@@ -93,7 +95,15 @@ impl Snapshotter {
             writing: tokio::sync::Mutex::new(()),
             pending: Default::default(),
             restored: tokio::sync::watch::Sender::new(false),
+            closed: Default::default(),
         }
+    }
+
+    /// Writes no more snapshots (waiting for one being written): the server is stopping its
+    /// models, and their workers scaled to zero must not be recorded.
+    pub async fn close(&self) {
+        let _writing = self.writing.lock().await;
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Waits until the restore at start has finished; returns at once afterwards.
@@ -142,13 +152,17 @@ impl Snapshotter {
     }
 
     /// Records the current state and the pending records; a failure is logged, never fatal
-    /// to the change itself. Waits for the restore at start to finish.
+    /// to the change itself. Waits for the restore at start to finish; does nothing once
+    /// closed.
     pub async fn save(&self, state: &AppState) {
         let Some(path) = self.path.clone() else {
             return;
         };
         self.wait_restored().await;
         let _writing = self.writing.lock().await;
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let mut snapshot = capture(state);
         {
             let mut pending = self.pending();
@@ -339,12 +353,45 @@ mod tests {
         assert_eq!(keys(&snapshots.pending().models), [("b", "1.0")]);
     }
 
+    /// A server state with no models, snapshots in `dir`.
+    fn state(dir: &Path) -> AppState {
+        use clap::Parser;
+        let cli = crate::cli::Cli::parse_from(["torchyard", "serve"]);
+        let crate::cli::Command::Serve(args) = cli.command else {
+            unreachable!("parsed a serve command")
+        };
+        AppState {
+            config: crate::config::ServerConfig::from_args(&args).unwrap(),
+            registry: Default::default(),
+            workflows: Default::default(),
+            metrics: Default::default(),
+            python: crate::python_env::PythonEnv {
+                interpreter: "python3".into(),
+                import_path: dir.into(),
+                runtime_dir: dir.into(),
+            },
+            http: reqwest::Client::new(),
+            snapshots: Snapshotter::new(Some(dir)),
+        }
+    }
+
     #[tokio::test]
-    async fn nothing_waits_once_the_restore_finished() {
-        let snapshots = Snapshotter::new(None);
-        let waiting = tokio::time::timeout(Duration::from_millis(50), snapshots.wait_restored());
-        assert!(waiting.await.is_err(), "must wait while restoring");
-        snapshots.finish_restore(Snapshot::default());
-        snapshots.wait_restored().await;
+    async fn writes_only_between_the_restore_and_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        let snapshots = &state.snapshots;
+        let early = tokio::time::timeout(Duration::from_millis(50), snapshots.save(&state));
+        assert!(early.await.is_err(), "a save must wait for the restore");
+        snapshots.finish_restore(Snapshot {
+            models: vec![model("missing", "1.0")],
+            workflows: Vec::new(),
+        });
+        snapshots.save(&state).await;
+        let written = snapshots.load().unwrap().unwrap();
+        assert_eq!(keys(&written.models), [("missing", "1.0")]);
+        std::fs::remove_file(dir.path().join("snapshot.json")).unwrap();
+        snapshots.close().await;
+        snapshots.save(&state).await;
+        assert!(snapshots.load().unwrap().is_none(), "closed, yet written");
     }
 }
