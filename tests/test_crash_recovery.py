@@ -111,9 +111,11 @@ def worker_pid(server, model):
 def runtime_dir(pid: int) -> Path:
     """The runtime directory marked as server `pid`'s."""
     for path in Path(tempfile.gettempdir()).glob("torchyard-*"):
-        mark = path / "server.pid"
-        if mark.is_file() and mark.read_text().split()[0] == str(pid):
-            return path
+        try:
+            if (path / "server.pid").read_text().split()[0] == str(pid):
+                return path
+        except (OSError, IndexError):
+            continue
     raise AssertionError(f"no runtime directory is marked with pid {pid}")
 
 
