@@ -370,7 +370,6 @@ mod tests {
                 import_path: dir.into(),
                 runtime_dir: dir.into(),
             },
-            http: reqwest::Client::new(),
             snapshots: Snapshotter::new(Some(dir)),
         }
     }
