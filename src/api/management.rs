@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{MatchedPath, Request};
 use axum::extract::{RawQuery, State};
 use axum::http::{Method, StatusCode};
@@ -94,7 +95,7 @@ fn changes_registrations(method: &Method, route: &str, query: Option<&str>) -> b
 async fn snapshot_after_change(
     State(state): State<Arc<AppState>>,
     matched: MatchedPath,
-    params: Option<axum::extract::Path<HashMap<String, String>>>,
+    params: Result<axum::extract::Path<HashMap<String, String>>, PathRejection>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -102,6 +103,7 @@ async fn snapshot_after_change(
     if changes {
         state.snapshots.wait_restored().await;
     }
+    // A malformed path is the handler's to refuse, with the JSON error.
     let params = params.map(|p| p.0).unwrap_or_default();
     let unregisters = (request.method() == Method::DELETE)
         .then(|| unregistered(matched.as_str(), &params))
