@@ -64,6 +64,8 @@ pub struct ServerConfig {
     pub system_metrics_interval: Option<Duration>,
     /// How much one archive may unpack to.
     pub archive_limits: UnpackLimits,
+    /// How long SIGTERM waits for requests in flight before failing them and killing workers.
+    pub shutdown_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -164,6 +166,7 @@ impl ServerConfig {
                 )?,
                 max_entries: limit("max_archive_entries", UnpackLimits::default().max_entries)?,
             },
+            shutdown_timeout: Duration::from_secs(number("shutdown_timeout", 30)? as u64),
         };
         props.warn_unused();
         Ok(config)

@@ -16,6 +16,7 @@ mod model;
 mod properties;
 mod python_env;
 mod request;
+mod runtime_dir;
 mod server;
 mod snapshot;
 mod state;

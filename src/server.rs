@@ -3,9 +3,11 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use axum::middleware;
@@ -18,17 +20,17 @@ use crate::listener::{self, ConnectionLimits};
 use crate::metrics::Metrics;
 use crate::model::{register_archive, RegisterOptions};
 use crate::python_env::PythonEnv;
+use crate::runtime_dir;
 use crate::snapshot::{self, Snapshotter};
 use crate::state::AppState;
+use crate::worker;
 use crate::workflow::{register_workflow, WorkflowOptions};
 
 /// Runs the server until a shutdown signal, then drains requests and stops the workers.
 pub async fn serve(args: ServeArgs) -> Result<()> {
     let config = ServerConfig::from_args(&args)?;
-    let runtime_dir = tempfile::Builder::new()
-        .prefix("torchyard-")
-        .tempdir()
-        .context("cannot create the runtime directory")?;
+    let runtime_dir = runtime_dir::create()?;
+    runtime_dir::remove_stale();
     let python = PythonEnv::prepare(runtime_dir.path(), config.python.as_deref())?;
     tracing::info!("workers run {}", python.interpreter.display());
     let bind = |addr| async move {
@@ -93,17 +95,47 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         serve(management, management_router),
         serve(metrics, api::metrics_router(state.clone())),
     ];
-    for server in servers {
-        server.await?;
+    drain(&state, servers, &stop).await
+}
+
+/// How long requests cut off at the shutdown deadline have to send their error replies.
+const CUT_OFF_GRACE: Duration = Duration::from_secs(2);
+
+/// Waits for the listeners to finish their requests, then stops the workers. If that is not
+/// done `shutdown_timeout` after the shutdown signal, fails what still runs, kills the
+/// workers, and returns at most [`CUT_OFF_GRACE`] later.
+async fn drain(
+    state: &AppState,
+    servers: impl IntoIterator<Item = JoinHandle<()>>,
+    stop: &CancellationToken,
+) -> Result<()> {
+    let finished = async {
+        for server in servers {
+            server.await?;
+        }
+        tracing::info!("stopping workers");
+        state.snapshots.close().await;
+        futures::future::join_all(state.registry.all().iter().map(|m| m.shutdown())).await;
+        Ok(())
+    };
+    tokio::pin!(finished);
+    let timeout = state.config.shutdown_timeout;
+    tokio::select! {
+        done = &mut finished => return done,
+        () = async { stop.cancelled().await; tokio::time::sleep(timeout).await } => {}
     }
-    tracing::info!("stopping workers");
-    futures::future::join_all(state.registry.all().iter().map(|m| m.shutdown())).await;
+    tracing::warn!("still draining {timeout:?} after the shutdown signal: failing what is left and killing the workers");
+    worker::abort_all();
+    if tokio::time::timeout(CUT_OFF_GRACE, finished).await.is_err() {
+        tracing::warn!("exiting with requests still open");
+    }
     Ok(())
 }
 
 /// In the background: restores the last snapshot, then registers the models and workflows
 /// named by `--models`, `load_models` and `--workflows` (models first: workflow nodes may
-/// need them).
+/// need them). Management changes wait until the restore has finished (see
+/// [`snapshot::Snapshotter::wait_restored`]), so no snapshot can drop what is not restored yet.
 fn load_startup_archives(state: &Arc<AppState>, restored: Option<snapshot::Snapshot>) {
     let config = &state.config;
     let models = startup_entries(&config.load_models, config.model_store.as_deref(), MAR);
@@ -114,10 +146,16 @@ fn load_startup_archives(state: &Arc<AppState>, restored: Option<snapshot::Snaps
     );
     let state = state.clone();
     tokio::spawn(async move {
+        let mut failed = snapshot::Snapshot::default();
         if let Some(snapshot) = restored {
             tracing::info!("restoring the last snapshot");
-            snapshot::restore(&state, snapshot).await;
+            let restoring = state.clone();
+            let all = snapshot.clone();
+            let restore = async move { snapshot::restore(&restoring, &snapshot).await };
+            // Should the restore panic, everything stays pending and changes are not held.
+            failed = tokio::spawn(restore).await.unwrap_or(all);
         }
+        state.snapshots.finish_restore(failed);
         let loads = models.into_iter().map(|(model_name, url)| {
             let opts = RegisterOptions {
                 url,
