@@ -66,6 +66,12 @@ pub struct ServerConfig {
     pub archive_limits: UnpackLimits,
     /// How long SIGTERM waits for requests in flight before failing them and killing workers.
     pub shutdown_timeout: Duration,
+    /// TorchServe's `model_snapshot` JSON, when the configuration carries one (KServe's does).
+    pub model_snapshot: Option<String>,
+    /// torchyard's `workflow_snapshot` JSON, beside `model_snapshot`.
+    pub workflow_snapshot: Option<String>,
+    /// Every setting as read, written into snapshots as TorchServe does.
+    pub settings: Vec<(String, String)>,
 }
 
 impl ServerConfig {
@@ -167,6 +173,9 @@ impl ServerConfig {
                 max_entries: limit("max_archive_entries", UnpackLimits::default().max_entries)?,
             },
             shutdown_timeout: Duration::from_secs(number("shutdown_timeout", 30)? as u64),
+            model_snapshot: get("model_snapshot").map(String::from),
+            workflow_snapshot: get("workflow_snapshot").map(String::from),
+            settings: props.entries(),
         };
         props.warn_unused();
         Ok(config)

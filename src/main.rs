@@ -19,6 +19,7 @@ mod request;
 mod runtime_dir;
 mod server;
 mod snapshot;
+mod snapshot_file;
 mod state;
 mod versioned;
 mod worker;

@@ -11,6 +11,8 @@ use anyhow::{bail, Context, Result};
 /// The settings of one start: the file's keys with the environment's overrides applied.
 #[derive(Debug, Default)]
 pub struct Properties {
+    /// The file read, if any.
+    source: Option<PathBuf>,
     values: HashMap<String, String>,
     /// Keys given by `TS_*` variables: as in TorchServe, they win over command-line flags too.
     from_env: BTreeSet<String>,
@@ -38,7 +40,10 @@ impl Properties {
             }
             None => HashMap::new(),
         };
-        Ok(Self::with_env(values, std::env::vars()))
+        Ok(Self {
+            source: path,
+            ..Self::with_env(values, std::env::vars())
+        })
     }
 
     /// `values` with the overrides of `TS_<KEY>` variables among `vars` when
@@ -68,11 +73,16 @@ impl Properties {
             }
         }
         let used = RefCell::new(
-            ["enable_envvars_config", "use_env_allowed_urls"]
-                .map(String::from)
-                .into(),
+            [
+                "enable_envvars_config",
+                "use_env_allowed_urls",
+                "tsConfigFile",
+            ]
+            .map(String::from)
+            .into(),
         );
         Self {
+            source: None,
             values,
             from_env,
             used,
@@ -88,6 +98,21 @@ impl Properties {
     /// Whether `key` came from a `TS_*` environment variable.
     pub fn set_by_env(&self, key: &str) -> bool {
         self.from_env.contains(key)
+    }
+
+    /// Every setting, sorted by key, with `tsConfigFile` naming the file read: what
+    /// TorchServe writes into its snapshots.
+    pub fn entries(&self) -> Vec<(String, String)> {
+        let mut entries: Vec<(String, String)> = self
+            .values
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let Some(source) = &self.source {
+            entries.push(("tsConfigFile".into(), source.display().to_string()));
+        }
+        entries.sort();
+        entries
     }
 
     /// Logs a warning for every key that no setting read, saying why where it is a known

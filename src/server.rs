@@ -46,7 +46,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         workflows: Default::default(),
         metrics: Metrics::new(config.metrics_mode),
         python,
-        snapshots: Snapshotter::new(config.snapshot_dir.as_deref()),
+        snapshots: Snapshotter::new(config.snapshot_dir.as_deref(), config.settings.clone()),
         config,
     });
     tracing::info!(
@@ -58,7 +58,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     state
         .metrics
         .collect_host_metrics(state.config.system_metrics_interval);
-    let restored = state.snapshots.load()?;
+    let restored = match snapshot::from_config(&state.config)? {
+        Some(carried) => Some(carried),
+        None => state.snapshots.load(&state.config)?,
+    };
     load_startup_archives(&state, restored);
 
     let stop = CancellationToken::new();
@@ -132,23 +135,31 @@ async fn drain(
     Ok(())
 }
 
-/// In the background: restores the last snapshot, then registers the models and workflows
-/// named by `--models`, `load_models` and `--workflows` (models first: workflow nodes may
-/// need them). Management changes wait until the restore has finished (see
+/// In the background: restores the snapshot (the configuration's `model_snapshot`, else the
+/// newest snapshot file), or, when there is none, registers the models and workflows named
+/// by `--models`, `load_models` and `--workflows` (models first: workflow nodes may need
+/// them); TorchServe too ignores those when it restores a snapshot. Management changes wait until the restore has finished (see
 /// [`snapshot::Snapshotter::wait_restored`]), so no snapshot can drop what is not restored yet.
 fn load_startup_archives(state: &Arc<AppState>, restored: Option<snapshot::Snapshot>) {
     let config = &state.config;
-    let models = startup_entries(&config.load_models, config.model_store.as_deref(), MAR);
-    let workflows = startup_entries(
-        &config.load_workflows,
-        config.workflow_store.as_deref(),
-        WAR,
-    );
+    let (models, workflows) = match &restored {
+        Some(_) => (Vec::new(), Vec::new()),
+        None => (
+            startup_entries(&config.load_models, config.model_store.as_deref(), MAR),
+            startup_entries(
+                &config.load_workflows,
+                config.workflow_store.as_deref(),
+                WAR,
+            ),
+        ),
+    };
     let state = state.clone();
     tokio::spawn(async move {
         let mut failed = snapshot::Snapshot::default();
         if let Some(snapshot) = restored {
-            tracing::info!("restoring the last snapshot");
+            tracing::info!(
+                "restoring a snapshot: --models, load_models and --workflows are not loaded"
+            );
             let restoring = state.clone();
             let all = snapshot.clone();
             let restore = async move { snapshot::restore(&restoring, &snapshot).await };
@@ -179,7 +190,7 @@ fn load_startup_archives(state: &Arc<AppState>, restored: Option<snapshot::Snaps
                 tracing::error!("cannot load workflow {url} at start: {e}");
             }
         }
-        state.snapshots.save(&state).await;
+        state.snapshots.save_startup(&state).await;
     });
 }
 

@@ -1,5 +1,6 @@
 //! Snapshots: what is registered (models and workflows, with their scale and settings),
-//! written atomically after every change and restored at start.
+//! written atomically after every change and restored at start, in TorchServe's layout
+//! (see [`crate::snapshot_file`]).
 //!
 //! Records that fail to restore (an archive missing for a moment, a download failing) stay
 //! in every later snapshot as pending records, and are tried again at the next start, until
@@ -12,25 +13,27 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{prepare_model, RegisterOptions};
+use crate::config::ServerConfig;
+use crate::model::{prepare_model, ModelDefinition, RegisterOptions};
+use crate::snapshot_file;
 use crate::state::AppState;
 use crate::workflow::{register_workflow, scale_workflow, WorkflowOptions};
 
 /// Everything a snapshot holds.
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     pub models: Vec<ModelRecord>,
     pub workflows: Vec<WorkflowRecord>,
 }
 
 /// A model registered on its own (workflow nodes come back with their workflow).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone)]
 pub struct ModelRecord {
     pub name: String,
     pub version: String,
     pub url: String,
-    pub handler: String,
+    /// The handler given at registration, when it is not the archive's own.
+    pub handler: Option<String>,
     pub is_default: bool,
     pub min_workers: usize,
     pub max_workers: usize,
@@ -77,7 +80,9 @@ impl Record for WorkflowRecord {
 /// Writes snapshots into one directory, one write at a time, none before the restore at
 /// start has finished.
 pub struct Snapshotter {
-    path: Option<PathBuf>,
+    dir: Option<PathBuf>,
+    /// The settings the server started with, written into every snapshot as TorchServe does.
+    settings: Vec<(String, String)>,
     writing: tokio::sync::Mutex<()>,
     /// Records of the restored snapshot that failed to restore, carried into every snapshot.
     pending: std::sync::Mutex<Snapshot>,
@@ -88,10 +93,11 @@ pub struct Snapshotter {
 }
 
 impl Snapshotter {
-    /// Snapshots in `dir/snapshot.json`; `None` turns them off.
-    pub fn new(dir: Option<&Path>) -> Self {
+    /// Snapshots in `dir` (`None` turns them off), each holding `settings` as well.
+    pub fn new(dir: Option<&Path>, settings: Vec<(String, String)>) -> Self {
         Self {
-            path: dir.map(|d| d.join("snapshot.json")),
+            dir: dir.map(Path::to_path_buf),
+            settings,
             writing: tokio::sync::Mutex::new(()),
             pending: Default::default(),
             restored: tokio::sync::watch::Sender::new(false),
@@ -137,25 +143,40 @@ impl Snapshotter {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The last snapshot, if snapshots are on and one exists.
-    pub fn load(&self) -> Result<Option<Snapshot>> {
-        let Some(path) = &self.path else {
+    /// The newest snapshot in the directory, if snapshots are on and one exists.
+    pub fn load(&self, config: &ServerConfig) -> Result<Option<Snapshot>> {
+        let Some(path) = self.dir.as_deref().and_then(snapshot_file::latest) else {
             return Ok(None);
         };
-        match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("bad snapshot {}", path.display()))
-                .map(Some),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let props = crate::properties::parse(&text)
+            .with_context(|| format!("bad snapshot {}", path.display()))?;
+        read_settings(
+            props.get(snapshot_file::MODEL_SNAPSHOT).map(String::as_str),
+            props
+                .get(snapshot_file::WORKFLOW_SNAPSHOT)
+                .map(String::as_str),
+            config,
+        )
+        .with_context(|| format!("bad snapshot {}", path.display()))
     }
 
-    /// Records the current state and the pending records; a failure is logged, never fatal
-    /// to the change itself. Waits for the restore at start to finish; does nothing once
-    /// closed.
+    /// Records the current state and the pending records after a change
+    /// (`<time>-snapshot.cfg`); see [`Self::write`].
     pub async fn save(&self, state: &AppState) {
-        let Some(path) = self.path.clone() else {
+        self.write(state, "snapshot").await
+    }
+
+    /// Records the state once start-up loading is done (`<time>-startup.cfg`).
+    pub async fn save_startup(&self, state: &AppState) {
+        self.write(state, "startup").await
+    }
+
+    /// Writes a snapshot file of `kind`; a failure is logged, never fatal to the change
+    /// itself. Waits for the restore at start to finish; does nothing once closed.
+    async fn write(&self, state: &AppState, kind: &str) {
+        let Some(dir) = self.dir.clone() else {
             return;
         };
         self.wait_restored().await;
@@ -169,7 +190,14 @@ impl Snapshotter {
             carry_over(&mut pending.models, &mut snapshot.models);
             carry_over(&mut pending.workflows, &mut snapshot.workflows);
         }
-        let written = tokio::task::spawn_blocking(move || write_atomically(&path, &snapshot)).await;
+        let name = snapshot_file::file_name(kind);
+        let text = snapshot_file::render(&self.settings, &snapshot, &name);
+        let written = tokio::task::spawn_blocking(move || {
+            write_atomically(&dir.join(name), text.as_bytes())?;
+            snapshot_file::prune(&dir);
+            Ok::<_, anyhow::Error>(())
+        })
+        .await;
         match written {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!("cannot write snapshot: {e:#}"),
@@ -178,12 +206,35 @@ impl Snapshotter {
     }
 }
 
-fn write_atomically(path: &Path, snapshot: &Snapshot) -> Result<()> {
+/// The snapshot a configuration carries in `model_snapshot` / `workflow_snapshot` (as
+/// KServe's generated config and TorchServe's snapshot files do), if any.
+pub fn from_config(config: &ServerConfig) -> Result<Option<Snapshot>> {
+    read_settings(
+        config.model_snapshot.as_deref(),
+        config.workflow_snapshot.as_deref(),
+        config,
+    )
+}
+
+fn read_settings(
+    models: Option<&str>,
+    workflows: Option<&str>,
+    config: &ServerConfig,
+) -> Result<Option<Snapshot>> {
+    snapshot_file::read(
+        models,
+        workflows,
+        config.default_workers_per_model,
+        config.default_response_timeout.as_millis() as u64,
+    )
+}
+
+fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
     use std::io::Write;
     let dir = path.parent().context("snapshot path has no directory")?;
     std::fs::create_dir_all(dir)?;
     let mut file = tempfile::NamedTempFile::new_in(dir)?;
-    serde_json::to_writer_pretty(&mut file, snapshot)?;
+    file.write_all(contents)?;
     file.flush()?;
     file.as_file().sync_all()?;
     file.persist(path)?;
@@ -211,7 +262,7 @@ fn capture(state: &AppState) -> Snapshot {
                 name: m.def.name.clone(),
                 version: m.def.version.clone(),
                 url: m.def.url.clone(),
-                handler: m.def.handler.clone(),
+                handler: handler_override(&m.def),
                 is_default: state.registry.is_default(&m.def.name, &m.def.version),
                 min_workers,
                 max_workers,
@@ -241,6 +292,15 @@ fn capture(state: &AppState) -> Snapshot {
         })
         .collect();
     Snapshot { models, workflows }
+}
+
+/// The model's handler when it is not the one its manifest names.
+fn handler_override(def: &ModelDefinition) -> Option<String> {
+    let own = def
+        .manifest
+        .pointer("/model/handler")
+        .and_then(|h| h.as_str());
+    (own != Some(def.handler.as_str())).then(|| def.handler.clone())
 }
 
 /// Registers everything in `snapshot` again, with its scale and default versions, and
@@ -292,7 +352,7 @@ async fn restore_model(state: &AppState, record: &ModelRecord) -> crate::error::
     let opts = RegisterOptions {
         url: record.url.clone(),
         model_name: Some(record.name.clone()),
-        handler: Some(record.handler.clone()),
+        handler: record.handler.clone(),
         ..RegisterOptions::default()
     };
     let mut def = prepare_model(state, &opts, None).await?;
@@ -313,7 +373,7 @@ mod tests {
             name: name.into(),
             version: version.into(),
             url: format!("{name}.mar"),
-            handler: "h".into(),
+            handler: None,
             is_default: true,
             min_workers: 1,
             max_workers: 1,
@@ -338,7 +398,7 @@ mod tests {
 
     #[test]
     fn unregistering_forgets_pending_records() {
-        let snapshots = Snapshotter::new(None);
+        let snapshots = Snapshotter::new(None, Vec::new());
         snapshots.finish_restore(Snapshot {
             models: vec![model("a", "1.0"), model("a", "2.0"), model("b", "1.0")],
             workflows: Vec::new(),
@@ -370,7 +430,7 @@ mod tests {
                 import_path: dir.into(),
                 runtime_dir: dir.into(),
             },
-            snapshots: Snapshotter::new(Some(dir)),
+            snapshots: Snapshotter::new(Some(dir), Vec::new()),
         }
     }
 
@@ -386,11 +446,14 @@ mod tests {
             workflows: Vec::new(),
         });
         snapshots.save(&state).await;
-        let written = snapshots.load().unwrap().unwrap();
+        let written = snapshots.load(&state.config).unwrap().unwrap();
         assert_eq!(keys(&written.models), [("missing", "1.0")]);
-        std::fs::remove_file(dir.path().join("snapshot.json")).unwrap();
+        for file in std::fs::read_dir(dir.path()).unwrap() {
+            std::fs::remove_file(file.unwrap().path()).unwrap();
+        }
         snapshots.close().await;
         snapshots.save(&state).await;
-        assert!(snapshots.load().unwrap().is_none(), "closed, yet written");
+        let loaded = snapshots.load(&state.config).unwrap();
+        assert!(loaded.is_none(), "closed, yet written");
     }
 }

@@ -158,7 +158,10 @@ pub fn read(
 
 /// A new file name: `<yyyyMMddHHmmssSSS>-<kind>.cfg` (`kind`: startup or snapshot).
 pub fn file_name(kind: &str) -> String {
-    format!("{}-{kind}.cfg", chrono::Utc::now().format("%Y%m%d%H%M%S%3f"))
+    format!(
+        "{}-{kind}.cfg",
+        chrono::Utc::now().format("%Y%m%d%H%M%S%3f")
+    )
 }
 
 /// The newest snapshot file in `dir`, if any.
@@ -219,7 +222,10 @@ mod tests {
                 node_workers: [("pre".to_string(), (1, 2))].into(),
             }],
         };
-        let settings = vec![("inference_address".to_string(), "http://127.0.0.1:1".to_string())];
+        let settings = vec![(
+            "inference_address".to_string(),
+            "http://127.0.0.1:1".to_string(),
+        )];
         let text = render(&settings, &snapshot, "x-snapshot.cfg");
         let props = properties::parse(&text).unwrap();
         assert_eq!(props["inference_address"], "http://127.0.0.1:1");
@@ -253,7 +259,10 @@ mod tests {
         let snapshot = read(Some(kserve), None, 1, 1).unwrap().unwrap();
         let m = &snapshot.models[0];
         assert_eq!((m.name.as_str(), m.url.as_str()), ("mnist", "mnist.mar"));
-        assert_eq!((m.min_workers, m.max_workers, m.max_batch_delay_ms), (1, 5, 10));
+        assert_eq!(
+            (m.min_workers, m.max_workers, m.max_batch_delay_ms),
+            (1, 5, 10)
+        );
     }
 
     #[test]
