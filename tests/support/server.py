@@ -47,8 +47,10 @@ class Server:
             "metrics_address": self.metrics,
             **(properties or {}),
         }
+        # config.properties is read as Java properties (as TorchServe does): a backslash, as in
+        # an allowed_urls regex, is written doubled.
         (workdir / "config.properties").write_text(
-            "".join(f"{k}={v}\n" for k, v in config.items())
+            "".join(f"{k}={str(v).replace(chr(92), chr(92) * 2)}\n" for k, v in config.items())
         )
         self.args = [str(BINARY), "serve", "--model-store", str(store), "--config",
                      str(workdir / "config.properties"), "--python", str(PYTHON), *args]
