@@ -45,6 +45,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         metrics: Metrics::new(config.metrics_mode),
         python,
         snapshots: Snapshotter::new(config.snapshot_dir.as_deref()),
+        starting: true.into(),
         config,
     });
     tracing::info!(
@@ -141,6 +142,7 @@ fn load_startup_archives(state: &Arc<AppState>, restored: Option<snapshot::Snaps
                 tracing::error!("cannot load workflow {url} at start: {e}");
             }
         }
+        state.started();
         state.snapshots.save(&state).await;
     });
 }

@@ -66,15 +66,33 @@ class Server:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited at start:\n{self.log_text()}")
-            try:
-                if requests.get(f"{self.inference}/ping", timeout=1, verify=self.verify).ok:
-                    return self
-            except requests.ConnectionError:
-                time.sleep(0.05)
+            if self.ping() is not None:
+                return self
+            time.sleep(0.05)
         raise RuntimeError(f"server did not answer /ping in {timeout}s:\n{self.log_text()}")
 
     def _limit_fds(self):
         resource.setrlimit(resource.RLIMIT_NOFILE, (self.fd_limit, self.fd_limit))
+
+    def ping(self):
+        """`/ping`'s status code, or None while the server does not answer. 500 "Unhealthy"
+        means the server is up but still loading its start-up models or missing workers."""
+        try:
+            answer = requests.get(f"{self.inference}/ping", timeout=1, verify=self.verify)
+        except requests.ConnectionError:
+            return None
+        if answer.status_code in (200, 500) and "status" in answer.json():
+            return answer.status_code
+        return None
+
+    def wait_healthy(self, timeout=60.0):
+        """Waits until `/ping` answers 200 Healthy: start-up loading done, workers ready."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ping() == 200:
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"server not Healthy in {timeout}s:\n{self.log_text()}")
 
     def stop(self, sig=signal.SIGTERM, timeout=30.0):
         if self.process is None or self.process.poll() is not None:
