@@ -79,11 +79,13 @@ class Server:
         means the server is up but still loading its start-up models or missing workers."""
         try:
             answer = requests.get(f"{self.inference}/ping", timeout=1, verify=self.verify)
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):
             return None
-        if answer.status_code in (200, 500) and "status" in answer.json():
-            return answer.status_code
-        return None
+        try:
+            body = answer.json()
+        except ValueError:
+            return None
+        return answer.status_code if answer.status_code in (200, 500) and "status" in body else None
 
     def wait_healthy(self, timeout=60.0):
         """Waits until `/ping` answers 200 Healthy: start-up loading done, workers ready."""
