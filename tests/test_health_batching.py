@@ -93,7 +93,7 @@ def test_ping_is_unhealthy_until_startup_models_and_workflows_are_ready(tmp_path
     scale_mar(store, "double", 2.0)
     war(store, "wf", WORKFLOW, SLOW_FUNCTIONS)
     server = start_server(args=(*OPEN_FLAGS, "--models", "slow.mar", "--workflows", "wf.war"),
-                          store=store, workdir=tmp_path)
+                          store=store, workdir=tmp_path, healthy=False)
     assert ping(server) == UNHEALTHY
     wait_for_ping(server, HEALTHY)
     # Once Healthy, a readiness probe lets traffic in: everything loaded at start answers.
@@ -108,7 +108,7 @@ def test_startup_model_that_cannot_load_keeps_the_server_unhealthy(tmp_path, sta
     handler_mar(store, "broken", BROKEN_HANDLER)
     scale_mar(store, "double", 2.0)
     server = start_server(args=(*OPEN_FLAGS, "--models", "broken.mar", "double.mar"),
-                          store=store, workdir=tmp_path)
+                          store=store, workdir=tmp_path, healthy=False)
     deadline = time.monotonic() + 60
     while describe(server, "double")["workers"][0]["status"] != "READY":
         assert time.monotonic() < deadline
@@ -197,7 +197,7 @@ def test_relative_paths_resolve_against_the_start_directory(tmp_path):
                    "config.properties", "--python", os.path.join("env", "bin", "python"),
                    "--snapshot-dir", "snapshots", "--models", "double.mar", *OPEN_FLAGS]
     try:
-        server.start().wait_healthy()
+        server.start()
         answer = predict(server, "predictions/double", "4")
         assert answer.status_code == 200 and answer.json() == 8.0, answer.text
         assert list((tmp_path / "snapshots").iterdir())
