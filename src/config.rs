@@ -1,7 +1,7 @@
 //! Server settings: TorchServe's `config.properties` keys merged with the command line.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -76,8 +76,17 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     /// Reads the config file named by the arguments (if any) and applies the flags over it.
+    /// Relative paths, from the flags and the file alike, are resolved once against the
+    /// directory the server was started in: workers run in their model's directory.
     pub fn from_args(args: &ServeArgs) -> Result<Self> {
-        let props = Properties::load(args.config.as_deref())?;
+        let cwd = std::env::current_dir().context("cannot read the current directory")?;
+        Self::from_args_in(args, &cwd)
+    }
+
+    /// [`ServerConfig::from_args`] with relative paths resolved against `cwd`.
+    fn from_args_in(args: &ServeArgs, cwd: &Path) -> Result<Self> {
+        let resolve = |p: &Path| cwd.join(p);
+        let props = Properties::load(args.config.as_deref().map(resolve).as_deref())?;
         let get = |key: &str| props.get(key);
         let address = |key: &str, default: &str| -> Result<SocketAddr> {
             parse_address(get(key).unwrap_or(default)).with_context(|| format!("invalid {key}"))
@@ -101,8 +110,8 @@ impl ServerConfig {
         let flag = |key: &str| get(key).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
         // A flag wins over the file, a `TS_*` variable over both (TorchServe's order).
         let path = |key: &str, flag: &Option<PathBuf>| match flag {
-            Some(flag) if !props.set_by_env(key) => Some(flag.clone()),
-            _ => get(key).map(PathBuf::from),
+            Some(flag) if !props.set_by_env(key) => Some(resolve(flag)),
+            _ => get(key).map(|p| resolve(Path::new(p))),
         };
         let mut load_models: Vec<String> = get("load_models").map(split_list).unwrap_or_default();
         if !args.models.is_empty() && !props.set_by_env("load_models") {
@@ -148,7 +157,11 @@ impl ServerConfig {
             system_metrics_interval: (!flag("disable_system_metrics")).then_some(
                 Duration::from_secs(number("metric_time_interval", 60)?.max(1) as u64),
             ),
-            python: args.python.clone(),
+            python: args
+                .python
+                .clone()
+                .or_else(|| std::env::var_os("TORCHYARD_PYTHON").map(PathBuf::from))
+                .map(|python| program_path(cwd, python)),
             scale_down_idle: Duration::from_millis(number("scale_down_idle_ms", 10_000)? as u64),
             token_auth: !args.disable_token_auth && !flag("disable_token_authorization"),
             model_api_enabled: args.enable_model_api || flag("enable_model_api"),
@@ -158,12 +171,14 @@ impl ServerConfig {
                 .is_some_and(|v| v.trim().eq_ignore_ascii_case("false")),
             tls: get("certificate_file")
                 .zip(get("private_key_file"))
-                .map(|(cert, key)| (PathBuf::from(cert), PathBuf::from(key))),
+                .map(|(cert, key)| (resolve(Path::new(cert)), resolve(Path::new(key)))),
             snapshot_dir: (!args.ncs).then(|| {
-                args.snapshot_dir
-                    .clone()
-                    .or_else(|| get("snapshot_dir").map(PathBuf::from))
-                    .unwrap_or_else(|| PathBuf::from("logs/config"))
+                resolve(
+                    args.snapshot_dir
+                        .as_deref()
+                        .or_else(|| get("snapshot_dir").map(Path::new))
+                        .unwrap_or(Path::new("logs/config")),
+                )
             }),
             archive_limits: UnpackLimits {
                 max_bytes: limit(
@@ -179,6 +194,16 @@ impl ServerConfig {
         };
         props.warn_unused();
         Ok(config)
+    }
+}
+
+/// A program to run: a bare name (`python3`) stays a `PATH` lookup, any other relative path is
+/// resolved against `cwd`.
+fn program_path(cwd: &Path, program: PathBuf) -> PathBuf {
+    if program.components().count() > 1 || program.is_absolute() {
+        cwd.join(program)
+    } else {
+        program
     }
 }
 
@@ -232,6 +257,53 @@ mod tests {
         let set = config("connection_header_read_timeout_ms=1000\nmax_connections=50\n");
         assert_eq!(set.connection_header_read_timeout, Duration::from_secs(1));
         assert_eq!(set.max_connections, Some(50));
+    }
+
+    #[test]
+    fn programs_resolve_against_the_start_directory_unless_bare_names() {
+        let cwd = Path::new("/srv/app");
+        let resolve = |p: &str| program_path(cwd, PathBuf::from(p));
+        assert_eq!(
+            resolve(".venv/bin/python"),
+            Path::new("/srv/app/.venv/bin/python")
+        );
+        assert_eq!(resolve("./python"), Path::new("/srv/app/python"));
+        assert_eq!(resolve("/usr/bin/python3"), Path::new("/usr/bin/python3"));
+        assert_eq!(resolve("python3"), Path::new("python3"));
+    }
+
+    #[test]
+    fn paths_resolve_against_the_start_directory() {
+        let cwd = tempfile::tempdir().unwrap();
+        let cwd = cwd.path();
+        std::fs::write(
+            cwd.join("ts.properties"),
+            "model_store=store\ncertificate_file=tls/cert.pem\nprivate_key_file=/etc/key.pem\n",
+        )
+        .unwrap();
+        let argv = [
+            "torchyard",
+            "serve",
+            "--config",
+            "ts.properties",
+            "--python",
+            "venv/bin/python",
+            "--workflow-store",
+            "wf",
+        ];
+        let Command::Serve(args) = Cli::parse_from(argv).command else {
+            unreachable!("parsed as serve")
+        };
+        let config = ServerConfig::from_args_in(&args, cwd).unwrap();
+        assert_eq!(config.model_store, Some(cwd.join("store")));
+        assert_eq!(config.workflow_store, Some(cwd.join("wf")));
+        assert_eq!(config.python, Some(cwd.join("venv/bin/python")));
+        assert_eq!(config.snapshot_dir, Some(cwd.join("logs/config")));
+        let (cert, key) = config.tls.unwrap();
+        assert_eq!(
+            (cert, key),
+            (cwd.join("tls/cert.pem"), PathBuf::from("/etc/key.pem"))
+        );
     }
 
     #[test]

@@ -47,6 +47,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         metrics: Metrics::new(config.metrics_mode),
         python,
         snapshots: Snapshotter::new(config.snapshot_dir.as_deref(), config.settings.clone()),
+        starting: true.into(),
         config,
     });
     tracing::info!(
@@ -190,6 +191,7 @@ fn load_startup_archives(state: &Arc<AppState>, restored: Option<snapshot::Snaps
                 tracing::error!("cannot load workflow {url} at start: {e}");
             }
         }
+        state.started();
         state.snapshots.save_startup(&state).await;
     });
 }

@@ -431,6 +431,7 @@ mod tests {
                 runtime_dir: dir.into(),
             },
             snapshots: Snapshotter::new(Some(dir), Vec::new()),
+            starting: true.into(),
         }
     }
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, options, post};
 use axum::{Json, Router};
@@ -38,8 +38,15 @@ async fn description() -> impl IntoResponse {
     Json(openapi::inference())
 }
 
-async fn ping() -> impl IntoResponse {
-    Json(json!({"status": "Healthy"}))
+/// 200 Healthy once start-up loading is done and every model has its minimum workers ready,
+/// else 500 Unhealthy, as TorchServe answers.
+async fn ping(State(state): State<Arc<AppState>>) -> Response {
+    if state.healthy() {
+        Json(json!({"status": "Healthy"})).into_response()
+    } else {
+        let body = Json(json!({"status": "Unhealthy"}));
+        (StatusCode::INTERNAL_SERVER_ERROR, body).into_response()
+    }
 }
 
 async fn predict(

@@ -261,6 +261,13 @@ impl ServedModel {
         }
     }
 
+    /// Whether at least the pool's minimum of workers has a loaded handler (always true with
+    /// a minimum of 0).
+    pub fn healthy(&self) -> bool {
+        let min = self.pool.lock().expect("pool lock").min;
+        self.spec.ready_workers.load(Ordering::SeqCst) >= min
+    }
+
     /// The pool's current (min, max) worker bounds.
     pub fn worker_bounds(&self) -> (usize, usize) {
         let pool = self.pool.lock().expect("pool lock");
