@@ -12,11 +12,11 @@ cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import torch, torchvision, numpy, PIL, pytest, requests, model_archiver, workflow_archiver, prometheus_client" 2>/dev/null; then
+if ! .venv/bin/python -c "import torch, torchvision, numpy, PIL, pytest, requests, model_archiver, workflow_archiver, prometheus_client, jproperties" 2>/dev/null; then
   .venv/bin/pip install --quiet --disable-pip-version-check --upgrade pip
   .venv/bin/pip install --quiet --disable-pip-version-check \
     torch torchvision numpy pillow pytest requests torch-model-archiver torch-workflow-archiver \
-    prometheus-client
+    prometheus-client jproperties
 fi
 if [ ! -d .venv/torchserve-ref/ts ]; then
   .venv/bin/pip install --quiet --disable-pip-version-check --no-deps --target .venv/torchserve-ref \

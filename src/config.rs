@@ -86,7 +86,20 @@ impl ServerConfig {
     /// [`ServerConfig::from_args`] with relative paths resolved against `cwd`.
     fn from_args_in(args: &ServeArgs, cwd: &Path) -> Result<Self> {
         let resolve = |p: &Path| cwd.join(p);
-        let props = Properties::load(args.config.as_deref().map(resolve).as_deref())?;
+        // With no configuration file at all, TorchServe starts from its newest snapshot.
+        let last_snapshot = (!args.ncs)
+            .then(|| {
+                let dir = args
+                    .snapshot_dir
+                    .as_deref()
+                    .unwrap_or(Path::new("logs/config"));
+                crate::snapshot_file::latest(&resolve(dir))
+            })
+            .flatten();
+        let props = Properties::load(
+            args.config.as_deref().map(resolve).as_deref(),
+            last_snapshot.as_deref(),
+        )?;
         let get = |key: &str| props.get(key);
         let address = |key: &str, default: &str| -> Result<SocketAddr> {
             parse_address(get(key).unwrap_or(default)).with_context(|| format!("invalid {key}"))
@@ -163,8 +176,8 @@ impl ServerConfig {
                 .or_else(|| std::env::var_os("TORCHYARD_PYTHON").map(PathBuf::from))
                 .map(|python| program_path(cwd, python)),
             scale_down_idle: Duration::from_millis(number("scale_down_idle_ms", 10_000)? as u64),
-            token_auth: !args.disable_token_auth && !flag("disable_token_authorization"),
-            model_api_enabled: args.enable_model_api || flag("enable_model_api"),
+            token_auth: !(flag("disable_token_authorization") || args.disable_token_auth),
+            model_api_enabled: flag("enable_model_api") || args.enable_model_api,
             allowed_urls: get("allowed_urls").map(split_list).unwrap_or_default(),
             install_py_dep_per_model: flag("install_py_dep_per_model"),
             decode_input_request: !get("decode_input_request")

@@ -22,16 +22,18 @@ pub struct Properties {
 
 impl Properties {
     /// Reads the config file TorchServe would: `$TS_CONFIG_FILE`, else `explicit`
-    /// (`--ts-config`), else `config.properties` in the working directory if there is one;
-    /// then applies `TS_*` variables when the file sets `enable_envvars_config=true`.
-    pub fn load(explicit: Option<&Path>) -> Result<Self> {
+    /// (`--ts-config`), else `config.properties` in the working directory if there is one,
+    /// else `last_snapshot` (the newest snapshot file); then applies `TS_*` variables when
+    /// the file sets `enable_envvars_config=true`.
+    pub fn load(explicit: Option<&Path>, last_snapshot: Option<&Path>) -> Result<Self> {
         let path = std::env::var_os("TS_CONFIG_FILE")
             .map(PathBuf::from)
             .or_else(|| explicit.map(Path::to_path_buf))
             .or_else(|| {
                 let local = PathBuf::from("config.properties");
                 local.is_file().then_some(local)
-            });
+            })
+            .or_else(|| last_snapshot.map(Path::to_path_buf));
         let values = match &path {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
