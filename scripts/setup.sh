@@ -2,6 +2,9 @@
 # Sets up everything torchyard needs on a fresh machine; fast when already done.
 # - .venv/ at the repo root with torch, numpy, pillow, torchvision and the test tools (PyPI),
 #   and the worker package python/ installed editable
+# - .venv/torchserve-ref: TorchServe's own `ts` package (with the few packages its handlers
+#   import), on no import path: tests put it on theirs to compare the stand-in built-in handlers
+#   with TorchServe's, while the server's workers keep importing the stand-in
 # - the torchyard binary: cargo build --release
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,10 +12,16 @@ cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import torch, torchvision, numpy, PIL, pytest, requests, model_archiver, workflow_archiver" 2>/dev/null; then
+if ! .venv/bin/python -c "import torch, torchvision, numpy, PIL, pytest, requests, model_archiver, workflow_archiver, prometheus_client, jproperties" 2>/dev/null; then
   .venv/bin/pip install --quiet --disable-pip-version-check --upgrade pip
   .venv/bin/pip install --quiet --disable-pip-version-check \
-    torch torchvision numpy pillow pytest requests torch-model-archiver torch-workflow-archiver
+    torch torchvision numpy pillow pytest requests torch-model-archiver torch-workflow-archiver \
+    prometheus-client jproperties
+fi
+if [ ! -d .venv/torchserve-ref/ts ]; then
+  .venv/bin/pip install --quiet --disable-pip-version-check --no-deps --target .venv/torchserve-ref \
+    torchserve==0.12.0 captum==0.9.0 pyyaml tqdm matplotlib contourpy cycler fonttools kiwisolver \
+    pyparsing python-dateutil six psutil
 fi
 # The worker package, editable, for tools and tests that import it from the venv (the server
 # ships its own copy, embedded in the binary).

@@ -22,6 +22,7 @@ pub enum Command {
 }
 
 /// Flags of `torchyard serve`; TorchServe's names are accepted so start scripts keep working.
+/// Relative paths are taken from the directory the server is started in.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Directory holding model archives (.mar).
@@ -39,7 +40,8 @@ pub struct ServeArgs {
     /// Workflows to load at start: `name=file.war`, `file.war` or `all`.
     #[arg(long, num_args = 1..)]
     pub workflows: Vec<String>,
-    /// Python interpreter for workers (default: the repo's .venv, then python3).
+    /// Python interpreter for workers (default: $TORCHYARD_PYTHON, the repo's .venv, then
+    /// python3); a bare name is looked up on PATH.
     #[arg(long)]
     pub python: Option<PathBuf>,
     /// Directory for snapshots of what is registered (default: logs/config).

@@ -1,13 +1,15 @@
 //! Server settings: TorchServe's `config.properties` keys merged with the command line.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::archive::UnpackLimits;
 use crate::cli::ServeArgs;
+use crate::metrics::MetricsMode;
+use crate::properties::Properties;
 
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
@@ -28,6 +30,13 @@ pub struct ServerConfig {
     pub job_queue_size: usize,
     pub default_response_timeout: Duration,
     pub max_request_size: usize,
+    /// How long a client has to send a request head once the server waits for one; this also
+    /// bounds keep-alive idling between requests and the TLS handshake.
+    pub connection_header_read_timeout: Duration,
+    /// The longest the server waits for the next bytes of a request body.
+    pub connection_idle_timeout: Duration,
+    /// Connections open at once per listener; `None`: derived from the open-file limit.
+    pub max_connections: Option<usize>,
     pub python: Option<PathBuf>,
     /// How long a model's queue must stay empty before the autoscaler removes a worker.
     pub scale_down_idle: Duration,
@@ -52,16 +61,52 @@ pub struct ServerConfig {
     pub unregister_model_timeout: Duration,
     /// Largest archive a download may bring.
     pub max_download_size: u64,
+    /// Whether workers decode JSON and text parameters for handlers (else raw bytes).
+    pub decode_input_request: bool,
+    /// What the metrics API exports (`metrics_mode`).
+    pub metrics_mode: MetricsMode,
+    /// How often host metrics are read (`metric_time_interval`, seconds); `None` when
+    /// `disable_system_metrics` is true.
+    pub system_metrics_interval: Option<Duration>,
+    /// How much one archive may unpack to.
+    pub archive_limits: UnpackLimits,
+    /// How long SIGTERM waits for requests in flight before failing them and killing workers.
+    pub shutdown_timeout: Duration,
+    /// TorchServe's `model_snapshot` JSON, when the configuration carries one (KServe's does).
+    pub model_snapshot: Option<String>,
+    /// torchyard's `workflow_snapshot` JSON, beside `model_snapshot`.
+    pub workflow_snapshot: Option<String>,
+    /// Every setting as read, written into snapshots as TorchServe does.
+    pub settings: Vec<(String, String)>,
 }
 
 impl ServerConfig {
     /// Reads the config file named by the arguments (if any) and applies the flags over it.
+    /// Relative paths, from the flags and the file alike, are resolved once against the
+    /// directory the server was started in: workers run in their model's directory.
     pub fn from_args(args: &ServeArgs) -> Result<Self> {
-        let props = match &args.config {
-            Some(path) => read_properties(path)?,
-            None => HashMap::new(),
-        };
-        let get = |key: &str| props.get(key).map(String::as_str);
+        let cwd = std::env::current_dir().context("cannot read the current directory")?;
+        Self::from_args_in(args, &cwd)
+    }
+
+    /// [`ServerConfig::from_args`] with relative paths resolved against `cwd`.
+    fn from_args_in(args: &ServeArgs, cwd: &Path) -> Result<Self> {
+        let resolve = |p: &Path| cwd.join(p);
+        // With no configuration file at all, TorchServe starts from its newest snapshot.
+        let last_snapshot = (!args.ncs)
+            .then(|| {
+                let dir = args
+                    .snapshot_dir
+                    .as_deref()
+                    .unwrap_or(Path::new("logs/config"));
+                crate::snapshot_file::latest(&resolve(dir))
+            })
+            .flatten();
+        let props = Properties::load(
+            args.config.as_deref().map(resolve).as_deref(),
+            last_snapshot.as_deref(),
+        )?;
+        let get = |key: &str| props.get(key);
         let address = |key: &str, default: &str| -> Result<SocketAddr> {
             parse_address(get(key).unwrap_or(default)).with_context(|| format!("invalid {key}"))
         };
@@ -72,26 +117,34 @@ impl ServerConfig {
                     .with_context(|| format!("invalid {key}: {v:?}"))
             })
         };
+        let limit = |key: &str, default: u64| -> Result<u64> {
+            get(key).map_or(Ok(default), |v| {
+                v.trim()
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| anyhow!("invalid {key}: {v:?}, expected a positive integer"))
+            })
+        };
         let flag = |key: &str| get(key).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        // A flag wins over the file, a `TS_*` variable over both (TorchServe's order).
+        let path = |key: &str, flag: &Option<PathBuf>| match flag {
+            Some(flag) if !props.set_by_env(key) => Some(resolve(flag)),
+            _ => get(key).map(|p| resolve(Path::new(p))),
+        };
         let mut load_models: Vec<String> = get("load_models").map(split_list).unwrap_or_default();
-        if !args.models.is_empty() {
+        if !args.models.is_empty() && !props.set_by_env("load_models") {
             load_models = args.models.iter().flat_map(|m| split_list(m)).collect();
         }
-        let model_store = args
-            .model_store
-            .clone()
-            .or_else(|| get("model_store").map(PathBuf::from));
-        let workflow_store = args
-            .workflow_store
-            .clone()
-            .or_else(|| get("workflow_store").map(PathBuf::from))
-            .or_else(|| model_store.clone());
+        let model_store = path("model_store", &args.model_store);
+        let workflow_store =
+            path("workflow_store", &args.workflow_store).or_else(|| model_store.clone());
         let max_workers_per_model = number("max_workers_per_model", 128)?;
         let default_workers_per_model = number("default_workers_per_model", 1)?;
         if default_workers_per_model > max_workers_per_model {
             bail!("default_workers_per_model ({default_workers_per_model}) is above max_workers_per_model ({max_workers_per_model})");
         }
-        Ok(Self {
+        let config = Self {
             inference_address: address("inference_address", "http://127.0.0.1:8080")?,
             management_address: address("management_address", "http://127.0.0.1:8081")?,
             metrics_address: address("metrics_address", "http://127.0.0.1:8082")?,
@@ -113,22 +166,68 @@ impl ServerConfig {
                 number("default_response_timeout", 120)? as u64
             ),
             max_request_size: number("max_request_size", 6_553_500)?,
-            python: args.python.clone(),
+            connection_header_read_timeout: Duration::from_millis(
+                number("connection_header_read_timeout_ms", 10_000)?.max(1) as u64,
+            ),
+            connection_idle_timeout: Duration::from_millis(
+                number("connection_idle_timeout_ms", 60_000)?.max(1) as u64,
+            ),
+            max_connections: get("max_connections")
+                .map(|_| number("max_connections", 0))
+                .transpose()?,
+            metrics_mode: get("metrics_mode")
+                .map_or(Ok(MetricsMode::Prometheus), str::parse)
+                .map_err(|e: String| anyhow!(e))?,
+            system_metrics_interval: (!flag("disable_system_metrics")).then_some(
+                Duration::from_secs(number("metric_time_interval", 60)?.max(1) as u64),
+            ),
+            python: args
+                .python
+                .clone()
+                .or_else(|| std::env::var_os("TORCHYARD_PYTHON").map(PathBuf::from))
+                .map(|python| program_path(cwd, python)),
             scale_down_idle: Duration::from_millis(number("scale_down_idle_ms", 10_000)? as u64),
-            token_auth: !args.disable_token_auth && !flag("disable_token_authorization"),
-            model_api_enabled: args.enable_model_api || flag("enable_model_api"),
+            token_auth: !(flag("disable_token_authorization") || args.disable_token_auth),
+            model_api_enabled: flag("enable_model_api") || args.enable_model_api,
             allowed_urls: get("allowed_urls").map(split_list).unwrap_or_default(),
             install_py_dep_per_model: flag("install_py_dep_per_model"),
+            decode_input_request: !get("decode_input_request")
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("false")),
             tls: get("certificate_file")
                 .zip(get("private_key_file"))
-                .map(|(cert, key)| (PathBuf::from(cert), PathBuf::from(key))),
+                .map(|(cert, key)| (resolve(Path::new(cert)), resolve(Path::new(key)))),
             snapshot_dir: (!args.ncs).then(|| {
-                args.snapshot_dir
-                    .clone()
-                    .or_else(|| get("snapshot_dir").map(PathBuf::from))
-                    .unwrap_or_else(|| PathBuf::from("logs/config"))
+                resolve(
+                    args.snapshot_dir
+                        .as_deref()
+                        .or_else(|| get("snapshot_dir").map(Path::new))
+                        .unwrap_or(Path::new("logs/config")),
+                )
             }),
-        })
+            archive_limits: UnpackLimits {
+                max_bytes: limit(
+                    "max_archive_unpacked_bytes",
+                    UnpackLimits::default().max_bytes,
+                )?,
+                max_entries: limit("max_archive_entries", UnpackLimits::default().max_entries)?,
+            },
+            shutdown_timeout: Duration::from_secs(number("shutdown_timeout", 30)? as u64),
+            model_snapshot: get("model_snapshot").map(String::from),
+            workflow_snapshot: get("workflow_snapshot").map(String::from),
+            settings: props.entries(),
+        };
+        props.warn_unused();
+        Ok(config)
+    }
+}
+
+/// A program to run: a bare name (`python3`) stays a `PATH` lookup, any other relative path is
+/// resolved against `cwd`.
+fn program_path(cwd: &Path, program: PathBuf) -> PathBuf {
+    if program.components().count() > 1 || program.is_absolute() {
+        cwd.join(program)
+    } else {
+        program
     }
 }
 
@@ -154,50 +253,81 @@ fn parse_address(value: &str) -> Result<SocketAddr> {
         .map_err(|_| anyhow!("expected http://host:port, got {value:?}"))
 }
 
-/// Reads a Java-style properties file: `key=value` or `key: value`, `#`/`!` comments, `\` line
-/// continuations.
-pub fn read_properties(path: &Path) -> Result<HashMap<String, String>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config file {}", path.display()))?;
-    parse_properties(&text)
-}
-
-fn parse_properties(text: &str) -> Result<HashMap<String, String>> {
-    let mut props = HashMap::new();
-    let mut pending = String::new();
-    for raw in text.lines() {
-        let line = raw.trim_start();
-        if pending.is_empty() && (line.is_empty() || line.starts_with('#') || line.starts_with('!'))
-        {
-            continue;
-        }
-        if let Some(head) = line.strip_suffix('\\') {
-            pending.push_str(head);
-            continue;
-        }
-        pending.push_str(line);
-        let entry = std::mem::take(&mut pending);
-        let split = entry.find(['=', ':']);
-        let Some(at) = split else {
-            bail!("malformed config line: {entry:?}");
-        };
-        let key = entry[..at].trim().to_string();
-        let value = entry[at + 1..].trim().to_string();
-        props.insert(key, value);
-    }
-    Ok(props)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
 
     #[test]
-    fn parses_properties() {
-        let text = "# comment\ninference_address=http://127.0.0.1:9000\n! other\nload_models: a.mar,\\\n  b.mar\n";
-        let props = parse_properties(text).unwrap();
-        assert_eq!(props["inference_address"], "http://127.0.0.1:9000");
-        assert_eq!(props["load_models"], "a.mar,b.mar");
+    fn connection_settings_have_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.properties");
+        let config = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            let argv = ["torchyard", "serve", "--config", path.to_str().unwrap()];
+            let Command::Serve(args) = Cli::parse_from(argv).command else {
+                unreachable!("parsed as serve")
+            };
+            ServerConfig::from_args(&args).unwrap()
+        };
+        let defaults = config("");
+        assert_eq!(
+            defaults.connection_header_read_timeout,
+            Duration::from_secs(10)
+        );
+        assert_eq!(defaults.connection_idle_timeout, Duration::from_secs(60));
+        assert_eq!(defaults.max_connections, None);
+        let set = config("connection_header_read_timeout_ms=1000\nmax_connections=50\n");
+        assert_eq!(set.connection_header_read_timeout, Duration::from_secs(1));
+        assert_eq!(set.max_connections, Some(50));
+    }
+
+    #[test]
+    fn programs_resolve_against_the_start_directory_unless_bare_names() {
+        let cwd = Path::new("/srv/app");
+        let resolve = |p: &str| program_path(cwd, PathBuf::from(p));
+        assert_eq!(
+            resolve(".venv/bin/python"),
+            Path::new("/srv/app/.venv/bin/python")
+        );
+        assert_eq!(resolve("./python"), Path::new("/srv/app/python"));
+        assert_eq!(resolve("/usr/bin/python3"), Path::new("/usr/bin/python3"));
+        assert_eq!(resolve("python3"), Path::new("python3"));
+    }
+
+    #[test]
+    fn paths_resolve_against_the_start_directory() {
+        let cwd = tempfile::tempdir().unwrap();
+        let cwd = cwd.path();
+        std::fs::write(
+            cwd.join("ts.properties"),
+            "model_store=store\ncertificate_file=tls/cert.pem\nprivate_key_file=/etc/key.pem\n",
+        )
+        .unwrap();
+        let argv = [
+            "torchyard",
+            "serve",
+            "--config",
+            "ts.properties",
+            "--python",
+            "venv/bin/python",
+            "--workflow-store",
+            "wf",
+        ];
+        let Command::Serve(args) = Cli::parse_from(argv).command else {
+            unreachable!("parsed as serve")
+        };
+        let config = ServerConfig::from_args_in(&args, cwd).unwrap();
+        assert_eq!(config.model_store, Some(cwd.join("store")));
+        assert_eq!(config.workflow_store, Some(cwd.join("wf")));
+        assert_eq!(config.python, Some(cwd.join("venv/bin/python")));
+        assert_eq!(config.snapshot_dir, Some(cwd.join("logs/config")));
+        let (cert, key) = config.tls.unwrap();
+        assert_eq!(
+            (cert, key),
+            (cwd.join("tls/cert.pem"), PathBuf::from("/etc/key.pem"))
+        );
     }
 
     #[test]

@@ -240,7 +240,8 @@ mod tests {
     #[test]
     fn only_http_urls_with_a_host_are_downloaded() {
         assert!(parse("ftp://example.com/a.mar").is_err());
-        assert!(parse("http:///a.mar").is_err());
+        assert!(parse("file:///etc/passwd").is_err());
+        assert!(parse("http://").is_err());
         let normalised = parse("HTTP://Example.COM/a/../b.mar").unwrap();
         assert_eq!(normalised.as_str(), "http://example.com/b.mar");
     }

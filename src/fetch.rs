@@ -30,7 +30,7 @@ pub async fn open_archive<T: Send + 'static>(
     dirs: &[&Path],
     work_subdir: &str,
     kind: &str,
-    open: fn(&Path, &Path) -> Result<T, ArchiveError>,
+    open: impl FnOnce(&Path, &Path) -> Result<T, ArchiveError> + Send + 'static,
 ) -> ApiResult<Opened<T>> {
     let located = locate(state, url, dirs, kind).await?;
     let stored_copy = match (&located.store_as, dirs.first()) {

@@ -43,6 +43,8 @@ pub struct Job {
     pub request: InferenceRequest,
     pub reply: oneshot::Sender<JobResult>,
     pub enqueued: Instant,
+    /// Whether the request named the model version, for the metrics' `model_version` label.
+    pub version_named: bool,
 }
 
 impl Job {

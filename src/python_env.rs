@@ -46,12 +46,9 @@ fn write_dir(dir: &Dir<'_>, target: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// `$TORCHYARD_PYTHON`, else the `.venv` of the working directory or of a directory above the
-/// executable (the repo checkout), else `python3`.
+/// The `.venv` of the working directory or of a directory above the executable (the repo
+/// checkout), else `python3`.
 fn default_interpreter() -> PathBuf {
-    if let Some(path) = std::env::var_os("TORCHYARD_PYTHON") {
-        return PathBuf::from(path);
-    }
     let cwd = std::env::current_dir().ok();
     let exe = std::env::current_exe().ok();
     let roots = cwd

@@ -1,37 +1,37 @@
 //! Turning an HTTP request into handler input (body, form fields or multipart parts) and a
 //! handler's output back into an HTTP response.
 
-use axum::body::Body;
+use std::time::Duration;
+
+use axum::body::{Body, BodyDataStream};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 
 use crate::error::{ApiError, ApiResult};
 use crate::job::{InferenceRequest, InferenceResponse, Param};
 
-/// Reads the body (at most `limit` bytes) and splits it into parameters by content type.
+/// Bodies declared or found to be over the size limit are still read, and thrown away, up to
+/// this many bytes before the 413, so that a client still sending sees the answer, not a reset.
+const DISCARD_LIMIT: usize = 64 << 20;
+
+/// Reads the body (at most `limit` bytes, each part within `idle` of the last) and splits it
+/// into parameters by content type.
 pub async fn read_request(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
+    idle: Duration,
 ) -> ApiResult<InferenceRequest> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > limit) {
-        return Err(ApiError::too_large(limit));
-    }
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::too_large(limit))?;
+    let bytes = read_body(headers, body, limit, idle).await?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let params = split_params(content_type, bytes).await?;
     Ok(InferenceRequest {
-        id: uuid::Uuid::new_v4().to_string(),
+        id: crate::api::request_id::current(),
         headers: headers
             .iter()
             .map(|(k, v)| {
@@ -43,6 +43,74 @@ pub async fn read_request(
             .collect(),
         params,
     })
+}
+
+/// The whole body, or a 413 once it is known to be over `limit`.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    idle: Duration,
+) -> ApiResult<Bytes> {
+    let mut chunks = body.into_data_stream();
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        // A client waiting for `100 Continue` has sent nothing yet: answer it at once.
+        if !headers.contains_key(header::EXPECT) {
+            discard(chunks, idle).await;
+        }
+        return Err(ApiError::too_large(limit));
+    }
+    // One part (the usual case) is kept as it came; more are joined.
+    let (mut first, mut joined, mut size) = (Bytes::new(), BytesMut::new(), 0);
+    while let Some(chunk) = next_chunk(&mut chunks, idle).await? {
+        size += chunk.len();
+        if size > limit {
+            discard(chunks, idle).await;
+            return Err(ApiError::too_large(limit));
+        }
+        if size == chunk.len() {
+            first = chunk;
+        } else {
+            joined.extend_from_slice(&std::mem::take(&mut first));
+            joined.extend_from_slice(&chunk);
+        }
+    }
+    Ok(if joined.is_empty() {
+        first
+    } else {
+        joined.freeze()
+    })
+}
+
+/// Reads and drops what is left of a body, up to `DISCARD_LIMIT` bytes.
+async fn discard(mut chunks: BodyDataStream, idle: Duration) {
+    let mut left = DISCARD_LIMIT;
+    while let Ok(Some(chunk)) = next_chunk(&mut chunks, idle).await {
+        left = left.saturating_sub(chunk.len());
+        if left == 0 {
+            break;
+        }
+    }
+}
+
+/// The next part of a body; a 408 when none comes within `idle`.
+async fn next_chunk(chunks: &mut BodyDataStream, idle: Duration) -> ApiResult<Option<Bytes>> {
+    match tokio::time::timeout(idle, chunks.next()).await {
+        Ok(Some(Ok(chunk))) => Ok(Some(chunk)),
+        Ok(None) => Ok(None),
+        Ok(Some(Err(e))) => Err(ApiError::bad_request(format!(
+            "Cannot read the request body: {e}"
+        ))),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "RequestTimeoutException",
+            format!("No request body data for {} ms", idle.as_millis()),
+        )),
+    }
 }
 
 async fn split_params(content_type: Option<String>, bytes: Bytes) -> ApiResult<Vec<Param>> {
@@ -66,16 +134,33 @@ async fn split_params(content_type: Option<String>, bytes: Bytes) -> ApiResult<V
     }
 }
 
+/// `application/x-www-form-urlencoded` fields; values are percent-decoded to bytes, so
+/// non-UTF-8 bytes reach the handler unchanged.
 fn form_fields(bytes: &[u8]) -> Vec<Param> {
-    serde_urlencoded::from_bytes::<Vec<(String, String)>>(bytes)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(name, value)| Param {
-            name,
-            content_type: None,
-            value: Bytes::from(value),
+    bytes
+        .split(|&b| b == b'&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = match pair.iter().position(|&b| b == b'=') {
+                Some(at) => (&pair[..at], &pair[at + 1..]),
+                None => (pair, &[][..]),
+            };
+            Param {
+                name: String::from_utf8_lossy(&form_decode(name)).into_owned(),
+                content_type: None,
+                value: Bytes::from(form_decode(value)),
+            }
         })
         .collect()
+}
+
+/// Decodes one form-encoded component: `+` is a space, `%XX` the byte XX.
+fn form_decode(component: &[u8]) -> Vec<u8> {
+    let spaced: Vec<u8> = component
+        .iter()
+        .map(|&b| if b == b'+' { b' ' } else { b })
+        .collect();
+    percent_encoding::percent_decode(&spaced).collect()
 }
 
 async fn multipart_parts(content_type: &str, bytes: Bytes) -> ApiResult<Vec<Param>> {
@@ -122,6 +207,46 @@ pub fn into_http(output: InferenceResponse) -> Response {
 mod tests {
     use super::*;
 
+    fn streamed(parts: &'static [&'static [u8]]) -> Body {
+        let parts = parts
+            .iter()
+            .map(|p| Ok::<_, std::io::Error>(Bytes::from_static(p)));
+        Body::from_stream(futures::stream::iter(parts))
+    }
+
+    const IDLE: Duration = Duration::from_secs(1);
+
+    #[tokio::test]
+    async fn body_parts_are_joined_up_to_the_limit() {
+        let body = streamed(&[b"ab", b"", b"cd", b"e"]);
+        let bytes = read_body(&HeaderMap::new(), body, 5, IDLE).await.unwrap();
+        assert_eq!(bytes, "abcde");
+        let err = read_body(&HeaderMap::new(), streamed(&[b"abc", b"def"]), 5, IDLE)
+            .await
+            .unwrap_err();
+        assert_eq!(err.status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn declared_oversize_body_is_refused() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("6"));
+        let err = read_body(&headers, streamed(&[b"abcdef"]), 5, IDLE)
+            .await
+            .unwrap_err();
+        assert_eq!(err.status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stalled_body_is_a_timeout() {
+        let stalled = futures::stream::once(async { Ok::<_, std::io::Error>(Bytes::new()) })
+            .chain(futures::stream::pending());
+        let err = read_body(&HeaderMap::new(), Body::from_stream(stalled), 5, IDLE)
+            .await
+            .unwrap_err();
+        assert_eq!(err.status, StatusCode::REQUEST_TIMEOUT);
+    }
+
     #[tokio::test]
     async fn form_body_becomes_fields() {
         let params = split_params(
@@ -133,6 +258,30 @@ mod tests {
         assert_eq!(params[0].name, "data");
         assert_eq!(params[0].value, "5");
         assert_eq!(params[1].value, "a b");
+    }
+
+    #[tokio::test]
+    async fn form_values_keep_every_byte() {
+        let params = split_params(
+            Some("application/x-www-form-urlencoded; charset=ISO-8859-1".into()),
+            Bytes::from_static(b"data=%00%7F%80%FF+%2B&name%5B%5D&=v&&last=%e9t%C3%A9"),
+        )
+        .await
+        .unwrap();
+        let fields: Vec<(&str, &[u8])> = params
+            .iter()
+            .map(|p| (p.name.as_str(), p.value.as_ref()))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                ("data", &b"\x00\x7f\x80\xff +"[..]),
+                ("name[]", b""),
+                ("", b"v"),
+                ("last", b"\xe9t\xc3\xa9"),
+            ]
+        );
+        assert!(params.iter().all(|p| p.content_type.is_none()));
     }
 
     #[tokio::test]

@@ -3,32 +3,34 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use axum::middleware;
-use axum_server::tls_rustls::RustlsConfig;
 
 use crate::api;
 use crate::auth::{self, Keys};
 use crate::cli::ServeArgs;
 use crate::config::ServerConfig;
+use crate::listener::{self, ConnectionLimits};
 use crate::metrics::Metrics;
 use crate::model::{register_archive, RegisterOptions};
 use crate::python_env::PythonEnv;
+use crate::runtime_dir;
 use crate::snapshot::{self, Snapshotter};
 use crate::state::AppState;
+use crate::worker;
 use crate::workflow::{register_workflow, WorkflowOptions};
 
 /// Runs the server until a shutdown signal, then drains requests and stops the workers.
 pub async fn serve(args: ServeArgs) -> Result<()> {
     let config = ServerConfig::from_args(&args)?;
-    let runtime_dir = tempfile::Builder::new()
-        .prefix("torchyard-")
-        .tempdir()
-        .context("cannot create the runtime directory")?;
+    let runtime_dir = runtime_dir::create()?;
+    runtime_dir::remove_stale();
     let python = PythonEnv::prepare(runtime_dir.path(), config.python.as_deref())?;
     tracing::info!("workers run {}", python.interpreter.display());
     let bind = |addr| async move {
@@ -42,9 +44,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let state = Arc::new(AppState {
         registry: Default::default(),
         workflows: Default::default(),
-        metrics: Metrics::default(),
+        metrics: Metrics::new(config.metrics_mode),
         python,
-        snapshots: Snapshotter::new(config.snapshot_dir.as_deref()),
+        snapshots: Snapshotter::new(config.snapshot_dir.as_deref(), config.settings.clone()),
+        starting: true.into(),
         config,
     });
     tracing::info!(
@@ -53,35 +56,29 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         state.config.management_address,
         state.config.metrics_address
     );
-    let restored = state.snapshots.load()?;
+    state
+        .metrics
+        .collect_host_metrics(state.config.system_metrics_interval);
+    let restored = match snapshot::from_config(&state.config)? {
+        Some(carried) => Some(carried),
+        None => state.snapshots.load(&state.config)?,
+    };
     load_startup_archives(&state, restored);
 
     let stop = CancellationToken::new();
     tokio::spawn(wait_for_signal(stop.clone()));
     let tls = match &state.config.tls {
-        Some((cert, key)) => Some(tls_config(cert, key).await?),
+        Some((cert, key)) => Some(listener::tls_acceptor(cert, key)?),
         None => None,
     };
+    let limits = ConnectionLimits::new(
+        state.config.connection_header_read_timeout,
+        state.config.max_connections,
+    );
     let serve = |listener: TcpListener, router: axum::Router| {
-        let stop = stop.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let Some(tls) = tls else {
-                return axum::serve(listener, router)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await;
-            };
-            let handle = axum_server::Handle::new();
-            let on_stop = handle.clone();
-            tokio::spawn(async move {
-                stop.cancelled().await;
-                on_stop.graceful_shutdown(None);
-            });
-            axum_server::from_tcp_rustls(listener.into_std()?, tls)?
-                .handle(handle)
-                .serve(router.into_make_service())
-                .await
-        })
+        let router = api::count_responses(router, &state.metrics);
+        let serving = listener::serve(listener, router, tls.clone(), limits.clone(), stop.clone());
+        tokio::spawn(serving)
     };
     let mut inference_router = api::inference_router(state.clone());
     let mut management_router = api::management_router(state.clone());
@@ -102,39 +99,75 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         serve(management, management_router),
         serve(metrics, api::metrics_router(state.clone())),
     ];
-    for server in servers {
-        server.await??;
+    drain(&state, servers, &stop).await
+}
+
+/// How long requests cut off at the shutdown deadline have to send their error replies.
+const CUT_OFF_GRACE: Duration = Duration::from_secs(2);
+
+/// Waits for the listeners to finish their requests, then stops the workers. If that is not
+/// done `shutdown_timeout` after the shutdown signal, fails what still runs, kills the
+/// workers, and returns at most [`CUT_OFF_GRACE`] later.
+async fn drain(
+    state: &AppState,
+    servers: impl IntoIterator<Item = JoinHandle<()>>,
+    stop: &CancellationToken,
+) -> Result<()> {
+    let finished = async {
+        for server in servers {
+            server.await?;
+        }
+        tracing::info!("stopping workers");
+        state.snapshots.close().await;
+        futures::future::join_all(state.registry.all().iter().map(|m| m.shutdown())).await;
+        Ok(())
+    };
+    tokio::pin!(finished);
+    let timeout = state.config.shutdown_timeout;
+    tokio::select! {
+        done = &mut finished => return done,
+        () = async { stop.cancelled().await; tokio::time::sleep(timeout).await } => {}
     }
-    tracing::info!("stopping workers");
-    futures::future::join_all(state.registry.all().iter().map(|m| m.shutdown())).await;
+    tracing::warn!("still draining {timeout:?} after the shutdown signal: failing what is left and killing the workers");
+    worker::abort_all();
+    if tokio::time::timeout(CUT_OFF_GRACE, finished).await.is_err() {
+        tracing::warn!("exiting with requests still open");
+    }
     Ok(())
 }
 
-/// The HTTPS settings from a PEM certificate chain and private key.
-async fn tls_config(cert: &Path, key: &Path) -> Result<RustlsConfig> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    RustlsConfig::from_pem_file(cert, key)
-        .await
-        .with_context(|| format!("cannot load {} and {}", cert.display(), key.display()))
-}
-
-/// In the background: restores the last snapshot, then registers the models and workflows
-/// named by `--models`, `load_models` and `--workflows` (models first: workflow nodes may
-/// need them).
+/// In the background: restores the snapshot (the configuration's `model_snapshot`, else the
+/// newest snapshot file), or, when there is none, registers the models and workflows named
+/// by `--models`, `load_models` and `--workflows` (models first: workflow nodes may need
+/// them); TorchServe too ignores those when it restores a snapshot. Management changes wait until the restore has finished (see
+/// [`snapshot::Snapshotter::wait_restored`]), so no snapshot can drop what is not restored yet.
 fn load_startup_archives(state: &Arc<AppState>, restored: Option<snapshot::Snapshot>) {
     let config = &state.config;
-    let models = startup_entries(&config.load_models, config.model_store.as_deref(), MAR);
-    let workflows = startup_entries(
-        &config.load_workflows,
-        config.workflow_store.as_deref(),
-        WAR,
-    );
+    let (models, workflows) = match &restored {
+        Some(_) => (Vec::new(), Vec::new()),
+        None => (
+            startup_entries(&config.load_models, config.model_store.as_deref(), MAR),
+            startup_entries(
+                &config.load_workflows,
+                config.workflow_store.as_deref(),
+                WAR,
+            ),
+        ),
+    };
     let state = state.clone();
     tokio::spawn(async move {
+        let mut failed = snapshot::Snapshot::default();
         if let Some(snapshot) = restored {
-            tracing::info!("restoring the last snapshot");
-            snapshot::restore(&state, snapshot).await;
+            tracing::info!(
+                "restoring a snapshot: --models, load_models and --workflows are not loaded"
+            );
+            let restoring = state.clone();
+            let all = snapshot.clone();
+            let restore = async move { snapshot::restore(&restoring, &snapshot).await };
+            // Should the restore panic, everything stays pending and changes are not held.
+            failed = tokio::spawn(restore).await.unwrap_or(all);
         }
+        state.snapshots.finish_restore(failed);
         let loads = models.into_iter().map(|(model_name, url)| {
             let opts = RegisterOptions {
                 url,
@@ -158,7 +191,8 @@ fn load_startup_archives(state: &Arc<AppState>, restored: Option<snapshot::Snaps
                 tracing::error!("cannot load workflow {url} at start: {e}");
             }
         }
-        state.snapshots.save(&state).await;
+        state.started();
+        state.snapshots.save_startup(&state).await;
     });
 }
 

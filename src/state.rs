@@ -1,5 +1,6 @@
 //! State shared by every API handler.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::config::ServerConfig;
@@ -19,9 +20,23 @@ pub struct AppState {
     pub metrics: Metrics,
     pub python: PythonEnv,
     pub snapshots: Snapshotter,
+    /// True until the start-up snapshot, models and workflows have been loaded (or have
+    /// failed); `/ping` answers Unhealthy meanwhile.
+    pub starting: AtomicBool,
 }
 
 impl AppState {
+    /// TorchServe's health rule: done starting, and the default version of every model
+    /// (workflow nodes included) has at least its minimum workers ready.
+    pub fn healthy(&self) -> bool {
+        !self.starting.load(Ordering::Acquire) && self.registry.list().iter().all(|m| m.healthy())
+    }
+
+    /// Marks start-up loading as done.
+    pub fn started(&self) {
+        self.starting.store(false, Ordering::Release);
+    }
+
     /// Registers a model and starts its workers; with `synchronous`, waits for them and
     /// unregisters the model again if none could load.
     pub async fn start_model(
@@ -56,6 +71,7 @@ impl AppState {
             def,
             self.python.clone(),
             self.metrics.for_model(labels),
+            self.config.decode_input_request,
         ));
         if let Err(e) = self.registry.insert(model.clone()) {
             model.shutdown().await;

@@ -17,19 +17,21 @@ def pytest_runtest_makereport(item, call):
 
 
 def _servers(tmp_path_factory):
-    """A factory `start(properties=None, args=OPEN_FLAGS, store=None, workdir=None)` → a
-    started Server (pass `args=()` for the secure defaults); every server it started is
-    stopped afterwards (SIGTERM, then SIGKILL after a timeout)."""
+    """A factory `start(properties=None, args=OPEN_FLAGS, store=None, workdir=None,
+    fd_limit=None, healthy=True)` → a started Server (pass `args=()` for the secure defaults,
+    `healthy=False` not to wait for /ping to be Healthy); every server it started is stopped
+    afterwards (SIGTERM, then SIGKILL after a timeout)."""
     servers = []
 
-    def start(properties=None, args=OPEN_FLAGS, store=None, workdir=None):
+    def start(properties=None, args=OPEN_FLAGS, store=None, workdir=None, fd_limit=None,
+              healthy=True):
         workdir = workdir or tmp_path_factory.mktemp("server")
         store = store or workdir / "store"
         store.mkdir(exist_ok=True)
-        server = Server(workdir, store, properties, args)
+        server = Server(workdir, store, properties, args, fd_limit)
         servers.append(server)
         LIVE.append(server)
-        return server.start()
+        return server.start(healthy=healthy)
 
     yield start
     for server in servers:

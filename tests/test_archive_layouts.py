@@ -97,12 +97,15 @@ def test_archive_without_a_usable_manifest_is_refused(server, manifest_text):
     assert_error(requests.get(f"{server.management}/models/{name}"), 404, "ModelNotFoundException")
 
 
-@pytest.mark.parametrize("handler", ["fails_at_load.py", "not_in_archive.py"])
-def test_model_whose_workers_cannot_load_is_not_registered(server, handler):
+@pytest.mark.parametrize("handler, code, kind", [
+    ("fails_at_load.py", 500, "InternalServerException"),
+    # A handler file the archive lacks is refused before any worker starts.
+    ("not_in_archive.py", 400, "BadRequestException"),
+])
+def test_model_whose_workers_cannot_load_is_not_registered(server, handler, code, kind):
     name = handler.removesuffix(".py")
     build_mar(server.store, name, {"fails_at_load.py": FAILS_AT_LOAD}, manifest(name, handler))
-    body = assert_error(register(server, url=f"{name}.mar", initial_workers=1), 500,
-                        "InternalServerException")
+    body = assert_error(register(server, url=f"{name}.mar", initial_workers=1), code, kind)
     assert name in body["message"]
     assert_error(requests.get(f"{server.management}/models/{name}"), 404, "ModelNotFoundException")
     assert_error(predict(server, name, data="1"), 404, "ModelNotFoundException")

@@ -258,8 +258,8 @@ def test_list_pages_metrics_and_api_description(server):
     assert "nextPageToken" not in everything
     assert {"modelName": "probe", "modelUrl": "probe.mar"} in everything["models"]
     text = requests.get(f"{server.metrics}/metrics").text
-    assert 'ts_inference_requests_total{model_name="probe",model_version="1.0"}' in text
-    assert 'torchyard_workers_ready{model_name="probe",model_version="1.0"} 1' in text
+    assert 'ts_inference_requests_total{model_name="probe",model_version="default",hostname=' in text
+    assert 'torchyard_workers_ready{model_name="probe",model_version="1.0",} 1.0' in text
     description = requests.options(f"{server.inference}/").json()
     assert description["openapi"].startswith("3") and "/predictions/{model_name}" in description["paths"]
     assert "/models" in requests.options(f"{server.management}/").json()["paths"]

@@ -2,6 +2,7 @@
 snapshots across a SIGKILL, shared models and autoscaling."""
 
 import concurrent.futures
+import re
 import signal
 import threading
 import time
@@ -146,7 +147,9 @@ def test_shared_models_own_or_shared_pools(server):
                                                     params={"limit": 1000}).json()["models"]}
     assert "shared__scale" not in models
     metrics = requests.get(f"{server.metrics}/metrics").text
-    assert 'ts_inference_requests_total{model_name="x3",model_version="1.0"} 1' in metrics
+    # A node names no version, so TorchServe's label is "default".
+    assert re.search(r'^ts_inference_requests_total\{model_name="x3",model_version="default",'
+                     r'hostname="[^"]+",\} 1\.0$', metrics, re.M), metrics
     assert requests.delete(f"{server.management}/workflows/shared").status_code == 200
     assert requests.get(f"{server.management}/models/x3").status_code == 200
 

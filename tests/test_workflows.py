@@ -125,7 +125,8 @@ def metric(server, name, **labels):
     """The value of one series on /metrics, 0 when absent."""
     text = requests.get(f"{server.metrics}/metrics").text
     want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    match = re.search(rf"^{name}\{{{re.escape(want)}\}} (\S+)$", text, re.M)
+    # Labels end with a comma, as in TorchServe's exposition.
+    match = re.search(rf"^{name}\{{{re.escape(want)},\}} (\S+)$", text, re.M)
     return float(match.group(1)) if match else 0.0
 
 

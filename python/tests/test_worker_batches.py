@@ -46,6 +46,18 @@ def test_batch_of_three_with_json_text_binary_and_form_params(loaded):
                                "broken": ["bytearray", "{nope"], "bad": ["bytearray", "\xff"]}
 
 
+
+def test_decode_input_request_false_hands_every_param_over_raw(loaded):
+    worker = loaded(DESCRIBE, decode_input_request=False)
+    reply, blobs = worker.predict(
+        request(body(b'{"data": "test"}', "application/json"), ("note", "text/plain", b"hi"),
+                ("data", None, b"\x80\xff")))
+    assert reply["kind"] == "predicted"
+    assert json.loads(blobs[0])["params"] == {"body": ["bytearray", '{"data": "test"}'],
+                                              "note": ["bytearray", "hi"],
+                                              "data": ["bytearray", "\x80\xff"]}
+
+
 RESPONSES = """
 def handle(data, context):
     if data is None:

@@ -51,6 +51,8 @@ class Worker:
     def __init__(self) -> None:
         self.entry: Optional[Entry] = None
         self.context: Optional[Context] = None
+        #: False (TorchServe's `decode_input_request=false`): handlers get every parameter raw.
+        self.decode_input_request = True
 
     def handle(self, msg: dict, blobs: List[bytearray]) -> Reply:
         """The reply to one message."""
@@ -75,6 +77,7 @@ class Worker:
             model_yaml_config=msg.get("model_yaml_config"),
             server_name=msg.get("server_name", "torchyard"),
         )
+        self.decode_input_request = msg.get("decode_input_request", True)
         try:
             self.entry = load_entry_point(msg["handler"], msg["model_dir"], self.context)
         except Exception as exc:  # noqa: BLE001 - the server reports the failed load
@@ -85,10 +88,11 @@ class Worker:
 
     def predict(self, msg: dict, blobs: List[bytearray]) -> Reply:
         requests = msg["requests"]
-        data = [
-            {p["name"]: decode(blobs[p["blob"]], p.get("content_type")) for p in r["params"]}
-            for r in requests
-        ]
+        if self.decode_input_request:
+            data = [{p["name"]: decode(blobs[p["blob"]], p.get("content_type"))
+                     for p in r["params"]} for r in requests]
+        else:
+            data = [{p["name"]: blobs[p["blob"]] for p in r["params"]} for r in requests]
         context = self.context
         context.start_batch(requests)
         try:

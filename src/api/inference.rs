@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, Method};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, options, post};
 use axum::{Json, Router};
@@ -51,8 +51,15 @@ async fn description() -> impl IntoResponse {
     Json(openapi::inference())
 }
 
-async fn ping() -> impl IntoResponse {
-    Json(json!({"status": "Healthy"}))
+/// 200 Healthy once start-up loading is done and every model has its minimum workers ready,
+/// else 500 Unhealthy, as TorchServe answers.
+async fn ping(State(state): State<Arc<AppState>>) -> Response {
+    if state.healthy() {
+        Json(json!({"status": "Healthy"})).into_response()
+    } else {
+        let body = Json(json!({"status": "Unhealthy"}));
+        (StatusCode::INTERNAL_SERVER_ERROR, body).into_response()
+    }
 }
 
 /// What the handler is asked for: TorchServe marks an explanation with the request header
@@ -266,7 +273,7 @@ async fn invocations(
         Some(name) => state.registry.get(&name, None)?,
         None => only_startup_model(&state)?,
     };
-    Ok(into_http(model.submit(request).await?))
+    Ok(into_http(model.submit(request, false).await?))
 }
 
 /// The one model loaded at start, which `/invocations` serves when no model is named.
@@ -300,7 +307,7 @@ async fn run(
     if action == Action::Explain {
         request.headers.push(("explain".into(), "True".into()));
     }
-    Ok(into_http(model.submit(request).await?))
+    Ok(into_http(model.submit(request, version.is_some()).await?))
 }
 
 /// Reads the body and puts the query's pairs first among the parameters, as TorchServe does.
@@ -311,6 +318,7 @@ async fn decode(state: &AppState, incoming: Incoming) -> ApiResult<InferenceRequ
         &incoming.headers,
         incoming.body,
         state.config.max_request_size,
+        state.config.connection_idle_timeout,
     )
     .await?;
     if !pairs.is_empty() {
@@ -350,7 +358,13 @@ async fn run_workflow(
     body: Body,
 ) -> ApiResult<Response> {
     let workflow = state.workflows.get(workflow, version)?;
-    let request = read_request(&headers, body, state.config.max_request_size).await?;
+    let request = read_request(
+        &headers,
+        body,
+        state.config.max_request_size,
+        state.config.connection_idle_timeout,
+    )
+    .await?;
     let output = crate::workflow::execute(&workflow, request).await?;
     Ok(into_http(output))
 }

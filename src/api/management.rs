@@ -1,7 +1,9 @@
 //! Model management API: register, scale, describe, list, unregister, set-default.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{MatchedPath, Request};
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
@@ -19,6 +21,7 @@ use super::{openapi, query, with_fallbacks};
 use crate::error::{ApiError, ApiResult};
 use crate::job::InferenceRequest;
 use crate::model::{register_archive, RegisterOptions, ServedModel};
+use crate::snapshot::RecordKind;
 use crate::state::AppState;
 use crate::versioned::Versioned;
 
@@ -42,7 +45,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             .route("/models/{name}/{version}/set-default", put(set_default))
             .merge(super::workflow_management::routes()),
     )
-    .layer(middleware::from_fn_with_state(
+    .route_layer(middleware::from_fn_with_state(
         state.clone(),
         snapshot_after_change,
     ))
@@ -89,18 +92,46 @@ fn changes_registrations(method: &Method, route: &str, query: Option<&str>) -> b
     }
 }
 
-/// Writes a snapshot after every successful change made through the API.
+/// Writes a snapshot after every successful change made through the API, before answering.
+/// Changes wait until the restore at start has finished; unregistering a name also forgets
+/// its records that failed to restore (even when nothing of it is loaded to unregister).
 async fn snapshot_after_change(
     State(state): State<Arc<AppState>>,
+    matched: MatchedPath,
+    params: Result<axum::extract::Path<HashMap<String, String>>, PathRejection>,
     request: Request,
     next: Next,
 ) -> Response {
     let changes = !matches!(*request.method(), Method::GET | Method::OPTIONS);
+    if changes {
+        state.snapshots.wait_restored().await;
+    }
+    // A malformed path is the handler's to refuse, with the JSON error.
+    let params = params.map(|p| p.0).unwrap_or_default();
+    let unregisters = (request.method() == Method::DELETE)
+        .then(|| unregistered(matched.as_str(), &params))
+        .flatten();
     let response = next.run(request).await;
-    if changes && response.status().is_success() {
+    let forgot = unregisters
+        .is_some_and(|(kind, name, version)| state.snapshots.forget_pending(kind, name, version));
+    if changes && (response.status().is_success() || forgot) {
         state.snapshots.save(&state).await;
     }
     response
+}
+
+/// The kind, name and version (if any) that a DELETE of `route` with `params` unregisters.
+fn unregistered<'a>(
+    route: &str,
+    params: &'a HashMap<String, String>,
+) -> Option<(RecordKind, &'a str, Option<&'a str>)> {
+    let kind = match route {
+        "/models/{name}" | "/models/{name}/{version}" => RecordKind::Model,
+        "/workflows/{name}" | "/workflows/{name}/{version}" => RecordKind::Workflow,
+        _ => return None,
+    };
+    let version = params.get("version").map(String::as_str);
+    Some((kind, params.get("name")?, version))
 }
 
 async fn description() -> impl IntoResponse {
@@ -195,7 +226,7 @@ async fn customized_metadata(model: &ServedModel) -> ApiResult<Value> {
         headers: vec![("describe".into(), "True".into())],
         params: Vec::new(),
     };
-    let output = model.submit(request).await?;
+    let output = model.submit(request, false).await?;
     Ok(serde_json::from_slice(&output.body)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&output.body).into_owned())))
 }
@@ -300,4 +331,34 @@ async fn set_default(
     Path((name, version)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     replies::set_default(&state.registry, &name, &version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_what_a_delete_unregisters() {
+        let params = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let versioned = params(&[("name", "a"), ("version", "2.0")]);
+        assert_eq!(
+            unregistered("/models/{name}/{version}", &versioned),
+            Some((RecordKind::Model, "a", Some("2.0")))
+        );
+        let named = params(&[("name", "w")]);
+        assert_eq!(
+            unregistered("/workflows/{name}", &named),
+            Some((RecordKind::Workflow, "w", None))
+        );
+        assert_eq!(unregistered("/models", &params(&[])), None);
+        assert_eq!(
+            unregistered("/models/{name}/{version}/set-default", &versioned),
+            None
+        );
+    }
 }

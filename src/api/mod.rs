@@ -7,6 +7,7 @@ mod openapi;
 mod path;
 mod query;
 mod replies;
+pub mod request_id;
 mod workflow_management;
 
 use std::sync::Arc;
@@ -18,11 +19,13 @@ use crate::state::AppState;
 
 pub use inference::router as inference_router;
 pub use management::router as management_router;
-pub use metrics::router as metrics_router;
+pub use metrics::{count_responses, router as metrics_router};
 
-/// Adds TorchServe's JSON answers for unknown paths and wrong methods.
+/// Adds TorchServe's JSON answers for unknown paths and wrong methods, and its `x-request-id`
+/// on every answer.
 fn with_fallbacks(router: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
     router
         .fallback(|| async { ApiError::resource_not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(axum::middleware::from_fn(request_id::tag))
 }

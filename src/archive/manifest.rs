@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::ArchiveError;
+use super::{read_member, ArchiveError};
 
 /// The parts of a model archive manifest the server uses, plus the raw JSON for handlers.
 #[derive(Debug, Clone)]
@@ -39,11 +39,7 @@ fn python() -> String {
 impl MarManifest {
     /// Reads `MAR-INF/MANIFEST.json` from an unpacked archive.
     pub fn read(dir: &Path) -> Result<Self, ArchiveError> {
-        let path = dir.join("MAR-INF").join("MANIFEST.json");
-        let text = std::fs::read(&path).map_err(|_| {
-            ArchiveError::Invalid("MAR-INF/MANIFEST.json is missing from the archive".into())
-        })?;
-        Self::parse(&text)
+        Self::parse(read_member(dir, "MAR-INF/MANIFEST.json")?.as_bytes())
     }
 
     fn parse(text: &[u8]) -> Result<Self, ArchiveError> {

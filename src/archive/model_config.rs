@@ -1,10 +1,8 @@
 //! `model-config.yaml`: per-model settings shipped inside an archive.
 
-use std::path::Path;
-
 use serde::Deserialize;
 
-use super::ArchiveError;
+use super::{parse_yaml, ArchiveError};
 
 /// The settings the server reads; the whole document also goes to the handler as
 /// `context.model_yaml_config`.
@@ -29,18 +27,12 @@ struct Known {
 }
 
 impl ModelConfig {
-    /// Reads and validates a model-config.yaml file.
-    pub fn read(path: &Path) -> Result<Self, ArchiveError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ArchiveError::Invalid(format!("cannot read {}: {e}", path.display())))?;
-        Self::parse(&text)
-    }
-
-    fn parse(text: &str) -> Result<Self, ArchiveError> {
+    /// Parses and validates the text of a model-config.yaml.
+    pub fn parse(text: &str) -> Result<Self, ArchiveError> {
         let bad = |e: &dyn std::fmt::Display| {
             ArchiveError::Invalid(format!("bad model-config.yaml: {e}"))
         };
-        let raw: serde_json::Value = serde_yaml_ng::from_str(text).map_err(|e| bad(&e))?;
+        let raw: serde_json::Value = parse_yaml(text).map_err(|e| bad(&e))?;
         let raw = if raw.is_null() {
             serde_json::json!({})
         } else {
@@ -75,5 +67,7 @@ mod tests {
     fn rejects_wrong_types() {
         assert!(ModelConfig::parse("batchSize: many\n").is_err());
         assert!(ModelConfig::parse("[unclosed\n").is_err());
+        let deep = ModelConfig::parse(&"a: [".repeat(50_000)).unwrap_err();
+        assert!(deep.to_string().contains("nested deeper"), "{deep}");
     }
 }

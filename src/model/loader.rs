@@ -62,6 +62,8 @@ pub async fn prepare_model(
         .into_iter()
         .chain(fallback_dir)
         .collect();
+    let limits = state.config.archive_limits;
+    let handler = opts.handler.clone();
     let Opened {
         archive,
         source,
@@ -72,25 +74,26 @@ pub async fn prepare_model(
         &dirs,
         "models",
         "model",
-        ModelArchive::open,
+        move |source, work_dir| ModelArchive::open(source, work_dir, &limits, handler),
     )
     .await?;
     let unpacked = (archive.dir != source).then(|| archive.dir.clone());
-    let requirements = archive.manifest.model.requirements_file.clone();
+    let requirements = archive.requirements.clone();
     let mut def = definition(state, opts, &source, archive);
     if let Ok(d) = &mut def {
         d.stored_copy = stored_copy.clone();
     }
     if let (Ok(d), Some(file)) = (&mut def, requirements) {
         if state.config.install_py_dep_per_model {
-            match install_requirements(&state.python, &d.dir.join(&file), &d.name).await {
+            match install_requirements(&state.python, &file, &d.name).await {
                 Ok(dir) => d.deps_dir = Some(dir),
                 Err(e) => def = Err(e),
             }
         } else {
             tracing::warn!(
-                "model {} ships {file}, not installed: set install_py_dep_per_model=true",
-                d.name
+                "model {} ships {}, not installed: set install_py_dep_per_model=true",
+                d.name,
+                file.display()
             );
         }
     }
@@ -128,10 +131,9 @@ fn definition(
             "Invalid model name {name:?}: use letters, digits, '_', '-' and '.'"
         )));
     }
-    let handler = opts
+    let handler = archive
         .handler
         .clone()
-        .or_else(|| model.handler.clone())
         .ok_or_else(|| ApiError::bad_request("The archive names no handler"))?;
     let config = &archive.config;
     let min_workers =

@@ -93,7 +93,13 @@ impl crate::versioned::Versioned for ServedModel {
 
 impl ServedModel {
     /// Creates the model with no workers; call [`ServedModel::scale`] to start them.
-    pub fn new(def: ModelDefinition, python: PythonEnv, metrics: ModelMetrics) -> Self {
+    /// `decode_input_request`: whether its workers decode JSON and text parameters.
+    pub fn new(
+        def: ModelDefinition,
+        python: PythonEnv,
+        metrics: ModelMetrics,
+        decode_input_request: bool,
+    ) -> Self {
         let (queue, rx) = async_channel::bounded(def.settings.job_queue_size);
         let spec = Arc::new(WorkerSpec {
             model_name: def.name.clone(),
@@ -106,6 +112,7 @@ impl ServedModel {
             batch_size: def.settings.batch_size,
             max_batch_delay: def.settings.max_batch_delay,
             response_timeout: def.settings.response_timeout,
+            decode_input_request,
             python,
             metrics,
             queue: rx,
@@ -131,16 +138,24 @@ impl ServedModel {
         &self.spec.metrics
     }
 
-    /// Queues a request and waits for its answer.
-    pub async fn submit(&self, request: InferenceRequest) -> JobResult {
+    /// Queues a request and waits for its answer; `version_named` says whether the request
+    /// named this version (TorchServe labels the request series `default` otherwise).
+    pub async fn submit(&self, request: InferenceRequest, version_named: bool) -> JobResult {
         let started = Instant::now();
-        let result = self.enqueue_and_wait(request).await;
-        let failed = result.as_ref().map_or(true, |r| r.status >= 400);
-        self.spec.metrics.record_request(started.elapsed(), failed);
+        self.spec.metrics.record_received(version_named);
+        let result = self.enqueue_and_wait(request, version_named).await;
+        let (elapsed, failed) = (
+            started.elapsed(),
+            result.as_ref().map_or(true, |r| r.status >= 400),
+        );
+        if result.is_ok() {
+            self.spec.metrics.record_answered(version_named, elapsed);
+        }
+        self.spec.metrics.record_request(elapsed, failed);
         result
     }
 
-    async fn enqueue_and_wait(&self, request: InferenceRequest) -> JobResult {
+    async fn enqueue_and_wait(&self, request: InferenceRequest, version_named: bool) -> JobResult {
         if self.target_workers.load(Ordering::SeqCst) == 0 {
             return Err(ApiError::unavailable(format!(
                 "Model \"{}\" has no worker to serve inference request. Please use scale workers API to add workers.",
@@ -152,6 +167,7 @@ impl ServedModel {
             request,
             reply,
             enqueued: Instant::now(),
+            version_named,
         };
         match self.queue.try_send(job) {
             Ok(()) => {}
@@ -260,6 +276,13 @@ impl ServedModel {
         if let Some(copy) = &self.def.stored_copy {
             let _ = tokio::fs::remove_file(copy).await;
         }
+    }
+
+    /// Whether at least the pool's minimum of workers has a loaded handler (always true with
+    /// a minimum of 0).
+    pub fn healthy(&self) -> bool {
+        let min = self.pool.lock().expect("pool lock").min;
+        self.spec.ready_workers.load(Ordering::SeqCst) >= min
     }
 
     /// The pool's current (min, max) worker bounds.

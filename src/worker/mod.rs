@@ -7,5 +7,6 @@ pub mod protocol;
 mod status;
 mod supervisor;
 
+pub use process::abort_all;
 pub use status::WorkerState;
 pub use supervisor::{fail_queued, spawn_worker, WorkerHandle, WorkerSpec};

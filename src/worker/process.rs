@@ -2,11 +2,14 @@
 
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 use super::protocol::{read_frame, write_frame, Frame};
 use crate::python_env::PythonEnv;
@@ -29,6 +32,9 @@ impl WorkerProcess {
         socket_path: &Path,
         work_dir: &Path,
     ) -> std::io::Result<Self> {
+        if ABORT.is_cancelled() {
+            return Err(aborted());
+        }
         let _ = std::fs::remove_file(socket_path);
         let listener = UnixListener::bind(socket_path)?;
         let mut import_path = env.import_path.clone().into_os_string();
@@ -39,7 +45,8 @@ impl WorkerProcess {
             import_path.push(":");
             import_path.push(existing);
         }
-        let mut child = Command::new(&env.interpreter)
+        let mut command = Command::new(&env.interpreter);
+        command
             .args(["-m", "torchyard.worker", "--socket"])
             .arg(socket_path)
             .env("PYTHONPATH", import_path)
@@ -48,8 +55,8 @@ impl WorkerProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
+            .kill_on_drop(true);
+        let mut child = spawn_dying_with_server(command).await?;
         forward_logs(child.stdout.take(), label.to_string());
         forward_logs(child.stderr.take(), label.to_string());
         let accepted = tokio::select! {
@@ -70,14 +77,20 @@ impl WorkerProcess {
         }
     }
 
-    /// Sends one message and waits for the reply.
+    /// Sends one message and waits for the reply; fails at once after [`abort_all`].
     pub async fn call(
         &mut self,
         header: &impl serde::Serialize,
         blobs: &[&bytes::Bytes],
     ) -> std::io::Result<Frame> {
-        write_frame(&mut self.stream, header, blobs).await?;
-        read_frame(&mut self.stream).await
+        let call = async {
+            write_frame(&mut self.stream, header, blobs).await?;
+            read_frame(&mut self.stream).await
+        };
+        tokio::select! {
+            reply = call => reply,
+            () = ABORT.cancelled() => Err(aborted()),
+        }
     }
 
     /// Closes the socket, lets the worker exit for a moment, then kills it.
@@ -98,6 +111,74 @@ impl WorkerProcess {
     }
 }
 
+/// Cancelled when the server gives up waiting for its workers.
+static ABORT: LazyLock<CancellationToken> = LazyLock::new(CancellationToken::new);
+
+/// Fails every worker call in progress and refuses to start workers: the server is exiting
+/// and will not wait any longer. Each worker's supervisor then kills its process.
+pub fn abort_all() {
+    ABORT.cancel();
+}
+
+fn aborted() -> std::io::Error {
+    std::io::Error::other("the server is shutting down")
+}
+
+/// What the spawner thread is asked: a command to start, and where the child goes.
+type SpawnRequest = (Command, oneshot::Sender<std::io::Result<Child>>);
+
+/// Starts `command` so that the process is killed when the server dies, however it dies.
+///
+/// The parent-death signal fires when the *thread* that forked the child ends, and tokio's
+/// threads may come and go; so every worker is forked by one thread that lives as long as
+/// the server.
+async fn spawn_dying_with_server(mut command: Command) -> std::io::Result<Child> {
+    let server = std::process::id() as libc::pid_t;
+    // SAFETY: the closure only makes async-signal-safe system calls and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The server died before the signal was armed: the child has a new parent already.
+            if libc::getppid() != server {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    static SPAWNER: Mutex<Option<std::sync::mpsc::Sender<SpawnRequest>>> = Mutex::new(None);
+    let (reply, child) = oneshot::channel();
+    {
+        let mut spawner = SPAWNER.lock().unwrap_or_else(PoisonError::into_inner);
+        let sender = match spawner.as_ref() {
+            Some(sender) => sender,
+            None => spawner.insert(start_spawner()?),
+        };
+        sender
+            .send((command, reply))
+            .map_err(|_| std::io::Error::other("the worker spawner thread is gone"))?;
+    }
+    child
+        .await
+        .map_err(|_| std::io::Error::other("the worker spawner thread is gone"))?
+}
+
+/// Starts the thread that spawns every worker, in the current tokio runtime.
+fn start_spawner() -> std::io::Result<std::sync::mpsc::Sender<SpawnRequest>> {
+    let (sender, requests) = std::sync::mpsc::channel::<SpawnRequest>();
+    let runtime = tokio::runtime::Handle::current();
+    std::thread::Builder::new()
+        .name("worker-spawner".into())
+        .spawn(move || {
+            let _runtime = runtime.enter();
+            for (mut command, reply) in requests {
+                let _ = reply.send(command.spawn());
+            }
+        })?;
+    Ok(sender)
+}
+
 async fn kill(child: &mut Child) {
     let _ = child.start_kill();
     let _ = child.wait().await;
@@ -112,4 +193,25 @@ fn forward_logs(pipe: Option<impl AsyncRead + Unpin + Send + 'static>, label: St
             tracing::info!(target: "torchyard::worker_log", "[{label}] {line}");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn workers_outlive_the_thread_that_asked_for_them() {
+        let runtime = tokio::runtime::Handle::current();
+        let asking = std::thread::spawn(move || {
+            let mut command = Command::new("sleep");
+            command.arg("30").kill_on_drop(true);
+            runtime.block_on(spawn_dying_with_server(command))
+        });
+        let mut child = asking.join().unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the worker died with the thread that asked for it"
+        );
+    }
 }

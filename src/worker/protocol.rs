@@ -29,6 +29,8 @@ pub struct LoadMessage<'a> {
     pub batch_size: usize,
     pub gpu_id: Option<u32>,
     pub limit_max_image_pixels: bool,
+    /// False: parameters reach the handler as raw bytes whatever their content type.
+    pub decode_input_request: bool,
     pub model_yaml_config: &'a serde_json::Value,
     pub server_name: &'a str,
     pub server_version: &'a str,

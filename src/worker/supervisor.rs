@@ -33,6 +33,8 @@ pub struct WorkerSpec {
     pub batch_size: usize,
     pub max_batch_delay: Duration,
     pub response_timeout: Duration,
+    /// Whether the worker decodes JSON and text parameters (TorchServe's `decode_input_request`).
+    pub decode_input_request: bool,
     pub python: PythonEnv,
     pub metrics: ModelMetrics,
     pub queue: Receiver<Job>,
@@ -101,12 +103,15 @@ async fn supervise(spec: Arc<WorkerSpec>, status: Arc<WorkerStatus>, cancel: Can
             .python
             .runtime_dir
             .join(format!("w{}.sock", SOCKETS.fetch_add(1, Ordering::Relaxed)));
+        let loading = Instant::now();
         let started = tokio::select! {
             started = start(&spec, &label, &socket, &status) => started,
             _ = cancel.cancelled() => break,
         };
         let exit = match started {
             Ok(mut process) => {
+                spec.metrics
+                    .record_worker_load(status.id, loading.elapsed());
                 backoff = Backoff(Backoff::FIRST);
                 spec.ready_workers.fetch_add(1, Ordering::SeqCst);
                 status.set_state(WorkerState::Ready);
@@ -164,6 +169,7 @@ async fn start(
         batch_size: spec.batch_size,
         gpu_id: None,
         limit_max_image_pixels: true,
+        decode_input_request: spec.decode_input_request,
         model_yaml_config: &spec.model_yaml_config,
         server_name: "torchyard",
         server_version: env!("CARGO_PKG_VERSION"),
@@ -214,14 +220,16 @@ async fn serve(spec: &WorkerSpec, process: &mut WorkerProcess, cancel: &Cancella
         if batch.is_empty() {
             continue;
         }
-        let now = Instant::now();
-        for job in &batch {
-            spec.metrics.record_queue_wait(now - job.enqueued);
-        }
+        let scheduled = Instant::now();
         spec.metrics.record_batch(batch.len());
-        match predict(spec, process, &batch).await {
+        let outcome = predict(spec, process, &batch).await;
+        let backend = scheduled.elapsed();
+        match outcome {
             Ok(responses) => {
                 for (job, response) in batch.into_iter().zip(responses) {
+                    // As in TorchServe, only answered requests count their wait.
+                    let waited = scheduled - job.enqueued;
+                    spec.metrics.record_queue_wait(job.version_named, waited);
                     job.finish(Ok(response));
                 }
             }
@@ -241,6 +249,8 @@ async fn serve(spec: &WorkerSpec, process: &mut WorkerProcess, cancel: &Cancella
                 return Exit::Crashed(message);
             }
         }
+        spec.metrics
+            .record_worker_thread(scheduled.elapsed().saturating_sub(backend));
     }
 }
 

@@ -108,7 +108,7 @@ async fn call_node(
     for attempt in 0..attempts {
         let mut request = input.clone();
         request.id = uuid::Uuid::new_v4().to_string();
-        let outcome = tokio::time::timeout(timeout, node.model.submit(request)).await;
+        let outcome = tokio::time::timeout(timeout, node.model.submit(request, false)).await;
         unavailable = matches!(&outcome, Ok(Err(e)) if e.status == StatusCode::SERVICE_UNAVAILABLE);
         reason = match outcome {
             Ok(Ok(output)) if output.status < 400 => {

@@ -37,6 +37,7 @@ pub async fn register_workflow(
     opts: WorkflowOptions,
 ) -> ApiResult<Arc<Workflow>> {
     let dirs: Vec<&Path> = state.config.workflow_store.as_deref().into_iter().collect();
+    let limits = state.config.archive_limits;
     let Opened {
         archive,
         source,
@@ -47,7 +48,7 @@ pub async fn register_workflow(
         &dirs,
         "workflows",
         "workflow",
-        WorkflowArchive::open,
+        move |source, work_dir| WorkflowArchive::open(source, work_dir, &limits),
     )
     .await?;
     let owns_dir = archive.dir != source;
@@ -104,15 +105,15 @@ async fn build(
             "Workflow {name} is already registered."
         )));
     }
-    let invalid = |e: String| ApiError::bad_request(format!("Invalid workflow specification: {e}"));
-    let spec = WorkflowSpec::parse(&archive.spec_text).map_err(invalid)?;
-    let dag = Dag::build(&spec, &top_level_names(&archive.handler_source)).map_err(invalid)?;
+    let spec = &archive.spec;
+    let dag = Dag::build(spec, &top_level_names(&archive.handler_source))
+        .map_err(|e| ApiError::bad_request(format!("Invalid workflow specification: {e}")))?;
     let starts = dag.nodes.iter().map(|node| {
         let props = spec
             .models
             .get(&node.name)
             .map_or_else(|| spec.globals.clone(), |m| m.props.clone());
-        start_node(state, (&name, &version), &archive, &spec, node, props)
+        start_node(state, (&name, &version), &archive, spec, node, props)
     });
     let started = futures::future::join_all(starts).await;
     let mut nodes = Vec::with_capacity(started.len());
@@ -127,7 +128,7 @@ async fn build(
         version,
         in_flight: Default::default(),
         url: url.to_string(),
-        spec,
+        spec: archive.spec,
         dag,
         nodes,
         dir: archive.dir,

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde_yaml_ng::Value as Yaml;
 
+use crate::archive::parse_yaml;
+
 /// Per-node serving properties, global defaults overridden per model.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -109,10 +111,9 @@ fn key_name(key: &Yaml, section: &str) -> Result<String, String> {
 }
 
 impl WorkflowSpec {
-    /// Parses the YAML text of a spec file.
+    /// Parses the YAML text of a spec file, refusing deep nesting before the full parse.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let doc: Yaml =
-            serde_yaml_ng::from_str(text).map_err(|e| format!("malformed YAML: {e}"))?;
+        let doc: Yaml = parse_yaml(text).map_err(|e| format!("malformed YAML: {e}"))?;
         let Yaml::Mapping(root) = doc else {
             return Err("the spec must be a mapping with 'models' and 'dag'".into());
         };
@@ -274,6 +275,7 @@ dag:
                 "less than",
             ),
             ("dag:\n  a: {b: 1}\n", "must list"),
+            (&"[".repeat(100_000), "nested deeper than 64 levels"),
         ];
         for (text, expected) in cases {
             let err = WorkflowSpec::parse(text).unwrap_err();

@@ -1,6 +1,7 @@
 """Starting and stopping a real torchyard server for a test, on free loopback ports."""
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -27,7 +28,10 @@ OPEN_FLAGS = ("--disable-token-auth", "--enable-model-api")
 class Server:
     """A running `torchyard serve` with its three base URLs, model store and log."""
 
-    def __init__(self, workdir: Path, store: Path, properties=None, args=OPEN_FLAGS):
+    def __init__(self, workdir: Path, store: Path, properties=None, args=OPEN_FLAGS,
+                 fd_limit=None):
+        #: The open-file limit (soft and hard) to start the server under, if any.
+        self.fd_limit = fd_limit
         self.workdir = workdir
         self.store = store
         self.log_path = workdir / "server.log"
@@ -43,30 +47,50 @@ class Server:
             "metrics_address": self.metrics,
             **(properties or {}),
         }
+        # config.properties is read as Java properties (as TorchServe does): a backslash, as in
+        # an allowed_urls regex, is written doubled.
         (workdir / "config.properties").write_text(
-            "".join(f"{k}={v}\n" for k, v in config.items())
+            "".join(f"{k}={str(v).replace(chr(92), chr(92) * 2)}\n" for k, v in config.items())
         )
         self.args = [str(BINARY), "serve", "--model-store", str(store), "--config",
                      str(workdir / "config.properties"), "--python", str(PYTHON), *args]
         self.process = None
 
-    def start(self, timeout=60.0):
+    def start(self, timeout=60.0, healthy=True):
+        """Starts the server and waits until `/ping` answers Healthy (start-up models and
+        workflows loaded, workers ready) or, with `healthy=False`, answers at all."""
         if not BINARY.exists():
             raise RuntimeError(f"{BINARY} is missing: run cargo build --release first")
         self.log = open(self.log_path, "ab")
         self.process = subprocess.Popen(self.args, cwd=self.workdir, stdout=self.log,
                                         stderr=subprocess.STDOUT,
-                                        env={**os.environ, "NO_COLOR": "1"})
+                                        env={**os.environ, "NO_COLOR": "1"},
+                                        preexec_fn=self._limit_fds if self.fd_limit else None)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited at start:\n{self.log_text()}")
-            try:
-                if requests.get(f"{self.inference}/ping", timeout=1, verify=self.verify).ok:
-                    return self
-            except requests.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError(f"server did not answer /ping in {timeout}s:\n{self.log_text()}")
+            if self.ping() in ((200,) if healthy else (200, 500)):
+                return self
+            time.sleep(0.05)
+        want = "Healthy" if healthy else "anything"
+        raise RuntimeError(f"/ping did not answer {want} in {timeout}s:\n{self.log_text()}")
+
+    def _limit_fds(self):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.fd_limit, self.fd_limit))
+
+    def ping(self):
+        """`/ping`'s status code, or None while the server does not answer. 500 "Unhealthy"
+        means the server is up but still loading its start-up models or missing workers."""
+        try:
+            answer = requests.get(f"{self.inference}/ping", timeout=1, verify=self.verify)
+        except (requests.ConnectionError, requests.Timeout):
+            return None
+        try:
+            body = answer.json()
+        except ValueError:
+            return None
+        return answer.status_code if answer.status_code in (200, 500) and "status" in body else None
 
     def stop(self, sig=signal.SIGTERM, timeout=30.0):
         if self.process is None or self.process.poll() is not None:

@@ -1,20 +1,23 @@
-"""Built-in `image_segmenter`: the most likely class of every pixel."""
+"""Built-in `image_segmenter`: the most likely class of every pixel, with its probability."""
+
+import torch
+from torchvision import transforms
 
 from .vision_handler import VisionHandler
 
 
 class ImageSegmenter(VisionHandler):
-    """Normalised full-size image in; per request a [H][W] grid of class indices out."""
+    """Resize 256, crop 224, ImageNet normalisation; per request a [224][224] grid of
+    `[class, probability]` pairs (the class as a float, as TorchServe answers)."""
 
-    def initialize(self, context):
-        super().initialize(context)
-        from torchvision import transforms
-
-        self.image_processing = transforms.Compose([
-            transforms.ToTensor(),
-            transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
-        ])
+    image_processing = transforms.Compose([
+        transforms.Resize(256),
+        transforms.CenterCrop(224),
+        transforms.ToTensor(),
+        transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+    ])
 
     def postprocess(self, data):
         output = data["out"] if isinstance(data, dict) else data
-        return output.argmax(1).tolist()
+        probs, classes = torch.softmax(output, dim=1).max(dim=1)
+        return torch.stack([classes.to(probs.dtype), probs], dim=3).tolist()

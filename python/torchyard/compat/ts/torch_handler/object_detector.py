@@ -1,5 +1,8 @@
 """Built-in `object_detector`: boxes with labels and scores above a threshold."""
 
+import torch
+from torchvision import transforms
+
 from .vision_handler import VisionHandler
 
 
@@ -7,16 +10,9 @@ class ObjectDetector(VisionHandler):
     """Per request a list of `{label: [x1, y1, x2, y2], "score": s}` with score ≥ 0.5."""
 
     threshold = 0.5
-
-    def initialize(self, context):
-        super().initialize(context)
-        from torchvision import transforms
-
-        self.image_processing = transforms.Compose([transforms.ToTensor()])
+    image_processing = transforms.Compose([transforms.ToTensor()])
 
     def inference(self, data, *args, **kwargs):
-        import torch
-
         with torch.inference_mode():
             return self.model(list(data.to(self.device)), *args, **kwargs)
 

@@ -8,9 +8,19 @@ from ts.utils.util import map_class_to_label
 from .text_handler import TextHandler
 
 
+def ngrams_iterator(tokens, ngrams):
+    """The tokens, then every run of 2..`ngrams` consecutive tokens joined by spaces."""
+    yield from tokens
+    for n in range(2, ngrams + 1):
+        for start in range(len(tokens) - n + 1):
+            yield " ".join(tokens[start:start + n])
+
+
 class TextClassifier(TextHandler):
-    """Cleans and tokenizes each text, runs `model(token_ids, offsets)`, answers
-    `{label: probability}` for every class."""
+    """Cleans and tokenizes each text, looks up its words and word pairs, runs
+    `model(token_ids, offsets)`, answers `{label: probability}` for every class."""
+
+    ngrams = 2
 
     def preprocess(self, data):
         ids, offsets = [], []
@@ -24,7 +34,8 @@ class TextClassifier(TextHandler):
             text = self._remove_accented_characters(self._expand_contractions(text.lower()))
             text = self._remove_puncutation(text)
             offsets.append(len(ids))
-            ids.extend(self.lookup(token) for token in self._tokenize(text))
+            tokens = self._tokenize(text)
+            ids.extend(self.lookup(token) for token in ngrams_iterator(tokens, self.ngrams))
         return torch.as_tensor(ids, dtype=torch.int64), torch.as_tensor(offsets, dtype=torch.int64)
 
     def inference(self, data, *args, **kwargs):

@@ -16,7 +16,10 @@ class VisionHandler(BaseHandler, ABC):
 
     def initialize(self, context):
         super().initialize(context)
-        from PIL import Image  # noqa: F401 - fail at load, not at the first request
+        from PIL import Image
+
+        if not context.system_properties.get("limit_max_image_pixels"):
+            Image.MAX_IMAGE_PIXELS = None
 
     def preprocess(self, data):
         from PIL import Image

@@ -1,0 +1,714 @@
+//! Metrics served on the metrics listener: TorchServe's frontend series (request counters and
+//! latencies, response classes, queue and worker-load times, host utilisation) in TorchServe's
+//! exposition format, followed by torchyard's own per-model and per-workflow-node series.
+
+mod family;
+mod system;
+mod text;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+
+use family::{exponential_bounds, Counter, Family, Histogram, LazySeries, Render, Value};
+use system::{HostSample, Sampler};
+
+/// What the metrics listener exports: TorchServe's `metrics_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsMode {
+    /// Every series (torchyard's default).
+    Prometheus,
+    /// Only `ts_inference_requests_total`, `ts_inference_latency_microseconds` and
+    /// `ts_queue_latency_microseconds`, as TorchServe ≤ 0.7.1.
+    Legacy,
+    /// TorchServe's default, which writes metrics to log files; torchyard has none and serves
+    /// everything as in prometheus mode.
+    Log,
+}
+
+impl FromStr for MetricsMode {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "prometheus" => Ok(Self::Prometheus),
+            "legacy" => Ok(Self::Legacy),
+            "log" => Ok(Self::Log),
+            other => Err(format!(
+                "invalid metrics_mode {other:?}: expected prometheus, legacy or log"
+            )),
+        }
+    }
+}
+
+/// Labels of torchyard's per-model series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub struct ModelLabels {
+    pub model_name: String,
+    pub model_version: String,
+}
+
+/// Labels of every per-workflow-node series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub struct NodeLabels {
+    pub workflow: String,
+    pub node: String,
+}
+
+const REQUEST_LABELS: &[&str] = &["model_name", "model_version", "hostname"];
+const HOST_LABELS: &[&str] = &["Level", "Hostname"];
+const WORKER_LABELS: &[&str] = &["WorkerName", "Level", "Hostname"];
+const GPU_LABELS: &[&str] = &["Level", "DeviceId", "Hostname"];
+const MODEL_LABELS: &[&str] = &["model_name", "model_version"];
+const NODE_LABELS: &[&str] = &["workflow", "node"];
+/// The `Level` of TorchServe's frontend series.
+const HOST: &str = "Host";
+/// The `model_version` TorchServe records for requests that name no version.
+const DEFAULT_VERSION: &str = "default";
+/// The series kept in legacy mode.
+const LEGACY: &[&str] = &[
+    "ts_inference_requests_total",
+    "ts_inference_latency_microseconds",
+    "ts_queue_latency_microseconds",
+];
+
+/// A family named and described as TorchServe's `metrics.yaml` does.
+fn ts_family<S: family::Series + Default>(
+    name: &'static str,
+    unit: &str,
+    labels: &'static [&'static str],
+) -> Family<S> {
+    let kind = S::TYPE;
+    Family::new(
+        name,
+        format!("Torchserve prometheus {kind} metric with unit: {unit}"),
+        labels,
+    )
+}
+
+/// TorchServe's per-model request counters.
+#[derive(Clone)]
+struct RequestFamilies {
+    requests: Family<Counter>,
+    latency_us: Family<Counter>,
+    queue_us: Family<Counter>,
+}
+
+/// TorchServe's host gauges.
+#[derive(Clone)]
+struct HostFamilies {
+    cpu: Family<Value>,
+    memory_used: Family<Value>,
+    memory_available: Family<Value>,
+    memory_utilization: Family<Value>,
+    disk_usage: Family<Value>,
+    disk_utilization: Family<Value>,
+    disk_available: Family<Value>,
+    gpu_memory_utilization: Family<Value>,
+    gpu_memory_used: Family<Value>,
+    gpu_utilization: Family<Value>,
+}
+
+impl HostFamilies {
+    fn new() -> Self {
+        Self {
+            cpu: ts_family("CPUUtilization", "Percent", HOST_LABELS),
+            memory_used: ts_family("MemoryUsed", "Megabytes", HOST_LABELS),
+            memory_available: ts_family("MemoryAvailable", "Megabytes", HOST_LABELS),
+            memory_utilization: ts_family("MemoryUtilization", "Percent", HOST_LABELS),
+            disk_usage: ts_family("DiskUsage", "Gigabytes", HOST_LABELS),
+            disk_utilization: ts_family("DiskUtilization", "Percent", HOST_LABELS),
+            disk_available: ts_family("DiskAvailable", "Gigabytes", HOST_LABELS),
+            gpu_memory_utilization: ts_family("GPUMemoryUtilization", "Percent", GPU_LABELS),
+            gpu_memory_used: ts_family("GPUMemoryUsed", "Megabytes", GPU_LABELS),
+            gpu_utilization: ts_family("GPUUtilization", "Percent", GPU_LABELS),
+        }
+    }
+
+    fn all(&self) -> [&Family<Value>; 10] {
+        [
+            &self.cpu,
+            &self.memory_used,
+            &self.memory_available,
+            &self.memory_utilization,
+            &self.disk_usage,
+            &self.disk_utilization,
+            &self.disk_available,
+            &self.gpu_memory_utilization,
+            &self.gpu_memory_used,
+            &self.gpu_utilization,
+        ]
+    }
+
+    fn record(&self, hostname: &str, sample: &HostSample) {
+        let host = [HOST, hostname];
+        let set = |family: &Family<Value>, value: f64| family.get_or_create(&host).set(value);
+        if let Some(cpu) = sample.cpu_utilization {
+            set(&self.cpu, cpu);
+        }
+        if let Some(memory) = &sample.memory {
+            set(&self.memory_used, memory.used_mb);
+            set(&self.memory_available, memory.available_mb);
+            set(&self.memory_utilization, memory.utilization);
+        }
+        if let Some(disk) = &sample.disk {
+            set(&self.disk_usage, disk.used_gb);
+            set(&self.disk_utilization, disk.utilization);
+            set(&self.disk_available, disk.available_gb);
+        }
+        for gpu in &sample.gpus {
+            let labels = [HOST, gpu.id.as_str(), hostname];
+            let set = |family: &Family<Value>, value: f64| family.get_or_create(&labels).set(value);
+            set(&self.gpu_memory_utilization, gpu.memory_utilization);
+            set(&self.gpu_memory_used, gpu.memory_used_mb);
+            set(&self.gpu_utilization, gpu.utilization);
+        }
+    }
+}
+
+/// Counts answers by status class: TorchServe's `Requests2XX`, `Requests4XX`, `Requests5XX`.
+#[derive(Clone)]
+pub struct ResponseCounter(Arc<[LazySeries<Counter>; 3]>);
+
+impl ResponseCounter {
+    /// Counts one answer; 1xx and 3xx are not counted, as in TorchServe.
+    pub fn count(&self, status: StatusCode) {
+        let class = match status.as_u16() {
+            200..=299 => 0,
+            400..=499 => 1,
+            500.. => 2,
+            _ => return,
+        };
+        self.0[class].get().add(1.0);
+    }
+}
+
+/// The server's metric families and how they are rendered.
+pub struct Metrics {
+    mode: MetricsMode,
+    hostname: Arc<str>,
+    /// Every family in exposition order.
+    families: Vec<Box<dyn Render>>,
+    responses: ResponseCounter,
+    requests: RequestFamilies,
+    queue_time: Arc<LazySeries<Value>>,
+    worker_thread_time: Arc<LazySeries<Value>>,
+    worker_load: Family<Value>,
+    host: HostFamilies,
+    errors: Family<Counter>,
+    latency: Family<Histogram>,
+    batch_size: Family<Histogram>,
+    queue_depth: Family<Value>,
+    workers: Family<Value>,
+    node_requests: Family<Counter>,
+    node_errors: Family<Counter>,
+    node_retries: Family<Counter>,
+    node_latency: Family<Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new(MetricsMode::Prometheus)
+    }
+}
+
+impl Metrics {
+    /// The families of `mode`, labelled with this host's name; warns when a mode is not served
+    /// as TorchServe serves it.
+    pub fn new(mode: MetricsMode) -> Self {
+        match mode {
+            MetricsMode::Log => tracing::warn!(
+                "metrics_mode=log: torchyard writes no ts_metrics.log or model_metrics.log; \
+                 the metrics API serves every metric as in prometheus mode"
+            ),
+            MetricsMode::Legacy => tracing::warn!(
+                "metrics_mode=legacy: the metrics API serves only the ts_* request series; \
+                 torchyard writes no ts_metrics.log or model_metrics.log for the others"
+            ),
+            MetricsMode::Prometheus => {}
+        }
+        let hostname: Arc<str> = hostname().into();
+        let host = [HOST, &*hostname];
+        let status = |name| ts_family::<Counter>(name, "Count", HOST_LABELS);
+        let (ok, client, server) = (
+            status("Requests2XX"),
+            status("Requests4XX"),
+            status("Requests5XX"),
+        );
+        let responses = ResponseCounter(Arc::new([
+            ok.lazy(&host),
+            client.lazy(&host),
+            server.lazy(&host),
+        ]));
+        let requests = RequestFamilies {
+            requests: ts_family("ts_inference_requests_total", "Count", REQUEST_LABELS),
+            latency_us: ts_family(
+                "ts_inference_latency_microseconds",
+                "Microseconds",
+                REQUEST_LABELS,
+            ),
+            queue_us: ts_family(
+                "ts_queue_latency_microseconds",
+                "Microseconds",
+                REQUEST_LABELS,
+            ),
+        };
+        let queue_time = ts_family::<Value>("QueueTime", "Milliseconds", HOST_LABELS);
+        let worker_thread_time =
+            ts_family::<Value>("WorkerThreadTime", "Milliseconds", HOST_LABELS);
+        let worker_load = ts_family("WorkerLoadTime", "Milliseconds", WORKER_LABELS);
+        let host_families = HostFamilies::new();
+        let latency_bounds = exponential_bounds(0.0005, 2.0, 16);
+        let batch_bounds = exponential_bounds(1.0, 2.0, 10);
+        let histogram = |name, help, labels, bounds: &Arc<[f64]>| {
+            let bounds = bounds.clone();
+            Family::with(name, help, labels, move || Histogram::new(bounds.clone()))
+        };
+        let metrics = Self {
+            mode,
+            responses,
+            queue_time: Arc::new(queue_time.lazy(&host)),
+            worker_thread_time: Arc::new(worker_thread_time.lazy(&host)),
+            worker_load: worker_load.clone(),
+            host: host_families.clone(),
+            errors: Family::new(
+                "torchyard_inference_errors_total",
+                "Inference requests answered with an error",
+                MODEL_LABELS,
+            ),
+            latency: histogram(
+                "torchyard_request_latency_seconds",
+                "End-to-end inference latency",
+                MODEL_LABELS,
+                &latency_bounds,
+            ),
+            batch_size: histogram(
+                "torchyard_batch_size",
+                "Requests per batch sent to a worker",
+                MODEL_LABELS,
+                &batch_bounds,
+            ),
+            queue_depth: Family::new(
+                "torchyard_queue_depth",
+                "Requests waiting for a worker",
+                MODEL_LABELS,
+            ),
+            workers: Family::new(
+                "torchyard_workers_ready",
+                "Workers with a loaded handler",
+                MODEL_LABELS,
+            ),
+            node_requests: Family::new(
+                "torchyard_workflow_node_requests_total",
+                "Requests a workflow node handled",
+                NODE_LABELS,
+            ),
+            node_errors: Family::new(
+                "torchyard_workflow_node_errors_total",
+                "Workflow node calls that failed after all attempts",
+                NODE_LABELS,
+            ),
+            node_retries: Family::new(
+                "torchyard_workflow_node_retries_total",
+                "Workflow node attempts that were retries",
+                NODE_LABELS,
+            ),
+            node_latency: histogram(
+                "torchyard_workflow_node_latency_seconds",
+                "Workflow node latency, retries included",
+                NODE_LABELS,
+                &latency_bounds,
+            ),
+            requests: requests.clone(),
+            hostname,
+            families: Vec::new(),
+        };
+        let mut families: Vec<Box<dyn Render>> = vec![
+            Box::new(ok),
+            Box::new(client),
+            Box::new(server),
+            Box::new(requests.requests),
+            Box::new(requests.latency_us),
+            Box::new(requests.queue_us),
+            Box::new(queue_time),
+            Box::new(worker_thread_time),
+            Box::new(worker_load),
+        ];
+        families.extend(
+            host_families
+                .all()
+                .into_iter()
+                .map(|f| Box::new(f.clone()) as Box<dyn Render>),
+        );
+        families.extend([
+            Box::new(metrics.errors.clone()) as Box<dyn Render>,
+            Box::new(metrics.latency.clone()),
+            Box::new(metrics.batch_size.clone()),
+            Box::new(metrics.queue_depth.clone()),
+            Box::new(metrics.workers.clone()),
+            Box::new(metrics.node_requests.clone()),
+            Box::new(metrics.node_errors.clone()),
+            Box::new(metrics.node_retries.clone()),
+            Box::new(metrics.node_latency.clone()),
+        ]);
+        Self {
+            families,
+            ..metrics
+        }
+    }
+
+    /// Reads the host now and then every `every` in the background (reads run on a blocking
+    /// thread); nothing when `every` is `None`.
+    pub fn collect_host_metrics(&self, every: Option<Duration>) {
+        let Some(every) = every else { return };
+        let (host, hostname) = (self.host.clone(), self.hostname.clone());
+        tokio::spawn(async move {
+            let mut sampler = Sampler::new();
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Ok((back, sample)) = tokio::task::spawn_blocking(move || {
+                    let sample = sampler.sample();
+                    (sampler, sample)
+                })
+                .await
+                else {
+                    return;
+                };
+                sampler = back;
+                host.record(&hostname, &sample);
+            }
+        });
+    }
+
+    /// The counter of answers by status class, for the listeners' middleware.
+    pub fn response_counter(&self) -> ResponseCounter {
+        self.responses.clone()
+    }
+
+    /// Handles on one model's series, cheap to update on the hot path.
+    pub fn for_model(&self, labels: ModelLabels) -> ModelMetrics {
+        let model = [labels.model_name.as_str(), labels.model_version.as_str()];
+        let series = |version: &str| {
+            let values = [labels.model_name.as_str(), version, &*self.hostname];
+            RequestSeries {
+                requests: self.requests.requests.lazy(&values),
+                latency_us: self.requests.latency_us.lazy(&values),
+                queue_us: self.requests.queue_us.lazy(&values),
+            }
+        };
+        ModelMetrics {
+            by_default: series(DEFAULT_VERSION),
+            by_version: series(&labels.model_version),
+            queue_time: self.queue_time.clone(),
+            worker_thread_time: self.worker_thread_time.clone(),
+            worker_load: self.worker_load.clone(),
+            hostname: self.hostname.clone(),
+            errors: self.errors.get_or_create(&model),
+            latency: self.latency.get_or_create(&model),
+            batch_size: self.batch_size.get_or_create(&model),
+            queue_depth: self.queue_depth.get_or_create(&model),
+            workers: self.workers.get_or_create(&model),
+            labels,
+        }
+    }
+
+    /// Drops a model's own series and its workers' load times when it is unregistered; the
+    /// `ts_*` request counters stay, as in TorchServe.
+    pub fn remove_model(&self, labels: &ModelLabels) {
+        let model =
+            |values: &[String]| values[0] == labels.model_name && values[1] == labels.model_version;
+        self.errors.remove_where(model);
+        self.latency.remove_where(model);
+        self.batch_size.remove_where(model);
+        self.queue_depth.remove_where(model);
+        self.workers.remove_where(model);
+        self.worker_load
+            .remove_where(|values| worker_of(&values[0], labels));
+    }
+
+    /// Handles on one workflow node's series.
+    pub fn for_node(&self, labels: NodeLabels) -> NodeMetrics {
+        let node = [labels.workflow.as_str(), labels.node.as_str()];
+        NodeMetrics {
+            requests: self.node_requests.get_or_create(&node),
+            errors: self.node_errors.get_or_create(&node),
+            retries: self.node_retries.get_or_create(&node),
+            latency: self.node_latency.get_or_create(&node),
+            labels,
+        }
+    }
+
+    /// Drops a workflow node's series when its workflow is unregistered.
+    pub fn remove_node(&self, labels: &NodeLabels) {
+        let node = |values: &[String]| values[0] == labels.workflow && values[1] == labels.node;
+        self.node_requests.remove_where(node);
+        self.node_errors.remove_where(node);
+        self.node_retries.remove_where(node);
+        self.node_latency.remove_where(node);
+    }
+
+    /// Renders the families of the metrics mode in the Prometheus text format; when `names` is
+    /// not empty, only the families it names (TorchServe's `name[]` filter).
+    pub fn render(&self, names: &[String]) -> String {
+        let mut out = String::new();
+        let served = |name: &str| self.mode != MetricsMode::Legacy || LEGACY.contains(&name);
+        let wanted = |name: &str| names.is_empty() || names.iter().any(|n| n == name);
+        for family in &self.families {
+            if served(family.name()) && wanted(family.name()) {
+                family.render(&mut out);
+            }
+        }
+        out
+    }
+}
+
+/// TorchServe's name for worker `id` of a model: `W-9000-resnet18_1.0` for the first.
+fn worker_name(id: usize, labels: &ModelLabels) -> String {
+    format!(
+        "W-{}-{}_{}",
+        9000 + id,
+        labels.model_name,
+        labels.model_version
+    )
+}
+
+/// Whether `name` is the [`worker_name`] of one of the model's workers.
+fn worker_of(name: &str, labels: &ModelLabels) -> bool {
+    name.strip_prefix("W-")
+        .and_then(|rest| rest.split_once('-'))
+        .is_some_and(|(port, model)| {
+            port.bytes().all(|b| b.is_ascii_digit())
+                && model
+                    .strip_suffix(labels.model_version.as_str())
+                    .and_then(|m| m.strip_suffix('_'))
+                    == Some(labels.model_name.as_str())
+        })
+}
+
+/// The host's name, as TorchServe puts in its `hostname`/`Hostname` labels.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// TorchServe's request series for one model name and one `model_version` label.
+struct RequestSeries {
+    requests: LazySeries<Counter>,
+    latency_us: LazySeries<Counter>,
+    queue_us: LazySeries<Counter>,
+}
+
+/// One model's series.
+pub struct ModelMetrics {
+    pub labels: ModelLabels,
+    /// Requests that named no version, labelled `model_version="default"`.
+    by_default: RequestSeries,
+    /// Requests that named this version.
+    by_version: RequestSeries,
+    queue_time: Arc<LazySeries<Value>>,
+    worker_thread_time: Arc<LazySeries<Value>>,
+    worker_load: Family<Value>,
+    hostname: Arc<str>,
+    errors: Arc<Counter>,
+    latency: Arc<Histogram>,
+    batch_size: Arc<Histogram>,
+    queue_depth: Arc<Value>,
+    workers: Arc<Value>,
+}
+
+impl ModelMetrics {
+    fn series(&self, version_named: bool) -> &RequestSeries {
+        if version_named {
+            &self.by_version
+        } else {
+            &self.by_default
+        }
+    }
+
+    /// Counts a request received; `version_named` says whether its path named the version.
+    pub fn record_received(&self, version_named: bool) {
+        self.series(version_named).requests.get().add(1.0);
+    }
+
+    /// Adds the latency of a request a worker answered (TorchServe counts no other).
+    pub fn record_answered(&self, version_named: bool, elapsed: Duration) {
+        let series = self.series(version_named);
+        series.latency_us.get().add(micros(elapsed));
+    }
+
+    /// Records one request answered, by a worker or with an error.
+    pub fn record_request(&self, elapsed: Duration, failed: bool) {
+        if failed {
+            self.errors.add(1.0);
+        }
+        self.latency.observe(elapsed.as_secs_f64());
+    }
+
+    /// Records how long an answered request waited for a worker.
+    pub fn record_queue_wait(&self, version_named: bool, waited: Duration) {
+        let series = self.series(version_named);
+        series.queue_us.get().add(micros(waited));
+        self.queue_time.get().set(waited.as_millis() as f64);
+    }
+
+    /// Records the time a worker task spent on a batch besides the worker's round trip.
+    pub fn record_worker_thread(&self, took: Duration) {
+        self.worker_thread_time.get().set(took.as_millis() as f64);
+    }
+
+    /// Records how long worker `id` took to start and load the handler.
+    pub fn record_worker_load(&self, id: usize, took: Duration) {
+        let name = worker_name(id, &self.labels);
+        self.worker_load
+            .get_or_create(&[&name, HOST, &self.hostname])
+            .set(took.as_millis() as f64);
+    }
+
+    /// Records the size of a batch sent to a worker.
+    pub fn record_batch(&self, size: usize) {
+        self.batch_size.observe(size as f64);
+    }
+
+    /// Updates the gauges sampled at scrape time.
+    pub fn set_gauges(&self, queue_depth: usize, ready_workers: usize) {
+        self.queue_depth.set(queue_depth as f64);
+        self.workers.set(ready_workers as f64);
+    }
+}
+
+fn micros(elapsed: Duration) -> f64 {
+    elapsed.as_nanos() as f64 / 1000.0
+}
+
+/// One workflow node's series.
+pub struct NodeMetrics {
+    pub labels: NodeLabels,
+    requests: Arc<Counter>,
+    errors: Arc<Counter>,
+    retries: Arc<Counter>,
+    latency: Arc<Histogram>,
+}
+
+impl NodeMetrics {
+    /// Records one node call, its retries and whether it failed in the end.
+    pub fn record_call(&self, elapsed: Duration, retries: usize, failed: bool) {
+        self.requests.add(1.0);
+        self.retries.add(retries as f64);
+        if failed {
+            self.errors.add(1.0);
+        }
+        self.latency.observe(elapsed.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels() -> ModelLabels {
+        ModelLabels {
+            model_name: "resnet18".into(),
+            model_version: "1.0".into(),
+        }
+    }
+
+    fn family_names(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|rest| rest.split(' ').next())
+            .collect()
+    }
+
+    #[test]
+    fn requests_are_labelled_by_the_version_they_name() {
+        let metrics = Metrics::default();
+        let model = metrics.for_model(labels());
+        model.record_received(false);
+        model.record_received(false);
+        model.record_received(true);
+        model.record_answered(false, Duration::from_nanos(1_500));
+        let text = metrics.render(&[]);
+        let host = &*metrics.hostname;
+        assert!(text.contains(&format!(
+            "ts_inference_requests_total{{model_name=\"resnet18\",model_version=\"default\",hostname=\"{host}\",}} 2.0\n"
+        )));
+        assert!(text.contains(&format!(
+            "ts_inference_requests_total{{model_name=\"resnet18\",model_version=\"1.0\",hostname=\"{host}\",}} 1.0\n"
+        )));
+        assert!(text.contains(&format!(
+            "ts_inference_latency_microseconds{{model_name=\"resnet18\",model_version=\"default\",hostname=\"{host}\",}} 1.5\n"
+        )));
+        // Series appear once used, as in TorchServe.
+        assert!(!text.contains("ts_queue_latency_microseconds{"));
+        assert!(!text.contains("Requests2XX{"));
+    }
+
+    #[test]
+    fn name_filter_and_legacy_mode_choose_families() {
+        let metrics = Metrics::default();
+        let names = [
+            "MemoryUsed".to_string(),
+            "ts_queue_latency_microseconds".into(),
+        ];
+        assert_eq!(
+            family_names(&metrics.render(&names)),
+            ["ts_queue_latency_microseconds", "MemoryUsed"]
+        );
+        assert_eq!(
+            family_names(&Metrics::new(MetricsMode::Legacy).render(&[])),
+            LEGACY
+        );
+        let all = Metrics::new(MetricsMode::Log).render(&[]);
+        assert!(family_names(&all).contains(&"CPUUtilization"));
+    }
+
+    #[test]
+    fn responses_count_by_status_class() {
+        let metrics = Metrics::default();
+        let counter = metrics.response_counter();
+        for status in [200, 201, 302, 404, 400, 500, 503, 507] {
+            counter.count(StatusCode::from_u16(status).unwrap());
+        }
+        let text = metrics.render(&[]);
+        for (name, count) in [("Requests2XX", 2), ("Requests4XX", 2), ("Requests5XX", 3)] {
+            let line = format!(
+                "{name}{{Level=\"Host\",Hostname=\"{}\",}} {count}.0\n",
+                metrics.hostname
+            );
+            assert!(text.contains(&line), "{line} in {text}");
+        }
+    }
+
+    #[test]
+    fn worker_load_times_go_with_their_model() {
+        let metrics = Metrics::default();
+        let model = metrics.for_model(labels());
+        let other = metrics.for_model(ModelLabels {
+            model_name: "resnet18_1".into(),
+            model_version: "0".into(),
+        });
+        model.record_worker_load(1, Duration::from_millis(4593));
+        other.record_worker_load(2, Duration::from_millis(10));
+        let text = metrics.render(&[]);
+        assert!(text.contains("WorkerLoadTime{WorkerName=\"W-9001-resnet18_1.0\",Level=\"Host\","));
+        metrics.remove_model(&labels());
+        let text = metrics.render(&[]);
+        assert!(!text.contains("W-9001-resnet18_1.0"));
+        assert!(text.contains("W-9002-resnet18_1_0"));
+    }
+
+    #[test]
+    fn metrics_modes_parse() {
+        assert_eq!("Prometheus".parse(), Ok(MetricsMode::Prometheus));
+        assert_eq!(" legacy".parse(), Ok(MetricsMode::Legacy));
+        assert_eq!("log".parse(), Ok(MetricsMode::Log));
+        assert!("json".parse::<MetricsMode>().is_err());
+    }
+}

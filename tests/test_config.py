@@ -1,0 +1,48 @@
+"""config.properties as TorchServe reads it: `TS_*` environment variables when
+enable_envvars_config is set, and a warning for every key that has no effect."""
+
+import requests
+
+from support.archives import build_mar, manifest
+
+HANDLER = '''
+def handle(data, context):
+    if data:
+        return [1 for _ in data]
+'''
+
+
+def test_environment_overrides_and_ignored_keys_are_named(start_server, tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    build_mar(store, "tiny", {"h.py": HANDLER}, manifest("tiny", "h.py"))
+    monkeypatch.setenv("TS_MAX_WORKERS_PER_MODEL", "1")
+    monkeypatch.setenv("TS_ALLOWED_URLS", "file://.*")
+    server = start_server(store=store, properties={
+        "enable_envvars_config": "true", "max_workers_per_model": 8,
+        "vmargs": "-Xmx1g", "no_such_setting": "1"})
+    models = f"{server.management}/models"
+    assert requests.post(models, params={"url": "tiny.mar", "synchronous": "true"}).status_code \
+        == 200
+    scaled = requests.put(f"{models}/tiny", params={"min_worker": 2})
+    assert scaled.status_code == 400 and "max_workers_per_model is 1" in scaled.json()["message"]
+    # allowed_urls comes from the environment only with use_env_allowed_urls=true.
+    outside = requests.post(models, params={"url": f"file://{store}/tiny.mar",
+                                            "model_name": "again"})
+    assert outside.status_code == 400 and "allowed_urls" in outside.json()["message"]
+    log = server.log_text()
+    assert "config key vmargs is ignored: a JVM/Netty setting" in log
+    assert "config key no_such_setting is ignored" in log
+    assert "config key max_workers_per_model" not in log
+    assert "config key enable_envvars_config" not in log
+
+
+def test_environment_is_ignored_unless_enabled(start_server, tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    build_mar(store, "tiny", {"h.py": HANDLER}, manifest("tiny", "h.py"))
+    monkeypatch.setenv("TS_MAX_WORKERS_PER_MODEL", "1")
+    server = start_server(store=store)
+    models = f"{server.management}/models"
+    assert requests.post(models, params={"url": "tiny.mar", "synchronous": "true"}).status_code \
+        == 200
+    assert requests.put(f"{models}/tiny", params={"min_worker": 2, "synchronous": "true"}) \
+        .status_code == 200
