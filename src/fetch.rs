@@ -157,9 +157,10 @@ async fn locate(state: &AppState, url: &str, dirs: &[&Path], kind: &str) -> ApiR
     Err(not_in_store(kind, url))
 }
 
-/// An absolute path: one inside a store is always fine; any other only when `allowed_urls`
-/// matches both the path with `.` and `..` resolved and the real path it leads to (symbolic
-/// links followed), each written with the `scheme` the request used.
+/// An absolute path: a plain path inside a store is always fine; any other, and every
+/// `file://` URL, only when `allowed_urls` matches both the path with `.` and `..` resolved
+/// and the real path it leads to (symbolic links followed), each written with the `scheme`
+/// the request used.
 async fn outside_store(
     state: &AppState,
     scheme: &str,
@@ -169,7 +170,7 @@ async fn outside_store(
 ) -> ApiResult<PathBuf> {
     let missing = || not_in_store(kind, &format!("{scheme}{}", path.display()));
     let real = tokio::fs::canonicalize(path).await.ok();
-    if let Some(real) = &real {
+    if let Some(real) = real.as_ref().filter(|_| scheme.is_empty()) {
         for dir in dirs {
             if tokio::fs::canonicalize(dir)
                 .await
