@@ -76,6 +76,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         state.config.max_connections,
     );
     let serve = |listener: TcpListener, router: axum::Router| {
+        // Outermost, so token refusals carry a request id and count too.
+        let router = router.layer(middleware::from_fn(api::request_id::tag));
         let router = api::count_responses(router, &state.metrics);
         let serving = listener::serve(listener, router, tls.clone(), limits.clone(), stop.clone());
         tokio::spawn(serving)
