@@ -1,5 +1,6 @@
 //! The three HTTP listeners' routers: inference, management and metrics.
 
+pub mod cors;
 mod inference;
 mod management;
 mod metrics;
