@@ -78,6 +78,16 @@ pub struct ServerConfig {
     pub workflow_snapshot: Option<String>,
     /// Every setting as read, written into snapshots as TorchServe does.
     pub settings: Vec<(String, String)>,
+    /// Cross-origin requests: `cors_allowed_origin`, `_methods`, `_headers`.
+    pub cors: Cors,
+}
+
+/// TorchServe's CORS settings; all `None` turns CORS off.
+#[derive(Debug, Clone, Default)]
+pub struct Cors {
+    pub allowed_origin: Option<String>,
+    pub allowed_methods: Option<String>,
+    pub allowed_headers: Option<String>,
 }
 
 impl ServerConfig {
@@ -132,10 +142,16 @@ impl ServerConfig {
             Some(flag) if !props.set_by_env(key) => Some(resolve(flag)),
             _ => get(key).map(|p| resolve(Path::new(p))),
         };
-        let mut load_models: Vec<String> = get("load_models").map(split_list).unwrap_or_default();
-        if !args.models.is_empty() && !props.set_by_env("load_models") {
-            load_models = args.models.iter().flat_map(|m| split_list(m)).collect();
-        }
+        // `--models` over `load_models`, `--workflows` over `load_workflows`, unless a `TS_*`
+        // variable set the key.
+        let entries = |key: &str, flag: &[String]| -> Vec<String> {
+            match get(key) {
+                Some(value) if flag.is_empty() || props.set_by_env(key) => split_list(value),
+                _ => flag.iter().flat_map(|m| split_list(m)).collect(),
+            }
+        };
+        let load_models = entries("load_models", &args.models);
+        let load_workflows = entries("load_workflows", &args.workflows);
         let model_store = path("model_store", &args.model_store);
         let workflow_store =
             path("workflow_store", &args.workflow_store).or_else(|| model_store.clone());
@@ -151,7 +167,7 @@ impl ServerConfig {
             model_store,
             workflow_store,
             load_models,
-            load_workflows: args.workflows.iter().flat_map(|m| split_list(m)).collect(),
+            load_workflows,
             default_workers_per_model,
             api_default_workers: get("default_workers_per_model")
                 .map_or(0, |_| default_workers_per_model),
@@ -215,6 +231,11 @@ impl ServerConfig {
             model_snapshot: get("model_snapshot").map(String::from),
             workflow_snapshot: get("workflow_snapshot").map(String::from),
             settings: props.entries(),
+            cors: Cors {
+                allowed_origin: get("cors_allowed_origin").map(String::from),
+                allowed_methods: get("cors_allowed_methods").map(String::from),
+                allowed_headers: get("cors_allowed_headers").map(String::from),
+            },
         };
         props.warn_unused();
         Ok(config)

@@ -140,8 +140,9 @@ fn why_ignored(key: &str) -> &'static str {
         }
         "initial_worker_port" => "workers talk to the server over Unix sockets, not ports",
         "log_location" | "metrics_location" | "async_logging" => {
-            "torchyard logs to standard output through its own asynchronous writer"
+            "torchyard writes its log to standard output, not to log4j files"
         }
+        "model_server_home" => "the worker package ships inside the torchyard binary",
         _ => "torchyard does not support this setting",
     }
 }

@@ -76,6 +76,12 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         state.config.max_connections,
     );
     let serve = |listener: TcpListener, router: axum::Router| {
+        // Outermost, so token refusals carry a request id and count too, and preflight
+        // requests need no token.
+        let mut router = router.layer(middleware::from_fn(api::request_id::tag));
+        if let Some(cors) = api::cors::layer(&state.config.cors) {
+            router = router.layer(cors);
+        }
         let router = api::count_responses(router, &state.metrics);
         let serving = listener::serve(listener, router, tls.clone(), limits.clone(), stop.clone());
         tokio::spawn(serving)

@@ -46,3 +46,36 @@ def test_environment_is_ignored_unless_enabled(start_server, tmp_path, monkeypat
         == 200
     assert requests.put(f"{models}/tiny", params={"min_worker": 2, "synchronous": "true"}) \
         .status_code == 200
+
+
+def test_load_workflows_starts_workflows_like_load_models(start_server, tmp_path):
+    from support.archives import war
+
+    store = tmp_path / "store"
+    war(store, "flow", "models: {}\ndag:\n  echo: []\n",
+        "def echo(data, context):\n    return data and [row.get('data') for row in data]\n")
+    server = start_server(store=store, properties={"load_workflows": "greet=flow.war"})
+    listed = requests.get(f"{server.management}/workflows").json()["workflows"]
+    assert [w["workflowName"] for w in listed] == ["greet"]
+    assert requests.post(f"{server.inference}/wfpredict/greet", data={"data": "hi"}).text == "hi"
+    assert "config key load_workflows" not in server.log_text()
+
+
+def test_cors_headers_only_when_an_origin_is_allowed(start_server):
+    origin = {"Origin": "https://app.example.com"}
+    plain = start_server()
+    assert "access-control-allow-origin" not in requests.get(f"{plain.inference}/ping",
+                                                             headers=origin).headers
+    server = start_server(properties={"cors_allowed_origin": "https://app.example.com",
+                                      "cors_allowed_methods": "GET, POST, PUT, OPTIONS",
+                                      "cors_allowed_headers": "X-Custom-Header"})
+    ping = requests.get(f"{server.inference}/ping", headers=origin)
+    assert ping.headers["access-control-allow-origin"] == "https://app.example.com"
+    preflight = requests.options(f"{server.management}/models", headers={
+        **origin, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "X-Custom-Header"})
+    assert preflight.status_code == 200
+    assert "POST" in preflight.headers["access-control-allow-methods"]
+    assert "x-custom-header" in preflight.headers["access-control-allow-headers"].lower()
+    other = requests.get(f"{server.inference}/ping", headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in other.headers

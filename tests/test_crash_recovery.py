@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import jproperties
 import requests
 
 from support.archives import build_mar, manifest, war
@@ -179,9 +180,13 @@ def test_archive_missing_at_one_start_is_restored_at_the_next(start_server, tmp_
     assert names(again, "models") == set() and names(again, "workflows") == set()
     python_mar(server.store, "other")
     register_model(again, "other")
-    snapshot = json.loads((server.workdir / "logs/config/snapshot.json").read_text())
-    assert {m["name"] for m in snapshot["models"]} == {"kept", "dropped", "other"}
-    assert [w["name"] for w in snapshot["workflows"]] == ["flow"]
+    latest = sorted((server.workdir / "logs/config").glob("*.cfg"))[-1]
+    snapshot = jproperties.Properties()
+    snapshot.load(latest.read_bytes(), "utf-8")
+    models = json.loads(snapshot["model_snapshot"].data)["models"]
+    assert set(models) == {"kept", "dropped", "other"}
+    workflows = json.loads(snapshot["workflow_snapshot"].data)["workflows"]
+    assert [w["name"] for w in workflows] == ["flow"]
     # Unregistering a name that failed to restore forgets it, though nothing was loaded.
     assert requests.delete(f"{again.management}/models/dropped").status_code == 404
     again.stop(signal.SIGKILL)

@@ -29,6 +29,7 @@ def test_tokens_required_and_model_api_disabled_by_default(start_server, tmp_pat
     url = f"{server.inference}/predictions/double"
     denied = requests.post(url, data={"data": "2"})
     assert denied.status_code == 401 and denied.json()["type"] == "InvalidKeyException"
+    assert len(denied.headers["x-request-id"]) == 36
     assert requests.post(url, data={"data": "2"}, headers=management).status_code == 401
     assert requests.get(f"{server.management}/models").status_code == 401
     listed = requests.get(f"{server.management}/models", headers=management)

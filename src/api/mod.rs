@@ -1,5 +1,6 @@
 //! The three HTTP listeners' routers: inference, management and metrics.
 
+pub mod cors;
 mod inference;
 mod management;
 mod metrics;
@@ -21,11 +22,9 @@ pub use inference::router as inference_router;
 pub use management::router as management_router;
 pub use metrics::{count_responses, router as metrics_router};
 
-/// Adds TorchServe's JSON answers for unknown paths and wrong methods, and its `x-request-id`
-/// on every answer.
+/// Adds TorchServe's JSON answers for unknown paths and wrong methods.
 fn with_fallbacks(router: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
     router
         .fallback(|| async { ApiError::resource_not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
-        .layer(axum::middleware::from_fn(request_id::tag))
 }
