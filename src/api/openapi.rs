@@ -176,7 +176,7 @@ fn document(title: &str, ops: &[Op]) -> Value {
         let mut params: Vec<Value> = op
             .path
             .split('/')
-            .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+            .filter_map(|seg| seg.strip_prefix('{')?.split('}').next())
             .map(|name| json!({"in": "path", "name": name, "required": true, "schema": {"type": "string"}}))
             .collect();
         params.extend(
