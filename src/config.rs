@@ -8,6 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::archive::UnpackLimits;
 use crate::cli::ServeArgs;
+use crate::model::ModelPresets;
 use crate::metrics::MetricsMode;
 use crate::properties::Properties;
 
@@ -80,6 +81,8 @@ pub struct ServerConfig {
     pub settings: Vec<(String, String)>,
     /// Cross-origin requests: `cors_allowed_origin`, `_methods`, `_headers`.
     pub cors: Cors,
+    /// Per-model settings of the models loaded at start (`models`).
+    pub models: ModelPresets,
 }
 
 /// TorchServe's CORS settings; all `None` turns CORS off.
@@ -231,6 +234,10 @@ impl ServerConfig {
             model_snapshot: get("model_snapshot").map(String::from),
             workflow_snapshot: get("workflow_snapshot").map(String::from),
             settings: props.entries(),
+            models: get("models")
+                .map(ModelPresets::parse)
+                .transpose()?
+                .unwrap_or_default(),
             cors: Cors {
                 allowed_origin: get("cors_allowed_origin").map(String::from),
                 allowed_methods: get("cors_allowed_methods").map(String::from),

@@ -190,6 +190,11 @@ fn load_startup_archives(state: &Arc<AppState>, restored: Option<snapshot::Snaps
             }
         });
         futures::future::join_all(loads).await;
+        for (name, version) in state.config.models.default_versions() {
+            if state.registry.contains(name, version) {
+                let _ = state.registry.set_default(name, version);
+            }
+        }
         for (workflow_name, url) in workflows {
             let opts = WorkflowOptions { url, workflow_name };
             let url = opts.url.clone();

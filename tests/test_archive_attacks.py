@@ -262,7 +262,7 @@ WORKFLOW_FAILURES = {
     "manifest": (None, 400, "MANIFEST.json"),
     "spec": ("models: [\n", 400, "malformed YAML"),
     "dag": ("dag:\n  pre: [ghost]\n", 400, "ghost"),
-    "node": ("models:\n  m:\n    url: missing.mar\ndag:\n  pre: [m]\n", 404, "missing.mar"),
+    "node": ("models:\n  m:\n    url: missing.mar\ndag:\n  pre: [m]\n", 500, "missing.mar"),
 }
 
 

@@ -79,3 +79,21 @@ def test_cors_headers_only_when_an_origin_is_allowed(start_server):
     assert "x-custom-header" in preflight.headers["access-control-allow-headers"].lower()
     other = requests.get(f"{server.inference}/ping", headers={"Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in other.headers
+
+
+def test_models_key_sets_startup_models_settings_and_default_version(start_server, tmp_path):
+    store = tmp_path / "store"
+    for version in ("1.0", "2.0"):
+        build_mar(store, f"tiny_{version}", {"h.py": HANDLER}, manifest("tiny", "h.py", version))
+    models = {"tiny": {"1.0": {"minWorkers": 2, "maxWorkers": 3, "batchSize": 4,
+                               "maxBatchDelay": 7, "responseTimeout": 9},
+                       "2.0": {"defaultVersion": True, "marName": "tiny_2.0.mar"}}}
+    import json
+    server = start_server(store=store, properties={
+        "load_models": "tiny=tiny_1.0.mar,tiny=tiny_2.0.mar", "models": json.dumps(models)})
+    described = requests.get(f"{server.management}/models/tiny").json()[0]
+    assert described["modelVersion"] == "2.0"
+    first = requests.get(f"{server.management}/models/tiny/1.0").json()[0]
+    assert (first["minWorkers"], first["maxWorkers"], first["batchSize"],
+            first["maxBatchDelay"]) == (2, 3, 4, 7)
+    assert "config key models" not in server.log_text()

@@ -136,31 +136,50 @@ fn definition(
         .clone()
         .ok_or_else(|| ApiError::bad_request("The archive names no handler"))?;
     let config = &archive.config;
-    let min_workers =
-        opts.initial_workers
-            .or(config.min_workers)
-            .unwrap_or(if opts.loaded_at_startup {
-                state.config.default_workers_per_model
-            } else {
-                state.config.api_default_workers
-            });
+    let version = model.model_version.clone().unwrap_or_else(|| "1.0".into());
+    let preset = opts
+        .loaded_at_startup
+        .then(|| state.config.models.get(&name, &version))
+        .flatten()
+        .cloned()
+        .unwrap_or_default();
+    let min_workers = opts
+        .initial_workers
+        .or(config.min_workers)
+        .or(preset.min_workers)
+        .unwrap_or(if opts.loaded_at_startup {
+            state.config.default_workers_per_model
+        } else {
+            state.config.api_default_workers
+        });
     let settings = ModelSettings {
         min_workers,
-        max_workers: config.max_workers.unwrap_or(min_workers).max(min_workers),
-        batch_size: opts.batch_size.or(config.batch_size).unwrap_or(1).max(1),
+        max_workers: config
+            .max_workers
+            .or(preset.max_workers)
+            .unwrap_or(min_workers)
+            .max(min_workers),
+        batch_size: opts
+            .batch_size
+            .or(config.batch_size)
+            .or(preset.batch_size)
+            .unwrap_or(1)
+            .max(1),
         max_batch_delay: Duration::from_millis(
             opts.max_batch_delay
                 .or(config.max_batch_delay)
+                .or(preset.max_batch_delay)
                 .unwrap_or(100),
         ),
         response_timeout: opts
             .response_timeout
             .or(config.response_timeout)
+            .or(preset.response_timeout)
             .map_or(state.config.default_response_timeout, Duration::from_secs),
         job_queue_size: state.config.job_queue_size,
     };
     Ok(ModelDefinition {
-        version: model.model_version.clone().unwrap_or_else(|| "1.0".into()),
+        version,
         url: opts.url.clone(),
         runtime: opts
             .runtime

@@ -4,8 +4,10 @@
 mod definition;
 mod dependencies;
 mod loader;
+mod presets;
 mod served_model;
 
 pub use definition::{check_worker_limit, valid_name, ModelDefinition, ModelSettings};
 pub use loader::{archive_stem, prepare_model, register_archive, RegisterOptions};
+pub use presets::ModelPresets;
 pub use served_model::ServedModel;
