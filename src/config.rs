@@ -8,8 +8,8 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::archive::UnpackLimits;
 use crate::cli::ServeArgs;
-use crate::model::ModelPresets;
 use crate::metrics::MetricsMode;
+use crate::model::ModelPresets;
 use crate::properties::Properties;
 
 /// Everything the server needs to start.

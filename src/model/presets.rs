@@ -63,7 +63,10 @@ mod tests {
         let noop = presets.get("noop", "1.0").unwrap();
         assert_eq!((noop.min_workers, noop.batch_size), (Some(2), Some(4)));
         assert!(noop.default_version);
-        assert_eq!(presets.default_versions().collect::<Vec<_>>(), [("noop", "1.0")]);
+        assert_eq!(
+            presets.default_versions().collect::<Vec<_>>(),
+            [("noop", "1.0")]
+        );
         assert!(presets.get("noop", "2.0").is_none());
         assert!(ModelPresets::parse("[1]").is_err());
     }
