@@ -21,7 +21,9 @@ pub async fn collect(queue: &Receiver<Job>, first: Job, max: usize, delay: Durat
             Err(_) => break,
         }
     }
-    while batch.len() < max {
+    // A deadline already passed (always so with delay 0) must not reach the timer: tokio
+    // fires even a past deadline only on its next millisecond tick.
+    while batch.len() < max && Instant::now() < deadline {
         match timeout_at(deadline, queue.recv()).await {
             Ok(Ok(job)) => batch.push(job),
             _ => break,
