@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
+use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, options, post};
@@ -77,42 +77,41 @@ struct Incoming {
     body: Body,
 }
 
+impl<S: Send + Sync> FromRequest<S> for Incoming {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request(request: Request, _: &S) -> Result<Self, Self::Rejection> {
+        let (parts, body) = request.into_parts();
+        Ok(Self {
+            query: parts.uri.query().map(String::from),
+            headers: parts.headers,
+            body,
+        })
+    }
+}
+
 async fn predict(
     State(state): State<Arc<AppState>>,
     method: Method,
     Path(model): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Body,
+    incoming: Incoming,
 ) -> ApiResult<Response> {
-    let request = Incoming {
-        headers,
-        query,
-        body,
-    };
-    run(&state, &method, &model, None, Action::Predict, request).await
+    run(&state, &method, &model, None, Action::Predict, incoming).await
 }
 
 async fn predict_version(
     State(state): State<Arc<AppState>>,
     method: Method,
     Path((model, version)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Body,
+    incoming: Incoming,
 ) -> ApiResult<Response> {
-    let request = Incoming {
-        headers,
-        query,
-        body,
-    };
     run(
         &state,
         &method,
         &model,
         Some(&version),
         Action::Predict,
-        request,
+        incoming,
     )
     .await
 }
@@ -121,38 +120,24 @@ async fn explain(
     State(state): State<Arc<AppState>>,
     method: Method,
     Path(model): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Body,
+    incoming: Incoming,
 ) -> ApiResult<Response> {
-    let request = Incoming {
-        headers,
-        query,
-        body,
-    };
-    run(&state, &method, &model, None, Action::Explain, request).await
+    run(&state, &method, &model, None, Action::Explain, incoming).await
 }
 
 async fn explain_version(
     State(state): State<Arc<AppState>>,
     method: Method,
     Path((model, version)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Body,
+    incoming: Incoming,
 ) -> ApiResult<Response> {
-    let request = Incoming {
-        headers,
-        query,
-        body,
-    };
     run(
         &state,
         &method,
         &model,
         Some(&version),
         Action::Explain,
-        request,
+        incoming,
     )
     .await
 }
@@ -161,64 +146,43 @@ async fn explain_version(
 async fn kserve_v1(
     State(state): State<Arc<AppState>>,
     Path(target): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Body,
+    incoming: Incoming,
 ) -> ApiResult<Response> {
     let (model, action) = match target.rsplit_once(':') {
         Some((model, "predict")) => (model, Action::Predict),
         Some((model, "explain")) => (model, Action::Explain),
         _ => return Err(ApiError::resource_not_found()),
     };
-    let request = Incoming {
-        headers,
-        query,
-        body,
-    };
-    run(&state, &Method::POST, model, None, action, request).await
+    run(&state, &Method::POST, model, None, action, incoming).await
 }
 
 /// `POST /v2/models/{model}/infer` or `/explain` (KServe v2).
 async fn kserve_v2(
     State(state): State<Arc<AppState>>,
     Path((model, action)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Body,
+    incoming: Incoming,
 ) -> ApiResult<Response> {
     let action = match action.as_str() {
         "infer" => Action::Predict,
         "explain" => Action::Explain,
         _ => return Err(ApiError::resource_not_found()),
     };
-    let request = Incoming {
-        headers,
-        query,
-        body,
-    };
-    run(&state, &Method::POST, &model, None, action, request).await
+    run(&state, &Method::POST, &model, None, action, incoming).await
 }
 
 /// `POST /models/{model}/invoke` (SageMaker).
 async fn invoke(
     State(state): State<Arc<AppState>>,
     Path(model): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Body,
+    incoming: Incoming,
 ) -> ApiResult<Response> {
-    let request = Incoming {
-        headers,
-        query,
-        body,
-    };
     run(
         &state,
         &Method::POST,
         &model,
         None,
         Action::Predict,
-        request,
+        incoming,
     )
     .await
 }
@@ -227,22 +191,15 @@ async fn invoke(
 async fn legacy_predict(
     State(state): State<Arc<AppState>>,
     Path(model): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Body,
+    incoming: Incoming,
 ) -> ApiResult<Response> {
-    let request = Incoming {
-        headers,
-        query,
-        body,
-    };
     run(
         &state,
         &Method::POST,
         &model,
         None,
         Action::Predict,
-        request,
+        incoming,
     )
     .await
 }
@@ -251,19 +208,9 @@ async fn legacy_predict(
 /// form field, else it is the only model loaded at start.
 async fn invocations(
     State(state): State<Arc<AppState>>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Body,
+    incoming: Incoming,
 ) -> ApiResult<Response> {
-    let request = decode(
-        &state,
-        Incoming {
-            headers,
-            query,
-            body,
-        },
-    )
-    .await?;
+    let request = decode(&state, incoming).await?;
     let named = request
         .params
         .iter()
