@@ -4,6 +4,7 @@ real server and compared, as text with line ends normalised, with TorchServe's e
 its `%s` replaced by the server's version as the Java test does. Skipped without a TorchServe
 checkout (TORCHSERVE_REFERENCE)."""
 
+import json
 import os
 import re
 import shutil
@@ -74,3 +75,19 @@ def test_model_management_document(server):
 def test_model_documents_of_unknown_models_are_404(server):
     assert requests.options(server.inference + "/predictions/nope").status_code == 404
     assert requests.options(server.management + "/models/nope").status_code == 404
+
+
+@pytest.mark.parametrize("listener,name,extra", [
+    ("inference", "inference_open_api.json", "/v2/models/{model_name}/explain"),
+    ("management", "management_open_api.json", "/workflows/{workflow_name}/{workflow_version}"),
+])
+def test_full_document_adds_torchyards_endpoints(server, listener, name, extra):
+    """GET /api-description?full=true: TorchServe's operations unchanged, then torchyard's."""
+    full = requests.get(getattr(server, listener) + "/api-description?full=true").json()
+    torchserve = json.loads(expected(name))
+    assert full["info"] == torchserve["info"]
+    assert list(full["paths"])[:len(torchserve["paths"])] == list(torchserve["paths"])
+    assert all(full["paths"][path] == ops for path, ops in torchserve["paths"].items())
+    assert extra in full["paths"]
+    assert [p["name"] for op in full["paths"][extra].values() for p in op["parameters"]][:1] == [
+        extra.split("{")[1].split("}")[0]]

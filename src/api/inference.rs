@@ -47,8 +47,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     .with_state(state)
 }
 
-async fn description() -> Response {
-    openapi::answer(openapi::inference())
+/// TorchServe's document; with `?full=true` torchyard's further endpoints too.
+async fn description(RawQuery(raw): RawQuery) -> Response {
+    let full = raw.is_some_and(|q| q.split('&').any(|pair| pair == "full=true"));
+    openapi::answer(openapi::inference(full))
 }
 
 /// 200 Healthy once start-up loading is done and every model has its minimum workers ready,

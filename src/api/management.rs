@@ -137,8 +137,10 @@ fn unregistered<'a>(
     Some((kind, params.get("name")?, version))
 }
 
-async fn description() -> Response {
-    openapi::answer(openapi::management())
+/// TorchServe's document; with `?full=true` torchyard's further endpoints too.
+async fn description(RawQuery(raw): RawQuery) -> Response {
+    let full = raw.is_some_and(|q| q.split('&').any(|pair| pair == "full=true"));
+    openapi::answer(openapi::management(full))
 }
 
 /// `OPTIONS /models/{name}`: the management operations on that model.

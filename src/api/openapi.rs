@@ -263,6 +263,143 @@ fn server_info() -> Vec<(&'static str, Node)> {
 
 const INTERNAL: (&str, &str) = ("500", "Internal Server Error");
 
+/// An endpoint of torchyard's beyond TorchServe's documents: path, method, operationId,
+/// description.
+type Extra = (&'static str, &'static str, &'static str, &'static str);
+
+const INFERENCE_EXTRAS: &[Extra] = &[
+    (
+        "/explanations/{model_name}",
+        "post",
+        "explanations",
+        "Explanations of the default model version's predictions.",
+    ),
+    (
+        "/explanations/{model_name}/{model_version}",
+        "post",
+        "version_explanations",
+        "Explanations of a specific model version's predictions.",
+    ),
+    (
+        "/v1/models/{model_name}:explain",
+        "post",
+        "kserve_v1_explain",
+        "Explanations, KServe v1 protocol.",
+    ),
+    (
+        "/v2/models/{model_name}/explain",
+        "post",
+        "kserve_v2_explain",
+        "Explanations, KServe v2 protocol.",
+    ),
+    (
+        "/wfpredict/{workflow_name}",
+        "post",
+        "workflow_predictions",
+        "Runs a workflow on the input.",
+    ),
+    (
+        "/wfpredict/{workflow_name}/{workflow_version}",
+        "post",
+        "version_workflow_predictions",
+        "Runs a specific version of a workflow on the input.",
+    ),
+    (
+        "/invocations",
+        "post",
+        "invocations",
+        "Predictions of the model named by the model_name parameter (SageMaker).",
+    ),
+    (
+        "/models/{model_name}/invoke",
+        "post",
+        "invoke",
+        "Predictions of the default model version (SageMaker).",
+    ),
+    (
+        "/{model_name}/predict",
+        "post",
+        "legacy_predict",
+        "Predictions of the default model version (legacy path, GET too).",
+    ),
+];
+
+const MANAGEMENT_EXTRAS: &[Extra] = &[
+    (
+        "/workflows",
+        "get",
+        "listWorkflows",
+        "List registered workflows.",
+    ),
+    (
+        "/workflows",
+        "post",
+        "registerWorkflow",
+        "Register a workflow archive (url, workflow_name).",
+    ),
+    (
+        "/workflows/{workflow_name}",
+        "get",
+        "describeWorkflow",
+        "Describe the default version of a workflow.",
+    ),
+    (
+        "/workflows/{workflow_name}",
+        "put",
+        "scaleWorkflow",
+        "Scale the workers of a workflow's models, or update the workflow.",
+    ),
+    (
+        "/workflows/{workflow_name}",
+        "delete",
+        "unregisterWorkflow",
+        "Unregister a workflow and its models.",
+    ),
+    (
+        "/workflows/{workflow_name}/{workflow_version}",
+        "get",
+        "version_describeWorkflow",
+        "Describe a specific version of a workflow.",
+    ),
+    (
+        "/workflows/{workflow_name}/{workflow_version}",
+        "put",
+        "version_scaleWorkflow",
+        "Scale the workers of a specific workflow version's models.",
+    ),
+    (
+        "/workflows/{workflow_name}/{workflow_version}",
+        "delete",
+        "version_unregisterWorkflow",
+        "Unregister a specific version of a workflow.",
+    ),
+    (
+        "/workflows/{workflow_name}/{workflow_version}/set-default",
+        "put",
+        "setDefaultWorkflow",
+        "Set the default version of a workflow.",
+    ),
+];
+
+/// The operations of `table` when `full`; their path parameters come from the path.
+fn extras(full: bool, table: &'static [Extra]) -> Vec<Operation> {
+    let table = if full { table } else { &[] };
+    table
+        .iter()
+        .map(|(path, method, id, description)| {
+            let params = path
+                .split('/')
+                .filter_map(|segment| segment.strip_prefix('{')?.split('}').next())
+                .map(|name| path_param(name, &name.replace('_', " ")))
+                .collect();
+            Operation::new(path, method, description, id)
+                .params(params)
+                .respond("200", obj(vec![("description", s("OK"))]))
+                .errors(&[("400", "Bad request"), ("404", "Not found"), INTERNAL])
+        })
+        .collect()
+}
+
 /// `OPTIONS /` or `GET /api-description` (`id`); TorchServe marks the latter deprecated.
 fn api_description(path: &str, method: &'static str, id: &str) -> Operation {
     let schema = object(
@@ -360,8 +497,9 @@ fn predictions(path: &str, versioned: bool) -> Operation {
     ])
 }
 
-/// The inference listener's document.
-pub fn inference() -> String {
+/// The inference listener's document; `full` appends torchyard's endpoints that TorchServe's
+/// document leaves out (`GET /api-description?full=true`).
+pub fn inference(full: bool) -> String {
     let ping = Operation::new("/ping", "get", "Get TorchServe status.", "ping")
         .respond(
             "200",
@@ -389,7 +527,10 @@ pub fn inference() -> String {
             predictions("/predictions/{model_name}/{model_version}", true),
             api_description("/api-description", "get", "api-description"),
             metrics(),
-        ],
+        ]
+        .into_iter()
+        .chain(extras(full, INFERENCE_EXTRAS))
+        .collect(),
     )
 }
 
@@ -418,8 +559,8 @@ pub fn model_inference(model: &str) -> String {
     )
 }
 
-/// The management listener's document.
-pub fn management() -> String {
+/// The management listener's document; `full` appends torchyard's workflow endpoints.
+pub fn management(full: bool) -> String {
     let mut operations = vec![
         api_description("/", "options", "apiDescription"),
         list_models(),
@@ -432,6 +573,7 @@ pub fn management() -> String {
         "api-description",
     ));
     operations.push(metrics());
+    operations.extend(extras(full, MANAGEMENT_EXTRAS));
     document(server_info(), operations)
 }
 
