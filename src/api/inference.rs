@@ -47,8 +47,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     .with_state(state)
 }
 
-async fn description() -> impl IntoResponse {
-    Json(openapi::inference())
+/// TorchServe's document; with `?full=true` torchyard's further endpoints too.
+async fn description(RawQuery(raw): RawQuery) -> Response {
+    let full = raw.is_some_and(|q| q.split('&').any(|pair| pair == "full=true"));
+    openapi::answer(openapi::inference(full))
 }
 
 /// 200 Healthy once start-up loading is done and every model has its minimum workers ready,
@@ -246,9 +248,10 @@ async fn run(
     action: Action,
     request: Incoming,
 ) -> ApiResult<Response> {
-    let model = state.registry.get(model, version)?;
+    let name = model;
+    let model = state.registry.get(name, version)?;
     if method == Method::OPTIONS {
-        return Ok(Json(openapi::inference()).into_response());
+        return Ok(openapi::answer(openapi::model_inference(name)));
     }
     let mut request = decode(state, request).await?;
     if action == Action::Explain {

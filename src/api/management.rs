@@ -34,7 +34,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             .route("/models", get(list).post(register))
             .route(
                 "/models/{name}",
-                get(describe).put(scale).delete(unregister),
+                get(describe)
+                    .put(scale)
+                    .delete(unregister)
+                    .options(model_description),
             )
             .route(
                 "/models/{name}/{version}",
@@ -134,8 +137,19 @@ fn unregistered<'a>(
     Some((kind, params.get("name")?, version))
 }
 
-async fn description() -> impl IntoResponse {
-    Json(openapi::management())
+/// TorchServe's document; with `?full=true` torchyard's further endpoints too.
+async fn description(RawQuery(raw): RawQuery) -> Response {
+    let full = raw.is_some_and(|q| q.split('&').any(|pair| pair == "full=true"));
+    openapi::answer(openapi::management(full))
+}
+
+/// `OPTIONS /models/{name}`: the management operations on that model.
+async fn model_description(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    state.registry.get(&name, None)?;
+    Ok(openapi::answer(openapi::model_management(&name)))
 }
 
 /// `POST /models`: the options come from the query, or from a JSON body (TorchServe reads

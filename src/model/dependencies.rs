@@ -8,7 +8,8 @@ use crate::error::{ApiError, ApiResult};
 use crate::python_env::PythonEnv;
 
 /// Runs `pip install --target` for `requirements` and returns the target directory, which the
-/// model's workers put first on their import path.
+/// model's workers put first on their import path. A failed install answers TorchServe's 400
+/// "Custom pip package installation failed for model NAME" (pip's own output goes to the log).
 pub async fn install_requirements(
     env: &PythonEnv,
     requirements: &Path,
@@ -41,8 +42,10 @@ pub async fn install_requirements(
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let tail: String = stderr.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+        tracing::warn!("pip install for model {model_name} failed: {tail}");
+        let _ = tokio::fs::remove_dir_all(&target).await;
         return Err(ApiError::bad_request(format!(
-            "Installing the requirements of model {model_name} failed: {tail}"
+            "Custom pip package installation failed for model {model_name}"
         )));
     }
     Ok(target)

@@ -87,10 +87,40 @@ class BaseHandler(ABC):
         """One output per request."""
         return data.tolist()
 
+    def _is_explain(self):
+        """Whether the batch asks for explanations: the frontend sends `explain: True`."""
+        if self.context is not None and self.context.get_request_header(0, "explain") == "True":
+            self.explain = True
+            return True
+        return False
+
+    def explain_handle(self, data_preprocess, raw_data):
+        """The explanations of the first request, from `get_insights` with the request's
+        input and its optional `target` (0 when absent)."""
+        logger.info("Calculating Explanations")
+        row = raw_data[0]
+        inputs, target = row, 0
+        if isinstance(row, dict):
+            inputs = row.get("data") or row.get("body")
+            target = row.get("target") or 0
+        if isinstance(inputs, (bytes, bytearray)):
+            inputs = inputs.decode("utf-8")
+        self.target = target
+        return self.get_insights(data_preprocess, inputs, target)
+
+    def get_insights(self, tensor_data, raw_data, target):
+        """Explanations for `tensor_data`; handlers that can explain override this."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement get_insights")
+
     def handle(self, data, context):
-        """preprocess → inference → postprocess, with the handler time recorded as a metric."""
+        """preprocess → inference → postprocess, or preprocess → explain_handle when the
+        request asks for explanations; the handler time is recorded as a metric."""
         start = time.time()
         self.context = context
-        output = self.postprocess(self.inference(self.preprocess(data)))
+        data_preprocess = self.preprocess(data)
+        if self._is_explain():
+            output = self.explain_handle(data_preprocess, data)
+        else:
+            output = self.postprocess(self.inference(data_preprocess))
         context.metrics.add_time("HandlerTime", round((time.time() - start) * 1000, 2), None, "ms")
         return output
