@@ -1,24 +1,22 @@
 """TorchServe's own API tests for models (frontend ModelServerTest.java), against torchyard:
 the same archives, the same requests, the same answers. The reference archives come from a
-TorchServe checkout (TORCHSERVE_REFERENCE, by default /work/shared/reference/torchserve) and
+TorchServe checkout (TORCHSERVE_REFERENCE, by default ../shared/reference/torchserve) and
 are copied into the test's model store; the suite is skipped without them. Like the Java
 tests, the server runs with allowed_urls=file://.*|http(s)?://.* and the model API enabled."""
 
-import os
 import functools
 import shutil
 import threading
 import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 import requests
 
 from support.archives import build_mar, manifest, mnist_mars
 from support.server import free_port
+from support.reference import REFERENCE
 
-REFERENCE = Path(os.environ.get("TORCHSERVE_REFERENCE", "/work/shared/reference/torchserve"))
 MODELS = REFERENCE / "frontend" / "archive" / "src" / "test" / "resources" / "models"
 
 pytestmark = pytest.mark.skipif(not MODELS.is_dir(), reason="TorchServe reference archives absent")

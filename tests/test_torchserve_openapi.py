@@ -5,15 +5,14 @@ its `%s` replaced by the server's version as the Java test does. Skipped without
 checkout (TORCHSERVE_REFERENCE)."""
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
 
 import pytest
 import requests
+from support.reference import REFERENCE
 
-REFERENCE = Path(os.environ.get("TORCHSERVE_REFERENCE", "/work/shared/reference/torchserve"))
 FRONTEND = REFERENCE / "frontend"
 EXPECTED = FRONTEND / "server" / "src" / "test" / "resources"
 MODELS = FRONTEND / "archive" / "src" / "test" / "resources" / "models"

@@ -4,14 +4,12 @@ and WorkflowTest.testWorkflowWith(Invalid)CustomPythonDependencyModel. custom_py
 requirements.txt asks PyPI for `tsv`, which its handler imports; the invalid one asks for a
 package that does not exist. Skipped without a TorchServe checkout (TORCHSERVE_REFERENCE)."""
 
-import os
 import shutil
-from pathlib import Path
 
 import pytest
 import requests
+from support.reference import REFERENCE
 
-REFERENCE = Path(os.environ.get("TORCHSERVE_REFERENCE", "/work/shared/reference/torchserve"))
 RESOURCES = REFERENCE / "frontend" / "archive" / "src" / "test" / "resources"
 
 pytestmark = pytest.mark.skipif(not (RESOURCES / "workflows").is_dir(),

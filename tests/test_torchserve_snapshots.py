@@ -15,8 +15,8 @@ import pytest
 import requests
 
 from support.server import OPEN_FLAGS, Server
+from support.reference import REFERENCE
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "torchserve"
 EXPECTED = REFERENCE / "frontend" / "server" / "src" / "test" / "resources" / "snapshots"
 ARCHIVES = REFERENCE / "frontend" / "archive" / "src" / "test" / "resources" / "models"
 

@@ -3,17 +3,15 @@ with TorchServe's test archives: the workflow store holds its .war files, the mo
 .mar files plus a stand-in for the Git LFS mnist.mar. Skipped without a TorchServe checkout
 (TORCHSERVE_REFERENCE)."""
 
-import os
 import shutil
-from pathlib import Path
 
 import pytest
 import requests
 
 from support.archives import mnist_mars
 from support.server import free_port
+from support.reference import REFERENCE
 
-REFERENCE = Path(os.environ.get("TORCHSERVE_REFERENCE", "/work/shared/reference/torchserve"))
 RESOURCES = REFERENCE / "frontend" / "archive" / "src" / "test" / "resources"
 
 pytestmark = pytest.mark.skipif(not (RESOURCES / "workflows").is_dir(),
