@@ -15,6 +15,7 @@ import requests
 
 from support.archives import build_mar, manifest, mnist_mars
 from support.server import free_port
+from support.api import ts_error as error, ts_status as status
 from support.reference import REFERENCE
 
 MODELS = REFERENCE / "frontend" / "archive" / "src" / "test" / "resources" / "models"
@@ -67,21 +68,6 @@ def register(server, url, name=None, workers=None, **extra):
     return requests.post(f"{server.management}/models", params=params)
 
 
-def error(answer, code, message=None, kind=None):
-    """Asserts a TorchServe error body and returns its message."""
-    assert answer.status_code == code, answer.text
-    body = answer.json()
-    assert body["code"] == code
-    if kind:
-        assert body["type"] == kind
-    if message is not None:
-        assert body["message"] == message
-    return body["message"]
-
-
-def status(answer):
-    assert answer.status_code == 200, answer.text
-    return answer.json()["status"]
 
 
 def test_every_prediction_door_reaches_the_model(server):

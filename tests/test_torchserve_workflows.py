@@ -10,6 +10,7 @@ import requests
 
 from support.archives import mnist_mars
 from support.server import free_port
+from support.api import ts_error as error, ts_status as status
 from support.reference import REFERENCE
 
 RESOURCES = REFERENCE / "frontend" / "archive" / "src" / "test" / "resources"
@@ -35,20 +36,6 @@ def register(server, url, name=None):
     return requests.post(f"{server.management}/workflows", params=params)
 
 
-def status(answer):
-    assert answer.status_code == 200, answer.text
-    return answer.json()["status"]
-
-
-def error(answer, code, message=None, kind=None):
-    assert answer.status_code == code, answer.text
-    body = answer.json()
-    assert body["code"] == code
-    if kind:
-        assert body["type"] == kind
-    if message is not None:
-        assert body["message"] == message
-    return body["message"]
 
 
 def test_register_list_describe_predict_unregister(server):

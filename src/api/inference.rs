@@ -37,7 +37,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             .route("/v2/models/{model}/{action}", post(kserve_v2))
             .route("/invocations", post(invocations))
             .route("/models/{model}/invoke", post(invoke))
-            .route("/{model}/predict", get(legacy_predict).post(legacy_predict))
+            .route("/{model}/predict", get(invoke).post(invoke))
             .route("/wfpredict/{workflow}", any(workflow_predict))
             .route(
                 "/wfpredict/{workflow}/{version}",
@@ -172,38 +172,15 @@ async fn kserve_v2(
     run(&state, &Method::POST, &model, None, action, incoming).await
 }
 
-/// `POST /models/{model}/invoke` (SageMaker).
+/// `POST /models/{model}/invoke` (SageMaker) and `GET|POST /{model}/predict` (TorchServe's
+/// legacy path): a prediction whatever the method.
 async fn invoke(
     State(state): State<Arc<AppState>>,
     Path(model): Path<String>,
     incoming: Incoming,
 ) -> ApiResult<Response> {
-    run(
-        &state,
-        &Method::POST,
-        &model,
-        None,
-        Action::Predict,
-        incoming,
-    )
-    .await
-}
-
-/// `GET|POST /{model}/predict`, TorchServe's legacy prediction path.
-async fn legacy_predict(
-    State(state): State<Arc<AppState>>,
-    Path(model): Path<String>,
-    incoming: Incoming,
-) -> ApiResult<Response> {
-    run(
-        &state,
-        &Method::POST,
-        &model,
-        None,
-        Action::Predict,
-        incoming,
-    )
-    .await
+    let action = Action::Predict;
+    run(&state, &Method::POST, &model, None, action, incoming).await
 }
 
 /// `POST /invocations` (SageMaker): the model is named by the `model_name` query parameter or

@@ -22,3 +22,22 @@ def assert_error(answer, code, kind):
     body = answer.json()
     assert body["code"] == code and body["type"] == kind and body["message"]
     return body
+
+
+def ts_error(answer, code, message=None, kind=None):
+    """Asserts a TorchServe error body with `code` (and `message`, `kind` when given) and
+    returns its message."""
+    assert answer.status_code == code, answer.text
+    body = answer.json()
+    assert body["code"] == code
+    if kind:
+        assert body["type"] == kind
+    if message is not None:
+        assert body["message"] == message
+    return body["message"]
+
+
+def ts_status(answer):
+    """The `status` text of a 200 answer."""
+    assert answer.status_code == 200, answer.text
+    return answer.json()["status"]
