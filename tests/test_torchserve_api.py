@@ -16,11 +16,11 @@ import requests
 from support.archives import build_mar, manifest, mnist_mars
 from support.server import free_port
 from support.api import ts_error as error, ts_status as status
-from support.reference import REFERENCE
+from support.reference import ARCHIVES, needs_reference
 
-MODELS = REFERENCE / "frontend" / "archive" / "src" / "test" / "resources" / "models"
+MODELS = ARCHIVES / "models"
 
-pytestmark = pytest.mark.skipif(not MODELS.is_dir(), reason="TorchServe reference archives absent")
+pytestmark = needs_reference
 
 #: The configuration TorchServe's tests run with (config.properties), as far as it matters here.
 PROPERTIES = {"allowed_urls": "file://.*|http(s)?://.*", "load_models": "noop.mar"}

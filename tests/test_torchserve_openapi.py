@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 import requests
-from support.reference import REFERENCE
+from support.reference import ARCHIVES, REFERENCE, needs_reference
 
 FRONTEND = REFERENCE / "frontend"
 EXPECTED = FRONTEND / "server" / "src" / "test" / "resources"
-MODELS = FRONTEND / "archive" / "src" / "test" / "resources" / "models"
+MODELS = ARCHIVES / "models"
 CARGO = Path(__file__).resolve().parents[1] / "Cargo.toml"
 
-pytestmark = pytest.mark.skipif(not EXPECTED.is_dir(), reason="TorchServe reference absent")
+pytestmark = needs_reference
 
 
 def version():

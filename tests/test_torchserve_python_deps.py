@@ -8,12 +8,9 @@ import shutil
 
 import pytest
 import requests
-from support.reference import REFERENCE
+from support.reference import ARCHIVES as RESOURCES, needs_reference
 
-RESOURCES = REFERENCE / "frontend" / "archive" / "src" / "test" / "resources"
-
-pytestmark = pytest.mark.skipif(not (RESOURCES / "workflows").is_dir(),
-                                reason="TorchServe reference archives absent")
+pytestmark = needs_reference
 
 
 @pytest.fixture(scope="module")

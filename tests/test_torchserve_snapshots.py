@@ -15,17 +15,17 @@ import pytest
 import requests
 
 from support.server import OPEN_FLAGS, Server
-from support.reference import REFERENCE
+from support.reference import ARCHIVES as REFERENCE_ARCHIVES, REFERENCE, needs_reference
 
 EXPECTED = REFERENCE / "frontend" / "server" / "src" / "test" / "resources" / "snapshots"
-ARCHIVES = REFERENCE / "frontend" / "archive" / "src" / "test" / "resources" / "models"
+ARCHIVES = REFERENCE_ARCHIVES / "models"
 
 #: The settings of TorchServe's config_snapshot.properties that torchyard can use here.
 SETTINGS = {"load_models": "noop.mar", "default_response_timeout": "120",
             "max_request_size": "2047093252", "disable_token_authorization": "true",
             "enable_model_api": "true"}
 
-pytestmark = pytest.mark.skipif(not EXPECTED.is_dir(), reason="TorchServe reference not found")
+pytestmark = needs_reference
 
 
 def read_properties(path: Path) -> dict:

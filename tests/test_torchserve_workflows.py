@@ -11,12 +11,9 @@ import requests
 from support.archives import mnist_mars
 from support.server import free_port
 from support.api import ts_error as error, ts_status as status
-from support.reference import REFERENCE
+from support.reference import ARCHIVES as RESOURCES, needs_reference
 
-RESOURCES = REFERENCE / "frontend" / "archive" / "src" / "test" / "resources"
-
-pytestmark = pytest.mark.skipif(not (RESOURCES / "workflows").is_dir(),
-                                reason="TorchServe reference archives absent")
+pytestmark = needs_reference
 
 
 @pytest.fixture(scope="module")
