@@ -38,6 +38,8 @@ pub struct ServerConfig {
     pub connection_idle_timeout: Duration,
     /// Connections open at once per listener; `None`: derived from the open-file limit.
     pub max_connections: Option<usize>,
+    /// At most this many of the visible GPUs get workers (`number_of_gpu`); `None`: all.
+    pub number_of_gpu: Option<usize>,
     pub python: Option<PathBuf>,
     /// How long a model's queue must stay empty before the autoscaler removes a worker.
     pub scale_down_idle: Duration,
@@ -194,6 +196,9 @@ impl ServerConfig {
             max_connections: get("max_connections")
                 .map(|_| number("max_connections", 0))
                 .transpose()?,
+            number_of_gpu: get("number_of_gpu")
+                .map(|_| number("number_of_gpu", 0))
+                .transpose()?,
             metrics_mode: get("metrics_mode")
                 .map_or(Ok(MetricsMode::Prometheus), str::parse)
                 .map_err(|e: String| anyhow!(e))?,
@@ -287,18 +292,30 @@ mod tests {
     use crate::cli::{Cli, Command};
     use clap::Parser;
 
-    #[test]
-    fn connection_settings_have_defaults() {
+    /// The settings a config file with `text` gives.
+    fn config(text: &str) -> Result<ServerConfig> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.properties");
-        let config = |text: &str| {
-            std::fs::write(&path, text).unwrap();
-            let argv = ["torchyard", "serve", "--config", path.to_str().unwrap()];
-            let Command::Serve(args) = Cli::parse_from(argv).command else {
-                unreachable!("parsed as serve")
-            };
-            ServerConfig::from_args(&args).unwrap()
+        std::fs::write(&path, text).unwrap();
+        let argv = ["torchyard", "serve", "--config", path.to_str().unwrap()];
+        let Command::Serve(args) = Cli::parse_from(argv).command else {
+            unreachable!("parsed as serve")
         };
+        ServerConfig::from_args(&args)
+    }
+
+    #[test]
+    fn number_of_gpu_is_a_cap_when_set() {
+        assert_eq!(config("").unwrap().number_of_gpu, None);
+        assert_eq!(config("number_of_gpu=2").unwrap().number_of_gpu, Some(2));
+        assert_eq!(config("number_of_gpu=0").unwrap().number_of_gpu, Some(0));
+        let bad = config("number_of_gpu=-1").unwrap_err();
+        assert!(bad.to_string().contains("number_of_gpu"), "{bad}");
+    }
+
+    #[test]
+    fn connection_settings_have_defaults() {
+        let config = |text: &str| config(text).unwrap();
         let defaults = config("");
         assert_eq!(
             defaults.connection_header_read_timeout,

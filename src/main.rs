@@ -9,6 +9,7 @@ mod config;
 mod download;
 mod error;
 mod fetch;
+mod gpu;
 mod job;
 mod listener;
 mod metrics;

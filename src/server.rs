@@ -16,6 +16,7 @@ use crate::api;
 use crate::auth::{self, Keys};
 use crate::cli::ServeArgs;
 use crate::config::ServerConfig;
+use crate::gpu::Gpus;
 use crate::listener::{self, ConnectionLimits};
 use crate::metrics::Metrics;
 use crate::model::{register_archive, RegisterOptions};
@@ -41,11 +42,14 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let inference = bind(config.inference_address).await?;
     let management = bind(config.management_address).await?;
     let metrics = bind(config.metrics_address).await?;
+    let number_of_gpu = config.number_of_gpu;
+    let gpus = tokio::task::spawn_blocking(move || Gpus::detect(number_of_gpu)).await?;
     let state = Arc::new(AppState {
         registry: Default::default(),
         workflows: Default::default(),
         metrics: Metrics::new(config.metrics_mode),
         python,
+        gpus: Arc::new(gpus),
         snapshots: Snapshotter::new(config.snapshot_dir.as_deref(), config.settings.clone()),
         starting: true.into(),
         config,

@@ -430,6 +430,7 @@ mod tests {
                 import_path: dir.into(),
                 runtime_dir: dir.into(),
             },
+            gpus: std::sync::Arc::new(crate::gpu::Gpus::new(Vec::new())),
             snapshots: Snapshotter::new(Some(dir), Vec::new()),
             starting: true.into(),
         }

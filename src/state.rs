@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::config::ServerConfig;
 use crate::error::{ApiError, ApiResult};
+use crate::gpu::Gpus;
 use crate::metrics::{Metrics, ModelLabels};
 use crate::model::{ModelDefinition, ServedModel};
 use crate::python_env::PythonEnv;
@@ -19,6 +20,8 @@ pub struct AppState {
     pub workflows: VersionedRegistry<Workflow>,
     pub metrics: Metrics,
     pub python: PythonEnv,
+    /// The GPUs workers are placed on.
+    pub gpus: Arc<Gpus>,
     pub snapshots: Snapshotter,
     /// True until the start-up snapshot, models and workflows have been loaded (or have
     /// failed); `/ping` answers Unhealthy meanwhile.
@@ -72,6 +75,7 @@ impl AppState {
             self.python.clone(),
             self.metrics.for_model(labels),
             self.config.decode_input_request,
+            &self.gpus,
         ));
         if let Err(e) = self.registry.insert(model.clone()) {
             model.shutdown().await;

@@ -222,6 +222,7 @@ async fn describe_models(
 ) -> ApiResult<Json<Value>> {
     let q: DescribeQuery = query::parse(raw)?;
     let models = replies::described(&state.registry, name, version)?;
+    state.gpus.refresh_usage().await;
     let mut described = Vec::with_capacity(models.len());
     for model in models {
         let mut entry = model.describe();

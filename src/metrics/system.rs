@@ -2,8 +2,9 @@
 //! memory and disk of `/` read from `/proc` and `statvfs`, GPUs from `nvidia-smi` where it exists.
 
 use std::ffi::CString;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
+
+use crate::gpu::NvidiaSmi;
 
 const MB: f64 = 1024.0 * 1024.0;
 const GB: f64 = MB * 1024.0;
@@ -47,20 +48,15 @@ pub struct Gpu {
 /// blocking thread.
 pub struct Sampler {
     cpu: Option<CpuTimes>,
-    nvidia_smi: Option<PathBuf>,
+    nvidia_smi: Option<NvidiaSmi>,
 }
 
 impl Sampler {
     /// A sampler that asks `nvidia-smi` about GPUs when it is on the `PATH`.
     pub fn new() -> Self {
-        let nvidia_smi = std::env::var_os("PATH").and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join("nvidia-smi"))
-                .find(|exe| exe.is_file())
-        });
         Self {
             cpu: None,
-            nvidia_smi,
+            nvidia_smi: NvidiaSmi::find(),
         }
     }
 
@@ -76,7 +72,7 @@ impl Sampler {
             cpu_utilization,
             memory: read("/proc/meminfo").and_then(|s| Memory::parse(&s)),
             disk: Disk::of(Path::new("/")),
-            gpus: self.nvidia_smi.as_deref().map(gpus).unwrap_or_default(),
+            gpus: self.nvidia_smi.as_ref().map(gpus).unwrap_or_default(),
         }
     }
 }
@@ -172,32 +168,14 @@ impl Disk {
     }
 }
 
-/// The GPUs `nvidia-smi` lists; none when it fails or takes over 10 s.
-fn gpus(nvidia_smi: &Path) -> Vec<Gpu> {
-    let child = std::process::Command::new(nvidia_smi)
-        .args([
+/// The GPUs `nvidia-smi` lists; none when it fails or takes too long.
+fn gpus(nvidia_smi: &NvidiaSmi) -> Vec<Gpu> {
+    nvidia_smi
+        .query(&[
             "--query-gpu=index,utilization.gpu,memory.used,memory.total",
             "--format=csv,noheader,nounits",
         ])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn();
-    let Ok(mut child) = child else {
-        return Vec::new();
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if !matches!(child.try_wait(), Ok(Some(status)) if status.success()) {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Vec::new();
-    }
-    child
-        .wait_with_output()
-        .map(|out| parse_nvidia_smi(&String::from_utf8_lossy(&out.stdout)))
+        .map(|csv| parse_nvidia_smi(&csv))
         .unwrap_or_default()
 }
 

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use super::definition::ModelDefinition;
 use crate::error::{ApiError, ApiResult};
+use crate::gpu::{Gpus, ModelGpus};
 use crate::job::{InferenceRequest, Job, JobResult};
 use crate::metrics::ModelMetrics;
 use crate::python_env::PythonEnv;
@@ -61,8 +62,8 @@ impl crate::versioned::Versioned for ServedModel {
                     "status": w.status.state().as_str(),
                     "memoryUsage": resident_bytes(pid),
                     "pid": pid,
-                    "gpu": false,
-                    "gpuUsage": "N/A",
+                    "gpu": w.status.gpu_id.is_some(),
+                    "gpuUsage": self.spec.gpus.usage(w.status.gpu_id),
                 })
             })
             .collect();
@@ -93,12 +94,14 @@ impl crate::versioned::Versioned for ServedModel {
 
 impl ServedModel {
     /// Creates the model with no workers; call [`ServedModel::scale`] to start them.
-    /// `decode_input_request`: whether its workers decode JSON and text parameters.
+    /// `decode_input_request`: whether its workers decode JSON and text parameters; `gpus`:
+    /// the server's, on which workers are placed as the model's configuration says.
     pub fn new(
         def: ModelDefinition,
         python: PythonEnv,
         metrics: ModelMetrics,
         decode_input_request: bool,
+        gpus: &Arc<Gpus>,
     ) -> Self {
         let (queue, rx) = async_channel::bounded(def.settings.job_queue_size);
         let spec = Arc::new(WorkerSpec {
@@ -114,6 +117,7 @@ impl ServedModel {
             response_timeout: def.settings.response_timeout,
             decode_input_request,
             python,
+            gpus: ModelGpus::new(gpus.clone(), &def.name, &def.yaml_config),
             metrics,
             queue: rx,
             ready_workers: AtomicUsize::new(0),

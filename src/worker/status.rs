@@ -27,10 +27,12 @@ impl WorkerState {
     }
 }
 
-/// A worker's id, start time, process id and state.
+/// A worker's id, GPU, start time, process id and state.
 #[derive(Debug)]
 pub struct WorkerStatus {
     pub id: usize,
+    /// The GPU the worker runs on, for all its restarts; `None`: the CPU.
+    pub gpu_id: Option<u32>,
     pub started: DateTime<Utc>,
     pid: AtomicU32,
     state: watch::Sender<WorkerState>,
@@ -38,9 +40,10 @@ pub struct WorkerStatus {
 }
 
 impl WorkerStatus {
-    pub fn new(id: usize) -> Self {
+    pub fn new(id: usize, gpu_id: Option<u32>) -> Self {
         Self {
             id,
+            gpu_id,
             started: Utc::now(),
             pid: AtomicU32::new(0),
             state: watch::Sender::new(WorkerState::Starting),

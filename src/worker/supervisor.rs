@@ -16,6 +16,7 @@ use super::process::WorkerProcess;
 use super::protocol::{FromWorker, LoadMessage, ParamMeta, RequestMeta, ToWorker};
 use super::status::{WorkerState, WorkerStatus};
 use crate::error::ApiError;
+use crate::gpu::ModelGpus;
 use crate::job::{InferenceResponse, Job};
 use crate::metrics::ModelMetrics;
 use crate::python_env::PythonEnv;
@@ -36,6 +37,8 @@ pub struct WorkerSpec {
     /// Whether the worker decodes JSON and text parameters (TorchServe's `decode_input_request`).
     pub decode_input_request: bool,
     pub python: PythonEnv,
+    /// Which GPU each new worker gets.
+    pub gpus: ModelGpus,
     pub metrics: ModelMetrics,
     pub queue: Receiver<Job>,
     /// Workers of this model that have a loaded handler.
@@ -61,9 +64,9 @@ impl WorkerHandle {
     }
 }
 
-/// Starts worker `id` of the model described by `spec`.
+/// Starts worker `id` of the model described by `spec`, on the next GPU it gets.
 pub fn spawn_worker(spec: Arc<WorkerSpec>, id: usize) -> WorkerHandle {
-    let status = Arc::new(WorkerStatus::new(id));
+    let status = Arc::new(WorkerStatus::new(id, spec.gpus.next()));
     let cancel = CancellationToken::new();
     let task = tokio::spawn(supervise(spec, status.clone(), cancel.clone()));
     WorkerHandle {
@@ -167,7 +170,7 @@ async fn start(
         handler: &spec.handler,
         manifest: &spec.manifest,
         batch_size: spec.batch_size,
-        gpu_id: None,
+        gpu_id: status.gpu_id,
         limit_max_image_pixels: true,
         decode_input_request: spec.decode_input_request,
         model_yaml_config: &spec.model_yaml_config,

@@ -29,9 +29,11 @@ class Server:
     """A running `torchyard serve` with its three base URLs, model store and log."""
 
     def __init__(self, workdir: Path, store: Path, properties=None, args=OPEN_FLAGS,
-                 fd_limit=None):
+                 fd_limit=None, env=None):
         #: The open-file limit (soft and hard) to start the server under, if any.
         self.fd_limit = fd_limit
+        #: Environment variables set for the server (and so its workers) beyond the test's.
+        self.env = env or {}
         self.workdir = workdir
         self.store = store
         self.log_path = workdir / "server.log"
@@ -64,7 +66,7 @@ class Server:
         self.log = open(self.log_path, "ab")
         self.process = subprocess.Popen(self.args, cwd=self.workdir, stdout=self.log,
                                         stderr=subprocess.STDOUT,
-                                        env={**os.environ, "NO_COLOR": "1"},
+                                        env={**os.environ, "NO_COLOR": "1", **self.env},
                                         preexec_fn=self._limit_fds if self.fd_limit else None)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
