@@ -1,5 +1,17 @@
-//! Rebuilds the binary when the embedded Python package changes.
+//! Rebuilds the binary when the embedded Python package changes, and generates the gRPC
+//! services from proto/ with a protobuf compiler written in Rust (no `protoc` needed).
 
-fn main() {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=python/torchyard");
+    println!("cargo:rerun-if-changed=proto");
+    let protos = [
+        "proto/torchserve/inference.proto",
+        "proto/torchserve/management.proto",
+        "proto/torchyard/workflow.proto",
+    ];
+    let descriptors = protox::compile(protos, ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .compile_fds(descriptors)?;
+    Ok(())
 }

@@ -8,6 +8,7 @@ mod cli;
 mod config;
 mod download;
 mod error;
+mod facade;
 mod fetch;
 mod gpu;
 mod job;

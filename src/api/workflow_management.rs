@@ -1,5 +1,6 @@
 //! Workflow management API: register, list, describe, scale, update, set-default and
-//! unregister workflows and their versions.
+//! unregister workflows and their versions. Each handler decodes the request, makes one call
+//! to [`facade::workflows`] and encodes its answer.
 
 use std::sync::Arc;
 
@@ -12,12 +13,11 @@ use serde_json::Value;
 
 use super::path::Path;
 use super::query;
-use super::replies::{self, status, worker_bounds};
+use super::replies::{self, gate_first, status};
 use crate::error::ApiResult;
+use crate::facade::{workflows, Scale};
 use crate::state::AppState;
-use crate::workflow::{
-    register_workflow, scale_workflow, unregister_workflow, update_workflow, WorkflowOptions,
-};
+use crate::workflow::WorkflowOptions;
 
 /// Workflow routes, merged into the management listener.
 pub fn routes() -> Router<Arc<AppState>> {
@@ -40,33 +40,29 @@ async fn register(
     State(state): State<Arc<AppState>>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    let opts: WorkflowOptions = query::parse(raw.as_deref())?;
-    let workflow = register_workflow(&state, opts).await?;
-    Ok(status(format!(
-        "Workflow {} has been registered and scaled successfully.",
-        workflow.name
-    )))
+    let opts: WorkflowOptions = gate_first(&state, query::parse(raw.as_deref()))?;
+    Ok(status(workflows::register(&state, opts).await?))
 }
 
 async fn list(
     State(state): State<Arc<AppState>>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    replies::list(&state.workflows, "workflows", raw.as_deref())
+    Ok(Json(workflows::list(&state, query::parse(raw.as_deref())?)?))
 }
 
 async fn describe(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    replies::describe(&state.workflows, &name, None)
+    Ok(Json(workflows::describe(&state, &name, None)?.into()))
 }
 
 async fn describe_version(
     State(state): State<Arc<AppState>>,
     Path((name, version)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    replies::describe(&state.workflows, &name, Some(&version))
+    Ok(Json(workflows::describe(&state, &name, Some(&version))?.into()))
 }
 
 /// Query of `PUT /workflows/{name}`: `url` updates to a new archive, otherwise it scales.
@@ -80,19 +76,16 @@ struct PutQuery {
     synchronous: bool,
 }
 
+/// `PUT /workflows/{name}`: an update when the query names a `url`, else a scale. A query
+/// that does not decode may have meant an update, so the model-API gate answers it first.
 async fn scale_or_update(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
-    let q: PutQuery = query::parse(raw.as_deref())?;
+    let q: PutQuery = gate_first(&state, query::parse(raw.as_deref()))?;
     if let Some(url) = q.url {
-        let workflow = update_workflow(&state, &name, url).await?;
-        return Ok(status(format!(
-            "Workflow {name} updated to version {}",
-            workflow.version
-        ))
-        .into_response());
+        return Ok(status(workflows::update(&state, &name, url).await?).into_response());
     }
     scale(&state, &name, None, q).await
 }
@@ -111,41 +104,36 @@ async fn scale(
     version: Option<&str>,
     q: PutQuery,
 ) -> ApiResult<Response> {
-    let workflow = state.workflows.get(name, version)?;
-    let (min, max) = worker_bounds(
-        q.min_worker,
-        q.max_worker,
-        state.config.max_workers_per_model,
-    )?;
-    scale_workflow(&workflow, q.node.as_deref(), min, max, q.synchronous).await?;
-    Ok(replies::scaled(
-        q.synchronous,
-        min,
-        &format!("workflow: {name}"),
-    ))
+    let scale = Scale {
+        min_worker: q.min_worker,
+        max_worker: q.max_worker,
+        synchronous: q.synchronous,
+    };
+    let scaled = workflows::scale(state, name, version, q.node.as_deref(), scale).await?;
+    Ok(replies::scaled(scaled))
 }
 
 async fn unregister(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    unregister_workflow(&state, &name, None).await?;
-    Ok(status(format!("Workflow \"{name}\" unregistered")))
+    Ok(status(workflows::unregister(&state, &name, None).await?))
 }
 
 async fn unregister_version(
     State(state): State<Arc<AppState>>,
     Path((name, version)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    unregister_workflow(&state, &name, Some(&version)).await?;
-    Ok(status(format!(
-        "Workflow \"{name}\" version {version} unregistered"
-    )))
+    Ok(status(
+        workflows::unregister(&state, &name, Some(&version)).await?,
+    ))
 }
 
 async fn set_default(
     State(state): State<Arc<AppState>>,
     Path((name, version)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    replies::set_default(&state.workflows, &name, &version)
+    Ok(status(
+        workflows::set_default(&state, &name, &version).await?,
+    ))
 }
