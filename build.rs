@@ -12,6 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(protos, ["proto"])?;
     tonic_prost_build::configure()
         .build_client(false)
+        .bytes(".")
+        .btree_map(".")
         .compile_fds(descriptors)?;
     Ok(())
 }

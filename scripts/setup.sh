@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything torchyard needs on a fresh machine; fast when already done.
-# - .venv/ at the repo root with torch, numpy, pillow, torchvision and the test tools (PyPI),
+# - .venv/ at the repo root with torch, numpy, pillow, torchvision and the test tools (PyPI:
+#   grpcio, grpcio-tools and googleapis-common-protos for the gRPC tests' generated stubs),
 #   and the worker package python/ installed editable
 # - .venv/torchserve-ref: TorchServe's own `ts` package (with the few packages its handlers
 #   import), on no import path: tests put it on theirs to compare the stand-in built-in handlers
@@ -12,11 +13,11 @@ cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import torch, torchvision, numpy, PIL, pytest, requests, model_archiver, workflow_archiver, prometheus_client, jproperties" 2>/dev/null; then
+if ! .venv/bin/python -c "import torch, torchvision, numpy, PIL, pytest, requests, model_archiver, workflow_archiver, prometheus_client, jproperties, grpc, grpc_tools, google.rpc.status_pb2" 2>/dev/null; then
   .venv/bin/pip install --quiet --disable-pip-version-check --upgrade pip
   .venv/bin/pip install --quiet --disable-pip-version-check \
     torch torchvision numpy pillow pytest requests torch-model-archiver torch-workflow-archiver \
-    prometheus-client jproperties
+    prometheus-client jproperties grpcio grpcio-tools googleapis-common-protos
 fi
 if [ ! -d .venv/torchserve-ref/ts ]; then
   .venv/bin/pip install --quiet --disable-pip-version-check --no-deps --target .venv/torchserve-ref \

@@ -50,14 +50,23 @@ impl Keys {
     }
 }
 
+/// Whether an `Authorization` value (HTTP header or gRPC metadata) carries `key` the way
+/// TorchServe reads it: `Bearer`, white space, then the key.
+pub fn authorizes(value: Option<&str>, key: &str) -> bool {
+    let token = value
+        .and_then(|v| v.strip_prefix("Bearer"))
+        .filter(|rest| rest.starts_with(char::is_whitespace))
+        .map(str::trim_start);
+    token == Some(key)
+}
+
 /// Middleware: lets a request through only with the listener's key as a Bearer token.
 pub async fn require_key(State(key): State<Arc<str>>, request: Request, next: Next) -> Response {
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if request.uri().path() == "/ping" || given == Some(&*key) {
+        .and_then(|v| v.to_str().ok());
+    if request.uri().path() == "/ping" || authorizes(given, &key) {
         return next.run(request).await;
     }
     ApiError::new(
@@ -66,4 +75,20 @@ pub async fn require_key(State(key): State<Arc<str>>, request: Request, next: Ne
         "Token authorization failed: send 'Authorization: Bearer <key>' with the key from key_file.json",
     )
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_bearer_key_authorizes() {
+        assert!(authorizes(Some("Bearer k1"), "k1"));
+        assert!(authorizes(Some("Bearer \tk1"), "k1"));
+        assert!(!authorizes(Some("Bearer k2"), "k1"));
+        assert!(!authorizes(Some("Bearerk1"), "k1"));
+        assert!(!authorizes(Some("Bearer k1 k1"), "k1"));
+        assert!(!authorizes(Some("k1"), "k1"));
+        assert!(!authorizes(None, "k1"));
+    }
 }

@@ -18,6 +18,15 @@ pub struct ServerConfig {
     pub inference_address: SocketAddr,
     pub management_address: SocketAddr,
     pub metrics_address: SocketAddr,
+    /// TorchServe's gRPC inference listener: `grpc_inference_address` (a host, default
+    /// 127.0.0.1) and `grpc_inference_port` (default 7070).
+    pub grpc_inference_address: SocketAddr,
+    /// The gRPC management listener: `grpc_management_address` and `grpc_management_port`
+    /// (default 7071).
+    pub grpc_management_address: SocketAddr,
+    /// Whether the gRPC listeners speak TLS with `certificate_file` and `private_key_file`
+    /// (`enable_grpc_ssl`, as in TorchServe).
+    pub grpc_tls: bool,
     pub model_store: Option<PathBuf>,
     pub workflow_store: Option<PathBuf>,
     /// Archives to load at start: `name=file.mar`, `file.mar` or `all`.
@@ -125,6 +134,15 @@ impl ServerConfig {
         let address = |key: &str, default: &str| -> Result<SocketAddr> {
             parse_address(get(key).unwrap_or(default)).with_context(|| format!("invalid {key}"))
         };
+        let grpc_address = |host_key: &str, port_key: &str, default_port: u16| {
+            let host = get(host_key).unwrap_or("127.0.0.1").trim();
+            let port = get(port_key).map_or(Ok(default_port), |p| {
+                p.trim()
+                    .parse()
+                    .with_context(|| format!("invalid {port_key}: {p:?}"))
+            })?;
+            parse_host(host, port).with_context(|| format!("invalid {host_key}"))
+        };
         let number = |key: &str, default: usize| -> Result<usize> {
             get(key).map_or(Ok(default), |v| {
                 v.trim()
@@ -169,6 +187,17 @@ impl ServerConfig {
             inference_address: address("inference_address", "http://127.0.0.1:8080")?,
             management_address: address("management_address", "http://127.0.0.1:8081")?,
             metrics_address: address("metrics_address", "http://127.0.0.1:8082")?,
+            grpc_inference_address: grpc_address(
+                "grpc_inference_address",
+                "grpc_inference_port",
+                7070,
+            )?,
+            grpc_management_address: grpc_address(
+                "grpc_management_address",
+                "grpc_management_port",
+                7071,
+            )?,
+            grpc_tls: flag("enable_grpc_ssl"),
             model_store,
             workflow_store,
             load_models,
@@ -286,6 +315,19 @@ fn parse_address(value: &str) -> Result<SocketAddr> {
         .map_err(|_| anyhow!("expected http://host:port, got {value:?}"))
 }
 
+/// A listener address from a host (an IP address or `localhost`, as TorchServe's gRPC
+/// address keys hold) and a port.
+fn parse_host(host: &str, port: u16) -> Result<SocketAddr> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ip = match host {
+        "localhost" => std::net::Ipv4Addr::LOCALHOST.into(),
+        host => host
+            .parse::<std::net::IpAddr>()
+            .map_err(|_| anyhow!("expected an IP address, got {host:?}"))?,
+    };
+    Ok(SocketAddr::new(ip, port))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,6 +415,34 @@ mod tests {
             (cert, key),
             (cwd.join("tls/cert.pem"), PathBuf::from("/etc/key.pem"))
         );
+    }
+
+    #[test]
+    fn grpc_listeners_default_to_torchserve_ports() {
+        let defaults = config("").unwrap();
+        assert_eq!(
+            defaults.grpc_inference_address,
+            "127.0.0.1:7070".parse().unwrap()
+        );
+        assert_eq!(
+            defaults.grpc_management_address,
+            "127.0.0.1:7071".parse().unwrap()
+        );
+        assert!(!defaults.grpc_tls);
+        let set = config(
+            "grpc_inference_address=0.0.0.0\ngrpc_inference_port=9000\n\
+             grpc_management_address=localhost\ngrpc_management_port=9001\nenable_grpc_ssl=true\n",
+        )
+        .unwrap();
+        assert_eq!(set.grpc_inference_address, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(
+            set.grpc_management_address,
+            "127.0.0.1:9001".parse().unwrap()
+        );
+        assert!(set.grpc_tls);
+        assert!(config("grpc_inference_port=x").is_err());
+        assert!(config("grpc_management_address=nohost").is_err());
+        assert_eq!(parse_host("::1", 1).unwrap(), "[::1]:1".parse().unwrap());
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod error;
 mod facade;
 mod fetch;
 mod gpu;
+mod grpc;
 mod job;
 mod listener;
 mod metrics;

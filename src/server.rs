@@ -1,11 +1,11 @@
-//! `torchyard serve`: binds the three listeners, loads start-up models, and shuts down
+//! `torchyard serve`: binds the three HTTP and two gRPC listeners, loads start-up models, and shuts down
 //! gracefully on Ctrl-C or SIGTERM.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +17,7 @@ use crate::auth::{self, Keys};
 use crate::cli::ServeArgs;
 use crate::config::ServerConfig;
 use crate::gpu::Gpus;
+use crate::grpc;
 use crate::listener::{self, ConnectionLimits};
 use crate::metrics::Metrics;
 use crate::model::{register_archive, RegisterOptions};
@@ -42,6 +43,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let inference = bind(config.inference_address).await?;
     let management = bind(config.management_address).await?;
     let metrics = bind(config.metrics_address).await?;
+    let grpc_inference = bind(config.grpc_inference_address).await?;
+    let grpc_management = bind(config.grpc_management_address).await?;
     let number_of_gpu = config.number_of_gpu;
     let gpus = tokio::task::spawn_blocking(move || Gpus::detect(number_of_gpu)).await?;
     let state = Arc::new(AppState {
@@ -55,10 +58,12 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         config,
     });
     tracing::info!(
-        "inference API on {}, management API on {}, metrics API on {}",
+        "inference API on {}, management API on {}, metrics API on {}, gRPC inference on {}, gRPC management on {}",
         state.config.inference_address,
         state.config.management_address,
-        state.config.metrics_address
+        state.config.metrics_address,
+        state.config.grpc_inference_address,
+        state.config.grpc_management_address,
     );
     state
         .metrics
@@ -92,22 +97,56 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     };
     let mut inference_router = api::inference_router(state.clone());
     let mut management_router = api::management_router(state.clone());
-    if state.config.token_auth {
-        let keys = Keys::generate(Path::new("key_file.json"))?;
+    let keys = if state.config.token_auth {
         tracing::info!("token authorization is on: keys are in key_file.json");
+        Some(Keys::generate(Path::new("key_file.json"))?)
+    } else {
+        None
+    };
+    if let Some(keys) = &keys {
         inference_router = inference_router.layer(middleware::from_fn_with_state(
-            keys.inference,
+            keys.inference.clone(),
             auth::require_key,
         ));
         management_router = management_router.layer(middleware::from_fn_with_state(
-            keys.management,
+            keys.management.clone(),
             auth::require_key,
         ));
     }
+    let grpc_tls = match (&state.config.tls, state.config.grpc_tls) {
+        (Some((cert, key)), true) => Some(grpc::tls_config(cert, key)?),
+        (None, true) => bail!("enable_grpc_ssl needs certificate_file and private_key_file"),
+        (_, false) => None,
+    };
+    let serve_grpc = |which, listener, key: Option<Arc<str>>| {
+        let serving = grpc::serve(
+            which,
+            listener,
+            state.clone(),
+            key,
+            grpc_tls.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = serving.await {
+                tracing::error!("{e:#}");
+            }
+        })
+    };
     let servers = [
         serve(inference, inference_router),
         serve(management, management_router),
         serve(metrics, api::metrics_router(state.clone())),
+        serve_grpc(
+            grpc::Listener::Inference,
+            grpc_inference,
+            keys.as_ref().map(|k| k.inference.clone()),
+        ),
+        serve_grpc(
+            grpc::Listener::Management,
+            grpc_management,
+            keys.as_ref().map(|k| k.management.clone()),
+        ),
     ];
     drain(&state, servers, &stop).await
 }

@@ -48,7 +48,10 @@ async fn list(
     State(state): State<Arc<AppState>>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(workflows::list(&state, query::parse(raw.as_deref())?)?))
+    Ok(Json(workflows::list(
+        &state,
+        query::parse(raw.as_deref())?,
+    )?))
 }
 
 async fn describe(
@@ -62,7 +65,9 @@ async fn describe_version(
     State(state): State<Arc<AppState>>,
     Path((name, version)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(workflows::describe(&state, &name, Some(&version))?.into()))
+    Ok(Json(
+        workflows::describe(&state, &name, Some(&version))?.into(),
+    ))
 }
 
 /// Query of `PUT /workflows/{name}`: `url` updates to a new archive, otherwise it scales.

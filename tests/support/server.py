@@ -26,7 +26,8 @@ OPEN_FLAGS = ("--disable-token-auth", "--enable-model-api")
 
 
 class Server:
-    """A running `torchyard serve` with its three base URLs, model store and log."""
+    """A running `torchyard serve` with its three base URLs, its two gRPC addresses, model
+    store and log."""
 
     def __init__(self, workdir: Path, store: Path, properties=None, args=OPEN_FLAGS,
                  fd_limit=None, env=None):
@@ -37,16 +38,20 @@ class Server:
         self.workdir = workdir
         self.store = store
         self.log_path = workdir / "server.log"
-        ports = [free_port() for _ in range(3)]
+        ports = [free_port() for _ in range(5)]
         #: The certificate to trust when the server speaks HTTPS, else True.
         self.verify = (properties or {}).get("certificate_file", True)
         scheme = "http" if self.verify is True else "https"
         self.inference, self.management, self.metrics = (
-            f"{scheme}://127.0.0.1:{p}" for p in ports)
+            f"{scheme}://127.0.0.1:{p}" for p in ports[:3])
+        #: `host:port` of the gRPC inference and management listeners.
+        self.grpc_inference, self.grpc_management = (f"127.0.0.1:{p}" for p in ports[3:])
         config = {
             "inference_address": self.inference,
             "management_address": self.management,
             "metrics_address": self.metrics,
+            "grpc_inference_port": ports[3],
+            "grpc_management_port": ports[4],
             **(properties or {}),
         }
         # config.properties is read as Java properties (as TorchServe does): a backslash, as in

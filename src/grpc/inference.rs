@@ -1,0 +1,178 @@
+//! TorchServe's `InferenceAPIsService`: Ping, Predictions, StreamPredictions and
+//! StreamPredictions2.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt};
+use serde_json::json;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::pb::org::pytorch::serve::grpc::inference::inference_ap_is_service_server::InferenceApIsService;
+use super::pb::org::pytorch::serve::grpc::inference::{
+    PredictionResponse, PredictionsRequest, TorchServeHealthResponse,
+};
+use super::status::{in_stream_error, prediction_error};
+use crate::error::{ApiError, ApiResult};
+use crate::facade::predict;
+use crate::job::{InferenceRequest, InferenceResponse, Param};
+use crate::state::AppState;
+
+/// The header that tells a handler which sequence a StreamPredictions2 request belongs to
+/// (TorchServe's default `ts_header_key_sequence_id`).
+const SEQUENCE_ID_HEADER: &str = "ts_request_sequence_id";
+
+/// The inference service of one server.
+pub struct Inference {
+    state: Arc<AppState>,
+}
+
+impl Inference {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+/// The handler's input from a request's `input` map: one parameter per entry, by name.
+pub fn input_params(input: BTreeMap<String, Bytes>) -> Vec<Param> {
+    input
+        .into_iter()
+        .map(|(name, value)| Param {
+            name,
+            content_type: None,
+            value,
+        })
+        .collect()
+}
+
+/// A required name: refused as TorchServe refuses it when empty.
+pub fn required(value: String, parameter: &str) -> ApiResult<String> {
+    if value.is_empty() {
+        Err(ApiError::bad_request(format!(
+            "Parameter {parameter} is required."
+        )))
+    } else {
+        Ok(value)
+    }
+}
+
+/// An optional string: proto3 sends empty for not given.
+pub fn given(value: String) -> Option<String> {
+    (!value.is_empty()).then_some(value)
+}
+
+/// A request's model, version and the handler's input.
+struct Decoded {
+    model: String,
+    version: Option<String>,
+    request: InferenceRequest,
+}
+
+fn decode(message: PredictionsRequest) -> ApiResult<Decoded> {
+    let mut headers = Vec::new();
+    if let Some(sequence) = message.sequence_id.filter(|s| !s.is_empty()) {
+        headers.push((SEQUENCE_ID_HEADER.to_string(), sequence));
+    }
+    Ok(Decoded {
+        model: required(message.model_name, "model_name")?,
+        version: given(message.model_version),
+        request: InferenceRequest {
+            id: uuid::Uuid::new_v4().to_string(),
+            headers,
+            params: input_params(message.input),
+        },
+    })
+}
+
+fn answer(output: InferenceResponse) -> PredictionResponse {
+    PredictionResponse {
+        prediction: output.body,
+        ..Default::default()
+    }
+}
+
+/// One StreamPredictions2 request's answer: the prediction, or its error in `status`; the
+/// sequence id is echoed either way.
+async fn answer_in_stream(state: &AppState, message: PredictionsRequest) -> PredictionResponse {
+    let sequence_id = message.sequence_id.clone();
+    let result = match decode(message) {
+        Ok(d) => predict::model(state, &d.model, d.version.as_deref(), d.request).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(output) => PredictionResponse {
+            sequence_id,
+            ..answer(output)
+        },
+        Err(e) => PredictionResponse {
+            sequence_id,
+            status: Some(in_stream_error(e)),
+            ..Default::default()
+        },
+    }
+}
+
+type Answers = BoxStream<'static, Result<PredictionResponse, Status>>;
+
+#[tonic::async_trait]
+impl InferenceApIsService for Inference {
+    /// `{"status": "Healthy"}` or `"Unhealthy"`, pretty-printed as TorchServe sends it.
+    async fn ping(&self, _: Request<()>) -> Result<Response<TorchServeHealthResponse>, Status> {
+        let status = if self.state.healthy() {
+            "Healthy"
+        } else {
+            "Unhealthy"
+        };
+        let health = serde_json::to_string_pretty(&json!({ "status": status }))
+            .expect("a JSON object prints");
+        Ok(Response::new(TorchServeHealthResponse { health }))
+    }
+
+    async fn predictions(
+        &self,
+        request: Request<PredictionsRequest>,
+    ) -> Result<Response<PredictionResponse>, Status> {
+        let d = decode(request.into_inner()).map_err(prediction_error)?;
+        let output = predict::model(&self.state, &d.model, d.version.as_deref(), d.request)
+            .await
+            .map_err(prediction_error)?;
+        Ok(Response::new(answer(output)))
+    }
+
+    type StreamPredictionsStream = Answers;
+
+    /// The model's answer chunk by chunk: one message per chunk (one for a handler that
+    /// answers once, as TorchServe sends it).
+    async fn stream_predictions(
+        &self,
+        request: Request<PredictionsRequest>,
+    ) -> Result<Response<Answers>, Status> {
+        let d = decode(request.into_inner()).map_err(prediction_error)?;
+        let chunks = predict::model_stream(&self.state, &d.model, d.version.as_deref(), d.request)
+            .map_err(prediction_error)?;
+        let answers = chunks.map(|chunk| chunk.map(answer).map_err(prediction_error));
+        Ok(Response::new(answers.boxed()))
+    }
+
+    type StreamPredictions2Stream = Answers;
+
+    /// One answer per request, in the order of the requests; a failed request is answered
+    /// with its error in `status` and the stream goes on.
+    async fn stream_predictions2(
+        &self,
+        request: Request<Streaming<PredictionsRequest>>,
+    ) -> Result<Response<Answers>, Status> {
+        let state = self.state.clone();
+        let answers = request.into_inner().then(move |message| {
+            let state = state.clone();
+            async move {
+                match message {
+                    Ok(message) => Ok(answer_in_stream(&state, message).await),
+                    Err(status) => Err(status),
+                }
+            }
+        });
+        Ok(Response::new(answers.boxed()))
+    }
+}
