@@ -1,5 +1,6 @@
-"""Runs the same scenarios against TorchServe and torchyard on one model store and writes a
-markdown table (req/s, p50, p99, errors, frontend RSS, ratios) to bench/results.md."""
+"""Runs the same scenarios against TorchServe and torchyard on one model store and writes
+markdown tables (req/s, p50, p99, errors, frontend RSS, ratios) to bench/results.md: REST with
+wrk, gRPC with h2load (the same form field `data=5` as one `input` entry)."""
 
 import argparse
 import json
@@ -17,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"
 HANDLER = REPO / "examples" / "double" / "num_handler.py"
 PORTS = {"inference": 18180, "management": 18181, "metrics": 18182}
+GRPC_PORTS = {"grpc_inference": 18183, "grpc_management": 18184}
 FUNCTIONS = '''
 import json
 
@@ -42,6 +44,12 @@ PAR = MODELS + "dag:\n  pre: [a, b]\n  a: [agg]\n  b: [agg]\n"
 SCENARIOS = [("model", "predictions/double", 1), ("model", "predictions/double", 16),
              ("seq4", "wfpredict/seq4", 1), ("seq4", "wfpredict/seq4", 16),
              ("parallel", "wfpredict/par", 16), ("parallel", "wfpredict/par", 64)]
+PREDICTIONS = "org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions"
+WORKFLOW_PREDICT = "torchyard.workflow.v1.WorkflowInferenceService/Predict"
+#: (label, method path, model or workflow, connections, whether TorchServe has it).
+GRPC_SCENARIOS = [("model", PREDICTIONS, "double", 1, True),
+                  ("model", PREDICTIONS, "double", 16, True),
+                  ("seq4", WORKFLOW_PREDICT, "seq4", 16, False)]
 
 
 def build_store(ts_bin: Path) -> Path:
@@ -69,6 +77,7 @@ def build_store(ts_bin: Path) -> Path:
 
 def write_config(path: Path, store: Path) -> Path:
     lines = [f"{k}_address=http://127.0.0.1:{p}" for k, p in PORTS.items()]
+    lines += [f"{k}_port={p}" for k, p in GRPC_PORTS.items()]
     lines += [f"model_store={store}", "default_workers_per_model=1",
               "disable_token_authorization=true", "enable_model_api=true"]
     path.write_text("\n".join(lines) + "\n")
@@ -121,6 +130,49 @@ def wrk(url: str, connections: int, seconds: int) -> dict:
             + (sum(map(int, socket.groups())) if socket else 0)}
 
 
+def grpc_body(name: str) -> bytes:
+    """One gRPC message (length-prefixed protobuf): a PredictionsRequest for model `name` or a
+    WorkflowPredictRequest for workflow `name` (both: name in field 1, the `input` map in
+    field 3) with `input = {"data": b"5"}`."""
+    def field(number: int, payload: bytes) -> bytes:  # length-delimited; all short here
+        return bytes([number << 3 | 2, len(payload)]) + payload
+
+    message = field(1, name.encode()) + field(3, field(1, b"data") + field(2, b"5"))
+    return b"\0" + len(message).to_bytes(4, "big") + message
+
+
+def h2load(method: str, name: str, connections: int, seconds: int) -> dict:
+    """Drives one gRPC method with h2load: `connections` connections, one call at a time
+    each, for `seconds` after a 2 s warm-up. h2load counts HTTP statuses only, so gRPC
+    errors (HTTP 200 with a grpc-status trailer) are checked once beforehand instead."""
+    body, log = OUT / f"grpc-{name}.bin", OUT / "h2load.log"
+    body.write_bytes(grpc_body(name))
+    url = f"http://127.0.0.1:{GRPC_PORTS['grpc_inference']}/{method}"
+    out = subprocess.run(["h2load", f"-t{min(connections, 2)}", f"-c{connections}", "-m1",
+                          f"-D{seconds}", "--warm-up-time=2", "-d", str(body),
+                          "-H", "content-type: application/grpc", "-H", "te: trailers",
+                          f"--log-file={log}", url],
+                         check=True, capture_output=True, text=True).stdout
+    failed = re.search(r"(\d+) failed, (\d+) errored, (\d+) timeout", out)
+    rows = [line.split("\t") for line in log.read_text().splitlines() if line.strip()]
+    first = min(int(r[0]) for r in rows)
+    times = sorted(int(r[2]) / 1000 for r in rows if int(r[0]) >= first + 2_000_000)
+    return {"rps": float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1)),
+            "p50": times[len(times) // 2], "p99": times[int(len(times) * 0.99)],
+            "max": times[-1], "errors": sum(map(int, failed.groups()))}
+
+
+def check_grpc(method: str, name: str):
+    """One call through grpcio, which fails on a gRPC error: the load h2load drives must be
+    answered, not refused."""
+    import grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{GRPC_PORTS['grpc_inference']}") as channel:
+        answer = channel.unary_unary(f"/{method}")(grpc_body(name)[5:], timeout=60)
+    if not answer:
+        raise RuntimeError(f"{method} {name}: empty answer")
+
+
 def run_server(name: str, command: list, env: dict, frontend_pid, seconds: int) -> dict:
     log = open(OUT / f"{name}.log", "w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -134,6 +186,12 @@ def run_server(name: str, command: list, env: dict, frontend_pid, seconds: int) 
             wrk(f"{base}/{path}", c, 2)  # warm-up
             results[(label, c)] = wrk(f"{base}/{path}", c, seconds)
             print(name, label, c, results[(label, c)], flush=True)
+        for label, method, target, c, in_torchserve in GRPC_SCENARIOS:
+            if name == "torchserve" and not in_torchserve:
+                continue
+            check_grpc(method, target)
+            results[(f"gRPC {label}", c)] = h2load(method, target, c, seconds)
+            print(name, "gRPC", label, c, results[(f"gRPC {label}", c)], flush=True)
         results["rss"] = rss_mib(frontend_pid(process))
         return results
     finally:
@@ -149,7 +207,7 @@ def run_server(name: str, command: list, env: dict, frontend_pid, seconds: int) 
 def wait_ports_free(timeout=60.0):
     """Waits until nothing listens on the benchmark's ports any more."""
     deadline = time.monotonic() + timeout
-    for port in PORTS.values():
+    for port in [*PORTS.values(), *GRPC_PORTS.values()]:
         while time.monotonic() < deadline:
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) != 0:
@@ -180,6 +238,23 @@ def table(ts: dict, ty: dict) -> str:
     rows.append(f"| frontend RSS | {ts['rss']:.0f} MiB | {ty['rss']:.0f} MiB | "
                 f"{ty['rss'] / ts['rss']:.2f}× | | | |")
     rows.append(f"| ready after start | {ts['ready_ms']:.0f} ms | {ty['ready_ms']:.0f} ms | | | | |")
+    rows += ["", "gRPC (h2load, one call at a time per connection; TorchServe has no gRPC for "
+             "workflows, so workflows over gRPC compare with torchyard's own REST):", "",
+             "| scenario | TorchServe gRPC req/s | torchyard gRPC req/s | ratio | TorchServe "
+             "p50 / p99 / max ms | torchyard p50 / p99 / max ms | errors (TS / ty) |",
+             "|---|---|---|---|---|---|---|"]
+    for label, _, _, c, in_torchserve in GRPC_SCENARIOS:
+        b = ty[(f"gRPC {label}", c)]
+        if in_torchserve:
+            a = ts[(f"gRPC {label}", c)]
+            rows.append(f"| {label} c={c} | {a['rps']:.0f} | {b['rps']:.0f} | "
+                        f"{b['rps'] / max(a['rps'], 1e-9):.1f}× | {latency(a)} | {latency(b)} "
+                        f"| {a['errors']} / {b['errors']} |")
+        else:
+            http = ty[(label, c)]
+            rows.append(f"| {label} c={c} (vs torchyard REST {http['rps']:.0f} req/s) | n/a | "
+                        f"{b['rps']:.0f} | {b['rps'] / max(http['rps'], 1e-9):.2f}× of REST | "
+                        f"n/a | {latency(b)} | - / {b['errors']} |")
     return "\n".join(rows) + "\n"
 
 

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Benchmarks torchyard against TorchServe 0.12 on the same machine and model store, one after
-# the other, with the same load generator (wrk), and writes bench/results.md.
-# Installs what is missing: wrk and Java 17 (Debian), TorchServe and its archivers (PyPI, in
-# bench/out/ts-venv so they never shadow torchyard's own `ts` stand-in in .venv).
+# the other, with the same load generators (wrk for REST, h2load for gRPC), and writes
+# bench/results.md. Installs what is missing: wrk, h2load (nghttp2-client) and Java 17
+# (Debian), TorchServe and its archivers (PyPI, in bench/out/ts-venv so they never shadow
+# torchyard's own `ts` stand-in in .venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-if ! command -v wrk >/dev/null || ! command -v java >/dev/null; then
-  apt-get update -qq && apt-get install -y -qq wrk openjdk-17-jre-headless >/dev/null
+if ! command -v wrk >/dev/null || ! command -v h2load >/dev/null || ! command -v java >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq wrk nghttp2-client openjdk-17-jre-headless >/dev/null
 fi
 venv=bench/out/ts-venv
 if ! "$venv/bin/python" -c "import ts, yaml, numpy" 2>/dev/null; then

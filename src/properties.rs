@@ -143,6 +143,12 @@ fn why_ignored(key: &str) -> &'static str {
             "torchyard writes its log to standard output, not to log4j files"
         }
         "model_server_home" => "the worker package ships inside the torchyard binary",
+        "grpc_inference_max_connection_age_ms"
+        | "grpc_management_max_connection_age_ms"
+        | "grpc_inference_max_connection_age_grace_ms"
+        | "grpc_management_max_connection_age_grace_ms" => {
+            "gRPC connections stay open until the client closes them"
+        }
         _ => "torchyard does not support this setting",
     }
 }

@@ -25,10 +25,12 @@ fn code(status: StatusCode) -> Code {
         501 => Code::Unimplemented,
         503 => Code::Unavailable,
         504 => Code::DeadlineExceeded,
-        200..=299 => Code::Ok,
-        400..=499 => Code::FailedPrecondition,
-        500..=599 => Code::Internal,
-        _ => Code::Unknown,
+        _ => match status.as_u16() / 100 {
+            2 => Code::Ok,
+            4 => Code::FailedPrecondition,
+            5 => Code::Internal,
+            _ => Code::Unknown,
+        },
     }
 }
 
