@@ -147,6 +147,7 @@ def h2load(method: str, name: str, connections: int, seconds: int) -> dict:
     errors (HTTP 200 with a grpc-status trailer) are checked once beforehand instead."""
     body, log = OUT / f"grpc-{name}.bin", OUT / "h2load.log"
     body.write_bytes(grpc_body(name))
+    log.unlink(missing_ok=True)  # h2load appends to it
     url = f"http://127.0.0.1:{GRPC_PORTS['grpc_inference']}/{method}"
     out = subprocess.run(["h2load", f"-t{min(connections, 2)}", f"-c{connections}", "-m1",
                           f"-D{seconds}", "--warm-up-time=2", "-d", str(body),

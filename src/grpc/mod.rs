@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use futures::StreamExt;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -86,7 +87,7 @@ pub async fn serve(
     tls: Option<ServerTlsConfig>,
     stop: CancellationToken,
 ) -> Result<()> {
-    let mut server = Server::builder().tcp_nodelay(true);
+    let mut server = Server::builder();
     if let Some(tls) = tls {
         server = server
             .tls_config(tls)
@@ -118,8 +119,14 @@ pub async fn serve(
                 auth,
             )),
     };
+    // Replies go out at once: without this, small answers wait on Nagle's algorithm.
+    let incoming = TcpListenerStream::new(listener).inspect(|accepted| {
+        if let Ok(stream) = accepted {
+            let _ = stream.set_nodelay(true);
+        }
+    });
     router
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
+        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
         .await
         .context("gRPC server failed")
 }
