@@ -25,20 +25,9 @@ TS_CLIENT = REFERENCE / "ts_scripts" / "torchserve_grpc_client.py"
 pytestmark = pytest.mark.skipif(not TS_PROTOS.is_dir() or not TS_CLIENT.is_file(),
                                 reason="TorchServe's protos and client absent")
 
-PIPELINE = '''
-import json
-
-
-def pre(data, context):
-    if data:
-        return [row.get("data") or row.get("body") for row in data]
-
-
-def post(data, context):
-    if data:
-        return [json.loads(bytes(row["body"])) for row in data]
-'''
-SPEC = "models:\n  scale:\n    url: triple.mar\ndag:\n  pre: [scale]\n  scale: [post]\n"
+#: A function node that hands each request's `data` to the model node after it.
+PRE = "def pre(data, context):\n    return [row.get('data') for row in data] if data else None\n"
+SPEC = "models:\n  scale:\n    url: triple.mar\ndag:\n  pre: [scale]\n"
 TOKEN_FAILED = "Token Authorization failed"
 
 
@@ -67,7 +56,7 @@ def server(start_module_server, tmp_path_factory):
     store = tmp_path_factory.mktemp("store")
     scale_mar(store, "double", 2.0)
     scale_mar(store, "triple", 3.0)
-    war(store, "tripler", SPEC, PIPELINE)
+    war(store, "tripler", SPEC, PRE)
     return start_module_server(args=("--enable-model-api",), store=store)
 
 

@@ -1,22 +1,21 @@
 //! TorchServe's `InferenceAPIsService`: Ping, Predictions, StreamPredictions and
 //! StreamPredictions2.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
 use serde_json::json;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::codec::{given, input_params, required};
 use super::pb::org::pytorch::serve::grpc::inference::inference_ap_is_service_server::InferenceApIsService;
 use super::pb::org::pytorch::serve::grpc::inference::{
     PredictionResponse, PredictionsRequest, TorchServeHealthResponse,
 };
 use super::status::{in_stream_error, prediction_error};
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use crate::facade::predict;
-use crate::job::{InferenceRequest, InferenceResponse, Param};
+use crate::job::{InferenceRequest, InferenceResponse};
 use crate::state::AppState;
 
 /// The header that tells a handler which sequence a StreamPredictions2 request belongs to
@@ -32,34 +31,6 @@ impl Inference {
     pub fn new(state: Arc<AppState>) -> Self {
         Self { state }
     }
-}
-
-/// The handler's input from a request's `input` map: one parameter per entry, by name.
-pub fn input_params(input: BTreeMap<String, Bytes>) -> Vec<Param> {
-    input
-        .into_iter()
-        .map(|(name, value)| Param {
-            name,
-            content_type: None,
-            value,
-        })
-        .collect()
-}
-
-/// A required name: refused as TorchServe refuses it when empty.
-pub fn required(value: String, parameter: &str) -> ApiResult<String> {
-    if value.is_empty() {
-        Err(ApiError::bad_request(format!(
-            "Parameter {parameter} is required."
-        )))
-    } else {
-        Ok(value)
-    }
-}
-
-/// An optional string: proto3 sends empty for not given.
-pub fn given(value: String) -> Option<String> {
-    (!value.is_empty()).then_some(value)
 }
 
 /// A request's model, version and the handler's input.

@@ -5,14 +5,13 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::inference::given;
+use super::codec::{count, document, given, page, reply, scale};
 use super::pb::org::pytorch::serve::grpc::management::management_ap_is_service_server::ManagementApIsService;
 use super::pb::org::pytorch::serve::grpc::management::{
     DescribeModelRequest, ListModelsRequest, ManagementResponse, RegisterModelRequest,
     ScaleWorkerRequest, SetDefaultRequest, UnregisterModelRequest,
 };
-use crate::error::ApiResult;
-use crate::facade::{models, Page, Scale};
+use crate::facade::models;
 use crate::model::RegisterOptions;
 use crate::state::AppState;
 
@@ -25,41 +24,6 @@ impl Management {
     pub fn new(state: Arc<AppState>) -> Self {
         Self { state }
     }
-}
-
-/// A count given as an int32, where proto3 sends 0 for not given: TorchServe reads 0 and
-/// below as "use the default".
-pub fn count(value: i32) -> Option<usize> {
-    usize::try_from(value).ok().filter(|&n| n > 0)
-}
-
-/// A page of a list request; an offset below 0 starts at the beginning.
-pub fn page(limit: i32, next_page_token: i32) -> Page {
-    Page {
-        limit: count(limit),
-        next_page_token: usize::try_from(next_page_token).ok(),
-    }
-}
-
-/// The worker bounds of a scale request.
-pub fn scale(min_worker: i32, max_worker: i32, synchronous: bool) -> Scale {
-    Scale {
-        min_worker: count(min_worker),
-        max_worker: count(max_worker),
-        synchronous,
-    }
-}
-
-/// A reply: `msg` holds a status message or a JSON document.
-pub fn reply<T: From<String>>(result: ApiResult<String>) -> Result<Response<T>, Status> {
-    result
-        .map(|msg| Response::new(T::from(msg)))
-        .map_err(Status::from)
-}
-
-/// A JSON document as TorchServe's management service prints it (pretty, two spaces).
-pub fn document(value: &impl serde::Serialize) -> String {
-    serde_json::to_string_pretty(value).expect("a JSON document prints")
 }
 
 impl From<String> for ManagementResponse {
@@ -136,24 +100,5 @@ impl ManagementApIsService for Management {
         let r = request.into_inner();
         let version = given(r.model_version);
         reply(models::unregister(&self.state, &r.model_name, version.as_deref()).await)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn zero_and_negative_counts_are_not_given() {
-        assert_eq!(count(0), None);
-        assert_eq!(count(-1), None);
-        assert_eq!(count(3), Some(3));
-        let p = page(0, -5);
-        assert_eq!((p.limit, p.next_page_token), (None, None));
-        let s = scale(2, 0, true);
-        assert_eq!(
-            (s.min_worker, s.max_worker, s.synchronous),
-            (Some(2), None, true)
-        );
     }
 }

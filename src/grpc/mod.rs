@@ -5,6 +5,7 @@
 //! [`crate::facade`] and encodes the answer; errors become TorchServe's gRPC codes
 //! ([`status`]).
 
+mod codec;
 mod inference;
 mod management;
 mod status;

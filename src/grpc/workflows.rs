@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::inference::{given, input_params, required};
-use super::management::{document, page, reply, scale};
+use super::codec::{document, given, input_params, page, reply, required, scale};
 use super::pb::torchyard::workflow::v1::workflow_inference_service_server::WorkflowInferenceService;
 use super::pb::torchyard::workflow::v1::workflow_management_service_server::WorkflowManagementService;
 use super::pb::torchyard::workflow::v1::{
