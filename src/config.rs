@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::archive::UnpackLimits;
 use crate::cli::ServeArgs;
 use crate::metrics::MetricsMode;
-use crate::model::ModelPresets;
+use crate::model::{usable_cores, ModelPresets, ScalingSettings};
 use crate::properties::Properties;
 
 /// Everything the server needs to start.
@@ -50,8 +50,8 @@ pub struct ServerConfig {
     /// At most this many of the visible GPUs get workers (`number_of_gpu`); `None`: all.
     pub number_of_gpu: Option<usize>,
     pub python: Option<PathBuf>,
-    /// How long a model's queue must stay empty before the autoscaler removes a worker.
-    pub scale_down_idle: Duration,
+    /// The autoscaler's knobs: the worker budget, its measurement window, hold and idle time.
+    pub autoscale: ScalingSettings,
     /// Whether an archive's requirements.txt is installed for its model.
     pub install_py_dep_per_model: bool,
     /// Whether the APIs require the Bearer keys of key_file.json.
@@ -239,7 +239,12 @@ impl ServerConfig {
                 .clone()
                 .or_else(|| std::env::var_os("TORCHYARD_PYTHON").map(PathBuf::from))
                 .map(|python| program_path(cwd, python)),
-            scale_down_idle: Duration::from_millis(number("scale_down_idle_ms", 10_000)? as u64),
+            autoscale: ScalingSettings {
+                worker_budget: number("autoscale_worker_budget", usable_cores())?,
+                window: Duration::from_millis(limit("autoscale_window_ms", 2_000)?),
+                hold: Duration::from_millis(number("autoscale_hold_ms", 30_000)? as u64),
+                scale_down_idle: Duration::from_millis(number("scale_down_idle_ms", 10_000)? as u64),
+            },
             token_auth: !(flag("disable_token_authorization") || args.disable_token_auth),
             model_api_enabled: flag("enable_model_api") || args.enable_model_api,
             allowed_urls: get("allowed_urls").map(split_list).unwrap_or_default(),

@@ -20,7 +20,7 @@ use crate::gpu::Gpus;
 use crate::grpc;
 use crate::listener::{self, ConnectionLimits};
 use crate::metrics::Metrics;
-use crate::model::{register_archive, RegisterOptions};
+use crate::model::{register_archive, Autoscaler, RegisterOptions};
 use crate::python_env::PythonEnv;
 use crate::runtime_dir;
 use crate::snapshot::{self, Snapshotter};
@@ -54,6 +54,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         python,
         gpus: Arc::new(gpus),
         snapshots: Snapshotter::new(config.snapshot_dir.as_deref(), config.settings.clone()),
+        autoscaler: Autoscaler::start(config.autoscale),
         starting: true.into(),
         config,
     });

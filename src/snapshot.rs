@@ -420,8 +420,10 @@ mod tests {
         let crate::cli::Command::Serve(args) = cli.command else {
             unreachable!("parsed a serve command")
         };
+        let config = crate::config::ServerConfig::from_args(&args).unwrap();
         AppState {
-            config: crate::config::ServerConfig::from_args(&args).unwrap(),
+            autoscaler: crate::model::Autoscaler::start(config.autoscale),
+            config,
             registry: Default::default(),
             workflows: Default::default(),
             metrics: Default::default(),

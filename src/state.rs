@@ -7,7 +7,7 @@ use crate::config::ServerConfig;
 use crate::error::{ApiError, ApiResult};
 use crate::gpu::Gpus;
 use crate::metrics::{Metrics, ModelLabels};
-use crate::model::{ModelDefinition, ServedModel};
+use crate::model::{Autoscaler, ModelDefinition, ServedModel};
 use crate::python_env::PythonEnv;
 use crate::snapshot::Snapshotter;
 use crate::versioned::VersionedRegistry;
@@ -23,6 +23,8 @@ pub struct AppState {
     /// The GPUs workers are placed on.
     pub gpus: Arc<Gpus>,
     pub snapshots: Snapshotter,
+    /// Scales every model's and workflow node's pool within the server's worker budget.
+    pub autoscaler: Arc<Autoscaler>,
     /// True until the start-up snapshot, models and workflows have been loaded (or have
     /// failed); `/ping` answers Unhealthy meanwhile.
     pub starting: AtomicBool,
@@ -85,7 +87,7 @@ impl AppState {
             self.stop_model(&model).await;
             return Err(e);
         }
-        ServedModel::spawn_autoscaler(&model, self.config.scale_down_idle);
+        self.autoscaler.watch(&model);
         Ok(model)
     }
 

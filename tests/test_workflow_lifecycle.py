@@ -60,7 +60,8 @@ def workers(server, model):
 
 @pytest.fixture(scope="module")
 def server(start_module_server):
-    server = start_module_server(properties={"scale_down_idle_ms": 1500})
+    server = start_module_server(properties={"scale_down_idle_ms": 1500,
+                                             "autoscale_worker_budget": 8})
     for name, factor in (("x2", 2.0), ("x3", 3.0), ("x4", 4.0)):
         scale_mar(server.store, name, factor)
     return server
@@ -155,10 +156,7 @@ def test_shared_models_own_or_shared_pools(server):
 
 
 def test_node_pool_autoscales_with_queue_depth(server):
-    register(server, "auto", spec("url: x2.mar", entry="slow_pre"))
-    requests.put(f"{server.management}/workflows/auto",
-                 params={"min_worker": 1, "max_worker": 3, "node": "slow_pre",
-                         "synchronous": "true"})
+    register(server, "auto", spec("url: x2.mar", entry="slow_pre", extra="  max-workers: 3\n"))
     with concurrent.futures.ThreadPoolExecutor(24) as pool:
         codes = list(pool.map(lambda i: predict(server, "auto", i).status_code, range(60)))
     assert set(codes) == {200}

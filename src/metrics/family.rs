@@ -59,6 +59,11 @@ impl Histogram {
         self.sum.add(value);
         self.count.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// How many observations were recorded.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
 }
 
 /// `count` bounds starting at `start`, each `factor` times the previous one.
@@ -93,6 +98,11 @@ impl Counter {
     /// Adds `delta`, which must not be negative.
     pub fn add(&self, delta: f64) {
         self.0.add(delta);
+    }
+
+    /// The value so far.
+    pub fn get(&self) -> f64 {
+        self.0.get()
     }
 }
 

@@ -551,6 +551,13 @@ impl ModelMetrics {
         self.latency.observe(elapsed.as_secs_f64());
     }
 
+    /// Requests answered without an error so far: what the autoscaler measures throughput by.
+    pub fn succeeded(&self) -> u64 {
+        self.latency
+            .count()
+            .saturating_sub(self.errors.get() as u64)
+    }
+
     /// Records how long an answered request waited for a worker.
     pub fn record_queue_wait(&self, version_named: bool, waited: Duration) {
         let series = self.series(version_named);

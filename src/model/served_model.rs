@@ -1,7 +1,7 @@
 //! A registered model version: its job queue, worker pool and description.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_channel::{Sender, TrySendError};
@@ -9,15 +9,15 @@ use axum::http::StatusCode;
 use serde_json::{json, Value};
 
 use super::definition::ModelDefinition;
+use super::scaling_policy::ModelSample;
 use crate::error::{ApiError, ApiResult};
 use crate::gpu::{Gpus, ModelGpus};
 use crate::job::{InferenceRequest, Job, JobResult};
 use crate::metrics::ModelMetrics;
 use crate::python_env::PythonEnv;
-use crate::worker::{fail_queued, spawn_worker, WorkerHandle, WorkerSpec, WorkerState};
-
-/// How often the autoscaler looks at the queue.
-const AUTOSCALE_TICK: Duration = Duration::from_millis(250);
+use crate::worker::{
+    fail_queued, spawn_worker, WorkerHandle, WorkerSpec, WorkerState, WorkerStatus,
+};
 
 /// A model version being served.
 pub struct ServedModel {
@@ -29,6 +29,10 @@ pub struct ServedModel {
     scaling: tokio::sync::Mutex<()>,
     /// Workers wanted now; 0 means requests are refused at once.
     target_workers: AtomicUsize,
+    /// Calls of [`ServedModel::scale`], so the autoscaler sees explicit scale calls.
+    scale_calls: AtomicU64,
+    /// The autoscaler's view of this model, for describe.
+    autoscaling: Mutex<Value>,
 }
 
 struct Pool {
@@ -84,6 +88,7 @@ impl crate::versioned::Versioned for ServedModel {
                 "remainingCapacity": settings.job_queue_size.saturating_sub(self.queue.len()),
                 "pendingRequests": self.queue.len(),
             },
+            "autoscaling": self.autoscaling(),
         })
     }
 
@@ -135,6 +140,8 @@ impl ServedModel {
             pool: Mutex::new(pool),
             scaling: tokio::sync::Mutex::new(()),
             target_workers: AtomicUsize::new(0),
+            scale_calls: AtomicU64::new(0),
+            autoscaling: Mutex::new(Value::Null),
         }
     }
 
@@ -199,6 +206,7 @@ impl ServedModel {
     /// new worker has loaded and fails if none could.
     pub async fn scale(&self, min: usize, max: usize, synchronous: bool) -> ApiResult<()> {
         let _guard = self.scaling.lock().await;
+        self.scale_calls.fetch_add(1, Ordering::SeqCst);
         let (started, stopped) = {
             let mut pool = self.pool.lock().expect("pool lock");
             pool.min = min;
@@ -295,53 +303,75 @@ impl ServedModel {
         (pool.min, pool.max)
     }
 
-    /// Starts the task that scales the pool between min and max workers from queue depth:
-    /// one more worker while more than a batch waits, one fewer after a quiet period.
-    /// `quiet` is how long the queue must stay empty before a worker goes.
-    pub fn spawn_autoscaler(model: &Arc<Self>, quiet: Duration) {
-        let weak = Arc::downgrade(model);
-        tokio::spawn(async move {
-            let mut quiet_since: Option<Instant> = None;
-            loop {
-                tokio::time::sleep(AUTOSCALE_TICK).await;
-                let Some(model) = Weak::upgrade(&weak) else {
-                    break;
-                };
-                if model.queue.is_closed() {
-                    break;
-                }
-                model.autoscale_step(&mut quiet_since, quiet);
-            }
-        });
+    /// Whether the model has stopped taking requests (it is being unregistered).
+    pub fn is_closed(&self) -> bool {
+        self.queue.is_closed()
     }
 
-    fn autoscale_step(&self, quiet_since: &mut Option<Instant>, quiet: Duration) {
+    /// What the autoscaler sees of the model now, under key `id`; `on_cpu` says which
+    /// workers take a share of the CPU worker budget.
+    pub fn sample(&self, id: u64, on_cpu: fn(&WorkerStatus) -> bool) -> ModelSample {
+        let pool = self.pool.lock().expect("pool lock");
+        ModelSample {
+            id,
+            workers: pool.workers.len(),
+            cpu_workers: pool.workers.iter().filter(|w| on_cpu(&w.status)).count(),
+            ready: self.spec.ready_workers.load(Ordering::SeqCst) >= pool.workers.len(),
+            min: pool.min,
+            max: pool.max,
+            batch_size: self.def.settings.batch_size,
+            queued: self.queue.len(),
+            answered: self.spec.metrics.succeeded(),
+            scale_calls: self.scale_calls.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Starts one more worker if the pool has one and stays within its maximum and no scale
+    /// call is under way; says whether it did.
+    pub fn add_worker(&self) -> bool {
         let Ok(_guard) = self.scaling.try_lock() else {
-            return;
+            return false;
         };
-        let depth = self.queue.len();
         let mut pool = self.pool.lock().expect("pool lock");
         let count = pool.workers.len();
-        let all_ready = self.spec.ready_workers.load(Ordering::SeqCst) >= count;
-        if depth > self.def.settings.batch_size && count < pool.max && all_ready && count > 0 {
-            let id = pool.next_id;
-            pool.next_id += 1;
-            pool.workers.push(spawn_worker(self.spec.clone(), id));
-            self.target_workers.store(count + 1, Ordering::SeqCst);
-            *quiet_since = None;
-        } else if depth == 0 && count > pool.min {
-            let since = *quiet_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= quiet {
-                if let Some(worker) = pool.workers.pop() {
-                    worker.stop();
-                    self.target_workers.store(count - 1, Ordering::SeqCst);
-                    tokio::spawn(worker.join());
-                }
-                *quiet_since = None;
-            }
-        } else {
-            *quiet_since = None;
+        if count == 0 || count >= pool.max || self.queue.is_closed() {
+            return false;
         }
+        let id = pool.next_id;
+        pool.next_id += 1;
+        pool.workers.push(spawn_worker(self.spec.clone(), id));
+        self.target_workers.store(count + 1, Ordering::SeqCst);
+        true
+    }
+
+    /// Stops the newest worker if the pool stays at or above its minimum and no scale call is
+    /// under way; says whether it did.
+    pub fn remove_worker(&self) -> bool {
+        let Ok(_guard) = self.scaling.try_lock() else {
+            return false;
+        };
+        let mut pool = self.pool.lock().expect("pool lock");
+        let count = pool.workers.len();
+        if count <= pool.min {
+            return false;
+        }
+        let Some(worker) = pool.workers.pop() else {
+            return false;
+        };
+        worker.stop();
+        self.target_workers.store(count - 1, Ordering::SeqCst);
+        tokio::spawn(worker.join());
+        true
+    }
+
+    /// The autoscaler's view of the model, as describe shows it.
+    pub fn autoscaling(&self) -> Value {
+        self.autoscaling.lock().expect("autoscaling lock").clone()
+    }
+
+    /// Replaces the autoscaler's view of the model.
+    pub fn set_autoscaling(&self, view: Value) {
+        *self.autoscaling.lock().expect("autoscaling lock") = view;
     }
 
     /// Refreshes the scrape-time gauges.

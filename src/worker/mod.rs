@@ -8,5 +8,5 @@ mod status;
 mod supervisor;
 
 pub use process::abort_all;
-pub use status::WorkerState;
+pub use status::{WorkerState, WorkerStatus};
 pub use supervisor::{fail_queued, spawn_worker, WorkerHandle, WorkerSpec};

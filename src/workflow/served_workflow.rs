@@ -113,6 +113,7 @@ impl crate::versioned::Versioned for Workflow {
                     "modelName": served.model.def.name,
                     "properties": served.props,
                     "workers": served.model.worker_bounds(),
+                    "autoscaling": served.model.autoscaling(),
                 })
             })
             .collect();
