@@ -376,6 +376,26 @@ mod tests {
     }
 
     #[test]
+    fn autoscaling_knobs_have_defaults() {
+        let defaults = config("").unwrap().autoscale;
+        assert_eq!(defaults.worker_budget, usable_cores());
+        assert_eq!(defaults.window, Duration::from_secs(2));
+        assert_eq!(defaults.hold, Duration::from_secs(30));
+        assert_eq!(defaults.scale_down_idle, Duration::from_secs(10));
+        let set = config(
+            "autoscale_worker_budget=7\nautoscale_window_ms=500\nautoscale_hold_ms=0\nscale_down_idle_ms=100\n",
+        )
+        .unwrap()
+        .autoscale;
+        assert_eq!(set.worker_budget, 7);
+        assert_eq!(set.window, Duration::from_millis(500));
+        assert_eq!(set.hold, Duration::ZERO);
+        assert_eq!(set.scale_down_idle, Duration::from_millis(100));
+        assert!(config("autoscale_worker_budget=many\n").is_err());
+        assert!(config("autoscale_window_ms=0\n").is_err());
+    }
+
+    #[test]
     fn programs_resolve_against_the_start_directory_unless_bare_names() {
         let cwd = Path::new("/srv/app");
         let resolve = |p: &str| program_path(cwd, PathBuf::from(p));

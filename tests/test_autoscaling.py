@@ -25,19 +25,30 @@ def handle(data, context):
     return [1 for _ in data]
 '''
 
-#: Every worker of the model takes the same file lock: more workers answer no more.
+#: Answers on a time grid that every worker shares: one answer per 40 ms, however many
+#: workers there are (each claims the next free grid point at least 20 ms ahead).
 SERIAL = '''
 import fcntl
+import math
 import os
 import time
+
+SPACING = 0.04
 
 
 def handle(data, context):
     if data is None:
         return None
-    with open(os.path.join(context.system_properties["model_dir"], "lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        time.sleep(0.05)
+    with open(os.path.join(context.system_properties["model_dir"], "grid"), "a+") as grid:
+        fcntl.flock(grid, fcntl.LOCK_EX)
+        grid.seek(0)
+        last = float(grid.read() or 0)
+        ahead = math.ceil((time.time() + SPACING / 2) / SPACING) * SPACING
+        slot = max(last + SPACING, ahead)
+        grid.seek(0)
+        grid.truncate()
+        grid.write(repr(slot))
+    time.sleep(max(0.0, slot - time.time()))
     return [1 for _ in data]
 '''
 
@@ -56,7 +67,7 @@ def post(data, context):
 @pytest.fixture(scope="module")
 def server(start_module_server):
     server = start_module_server(properties={
-        "autoscale_worker_budget": BUDGET, "autoscale_window_ms": 1000,
+        "autoscale_worker_budget": BUDGET, "autoscale_window_ms": 2000,
         "autoscale_hold_ms": 20000, "scale_down_idle_ms": 1500})
     for name, handler in (("busy", SLEEPY), ("calm", SLEEPY), ("serial", SERIAL)):
         build_mar(server.store, name, {"handler.py": handler,
@@ -127,7 +138,7 @@ def test_budget_longest_wait_explicit_scale_and_idle_scale_down(server):
     assert readings[-1] == {"busy": 2, "calm": 1}, readings[-1]
     assert all(r["calm"] == 1 for r in readings)
     seen = describe(server, "busy")["autoscaling"]
-    assert seen["workerBudget"] == BUDGET and seen["windowMs"] == 1000
+    assert seen["workerBudget"] == BUDGET and seen["windowMs"] == 2000
     assert seen["scaleDownIdleMs"] == 1500 and seen["holdMs"] == 20000
 
     # Idle: back to the minimum after scale_down_idle_ms, and no further.
@@ -145,11 +156,11 @@ def test_budget_longest_wait_explicit_scale_and_idle_scale_down(server):
         assert all(r["busy"] == 1 for r in watch(server, models, 3))
         seen = describe(server, "busy")["autoscaling"]
         assert seen["heldForMs"] > 0 and seen["lastDecision"].startswith("scaled by request")
-        # A minimum is obeyed as given.
+        # A minimum is obeyed as given, even beyond the budget.
         answer = requests.put(f"{server.management}/models/calm",
-                              params={"min_worker": 2, "max_worker": 2, "synchronous": "true"})
+                              params={"min_worker": 3, "max_worker": 3, "synchronous": "true"})
         assert answer.status_code == 200, answer.text
-        assert all(r == {"busy": 1, "calm": 2} for r in watch(server, models, 1.5))
+        assert all(r == {"busy": 1, "calm": 3} for r in watch(server, models, 1.5))
 
 
 def test_a_worker_that_adds_no_throughput_is_backed_out(server):

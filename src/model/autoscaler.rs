@@ -107,6 +107,16 @@ impl Autoscaler {
         let busy = policy.busy_cpu_workers();
         for ((id, model), sample) in models.iter().zip(&samples) {
             let view = policy.view(*id, now, sample);
+            let before = model.autoscaling();
+            if let Some(text) = &view.last_decision {
+                if before["lastDecision"].as_str() != Some(text) {
+                    tracing::info!(
+                        "autoscaler: {} {}: {text}",
+                        model.def.name,
+                        model.def.version
+                    );
+                }
+            }
             model.set_autoscaling(describe(&self.settings, Some(busy), &view));
         }
     }

@@ -10,8 +10,8 @@
 //!   (so the throughput before is what the pool can do): the queue wait is the mean queue
 //!   length over the window divided by the answers per second (Little's law).
 //! - A scale-up is a trial: once the new worker is ready, answers per second are measured for
-//!   one window; unless the model and the whole server both answered more, the worker goes
-//!   again and the model is not grown for `hold`.
+//!   one window; unless the model and the whole server both answered at least 5% of the
+//!   model's rate more, the worker goes again and the model is not grown for `hold`.
 //! - A pool never drops below its minimum; after an explicit scale call the model is not grown
 //!   for `hold`; a worker above the minimum goes after `scale_down_idle` of empty queue.
 
@@ -34,9 +34,8 @@ pub struct ScalingSettings {
 
 /// A new worker that has not loaded within this long is backed out.
 const START_LIMIT: Duration = Duration::from_secs(60);
-/// A kept worker must add this share of what a perfectly parallel worker would add...
-const TRIAL_GAIN: f64 = 0.25;
-/// ...and never less than this share of the answers per second before it.
+/// A kept worker must raise the model's answers per second, and the server's, by this share
+/// of the model's answers per second before it.
 const MIN_GAIN: f64 = 0.05;
 
 /// What the autoscaler saw of one model at one tick.
@@ -312,8 +311,7 @@ impl Policy {
             Some(_) => {
                 let rate = figures[&trial.id].rate.unwrap_or(0.0);
                 let total = total_rate(figures);
-                let needed =
-                    trial.rate_before * (TRIAL_GAIN / trial.workers_before as f64).max(MIN_GAIN);
+                let needed = trial.rate_before * MIN_GAIN;
                 let text = format!(
                     "worker {added}: {:.1} -> {rate:.1} answers/s (server {:.1} -> {total:.1})",
                     trial.rate_before, trial.total_before
