@@ -24,9 +24,9 @@ const POLICY: &str = "one worker at a time to the queue that waits longest while
      worker above it goes after scaleDownIdleMs of empty queue";
 
 /// Whether a worker takes a share of the CPU worker budget: the one place that decides it.
-/// Every worker runs on the CPU today; a worker placed on a GPU is not to count.
-pub fn counts_against_budget(_worker: &WorkerStatus) -> bool {
-    true
+/// A worker placed on a GPU does not.
+pub fn counts_against_budget(worker: &WorkerStatus) -> bool {
+    worker.gpu_id.is_none()
 }
 
 /// Cores this process may run on: the standard library's count honours the scheduler

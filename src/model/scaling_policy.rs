@@ -414,14 +414,17 @@ impl Policy {
         figures: &HashMap<u64, Figures>,
         decisions: &mut Vec<Decision>,
     ) {
-        if self.trial.is_some() || self.busy >= self.settings.worker_budget {
+        if self.trial.is_some() {
             return;
         }
+        let budget_left = self.busy < self.settings.worker_budget;
         let chosen = samples
             .iter()
             .filter(|s| {
                 let f = &figures[&s.id];
-                !f.held
+                // A pool all on GPUs is taken to get its next worker on a GPU too.
+                (budget_left || s.cpu_workers == 0)
+                    && !f.held
                     && f.rate.is_some()
                     && s.ready
                     && s.workers > 0
@@ -442,7 +445,9 @@ impl Policy {
             ready_at: None,
         });
         decisions.push(Decision::Grow(chosen.id));
-        self.busy += 1;
+        if chosen.cpu_workers > 0 {
+            self.busy += 1;
+        }
         self.note(
             chosen.id,
             format!(
@@ -489,6 +494,8 @@ mod tests {
         cap: f64,
         /// Ticks until the newest worker is ready.
         loading: u32,
+        /// Whether every worker of the pool runs on a GPU.
+        on_gpu: bool,
         carry: f64,
     }
 
@@ -509,6 +516,7 @@ mod tests {
             per_worker: 10.0,
             cap: f64::INFINITY,
             loading: 0,
+            on_gpu: false,
             carry: 0.0,
         }
     }
@@ -565,7 +573,7 @@ mod tests {
                         m.sample.workers -= 1;
                     }
                 }
-                m.sample.cpu_workers = m.sample.workers;
+                m.sample.cpu_workers = if m.on_gpu { 0 } else { m.sample.workers };
                 self.decisions.push((self.tick, *decision));
             }
             decisions
@@ -782,6 +790,22 @@ mod tests {
         sim.run(ticks(Duration::from_secs(60)));
         assert!(sim.decisions.is_empty(), "{:?}", sim.decisions);
         assert_eq!(sim.policy.busy_cpu_workers(), 4);
+    }
+
+    #[test]
+    fn gpu_workers_take_no_share_of_the_cpu_budget() {
+        let settings = ScalingSettings {
+            worker_budget: 1,
+            ..SETTINGS
+        };
+        let mut gpu = model(1, 2, 1, 4, 30);
+        gpu.sample.cpu_workers = 0;
+        gpu.on_gpu = true;
+        let mut sim = Sim::new(settings, vec![model(0, 1, 1, 4, 60), gpu]);
+        sim.run(ticks(Duration::from_secs(30)));
+        assert_eq!(sim.policy.busy_cpu_workers(), 1);
+        assert_eq!(sim.workers(0), 1, "the CPU budget is full");
+        assert_eq!(sim.workers(1), 4, "the GPU pool grew to its maximum");
     }
 
     #[test]
