@@ -39,11 +39,21 @@ def agg(data, context):
 '''
 MODELS = "models:\n  batch-size: 8\n  max-batch-delay: 0\n" \
          "  a:\n    url: wf_a.mar\n  b:\n    url: wf_b.mar\n"
+PAR_DAG = "dag:\n  pre: [a, b]\n  a: [agg]\n  b: [agg]\n"
 SEQ4 = MODELS + "dag:\n  pre: [a]\n  a: [b]\n  b: [post]\n"
-PAR = MODELS + "dag:\n  pre: [a, b]\n  a: [agg]\n  b: [agg]\n"
+PAR = MODELS + PAR_DAG
+#: The parallel workflow with TorchServe's defaults batch-size 1 and max-workers 2 (issue 12).
+PAR2 = "models:\n  batch-size: 1\n  max-workers: 2\n  a:\n    url: wf_a.mar\n" \
+       "  b:\n    url: wf_b.mar\n" + PAR_DAG
+PAR2_NODES = ("pre", "a", "b", "agg")
 SCENARIOS = [("model", "predictions/double", 1), ("model", "predictions/double", 16),
              ("seq4", "wfpredict/seq4", 1), ("seq4", "wfpredict/seq4", 16),
-             ("parallel", "wfpredict/par", 16), ("parallel", "wfpredict/par", 64)]
+             ("parallel", "wfpredict/par", 16), ("parallel", "wfpredict/par", 64),
+             ("par2 default", "wfpredict/par2", 64), ("par2 default", "wfpredict/par2", 16),
+             ("par2 pinned", "wfpredict/par2_pinned", 64),
+             ("par2 pinned", "wfpredict/par2_pinned", 16)]
+#: Warm-up seconds before a scenario is measured: the autoscaled workflow gets time to settle.
+WARM_UP = {"par2 default": 10}
 PREDICTIONS = "org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions"
 WORKFLOW_PREDICT = "torchyard.workflow.v1.WorkflowInferenceService/Predict"
 #: (label, method path, model or workflow, connections, whether TorchServe has it).
@@ -53,7 +63,7 @@ GRPC_SCENARIOS = [("model", PREDICTIONS, "double", 1, True),
 
 
 def build_store(ts_bin: Path) -> Path:
-    """A tiny TorchScript model as three .mar files and two .war files, built with
+    """A tiny TorchScript model as three .mar files and three .war files, built with
     TorchServe's archivers so both servers read the very same archives."""
     import torch
 
@@ -67,7 +77,7 @@ def build_store(ts_bin: Path) -> Path:
                             "--serialized-file", tmp / "identity.pt", "--handler", HANDLER,
                             "--export-path", store, "-f"], check=True)
         (tmp / "functions.py").write_text(FUNCTIONS)
-        for name, spec in (("seq4", SEQ4), ("par", PAR)):
+        for name, spec in (("seq4", SEQ4), ("par", PAR), ("par2", PAR2)):
             (tmp / f"{name}.yaml").write_text(spec)
             subprocess.run([ts_bin / "torch-workflow-archiver", "--workflow-name", name,
                             "--spec-file", tmp / f"{name}.yaml", "--handler",
@@ -98,10 +108,17 @@ def wait_ready(url: str, timeout: float) -> float:
 
 
 def register(base: str):
+    """Registers the model and the workflows; par2.war twice, the second copy with every node
+    pinned to one worker through the model scale API (both servers have it)."""
     for path in ("models?url=double.mar&initial_workers=1&synchronous=true&batch_size=8"
                  "&max_batch_delay=0",
-                 "workflows?url=seq4.war", "workflows?url=par.war"):
+                 "workflows?url=seq4.war", "workflows?url=par.war", "workflows?url=par2.war",
+                 "workflows?url=par2.war&workflow_name=par2_pinned"):
         answer = requests.post(f"{base}/{path}", timeout=300)
+        answer.raise_for_status()
+    for node in PAR2_NODES:
+        answer = requests.put(f"{base}/models/par2_pinned__{node}", timeout=300,
+                              params={"min_worker": 1, "max_worker": 1, "synchronous": "true"})
         answer.raise_for_status()
 
 
@@ -184,7 +201,7 @@ def run_server(name: str, command: list, env: dict, frontend_pid, seconds: int) 
         register(f"http://127.0.0.1:{PORTS['management']}")
         results = {"ready_ms": ready * 1000}
         for label, path, c in SCENARIOS:
-            wrk(f"{base}/{path}", c, 2)  # warm-up
+            wrk(f"{base}/{path}", c, WARM_UP.get(label, 2))
             results[(label, c)] = wrk(f"{base}/{path}", c, seconds)
             print(name, label, c, results[(label, c)], flush=True)
         for label, method, target, c, in_torchserve in GRPC_SCENARIOS:
@@ -297,7 +314,10 @@ def main():
               f"cores, {args.seconds} s per scenario with wrk (after a 2 s warm-up), one worker "
               f"per model or function node, batch size 8 with max batch delay 0, i.e. greedy batching (TorchServe "
               f"runs function nodes unbatched whatever the spec says), the same archives for "
-              f"both servers. Frontend RSS is the server process alone (TorchServe's JVM; "
+              f"both servers. The par2 rows run the parallel workflow with TorchServe's defaults "
+              f"batch size 1 and max-workers 2 (TorchServe runs 2 workers per node; torchyard "
+              f"starts 1 and autoscales within its worker budget, after a 10 s warm-up), and "
+              f"the same .war again with every node pinned to 1 worker. Frontend RSS is the server process alone (TorchServe's JVM; "
               f"workers excluded).\n\n")
     (REPO / "bench" / "results.md").write_text(header + result)
     print(result)
