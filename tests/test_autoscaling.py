@@ -52,16 +52,7 @@ def handle(data, context):
     return [1 for _ in data]
 '''
 
-FUNCTIONS = '''
-def pre(data, context):
-    if data:
-        return [row.get("data") or row.get("body") for row in data]
-
-
-def post(data, context):
-    if data:
-        return [1 for _ in data]
-'''
+FUNCTIONS = "def first(data, context):\n    return data\n\n\ndef second(data, context):\n    return data\n"
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +166,7 @@ def test_a_worker_that_adds_no_throughput_is_backed_out(server):
 
 
 def test_workflow_nodes_show_the_policy(server):
-    spec = "models:\n  min-workers: 1\n  max-workers: 2\ndag:\n  pre: [post]\n"
+    spec = "models:\n  min-workers: 1\n  max-workers: 2\ndag:\n  first: [second]\n"
     war(server.store, "flow", spec, FUNCTIONS)
     answer = requests.post(f"{server.management}/workflows", params={"url": "flow.war"})
     assert answer.status_code == 200, answer.text

@@ -233,10 +233,8 @@ impl Policy {
                 self.trial = None;
             }
         }
-        let answered_more = track
-            .history
-            .back()
-            .is_some_and(|p| sample.answered > p.answered);
+        let answered_before = track.history.back().map_or(0, |p| p.answered);
+        let answered_more = sample.answered > answered_before;
         if sample.queued > 0 || answered_more {
             track.last_active = Some(now);
         }
@@ -777,6 +775,18 @@ mod tests {
         assert_eq!(sim.policy.busy_cpu_workers(), 8);
         assert_eq!((sim.workers(1), sim.workers(2)), (1, 2));
         assert!(sim.last_decision(1).contains("over the budget of 8"));
+    }
+
+    #[test]
+    fn a_model_is_busy_until_it_has_been_idle_for_scale_down_idle() {
+        let mut sim = Sim::new(SETTINGS, vec![model(0, 2, 2, 2, 5)]);
+        sim.run(1);
+        assert_eq!(sim.policy.busy_cpu_workers(), 2);
+        sim.models[0].sample.queued = 0;
+        sim.run(ticks(SETTINGS.scale_down_idle) - 1);
+        assert_eq!(sim.policy.busy_cpu_workers(), 2);
+        sim.run(1);
+        assert_eq!(sim.policy.busy_cpu_workers(), 0);
     }
 
     #[test]
