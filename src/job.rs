@@ -6,6 +6,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::error::ApiError;
+use crate::worker::protocol::SegmentTrace;
 
 /// One request as the handler sees it: headers and named parameters (body, form fields, parts).
 #[derive(Debug, Clone, Default)]
@@ -32,6 +33,8 @@ pub struct InferenceResponse {
     /// Headers the handler set with `context.set_response_header`.
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
+    /// Set by the workers of a fused workflow segment: which of its nodes ran and failed.
+    pub trace: Option<Box<SegmentTrace>>,
 }
 
 /// What a job's submitter gets back.

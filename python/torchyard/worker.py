@@ -13,43 +13,27 @@ import os
 import socket
 import sys
 import traceback
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Union
 
-from .codec import Blob, decode, encode
-from .context import Context, RequestProcessor
+from .codec import decode
+from .context import Context
 from .framing import ProtocolError, read_frame, write_frame
 from .handler_loader import Entry, load_entry_point
+from .replies import Reply, error_reply, exception_reply, outputs_problem, response_entry
+from .segment import Segment
 
 log = logging.getLogger("torchyard.worker")
 
-Reply = Tuple[dict, Sequence[Blob]]
-
 #: Where torchyard's stand-in for TorchServe's `ts` package lives.
 COMPAT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "compat")
-
-
-def error_reply(message: str, status: int = 500, error_type: str = "PredictionException") -> Reply:
-    """An `error` message."""
-    return {"kind": "error", "status": status, "type": error_type, "message": message}, ()
-
-
-def exception_reply(exc: BaseException, error_type: str) -> Reply:
-    """An `error` for a handler exception; an `error_code` attribute holding an HTTP error
-    status (TorchServe's PredictionException) becomes the status, a `MemoryError` is 507
-    (Insufficient Storage, as in TorchServe), anything else 500."""
-    status = getattr(exc, "error_code", None)
-    if isinstance(exc, MemoryError):
-        status = 507
-    elif not (isinstance(status, int) and 400 <= status <= 599):
-        status = 500
-    return error_reply(f"{type(exc).__name__}: {exc}", status, error_type)
 
 
 class Worker:
     """One model's handler and context, and the replies to the server's messages."""
 
     def __init__(self) -> None:
-        self.entry: Optional[Entry] = None
+        #: The handler, or the fused workflow functions of a `segment` load.
+        self.entry: Optional[Union[Entry, Segment]] = None
         self.context: Optional[Context] = None
         #: False (TorchServe's `decode_input_request=false`): handlers get every parameter raw.
         self.decode_input_request = True
@@ -66,20 +50,26 @@ class Worker:
                            "InternalServerException")
 
     def load(self, msg: dict) -> Reply:
-        self.context = Context(
-            msg["model_name"],
-            msg["model_dir"],
-            msg.get("manifest") or {},
-            msg.get("batch_size", 1),
-            msg.get("gpu_id"),
-            msg.get("server_version", ""),
-            limit_max_image_pixels=msg.get("limit_max_image_pixels", True),
-            model_yaml_config=msg.get("model_yaml_config"),
-            server_name=msg.get("server_name", "torchyard"),
-        )
+        def context(model_name: str, manifest: Optional[dict]) -> Context:
+            return Context(
+                model_name,
+                msg["model_dir"],
+                manifest or {},
+                msg.get("batch_size", 1),
+                msg.get("gpu_id"),
+                msg.get("server_version", ""),
+                limit_max_image_pixels=msg.get("limit_max_image_pixels", True),
+                model_yaml_config=msg.get("model_yaml_config"),
+                server_name=msg.get("server_name", "torchyard"),
+            )
+
+        self.context = context(msg["model_name"], msg.get("manifest"))
         self.decode_input_request = msg.get("decode_input_request", True)
         try:
-            self.entry = load_entry_point(msg["handler"], msg["model_dir"], self.context)
+            if msg.get("segment"):
+                self.entry = Segment.load(msg["segment"], msg["model_dir"], context)
+            else:
+                self.entry = load_entry_point(msg["handler"], msg["model_dir"], self.context)
         except Exception as exc:  # noqa: BLE001 - the server reports the failed load
             log.error("loading handler %s failed:\n%s", msg["handler"], traceback.format_exc())
             return exception_reply(exc, "InternalServerException")
@@ -93,6 +83,8 @@ class Worker:
                      for p in r["params"]} for r in requests]
         else:
             data = [{p["name"]: blobs[p["blob"]] for p in r["params"]} for r in requests]
+        if isinstance(self.entry, Segment):
+            return self.entry.run(requests, data)
         context = self.context
         context.start_batch(requests)
         try:
@@ -100,42 +92,19 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - a handler failure fails its batch only
             log.error("handler failed:\n%s", traceback.format_exc())
             return exception_reply(exc, "PredictionException")
-        if not isinstance(outputs, (list, tuple)):
-            return error_reply(f"handler returned {type(outputs).__name__}, not a list of "
-                               f"outputs for a batch of {len(requests)} requests")
-        if len(outputs) != len(requests):
-            return error_reply(f"handler returned {len(outputs)} outputs for a batch of "
-                               f"{len(requests)} requests")
+        problem = outputs_problem(outputs, len(requests))
+        if problem:
+            return error_reply(problem)
         responses, bodies = [], []
         try:
             for idx, output in enumerate(outputs):
-                response, body = _response(idx, output, context.request_processor[idx])
+                response, body = response_entry(idx, output, context.request_processor[idx])
                 responses.append(response)
                 bodies.append(body)
         except Exception as exc:  # noqa: BLE001 - an unserialisable output fails its batch
             log.error("cannot encode the handler's output:\n%s", traceback.format_exc())
             return exception_reply(exc, "PredictionException")
         return {"kind": "predicted", "responses": responses}, bodies
-
-
-def _response(idx: int, output: Any, processor: RequestProcessor) -> Tuple[dict, Blob]:
-    """The protocol response entry and body of request `idx`."""
-    body, content_type = encode(output)
-    status = processor.get_response_status_code()
-    if not isinstance(status, int) or not 100 <= status <= 599:
-        raise ValueError(f"invalid response status {status!r} set for request {idx}")
-    phrase = processor.get_response_status_phrase()
-    response = {"status": status, "reason": str(phrase) if phrase else None,
-                "content_type": content_type, "blob": idx}
-    headers = []
-    for key, value in processor.get_response_headers().items():
-        if str(key).lower() == "content-type":
-            response["content_type"] = str(value)
-        else:
-            headers.append([str(key), str(value)])
-    if headers:
-        response["headers"] = headers
-    return response, body
 
 
 def serve(sock: socket.socket, worker: Worker) -> None:

@@ -1,9 +1,11 @@
 //! What a model is before it runs: files, handler and serving settings.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{ApiError, ApiResult};
+use crate::worker::protocol::SegmentNode;
 
 /// Serving settings of a model.
 #[derive(Debug, Clone, Default)]
@@ -59,6 +61,8 @@ pub struct ModelDefinition {
     /// The copy of a downloaded (or `file://`) archive kept in the model store, removed with
     /// the model.
     pub stored_copy: Option<PathBuf>,
+    /// Set for a fused segment of workflow function nodes, which its workers run in turn.
+    pub segment: Option<Arc<[SegmentNode]>>,
 }
 
 /// Whether `name` is a valid model name: letters, digits, `_`, `-` and `.`, not starting with

@@ -194,6 +194,7 @@ fn definition(
         deps_dir: None,
         workflow: None,
         stored_copy: None,
+        segment: None,
         dir: archive.dir,
         name,
     })

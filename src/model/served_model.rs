@@ -121,6 +121,7 @@ impl ServedModel {
             max_batch_delay: def.settings.max_batch_delay,
             response_timeout: def.settings.response_timeout,
             decode_input_request,
+            segment: def.segment.clone(),
             python,
             gpus: ModelGpus::new(gpus.clone(), &def.name, &def.yaml_config),
             metrics,

@@ -34,6 +34,27 @@ pub struct LoadMessage<'a> {
     pub model_yaml_config: &'a serde_json::Value,
     pub server_name: &'a str,
     pub server_version: &'a str,
+    /// Set for a fused segment of workflow function nodes: the worker runs these functions
+    /// in turn on every request, instead of `handler`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segment: Option<&'a [SegmentNode]>,
+}
+
+/// One workflow function node of a fused segment, as its worker loads it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SegmentNode {
+    /// The node's name in the DAG.
+    pub node: String,
+    /// The node's own model name (`{workflow}__{node}`), its context's `model_name`.
+    pub model_name: String,
+    /// `file.py:function`.
+    pub handler: String,
+    /// The node's context's `manifest`.
+    pub manifest: serde_json::Value,
+    /// Tries per request: 1 + the node's retry-attempts.
+    pub attempts: usize,
+    /// Limit of one try, in milliseconds.
+    pub timeout_ms: u64,
 }
 
 /// One request of a batch: its id, headers and parameters (whose values travel as blobs).
@@ -78,6 +99,25 @@ pub struct ResponseMeta {
     #[serde(default)]
     pub headers: Vec<(String, String)>,
     pub blob: usize,
+    /// What a fused segment did for this request; only segment workers send it.
+    pub trace: Option<Box<SegmentTrace>>,
+}
+
+/// The account of one request through a fused segment of workflow function nodes.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SegmentTrace {
+    /// Per node that ran, in segment order: microseconds spent over all its tries, and its
+    /// retries. When `failed` is set, the last of them is the node that failed.
+    pub nodes: Vec<(u64, usize)>,
+    pub failed: Option<SegmentFailure>,
+}
+
+/// Why a node of a segment failed its last try. The response's status is the handler's
+/// status or the exception's; with no `message`, the handler answered that status with the
+/// response body.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SegmentFailure {
+    pub message: Option<String>,
 }
 
 /// Writes one frame: length, header length, JSON header, blobs.

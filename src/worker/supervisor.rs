@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::batcher;
 use super::process::WorkerProcess;
-use super::protocol::{FromWorker, LoadMessage, ParamMeta, RequestMeta, ToWorker};
+use super::protocol::{FromWorker, LoadMessage, ParamMeta, RequestMeta, SegmentNode, ToWorker};
 use super::status::{WorkerState, WorkerStatus};
 use crate::error::ApiError;
 use crate::gpu::ModelGpus;
@@ -36,6 +36,8 @@ pub struct WorkerSpec {
     pub response_timeout: Duration,
     /// Whether the worker decodes JSON and text parameters (TorchServe's `decode_input_request`).
     pub decode_input_request: bool,
+    /// The function nodes a fused workflow segment runs, instead of `handler`.
+    pub segment: Option<Arc<[SegmentNode]>>,
     pub python: PythonEnv,
     /// Which GPU each new worker gets.
     pub gpus: ModelGpus,
@@ -176,6 +178,7 @@ async fn start(
         model_yaml_config: &spec.model_yaml_config,
         server_name: "torchyard",
         server_version: env!("CARGO_PKG_VERSION"),
+        segment: spec.segment.as_deref(),
     });
     let reply = process
         .call(&load, &[])
@@ -324,6 +327,7 @@ async fn predict(
                         content_type: r.content_type,
                         headers: r.headers,
                         body,
+                        trace: r.trace,
                     })
                 })
                 .collect()

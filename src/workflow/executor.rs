@@ -1,20 +1,21 @@
-//! Running one request through a workflow's DAG on the async runtime: every node starts as soon
-//! as its parents have answered, so independent branches run concurrently.
+//! Running one request through a workflow's stages on the async runtime: every stage starts
+//! as soon as its parents have answered, so independent branches run concurrently. The first
+//! failure fails the request and abandons the other branches, as does dropping the request
+//! (the client went away).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
 use bytes::Bytes;
-use futures::future::{join_all, BoxFuture, FutureExt, Shared};
+use futures::future::{try_join_all, FutureExt, Shared};
 use serde_json::{Map, Value};
 
+use super::plan::Plan;
 use super::served_workflow::Workflow;
-use crate::error::{ApiError, ApiResult};
+use super::stage::{Stage, StageResult};
+use crate::error::ApiResult;
 use crate::job::{InferenceRequest, InferenceResponse, Param};
 
-type NodeResult = Result<Arc<InferenceResponse>, ApiError>;
-type NodeFuture<'a> = Shared<BoxFuture<'a, NodeResult>>;
+type StageFuture<'a> = Shared<futures::future::BoxFuture<'a, StageResult>>;
 
 /// Runs `request` through `workflow` and returns the leaf's output (an object keyed by leaf
 /// name when there are several leaves).
@@ -23,127 +24,82 @@ pub async fn execute(
     request: InferenceRequest,
 ) -> ApiResult<InferenceResponse> {
     let _in_flight = workflow.in_flight.enter();
-    let dag = &workflow.dag;
+    run(&workflow.plan, &workflow.stages, request).await
+}
+
+/// Runs `request` through the stages of `plan`, `stages[i]` calling stage `i`.
+pub async fn run(
+    plan: &Plan,
+    stages: &[Box<dyn Stage>],
+    request: InferenceRequest,
+) -> ApiResult<InferenceResponse> {
     let headers = request.headers.clone();
     let mut entry_request = Some(request);
-    let mut futures: Vec<Option<NodeFuture<'_>>> = vec![None; dag.nodes.len()];
-    for &i in &dag.order {
-        let parents: Vec<(usize, NodeFuture<'_>)> = dag.nodes[i]
+    let mut futures: Vec<StageFuture<'_>> = Vec::with_capacity(plan.stages.len());
+    for (i, stage) in plan.stages.iter().enumerate() {
+        let parents: Vec<(&str, StageFuture<'_>)> = stage
             .parents
             .iter()
-            .map(|&p| (p, futures[p].clone().expect("parents come first")))
+            .map(|&p| (plan.stages[p].name.as_str(), futures[p].clone()))
             .collect();
-        let own_input = if i == dag.entry {
+        let own_input = if i == plan.entry {
             entry_request.take()
         } else {
             None
         };
         let headers = &headers;
+        let callee = &stages[i];
         let future = async move {
             let input = match own_input {
                 Some(input) => input,
-                None => node_input(workflow, headers, parents).await?,
+                None => stage_input(headers, parents).await?,
             };
-            call_node(workflow, i, input).await.map(Arc::new)
+            callee.call(input).await
         };
-        futures[i] = Some(future.boxed().shared());
+        futures.push(future.boxed().shared());
     }
-    let leaves = dag
-        .leaves
-        .iter()
-        .map(|&l| futures[l].clone().expect("every node is built"));
-    let mut outputs = Vec::with_capacity(dag.leaves.len());
-    for result in join_all(leaves).await {
-        outputs.push(result?);
-    }
+    let leaves = plan.leaves.iter().map(|&l| futures[l].clone());
+    let outputs = try_join_all(leaves).await?;
     if let [single] = outputs.as_slice() {
         return Ok(InferenceResponse::clone(single));
     }
-    Ok(merge_leaves(workflow, &outputs))
+    let names = plan.leaves.iter().map(|&l| plan.stages[l].name.as_str());
+    Ok(merge_leaves(names, &outputs))
 }
 
-/// The input of a non-entry node: the parent's output as `body`, or one field per parent
+/// The input of a non-entry stage: the parent's output as `body`, or one field per parent
 /// named after it.
-async fn node_input(
-    workflow: &Workflow,
+async fn stage_input(
     headers: &[(String, String)],
-    parents: Vec<(usize, NodeFuture<'_>)>,
+    parents: Vec<(&str, StageFuture<'_>)>,
 ) -> ApiResult<InferenceRequest> {
     let single = parents.len() == 1;
-    let (indices, outputs): (Vec<usize>, Vec<_>) = parents.into_iter().unzip();
-    let mut params = Vec::with_capacity(indices.len());
-    for (parent, output) in indices.into_iter().zip(join_all(outputs).await) {
-        let name = if single {
-            "body".to_string()
-        } else {
-            workflow.dag.nodes[parent].name.clone()
-        };
-        params.push(Param {
-            name,
+    let (names, outputs): (Vec<&str>, Vec<_>) = parents.into_iter().unzip();
+    let outputs = try_join_all(outputs).await?;
+    let params = names
+        .into_iter()
+        .zip(outputs)
+        .map(|(name, output)| Param {
+            name: if single { "body" } else { name }.to_string(),
             content_type: None,
-            value: output?.body.clone(),
-        });
-    }
+            value: output.body.clone(),
+        })
+        .collect();
     Ok(InferenceRequest {
-        id: uuid::Uuid::new_v4().to_string(),
+        id: String::new(),
         headers: headers.to_vec(),
         params,
     })
 }
 
-/// Calls node `i`, retrying a failed or timed-out attempt up to the node's retry-attempts.
-/// A timed-out attempt is abandoned: its queued job is skipped, and a worker stuck on it is
-/// killed by the node model's response timeout.
-async fn call_node(
-    workflow: &Workflow,
-    i: usize,
-    input: InferenceRequest,
-) -> ApiResult<InferenceResponse> {
-    let node = &workflow.nodes[i];
-    let attempts = node.props.retry_attempts + 1;
-    let timeout = Duration::from_millis(node.props.timeout_ms);
-    let started = Instant::now();
-    let mut reason = String::new();
-    let mut unavailable = false;
-    for attempt in 0..attempts {
-        let mut request = input.clone();
-        request.id = uuid::Uuid::new_v4().to_string();
-        let outcome = tokio::time::timeout(timeout, node.model.submit(request, false)).await;
-        unavailable = matches!(&outcome, Ok(Err(e)) if e.status == StatusCode::SERVICE_UNAVAILABLE);
-        reason = match outcome {
-            Ok(Ok(output)) if output.status < 400 => {
-                node.metrics.record_call(started.elapsed(), attempt, false);
-                return Ok(output);
-            }
-            Ok(Ok(output)) => format!(
-                "handler answered {}: {}",
-                output.status,
-                String::from_utf8_lossy(&output.body)
-            ),
-            Ok(Err(e)) => e.message,
-            Err(_) => format!("timed out after {} ms", node.props.timeout_ms),
-        };
-    }
-    node.metrics
-        .record_call(started.elapsed(), attempts - 1, true);
-    let failed = format!(
-        "Workflow node \"{}\" failed after {attempts} attempt(s): {reason}",
-        workflow.dag.nodes[i].name
-    );
-    // A node that could not take the request (no worker, full queue) makes the workflow
-    // unavailable, as the same model answers on its own, rather than broken.
-    Err(if unavailable {
-        ApiError::unavailable(failed)
-    } else {
-        ApiError::internal(failed)
-    })
-}
-
 /// Several leaves answer one JSON object keyed by leaf name; a JSON output is embedded as
 /// JSON, anything else as a string.
-fn merge_leaves(workflow: &Workflow, outputs: &[Arc<InferenceResponse>]) -> InferenceResponse {
+fn merge_leaves<'a>(
+    names: impl Iterator<Item = &'a str>,
+    outputs: &[Arc<InferenceResponse>],
+) -> InferenceResponse {
     let mut merged = Map::new();
-    for (&leaf, output) in workflow.dag.leaves.iter().zip(outputs) {
+    for (name, output) in names.zip(outputs) {
         let is_json = output
             .content_type
             .as_deref()
@@ -152,12 +108,237 @@ fn merge_leaves(workflow: &Workflow, outputs: &[Arc<InferenceResponse>]) -> Infe
             .then(|| serde_json::from_slice(&output.body).ok())
             .flatten()
             .unwrap_or_else(|| Value::String(String::from_utf8_lossy(&output.body).into_owned()));
-        merged.insert(workflow.dag.nodes[leaf].name.clone(), value);
+        merged.insert(name.to_string(), value);
     }
     InferenceResponse {
         status: 200,
         content_type: Some("application/json".into()),
         headers: Vec::new(),
         body: Bytes::from(Value::Object(merged).to_string()),
+        trace: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use futures::future::BoxFuture;
+    use tokio::time::{sleep, Instant};
+
+    use super::*;
+    use crate::error::ApiError;
+    use crate::workflow::dag::Dag;
+    use crate::workflow::spec::WorkflowSpec;
+
+    /// What a fake stage does with its input.
+    type Behaviour =
+        Box<dyn Fn(&InferenceRequest) -> BoxFuture<'static, StageResult> + Send + Sync>;
+
+    /// A stage that records its inputs and answers as `behaviour` says.
+    struct Fake {
+        name: String,
+        behaviour: Behaviour,
+        seen: Arc<Mutex<Vec<(String, InferenceRequest)>>>,
+    }
+
+    impl Stage for Fake {
+        fn call(&self, input: InferenceRequest) -> BoxFuture<'_, StageResult> {
+            self.seen
+                .lock()
+                .unwrap()
+                .push((self.name.clone(), input.clone()));
+            (self.behaviour)(&input)
+        }
+    }
+
+    fn output(body: &str, json: bool) -> StageResult {
+        Ok(Arc::new(InferenceResponse {
+            status: 200,
+            content_type: json.then(|| "application/json".to_string()),
+            headers: Vec::new(),
+            body: Bytes::from(body.to_string()),
+            trace: None,
+        }))
+    }
+
+    /// Answers `{name}({inputs})` after `delay_ms`.
+    fn echo(name: &str, delay_ms: u64) -> Behaviour {
+        let name = name.to_string();
+        Box::new(move |input| {
+            let args: Vec<String> = input
+                .params
+                .iter()
+                .map(|p| format!("{}={}", p.name, String::from_utf8_lossy(&p.value)))
+                .collect();
+            let text = format!("{name}({})", args.join(","));
+            async move {
+                sleep(Duration::from_millis(delay_ms)).await;
+                output(&text, false)
+            }
+            .boxed()
+        })
+    }
+
+    struct Setup {
+        plan: Plan,
+        stages: Vec<Box<dyn Stage>>,
+        seen: Arc<Mutex<Vec<(String, InferenceRequest)>>>,
+    }
+
+    /// A plan of function nodes (no fusion happens where a node has several parents or
+    /// children); `behaviour(name)` says what each stage does, named by its last node.
+    fn setup(dag_yaml: &str, behaviour: impl Fn(&str) -> Behaviour) -> Setup {
+        let spec = WorkflowSpec::parse(&format!("dag:\n{dag_yaml}")).unwrap();
+        let functions: HashSet<String> = spec
+            .dag
+            .iter()
+            .flat_map(|(n, c)| std::iter::once(n).chain(c))
+            .cloned()
+            .collect();
+        let plan = Plan::new(&Dag::build(&spec, &functions).unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stages = plan
+            .stages
+            .iter()
+            .map(|s| {
+                Box::new(Fake {
+                    name: s.name.clone(),
+                    behaviour: behaviour(&s.name),
+                    seen: seen.clone(),
+                }) as Box<dyn Stage>
+            })
+            .collect();
+        Setup { plan, stages, seen }
+    }
+
+    fn request(body: &str) -> InferenceRequest {
+        InferenceRequest {
+            id: "r1".into(),
+            headers: vec![("x-trace".into(), "7".into())],
+            params: vec![Param {
+                name: "data".into(),
+                content_type: Some("text/plain".into()),
+                value: Bytes::from(body.to_string()),
+            }],
+        }
+    }
+
+    const DIAMOND: &str = "  pre: [a, b]\n  a: [agg]\n  b: [agg]\n";
+
+    #[tokio::test(start_paused = true)]
+    async fn fan_out_runs_branches_concurrently_and_fan_in_names_fields_after_parents() {
+        let s = setup(DIAMOND, |n| echo(n, if n == "a" { 30 } else { 10 }));
+        let started = Instant::now();
+        let answer = run(&s.plan, &s.stages, request("5")).await.unwrap();
+        assert_eq!(
+            answer.body,
+            "agg(a=a(body=pre(data=5)),b=b(body=pre(data=5)))"
+        );
+        // pre 10 ms, then a and b side by side (30 ms), then agg 10 ms.
+        assert_eq!(started.elapsed(), Duration::from_millis(50));
+        let seen = s.seen.lock().unwrap();
+        let agg = &seen.iter().find(|(n, _)| n == "agg").unwrap().1;
+        assert_eq!(agg.headers, [("x-trace".to_string(), "7".to_string())]);
+        assert!(agg.params.iter().all(|p| p.content_type.is_none()));
+        assert_eq!(seen.len(), 4, "every stage runs once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn several_leaves_answer_one_object_keyed_by_leaf() {
+        let s = setup("  pre: [a, b]\n", |n| match n {
+            "a" => Box::new(|_: &InferenceRequest| async { output("[1, 2]", true) }.boxed()),
+            _ => echo(n, 0),
+        });
+        let answer = run(&s.plan, &s.stages, request("x")).await.unwrap();
+        let value: Value = serde_json::from_slice(&answer.body).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"a": [1, 2], "b": "b(body=pre(data=x))"})
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_branch_fails_the_request_at_once_and_abandons_the_others() {
+        let s = setup(DIAMOND, |n| match n {
+            "a" => Box::new(|_: &InferenceRequest| {
+                async {
+                    sleep(Duration::from_millis(5)).await;
+                    Err(ApiError::internal("Workflow node \"a\" failed"))
+                }
+                .boxed()
+            }),
+            "b" => echo(n, 10_000),
+            _ => echo(n, 0),
+        });
+        let started = Instant::now();
+        let error = run(&s.plan, &s.stages, request("1")).await.unwrap_err();
+        assert_eq!(error.message, "Workflow node \"a\" failed");
+        assert_eq!(started.elapsed(), Duration::from_millis(5));
+        let called: Vec<String> = s
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect();
+        assert!(!called.contains(&"agg".to_string()), "{called:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_request_cancels_the_stages_in_flight_and_starts_no_more() {
+        struct Flag(Arc<Mutex<usize>>);
+        impl Drop for Flag {
+            fn drop(&mut self) {
+                *self.0.lock().unwrap() += 1;
+            }
+        }
+        let dropped = Arc::new(Mutex::new(0));
+        let counter = dropped.clone();
+        let s = setup(DIAMOND, move |n| {
+            if n == "pre" || n == "agg" {
+                return echo(n, 0);
+            }
+            let counter = counter.clone();
+            Box::new(move |_: &InferenceRequest| {
+                let guard = Flag(counter.clone());
+                async move {
+                    sleep(Duration::from_secs(60)).await;
+                    drop(guard);
+                    output("late", false)
+                }
+                .boxed()
+            })
+        });
+        let gone = tokio::time::timeout(
+            Duration::from_millis(100),
+            run(&s.plan, &s.stages, request("1")),
+        )
+        .await;
+        assert!(gone.is_err());
+        assert_eq!(*dropped.lock().unwrap(), 2, "both branches are abandoned");
+        let called: Vec<String> = s
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect();
+        assert_eq!(called.len(), 3, "agg never starts: {called:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_parent_that_fails_keeps_its_children_from_running() {
+        let s = setup(DIAMOND, |n| match n {
+            "pre" => Box::new(|_: &InferenceRequest| {
+                async { Err(ApiError::unavailable("no worker")) }.boxed()
+            }),
+            _ => echo(n, 0),
+        });
+        let error = run(&s.plan, &s.stages, request("1")).await.unwrap_err();
+        assert_eq!(error.status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(s.seen.lock().unwrap().len(), 1);
     }
 }

@@ -9,10 +9,12 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::archive::WorkflowArchive;
-use super::dag::{Dag, NodeKind};
+use super::dag::{Dag, Node, NodeKind};
 use super::handler_scan::top_level_names;
+use super::plan::Plan;
 use super::served_workflow::{node_model_name, Workflow, WorkflowNode};
-use super::spec::{ModelSource, NodeProps, WorkflowSpec};
+use super::spec::{ModelSource, NodeProps};
+use super::stage::{FusedFunctions, ModelNode, Stage};
 use crate::error::{ApiError, ApiResult};
 use crate::fetch::{open_archive, Opened};
 use crate::metrics::NodeLabels;
@@ -21,6 +23,7 @@ use crate::model::{
     ServedModel,
 };
 use crate::state::AppState;
+use crate::worker::protocol::SegmentNode;
 
 /// Query parameters of `POST /workflows`.
 #[derive(Debug, Default, Deserialize)]
@@ -108,78 +111,104 @@ async fn build(
     let spec = &archive.spec;
     let dag = Dag::build(spec, &top_level_names(&archive.handler_source))
         .map_err(|e| ApiError::bad_request(format!("Invalid workflow specification: {e}")))?;
-    let starts = dag.nodes.iter().map(|node| {
-        let props = spec
-            .models
-            .get(&node.name)
-            .map_or_else(|| spec.globals.clone(), |m| m.props.clone());
-        start_node(state, (&name, &version), &archive, spec, node, props)
+    let plan = Plan::new(&dag);
+    let props: Vec<NodeProps> = dag
+        .nodes
+        .iter()
+        .map(|node| {
+            spec.models
+                .get(&node.name)
+                .map_or_else(|| spec.globals.clone(), |m| m.props.clone())
+        })
+        .collect();
+    let starts = plan.stages.iter().map(|stage| {
+        let nodes: Vec<(&Node, &NodeProps)> = stage
+            .nodes
+            .iter()
+            .map(|&i| (&dag.nodes[i], &props[i]))
+            .collect();
+        start_stage(state, (&name, &version), &archive, nodes)
     });
-    let started = futures::future::join_all(starts).await;
-    let mut nodes = Vec::with_capacity(started.len());
+    let mut started = Vec::with_capacity(plan.stages.len());
     let mut failures = Vec::new();
-    for result in started {
+    for result in futures::future::join_all(starts).await {
         match result {
-            Ok(node) => nodes.push(node),
+            Ok(model) => started.push(model),
             Err(e) => failures.push(e.message),
         }
     }
-    let workflow = Workflow {
+    if !failures.is_empty() {
+        stop_models(state, started.iter()).await;
+        return Err(ApiError::internal(format!(
+            "Workflow {name} has failed to register. Failures: [{}]",
+            failures.join(", ")
+        )));
+    }
+    let nodes: Vec<WorkflowNode> = dag
+        .nodes
+        .iter()
+        .zip(props)
+        .zip(&plan.stage_of)
+        .map(|((node, props), &stage)| WorkflowNode {
+            model: started[stage].model.clone(),
+            owned: started[stage].owned,
+            props,
+            metrics: Arc::new(state.metrics.for_node(NodeLabels {
+                workflow: name.clone(),
+                node: node.name.clone(),
+            })),
+        })
+        .collect();
+    let stages = plan
+        .stages
+        .iter()
+        .map(|stage| stage_caller(&dag, &nodes, &stage.nodes))
+        .collect();
+    Ok(Workflow {
         version,
         in_flight: Default::default(),
         url: url.to_string(),
         spec: archive.spec,
         dag,
         nodes,
+        plan,
+        stages,
         dir: archive.dir,
         owns_dir,
         stored_copy: None,
         name,
-    };
-    if !failures.is_empty() {
-        stop_nodes(state, &workflow).await;
-        return Err(ApiError::internal(format!(
-            "Workflow {} has failed to register. Failures: [{}]",
-            workflow.name,
-            failures.join(", ")
-        )));
-    }
-    Ok(workflow)
+    })
 }
 
-/// Registers and starts the node model of one DAG node.
-async fn start_node(
+/// The model a stage runs on, and whether the workflow started it.
+struct StageModel {
+    model: Arc<ServedModel>,
+    owned: bool,
+}
+
+/// Registers and starts the model of one stage: a model node's, or one for a fused chain of
+/// function nodes.
+async fn start_stage(
     state: &AppState,
     (workflow, version): (&str, &str),
     archive: &WorkflowArchive,
-    spec: &WorkflowSpec,
-    node: &super::dag::Node,
-    props: NodeProps,
-) -> ApiResult<WorkflowNode> {
-    let model_name = node_model_name(workflow, &node.name);
-    let settings = ModelSettings {
-        min_workers: props.min_workers,
-        max_workers: props.max_workers,
-        batch_size: props.batch_size,
-        max_batch_delay: Duration::from_millis(props.max_batch_delay),
-        response_timeout: Duration::from_millis(props.timeout_ms),
-        job_queue_size: state.config.job_queue_size,
-    };
-    let metrics = state.metrics.for_node(NodeLabels {
-        workflow: workflow.to_string(),
-        node: node.name.clone(),
-    });
-    let mut def = match (node.kind, &spec.models.get(&node.name).map(|m| &m.source)) {
+    nodes: Vec<(&Node, &NodeProps)>,
+) -> ApiResult<StageModel> {
+    let (first, props) = nodes[0];
+    let model_name = node_model_name(workflow, &first.name);
+    let source = archive.spec.models.get(&first.name).map(|m| &m.source);
+    // A model node's stuck worker is killed when a try times out; a segment's worker times
+    // out each try itself, so its workers are killed only past every try of every node.
+    let mut response_timeout = Duration::from_millis(props.timeout_ms);
+    let mut def = match (first.kind, source) {
         (NodeKind::Model, Some(ModelSource::Registered(shared))) => {
             let model = state
                 .registry
                 .get(shared, None)
                 .map_err(|e| node_failed(&model_name, e))?;
-            return Ok(WorkflowNode {
+            return Ok(StageModel {
                 model,
                 owned: false,
-                props,
-                metrics,
             });
         }
         (NodeKind::Model, Some(ModelSource::Archive(url))) => {
@@ -192,17 +221,49 @@ async fn start_node(
                 .await
                 .map_err(|e| node_failed(&model_name, e))?
         }
-        _ => function_definition(archive, &node.name, model_name, workflow),
+        _ => {
+            response_timeout = stage_budget(nodes.iter().map(|(_, p)| *p));
+            segment_definition(archive, workflow, &nodes)
+        }
     };
     def.version = version.to_string();
-    def.settings = settings;
+    def.settings = ModelSettings {
+        min_workers: props.min_workers,
+        max_workers: props.max_workers,
+        batch_size: props.batch_size,
+        max_batch_delay: Duration::from_millis(props.max_batch_delay),
+        response_timeout,
+        job_queue_size: state.config.job_queue_size,
+    };
     def.workflow = Some(workflow.to_string());
-    let model: Arc<ServedModel> = state.start_model(def, true).await?;
-    Ok(WorkflowNode {
-        model,
-        owned: true,
-        props,
-        metrics,
+    let model = state.start_model(def, true).await?;
+    Ok(StageModel { model, owned: true })
+}
+
+/// How long one call of a stage may take: every try of every node.
+fn stage_budget<'a>(props: impl Iterator<Item = &'a NodeProps>) -> Duration {
+    props
+        .map(|p| Duration::from_millis(p.timeout_ms) * (p.retry_attempts as u32 + 1))
+        .sum()
+}
+
+/// What the executor calls for the stage of `indices`.
+fn stage_caller(dag: &Dag, nodes: &[WorkflowNode], indices: &[usize]) -> Box<dyn Stage> {
+    let first = &nodes[indices[0]];
+    if dag.nodes[indices[0]].kind == NodeKind::Model {
+        return Box::new(ModelNode {
+            name: dag.nodes[indices[0]].name.clone(),
+            model: first.model.clone(),
+            props: first.props.clone(),
+            metrics: first.metrics.clone(),
+        });
+    }
+    Box::new(FusedFunctions {
+        names: indices.iter().map(|&i| dag.nodes[i].name.clone()).collect(),
+        model: first.model.clone(),
+        metrics: indices.iter().map(|&i| nodes[i].metrics.clone()).collect(),
+        attempts: first.props.retry_attempts + 1,
+        budget: stage_budget(indices.iter().map(|&i| &nodes[i].props)),
     })
 }
 
@@ -215,44 +276,79 @@ fn node_failed(model_name: &str, error: ApiError) -> ApiError {
     error.with_message(message)
 }
 
-/// A function node runs the handler file's function in workers of its own; the caller sets
+/// A chain of function nodes runs in workers of its own that import the handler file and
+/// call each function in turn; the model is named after the first node, and the caller sets
 /// its settings.
-fn function_definition(
+fn segment_definition(
     archive: &WorkflowArchive,
-    function: &str,
-    model_name: String,
     workflow: &str,
+    nodes: &[(&Node, &NodeProps)],
 ) -> ModelDefinition {
-    let handler = format!("{}:{function}", archive.handler);
+    let segment: Arc<[SegmentNode]> = nodes
+        .iter()
+        .map(|(node, props)| {
+            let model_name = node_model_name(workflow, &node.name);
+            let handler = format!("{}:{}", archive.handler, node.name);
+            SegmentNode {
+                manifest: json!({"runtime": "python", "model": {"modelName": model_name, "handler": handler, "modelVersion": "1.0"}}),
+                node: node.name.clone(),
+                model_name,
+                handler,
+                attempts: props.retry_attempts + 1,
+                timeout_ms: props.timeout_ms,
+            }
+        })
+        .collect();
+    let functions: Vec<&str> = nodes.iter().map(|(n, _)| n.name.as_str()).collect();
     ModelDefinition {
-        manifest: json!({"runtime": "python", "model": {"modelName": model_name, "handler": handler, "modelVersion": "1.0"}}),
-        name: model_name,
+        manifest: segment[0].manifest.clone(),
+        name: segment[0].model_name.clone(),
         version: "1.0".into(),
-        url: format!("{}:{function}", archive.handler),
+        url: format!("{}:{}", archive.handler, functions.join(",")),
         runtime: "python".into(),
         dir: archive.dir.clone(),
         owns_dir: false,
-        handler,
+        handler: archive.handler.clone(),
         yaml_config: json!({}),
         settings: ModelSettings::default(),
         loaded_at_startup: false,
         deps_dir: None,
         workflow: Some(workflow.to_string()),
         stored_copy: None,
+        segment: Some(segment),
     }
+}
+
+/// Unregisters the models a workflow started (each once, however many nodes it runs).
+async fn stop_models(state: &AppState, models: impl Iterator<Item = &StageModel>) {
+    let mut owned: Vec<&Arc<ServedModel>> = Vec::new();
+    for m in models.filter(|m| m.owned) {
+        if !owned.iter().any(|o| Arc::ptr_eq(o, &m.model)) {
+            owned.push(&m.model);
+        }
+    }
+    let stops = owned.into_iter().map(|model| async move {
+        let def = &model.def;
+        state.registry.pass_default_from(&def.name, &def.version);
+        let _ = state.unregister_model(&def.name, Some(&def.version)).await;
+    });
+    futures::future::join_all(stops).await;
 }
 
 /// Unregisters every node model of a workflow and removes their metrics.
 pub async fn stop_nodes(state: &AppState, workflow: &Workflow) {
-    let stops = workflow.nodes.iter().map(|node| async move {
-        if node.owned {
-            let def = &node.model.def;
-            state.registry.pass_default_from(&def.name, &def.version);
-            let _ = state.unregister_model(&def.name, Some(&def.version)).await;
-        }
+    let models: Vec<StageModel> = workflow
+        .nodes
+        .iter()
+        .map(|node| StageModel {
+            model: node.model.clone(),
+            owned: node.owned,
+        })
+        .collect();
+    stop_models(state, models.iter()).await;
+    for node in &workflow.nodes {
         state.metrics.remove_node(&node.metrics.labels);
-    });
-    futures::future::join_all(stops).await;
+    }
 }
 
 /// How long an unregistered workflow version may take to finish its requests.
@@ -311,7 +407,9 @@ pub async fn scale_workflow(
 ) -> ApiResult<()> {
     let mut models: Vec<Arc<ServedModel>> = Vec::new();
     for (dag_node, served) in workflow.dag.nodes.iter().zip(&workflow.nodes) {
-        if served.owned && node.is_none_or(|wanted| dag_node.name == wanted) {
+        let wanted = served.owned && node.is_none_or(|wanted| dag_node.name == wanted);
+        // The nodes of a fused segment share one model.
+        if wanted && !models.iter().any(|m| Arc::ptr_eq(m, &served.model)) {
             models.push(served.model.clone());
         }
     }

@@ -5,8 +5,10 @@ mod dag;
 mod executor;
 mod handler_scan;
 mod loader;
+mod plan;
 mod served_workflow;
 mod spec;
+mod stage;
 
 pub use executor::execute;
 pub use loader::{

@@ -9,18 +9,22 @@ use tokio::sync::Notify;
 use serde_json::{json, Map, Value};
 
 use super::dag::{Dag, NodeKind};
+use super::plan::Plan;
 use super::spec::{NodeProps, WorkflowSpec};
+use super::stage::Stage;
 use crate::metrics::NodeMetrics;
 use crate::model::ServedModel;
 
 /// One node of a running workflow.
 pub struct WorkflowNode {
+    /// The model whose workers run the node: its node model, or the model of the fused
+    /// segment of function nodes it belongs to.
     pub model: Arc<ServedModel>,
     /// False when the node shares a model registered on its own, which outlives the workflow
     /// and keeps its own scale.
     pub owned: bool,
     pub props: NodeProps,
-    pub metrics: NodeMetrics,
+    pub metrics: Arc<NodeMetrics>,
 }
 
 /// A workflow being served.
@@ -32,6 +36,10 @@ pub struct Workflow {
     pub dag: Dag,
     /// Parallel to `dag.nodes`.
     pub nodes: Vec<WorkflowNode>,
+    /// Which nodes run together.
+    pub plan: Plan,
+    /// Parallel to `plan.stages`.
+    pub stages: Vec<Box<dyn Stage>>,
     /// The unpacked archive, removed with the workflow when the server unpacked it.
     pub dir: PathBuf,
     pub owns_dir: bool,
@@ -106,15 +114,25 @@ impl crate::versioned::Versioned for Workflow {
             .nodes
             .iter()
             .zip(&self.nodes)
-            .map(|(node, served)| {
-                json!({
+            .zip(&self.plan.stage_of)
+            .map(|((node, served), &stage)| {
+                let mut described = json!({
                     "name": node.name,
                     "type": match node.kind { NodeKind::Model => "model", NodeKind::Function => "function" },
                     "modelName": served.model.def.name,
                     "properties": served.props,
                     "workers": served.model.worker_bounds(),
                     "autoscaling": served.model.autoscaling(),
-                })
+                });
+                if node.kind == NodeKind::Function {
+                    let segment: Vec<&str> = self.plan.stages[stage]
+                        .nodes
+                        .iter()
+                        .map(|&i| self.dag.nodes[i].name.as_str())
+                        .collect();
+                    described["segment"] = json!(segment);
+                }
+                described
             })
             .collect();
         json!({

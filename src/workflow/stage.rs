@@ -1,0 +1,292 @@
+//! What the executor calls: a stage runs one model node, or a fused chain of function nodes
+//! in one worker call, each node with its retry attempts and timeout.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use futures::future::{BoxFuture, FutureExt};
+
+use super::spec::NodeProps;
+use crate::error::ApiError;
+use crate::job::{InferenceRequest, InferenceResponse};
+use crate::metrics::NodeMetrics;
+use crate::model::ServedModel;
+
+/// A stage's output, shared by the stages it feeds, or the error that fails the request.
+pub type StageResult = Result<Arc<InferenceResponse>, ApiError>;
+
+/// Calls one stage of a workflow with its input: the request for the entry stage, the
+/// parents' outputs otherwise. Implemented by local model nodes and fused function segments.
+pub trait Stage: Send + Sync {
+    /// Runs the stage's nodes on `input`, retrying and timing out each as its properties
+    /// say; the error names the node that failed.
+    fn call(&self, input: InferenceRequest) -> BoxFuture<'_, StageResult>;
+}
+
+/// Why one try failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub reason: String,
+    /// The callee could not take the request (no worker, full queue): the workflow answers
+    /// 503 as the model would on its own, rather than 500.
+    pub unavailable: bool,
+}
+
+impl Failure {
+    fn from_error(error: ApiError) -> Self {
+        Self {
+            unavailable: error.status == StatusCode::SERVICE_UNAVAILABLE,
+            reason: error.message,
+        }
+    }
+
+    /// A handler that answered an error status.
+    fn answered(status: u16, body: &[u8]) -> Self {
+        Self {
+            reason: format!(
+                "handler answered {status}: {}",
+                String::from_utf8_lossy(body)
+            ),
+            unavailable: false,
+        }
+    }
+
+    /// The request's error after `tries` tries of the nodes `names` (one node, or a fused
+    /// segment that failed as a whole).
+    fn into_error(self, names: &[String], tries: usize) -> ApiError {
+        let quoted: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+        let what = match quoted.as_slice() {
+            [one] => format!("Workflow node {one}"),
+            many => format!("Workflow nodes {}, run in one worker,", many.join(" -> ")),
+        };
+        let message = format!("{what} failed after {tries} attempt(s): {}", self.reason);
+        if self.unavailable {
+            ApiError::unavailable(message)
+        } else {
+            ApiError::internal(message)
+        }
+    }
+}
+
+/// The outcome of [`with_retries`].
+pub struct Tries<T> {
+    pub result: Result<T, Failure>,
+    pub tries: usize,
+    pub elapsed: Duration,
+}
+
+/// Makes up to `attempts` tries, each abandoned after `timeout`, until one succeeds.
+/// Dropping the future abandons the try in progress.
+pub async fn with_retries<T, F, Fut>(attempts: usize, timeout: Duration, mut attempt: F) -> Tries<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Failure>>,
+{
+    let started = Instant::now();
+    let mut result = Err(Failure {
+        reason: "no attempt was made".into(),
+        unavailable: false,
+    });
+    let mut tries = 0;
+    while tries < attempts.max(1) {
+        tries += 1;
+        result = match tokio::time::timeout(timeout, attempt()).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Failure {
+                reason: format!("timed out after {} ms", timeout.as_millis()),
+                unavailable: false,
+            }),
+        };
+        if result.is_ok() {
+            break;
+        }
+    }
+    Tries {
+        result,
+        tries,
+        elapsed: started.elapsed(),
+    }
+}
+
+/// A fresh id for each call to a worker pool.
+fn with_new_id(input: &InferenceRequest) -> InferenceRequest {
+    let mut request = input.clone();
+    request.id = uuid::Uuid::new_v4().to_string();
+    request
+}
+
+/// A model node: each try is one request to the node model's worker pool; an abandoned try
+/// that is still queued is skipped, and a worker stuck on it is killed by the model's
+/// response timeout.
+pub struct ModelNode {
+    pub name: String,
+    pub model: Arc<ServedModel>,
+    pub props: NodeProps,
+    pub metrics: Arc<NodeMetrics>,
+}
+
+impl Stage for ModelNode {
+    fn call(&self, input: InferenceRequest) -> BoxFuture<'_, StageResult> {
+        async move {
+            let timeout = Duration::from_millis(self.props.timeout_ms);
+            let run = with_retries(self.props.retry_attempts + 1, timeout, || async {
+                match self.model.submit(with_new_id(&input), false).await {
+                    Ok(output) if output.status < 400 => Ok(output),
+                    Ok(output) => Err(Failure::answered(output.status, &output.body)),
+                    Err(e) => Err(Failure::from_error(e)),
+                }
+            })
+            .await;
+            let failed = run.result.is_err();
+            self.metrics.record_call(run.elapsed, run.tries - 1, failed);
+            run.result
+                .map(Arc::new)
+                .map_err(|f| f.into_error(std::slice::from_ref(&self.name), run.tries))
+        }
+        .boxed()
+    }
+}
+
+/// A chain of function nodes fused into one worker call: the segment model's workers run
+/// every function in turn, each with its own tries and timeout, and report per node. A
+/// call the workers could not take or answer at all (no worker, a crash, the backstop
+/// timeout) is tried again as a whole, as many times as the first node may be tried.
+pub struct FusedFunctions {
+    /// Node names, in chain order.
+    pub names: Vec<String>,
+    pub model: Arc<ServedModel>,
+    /// Per node, in chain order.
+    pub metrics: Vec<Arc<NodeMetrics>>,
+    pub attempts: usize,
+    /// How long one call may take: every try of every node.
+    pub budget: Duration,
+}
+
+impl FusedFunctions {
+    /// What the worker says happened to `output`; records each node's call.
+    fn account(&self, mut output: InferenceResponse) -> StageResult {
+        let Some(trace) = output.trace.take() else {
+            return Err(ApiError::internal(format!(
+                "the workers of {} answered without a segment trace",
+                self.model.def.name
+            )));
+        };
+        let ran = trace.nodes.len().min(self.names.len());
+        for (k, &(micros, retries)) in trace.nodes.iter().take(ran).enumerate() {
+            let failed = trace.failed.is_some() && k + 1 == ran;
+            self.metrics[k].record_call(Duration::from_micros(micros), retries, failed);
+        }
+        let Some(failure) = trace.failed else {
+            return Ok(Arc::new(output));
+        };
+        let Some(k) = ran.checked_sub(1) else {
+            return Err(ApiError::internal("a segment failed before its first node"));
+        };
+        let failure = match failure.message {
+            Some(reason) => Failure {
+                unavailable: output.status == StatusCode::SERVICE_UNAVAILABLE.as_u16(),
+                reason,
+            },
+            None => Failure::answered(output.status, &output.body),
+        };
+        Err(failure.into_error(std::slice::from_ref(&self.names[k]), trace.nodes[k].1 + 1))
+    }
+}
+
+impl Stage for FusedFunctions {
+    fn call(&self, input: InferenceRequest) -> BoxFuture<'_, StageResult> {
+        async move {
+            let run = with_retries(self.attempts, self.budget, || async {
+                self.model
+                    .submit(with_new_id(&input), false)
+                    .await
+                    .map_err(Failure::from_error)
+            })
+            .await;
+            match run.result {
+                Ok(output) => self.account(output),
+                Err(failure) => {
+                    self.metrics[0].record_call(run.elapsed, run.tries - 1, true);
+                    Err(failure.into_error(&self.names, run.tries))
+                }
+            }
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    fn fail(reason: &str) -> Failure {
+        Failure {
+            reason: reason.into(),
+            unavailable: false,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_until_a_try_succeeds() {
+        let calls = AtomicUsize::new(0);
+        let run = with_retries(3, Duration::from_secs(1), || async {
+            match calls.fetch_add(1, Ordering::SeqCst) {
+                0 => Err(fail("first")),
+                n => Ok(n),
+            }
+        })
+        .await;
+        assert_eq!((run.result, run.tries), (Ok(1), 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_last_failure_is_the_reason() {
+        let calls = AtomicUsize::new(0);
+        let run: Tries<()> = with_retries(2, Duration::from_secs(1), || async {
+            Err(fail(&format!(
+                "try {}",
+                calls.fetch_add(1, Ordering::SeqCst)
+            )))
+        })
+        .await;
+        assert_eq!((run.result, run.tries), (Err(fail("try 1")), 2));
+        let error = fail("boom").into_error(&["pre".into()], 2);
+        assert_eq!(error.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            error.message,
+            "Workflow node \"pre\" failed after 2 attempt(s): boom"
+        );
+        let busy = Failure {
+            unavailable: true,
+            ..fail("full")
+        };
+        let error = busy.into_error(&["a".into(), "b".into()], 1);
+        assert_eq!(error.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(error
+            .message
+            .starts_with("Workflow nodes \"a\" -> \"b\", run in one worker,"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_try_is_abandoned_at_the_timeout() {
+        let calls = AtomicUsize::new(0);
+        let started = tokio::time::Instant::now();
+        let run = with_retries(2, Duration::from_millis(300), || async {
+            if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+            Ok("second")
+        })
+        .await;
+        assert_eq!((run.result, run.tries), (Ok("second"), 2));
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
+        let run: Tries<()> =
+            with_retries(2, Duration::from_millis(300), std::future::pending).await;
+        assert_eq!(run.result, Err(fail("timed out after 300 ms")));
+        assert_eq!(started.elapsed(), Duration::from_millis(900));
+    }
+}
