@@ -36,7 +36,14 @@ def post(data, context):
 def agg(data, context):
     if data:
         return [{k: json.loads(bytes(v)) for k, v in row.items()} for row in data]
-'''
+
+
+def hop(data, context):
+    if data:
+        return [row.get("data") or row.get("body") for row in data]
+
+
+''' + "".join(f"hop{i} = hop\n" for i in range(1, 8))
 MODELS = "models:\n  batch-size: 8\n  max-batch-delay: 0\n" \
          "  a:\n    url: wf_a.mar\n  b:\n    url: wf_b.mar\n"
 PAR_DAG = "dag:\n  pre: [a, b]\n  a: [agg]\n  b: [agg]\n"
@@ -46,12 +53,16 @@ PAR = MODELS + PAR_DAG
 PAR2 = "models:\n  batch-size: 1\n  max-workers: 2\n  a:\n    url: wf_a.mar\n" \
        "  b:\n    url: wf_b.mar\n" + PAR_DAG
 PAR2_NODES = ("pre", "a", "b", "agg")
+# Chains of no-op function nodes: (p50(chain8) - p50(chain1)) / 7 is the cost of one hop.
+CHAINS = {"chain1": "dag:\n  hop: []\n",
+          "chain8": "dag:\n" + "".join(f"  hop{i or ''}: [hop{i + 1}]\n" for i in range(7))}
 SCENARIOS = [("model", "predictions/double", 1), ("model", "predictions/double", 16),
              ("seq4", "wfpredict/seq4", 1), ("seq4", "wfpredict/seq4", 16),
              ("parallel", "wfpredict/par", 16), ("parallel", "wfpredict/par", 64),
              ("par2 default", "wfpredict/par2", 64), ("par2 default", "wfpredict/par2", 16),
              ("par2 pinned", "wfpredict/par2_pinned", 64),
-             ("par2 pinned", "wfpredict/par2_pinned", 16)]
+             ("par2 pinned", "wfpredict/par2_pinned", 16),
+             ("chain1", "wfpredict/chain1", 1), ("chain8", "wfpredict/chain8", 1)]
 #: Warm-up seconds before a scenario is measured: the autoscaled workflow gets time to settle.
 WARM_UP = {"par2 default": 10}
 PREDICTIONS = "org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions"
@@ -77,7 +88,7 @@ def build_store(ts_bin: Path) -> Path:
                             "--serialized-file", tmp / "identity.pt", "--handler", HANDLER,
                             "--export-path", store, "-f"], check=True)
         (tmp / "functions.py").write_text(FUNCTIONS)
-        for name, spec in (("seq4", SEQ4), ("par", PAR), ("par2", PAR2)):
+        for name, spec in (("seq4", SEQ4), ("par", PAR), ("par2", PAR2), *CHAINS.items()):
             (tmp / f"{name}.yaml").write_text(spec)
             subprocess.run([ts_bin / "torch-workflow-archiver", "--workflow-name", name,
                             "--spec-file", tmp / f"{name}.yaml", "--handler",
@@ -113,7 +124,8 @@ def register(base: str):
     for path in ("models?url=double.mar&initial_workers=1&synchronous=true&batch_size=8"
                  "&max_batch_delay=0",
                  "workflows?url=seq4.war", "workflows?url=par.war", "workflows?url=par2.war",
-                 "workflows?url=par2.war&workflow_name=par2_pinned"):
+                 "workflows?url=par2.war&workflow_name=par2_pinned",
+                 "workflows?url=chain1.war", "workflows?url=chain8.war"):
         answer = requests.post(f"{base}/{path}", timeout=300)
         answer.raise_for_status()
     for node in PAR2_NODES:
@@ -253,6 +265,9 @@ def table(ts: dict, ty: dict) -> str:
         rows.append(f"| {label} c={c} | {a['rps']:.0f} | {b['rps']:.0f} | "
                     f"{b['rps'] / max(a['rps'], 1e-9):.1f}× | {latency(a)} | {latency(b)} | "
                     f"{a['errors']} / {b['errors']} |")
+    hop = [(r[("chain8", 1)]["p50"] - r[("chain1", 1)]["p50"]) / 7 for r in (ts, ty)]
+    rows.append(f"| per workflow hop, (p50 chain8 - p50 chain1) / 7, c=1 | | | | "
+                f"{hop[0]:.3f} ms | {hop[1]:.3f} ms | |")
     rows.append(f"| frontend RSS | {ts['rss']:.0f} MiB | {ty['rss']:.0f} MiB | "
                 f"{ty['rss'] / ts['rss']:.2f}× | | | |")
     rows.append(f"| ready after start | {ts['ready_ms']:.0f} ms | {ty['ready_ms']:.0f} ms | | | | |")

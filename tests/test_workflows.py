@@ -95,6 +95,24 @@ def inspect(data, context):
         return None
     return [{"type": type(row["body"]).__name__, "hex": bytes(row["body"]).hex()}
             for row in data]
+
+
+def seen(data, context):
+    if data is None:
+        return None
+    return [{"node": context.model_name.split("__")[1], "keys": sorted(row),
+             "type": type(row["body"]).__name__, "body": bytes(row["body"]).decode(),
+             "probe": context.get_request_header(idx, "x-probe"),
+             "id": bool(context.get_request_id(idx))} for idx, row in enumerate(data)]
+
+
+def fails_twice(data, context):
+    if data is None:
+        return None
+    _calls["fails_twice"] = _calls.get("fails_twice", 0) + 1
+    if _calls["fails_twice"] <= 2:
+        raise ValueError(f"call {_calls['fails_twice']} fails")
+    return [row["body"] for row in data]
 '''
 
 
@@ -389,3 +407,70 @@ def test_500_concurrent_requests_all_answered_correctly(server):
     wrong = [r for r in results if r[1] != 200 or r[2] != {"double": 2.0 * r[0],
                                                             "triple": 3.0 * r[0]}]
     assert not wrong, wrong[:5]
+
+
+def node_series(server, workflow, *nodes, name="requests"):
+    return [metric(server, f"torchyard_workflow_node_{name}_total", workflow=workflow, node=n)
+            for n in nodes]
+
+
+def test_fused_chain_answers_as_the_chain_broken_by_a_model(server):
+    scale_mar(server.store, "one", 1.0)
+    fused = "dag:\n  pre_processing: [add_one]\n  add_one: [add_two]\n  add_two: [seen]\n"
+    broken = ("models:\n  one:\n    url: one.mar\n"
+              "dag:\n  pre_processing: [add_one]\n  add_one: [one]\n  one: [add_two]\n"
+              "  add_two: [seen]\n")
+    answers = []
+    for name, spec in (("fused", fused), ("broken", broken)):
+        assert register(server, name, spec).status_code == 200
+        answer = requests.post(f"{server.inference}/wfpredict/{name}", data={"data": "4"},
+                               headers={"X-Probe": "p"})
+        assert answer.status_code == 200, answer.text
+        answers.append(answer.json())
+    assert answers[0] == answers[1] == {"node": "seen", "keys": ["body"], "type": "bytearray",
+                                        "body": "7.0", "probe": "p", "id": True}
+    nodes = {n["name"]: n for n in
+             requests.get(f"{server.management}/workflows/fused").json()[0]["nodes"]}
+    chain = ["pre_processing", "add_one", "add_two", "seen"]
+    assert all(nodes[n]["segment"] == chain for n in chain)
+    assert {nodes[n]["modelName"] for n in chain} == {"fused__pre_processing"}
+    assert "fused__add_one" not in model_names(server)
+    broken_nodes = requests.get(f"{server.management}/workflows/broken").json()[0]["nodes"]
+    assert [n.get("segment") for n in broken_nodes if n["name"] in ("add_one", "add_two")] == [
+        ["pre_processing", "add_one"], ["add_two", "seen"]]
+    assert node_series(server, "fused", *chain) == [1, 1, 1, 1]
+    assert node_series(server, "fused", *chain, name="errors") == [0, 0, 0, 0]
+
+
+def test_fused_chain_retries_a_node_and_names_the_one_that_failed(server):
+    spec = ("models:\n  retry-attempts: 1\n"
+            "dag:\n  pre_processing: [fails_twice]\n  fails_twice: [postprocessing]\n")
+    assert register(server, "midfail", spec).status_code == 200
+    failed = predict(server, "midfail", 2)
+    assert failed.status_code == 500
+    assert failed.json()["message"] == (
+        'Workflow node "fails_twice" failed after 2 attempt(s): ValueError: call 2 fails')
+    recovered = predict(server, "midfail", 2)
+    assert recovered.status_code == 200 and recovered.json() == {"result": 2.0}
+    nodes = ("pre_processing", "fails_twice", "postprocessing")
+    assert node_series(server, "midfail", *nodes) == [2, 2, 1]
+    assert node_series(server, "midfail", *nodes, name="errors") == [0, 1, 0]
+    assert node_series(server, "midfail", *nodes, name="retries") == [0, 1, 0]
+
+
+def test_fused_chain_times_out_a_node_without_restarting_its_worker(server):
+    spec = ("models:\n  retry-attempts: 1\n  timeout-ms: 300\n"
+            "dag:\n  pre_processing: [slow]\n  slow: [postprocessing]\n")
+    assert register(server, "midslow", spec).status_code == 200
+    pid = requests.get(f"{server.management}/models/midslow__pre_processing").json()[0][
+        "workers"][0]["pid"]
+    started = time.monotonic()
+    answer = predict(server, "midslow", 1)
+    elapsed = time.monotonic() - started
+    assert answer.status_code == 500
+    assert answer.json()["message"] == (
+        'Workflow node "slow" failed after 2 attempt(s): timed out after 300 ms')
+    assert elapsed < 2.5, f"two 300 ms tries took {elapsed:.1f}s"
+    workers = requests.get(f"{server.management}/models/midslow__pre_processing").json()[0][
+        "workers"]
+    assert [w["pid"] for w in workers] == [pid]
