@@ -19,7 +19,7 @@ class HandlerLoadError(Exception):
     """The handler string names nothing usable."""
 
 
-def load_entry_point(handler: str, model_dir: str, context: Any) -> Entry:
+def load_entry_point(handler: str, model_dir: str, context: Any, fresh: bool = False) -> Entry:
     """Imports and initialises the handler; returns its `entry(data, context)`.
 
     `model_dir` goes first on sys.path. `x.py` / `module`: the module's `handle` function if it
@@ -27,10 +27,13 @@ def load_entry_point(handler: str, model_dir: str, context: Any) -> Entry:
     (instantiated, `initialize(context)` called if it has one; its `handle` is the entry).
     `x.py:fn` / `module:fn`: that function, called once with `data=None`. A plain name no module
     answers to is looked up among TorchServe's built-in handlers (`ts.torch_handler.<name>`).
+    `fresh`: a handler file is executed anew even when imported already, so that the entry
+    point has module globals of its own, as in a worker of its own.
     """
-    sys.path.insert(0, model_dir)
+    if sys.path[0] != model_dir:
+        sys.path.insert(0, model_dir)
     spec, _, function = handler.partition(":")
-    module = _import_handler_module(spec, model_dir)
+    module = _import_handler_module(spec, model_dir, fresh)
     name = function or "handle"
     if hasattr(module, name):
         entry = getattr(module, name)
@@ -43,9 +46,9 @@ def load_entry_point(handler: str, model_dir: str, context: Any) -> Entry:
     return _class_entry_point(module, context)
 
 
-def _import_handler_module(spec: str, model_dir: str) -> ModuleType:
+def _import_handler_module(spec: str, model_dir: str, fresh: bool) -> ModuleType:
     if spec.endswith(".py"):
-        return _import_handler_file(os.path.join(model_dir, spec))
+        return _import_handler_file(os.path.join(model_dir, spec), fresh)
     try:
         return importlib.import_module(spec)
     except ModuleNotFoundError as exc:
@@ -61,13 +64,17 @@ def _import_handler_module(spec: str, model_dir: str) -> ModuleType:
             ) from None
 
 
-def _import_handler_file(path: str) -> ModuleType:
-    """Imports a handler file by its module name, its folder first on sys.path."""
+def _import_handler_file(path: str, fresh: bool) -> ModuleType:
+    """Imports a handler file by its module name, its folder first on sys.path; `fresh`
+    executes it again when it was imported already."""
     if not os.path.isfile(path):
         raise HandlerLoadError(f"handler file {path} does not exist")
     folder, file_name = os.path.split(path)
     if sys.path[0] != folder:
         sys.path.insert(0, folder)
+    found = sys.modules.get(file_name[:-3])
+    if fresh and getattr(found, "__file__", None) and os.path.samefile(found.__file__, path):
+        del sys.modules[file_name[:-3]]
     module = importlib.import_module(file_name[:-3])
     found = getattr(module, "__file__", None)
     if found is None or not os.path.samefile(found, path):

@@ -44,11 +44,13 @@ class _Alarm:
 
     @classmethod
     def arm(cls, seconds: float) -> None:
+        """Starts a try: the timer is set anew, whatever an earlier try left of it."""
         cls.armed = True
         signal.setitimer(signal.ITIMER_REAL, seconds)
 
     @classmethod
-    def disarm(cls) -> None:
+    def stop(cls) -> None:
+        """Stops the timer once the segment is done (a try only clears `armed`)."""
         cls.armed = False
         signal.setitimer(signal.ITIMER_REAL, 0)
 
@@ -66,27 +68,23 @@ class Node:
     def run(self, requests: Sequence[dict], inputs: Sequence[dict]) -> List[Tuple[Answer, int, int]]:
         """Per request: its last answer, its retries, and the microseconds its tries took.
         A try runs on the requests that have no answer yet, as one batch."""
-        answers: List[Any] = [None] * len(requests)
-        retries = [0] * len(requests)
-        spent = [0.0] * len(requests)
-        pending = list(range(len(requests)))
-        for attempt in range(self.attempts):
-            started = time.perf_counter()
-            tried = self.attempt([requests[i] for i in pending], [inputs[i] for i in pending])
-            took = time.perf_counter() - started
-            failed = []
-            for i, answer in zip(pending, tried):
-                answers[i], retries[i] = answer, attempt
-                spent[i] += took
-                if answer[2] is not None:
-                    failed.append(i)
-            pending = failed
+        answers, took = self.attempt(requests, inputs)
+        micros = int(took * 1e6)
+        results = [(answer, 0, micros) for answer in answers]
+        pending = [i for i, answer in enumerate(answers) if answer[2] is not None]
+        for attempt in range(1, self.attempts):
             if not pending:
                 break
-        return [(a, r, int(s * 1e6)) for a, r, s in zip(answers, retries, spent)]
+            answers, took = self.attempt([requests[i] for i in pending],
+                                         [inputs[i] for i in pending])
+            for i, answer in zip(pending, answers):
+                results[i] = (answer, attempt, results[i][2] + int(took * 1e6))
+            pending = [i for i, answer in zip(pending, answers) if answer[2] is not None]
+        return results
 
-    def attempt(self, requests: Sequence[dict], inputs: List[dict]) -> List[Answer]:
-        """One try on a batch: the function's answer per request, or the failure of all."""
+    def attempt(self, requests: Sequence[dict], inputs: List[dict]) -> Tuple[List[Answer], float]:
+        """One try on a batch: the function's answer per request (or the failure of all), and
+        the seconds the function took."""
         count = len(requests)
         context = self.context
         context.start_batch(requests)
@@ -96,27 +94,28 @@ class Node:
             try:
                 outputs = self.entry(inputs, context)
             finally:
-                _Alarm.disarm()
-            timed_out = time.perf_counter() - started > self.timeout
+                _Alarm.armed = False
+            took = time.perf_counter() - started
+            timed_out = took > self.timeout
         except NodeTimeout:
-            timed_out = True
+            took, timed_out = time.perf_counter() - started, True
         except Exception as exc:  # noqa: BLE001 - a failed try fails its batch only
             log.error("workflow node %s failed:\n%s", context.model_name, traceback.format_exc())
-            return [(None, b"", exception_status(exc))] * count
+            return [(None, b"", exception_status(exc))] * count, time.perf_counter() - started
         if timed_out:
-            return [(None, b"", (500, f"timed out after {self.timeout_ms} ms"))] * count
+            return [(None, b"", (500, f"timed out after {self.timeout_ms} ms"))] * count, took
         problem = outputs_problem(outputs, count)
         if problem:
-            return [(None, b"", (500, problem))] * count
+            return [(None, b"", (500, problem))] * count, took
         try:
             entries = [response_entry(idx, output, context.request_processor[idx])
                        for idx, output in enumerate(outputs)]
         except Exception as exc:  # noqa: BLE001 - an unserialisable output fails its batch
             log.error("cannot encode the output of workflow node %s:\n%s", context.model_name,
                       traceback.format_exc())
-            return [(None, b"", exception_status(exc))] * count
+            return [(None, b"", exception_status(exc))] * count, took
         return [(response, body, None if response["status"] < 400 else (response["status"], None))
-                for response, body in entries]
+                for response, body in entries], took
 
 
 class Segment:
@@ -129,11 +128,11 @@ class Segment:
     def load(cls, specs: Sequence[dict], model_dir: str,
              make_context: Callable[[str, Optional[dict]], Context]) -> "Segment":
         """Loads each node's function as a node model would (called once with `None`), with a
-        context of its own."""
+        context and a fresh copy of the handler module of its own."""
         nodes = []
         for spec in specs:
             context = make_context(spec["model_name"], spec.get("manifest"))
-            entry = load_entry_point(spec["handler"], model_dir, context)
+            entry = load_entry_point(spec["handler"], model_dir, context, fresh=True)
             nodes.append(Node(entry, context, spec["attempts"], spec["timeout_ms"]))
         _Alarm.install()
         return cls(nodes)
@@ -163,6 +162,7 @@ class Segment:
                     inputs[i] = {"body": bytearray(body)}
                     still.append(i)
             alive = still
+        _Alarm.stop()
         responses, bodies = [], []
         for idx, ((response, body), trace) in enumerate(zip(finals, traces)):
             response = dict(response, blob=idx)

@@ -300,15 +300,17 @@ fn segment_definition(
         })
         .collect();
     let functions: Vec<&str> = nodes.iter().map(|(n, _)| n.name.as_str()).collect();
+    // `file.py:a,b,c`: what the model runs, as its workers log it.
+    let handler = format!("{}:{}", archive.handler, functions.join(","));
     ModelDefinition {
         manifest: segment[0].manifest.clone(),
         name: segment[0].model_name.clone(),
         version: "1.0".into(),
-        url: format!("{}:{}", archive.handler, functions.join(",")),
+        url: handler.clone(),
         runtime: "python".into(),
         dir: archive.dir.clone(),
         owns_dir: false,
-        handler: archive.handler.clone(),
+        handler,
         yaml_config: json!({}),
         settings: ModelSettings::default(),
         loaded_at_startup: false,
