@@ -116,6 +116,15 @@ def tally(data, context):
 tally_again = tally
 
 
+def picky(data, context):
+    if data is None:
+        return None
+    for idx, row in enumerate(data):
+        if bytes(row["body"]) == b"13.0":
+            context.set_response_status(418, "unlucky", idx)
+    return [str(_num(row)) for row in data]
+
+
 def fails_twice(data, context):
     if data is None:
         return None
@@ -489,3 +498,16 @@ def test_fused_chain_times_out_a_node_without_restarting_its_worker(server):
     workers = requests.get(f"{server.management}/models/midslow__pre_processing").json()[0][
         "workers"]
     assert [w["pid"] for w in workers] == [pid]
+
+
+def test_fused_chain_fails_one_request_of_a_batch_alone(server):
+    spec = ("models:\n  batch-size: 4\n  max-batch-delay: 500\n  retry-attempts: 1\n"
+            "dag:\n  pre_processing: [picky]\n  picky: [postprocessing]\n")
+    assert register(server, "picky", spec).status_code == 200
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda v: predict(server, "picky", v), (11, 12, 13, 14)))
+    assert [a.status_code for a in answers] == [200, 200, 500, 200]
+    assert answers[2].json()["message"] == (
+        'Workflow node "picky" failed after 2 attempt(s): handler answered 418: 13.0')
+    assert {a.json()["result"] for a in answers if a.ok} == {11.0, 12.0, 14.0}
+    assert node_series(server, "picky", "picky", name="retries") == [1]
