@@ -27,10 +27,15 @@ class NodeTimeout(BaseException):
 
 
 class _Alarm:
-    """SIGALRM as the timeout of the try in progress: it raises NodeTimeout only while armed,
-    so a signal that lands after the try ended is ignored."""
+    """SIGALRM as the timeout of the try in progress, set with as few system calls as possible:
+    a try only notes its deadline, and the timer is set only when it would fire too late. When
+    it fires before the deadline (it was set for an earlier try), it is set again for the time
+    left; when no try is in progress, it does nothing."""
 
-    armed = False
+    #: time.monotonic() deadline of the try in progress, None between tries.
+    deadline: Optional[float] = None
+    #: When the timer is set to fire, 0 when it is not set.
+    fires_at = 0.0
 
     @classmethod
     def install(cls) -> None:
@@ -38,21 +43,33 @@ class _Alarm:
 
     @classmethod
     def _fire(cls, _signum: int, _frame: Any) -> None:
-        if cls.armed:
-            cls.armed = False
+        cls.fires_at = 0.0
+        deadline = cls.deadline
+        if deadline is None:
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            cls.deadline = None
             raise NodeTimeout()
+        cls._set(deadline, left)
 
     @classmethod
-    def arm(cls, seconds: float) -> None:
-        """Starts a try: the timer is set anew, whatever an earlier try left of it."""
-        cls.armed = True
+    def _set(cls, fires_at: float, seconds: float) -> None:
+        cls.fires_at = fires_at
         signal.setitimer(signal.ITIMER_REAL, seconds)
 
     @classmethod
-    def stop(cls) -> None:
-        """Stops the timer once the segment is done (a try only clears `armed`)."""
-        cls.armed = False
-        signal.setitimer(signal.ITIMER_REAL, 0)
+    def start(cls, seconds: float) -> None:
+        """Starts a try that may last `seconds`."""
+        deadline = time.monotonic() + seconds
+        cls.deadline = deadline
+        if not cls.fires_at or cls.fires_at > deadline:
+            cls._set(deadline, seconds)
+
+    @classmethod
+    def end(cls) -> None:
+        """Ends the try; a timer still set goes off harmlessly."""
+        cls.deadline = None
 
 
 class Node:
@@ -90,11 +107,11 @@ class Node:
         context.start_batch(requests)
         started = time.perf_counter()
         try:
-            _Alarm.arm(self.timeout)
+            _Alarm.start(self.timeout)
             try:
                 outputs = self.entry(inputs, context)
             finally:
-                _Alarm.armed = False
+                _Alarm.end()
             took = time.perf_counter() - started
             timed_out = took > self.timeout
         except NodeTimeout:
@@ -142,31 +159,32 @@ class Segment:
         the bytes of `body`, as a node model would. A request whose node failed every try
         leaves the chain; its response says which node failed and why."""
         count = len(requests)
-        traces: List[List[List[int]]] = [[] for _ in range(count)]
-        finals: List[Tuple[dict, Any]] = [({}, b"")] * count
+        traces: List[List[Tuple[int, int]]] = [[] for _ in range(count)]
+        responses: List[Optional[dict]] = [None] * count
+        bodies: List[Any] = [b""] * count
         inputs = list(data)
         alive = list(range(count))
         last = len(self.nodes) - 1
         for k, node in enumerate(self.nodes):
-            ran = node.run([requests[i] for i in alive], [inputs[i] for i in alive])
+            if len(alive) < count:
+                ran = node.run([requests[i] for i in alive], [inputs[i] for i in alive])
+            else:
+                ran = node.run(requests, inputs)
             still = []
             for i, ((response, body, failure), retries, micros) in zip(alive, ran):
-                traces[i].append([micros, retries])
+                trace = traces[i]
+                trace.append((micros, retries))
                 if failure is not None:
                     status, message = failure
-                    finals[i] = ({"status": status, "content_type": None,
-                                  "failed": {"message": message}}, body)
+                    responses[i] = {"status": status, "blob": i,
+                                    "trace": {"nodes": trace, "failed": {"message": message}}}
+                    bodies[i] = body
                 elif k == last:
-                    finals[i] = (response, body)
+                    response["blob"] = i
+                    response["trace"] = {"nodes": trace, "failed": None}
+                    responses[i], bodies[i] = response, body
                 else:
                     inputs[i] = {"body": bytearray(body)}
                     still.append(i)
             alive = still
-        _Alarm.stop()
-        responses, bodies = [], []
-        for idx, ((response, body), trace) in enumerate(zip(finals, traces)):
-            response = dict(response, blob=idx)
-            response["trace"] = {"nodes": trace, "failed": response.pop("failed", None)}
-            responses.append(response)
-            bodies.append(body)
         return {"kind": "predicted", "responses": responses}, bodies
