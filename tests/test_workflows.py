@@ -106,16 +106,6 @@ def seen(data, context):
              "id": bool(context.get_request_id(idx))} for idx, row in enumerate(data)]
 
 
-def tally(data, context):
-    if data is None:
-        return None
-    _calls["tally"] = _calls.get("tally", 0) + 1
-    return [_calls["tally"]] * len(data)
-
-
-tally_again = tally
-
-
 def picky(data, context):
     if data is None:
         return None
@@ -459,11 +449,6 @@ def test_fused_chain_answers_as_the_chain_broken_by_a_model(server):
         ["pre_processing", "add_one"], ["add_two", "seen"]]
     assert node_series(server, "fused", *chain) == [1, 1, 1, 1]
     assert node_series(server, "fused", *chain, name="errors") == [0, 0, 0, 0]
-
-
-def test_fused_functions_keep_module_globals_of_their_own(server):
-    assert register(server, "globals", "dag:\n  tally: [tally_again]\n").status_code == 200
-    assert [predict(server, "globals", 0).json() for _ in range(2)] == [1, 2]
 
 
 def test_fused_chain_retries_a_node_and_names_the_one_that_failed(server):

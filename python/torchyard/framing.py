@@ -18,27 +18,58 @@ class ProtocolError(ValueError):
     """A frame that breaks the protocol: bad lengths, a bad header or one too large to send."""
 
 
-def recv_exact(sock: socket.socket, size: int) -> bytearray:
-    """Receives exactly `size` bytes into a new bytearray; EOFError if the peer closes first."""
-    buf = bytearray(size)
-    view = memoryview(buf)
-    got = 0
-    while got < size:
+#: How much of a frame the first receive asks for: a small frame then takes one system call.
+READ_AHEAD = 4096
+
+
+def _recv_into(sock: socket.socket, view: memoryview, got: int) -> None:
+    """Fills `view` from `got` on; EOFError if the peer closes first."""
+    while got < len(view):
         n = sock.recv_into(view[got:])
         if n == 0:
             raise EOFError("socket closed" if got == 0 else "socket closed inside a frame")
         got += n
-    return buf
+
+
+class _Frame:
+    """The bytes of one frame: those the first receive brought, then the socket's."""
+
+    def __init__(self, sock: socket.socket, first: memoryview):
+        self.sock, self.first, self.pos = sock, first, 0
+
+    def take(self, size: int) -> bytearray:
+        """The next `size` bytes, in a bytearray of their own."""
+        buf = bytearray(size)
+        ready = min(size, len(self.first) - self.pos)
+        buf[:ready] = self.first[self.pos:self.pos + ready]
+        self.pos += ready
+        _recv_into(self.sock, memoryview(buf), ready)
+        return buf
 
 
 def read_frame(sock: socket.socket) -> Tuple[dict, List[bytearray]]:
-    """Reads one frame: (header dict, its blobs). Each blob is received straight into its own
-    bytearray, so bodies are never copied. EOFError when the socket closes."""
-    total, header_len = _PREFIX.unpack(recv_exact(sock, _PREFIX.size))
+    """Reads one frame: (header dict, its blobs). The first receive asks for READ_AHEAD bytes
+    (the server sends one message and waits for the reply, so nothing of a later frame can be
+    among them); the rest of a larger blob is received straight into its own bytearray.
+    EOFError when the socket closes."""
+    ahead = bytearray(READ_AHEAD)
+    view = memoryview(ahead)
+    got = sock.recv_into(view)
+    if got == 0:
+        raise EOFError("socket closed")
+    while got < _PREFIX.size:
+        n = sock.recv_into(view[got:])
+        if n == 0:
+            raise EOFError("socket closed inside a frame")
+        got += n
+    total, header_len = _PREFIX.unpack_from(ahead)
     if not 4 <= total <= MAX_FRAME or header_len > total - 4:
         raise ProtocolError(f"bad frame lengths: frame {total}, header {header_len}")
+    if got > 4 + total:
+        raise ProtocolError("bytes after the end of a frame")
+    frame = _Frame(sock, view[_PREFIX.size:got])
     try:
-        header = json.loads(recv_exact(sock, header_len))
+        header = json.loads(frame.take(header_len))
     except ValueError as exc:
         raise ProtocolError(f"frame header is not JSON: {exc}") from None
     if not isinstance(header, dict):
@@ -50,7 +81,7 @@ def read_frame(sock: socket.socket) -> Tuple[dict, List[bytearray]]:
         raise ProtocolError(
             f"blob lengths add up to {sum(lengths)}, the frame holds {total - 4 - header_len}"
         )
-    return header, [recv_exact(sock, n) for n in lengths]
+    return header, [frame.take(n) for n in lengths]
 
 
 def write_frame(sock: socket.socket, header: dict, blobs: Iterable[Any] = ()) -> None:

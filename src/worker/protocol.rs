@@ -120,6 +120,12 @@ pub struct SegmentFailure {
     pub message: Option<String>,
 }
 
+/// Frames up to this size go out in one write, so the worker wakes up once for them.
+const GATHER_LIMIT: usize = 64 * 1024;
+
+/// How much of a frame one read asks for at first: a small frame then takes one system call.
+const READ_AHEAD: usize = 4 * 1024;
+
 /// Writes one frame: length, header length, JSON header, blobs.
 pub async fn write_frame<W: AsyncWrite + Unpin>(
     out: &mut W,
@@ -135,13 +141,21 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
             "frame too large",
         ));
     }
-    let mut head = Vec::with_capacity(8 + header.len());
+    let gather = total <= GATHER_LIMIT;
+    let mut head = Vec::with_capacity(if gather { 4 + total } else { 8 + header.len() });
     head.extend_from_slice(&(total as u32).to_be_bytes());
     head.extend_from_slice(&(header.len() as u32).to_be_bytes());
     head.extend_from_slice(&header);
-    out.write_all(&head).await?;
-    for blob in blobs {
-        out.write_all(blob).await?;
+    if gather {
+        for blob in blobs {
+            head.extend_from_slice(blob);
+        }
+        out.write_all(&head).await?;
+    } else {
+        out.write_all(&head).await?;
+        for blob in blobs {
+            out.write_all(blob).await?;
+        }
     }
     out.flush().await
 }
@@ -181,15 +195,26 @@ impl Frame {
     }
 }
 
-/// Reads one frame; `UnexpectedEof` when the peer closed the socket.
+/// Reads one frame; `UnexpectedEof` when the peer closed the socket. The worker sends nothing
+/// but replies, one per message, so reading ahead never takes bytes of a later frame.
 pub async fn read_frame<R: AsyncRead + Unpin>(input: &mut R) -> std::io::Result<Frame> {
-    let total = input.read_u32().await? as usize;
+    let mut buf = BytesMut::with_capacity(READ_AHEAD);
+    while buf.len() < 4 {
+        if input.read_buf(&mut buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    let total = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
     if !(4..=MAX_FRAME).contains(&total) {
         return Err(invalid(format!("bad frame length {total}")));
     }
-    let mut buf = BytesMut::zeroed(total);
-    input.read_exact(&mut buf).await?;
-    let mut buf = buf.freeze();
+    if buf.len() > 4 + total {
+        return Err(invalid("bytes after the end of a frame".into()));
+    }
+    let have = buf.len();
+    buf.resize(4 + total, 0);
+    input.read_exact(&mut buf[have..]).await?;
+    let mut buf = buf.freeze().split_off(4);
     let header_len = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
     if header_len > total - 4 {
         return Err(invalid(format!("bad header length {header_len}")));
@@ -221,6 +246,37 @@ mod tests {
         assert_eq!(parsed["kind"], "x");
         let got = frame.split_blobs().unwrap();
         assert_eq!(got, blobs);
+    }
+
+    #[tokio::test]
+    async fn frames_large_and_small_arrive_whole() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 10);
+        let big = Bytes::from(vec![7u8; 3 * GATHER_LIMIT]);
+        let small = Bytes::from_static(b"x");
+        let writer = tokio::spawn(async move {
+            for blob in [&big, &small] {
+                let header = serde_json::json!({"blobs": [blob.len()]});
+                write_frame(&mut a, &header, &[blob]).await.unwrap();
+            }
+            big
+        });
+        let first = read_frame(&mut b).await.unwrap();
+        let second = read_frame(&mut b).await.unwrap();
+        let big = writer.await.unwrap();
+        assert_eq!(first.split_blobs().unwrap(), [big]);
+        assert_eq!(second.split_blobs().unwrap(), [Bytes::from_static(b"x")]);
+    }
+
+    #[tokio::test]
+    async fn refuses_bytes_after_a_frame_and_a_closed_socket() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 10);
+        a.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 9]).await.unwrap();
+        let error = read_frame(&mut b).await.unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+        drop(a);
+        let (_, mut closed) = tokio::io::duplex(8);
+        let error = read_frame(&mut closed).await.unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 
     #[tokio::test]

@@ -1,0 +1,86 @@
+"""A worker loaded with a fused `segment` of workflow function nodes: each request goes through
+every function in turn, each node with its own context, module copy, tries and timeout."""
+
+from worker_harness import body, request
+
+CHAIN = """
+import time
+
+calls = []
+
+
+def first(data, context):
+    if data is None:
+        return None
+    calls.append(len(data))
+    return [{"got": bytes(row["body"]).decode(), "model": context.model_name} for row in data]
+
+
+def second(data, context):
+    if data is None:
+        return None
+    calls.append(len(data))
+    for idx, row in enumerate(data):
+        if b"bad" in bytes(row["body"]):
+            context.set_response_status(422, "no", idx)
+    return [bytes(row["body"]).upper() for row in data]
+
+
+def counted(data, context):
+    if data is None:
+        return None
+    return [len(calls)] * len(data)
+
+
+def wrong_count(data, context):
+    if data is None:
+        return None
+    return []
+
+
+def sleepy(data, context):
+    if data is None:
+        return None
+    time.sleep(5)
+"""
+
+
+def node(name, attempts=1, timeout_ms=10000):
+    return {"node": name, "model_name": f"wf__{name}", "handler": f"handler.py:{name}",
+            "manifest": {}, "attempts": attempts, "timeout_ms": timeout_ms}
+
+
+def test_requests_run_through_the_chain_and_fail_alone(loaded):
+    worker = loaded(CHAIN, segment=[node("first"), node("second", attempts=2), node("counted")])
+    reply, blobs = worker.predict(request(body(b"ok")), request(body(b"bad")),
+                                  request(body(b"fine")))
+    good, bad, fine = reply["responses"]
+    assert [bytes(b) for b in blobs] == [b"0", b'{"GOT": "BAD", "MODEL": "WF__FIRST"}', b"0"]
+    # `counted` has a module of its own: it saw none of the calls of `first` and `second`.
+    assert good["status"] == 200 and good["content_type"] == "application/json"
+    assert [retries for _, retries in good["trace"]["nodes"]] == [0, 0, 0]
+    assert bad["status"] == 422 and bad["trace"]["failed"] == {"message": None}
+    assert [retries for _, retries in bad["trace"]["nodes"]] == [0, 1]
+    assert fine["blob"] == 2 and fine["trace"]["failed"] is None
+
+
+def test_a_try_that_breaks_fails_its_batch_with_the_reason(loaded):
+    worker = loaded(CHAIN, segment=[node("first"), node("wrong_count", attempts=2)])
+    reply, _ = worker.predict(request(body(b"a")), request(body(b"b")))
+    for response in reply["responses"]:
+        assert response["status"] == 500
+        assert response["trace"]["failed"] == {
+            "message": "handler returned 0 outputs for a batch of 2 requests"}
+        assert [retries for _, retries in response["trace"]["nodes"]] == [0, 1]
+
+
+def test_a_try_past_its_timeout_is_interrupted(loaded):
+    worker = loaded(CHAIN, segment=[node("first", timeout_ms=100),
+                                    node("sleepy", timeout_ms=200)])
+    reply, _ = worker.predict(request(body(b"a")))
+    (response,) = reply["responses"]
+    assert response["trace"]["failed"] == {"message": "timed out after 200 ms"}
+    micros = [spent for spent, _ in response["trace"]["nodes"]]
+    assert micros[1] < 1_000_000, micros
+    again, _ = worker.predict(request(body(b"b")))
+    assert again["responses"][0]["trace"]["failed"] == {"message": "timed out after 200 ms"}
