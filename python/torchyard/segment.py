@@ -149,7 +149,11 @@ class Segment:
         nodes = []
         for spec in specs:
             context = make_context(spec["model_name"], spec.get("manifest"))
-            entry = load_entry_point(spec["handler"], model_dir, context, fresh=True)
+            try:
+                entry = load_entry_point(spec["handler"], model_dir, context, fresh=True)
+            except Exception:
+                log.error("loading workflow node %s (%s) failed", spec["node"], spec["handler"])
+                raise
             nodes.append(Node(entry, context, spec["attempts"], spec["timeout_ms"]))
         _Alarm.install()
         return cls(nodes)

@@ -188,6 +188,14 @@ mod tests {
         seen: Arc<Mutex<Vec<(String, InferenceRequest)>>>,
     }
 
+    impl Setup {
+        /// The stages called so far, by name.
+        fn called(&self) -> Vec<String> {
+            let seen = self.seen.lock().unwrap();
+            seen.iter().map(|(n, _)| n.clone()).collect()
+        }
+    }
+
     /// A plan of function nodes (no fusion happens where a node has several parents or
     /// children); `behaviour(name)` says what each stage does, named by its last node.
     fn setup(dag_yaml: &str, behaviour: impl Fn(&str) -> Behaviour) -> Setup {
@@ -277,13 +285,7 @@ mod tests {
         let error = run(&s.plan, &s.stages, request("1")).await.unwrap_err();
         assert_eq!(error.message, "Workflow node \"a\" failed");
         assert_eq!(started.elapsed(), Duration::from_millis(5));
-        let called: Vec<String> = s
-            .seen
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(n, _)| n.clone())
-            .collect();
+        let called = s.called();
         assert!(!called.contains(&"agg".to_string()), "{called:?}");
     }
 
@@ -319,13 +321,7 @@ mod tests {
         .await;
         assert!(gone.is_err());
         assert_eq!(*dropped.lock().unwrap(), 2, "both branches are abandoned");
-        let called: Vec<String> = s
-            .seen
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(n, _)| n.clone())
-            .collect();
+        let called = s.called();
         assert_eq!(called.len(), 3, "agg never starts: {called:?}");
     }
 
@@ -339,6 +335,6 @@ mod tests {
         });
         let error = run(&s.plan, &s.stages, request("1")).await.unwrap_err();
         assert_eq!(error.status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(s.seen.lock().unwrap().len(), 1);
+        assert_eq!(s.called(), ["pre"]);
     }
 }
