@@ -1,7 +1,8 @@
-"""Workers forked from the fork server: they answer like fresh ones, say how they started, fall
-back to a fresh process where forking does not fit (a model with its own requirements, no fork
-server), outlive a killed fork server, die with a killed server, and `fork_workers=false` turns
-forking off. The tests of the shared server run in order; the last one kills it."""
+"""Workers forked from the fork server: they answer like fresh ones, say how they started, are
+reaped when they stop, fall back to a fresh process where forking does not fit (a model with
+its own requirements, no fork server), outlive a killed fork server, die with a killed server,
+and `fork_workers=false` turns forking off. The tests of the shared server run in order; the
+last one kills it."""
 
 import os
 import signal
@@ -126,6 +127,12 @@ def test_scaling_up_forks_workers_that_answer_and_log_under_their_label(server):
     # the log too.
     printed = log.split("[double:4] loaded in ", 1)[1].splitlines()[0]
     assert (Path(printed) / "MAR-INF" / "MANIFEST.json").is_file()
+    # The fork server reaps the workers that stop.
+    scale(server, "double", 2)
+    deadline = time.monotonic() + 5
+    while children(fork_server_pid(server), zombies=True):
+        assert time.monotonic() < deadline, "stopped workers are left as zombies"
+        time.sleep(0.1)
 
 
 def test_a_model_with_its_own_requirements_starts_fresh_workers(server):
@@ -142,9 +149,9 @@ def test_workers_outlive_a_killed_fork_server_and_a_new_one_takes_over(server):
     assert_doubles(server)
     assert [(w["pid"], w["status"]) for w in workers(server, "double")] == serving
     # Until the new fork server is ready, a new worker starts fresh.
-    scale(server, "double", 5)
+    scale(server, "double", 3)
     wait_for_log(server, READY, count=2)
-    newest = scale(server, "double", 6)[-1]
+    newest = scale(server, "double", 4)[-1]
     assert newest["startMode"] == "fork"
     assert newest["pid"] in children(fork_server_pid(server))
     assert_doubles(server)

@@ -193,7 +193,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     start_dir = os.getcwd()
     control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     control.connect(args.socket)
-    preloaded = preload()
+    try:
+        preloaded = preload()
+    except Exception as exc:  # noqa: BLE001 - a broken install: workers will report it
+        send(control, {"kind": "unsafe", "reason": f"preloading failed: {exc!r}"})
+        return 1
     settle_threads()
     reason = unsafe_reason() or pidfd_missing()
     if reason is not None:

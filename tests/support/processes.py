@@ -28,12 +28,13 @@ def wait_gone(pid: int, seconds: float) -> bool:
     return False
 
 
-def children(pid: int) -> dict:
-    """{pid: command line} of the running children of process `pid`."""
+def children(pid: int, zombies: bool = False) -> dict:
+    """{pid: command line} of the running children of process `pid`, or of those that have
+    exited and wait to be reaped (`zombies`)."""
     found = {}
     for entry in Path("/proc").iterdir():
         fields = _stat(int(entry.name)) if entry.name.isdigit() else []
-        if fields and fields[0] not in ("Z", "X") and fields[1] == str(pid):
+        if fields and (fields[0] == "Z") == zombies and fields[1] == str(pid):
             try:
                 found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
             except FileNotFoundError:
