@@ -47,7 +47,9 @@ const fn control_space(fds: usize) -> usize {
     unsafe { libc::CMSG_SPACE((fds * size_of::<RawFd>()) as u32) as usize }
 }
 
-fn send_marker(socket: RawFd, fds: &[RawFd]) -> io::Result<()> {
+/// Calls `f` with a message header for one byte whose control buffer (room for
+/// [`MAX_FDS`] descriptors, aligned) starts `control_len` bytes long.
+fn with_message<R>(control_len: usize, f: impl FnOnce(&mut libc::msghdr) -> R) -> R {
     let mut byte = [0u8];
     let mut iov = libc::iovec {
         iov_base: byte.as_mut_ptr().cast(),
@@ -60,26 +62,39 @@ fn send_marker(socket: RawFd, fds: &[RawFd]) -> io::Result<()> {
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
-    if !fds.is_empty() {
-        let data_len = std::mem::size_of_val(fds);
+    if control_len > 0 {
         msg.msg_control = (&raw mut control).cast();
-        msg.msg_controllen = control_space(fds.len()) as _;
-        // SAFETY: the buffer holds a header and `fds` (control_space), aligned for cmsghdr;
-        // CMSG_FIRSTHDR is non-null because msg_controllen covers a header.
-        unsafe {
-            let header = libc::CMSG_FIRSTHDR(&msg);
-            (*header).cmsg_level = libc::SOL_SOCKET;
-            (*header).cmsg_type = libc::SCM_RIGHTS;
-            (*header).cmsg_len = libc::CMSG_LEN(data_len as u32) as _;
-            std::ptr::copy_nonoverlapping(
-                fds.as_ptr().cast::<u8>(),
-                libc::CMSG_DATA(header),
-                data_len,
-            );
-        }
+        msg.msg_controllen = control_len.min(control_space(MAX_FDS)) as _;
     }
-    // SAFETY: msg points at live buffers of the lengths it states.
-    let sent = unsafe { libc::sendmsg(socket, &msg, libc::MSG_NOSIGNAL) };
+    f(&mut msg)
+}
+
+fn send_marker(socket: RawFd, fds: &[RawFd]) -> io::Result<()> {
+    let control_len = if fds.is_empty() {
+        0
+    } else {
+        control_space(fds.len())
+    };
+    let sent = with_message(control_len, |msg| {
+        if !fds.is_empty() {
+            let data_len = std::mem::size_of_val(fds);
+            // SAFETY: the buffer holds a header and `fds` (control_space), aligned for
+            // cmsghdr; CMSG_FIRSTHDR is non-null because msg_controllen covers a header.
+            unsafe {
+                let header = libc::CMSG_FIRSTHDR(msg);
+                (*header).cmsg_level = libc::SOL_SOCKET;
+                (*header).cmsg_type = libc::SCM_RIGHTS;
+                (*header).cmsg_len = libc::CMSG_LEN(data_len as u32) as _;
+                std::ptr::copy_nonoverlapping(
+                    fds.as_ptr().cast::<u8>(),
+                    libc::CMSG_DATA(header),
+                    data_len,
+                );
+            }
+        }
+        // SAFETY: msg points at live buffers of the lengths it states.
+        unsafe { libc::sendmsg(socket, msg, libc::MSG_NOSIGNAL) }
+    });
     match sent {
         1 => Ok(()),
         0 => Err(io::ErrorKind::WriteZero.into()),
@@ -88,53 +103,50 @@ fn send_marker(socket: RawFd, fds: &[RawFd]) -> io::Result<()> {
 }
 
 fn receive_marker(socket: RawFd, max: usize) -> io::Result<Vec<OwnedFd>> {
-    let mut byte = [0u8];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    let mut control = ControlBuffer {
-        bytes: [0; control_space(MAX_FDS)],
-    };
-    // SAFETY: msghdr is plain data; all-zero is its empty value.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = (&raw mut control).cast();
-    msg.msg_controllen = control_space(max) as _;
-    // SAFETY: msg points at live buffers of the lengths it states.
-    let received = unsafe { libc::recvmsg(socket, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    let mut fds = Vec::new();
+    let (received, flags) = with_message(control_space(max), |msg| {
+        // SAFETY: msg points at live buffers of the lengths it states.
+        let received = unsafe { libc::recvmsg(socket, msg, libc::MSG_CMSG_CLOEXEC) };
+        if received > 0 {
+            // SAFETY: the kernel filled msg_control with well-formed headers up to
+            // msg_controllen; every descriptor of an SCM_RIGHTS message is ours, owned once.
+            unsafe { take_descriptors(msg, &mut fds) };
+        }
+        (received, msg.msg_flags)
+    });
     if received < 0 {
         return Err(io::Error::last_os_error());
-    }
-    let mut fds = Vec::new();
-    // SAFETY: the kernel filled msg_control with well-formed headers up to msg_controllen;
-    // every descriptor in an SCM_RIGHTS message is now ours, owned exactly once.
-    unsafe {
-        let mut header = libc::CMSG_FIRSTHDR(&msg);
-        while !header.is_null() {
-            if (*header).cmsg_level == libc::SOL_SOCKET && (*header).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(header);
-                let len = (*header).cmsg_len as usize - (data as usize - header as usize);
-                for i in 0..len / size_of::<RawFd>() {
-                    let fd = data.add(i * size_of::<RawFd>()).cast::<RawFd>();
-                    fds.push(OwnedFd::from_raw_fd(fd.read_unaligned()));
-                }
-            }
-            header = libc::CMSG_NXTHDR(&msg, header);
-        }
     }
     if received == 0 {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
     // The buffer may have room for one more than `max` (CMSG_SPACE rounds up).
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 || fds.len() > max {
+    if flags & libc::MSG_CTRUNC != 0 || fds.len() > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("more than {max} descriptors came with a message"),
         ));
     }
     Ok(fds)
+}
+
+/// Moves the descriptors of the SCM_RIGHTS messages in `msg`'s control buffer into `fds`.
+///
+/// # Safety
+/// `msg` holds what `recvmsg` received, and nothing owns those descriptors yet.
+unsafe fn take_descriptors(msg: &libc::msghdr, fds: &mut Vec<OwnedFd>) {
+    let mut header = libc::CMSG_FIRSTHDR(msg);
+    while !header.is_null() {
+        if (*header).cmsg_level == libc::SOL_SOCKET && (*header).cmsg_type == libc::SCM_RIGHTS {
+            let data = libc::CMSG_DATA(header);
+            let len = (*header).cmsg_len as usize - (data as usize - header as usize);
+            for i in 0..len / size_of::<RawFd>() {
+                let fd = data.add(i * size_of::<RawFd>()).cast::<RawFd>();
+                fds.push(OwnedFd::from_raw_fd(fd.read_unaligned()));
+            }
+        }
+        header = libc::CMSG_NXTHDR(msg, header);
+    }
 }
 
 #[cfg(test)]
