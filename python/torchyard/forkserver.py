@@ -155,7 +155,9 @@ def hold_lifeline(fd: int) -> None:
     fcntl.fcntl(fd, fcntl.F_SETOWN, os.getpid())
     fcntl.fcntl(fd, F_SETSIG, signal.SIGKILL)
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC | os.O_NONBLOCK)
-    if select.select([fd], [], [], 0)[0]:  # the server's end closed before the signal was armed
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    if poller.poll(0):  # the server's end closed before the signal was armed
         os._exit(1)
 
 

@@ -14,13 +14,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::net::unix::pipe;
 use tokio::net::UnixStream;
-use tokio::process::Child;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::fd_passing;
 use super::forked::ForkedProcess;
-use super::process::{spawn_connected, ABORT};
+use super::process::{exit_of, spawn_connected, ABORT};
 use super::protocol::{read_frame, write_frame};
 use crate::python_env::PythonEnv;
 
@@ -160,7 +159,7 @@ impl ForkServer {
             };
         let greeting = tokio::select! {
             greeting = tokio::time::timeout(READY_TIMEOUT, receive(&mut stream)) => greeting,
-            how = exited(&mut child) => return Stopped::Failed(how),
+            how = exit_of(&mut child) => return Stopped::Failed(format!("it exited: {how}")),
         };
         match greeting {
             Ok(Ok((FromForkServer::Ready { pid, preloaded }, _))) => tracing::info!(
@@ -183,20 +182,12 @@ impl ForkServer {
             broken: broken.clone(),
         });
         let stopped = tokio::select! {
-            how = exited(&mut child) => Stopped::Failed(how),
+            how = exit_of(&mut child) => Stopped::Failed(format!("it exited: {how}")),
             () = broken.cancelled() => Stopped::Failed("it failed a fork".into()),
             () = ABORT.cancelled() => Stopped::Aborted,
         };
         self.control.lock().await.take();
         stopped
-    }
-}
-
-/// Waits for the fork server to exit; says how it did.
-async fn exited(child: &mut Child) -> String {
-    match child.wait().await {
-        Ok(status) => format!("it exited: {status}"),
-        Err(e) => e.to_string(),
     }
 }
 

@@ -38,11 +38,13 @@ enum Process {
 impl Process {
     /// Waits until the process has exited; says how it ended.
     async fn exited(&mut self) -> String {
-        let ended = match self {
-            Self::Spawned(child) => child.wait().await.map(|status| status.to_string()),
-            Self::Forked(process) => process.wait().await.map(|()| "it exited".to_string()),
-        };
-        ended.unwrap_or_else(|e| e.to_string())
+        match self {
+            Self::Spawned(child) => exit_of(child).await,
+            Self::Forked(process) => match process.wait().await {
+                Ok(()) => "it exited".to_string(),
+                Err(e) => e.to_string(),
+            },
+        }
     }
 
     async fn kill(&mut self) {
@@ -175,12 +177,16 @@ pub(super) async fn spawn_connected(
     let mut child = spawn_dying_with_server(command).await?;
     forward_logs(child.stdout.take(), label.to_string());
     forward_logs(child.stderr.take(), label.to_string());
-    let exited = async {
-        let status = child.wait().await;
-        status.map_or_else(|e| e.to_string(), |s| s.to_string())
-    };
-    let stream = accept(listener, socket_path, exited).await?;
+    let stream = accept(listener, socket_path, exit_of(&mut child)).await?;
     Ok((child, stream))
+}
+
+/// Waits until `child` has exited; says how it ended.
+pub(super) async fn exit_of(child: &mut Child) -> String {
+    match child.wait().await {
+        Ok(status) => status.to_string(),
+        Err(e) => e.to_string(),
+    }
 }
 
 /// Accepts the one connection of a process just started, unless it exits first (`exited`
