@@ -1,6 +1,7 @@
 """Runs the same scenarios against TorchServe and torchyard on one model store and writes
-markdown tables (req/s, p50, p99, errors, frontend RSS, ratios) to bench/results.md: REST with
-wrk, gRPC with h2load (the same form field `data=5` as one `input` entry)."""
+markdown tables (req/s, p50, p99, errors, frontend RSS, worker start time and private memory,
+ratios) to bench/results.md: REST with wrk, gRPC with h2load (the same form field `data=5` as
+one `input` entry)."""
 
 import argparse
 import json
@@ -203,6 +204,36 @@ def check_grpc(method: str, name: str):
         raise RuntimeError(f"{method} {name}: empty answer")
 
 
+def private_mib(pid: int) -> float:
+    """Memory only process `pid` holds: Private_Clean + Private_Dirty of its smaps_rollup."""
+    text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    return sum(int(n) for n in re.findall(r"^Private_(?:Clean|Dirty):\s+(\d+)", text, re.M)) / 1024
+
+
+def worker_start(base: str, management: str, workers: int = 4) -> dict:
+    """Scales `double` from 1 worker to `workers` with an asynchronous PUT: ms until describe
+    shows them all READY, then, after a second of load, the mean private memory of the new
+    workers and how they started (torchyard's startMode)."""
+    url = f"{management}/models/double"
+    before = {w["pid"] for w in requests.get(url, timeout=10).json()[0]["workers"]}
+    started = time.monotonic()
+    requests.put(url, params={"min_worker": workers, "max_worker": workers},
+                 timeout=60).raise_for_status()
+    while True:
+        listed = requests.get(url, timeout=10).json()[0]["workers"]
+        if len(listed) == workers and all(w["status"] == "READY" for w in listed):
+            break
+        if time.monotonic() - started > 300:
+            raise RuntimeError(f"workers not ready after 300 s: {listed}")
+        time.sleep(0.002)
+    ready_ms = (time.monotonic() - started) * 1000
+    wrk(f"{base}/predictions/double", 2 * workers, 1)  # every worker serves before it is measured
+    new = [w for w in listed if w["pid"] not in before]
+    return {"start_ms": ready_ms,
+            "private_mib": sum(private_mib(w["pid"]) for w in new) / len(new),
+            "modes": sorted({w.get("startMode", "spawn") for w in new})}
+
+
 def run_server(name: str, command: list, env: dict, frontend_pid, seconds: int) -> dict:
     log = open(OUT / f"{name}.log", "w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -223,6 +254,8 @@ def run_server(name: str, command: list, env: dict, frontend_pid, seconds: int) 
             results[(f"gRPC {label}", c)] = h2load(method, target, c, seconds)
             print(name, "gRPC", label, c, results[(f"gRPC {label}", c)], flush=True)
         results["rss"] = rss_mib(frontend_pid(process))
+        results["workers"] = worker_start(base, f"http://127.0.0.1:{PORTS['management']}")
+        print(name, "workers", results["workers"], flush=True)
         return results
     finally:
         process.terminate()
@@ -271,6 +304,14 @@ def table(ts: dict, ty: dict) -> str:
     rows.append(f"| frontend RSS | {ts['rss']:.0f} MiB | {ty['rss']:.0f} MiB | "
                 f"{ty['rss'] / ts['rss']:.2f}× | | | |")
     rows.append(f"| ready after start | {ts['ready_ms']:.0f} ms | {ty['ready_ms']:.0f} ms | | | | |")
+    # TorchServe's numbers saved by an older run (--reuse-torchserve) may lack worker starts.
+    a = ts.get("workers", {"start_ms": float("nan"), "private_mib": float("nan")})
+    b = ty["workers"]
+    rows.append(f"| worker start: scale 1→4, until all READY | {a['start_ms']:.0f} ms | "
+                f"{b['start_ms']:.0f} ms ({'/'.join(b['modes'])}) | "
+                f"{b['start_ms'] / a['start_ms']:.2f}× | | | |")
+    rows.append(f"| private memory per added worker | {a['private_mib']:.0f} MiB | "
+                f"{b['private_mib']:.0f} MiB | {b['private_mib'] / a['private_mib']:.2f}× | | | |")
     rows += ["", "gRPC (h2load, one call at a time per connection; TorchServe has no gRPC for "
              "workflows, so workflows over gRPC compare with torchyard's own REST):", "",
              "| scenario | TorchServe gRPC req/s | torchyard gRPC req/s | ratio | TorchServe "
@@ -333,7 +374,10 @@ def main():
               f"batch size 1 and max-workers 2 (TorchServe runs 2 workers per node; torchyard "
               f"starts 1 and autoscales within its worker budget, after a 10 s warm-up), and "
               f"the same .war again with every node pinned to 1 worker. Frontend RSS is the server process alone (TorchServe's JVM; "
-              f"workers excluded).\n\n")
+              f"workers excluded). Worker start: `PUT /models/double?min_worker=4` from one "
+              f"worker, timed until describe shows all four READY; private memory is "
+              f"Private_Clean + Private_Dirty (smaps_rollup) of each added worker after a second "
+              f"of load, the memory it does not share.\n\n")
     (REPO / "bench" / "results.md").write_text(header + result)
     print(result)
 

@@ -52,6 +52,9 @@ pub struct ServerConfig {
     pub python: Option<PathBuf>,
     /// The autoscaler's knobs: the worker budget, its measurement window, hold and idle time.
     pub autoscale: ScalingSettings,
+    /// Whether workers are forked from a fork server that has imported torch already
+    /// (`fork_workers`, default true), rather than each started as a fresh interpreter.
+    pub fork_workers: bool,
     /// Whether an archive's requirements.txt is installed for its model.
     pub install_py_dep_per_model: bool,
     /// Whether the APIs require the Bearer keys of key_file.json.
@@ -160,6 +163,8 @@ impl ServerConfig {
             })
         };
         let flag = |key: &str| get(key).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        let unless_false =
+            |key: &str| !get(key).is_some_and(|v| v.trim().eq_ignore_ascii_case("false"));
         // A flag wins over the file, a `TS_*` variable over both (TorchServe's order).
         let path = |key: &str, flag: &Option<PathBuf>| match flag {
             Some(flag) if !props.set_by_env(key) => Some(resolve(flag)),
@@ -245,12 +250,12 @@ impl ServerConfig {
                 hold: Duration::from_millis(number("autoscale_hold_ms", 30_000)? as u64),
                 scale_down_idle: Duration::from_millis(number("scale_down_idle_ms", 10_000)? as u64),
             },
+            fork_workers: unless_false("fork_workers"),
             token_auth: !(flag("disable_token_authorization") || args.disable_token_auth),
             model_api_enabled: flag("enable_model_api") || args.enable_model_api,
             allowed_urls: get("allowed_urls").map(split_list).unwrap_or_default(),
             install_py_dep_per_model: flag("install_py_dep_per_model"),
-            decode_input_request: !get("decode_input_request")
-                .is_some_and(|v| v.trim().eq_ignore_ascii_case("false")),
+            decode_input_request: unless_false("decode_input_request"),
             tls: get("certificate_file")
                 .zip(get("private_key_file"))
                 .map(|(cert, key)| (resolve(Path::new(cert)), resolve(Path::new(key)))),
@@ -370,9 +375,13 @@ mod tests {
         );
         assert_eq!(defaults.connection_idle_timeout, Duration::from_secs(60));
         assert_eq!(defaults.max_connections, None);
-        let set = config("connection_header_read_timeout_ms=1000\nmax_connections=50\n");
+        assert!(defaults.fork_workers);
+        let set = config(
+            "connection_header_read_timeout_ms=1000\nmax_connections=50\nfork_workers=False\n",
+        );
         assert_eq!(set.connection_header_read_timeout, Duration::from_secs(1));
         assert_eq!(set.max_connections, Some(50));
+        assert!(!set.fork_workers);
     }
 
     #[test]

@@ -2,19 +2,24 @@
 //! package, written out at start so any interpreter can run workers of this exact version.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use include_dir::{include_dir, Dir, DirEntry};
 
+use crate::worker::ForkServer;
+
 static PACKAGE: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/python/torchyard");
 
-/// Where workers come from: the interpreter, the import path holding `torchyard`, and the
-/// directory for worker sockets and unpacked archives.
+/// Where workers come from: the interpreter, the import path holding `torchyard`, the
+/// directory for worker sockets and unpacked archives, and the fork server, if any.
 #[derive(Debug, Clone)]
 pub struct PythonEnv {
     pub interpreter: PathBuf,
     pub import_path: PathBuf,
     pub runtime_dir: PathBuf,
+    /// Where workers are forked from when they can be; `None`: every worker starts fresh.
+    pub fork_server: Option<Arc<ForkServer>>,
 }
 
 impl PythonEnv {
@@ -27,7 +32,17 @@ impl PythonEnv {
             interpreter: python.map_or_else(default_interpreter, Path::to_path_buf),
             import_path,
             runtime_dir: runtime_dir.to_path_buf(),
+            fork_server: None,
         })
+    }
+
+    /// Starts this environment's fork server in the background; new workers are forked from
+    /// it once it is ready.
+    pub fn with_fork_server(self) -> Self {
+        Self {
+            fork_server: Some(ForkServer::launch(self.clone())),
+            ..self
+        }
     }
 }
 

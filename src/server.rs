@@ -33,7 +33,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let config = ServerConfig::from_args(&args)?;
     let runtime_dir = runtime_dir::create()?;
     runtime_dir::remove_stale();
-    let python = PythonEnv::prepare(runtime_dir.path(), config.python.as_deref())?;
+    let mut python = PythonEnv::prepare(runtime_dir.path(), config.python.as_deref())?;
+    if config.fork_workers {
+        python = python.with_fork_server();
+    }
     tracing::info!("workers run {}", python.interpreter.display());
     let bind = |addr| async move {
         TcpListener::bind(addr)

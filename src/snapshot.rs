@@ -431,6 +431,7 @@ mod tests {
                 interpreter: "python3".into(),
                 import_path: dir.into(),
                 runtime_dir: dir.into(),
+                fork_server: None,
             },
             gpus: std::sync::Arc::new(crate::gpu::Gpus::new(Vec::new())),
             snapshots: Snapshotter::new(Some(dir), Vec::new()),

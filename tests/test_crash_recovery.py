@@ -17,6 +17,7 @@ import jproperties
 import requests
 
 from support.archives import build_mar, manifest, war
+from support.processes import alive, wait_gone
 
 #: A handler that answers at once (models registered with 0 workers never even run it).
 QUICK = '''
@@ -83,24 +84,6 @@ def names(server, kind):
     listed = requests.get(f"{server.management}/{kind}", params={"limit": 1000}).json()[kind]
     key = "modelName" if kind == "models" else "workflowName"
     return {entry[key] for entry in listed if "__" not in entry[key]}
-
-
-def alive(pid: int) -> bool:
-    """Whether process `pid` runs (a zombie waiting for its reaper does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def wait_gone(pid: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not alive(pid):
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def worker_pid(server, model):

@@ -137,6 +137,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         stream=sys.stderr,
         level=os.environ.get("TORCHYARD_WORKER_LOG", "INFO").upper(),
         format=f"%(asctime)s [pid {os.getpid()}] %(levelname)s %(name)s: %(message)s",
+        force=True,  # a forked worker replaces whatever the fork server's imports set up
     )
     # TorchServe's `ts` package, when installed, wins over torchyard's stand-in.
     sys.path.append(COMPAT_PATH)

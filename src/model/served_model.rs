@@ -16,7 +16,7 @@ use crate::job::{InferenceRequest, Job, JobResult};
 use crate::metrics::ModelMetrics;
 use crate::python_env::PythonEnv;
 use crate::worker::{
-    fail_queued, spawn_worker, WorkerHandle, WorkerSpec, WorkerState, WorkerStatus,
+    fail_queued, spawn_worker, StartMode, WorkerHandle, WorkerSpec, WorkerState, WorkerStatus,
 };
 
 /// A model version being served.
@@ -66,6 +66,7 @@ impl crate::versioned::Versioned for ServedModel {
                     "status": w.status.state().as_str(),
                     "memoryUsage": resident_bytes(pid),
                     "pid": pid,
+                    "startMode": w.status.start_mode().map(StartMode::as_str),
                     "gpu": w.status.gpu_id.is_some(),
                     "gpuUsage": self.spec.gpus.usage(w.status.gpu_id),
                 })

@@ -1,5 +1,7 @@
-//! One Python worker process and its socket.
+//! One Python worker process and its socket: forked by the fork server where it can be, else a
+//! fresh interpreter.
 
+use std::future::Future;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::{LazyLock, Mutex, PoisonError};
@@ -11,7 +13,9 @@ use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use super::forked::ForkedProcess;
 use super::protocol::{read_frame, write_frame, Frame};
+use super::status::StartMode;
 use crate::python_env::PythonEnv;
 
 /// How long a new process may take to connect to its socket.
@@ -19,12 +23,46 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A running worker process connected to the server.
 pub struct WorkerProcess {
-    child: Child,
+    process: Process,
     stream: UnixStream,
 }
 
+/// A worker's process, as the server holds it.
+enum Process {
+    /// A fresh interpreter: the server's own child.
+    Spawned(Child),
+    /// Forked by the fork server.
+    Forked(ForkedProcess),
+}
+
+impl Process {
+    /// Waits until the process has exited; says how it ended.
+    async fn exited(&mut self) -> String {
+        match self {
+            Self::Spawned(child) => exit_of(child).await,
+            Self::Forked(process) => match process.wait().await {
+                Ok(()) => "it exited".to_string(),
+                Err(e) => e.to_string(),
+            },
+        }
+    }
+
+    async fn kill(&mut self) {
+        match self {
+            Self::Spawned(child) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+            }
+            Self::Forked(process) => process.kill().await,
+        }
+    }
+}
+
 impl WorkerProcess {
-    /// Starts `python -m torchyard.worker` and waits for it to connect to `socket_path`.
+    /// Starts a worker that connects to `socket_path`: forked by the environment's fork server
+    /// when it has a ready one and the model brings no packages of its own (`deps_dir`), else
+    /// `python -m torchyard.worker`. Either way it runs in `work_dir` and its output goes to
+    /// the server log under `label`.
     pub async fn start(
         env: &PythonEnv,
         deps_dir: Option<&Path>,
@@ -35,45 +73,30 @@ impl WorkerProcess {
         if ABORT.is_cancelled() {
             return Err(aborted());
         }
-        let _ = std::fs::remove_file(socket_path);
-        let listener = UnixListener::bind(socket_path)?;
-        let mut import_path = env.import_path.clone().into_os_string();
-        if let Some(deps) = deps_dir {
-            import_path = [deps.as_os_str(), &import_path].join(std::ffi::OsStr::new(":"));
-        }
-        if let Some(existing) = std::env::var_os("PYTHONPATH") {
-            import_path.push(":");
-            import_path.push(existing);
-        }
-        let mut command = Command::new(&env.interpreter);
-        command
-            .args(["-m", "torchyard.worker", "--socket"])
-            .arg(socket_path)
-            .env("PYTHONPATH", import_path)
-            .env("PYTHONUNBUFFERED", "1")
-            .current_dir(work_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = spawn_dying_with_server(command).await?;
-        forward_logs(child.stdout.take(), label.to_string());
-        forward_logs(child.stderr.take(), label.to_string());
-        let accepted = tokio::select! {
-            accepted = tokio::time::timeout(CONNECT_TIMEOUT, listener.accept()) => accepted,
-            status = child.wait() => {
-                let _ = std::fs::remove_file(socket_path);
-                return Err(std::io::Error::other(format!("worker exited at start: {}", status?)));
+        if let (Some(fork_server), None) = (&env.fork_server, deps_dir) {
+            let listener = bind(socket_path)?;
+            if let Some(forked) = fork_server.fork(socket_path, work_dir).await {
+                forward_logs(Some(forked.stdout), label.to_string());
+                forward_logs(Some(forked.stderr), label.to_string());
+                let mut process = Process::Forked(forked.process);
+                let stream = accept(listener, socket_path, process.exited()).await?;
+                return Ok(Self { process, stream });
             }
-        };
-        let _ = std::fs::remove_file(socket_path);
-        match accepted {
-            Ok(Ok((stream, _))) => Ok(Self { child, stream }),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "worker did not connect in time",
-            )),
+        }
+        let module = "torchyard.worker";
+        let (child, stream) =
+            spawn_connected(env, deps_dir, module, label, socket_path, work_dir).await?;
+        Ok(Self {
+            process: Process::Spawned(child),
+            stream,
+        })
+    }
+
+    /// Whether the process was forked or started fresh.
+    pub fn start_mode(&self) -> StartMode {
+        match self.process {
+            Process::Spawned(_) => StartMode::Spawn,
+            Process::Forked(_) => StartMode::Fork,
         }
     }
 
@@ -95,24 +118,101 @@ impl WorkerProcess {
 
     /// Closes the socket, lets the worker exit for a moment, then kills it.
     pub async fn stop(self) {
-        let Self { mut child, stream } = self;
+        let Self {
+            mut process,
+            stream,
+        } = self;
         drop(stream);
-        if tokio::time::timeout(Duration::from_secs(5), child.wait())
+        if tokio::time::timeout(Duration::from_secs(5), process.exited())
             .await
             .is_err()
         {
-            kill(&mut child).await;
+            process.kill().await;
         }
     }
 
     /// Kills the process at once.
     pub async fn kill(mut self) {
-        kill(&mut self.child).await;
+        self.process.kill().await;
+    }
+}
+
+/// Binds a fresh listener at `path`.
+fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    let _ = std::fs::remove_file(path);
+    UnixListener::bind(path)
+}
+
+/// Starts `python -m {module} --socket {socket_path}` in `work_dir` (packages of `deps_dir`
+/// first on its import path, its output in the server log under `label`), dying with the
+/// server, and waits for it to connect.
+pub(super) async fn spawn_connected(
+    env: &PythonEnv,
+    deps_dir: Option<&Path>,
+    module: &str,
+    label: &str,
+    socket_path: &Path,
+    work_dir: &Path,
+) -> std::io::Result<(Child, UnixStream)> {
+    let listener = bind(socket_path)?;
+    let mut import_path = env.import_path.clone().into_os_string();
+    if let Some(deps) = deps_dir {
+        import_path = [deps.as_os_str(), &import_path].join(std::ffi::OsStr::new(":"));
+    }
+    if let Some(existing) = std::env::var_os("PYTHONPATH") {
+        import_path.push(":");
+        import_path.push(existing);
+    }
+    let mut command = Command::new(&env.interpreter);
+    command
+        .args(["-m", module, "--socket"])
+        .arg(socket_path)
+        .env("PYTHONPATH", import_path)
+        .env("PYTHONUNBUFFERED", "1")
+        .current_dir(work_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = spawn_dying_with_server(command).await?;
+    forward_logs(child.stdout.take(), label.to_string());
+    forward_logs(child.stderr.take(), label.to_string());
+    let stream = accept(listener, socket_path, exit_of(&mut child)).await?;
+    Ok((child, stream))
+}
+
+/// Waits until `child` has exited; says how it ended.
+pub(super) async fn exit_of(child: &mut Child) -> String {
+    match child.wait().await {
+        Ok(status) => status.to_string(),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Accepts the one connection of a process just started, unless it exits first (`exited`
+/// says how) or takes longer than [`CONNECT_TIMEOUT`]; removes the socket file either way.
+async fn accept(
+    listener: UnixListener,
+    socket_path: &Path,
+    exited: impl Future<Output = String>,
+) -> std::io::Result<UnixStream> {
+    let accepted = tokio::select! {
+        accepted = tokio::time::timeout(CONNECT_TIMEOUT, listener.accept()) => accepted,
+        how = exited => Ok(Err(std::io::Error::other(format!("the process exited at start: {how}")))),
+    };
+    let _ = std::fs::remove_file(socket_path);
+    match accepted {
+        Ok(Ok((stream, _))) => Ok(stream),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the process did not connect in time",
+        )),
     }
 }
 
 /// Cancelled when the server gives up waiting for its workers.
-static ABORT: LazyLock<CancellationToken> = LazyLock::new(CancellationToken::new);
+pub(super) static ABORT: LazyLock<CancellationToken> = LazyLock::new(CancellationToken::new);
 
 /// Fails every worker call in progress and refuses to start workers: the server is exiting
 /// and will not wait any longer. Each worker's supervisor then kills its process.
@@ -177,11 +277,6 @@ fn start_spawner() -> std::io::Result<std::sync::mpsc::Sender<SpawnRequest>> {
             }
         })?;
     Ok(sender)
-}
-
-async fn kill(child: &mut Child) {
-    let _ = child.start_kill();
-    let _ = child.wait().await;
 }
 
 /// Copies a worker's output lines into the server log.

@@ -27,7 +27,26 @@ impl WorkerState {
     }
 }
 
-/// A worker's id, GPU, start time, process id and state.
+/// How a worker's process was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartMode {
+    /// Forked from the fork server, which had imported torch already.
+    Fork,
+    /// A fresh interpreter.
+    Spawn,
+}
+
+impl StartMode {
+    /// The name describe shows as `startMode`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fork => "fork",
+            Self::Spawn => "spawn",
+        }
+    }
+}
+
+/// A worker's id, GPU, start time, process id, how its process started, and state.
 #[derive(Debug)]
 pub struct WorkerStatus {
     pub id: usize,
@@ -35,6 +54,7 @@ pub struct WorkerStatus {
     pub gpu_id: Option<u32>,
     pub started: DateTime<Utc>,
     pid: AtomicU32,
+    start_mode: Mutex<Option<StartMode>>,
     state: watch::Sender<WorkerState>,
     failure: Mutex<Option<(u16, String)>>,
 }
@@ -46,6 +66,7 @@ impl WorkerStatus {
             gpu_id,
             started: Utc::now(),
             pid: AtomicU32::new(0),
+            start_mode: Mutex::new(None),
             state: watch::Sender::new(WorkerState::Starting),
             failure: Mutex::new(None),
         }
@@ -66,6 +87,15 @@ impl WorkerStatus {
 
     pub fn set_pid(&self, pid: u32) {
         self.pid.store(pid, Ordering::Relaxed);
+    }
+
+    /// How the current (or last) process started; `None` before the first one connected.
+    pub fn start_mode(&self) -> Option<StartMode> {
+        *self.start_mode.lock().expect("start mode lock")
+    }
+
+    pub fn set_start_mode(&self, mode: StartMode) {
+        *self.start_mode.lock().expect("start mode lock") = Some(mode);
     }
 
     /// Records why the last load failed: the worker's status (507 for a `MemoryError`, else

@@ -165,6 +165,7 @@ async fn start(
     )
     .await
     .map_err(|e| (500, format!("cannot start worker: {e}")))?;
+    status.set_start_mode(process.start_mode());
     let load = ToWorker::Load(LoadMessage {
         model_name: &spec.model_name,
         model_version: &spec.model_version,

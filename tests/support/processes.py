@@ -1,0 +1,42 @@
+"""Processes seen through /proc: whether one runs, waiting for it to go, and whose children
+which are."""
+
+import time
+from pathlib import Path
+
+
+def _stat(pid: int) -> list:
+    """The fields of /proc/PID/stat after the command name (state, ppid, ...); [] when gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie waiting for its reaper does not)."""
+    fields = _stat(pid)
+    return bool(fields) and fields[0] not in ("Z", "X")
+
+
+def wait_gone(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def children(pid: int, zombies: bool = False) -> dict:
+    """{pid: command line} of the running children of process `pid`, or of those that have
+    exited and wait to be reaped (`zombies`)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        fields = _stat(int(entry.name)) if entry.name.isdigit() else []
+        if fields and (fields[0] == "Z") == zombies and fields[1] == str(pid):
+            try:
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            except FileNotFoundError:
+                continue
+    return {child: cmdline.decode(errors="replace") for child, cmdline in found.items()}
