@@ -1,9 +1,11 @@
 //! An inference request on its way to a worker, and the answer that comes back.
 
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::Bytes;
-use tokio::sync::oneshot;
+use bytes::{Bytes, BytesMut};
+use futures::stream::{self, BoxStream, StreamExt};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ApiError;
 use crate::worker::protocol::SegmentTrace;
@@ -35,10 +37,62 @@ pub struct InferenceResponse {
     pub body: Bytes,
     /// Set by the workers of a fused workflow segment: which of its nodes ran and failed.
     pub trace: Option<Box<SegmentTrace>>,
+    /// The chunks that follow this one when the handler streams (sends partial results);
+    /// None for a handler that answers once.
+    pub more: Option<MoreChunks>,
 }
 
 /// What a job's submitter gets back.
 pub type JobResult = Result<InferenceResponse, ApiError>;
+
+/// The chunks after the first of a streamed answer, in the order the handler sent them: the
+/// last is its return value, and an error ends them. Clones share one receiver, which the
+/// first [`MoreChunks::take`] gets.
+#[derive(Debug, Clone)]
+pub struct MoreChunks(Arc<Mutex<Option<mpsc::UnboundedReceiver<JobResult>>>>);
+
+impl MoreChunks {
+    /// A stream of chunks and the sender that feeds it.
+    pub fn channel() -> (mpsc::UnboundedSender<JobResult>, Self) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (tx, Self(Arc::new(Mutex::new(Some(rx)))))
+    }
+
+    /// The receiver, once.
+    fn take(&self) -> Option<mpsc::UnboundedReceiver<JobResult>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl InferenceResponse {
+    /// The answer as one body: a streamed answer's chunks joined, with the first chunk's
+    /// status, content type and headers; an error among the chunks fails it.
+    pub async fn whole(mut self) -> JobResult {
+        let Some(mut rest) = self.more.take().and_then(|more| more.take()) else {
+            return Ok(self);
+        };
+        let mut body = BytesMut::from(&self.body[..]);
+        while let Some(chunk) = rest.recv().await {
+            body.extend_from_slice(&chunk?.body);
+        }
+        self.body = body.freeze();
+        Ok(self)
+    }
+
+    /// The answer chunk by chunk: this one, then those that follow it.
+    pub fn chunks(mut self) -> BoxStream<'static, JobResult> {
+        let rest = self.more.take().and_then(|more| more.take());
+        let first = stream::once(async move { Ok(self) });
+        match rest {
+            None => first.boxed(),
+            Some(rest) => first
+                .chain(stream::unfold(rest, |mut rest| async move {
+                    rest.recv().await.map(|chunk| (chunk, rest))
+                }))
+                .boxed(),
+        }
+    }
+}
 
 /// A request queued for a model's workers.
 #[derive(Debug)]

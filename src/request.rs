@@ -182,17 +182,27 @@ async fn multipart_parts(content_type: &str, bytes: Bytes) -> ApiResult<Vec<Para
     Ok(params)
 }
 
-/// The HTTP response for a handler's output.
-pub fn into_http(output: InferenceResponse) -> Response {
+/// The HTTP response for a handler's output; a streamed answer goes out chunk by chunk (chunked
+/// transfer on HTTP/1.1) with the first chunk's status and headers, and an error after the
+/// first chunk cuts the response short.
+pub fn into_http(mut output: InferenceResponse) -> Response {
     let status = StatusCode::from_u16(output.status).unwrap_or(StatusCode::OK);
-    let mut response = (status, output.body).into_response();
-    if let Some(value) = output
-        .content_type
-        .and_then(|c| HeaderValue::from_str(&c).ok())
-    {
+    let content_type = output.content_type.take();
+    let headers = std::mem::take(&mut output.headers);
+    let mut response = if output.more.is_some() {
+        let bodies = output.chunks().map(|chunk| {
+            chunk
+                .map(|c| c.body)
+                .map_err(|e| std::io::Error::other(e.message))
+        });
+        (status, Body::from_stream(bodies)).into_response()
+    } else {
+        (status, output.body).into_response()
+    };
+    if let Some(value) = content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
         response.headers_mut().insert(header::CONTENT_TYPE, value);
     }
-    for (name, value) in output.headers {
+    for (name, value) in headers {
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(&value),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 log = logging.getLogger("torchyard.metrics")
 
@@ -147,6 +147,8 @@ class Context:
         self.metrics = metrics if metrics is not None else Metrics()
         self.request_ids: Dict[int, str] = {}
         self.request_processor: List[RequestProcessor] = []
+        #: Sends partial results `(outputs, req_id_map)` to the server; the worker sets it.
+        self.intermediate_sink: Optional[Callable[[Sequence[Any], Dict[int, str]], None]] = None
 
     @property
     def system_properties(self) -> Dict[str, Any]:
@@ -191,3 +193,11 @@ class Context:
 
     def get_response_headers(self, idx: int) -> Dict[str, str]:
         return self.request_processor[idx].get_response_headers()
+
+    def send_intermediate_response(self, outputs: Sequence[Any], req_id_map: Dict[int, str]) -> None:
+        """Sends a partial result at once: `outputs[idx]` to request `idx` for each batch index
+        of `req_id_map` (usually `request_ids`), with the status, content type and headers the
+        handler set for it. The handler's return value is the last chunk."""
+        if self.intermediate_sink is None:
+            raise RuntimeError("partial results can only be sent while a batch is served")
+        self.intermediate_sink(outputs, req_id_map)

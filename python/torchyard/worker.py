@@ -13,9 +13,9 @@ import os
 import socket
 import sys
 import traceback
-from typing import List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
-from .codec import decode
+from .codec import Blob, decode
 from .context import Context
 from .framing import ProtocolError, read_frame, write_frame
 from .handler_loader import Entry, load_entry_point
@@ -37,6 +37,8 @@ class Worker:
         self.context: Optional[Context] = None
         #: False (TorchServe's `decode_input_request=false`): handlers get every parameter raw.
         self.decode_input_request = True
+        #: Writes a frame to the server, for partial results sent during a batch.
+        self.send: Optional[Callable[[dict, Sequence[Blob]], None]] = None
 
     def handle(self, msg: dict, blobs: List[bytearray]) -> Reply:
         """The reply to one message."""
@@ -65,6 +67,7 @@ class Worker:
 
         self.context = context(msg["model_name"], msg.get("manifest"))
         self.decode_input_request = msg.get("decode_input_request", True)
+        self.context.intermediate_sink = self.send_intermediate
         try:
             if msg.get("segment"):
                 self.entry = Segment.load(msg["segment"], msg["model_dir"], context)
@@ -106,9 +109,22 @@ class Worker:
             return exception_reply(exc, "PredictionException")
         return {"kind": "predicted", "responses": responses}, bodies
 
+    def send_intermediate(self, outputs: Sequence[Any], req_id_map: Dict[int, str]) -> None:
+        """Sends an `intermediate` frame: the partial result of each request in `req_id_map`."""
+        processors = self.context.request_processor
+        responses, bodies = [], []
+        for idx in req_id_map:
+            if not isinstance(idx, int) or not 0 <= idx < len(processors):
+                raise ValueError(f"no request {idx!r} in a batch of {len(processors)}")
+            response, body = response_entry(idx, outputs[idx], processors[idx])
+            responses.append({**response, "index": idx, "blob": len(bodies)})
+            bodies.append(body)
+        self.send({"kind": "intermediate", "responses": responses}, bodies)
+
 
 def serve(sock: socket.socket, worker: Worker) -> None:
     """Answers messages until the server closes the socket."""
+    worker.send = lambda header, bodies: write_frame(sock, header, bodies)
     while True:
         try:
             msg, blobs = read_frame(sock)

@@ -65,7 +65,7 @@ async fn customized_metadata(model: &ServedModel) -> ApiResult<Value> {
         headers: vec![("describe".into(), "True".into())],
         params: Vec::new(),
     };
-    let output = model.submit(request, false).await?;
+    let output = model.submit(request, false).await?.whole().await?;
     Ok(serde_json::from_slice(&output.body)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&output.body).into_owned())))
 }

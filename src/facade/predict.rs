@@ -1,7 +1,7 @@
 //! Predictions as the front doors ask for them. A model's answer is a stream of chunks, so
 //! that a protocol that streams (gRPC's server streams, chunked HTTP) renders it as it comes:
-//! today a handler answers once, so the stream holds one chunk; handlers that send partial
-//! results will add chunks to it without changing the front doors.
+//! one chunk for a handler that answers once, one per partial result and a last one for a
+//! handler that streams. Front doors that answer once get the chunks joined.
 
 use futures::stream::{self, BoxStream, StreamExt};
 
@@ -12,7 +12,8 @@ use crate::state::AppState;
 /// A model's answer, chunk by chunk; an error ends it.
 pub type Answers = BoxStream<'static, ApiResult<InferenceResponse>>;
 
-/// Runs `request` on the model `name` (its default version when `version` is None).
+/// Runs `request` on the model `name` (its default version when `version` is None); a streamed
+/// answer's chunks are joined.
 pub async fn model(
     state: &AppState,
     name: &str,
@@ -20,7 +21,11 @@ pub async fn model(
     request: InferenceRequest,
 ) -> ApiResult<InferenceResponse> {
     let model = state.registry.get(name, version)?;
-    model.submit(request, version.is_some()).await
+    model
+        .submit(request, version.is_some())
+        .await?
+        .whole()
+        .await
 }
 
 /// Runs `request` on the model `name` and answers chunk by chunk. An unknown model is
@@ -33,10 +38,17 @@ pub fn model_stream(
 ) -> ApiResult<Answers> {
     let model = state.registry.get(name, version)?;
     let version_named = version.is_some();
-    Ok(stream::once(async move { model.submit(request, version_named).await }).boxed())
+    let answer = async move { model.submit(request, version_named).await };
+    Ok(stream::once(answer)
+        .flat_map(|answer| match answer {
+            Ok(first) => first.chunks(),
+            Err(e) => stream::once(async { Err(e) }).boxed(),
+        })
+        .boxed())
 }
 
-/// Runs `request` through the workflow `name` (its default version when `version` is None).
+/// Runs `request` through the workflow `name` (its default version when `version` is None); a
+/// streaming leaf's chunks are joined.
 pub async fn workflow(
     state: &AppState,
     name: &str,
@@ -44,5 +56,8 @@ pub async fn workflow(
     request: InferenceRequest,
 ) -> ApiResult<InferenceResponse> {
     let workflow = state.workflows.get(name, version)?;
-    crate::workflow::execute(&workflow, request).await
+    crate::workflow::execute(&workflow, request)
+        .await?
+        .whole()
+        .await
 }

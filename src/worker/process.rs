@@ -116,6 +116,14 @@ impl WorkerProcess {
         }
     }
 
+    /// Reads one more frame of the reply to the last call (a streaming handler's chunks).
+    pub async fn receive(&mut self) -> std::io::Result<Frame> {
+        tokio::select! {
+            frame = read_frame(&mut self.stream) => frame,
+            () = ABORT.cancelled() => Err(aborted()),
+        }
+    }
+
     /// Closes the socket, lets the worker exit for a moment, then kills it.
     pub async fn stop(self) {
         let Self {

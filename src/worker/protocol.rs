@@ -80,6 +80,10 @@ pub enum FromWorker {
     Loaded {
         pid: Option<u32>,
     },
+    /// Partial results a streaming handler sent before its final `predicted`.
+    Intermediate {
+        responses: Vec<ResponseMeta>,
+    },
     Predicted {
         responses: Vec<ResponseMeta>,
     },
@@ -91,9 +95,11 @@ pub enum FromWorker {
     },
 }
 
-/// One handler output; `blob` indexes the frame's blobs.
+/// One handler output; `blob` indexes the frame's blobs. `index`, the request's place in the
+/// batch, is given in `intermediate` replies (in `predicted` the place is the position).
 #[derive(Debug, Deserialize)]
 pub struct ResponseMeta {
+    pub index: Option<usize>,
     pub status: Option<u16>,
     pub content_type: Option<String>,
     #[serde(default)]

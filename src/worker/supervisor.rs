@@ -8,16 +8,19 @@ use std::time::{Duration, Instant};
 
 use async_channel::Receiver;
 use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::batcher;
 use super::process::WorkerProcess;
-use super::protocol::{FromWorker, LoadMessage, ParamMeta, RequestMeta, SegmentNode, ToWorker};
+use super::protocol::{
+    FromWorker, LoadMessage, ParamMeta, RequestMeta, ResponseMeta, SegmentNode, ToWorker,
+};
 use super::status::{WorkerState, WorkerStatus};
 use crate::error::ApiError;
 use crate::gpu::ModelGpus;
-use crate::job::{InferenceResponse, Job};
+use crate::job::{InferenceRequest, InferenceResponse, Job, JobResult, MoreChunks};
 use crate::metrics::ModelMetrics;
 use crate::python_env::PythonEnv;
 
@@ -229,20 +232,32 @@ async fn serve(spec: &WorkerSpec, process: &mut WorkerProcess, cancel: &Cancella
         }
         let scheduled = Instant::now();
         spec.metrics.record_batch(batch.len());
-        let outcome = predict(spec, process, &batch).await;
+        let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
+        let batch: Vec<Batched> = batch
+            .into_iter()
+            .map(|job| {
+                answers.push(Answer::Reply(job.reply));
+                Batched {
+                    request: job.request,
+                    enqueued: job.enqueued,
+                    version_named: job.version_named,
+                }
+            })
+            .collect();
+        let outcome = predict(spec, process, &batch, &mut answers).await;
         let backend = scheduled.elapsed();
         match outcome {
             Ok(responses) => {
-                for (job, response) in batch.into_iter().zip(responses) {
+                for ((job, answer), response) in batch.iter().zip(answers).zip(responses) {
                     // As in TorchServe, only answered requests count their wait.
                     let waited = scheduled - job.enqueued;
                     spec.metrics.record_queue_wait(job.version_named, waited);
-                    job.finish(Ok(response));
+                    answer.finish(Ok(response));
                 }
             }
             Err(Failure::Handler(error)) => {
-                for job in batch {
-                    job.finish(Err(error.clone()));
+                for answer in answers {
+                    answer.finish(Err(error.clone()));
                 }
             }
             Err(Failure::Worker(message)) => {
@@ -250,8 +265,8 @@ async fn serve(spec: &WorkerSpec, process: &mut WorkerProcess, cancel: &Cancella
                     "Worker for model {} failed: {message}",
                     spec.model_name
                 ));
-                for job in batch {
-                    job.finish(Err(error.clone()));
+                for answer in answers {
+                    answer.finish(Err(error.clone()));
                 }
                 return Exit::Crashed(message);
             }
@@ -261,16 +276,69 @@ async fn serve(spec: &WorkerSpec, process: &mut WorkerProcess, cancel: &Cancella
     }
 }
 
+/// A job of the batch in flight, without its reply (which its [`Answer`] holds).
+struct Batched {
+    request: InferenceRequest,
+    enqueued: Instant,
+    version_named: bool,
+}
+
+/// Where a job's answer goes: its reply, until the handler sends a partial result; then the
+/// stream that the reply's first chunk opened.
+enum Answer {
+    Reply(oneshot::Sender<JobResult>),
+    Stream(mpsc::UnboundedSender<JobResult>),
+    Gone,
+}
+
+impl Answer {
+    /// Sends a partial result at once: the first opens the stream. A client that went away
+    /// drops it.
+    fn partial(&mut self, mut chunk: InferenceResponse) {
+        match std::mem::replace(self, Answer::Gone) {
+            Answer::Reply(reply) => {
+                let (more, rest) = MoreChunks::channel();
+                chunk.more = Some(rest);
+                if reply.send(Ok(chunk)).is_ok() {
+                    *self = Answer::Stream(more);
+                }
+            }
+            Answer::Stream(more) => {
+                if more.send(Ok(chunk)).is_ok() {
+                    *self = Answer::Stream(more);
+                }
+            }
+            Answer::Gone => {}
+        }
+    }
+
+    /// Sends the last chunk, or the only one.
+    fn finish(self, result: JobResult) {
+        match self {
+            Answer::Reply(reply) => {
+                let _ = reply.send(result);
+            }
+            Answer::Stream(more) => {
+                let _ = more.send(result);
+            }
+            Answer::Gone => {}
+        }
+    }
+}
+
 /// How a batch failed: the handler raised (the worker lives on) or the worker itself broke.
 enum Failure {
     Handler(ApiError),
     Worker(String),
 }
 
+/// Runs a batch: forwards each partial result to its job's answer as it comes, and returns the
+/// final responses. Each frame must come within the model's response timeout.
 async fn predict(
     spec: &WorkerSpec,
     process: &mut WorkerProcess,
-    batch: &[Job],
+    batch: &[Batched],
+    answers: &mut [Answer],
 ) -> Result<Vec<InferenceResponse>, Failure> {
     let mut blobs: Vec<&Bytes> = Vec::new();
     let requests: Vec<RequestMeta<'_>> = batch
@@ -297,58 +365,80 @@ async fn predict(
         requests,
         blobs: blobs.iter().map(|b| b.len()).collect(),
     };
-    let frame = tokio::time::timeout(spec.response_timeout, process.call(&message, &blobs))
-        .await
-        .map_err(|_| {
-            Failure::Worker(format!(
-                "no response within {}s",
-                spec.response_timeout.as_secs_f64()
-            ))
-        })?
-        .map_err(|e| Failure::Worker(format!("worker connection lost: {e}")))?;
+    let timed_out = |_| {
+        Failure::Worker(format!(
+            "no response within {}s",
+            spec.response_timeout.as_secs_f64()
+        ))
+    };
+    let lost = |e: std::io::Error| Failure::Worker(format!("worker connection lost: {e}"));
     let broken = |e: std::io::Error| Failure::Worker(format!("bad reply: {e}"));
-    match frame.message::<FromWorker>().map_err(broken)? {
-        FromWorker::Predicted { responses } => {
-            let bodies = frame.split_blobs().map_err(broken)?;
-            if responses.len() != batch.len() {
-                return Err(Failure::Handler(ApiError::internal(format!(
-                    "worker returned {} responses for a batch of {}",
-                    responses.len(),
-                    batch.len()
-                ))));
+    let mut frame = tokio::time::timeout(spec.response_timeout, process.call(&message, &blobs))
+        .await
+        .map_err(timed_out)?
+        .map_err(lost)?;
+    loop {
+        match frame.message::<FromWorker>().map_err(broken)? {
+            FromWorker::Intermediate { responses } => {
+                let bodies = frame.split_blobs().map_err(broken)?;
+                for (index, response) in responses.into_iter().enumerate() {
+                    let index = response.index.unwrap_or(index);
+                    let chunk = chunk(response, &bodies)?;
+                    if let Some(answer) = answers.get_mut(index) {
+                        answer.partial(chunk);
+                    }
+                }
             }
-            responses
-                .into_iter()
-                .map(|r| {
-                    let body = bodies.get(r.blob).cloned().ok_or_else(|| {
-                        Failure::Worker(format!("response blob {} missing", r.blob))
-                    })?;
-                    Ok(InferenceResponse {
-                        status: r.status.unwrap_or(200),
-                        content_type: r.content_type,
-                        headers: r.headers,
-                        body,
-                        trace: r.trace,
-                    })
-                })
-                .collect()
+            FromWorker::Predicted { responses } => {
+                let bodies = frame.split_blobs().map_err(broken)?;
+                if responses.len() != batch.len() {
+                    return Err(Failure::Handler(ApiError::internal(format!(
+                        "worker returned {} responses for a batch of {}",
+                        responses.len(),
+                        batch.len()
+                    ))));
+                }
+                return responses.into_iter().map(|r| chunk(r, &bodies)).collect();
+            }
+            FromWorker::Error {
+                status,
+                error_type,
+                message,
+            } => {
+                let code = status
+                    .and_then(|s| axum::http::StatusCode::from_u16(s).ok())
+                    .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+                let kind = match error_type.as_deref() {
+                    Some("PredictionException") => "PredictionException",
+                    _ => "InternalServerException",
+                };
+                return Err(Failure::Handler(ApiError::new(code, kind, message)));
+            }
+            FromWorker::Loaded { .. } => {
+                return Err(Failure::Worker("unexpected 'loaded' reply".into()))
+            }
         }
-        FromWorker::Error {
-            status,
-            error_type,
-            message,
-        } => {
-            let code = status
-                .and_then(|s| axum::http::StatusCode::from_u16(s).ok())
-                .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
-            let kind = match error_type.as_deref() {
-                Some("PredictionException") => "PredictionException",
-                _ => "InternalServerException",
-            };
-            Err(Failure::Handler(ApiError::new(code, kind, message)))
-        }
-        FromWorker::Loaded { .. } => Err(Failure::Worker("unexpected 'loaded' reply".into())),
+        frame = tokio::time::timeout(spec.response_timeout, process.receive())
+            .await
+            .map_err(timed_out)?
+            .map_err(lost)?;
     }
+}
+
+/// One handler output of a reply frame.
+fn chunk(response: ResponseMeta, bodies: &[Bytes]) -> Result<InferenceResponse, Failure> {
+    let body = bodies
+        .get(response.blob)
+        .cloned()
+        .ok_or_else(|| Failure::Worker(format!("response blob {} missing", response.blob)))?;
+    Ok(InferenceResponse {
+        status: response.status.unwrap_or(200),
+        content_type: response.content_type,
+        headers: response.headers,
+        body,
+        trace: response.trace,
+        more: None,
+    })
 }
 
 /// Answers every queued job with an error: no worker can serve them now.

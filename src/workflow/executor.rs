@@ -49,12 +49,19 @@ pub async fn run(
         };
         let headers = &headers;
         let callee = &stages[i];
+        // Only a single leaf streams: other stages' chunks are joined into the one body their
+        // children (or the merged answer) take.
+        let streams = plan.leaves == [i];
         let future = async move {
             let input = match own_input {
                 Some(input) => input,
                 None => stage_input(headers, parents).await?,
             };
-            callee.call(input).await
+            let output = callee.call(input).await?;
+            if streams || output.more.is_none() {
+                return Ok(output);
+            }
+            Ok(Arc::new(InferenceResponse::clone(&output).whole().await?))
         };
         futures.push(future.boxed().shared());
     }
@@ -116,6 +123,7 @@ fn merge_leaves<'a>(
         headers: Vec::new(),
         body: Bytes::from(Value::Object(merged).to_string()),
         trace: None,
+        more: None,
     }
 }
 
@@ -161,6 +169,7 @@ mod tests {
             headers: Vec::new(),
             body: Bytes::from(body.to_string()),
             trace: None,
+            more: None,
         }))
     }
 
