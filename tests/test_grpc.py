@@ -3,26 +3,24 @@ TorchServe's protos as its documentation says) and stubs of torchyard's workflow
 against one server with token authorization on, TorchServe's gRPC error codes, the model API
 gate, and TLS."""
 
-import importlib
 import json
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
 
+from support import grpc_stubs
 from support.archives import scale_mar, war
 from support.reference import REFERENCE
-from support.server import PYTHON, REPO
+from support.server import PYTHON
 
 grpc = pytest.importorskip("grpc")
 pytest.importorskip("grpc_tools")
 from google.protobuf import empty_pb2  # noqa: E402  (protobuf comes with grpcio-tools)
 
-TS_PROTOS = REFERENCE / "frontend" / "server" / "src" / "main" / "resources" / "proto"
 TS_CLIENT = REFERENCE / "ts_scripts" / "torchserve_grpc_client.py"
-pytestmark = pytest.mark.skipif(not TS_PROTOS.is_dir() or not TS_CLIENT.is_file(),
+pytestmark = pytest.mark.skipif(not grpc_stubs.TS_PROTOS.is_dir() or not TS_CLIENT.is_file(),
                                 reason="TorchServe's protos and client absent")
 
 #: A function node that hands each request's `data` to the model node after it.
@@ -36,17 +34,7 @@ def stubs(tmp_path_factory):
     """Python modules generated at test time: inference_pb2(_grpc) and management_pb2(_grpc)
     from TorchServe's protos, workflow_pb2(_grpc) from torchyard's."""
     out = tmp_path_factory.mktemp("stubs")
-    # google/rpc/status.proto, which inference.proto imports, ships with googleapis-common-protos.
-    site = sysconfig.get_paths()["purelib"]
-    for include, protos in ((TS_PROTOS, ["inference.proto", "management.proto"]),
-                            (REPO / "proto" / "torchyard", ["workflow.proto"])):
-        subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{include}", f"-I{site}",
-                        f"--python_out={out}", f"--grpc_python_out={out}", *protos],
-                       check=True, cwd=include)
-    sys.path.insert(0, str(out))
-    names = ("inference_pb2", "inference_pb2_grpc", "management_pb2", "management_pb2_grpc",
-             "workflow_pb2", "workflow_pb2_grpc")
-    yield out, {name: importlib.import_module(name) for name in names}
+    yield out, grpc_stubs.generate(out)
     sys.path.remove(str(out))
 
 
