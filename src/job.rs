@@ -110,3 +110,51 @@ impl Job {
         let _ = self.reply.send(result);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(body: &'static str) -> InferenceResponse {
+        InferenceResponse {
+            status: 200,
+            content_type: Some("text/plain".into()),
+            headers: Vec::new(),
+            body: Bytes::from_static(body.as_bytes()),
+            trace: None,
+            more: None,
+        }
+    }
+
+    /// A first chunk `a` followed by `rest`.
+    fn streamed(rest: Vec<JobResult>) -> InferenceResponse {
+        let (more, chunks) = MoreChunks::channel();
+        for item in rest {
+            more.send(item).unwrap();
+        }
+        InferenceResponse {
+            more: Some(chunks),
+            ..chunk("a")
+        }
+    }
+
+    #[tokio::test]
+    async fn whole_joins_the_chunks_and_fails_on_an_error() {
+        let joined = streamed(vec![Ok(chunk("b")), Ok(chunk("c"))]).whole().await;
+        assert_eq!(joined.unwrap().body, "abc");
+        let failed = streamed(vec![Ok(chunk("b")), Err(ApiError::internal("boom"))]);
+        assert_eq!(failed.whole().await.unwrap_err().message, "boom");
+        assert_eq!(chunk("x").whole().await.unwrap().body, "x");
+    }
+
+    #[tokio::test]
+    async fn chunks_are_the_first_then_the_rest() {
+        let bodies: Vec<Bytes> = streamed(vec![Ok(chunk("b"))])
+            .chunks()
+            .map(|c| c.unwrap().body)
+            .collect()
+            .await;
+        assert_eq!(bodies, ["a", "b"]);
+        assert_eq!(chunk("x").chunks().count().await, 1);
+    }
+}
