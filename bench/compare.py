@@ -55,8 +55,8 @@ PAR2 = "models:\n  batch-size: 1\n  max-workers: 2\n  a:\n    url: wf_a.mar\n" \
        "  b:\n    url: wf_b.mar\n" + PAR_DAG
 PAR2_NODES = ("pre", "a", "b", "agg")
 # Chains of no-op function nodes: (p50(chain8) - p50(chain1)) / 7 is the cost of one hop.
-CHAINS = {"chain1": "dag:\n  hop: []\n",
-          "chain8": "dag:\n" + "".join(f"  hop{i or ''}: [hop{i + 1}]\n" for i in range(7))}
+CHAINS = {"chain1": "models:\n  batch-size: 1\ndag:\n  hop: []\n",
+          "chain8": "models:\n  batch-size: 1\ndag:\n" + "".join(f"  hop{i or ''}: [hop{i + 1}]\n" for i in range(7))}
 SCENARIOS = [("model", "predictions/double", 1), ("model", "predictions/double", 16),
              ("seq4", "wfpredict/seq4", 1), ("seq4", "wfpredict/seq4", 16),
              ("parallel", "wfpredict/par", 16), ("parallel", "wfpredict/par", 64),
