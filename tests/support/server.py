@@ -1,6 +1,7 @@
 """Starting and stopping a real torchyard server for a test, on free loopback ports."""
 
 import os
+import random
 import resource
 import signal
 import socket
@@ -15,10 +16,33 @@ BINARY = Path(os.environ.get("TORCHYARD_BINARY", REPO / "target" / "release" / "
 PYTHON = Path(os.environ.get("TORCHYARD_TEST_PYTHON", REPO / ".venv" / "bin" / "python"))
 
 
+def _ephemeral_range() -> range:
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
+#: Ports the kernel never hands out on its own: a port picked from here cannot be taken by an
+#: outgoing connection (a worker, a client) between the pick and the server's bind.
+_QUIET_PORTS = [p for p in range(10000, 30000) if p not in _ephemeral_range()]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port that is free now, outside the kernel's ephemeral range."""
+    while True:
+        port = random.choice(_QUIET_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+
+
+class PortTaken(RuntimeError):
+    """The server could not bind a port that was free when it was picked."""
 
 
 #: What most tests run with, as TorchServe users do in development: no tokens, model API on.
@@ -38,9 +62,17 @@ class Server:
         self.workdir = workdir
         self.store = store
         self.log_path = workdir / "server.log"
-        ports = [free_port() for _ in range(5)]
+        self.properties = properties or {}
         #: The certificate to trust when the server speaks HTTPS, else True.
-        self.verify = (properties or {}).get("certificate_file", True)
+        self.verify = self.properties.get("certificate_file", True)
+        self._pick_ports()
+        self.args = [str(BINARY), "serve", "--model-store", str(store), "--config",
+                     str(workdir / "config.properties"), "--python", str(PYTHON), *args]
+        self.process = None
+
+    def _pick_ports(self):
+        """Chooses five free ports and writes config.properties with them."""
+        ports = [free_port() for _ in range(5)]
         scheme = "http" if self.verify is True else "https"
         self.inference, self.management, self.metrics = (
             f"{scheme}://127.0.0.1:{p}" for p in ports[:3])
@@ -52,22 +84,27 @@ class Server:
             "metrics_address": self.metrics,
             "grpc_inference_port": ports[3],
             "grpc_management_port": ports[4],
-            **(properties or {}),
+            **self.properties,
         }
         # config.properties is read as Java properties (as TorchServe does): a backslash, as in
         # an allowed_urls regex, is written doubled.
-        (workdir / "config.properties").write_text(
+        (self.workdir / "config.properties").write_text(
             "".join(f"{k}={str(v).replace(chr(92), chr(92) * 2)}\n" for k, v in config.items())
         )
-        self.args = [str(BINARY), "serve", "--model-store", str(store), "--config",
-                     str(workdir / "config.properties"), "--python", str(PYTHON), *args]
-        self.process = None
 
     def start(self, timeout=60.0, healthy=True):
         """Starts the server and waits until `/ping` answers Healthy (start-up models and
         workflows loaded, workers ready) or, with `healthy=False`, answers at all."""
         if not BINARY.exists():
             raise RuntimeError(f"{BINARY} is missing: run cargo build --release first")
+        for _ in range(3):
+            try:
+                return self._start(timeout, healthy)
+            except PortTaken:
+                self._pick_ports()
+        return self._start(timeout, healthy)
+
+    def _start(self, timeout, healthy):
         self.log = open(self.log_path, "ab")
         self.process = subprocess.Popen(self.args, cwd=self.workdir, stdout=self.log,
                                         stderr=subprocess.STDOUT,
@@ -76,7 +113,13 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"server exited at start:\n{self.log_text()}")
+                self.log.close()
+                log = self.log_text()
+                if "Address already in use" in log:
+                    # Another process on the machine bound a port between pick and bind.
+                    self.log_path.write_text("")
+                    raise PortTaken(log)
+                raise RuntimeError(f"server exited at start:\n{log}")
             if self.ping() in ((200,) if healthy else (200, 500)):
                 return self
             time.sleep(0.05)
