@@ -154,10 +154,16 @@ def wrk(url: str, connections: int, seconds: int) -> dict:
     socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     latency = re.search(r"^\s+Latency\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)\b", out, re.M)
     slowest = float(latency.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[latency.group(2)]
+    errors = (int(non_2xx.group(1)) if non_2xx else 0) \
+        + (sum(map(int, socket.groups())) if socket else 0)
+    completed = int(re.search(r"(\d+) requests in", out).group(1))
+    if completed == 0:
+        # Nothing came back within the run: the server stalled (TorchServe's DagExecutor does
+        # on chain8); the requests still in flight are the errors, and there is no latency.
+        return {"rps": 0.0, "p50": float("nan"), "p99": float("nan"), "max": float("nan"),
+                "errors": errors + connections, "stalled": True}
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "p50": ms("50%"), "p99": ms("99%"), "max": slowest,
-            "errors": (int(non_2xx.group(1)) if non_2xx else 0)
-            + (sum(map(int, socket.groups())) if socket else 0)}
+            "p50": ms("50%"), "p99": ms("99%"), "max": slowest, "errors": errors}
 
 
 def grpc_body(name: str) -> bytes:
@@ -290,17 +296,24 @@ def table(ts: dict, ty: dict) -> str:
             "|---|---|---|---|---|---|---|"]
 
     def latency(r):
+        if r.get("stalled"):
+            return "stalled: no answer"
         slowest = f"{r['max']:.0f}" if "max" in r else "n/a"
         return f"{r['p50']:.1f} / {r['p99']:.1f} / {slowest}"
 
+    def ratio(a, b):
+        if a.get("stalled") or not a["rps"]:
+            return "n/a (TorchServe stalled)"
+        return f"{b['rps'] / a['rps']:.1f}×"
+
     for label, _, c in SCENARIOS:
         a, b = ts[(label, c)], ty[(label, c)]
-        rows.append(f"| {label} c={c} | {a['rps']:.0f} | {b['rps']:.0f} | "
-                    f"{b['rps'] / max(a['rps'], 1e-9):.1f}× | {latency(a)} | {latency(b)} | "
-                    f"{a['errors']} / {b['errors']} |")
+        rows.append(f"| {label} c={c} | {a['rps']:.0f} | {b['rps']:.0f} | {ratio(a, b)} | "
+                    f"{latency(a)} | {latency(b)} | {a['errors']} / {b['errors']} |")
     hop = [(r[("chain8", 1)]["p50"] - r[("chain1", 1)]["p50"]) / 7 for r in (ts, ty)]
+    hop_ts = "stalled" if ts[("chain8", 1)].get("stalled") else f"{hop[0]:.3f} ms"
     rows.append(f"| per workflow hop, (p50 chain8 - p50 chain1) / 7, c=1 | | | | "
-                f"{hop[0]:.3f} ms | {hop[1]:.3f} ms | |")
+                f"{hop_ts} | {hop[1]:.3f} ms | |")
     rows.append(f"| frontend RSS | {ts['rss']:.0f} MiB | {ty['rss']:.0f} MiB | "
                 f"{ty['rss'] / ts['rss']:.2f}× | | | |")
     rows.append(f"| ready after start | {ts['ready_ms']:.0f} ms | {ty['ready_ms']:.0f} ms | | | | |")
@@ -322,7 +335,7 @@ def table(ts: dict, ty: dict) -> str:
         if in_torchserve:
             a = ts[(f"gRPC {label}", c)]
             rows.append(f"| {label} c={c} | {a['rps']:.0f} | {b['rps']:.0f} | "
-                        f"{b['rps'] / max(a['rps'], 1e-9):.1f}× | {latency(a)} | {latency(b)} "
+                        f"{ratio(a, b)} | {latency(a)} | {latency(b)} "
                         f"| {a['errors']} / {b['errors']} |")
         else:
             http = ty[(label, c)]
