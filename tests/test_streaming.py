@@ -17,7 +17,8 @@ from support.server import OPEN_FLAGS
 #: How long the handler sleeps after each partial result.
 GAP = 0.4
 
-#: Sends `n` partial results `tok{i} ` GAP apart, then returns `end` (or raises with `fail`).
+#: Sends `n` partial results `tok{i} ` GAP (or `gap`) apart, then returns `end` (or raises with
+#: `fail`).
 STREAMER = f"""
 import json
 import time
@@ -33,7 +34,7 @@ def handle(data, context):
     for i in range(ask["n"]):
         send_intermediate_predict_response([f"tok{{i}} "], context.request_ids,
                                            "Intermediate Prediction success", 200, context)
-        time.sleep({GAP})
+        time.sleep(ask.get("gap", {GAP}))
     if ask.get("fail"):
         raise ValueError("failed after the partial results")
     return ["end"]
@@ -73,6 +74,14 @@ def assert_spaced(chunks, n):
 
 def test_http_chunks_arrive_as_the_handler_sends_them(server):
     assert_spaced(stream(f"{server.inference}/predictions/streamer", {"n": 3}), 3)
+
+
+def test_chunks_sent_back_to_back_all_arrive(server):
+    # The worker's frames then reach the server's socket together: none may be lost or break
+    # the connection.
+    for _ in range(10):
+        chunks = stream(f"{server.inference}/predictions/streamer", {"n": 5, "gap": 0})
+        assert "".join(text for text, _ in chunks) == "tok0 tok1 tok2 tok3 tok4 end"
 
 
 def test_workflow_with_a_streaming_leaf_streams(server):

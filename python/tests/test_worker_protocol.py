@@ -63,6 +63,24 @@ def test_frames_built_by_hand(start_worker, model_dir):
     assert blobs == b"abchello"
 
 
+def test_predicts_sent_back_to_back_are_answered_in_order(start_worker, model_dir):
+    # The server sends the next batch while the worker runs one: frames arrive together.
+    (model_dir / "handler.py").write_text(ECHO)
+    worker = start_worker()
+    load = {"kind": "load", "model_name": "m", "model_version": "1", "model_dir": str(model_dir),
+            "handler": "handler.py", "manifest": {}, "batch_size": 1, "gpu_id": None,
+            "limit_max_image_pixels": True, "model_yaml_config": {},
+            "server_name": "torchyard", "server_version": "0.1.0"}
+    worker.sock.sendall(_hand_frame(load))
+    assert _hand_read(worker.sock)[0]["kind"] == "loaded"
+    texts = [f"request {i}".encode() for i in range(5)]
+    worker.sock.sendall(b"".join(_hand_frame(
+        {"kind": "predict", "blobs": [len(text)], "requests": [
+            {"id": str(i), "headers": [], "params": [{"name": "body", "blob": 0}]}]}, text)
+        for i, text in enumerate(texts)))
+    assert [_hand_read(worker.sock)[1] for _ in texts] == texts
+
+
 def test_five_megabyte_body_round_trip(loaded):
     worker = loaded(ECHO)
     payload = os.urandom(5 * 1024 * 1024)
@@ -133,3 +151,20 @@ def test_write_frame_survives_partial_sends():
         sender.join()
     assert header["blobs"] == [len(b) for b in blobs]
     assert received == blobs
+
+
+def test_frame_reader_keeps_what_follows_a_frame():
+    left, right = socket.socketpair()
+    with left, right:
+        blobs = [b"a", os.urandom(10000), b"", b"z" * 3]
+        for blob in blobs:  # all sent before the first read: one receive takes several frames
+            framing.write_frame(left, {"kind": "p"}, [blob])
+        left.shutdown(socket.SHUT_WR)
+        frames = framing.FrameReader(right)
+        assert [frames.read()[1] for _ in blobs] == [[b] for b in blobs]
+        with pytest.raises(EOFError):
+            frames.read()
+        with pytest.raises(framing.ProtocolError, match="after the end"):
+            framing.write_frame(right, {"kind": "q"})
+            framing.write_frame(right, {"kind": "q"})
+            framing.read_frame(left)

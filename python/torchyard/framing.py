@@ -32,7 +32,8 @@ def _recv_into(sock: socket.socket, view: memoryview, got: int) -> None:
 
 
 class _Frame:
-    """The bytes of one frame: those the first receive brought, then the socket's."""
+    """The bytes of one frame: those already received, then the socket's. What was received
+    past the frame's end stays in `first` after `pos`."""
 
     def __init__(self, sock: socket.socket, first: memoryview):
         self.sock, self.first, self.pos = sock, first, 0
@@ -46,28 +47,30 @@ class _Frame:
         _recv_into(self.sock, memoryview(buf), ready)
         return buf
 
+    def rest(self) -> memoryview:
+        return self.first[self.pos:]
 
-def read_frame(sock: socket.socket) -> Tuple[dict, List[bytearray]]:
-    """Reads one frame: (header dict, its blobs). The first receive asks for READ_AHEAD bytes
-    (the server sends one message and waits for the reply, so nothing of a later frame can be
-    among them); the rest of a larger blob is received straight into its own bytearray.
-    EOFError when the socket closes."""
-    ahead = bytearray(READ_AHEAD)
-    view = memoryview(ahead)
-    got = sock.recv_into(view)
-    if got == 0:
-        raise EOFError("socket closed")
-    while got < _PREFIX.size:
-        n = sock.recv_into(view[got:])
-        if n == 0:
-            raise EOFError("socket closed inside a frame")
-        got += n
-    total, header_len = _PREFIX.unpack_from(ahead)
+
+def _read(sock: socket.socket, rest: memoryview) -> Tuple[dict, List[bytearray], memoryview]:
+    """Reads one frame that may begin in `rest` (bytes already received): (header dict, its
+    blobs, the bytes received past its end). A receive asks for READ_AHEAD bytes, so a small
+    frame takes one system call; the rest of a larger blob is received straight into its own
+    bytearray. EOFError when the socket closes."""
+    got = len(rest)
+    if got < _PREFIX.size:
+        ahead = bytearray(READ_AHEAD)
+        ahead[:got] = rest
+        view = memoryview(ahead)
+        while got < _PREFIX.size:
+            n = sock.recv_into(view[got:])
+            if n == 0:
+                raise EOFError("socket closed" if got == 0 else "socket closed inside a frame")
+            got += n
+        rest = view[:got]
+    total, header_len = _PREFIX.unpack_from(rest)
     if not 4 <= total <= MAX_FRAME or header_len > total - 4:
         raise ProtocolError(f"bad frame lengths: frame {total}, header {header_len}")
-    if got > 4 + total:
-        raise ProtocolError("bytes after the end of a frame")
-    frame = _Frame(sock, view[_PREFIX.size:got])
+    frame = _Frame(sock, rest[_PREFIX.size:])
     try:
         header = json.loads(frame.take(header_len))
     except ValueError as exc:
@@ -81,7 +84,32 @@ def read_frame(sock: socket.socket) -> Tuple[dict, List[bytearray]]:
         raise ProtocolError(
             f"blob lengths add up to {sum(lengths)}, the frame holds {total - 4 - header_len}"
         )
-    return header, [frame.take(n) for n in lengths]
+    blobs = [frame.take(n) for n in lengths]
+    return header, blobs, frame.rest()
+
+
+def read_frame(sock: socket.socket) -> Tuple[dict, List[bytearray]]:
+    """Reads the one frame of a lock-step exchange (one message, one reply): (header dict, its
+    blobs). ProtocolError if more bytes than the frame came; EOFError when the socket closes."""
+    header, blobs, rest = _read(sock, memoryview(b""))
+    if rest:
+        raise ProtocolError("bytes after the end of a frame")
+    return header, blobs
+
+
+class FrameReader:
+    """Reads frames off a socket that may carry several back to back (the server sends the
+    next batch while the worker still runs one): bytes received past the end of one frame
+    stay for the next."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self._rest = memoryview(b"")
+
+    def read(self) -> Tuple[dict, List[bytearray]]:
+        """The next frame: (header dict, its blobs). EOFError when the socket closes."""
+        header, blobs, self._rest = _read(self.sock, self._rest)
+        return header, blobs
 
 
 def write_frame(sock: socket.socket, header: dict, blobs: Iterable[Any] = ()) -> None:

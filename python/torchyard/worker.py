@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from .codec import Blob, decode
 from .context import Context
-from .framing import ProtocolError, read_frame, write_frame
+from .framing import FrameReader, ProtocolError, write_frame
 from .handler_loader import Entry, load_entry_point
 from .replies import Reply, error_reply, exception_reply, outputs_problem, response_entry
 from .segment import Segment
@@ -125,9 +125,10 @@ class Worker:
 def serve(sock: socket.socket, worker: Worker) -> None:
     """Answers messages until the server closes the socket."""
     worker.send = lambda header, bodies: write_frame(sock, header, bodies)
+    frames = FrameReader(sock)
     while True:
         try:
-            msg, blobs = read_frame(sock)
+            msg, blobs = frames.read()
             header, bodies = worker.handle(msg, blobs)
             del msg, blobs  # free the request bodies before waiting for the next frame
             try:

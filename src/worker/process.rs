@@ -8,13 +8,14 @@ use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::forked::ForkedProcess;
-use super::protocol::{read_frame, write_frame, Frame};
+use super::protocol::{write_frame, Frame, FrameReader};
 use super::status::StartMode;
 use crate::python_env::PythonEnv;
 
@@ -24,7 +25,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(120);
 /// A running worker process connected to the server.
 pub struct WorkerProcess {
     process: Process,
-    stream: UnixStream,
+    frames: FrameReader<OwnedReadHalf>,
+    out: OwnedWriteHalf,
 }
 
 /// A worker's process, as the server holds it.
@@ -80,16 +82,22 @@ impl WorkerProcess {
                 forward_logs(Some(forked.stderr), label.to_string());
                 let mut process = Process::Forked(forked.process);
                 let stream = accept(listener, socket_path, process.exited()).await?;
-                return Ok(Self { process, stream });
+                return Ok(Self::connected(process, stream));
             }
         }
         let module = "torchyard.worker";
         let (child, stream) =
             spawn_connected(env, deps_dir, module, label, socket_path, work_dir).await?;
-        Ok(Self {
-            process: Process::Spawned(child),
-            stream,
-        })
+        Ok(Self::connected(Process::Spawned(child), stream))
+    }
+
+    fn connected(process: Process, stream: UnixStream) -> Self {
+        let (input, out) = stream.into_split();
+        Self {
+            process,
+            frames: FrameReader::new(input),
+            out,
+        }
     }
 
     /// Whether the process was forked or started fresh.
@@ -106,20 +114,27 @@ impl WorkerProcess {
         header: &impl serde::Serialize,
         blobs: &[&bytes::Bytes],
     ) -> std::io::Result<Frame> {
-        let call = async {
-            write_frame(&mut self.stream, header, blobs).await?;
-            read_frame(&mut self.stream).await
-        };
+        self.send(header, blobs).await?;
+        self.receive().await
+    }
+
+    /// Sends one message without waiting for a reply; fails at once after [`abort_all`].
+    pub async fn send(
+        &mut self,
+        header: &impl serde::Serialize,
+        blobs: &[&bytes::Bytes],
+    ) -> std::io::Result<()> {
         tokio::select! {
-            reply = call => reply,
+            sent = write_frame(&mut self.out, header, blobs) => sent,
             () = ABORT.cancelled() => Err(aborted()),
         }
     }
 
-    /// Reads one more frame of the reply to the last call (a streaming handler's chunks).
+    /// Reads the next frame from the worker: a reply, or a streaming handler's chunk. Cancel
+    /// safe: a frame partly read when the future is dropped is read on by the next call.
     pub async fn receive(&mut self) -> std::io::Result<Frame> {
         tokio::select! {
-            frame = read_frame(&mut self.stream) => frame,
+            frame = self.frames.next() => frame,
             () = ABORT.cancelled() => Err(aborted()),
         }
     }
@@ -128,9 +143,10 @@ impl WorkerProcess {
     pub async fn stop(self) {
         let Self {
             mut process,
-            stream,
+            frames,
+            out,
         } = self;
-        drop(stream);
+        drop((frames, out));
         if tokio::time::timeout(Duration::from_secs(5), process.exited())
             .await
             .is_err()

@@ -201,34 +201,65 @@ impl Frame {
     }
 }
 
-/// Reads one frame; `UnexpectedEof` when the peer closed the socket. The worker sends nothing
-/// but replies, one per message, so reading ahead never takes bytes of a later frame.
+/// Reads one frame off a lock-step exchange (one message, one reply): `UnexpectedEof` when
+/// the peer closed the socket, and an error if more bytes than the frame came.
 pub async fn read_frame<R: AsyncRead + Unpin>(input: &mut R) -> std::io::Result<Frame> {
-    let mut buf = BytesMut::with_capacity(READ_AHEAD);
-    while buf.len() < 4 {
-        if input.read_buf(&mut buf).await? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-    }
-    let total = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
-    if !(4..=MAX_FRAME).contains(&total) {
-        return Err(invalid(format!("bad frame length {total}")));
-    }
-    if buf.len() > 4 + total {
+    let mut reader = FrameReader::new(input);
+    let frame = reader.next().await?;
+    if !reader.buffer.is_empty() {
         return Err(invalid("bytes after the end of a frame".into()));
     }
-    let have = buf.len();
-    buf.resize(4 + total, 0);
-    input.read_exact(&mut buf[have..]).await?;
-    let mut buf = buf.freeze().split_off(4);
-    let header_len = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
-    if header_len > total - 4 {
-        return Err(invalid(format!("bad header length {header_len}")));
+    Ok(frame)
+}
+
+/// Reads frames off a stream that may carry several back to back (a streaming handler's
+/// chunks, a reply while the next batch is already sent): bytes read past the end of one
+/// frame stay for the next. [`FrameReader::next`] is cancel safe: what it has read stays in
+/// the reader when its future is dropped.
+pub struct FrameReader<R> {
+    input: R,
+    buffer: BytesMut,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(input: R) -> Self {
+        Self {
+            input,
+            buffer: BytesMut::new(),
+        }
     }
-    let rest = buf.split_off(4);
-    let mut header = rest;
-    let blobs = header.split_off(header_len);
-    Ok(Frame { header, blobs })
+
+    /// Reads the next frame; `UnexpectedEof` when the peer closed the socket.
+    pub async fn next(&mut self) -> std::io::Result<Frame> {
+        self.fill(4, READ_AHEAD).await?;
+        let total = u32::from_be_bytes(self.buffer[..4].try_into().expect("4 bytes")) as usize;
+        if !(4..=MAX_FRAME).contains(&total) {
+            return Err(invalid(format!("bad frame length {total}")));
+        }
+        self.fill(4 + total, 0).await?;
+        let mut buf = self.buffer.split_to(4 + total).freeze().split_off(4);
+        let header_len = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
+        if header_len > total - 4 {
+            return Err(invalid(format!("bad header length {header_len}")));
+        }
+        let mut header = buf.split_off(4);
+        let blobs = header.split_off(header_len);
+        Ok(Frame { header, blobs })
+    }
+
+    /// Reads until the buffer holds `len` bytes, asking for `ahead` more in a read when the
+    /// buffer has to grow anyway (a small frame then takes one system call).
+    async fn fill(&mut self, len: usize, ahead: usize) -> std::io::Result<()> {
+        if self.buffer.len() < len {
+            self.buffer.reserve(len.max(ahead) - self.buffer.len());
+        }
+        while self.buffer.len() < len {
+            if self.input.read_buf(&mut self.buffer).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        Ok(())
+    }
 }
 
 fn invalid(message: String) -> std::io::Error {
@@ -271,6 +302,29 @@ mod tests {
         let big = writer.await.unwrap();
         assert_eq!(first.split_blobs().unwrap(), [big]);
         assert_eq!(second.split_blobs().unwrap(), [Bytes::from_static(b"x")]);
+    }
+
+    #[tokio::test]
+    async fn a_frame_reader_keeps_bytes_of_the_next_frame() {
+        let (mut a, b) = tokio::io::duplex(1 << 16);
+        for text in ["one", "two", "three"] {
+            let blob = Bytes::from(text);
+            write_frame(
+                &mut a,
+                &serde_json::json!({"blobs": [blob.len()]}),
+                &[&blob],
+            )
+            .await
+            .unwrap();
+        }
+        drop(a);
+        let mut reader = FrameReader::new(b);
+        for text in ["one", "two", "three"] {
+            let frame = reader.next().await.unwrap();
+            assert_eq!(frame.split_blobs().unwrap(), [Bytes::from(text)]);
+        }
+        let end = reader.next().await.unwrap_err();
+        assert_eq!(end.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 
     #[tokio::test]
