@@ -1,6 +1,7 @@
 //! The task that owns one worker: starts the process, loads the handler, feeds it batches from
 //! the model's queue, and restarts it with backoff when it dies or hangs.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::batcher;
 use super::process::WorkerProcess;
 use super::protocol::{
-    FromWorker, LoadMessage, ParamMeta, RequestMeta, ResponseMeta, SegmentNode, ToWorker,
+    Frame, FromWorker, LoadMessage, ParamMeta, RequestMeta, ResponseMeta, SegmentNode, ToWorker,
 };
 use super::status::{WorkerState, WorkerStatus};
 use crate::error::ApiError;
@@ -213,66 +214,286 @@ async fn start(
     }
 }
 
-/// Feeds batches to a loaded worker until it is cancelled or breaks.
+/// Batches a worker holds at once: the next goes out while the worker still runs one, so it
+/// finds its next batch waiting when it finishes instead of a round trip through the server.
+const PIPELINE_DEPTH: usize = 2;
+
+/// A batch goes out ahead only up to this many bytes of request bodies: it then fits in the
+/// socket's buffer, so sending it never waits on the worker, which may be writing its reply.
+const SEND_AHEAD_LIMIT: usize = 64 * 1024;
+
+/// Feeds batches to a loaded worker until it is cancelled or breaks. While a batch runs, the
+/// next is sent ahead when it can be formed at once: with batch size 1, greedy batching
+/// (`max_batch_delay` 0), or a full batch already queued.
 async fn serve(spec: &WorkerSpec, process: &mut WorkerProcess, cancel: &CancellationToken) -> Exit {
+    let mut flights: VecDeque<Flight> = VecDeque::with_capacity(PIPELINE_DEPTH);
+    // A batch formed while another ran, too large to send ahead.
+    let mut held: Option<Vec<Job>> = None;
+    let mut queue_done = false;
+    let mut deadline = Instant::now();
     loop {
-        let first = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return Exit::Cancelled,
-            job = spec.queue.recv() => match job {
-                Ok(job) => job,
-                Err(_) => return Exit::Cancelled,
-            },
-        };
-        let mut batch =
-            batcher::collect(&spec.queue, first, spec.batch_size, spec.max_batch_delay).await;
-        batch.retain(|job| !job.reply.is_closed());
-        if batch.is_empty() {
-            continue;
-        }
-        let scheduled = Instant::now();
-        spec.metrics.record_batch(batch.len());
-        let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
-        let batch: Vec<Batched> = batch
-            .into_iter()
-            .map(|job| {
-                answers.push(Answer::Reply(job.reply));
-                Batched {
-                    request: job.request,
-                    enqueued: job.enqueued,
-                    version_named: job.version_named,
+        let stopping = cancel.is_cancelled() || queue_done;
+        if flights.is_empty() {
+            if let Some(batch) = held.take() {
+                deadline = Instant::now() + spec.response_timeout;
+                if let Err(message) = send(spec, process, batch, &mut flights).await {
+                    return crash(spec, flights, None, message);
                 }
-            })
-            .collect();
-        let outcome = predict(spec, process, &batch, &mut answers).await;
-        let backend = scheduled.elapsed();
+                continue;
+            }
+            if stopping {
+                return Exit::Cancelled;
+            }
+        }
+        let send_ahead = !stopping
+            && held.is_none()
+            && flights.len() < PIPELINE_DEPTH
+            && (flights.is_empty()
+                || spec.batch_size == 1
+                || spec.max_batch_delay.is_zero()
+                || spec.queue.len() >= spec.batch_size);
+        tokio::select! {
+            biased;
+            frame = process.receive(), if !flights.is_empty() => {
+                let frame = match frame {
+                    Ok(frame) => frame,
+                    Err(e) => {
+                        return crash(spec, flights, held, format!("worker connection lost: {e}"))
+                    }
+                };
+                deadline = Instant::now() + spec.response_timeout;
+                let head = flights.front_mut().expect("a batch in flight");
+                let Some(outcome) = head.take(frame) else { continue };
+                let head = flights.pop_front().expect("a batch in flight");
+                if let Err(message) = head.finish(spec, outcome) {
+                    return crash(spec, flights, held, message);
+                }
+            }
+            () = tokio::time::sleep_until(deadline.into()), if !flights.is_empty() => {
+                let message = format!(
+                    "no response within {}s",
+                    spec.response_timeout.as_secs_f64()
+                );
+                return crash(spec, flights, held, message);
+            }
+            () = cancel.cancelled(), if !stopping => {}
+            job = spec.queue.recv(), if send_ahead => {
+                let Ok(first) = job else {
+                    queue_done = true;
+                    continue;
+                };
+                let delay = if flights.is_empty() { spec.max_batch_delay } else { Duration::ZERO };
+                let mut batch = batcher::collect(&spec.queue, first, spec.batch_size, delay).await;
+                batch.retain(|job| !job.reply.is_closed());
+                if batch.is_empty() {
+                    continue;
+                }
+                if !flights.is_empty() && body_bytes(&batch) > SEND_AHEAD_LIMIT {
+                    held = Some(batch);
+                    continue;
+                }
+                if flights.is_empty() {
+                    deadline = Instant::now() + spec.response_timeout;
+                }
+                if let Err(message) = send(spec, process, batch, &mut flights).await {
+                    return crash(spec, flights, None, message);
+                }
+            }
+        }
+    }
+}
+
+/// Bytes of request bodies in a batch.
+fn body_bytes(batch: &[Job]) -> usize {
+    batch
+        .iter()
+        .flat_map(|job| &job.request.params)
+        .map(|param| param.value.len())
+        .sum()
+}
+
+/// Sends a batch to the worker and puts it in flight; the error says why the worker broke.
+async fn send(
+    spec: &WorkerSpec,
+    process: &mut WorkerProcess,
+    batch: Vec<Job>,
+    flights: &mut VecDeque<Flight>,
+) -> Result<(), String> {
+    spec.metrics.record_batch(batch.len());
+    let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
+    let batch: Vec<Batched> = batch
+        .into_iter()
+        .map(|job| {
+            answers.push(Answer::Reply(job.reply));
+            Batched {
+                request: job.request,
+                enqueued: job.enqueued,
+                version_named: job.version_named,
+            }
+        })
+        .collect();
+    flights.push_back(Flight {
+        batch,
+        answers,
+        scheduled: Instant::now(),
+    });
+    let flight = flights.back().expect("just pushed");
+    let mut blobs: Vec<&Bytes> = Vec::new();
+    let requests: Vec<RequestMeta<'_>> = flight
+        .batch
+        .iter()
+        .map(|job| RequestMeta {
+            id: &job.request.id,
+            headers: &job.request.headers,
+            params: job
+                .request
+                .params
+                .iter()
+                .map(|p| {
+                    blobs.push(&p.value);
+                    ParamMeta {
+                        name: &p.name,
+                        content_type: p.content_type.as_deref(),
+                        blob: blobs.len() - 1,
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    let message = ToWorker::Predict {
+        requests,
+        blobs: blobs.iter().map(|b| b.len()).collect(),
+    };
+    process
+        .send(&message, &blobs)
+        .await
+        .map_err(|e| format!("worker connection lost: {e}"))
+}
+
+/// Answers every batch in flight, and a batch formed but not sent, with the worker's failure.
+fn crash(
+    spec: &WorkerSpec,
+    flights: VecDeque<Flight>,
+    held: Option<Vec<Job>>,
+    message: String,
+) -> Exit {
+    let error = worker_failed(spec, &message);
+    for flight in flights {
+        for answer in flight.answers {
+            answer.finish(Err(error.clone()));
+        }
+    }
+    for job in held.into_iter().flatten() {
+        job.finish(Err(error.clone()));
+    }
+    Exit::Crashed(message)
+}
+
+/// The error a job gets when its worker broke.
+fn worker_failed(spec: &WorkerSpec, message: &str) -> ApiError {
+    ApiError::internal(format!(
+        "Worker for model {} failed: {message}",
+        spec.model_name
+    ))
+}
+
+/// A batch sent to the worker whose reply has not all come.
+struct Flight {
+    batch: Vec<Batched>,
+    answers: Vec<Answer>,
+    /// When the batch was sent.
+    scheduled: Instant,
+}
+
+impl Flight {
+    /// Takes in one frame of the reply: forwards a streaming handler's chunks to their jobs
+    /// and returns `None` until the final frame, whose outcome it returns.
+    fn take(&mut self, frame: Frame) -> Option<Result<Vec<InferenceResponse>, Failure>> {
+        let broken = |e: std::io::Error| Failure::Worker(format!("bad reply: {e}"));
+        let message = match frame.message::<FromWorker>() {
+            Ok(message) => message,
+            Err(e) => return Some(Err(broken(e))),
+        };
+        let outcome = match message {
+            FromWorker::Intermediate { responses } => {
+                let bodies = match frame.split_blobs() {
+                    Ok(bodies) => bodies,
+                    Err(e) => return Some(Err(broken(e))),
+                };
+                for (index, response) in responses.into_iter().enumerate() {
+                    let index = response.index.unwrap_or(index);
+                    let chunk = match chunk(response, &bodies) {
+                        Ok(chunk) => chunk,
+                        Err(failure) => return Some(Err(failure)),
+                    };
+                    if let Some(answer) = self.answers.get_mut(index) {
+                        answer.partial(chunk);
+                    }
+                }
+                return None;
+            }
+            FromWorker::Predicted { responses } => match frame.split_blobs() {
+                Err(e) => Err(broken(e)),
+                Ok(_) if responses.len() != self.batch.len() => {
+                    Err(Failure::Handler(ApiError::internal(format!(
+                        "worker returned {} responses for a batch of {}",
+                        responses.len(),
+                        self.batch.len()
+                    ))))
+                }
+                Ok(bodies) => responses.into_iter().map(|r| chunk(r, &bodies)).collect(),
+            },
+            FromWorker::Error {
+                status,
+                error_type,
+                message,
+            } => {
+                let code = status
+                    .and_then(|s| axum::http::StatusCode::from_u16(s).ok())
+                    .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+                let kind = match error_type.as_deref() {
+                    Some("PredictionException") => "PredictionException",
+                    _ => "InternalServerException",
+                };
+                Err(Failure::Handler(ApiError::new(code, kind, message)))
+            }
+            FromWorker::Loaded { .. } => Err(Failure::Worker("unexpected 'loaded' reply".into())),
+        };
+        Some(outcome)
+    }
+
+    /// Answers the batch's jobs with its outcome; `Err` with the reason when the worker broke.
+    fn finish(
+        self,
+        spec: &WorkerSpec,
+        outcome: Result<Vec<InferenceResponse>, Failure>,
+    ) -> Result<(), String> {
+        let answering = Instant::now();
         match outcome {
             Ok(responses) => {
-                for ((job, answer), response) in batch.iter().zip(answers).zip(responses) {
+                for ((job, answer), response) in self.batch.iter().zip(self.answers).zip(responses)
+                {
                     // As in TorchServe, only answered requests count their wait.
-                    let waited = scheduled - job.enqueued;
+                    let waited = self.scheduled - job.enqueued;
                     spec.metrics.record_queue_wait(job.version_named, waited);
                     answer.finish(Ok(response));
                 }
             }
             Err(Failure::Handler(error)) => {
-                for answer in answers {
+                for answer in self.answers {
                     answer.finish(Err(error.clone()));
                 }
             }
             Err(Failure::Worker(message)) => {
-                let error = ApiError::internal(format!(
-                    "Worker for model {} failed: {message}",
-                    spec.model_name
-                ));
-                for answer in answers {
+                let error = worker_failed(spec, &message);
+                for answer in self.answers {
                     answer.finish(Err(error.clone()));
                 }
-                return Exit::Crashed(message);
+                return Err(message);
             }
         }
-        spec.metrics
-            .record_worker_thread(scheduled.elapsed().saturating_sub(backend));
+        spec.metrics.record_worker_thread(answering.elapsed());
+        Ok(())
     }
 }
 
@@ -330,99 +551,6 @@ impl Answer {
 enum Failure {
     Handler(ApiError),
     Worker(String),
-}
-
-/// Runs a batch: forwards each partial result to its job's answer as it comes, and returns the
-/// final responses. Each frame must come within the model's response timeout.
-async fn predict(
-    spec: &WorkerSpec,
-    process: &mut WorkerProcess,
-    batch: &[Batched],
-    answers: &mut [Answer],
-) -> Result<Vec<InferenceResponse>, Failure> {
-    let mut blobs: Vec<&Bytes> = Vec::new();
-    let requests: Vec<RequestMeta<'_>> = batch
-        .iter()
-        .map(|job| RequestMeta {
-            id: &job.request.id,
-            headers: &job.request.headers,
-            params: job
-                .request
-                .params
-                .iter()
-                .map(|p| {
-                    blobs.push(&p.value);
-                    ParamMeta {
-                        name: &p.name,
-                        content_type: p.content_type.as_deref(),
-                        blob: blobs.len() - 1,
-                    }
-                })
-                .collect(),
-        })
-        .collect();
-    let message = ToWorker::Predict {
-        requests,
-        blobs: blobs.iter().map(|b| b.len()).collect(),
-    };
-    let timed_out = |_| {
-        Failure::Worker(format!(
-            "no response within {}s",
-            spec.response_timeout.as_secs_f64()
-        ))
-    };
-    let lost = |e: std::io::Error| Failure::Worker(format!("worker connection lost: {e}"));
-    let broken = |e: std::io::Error| Failure::Worker(format!("bad reply: {e}"));
-    let mut frame = tokio::time::timeout(spec.response_timeout, process.call(&message, &blobs))
-        .await
-        .map_err(timed_out)?
-        .map_err(lost)?;
-    loop {
-        match frame.message::<FromWorker>().map_err(broken)? {
-            FromWorker::Intermediate { responses } => {
-                let bodies = frame.split_blobs().map_err(broken)?;
-                for (index, response) in responses.into_iter().enumerate() {
-                    let index = response.index.unwrap_or(index);
-                    let chunk = chunk(response, &bodies)?;
-                    if let Some(answer) = answers.get_mut(index) {
-                        answer.partial(chunk);
-                    }
-                }
-            }
-            FromWorker::Predicted { responses } => {
-                let bodies = frame.split_blobs().map_err(broken)?;
-                if responses.len() != batch.len() {
-                    return Err(Failure::Handler(ApiError::internal(format!(
-                        "worker returned {} responses for a batch of {}",
-                        responses.len(),
-                        batch.len()
-                    ))));
-                }
-                return responses.into_iter().map(|r| chunk(r, &bodies)).collect();
-            }
-            FromWorker::Error {
-                status,
-                error_type,
-                message,
-            } => {
-                let code = status
-                    .and_then(|s| axum::http::StatusCode::from_u16(s).ok())
-                    .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
-                let kind = match error_type.as_deref() {
-                    Some("PredictionException") => "PredictionException",
-                    _ => "InternalServerException",
-                };
-                return Err(Failure::Handler(ApiError::new(code, kind, message)));
-            }
-            FromWorker::Loaded { .. } => {
-                return Err(Failure::Worker("unexpected 'loaded' reply".into()))
-            }
-        }
-        frame = tokio::time::timeout(spec.response_timeout, process.receive())
-            .await
-            .map_err(timed_out)?
-            .map_err(lost)?;
-    }
 }
 
 /// One handler output of a reply frame.
