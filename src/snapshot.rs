@@ -287,7 +287,9 @@ fn capture(state: &AppState) -> Snapshot {
                 .iter()
                 .zip(&w.nodes)
                 .filter(|(_, served)| served.owned)
-                .map(|(n, served)| (n.name.clone(), served.model.worker_bounds()))
+                .filter_map(|(n, served)| {
+                    Some((n.name.clone(), served.runner.model()?.worker_bounds()))
+                })
                 .collect(),
         })
         .collect();

@@ -2,13 +2,29 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use super::spec::WorkflowSpec;
+use super::route::Router;
+use super::spec::{ModelSource, WorkflowSpec};
 
 /// What runs at a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeKind {
+    /// A model of the `models` section served here (`url:` or `model:`).
     Model,
+    /// A function of the handler file.
     Function,
+    /// A model served by another server (`remote:`), called over HTTP(S).
+    Remote,
+}
+
+impl NodeKind {
+    /// How describe (and pictures) name the kind.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Model => "model",
+            Self::Function => "function",
+            Self::Remote => "remote",
+        }
+    }
 }
 
 /// One node with its neighbours (indices into [`Dag::nodes`]).
@@ -18,6 +34,9 @@ pub struct Node {
     pub kind: NodeKind,
     pub parents: Vec<usize>,
     pub children: Vec<usize>,
+    /// How the node chooses which children run per request (its `routes:` entry); None:
+    /// all of them.
+    pub route: Option<Router>,
 }
 
 /// A validated DAG with one entry node.
@@ -39,8 +58,11 @@ impl Dag {
             if let Some(&i) = index.get(name) {
                 return Ok(i);
             }
-            let kind = if spec.models.contains_key(name) {
-                NodeKind::Model
+            let kind = if let Some(model) = spec.models.get(name) {
+                match model.source {
+                    ModelSource::Remote(_) => NodeKind::Remote,
+                    _ => NodeKind::Model,
+                }
             } else if functions.contains(name) {
                 NodeKind::Function
             } else {
@@ -53,6 +75,7 @@ impl Dag {
                 kind,
                 parents: Vec::new(),
                 children: Vec::new(),
+                route: None,
             });
             index.insert(name.to_string(), nodes.len() - 1);
             Ok(nodes.len() - 1)
@@ -69,6 +92,17 @@ impl Dag {
                     nodes[to].parents.push(from);
                 }
             }
+        }
+        for (node, route) in &spec.routes {
+            let &at = index
+                .get(node)
+                .ok_or_else(|| format!("routes.{node}: {node:?} is not a node of the dag"))?;
+            let children: Vec<(&str, usize)> = nodes[at]
+                .children
+                .iter()
+                .map(|&c| (nodes[c].name.as_str(), c))
+                .collect();
+            nodes[at].route = Some(Router::resolve(node, route, &children)?);
         }
         let order = topological_order(&nodes)?;
         let roots: Vec<usize> = (0..nodes.len())
@@ -164,5 +198,26 @@ mod tests {
         assert!(two.unwrap_err().contains("exactly one entry node"));
         let own = dag(&format!("{MODELS}dag:\n  m1: [m1]\n"), &[]);
         assert!(own.unwrap_err().contains("feeds itself"));
+    }
+
+    #[test]
+    fn remote_models_and_routes_attach_to_their_nodes() {
+        let spec = "models:\n  r:\n    remote: https://gpu:8443/v2/models/r/infer\n    token-env: T\n\
+                    dag:\n  pre: [r, post]\n  r: [post]\nroutes:\n  pre:\n    cases: {big: r, small: post}\n";
+        let d = dag(spec, &["pre", "post"]).unwrap();
+        let at = |n: &str| d.nodes.iter().position(|x| x.name == n).unwrap();
+        assert_eq!(d.nodes[at("r")].kind, NodeKind::Remote);
+        assert_eq!(NodeKind::Remote.label(), "remote");
+        let route = d.nodes[at("pre")].route.as_ref().unwrap();
+        assert_eq!(route.choose(b"big").unwrap(), [at("r")]);
+        assert!(d.nodes[at("r")].route.is_none());
+        let ghost = spec.replace("routes:\n  pre:", "routes:\n  ghost:");
+        assert!(dag(&ghost, &["pre", "post"])
+            .unwrap_err()
+            .contains("routes.ghost: \"ghost\" is not a node"));
+        let leaf = spec.replace("routes:\n  pre:", "routes:\n  post:");
+        assert!(dag(&leaf, &["pre", "post"])
+            .unwrap_err()
+            .contains("at least two children"));
     }
 }

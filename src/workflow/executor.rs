@@ -1,7 +1,8 @@
 //! Running one request through a workflow's stages on the async runtime: every stage starts
-//! as soon as its parents have answered, so independent branches run concurrently. The first
-//! failure fails the request and abandons the other branches, as does dropping the request
-//! (the client went away).
+//! as soon as its parents have answered, so independent branches run concurrently. A routed
+//! stage's output chooses which children run; a stage none of whose parents chose it is
+//! skipped, and so are the stages only it feeds. The first failure fails the request and
+//! abandons the other branches, as does dropping the request (the client went away).
 
 use std::sync::Arc;
 
@@ -11,11 +12,15 @@ use serde_json::{Map, Value};
 
 use super::plan::Plan;
 use super::served_workflow::Workflow;
-use super::stage::{Stage, StageResult};
-use crate::error::ApiResult;
+use super::stage::Stage;
+use crate::error::{ApiError, ApiResult};
 use crate::job::{InferenceRequest, InferenceResponse, Param};
 
-type StageFuture<'a> = Shared<futures::future::BoxFuture<'a, StageResult>>;
+/// What a stage did: None when it was skipped; else its output and the child stages it
+/// chose (None: all of them).
+type Ran = Option<(Arc<InferenceResponse>, Option<Arc<[usize]>>)>;
+
+type StageFuture<'a> = Shared<futures::future::BoxFuture<'a, ApiResult<Ran>>>;
 
 /// Runs `request` through `workflow` and returns the leaf's output (an object keyed by leaf
 /// name when there are several leaves).
@@ -55,58 +60,79 @@ pub async fn run(
         let future = async move {
             let input = match own_input {
                 Some(input) => input,
-                None => stage_input(headers, parents).await?,
+                None => match stage_input(i, headers, parents).await? {
+                    Some(input) => input,
+                    None => return Ok(None),
+                },
             };
-            let output = callee.call(input).await?;
-            if streams || output.more.is_none() {
-                return Ok(output);
+            let mut output = callee.call(input).await?;
+            if !streams && output.more.is_some() {
+                output = Arc::new(InferenceResponse::clone(&output).whole().await?);
             }
-            Ok(Arc::new(InferenceResponse::clone(&output).whole().await?))
+            let chosen = match &stage.route {
+                None => None,
+                Some(router) => Some(Arc::from(router.choose(&output.body).map_err(|why| {
+                    ApiError::internal(format!(
+                        "Workflow node {:?} could not be routed: {why}",
+                        stage.name
+                    ))
+                })?)),
+            };
+            Ok(Some((output, chosen)))
         };
         futures.push(future.boxed().shared());
     }
     let leaves = plan.leaves.iter().map(|&l| futures[l].clone());
     let outputs = try_join_all(leaves).await?;
-    if let [single] = outputs.as_slice() {
-        return Ok(InferenceResponse::clone(single));
+    let ran: Vec<(&str, &Arc<InferenceResponse>)> = plan
+        .leaves
+        .iter()
+        .zip(&outputs)
+        .filter_map(|(&l, out)| Some((plan.stages[l].name.as_str(), &out.as_ref()?.0)))
+        .collect();
+    match ran.as_slice() {
+        [(_, single)] if plan.leaves.len() == 1 => Ok(InferenceResponse::clone(single)),
+        // Every stage that runs chooses at least one child, so some leaf always runs.
+        [] => Err(ApiError::internal("no leaf of the workflow ran")),
+        _ => Ok(merge_leaves(ran)),
     }
-    let names = plan.leaves.iter().map(|&l| plan.stages[l].name.as_str());
-    Ok(merge_leaves(names, &outputs))
 }
 
-/// The input of a non-entry stage: the parent's output as `body`, or one field per parent
-/// named after it.
+/// The input of non-entry stage `i`: the parent's output as `body`, or one field per parent
+/// that ran and chose it, named after the parent; None when no parent chose it.
 async fn stage_input(
+    i: usize,
     headers: &[(String, String)],
     parents: Vec<(&str, StageFuture<'_>)>,
-) -> ApiResult<InferenceRequest> {
+) -> ApiResult<Option<InferenceRequest>> {
     let single = parents.len() == 1;
     let (names, outputs): (Vec<&str>, Vec<_>) = parents.into_iter().unzip();
     let outputs = try_join_all(outputs).await?;
-    let params = names
+    let params: Vec<Param> = names
         .into_iter()
         .zip(outputs)
-        .map(|(name, output)| Param {
-            name: if single { "body" } else { name }.to_string(),
-            content_type: None,
-            value: output.body.clone(),
+        .filter_map(|(name, ran)| {
+            let (output, chosen) = ran?;
+            let chose_me = chosen.is_none_or(|c| c.contains(&i));
+            chose_me.then(|| Param {
+                name: if single { "body" } else { name }.to_string(),
+                content_type: None,
+                value: output.body.clone(),
+            })
         })
         .collect();
-    Ok(InferenceRequest {
+    Ok((!params.is_empty()).then(|| InferenceRequest {
         id: String::new(),
         headers: headers.to_vec(),
         params,
-    })
+    }))
 }
 
 /// Several leaves answer one JSON object keyed by leaf name; a JSON output is embedded as
 /// JSON, anything else as a string.
-fn merge_leaves<'a>(
-    names: impl Iterator<Item = &'a str>,
-    outputs: &[Arc<InferenceResponse>],
-) -> InferenceResponse {
+fn merge_leaves(outputs: Vec<(&str, &Arc<InferenceResponse>)>) -> InferenceResponse {
     let mut merged = Map::new();
-    for (name, output) in names.zip(outputs) {
+    for (name, output) in outputs {
         let is_json = output
             .content_type
             .as_deref()
@@ -140,6 +166,7 @@ mod tests {
     use crate::error::ApiError;
     use crate::workflow::dag::Dag;
     use crate::workflow::spec::WorkflowSpec;
+    use crate::workflow::stage::StageResult;
 
     /// What a fake stage does with its input.
     type Behaviour =
@@ -345,5 +372,66 @@ mod tests {
         let error = run(&s.plan, &s.stages, request("1")).await.unwrap_err();
         assert_eq!(error.status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(s.called(), ["pre"]);
+    }
+
+    /// Answers its request's `data` field, so the request names the route.
+    fn pass(_: &str) -> Behaviour {
+        Box::new(|input: &InferenceRequest| {
+            let text = String::from_utf8_lossy(&input.params[0].value).into_owned();
+            async move { output(&text, false) }.boxed()
+        })
+    }
+
+    const ROUTED: &str = "  pre: [a, b, agg]\n  a: [c]\n  c: [agg]\n  b: [agg]\n\
+                          routes:\n  pre:\n    cases: {left: a, right: b, both: [a, b]}\n    default: agg\n";
+
+    #[tokio::test(start_paused = true)]
+    async fn a_route_runs_the_chosen_children_and_fan_in_gets_only_what_ran() {
+        let s = setup(ROUTED, |n| if n == "pre" { pass(n) } else { echo(n, 0) });
+        let answer = run(&s.plan, &s.stages, request("left")).await.unwrap();
+        // a and c are fused into one stage named c.
+        assert_eq!(answer.body, "agg(c=c(body=left))");
+        assert_eq!(s.called(), ["pre", "c", "agg"], "b is skipped");
+        let answer = run(&s.plan, &s.stages, request("both")).await.unwrap();
+        assert_eq!(answer.body, "agg(c=c(body=both),b=b(body=both))");
+        let answer = run(&s.plan, &s.stages, request("other")).await.unwrap();
+        assert_eq!(
+            answer.body, "agg(pre=other)",
+            "the default skips a, c and b"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_output_that_matches_no_case_fails_naming_the_node() {
+        let routes = "  pre: [a, b]\nroutes:\n  pre:\n    cases: {left: a, right: b}\n";
+        let s = setup(routes, |n| if n == "pre" { pass(n) } else { echo(n, 0) });
+        let error = run(&s.plan, &s.stages, request("up")).await.unwrap_err();
+        assert_eq!(error.status, axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            error.message,
+            "Workflow node \"pre\" could not be routed: its output names route \"up\", which matches no case, and the route has no default"
+        );
+        // Several leaves answer the ones that ran.
+        let answer = run(&s.plan, &s.stages, request("right")).await.unwrap();
+        let value: Value = serde_json::from_slice(&answer.body).unwrap();
+        assert_eq!(value, serde_json::json!({"b": "b(body=right)"}));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_seeded_split_shares_requests_reproducibly() {
+        let split = "  pre: [a, b]\n  a: [post]\n  b: [post]\nroutes:\n  pre:\n    split: {a: 3, b: 1}\n    seed: 11\n";
+        let mut runs = Vec::new();
+        for _ in 0..2 {
+            let s = setup(split, |n| echo(n, 0));
+            let mut answers = Vec::new();
+            for _ in 0..400 {
+                let answer = run(&s.plan, &s.stages, request("1")).await.unwrap();
+                answers.push(answer.body.starts_with(b"post(a="));
+            }
+            runs.push(answers);
+        }
+        assert_eq!(runs[0], runs[1], "the same seed, the same choices");
+        let to_a = runs[0].iter().filter(|&&a| a).count();
+        assert!((270..330).contains(&to_a), "{to_a} of 400 went to a");
     }
 }

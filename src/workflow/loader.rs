@@ -12,7 +12,8 @@ use super::archive::WorkflowArchive;
 use super::dag::{Dag, Node, NodeKind};
 use super::handler_scan::top_level_names;
 use super::plan::Plan;
-use super::served_workflow::{node_model_name, Workflow, WorkflowNode};
+use super::remote::{RemoteNode, RemoteTarget};
+use super::served_workflow::{node_model_name, Runner, Workflow, WorkflowNode};
 use super::spec::{ModelSource, NodeProps};
 use super::stage::{FusedFunctions, ModelNode, Stage};
 use crate::error::{ApiError, ApiResult};
@@ -112,6 +113,15 @@ async fn build(
     let dag = Dag::build(spec, &top_level_names(&archive.handler_source))
         .map_err(|e| ApiError::bad_request(format!("Invalid workflow specification: {e}")))?;
     let plan = Plan::new(&dag);
+    let mut remotes = Vec::with_capacity(dag.nodes.len());
+    for node in &dag.nodes {
+        remotes.push(match spec.models.get(&node.name).map(|m| &m.source) {
+            Some(ModelSource::Remote(remote)) => Some(Arc::new(
+                RemoteTarget::resolve(state, &node.name, remote, &archive.dir).await?,
+            )),
+            _ => None,
+        });
+    }
     let props: Vec<NodeProps> = dag
         .nodes
         .iter()
@@ -127,7 +137,8 @@ async fn build(
             .iter()
             .map(|&i| (&dag.nodes[i], &props[i]))
             .collect();
-        start_stage(state, (&name, &version), &archive, nodes)
+        let remote = remotes[stage.nodes[0]].clone();
+        start_stage(state, (&name, &version), &archive, nodes, remote)
     });
     let mut started = Vec::with_capacity(plan.stages.len());
     let mut failures = Vec::new();
@@ -150,7 +161,7 @@ async fn build(
         .zip(props)
         .zip(&plan.stage_of)
         .map(|((node, props), &stage)| WorkflowNode {
-            model: started[stage].model.clone(),
+            runner: started[stage].runner.clone(),
             owned: started[stage].owned,
             props,
             metrics: Arc::new(state.metrics.for_node(NodeLabels {
@@ -180,9 +191,9 @@ async fn build(
     })
 }
 
-/// The model a stage runs on, and whether the workflow started it.
+/// What runs a stage, and whether the workflow started it.
 struct StageModel {
-    model: Arc<ServedModel>,
+    runner: Runner,
     owned: bool,
 }
 
@@ -193,7 +204,14 @@ async fn start_stage(
     (workflow, version): (&str, &str),
     archive: &WorkflowArchive,
     nodes: Vec<(&Node, &NodeProps)>,
+    remote: Option<Arc<RemoteTarget>>,
 ) -> ApiResult<StageModel> {
+    if let Some(target) = remote {
+        return Ok(StageModel {
+            runner: Runner::Remote(target),
+            owned: false,
+        });
+    }
     let (first, props) = nodes[0];
     let model_name = node_model_name(workflow, &first.name);
     let source = archive.spec.models.get(&first.name).map(|m| &m.source);
@@ -207,7 +225,7 @@ async fn start_stage(
                 .get(shared, None)
                 .map_err(|e| node_failed(&model_name, e))?;
             return Ok(StageModel {
-                model,
+                runner: Runner::Model(model),
                 owned: false,
             });
         }
@@ -237,7 +255,10 @@ async fn start_stage(
     };
     def.workflow = Some(workflow.to_string());
     let model = state.start_model(def, true).await?;
-    Ok(StageModel { model, owned: true })
+    Ok(StageModel {
+        runner: Runner::Model(model),
+        owned: true,
+    })
 }
 
 /// How long one call of a stage may take: every try of every node.
@@ -250,17 +271,29 @@ fn stage_budget<'a>(props: impl Iterator<Item = &'a NodeProps>) -> Duration {
 /// What the executor calls for the stage of `indices`.
 fn stage_caller(dag: &Dag, nodes: &[WorkflowNode], indices: &[usize]) -> Box<dyn Stage> {
     let first = &nodes[indices[0]];
+    let name = dag.nodes[indices[0]].name.clone();
+    let model = match &first.runner {
+        Runner::Remote(target) => {
+            return Box::new(RemoteNode {
+                name,
+                target: target.clone(),
+                props: first.props.clone(),
+                metrics: first.metrics.clone(),
+            })
+        }
+        Runner::Model(model) => model.clone(),
+    };
     if dag.nodes[indices[0]].kind == NodeKind::Model {
         return Box::new(ModelNode {
-            name: dag.nodes[indices[0]].name.clone(),
-            model: first.model.clone(),
+            name,
+            model,
             props: first.props.clone(),
             metrics: first.metrics.clone(),
         });
     }
     Box::new(FusedFunctions {
         names: indices.iter().map(|&i| dag.nodes[i].name.clone()).collect(),
-        model: first.model.clone(),
+        model,
         metrics: indices.iter().map(|&i| nodes[i].metrics.clone()).collect(),
         attempts: first.props.retry_attempts + 1,
         budget: stage_budget(indices.iter().map(|&i| &nodes[i].props)),
@@ -324,9 +357,9 @@ fn segment_definition(
 /// Unregisters the models a workflow started (each once, however many nodes it runs).
 async fn stop_models(state: &AppState, models: impl Iterator<Item = &StageModel>) {
     let mut owned: Vec<&Arc<ServedModel>> = Vec::new();
-    for m in models.filter(|m| m.owned) {
-        if !owned.iter().any(|o| Arc::ptr_eq(o, &m.model)) {
-            owned.push(&m.model);
+    for model in models.filter(|m| m.owned).filter_map(|m| m.runner.model()) {
+        if !owned.iter().any(|o| Arc::ptr_eq(o, model)) {
+            owned.push(model);
         }
     }
     let stops = owned.into_iter().map(|model| async move {
@@ -343,7 +376,7 @@ pub async fn stop_nodes(state: &AppState, workflow: &Workflow) {
         .nodes
         .iter()
         .map(|node| StageModel {
-            model: node.model.clone(),
+            runner: node.runner.clone(),
             owned: node.owned,
         })
         .collect();
@@ -410,9 +443,12 @@ pub async fn scale_workflow(
     let mut models: Vec<Arc<ServedModel>> = Vec::new();
     for (dag_node, served) in workflow.dag.nodes.iter().zip(&workflow.nodes) {
         let wanted = served.owned && node.is_none_or(|wanted| dag_node.name == wanted);
+        let Some(model) = served.runner.model().filter(|_| wanted) else {
+            continue;
+        };
         // The nodes of a fused segment share one model.
-        if wanted && !models.iter().any(|m| Arc::ptr_eq(m, &served.model)) {
-            models.push(served.model.clone());
+        if !models.iter().any(|m| Arc::ptr_eq(m, model)) {
+            models.push(model.clone());
         }
     }
     if models.is_empty() {

@@ -3,9 +3,10 @@
 //! worker call; every model node is a stage of its own. Stages form a DAG of their own.
 
 use super::dag::{Dag, NodeKind};
+use super::route::Router;
 
 /// One stage: DAG nodes run in turn by one call.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct StagePlan {
     /// Indices into [`Dag::nodes`], in chain order.
     pub nodes: Vec<usize>,
@@ -14,6 +15,8 @@ pub struct StagePlan {
     /// The name its output goes by: its last node's, which fan-in fields and the keys of
     /// several leaves are named after.
     pub name: String,
+    /// Which child stages run after it, from its last node's route; None: all of them.
+    pub route: Option<Router>,
 }
 
 /// The stages of a workflow; every stage comes after its parents.
@@ -55,8 +58,14 @@ impl Plan {
                     // Parents come first in the order, so their stages exist already.
                     parents: nodes[i].parents.iter().map(|&p| stage_of[p]).collect(),
                     name: nodes[i].name.clone(),
+                    route: None,
                 });
             }
+        }
+        // A routed node has several children, so it ends its stage, and each child starts one.
+        for stage in &mut stages {
+            let last = &nodes[*stage.nodes.last().unwrap_or(&0)];
+            stage.route = last.route.as_ref().map(|r| r.map(|child| stage_of[child]));
         }
         Self {
             entry: stage_of[dag.entry],

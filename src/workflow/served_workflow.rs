@@ -10,18 +10,37 @@ use serde_json::{json, Map, Value};
 
 use super::dag::{Dag, NodeKind};
 use super::plan::Plan;
+use super::remote::RemoteTarget;
 use super::spec::{NodeProps, WorkflowSpec};
 use super::stage::Stage;
 use crate::metrics::NodeMetrics;
 use crate::model::ServedModel;
 
+/// What runs a node.
+#[derive(Clone)]
+pub enum Runner {
+    /// The model whose workers run the node: its node model, the model of the fused segment
+    /// of function nodes it belongs to, or a model registered on its own that it shares.
+    Model(Arc<ServedModel>),
+    /// A model served by another server.
+    Remote(Arc<RemoteTarget>),
+}
+
+impl Runner {
+    /// The local model, if the node has one.
+    pub fn model(&self) -> Option<&Arc<ServedModel>> {
+        match self {
+            Self::Model(model) => Some(model),
+            Self::Remote(_) => None,
+        }
+    }
+}
+
 /// One node of a running workflow.
 pub struct WorkflowNode {
-    /// The model whose workers run the node: its node model, or the model of the fused
-    /// segment of function nodes it belongs to.
-    pub model: Arc<ServedModel>,
+    pub runner: Runner,
     /// False when the node shares a model registered on its own, which outlives the workflow
-    /// and keeps its own scale.
+    /// and keeps its own scale, or calls a remote one.
     pub owned: bool,
     pub props: NodeProps,
     pub metrics: Arc<NodeMetrics>,
@@ -118,12 +137,23 @@ impl crate::versioned::Versioned for Workflow {
             .map(|((node, served), &stage)| {
                 let mut described = json!({
                     "name": node.name,
-                    "type": match node.kind { NodeKind::Model => "model", NodeKind::Function => "function" },
-                    "modelName": served.model.def.name,
+                    "type": node.kind.label(),
                     "properties": served.props,
-                    "workers": served.model.worker_bounds(),
-                    "autoscaling": served.model.autoscaling(),
                 });
+                match &served.runner {
+                    Runner::Model(model) => {
+                        described["modelName"] = json!(model.def.name);
+                        described["workers"] = json!(model.worker_bounds());
+                        described["autoscaling"] = json!(model.autoscaling());
+                    }
+                    Runner::Remote(target) => {
+                        described["remote"] = json!({"url": target.url.as_str(), "protocol": target.protocol.label()});
+                    }
+                }
+                if let Some(route) = &node.route {
+                    let names = |c: &[usize]| -> Vec<&str> { c.iter().map(|&i| self.dag.nodes[i].name.as_str()).collect() };
+                    described["route"] = route.describe(names);
+                }
                 if node.kind == NodeKind::Function {
                     let segment: Vec<&str> = self.plan.stages[stage]
                         .nodes

@@ -78,6 +78,79 @@ pub enum ModelSource {
     Archive(String),
     /// `model:` a model registered on its own, whose worker pool the node shares.
     Registered(String),
+    /// `remote:` a model served by another server, called over HTTP(S).
+    Remote(RemoteSpec),
+}
+
+/// The API a remote node speaks, told by its URL's path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteProtocol {
+    /// TorchServe's and torchyard's `/predictions/{model}[/{version}]`: the node's input is
+    /// sent as the body (several fields as multipart form data), the answer's body is the
+    /// node's output.
+    Predictions,
+    /// The Open Inference Protocol (KServe v2), `.../v2/models/{model}[/versions/{v}]/infer`:
+    /// JSON tensors both ways (see [`super::open_inference`]).
+    OpenInference,
+}
+
+/// Where a remote node's bearer token comes from: the spec should name an environment
+/// variable of the server rather than carry the secret in the archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `token: VALUE`.
+    Literal(String),
+    /// `token-env: NAME`, read when the workflow is registered.
+    Env(String),
+}
+
+/// A model entry with `remote: URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteSpec {
+    pub url: String,
+    pub protocol: RemoteProtocol,
+    pub token: Option<TokenSource>,
+    /// `ca-file: PATH`: a PEM certificate to trust for an https URL, besides the system's;
+    /// relative to the unpacked archive.
+    pub ca_file: Option<String>,
+}
+
+impl RemoteProtocol {
+    /// How describe (and pictures) name the protocol.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Predictions => "predictions",
+            Self::OpenInference => "open-inference-v2",
+        }
+    }
+
+    /// The protocol of `url`: Open Inference when its path ends in `/v2/models/.../infer`.
+    pub fn of(url: &str) -> Self {
+        let path = url.split(['?', '#']).next().unwrap_or_default();
+        if path.contains("/v2/models/") && path.ends_with("/infer") {
+            Self::OpenInference
+        } else {
+            Self::Predictions
+        }
+    }
+}
+
+/// How a node chooses, per request, which of its children run (an entry of `routes:`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RouteSpec {
+    /// `cases:`: the node's output names a case (the output itself as text or a JSON string,
+    /// or its JSON `field:`), and the children listed for it run; `default:` when none matches.
+    Cases {
+        field: Option<String>,
+        cases: Vec<(String, Vec<String>)>,
+        default: Option<Vec<String>>,
+    },
+    /// `split:`: one child per request, drawn with the given weights; deterministic under
+    /// `seed:` (the n-th request through the node always takes the same child).
+    Split {
+        weights: Vec<(String, f64)>,
+        seed: Option<u64>,
+    },
 }
 
 /// A model of the `models` section.
@@ -94,6 +167,8 @@ pub struct WorkflowSpec {
     pub models: BTreeMap<String, ModelEntry>,
     /// Node → the nodes it feeds, in spec order.
     pub dag: Vec<(String, Vec<String>)>,
+    /// Node → how it chooses its children (torchyard's `routes:` section), in spec order.
+    pub routes: Vec<(String, RouteSpec)>,
 }
 
 fn show(value: &Yaml) -> String {
@@ -119,7 +194,7 @@ impl WorkflowSpec {
         };
         for key in root.keys() {
             let key = key_name(key, "spec")?;
-            if key != "models" && key != "dag" {
+            if !["models", "dag", "routes"].contains(&key.as_str()) {
                 return Err(format!("unknown top-level section {key:?}"));
             }
         }
@@ -150,9 +225,13 @@ impl WorkflowSpec {
             let owner = format!("model {name:?}");
             let mut props = globals.clone();
             let mut source = None;
+            let mut remote = RemoteFields::default();
             for (key, value) in fields {
                 let key = key_name(key, &owner)?;
-                if key != "url" && key != "model" {
+                if !matches!(
+                    key.as_str(),
+                    "url" | "model" | "remote" | "token" | "token-env" | "ca-file"
+                ) {
                     props.set(&key, value, &owner)?;
                     continue;
                 }
@@ -161,17 +240,36 @@ impl WorkflowSpec {
                     .filter(|s| !s.trim().is_empty())
                     .ok_or_else(|| format!("{owner}: {key} must be a non-empty string"))?
                     .to_string();
-                if source.is_some() {
-                    return Err(format!("{owner}: give either url or model, not both"));
+                let mut token = |t| remote.token.replace(t).is_none();
+                let fresh = match key.as_str() {
+                    "token" => token(TokenSource::Literal(text)),
+                    "token-env" => token(TokenSource::Env(text)),
+                    "ca-file" => remote.ca_file.replace(text).is_none(),
+                    _ => source.replace((key.clone(), text)).is_none(),
+                };
+                if !fresh {
+                    return Err(format!(
+                        "{owner}: give one of url, model and remote, and not both token and token-env"
+                    ));
                 }
-                source = Some(if key == "url" {
-                    ModelSource::Archive(text)
-                } else {
-                    ModelSource::Registered(text)
-                });
             }
             props.check(&owner)?;
-            let source = source.ok_or_else(|| format!("{owner} has no url"))?;
+            let source = match source {
+                None => return Err(format!("{owner} has no url")),
+                Some((key, text)) if key == "remote" => ModelSource::Remote(RemoteSpec {
+                    protocol: RemoteProtocol::of(&text),
+                    url: text,
+                    token: remote.token,
+                    ca_file: remote.ca_file,
+                }),
+                Some(_) if remote.token.is_some() || remote.ca_file.is_some() => {
+                    return Err(format!(
+                        "{owner}: token, token-env and ca-file belong to a remote model"
+                    ))
+                }
+                Some((key, text)) if key == "url" => ModelSource::Archive(text),
+                Some((_, text)) => ModelSource::Registered(text),
+            };
             parsed.insert(name, ModelEntry { source, props });
         }
         let mut edges = Vec::new();
@@ -193,11 +291,131 @@ impl WorkflowSpec {
             };
             edges.push((node, children));
         }
+        let routes = match root.get("routes") {
+            None | Some(Yaml::Null) => Vec::new(),
+            Some(Yaml::Mapping(m)) => m
+                .iter()
+                .map(|(node, route)| {
+                    let node = key_name(node, "routes")?;
+                    let route = parse_route(&node, route)?;
+                    Ok((node, route))
+                })
+                .collect::<Result<_, String>>()?,
+            Some(other) => return Err(format!("'routes' must be a mapping, got {}", show(other))),
+        };
         Ok(Self {
             globals,
             models: parsed,
             dag: edges,
+            routes,
         })
+    }
+}
+
+/// The remote-only fields of a model entry, gathered before the entry's source is known.
+#[derive(Default)]
+struct RemoteFields {
+    token: Option<TokenSource>,
+    ca_file: Option<String>,
+}
+
+/// A list of node names: a sequence, or one name.
+fn names(value: &Yaml, owner: &str) -> Result<Vec<String>, String> {
+    match value {
+        Yaml::Sequence(items) => items.iter().map(|c| key_name(c, owner)).collect(),
+        Yaml::String(single) => Ok(vec![single.clone()]),
+        other => Err(format!("{owner} must list node names, got {}", show(other))),
+    }
+}
+
+/// One entry of `routes:`: either `cases:` (with `field:` and `default:`) or `split:` (with
+/// `seed:`).
+fn parse_route(node: &str, value: &Yaml) -> Result<RouteSpec, String> {
+    let owner = format!("routes.{node}");
+    let Yaml::Mapping(fields) = value else {
+        return Err(format!(
+            "{owner} must be a mapping with 'cases' or 'split', got {}",
+            show(value)
+        ));
+    };
+    for key in fields.keys() {
+        let key = key_name(key, &owner)?;
+        if !["cases", "default", "field", "split", "seed"].contains(&key.as_str()) {
+            return Err(format!("{owner}: unknown key {key:?}"));
+        }
+    }
+    match (fields.get("cases"), fields.get("split")) {
+        (Some(Yaml::Mapping(cases)), None) => {
+            if fields.contains_key("seed") {
+                return Err(format!("{owner}: seed belongs to a split"));
+            }
+            let field = match fields.get("field") {
+                None => None,
+                Some(Yaml::String(f)) if !f.is_empty() => Some(f.clone()),
+                Some(other) => {
+                    return Err(format!(
+                        "{owner}.field must be a field name, got {}",
+                        show(other)
+                    ))
+                }
+            };
+            let cases = cases
+                .iter()
+                .map(|(case, children)| {
+                    let case = key_name(case, &owner)?;
+                    let children = names(children, &format!("{owner}.cases.{case}"))?;
+                    Ok((case, children))
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            if cases.is_empty() {
+                return Err(format!("{owner}.cases is empty"));
+            }
+            let default = fields
+                .get("default")
+                .map(|d| names(d, &format!("{owner}.default")))
+                .transpose()?;
+            Ok(RouteSpec::Cases {
+                field,
+                cases,
+                default,
+            })
+        }
+        (None, Some(Yaml::Mapping(weights))) => {
+            if ["cases", "default", "field"]
+                .iter()
+                .any(|k| fields.contains_key(*k))
+            {
+                return Err(format!(
+                    "{owner}: a split takes only 'split' and 'seed', not cases, default or field"
+                ));
+            }
+            let weights = weights
+                .iter()
+                .map(|(child, weight)| {
+                    let child = key_name(child, &owner)?;
+                    match weight.as_f64() {
+                        Some(w) if w > 0.0 && w.is_finite() => Ok((child, w)),
+                        _ => Err(format!(
+                            "{owner}.split.{child}: the weight must be a positive number, got {}",
+                            show(weight)
+                        )),
+                    }
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            let seed = match fields.get("seed") {
+                None => None,
+                Some(seed) => Some(seed.as_u64().ok_or_else(|| {
+                    format!(
+                        "{owner}.seed must be a non-negative integer, got {}",
+                        show(seed)
+                    )
+                })?),
+            };
+            Ok(RouteSpec::Split { weights, seed })
+        }
+        (Some(_), Some(_)) => Err(format!("{owner}: give either cases or split, not both")),
+        (None, None) => Err(format!("{owner} needs 'cases' or 'split'")),
+        _ => Err(format!("{owner}: cases and split must be mappings")),
     }
 }
 
@@ -252,6 +470,26 @@ dag:
     }
 
     #[test]
+    fn remote_models_keep_their_url_protocol_and_token_source() {
+        let spec = WorkflowSpec::parse(
+            "models:\n  timeout-ms: 300\n  r:\n    remote: https://gpu/v2/models/r/infer\n    token-env: GPU_TOKEN\n    ca-file: ca.pem\n\
+             dag:\n  r: []\n",
+        )
+        .unwrap();
+        let r = &spec.models["r"];
+        assert_eq!(r.props.timeout_ms, 300);
+        assert_eq!(
+            r.source,
+            ModelSource::Remote(RemoteSpec {
+                url: "https://gpu/v2/models/r/infer".into(),
+                protocol: RemoteProtocol::OpenInference,
+                token: Some(TokenSource::Env("GPU_TOKEN".into())),
+                ca_file: Some("ca.pem".into()),
+            })
+        );
+    }
+
+    #[test]
     fn rejects_bad_specs_with_a_reason() {
         let cases = [
             ("models: [\n", "malformed YAML"),
@@ -275,6 +513,18 @@ dag:
                 "less than",
             ),
             ("dag:\n  a: {b: 1}\n", "must list"),
+            (
+                "models:\n  m:\n    url: m.mar\n    token: t\ndag:\n  m: []\n",
+                "belong to a remote model",
+            ),
+            (
+                "models:\n  m:\n    remote: http://h/p/m\n    token: t\n    token-env: T\ndag:\n  m: []\n",
+                "not both token and token-env",
+            ),
+            ("dag:\n  a: []\nroutes: [a]\n", "'routes' must be a mapping"),
+            ("dag:\n  a: []\nroutes:\n  a: b\n", "routes.a must be a mapping"),
+            ("dag:\n  a: []\nroutes:\n  a:\n    cases: {}\n", "routes.a.cases is empty"),
+            ("dag:\n  a: []\nroutes:\n  a:\n    split: {b: 1}\n    seed: -1\n", "seed must be"),
             (&"[".repeat(100_000), "nested deeper than 64 levels"),
         ];
         for (text, expected) in cases {

@@ -29,44 +29,56 @@ pub trait Stage: Send + Sync {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Failure {
     pub reason: String,
-    /// The callee could not take the request (no worker, full queue): the workflow answers
-    /// 503 as the model would on its own, rather than 500.
-    pub unavailable: bool,
+    /// What the request answers if this is the last try: 500, or 503 when the callee could
+    /// not take the request (no worker, full queue) as the model would answer on its own;
+    /// a remote node answers 502, 503 or 504 as a gateway does.
+    pub status: StatusCode,
 }
 
 impl Failure {
+    /// A failure the request answers with 500.
+    pub fn internal(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
     fn from_error(error: ApiError) -> Self {
         Self {
-            unavailable: error.status == StatusCode::SERVICE_UNAVAILABLE,
+            status: if error.status == StatusCode::SERVICE_UNAVAILABLE {
+                error.status
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            },
             reason: error.message,
         }
     }
 
     /// A handler that answered an error status.
     fn answered(status: u16, body: &[u8]) -> Self {
-        Self {
-            reason: format!(
-                "handler answered {status}: {}",
-                String::from_utf8_lossy(body)
-            ),
-            unavailable: false,
-        }
+        Self::internal(format!(
+            "handler answered {status}: {}",
+            String::from_utf8_lossy(body)
+        ))
     }
 
     /// The request's error after `tries` tries of the nodes `names` (one node, or a fused
     /// segment that failed as a whole).
-    fn into_error(self, names: &[String], tries: usize) -> ApiError {
+    pub fn into_error(self, names: &[String], tries: usize) -> ApiError {
         let quoted: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
         let what = match quoted.as_slice() {
             [one] => format!("Workflow node {one}"),
             many => format!("Workflow nodes {}, run in one worker,", many.join(" -> ")),
         };
         let message = format!("{what} failed after {tries} attempt(s): {}", self.reason);
-        if self.unavailable {
-            ApiError::unavailable(message)
-        } else {
-            ApiError::internal(message)
-        }
+        let kind = match self.status {
+            StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailableException",
+            StatusCode::BAD_GATEWAY => "BadGatewayException",
+            StatusCode::GATEWAY_TIMEOUT => "GatewayTimeoutException",
+            _ => "InternalServerException",
+        };
+        ApiError::new(self.status, kind, message)
     }
 }
 
@@ -77,18 +89,20 @@ pub struct Tries<T> {
     pub elapsed: Duration,
 }
 
-/// Makes up to `attempts` tries, each abandoned after `timeout`, until one succeeds.
-/// Dropping the future abandons the try in progress.
-pub async fn with_retries<T, F, Fut>(attempts: usize, timeout: Duration, mut attempt: F) -> Tries<T>
+/// Makes up to `attempts` tries, each abandoned after `timeout` (a failure with status
+/// `on_timeout`), until one succeeds. Dropping the future abandons the try in progress.
+pub async fn with_retries<T, F, Fut>(
+    attempts: usize,
+    timeout: Duration,
+    on_timeout: StatusCode,
+    mut attempt: F,
+) -> Tries<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Failure>>,
 {
     let started = Instant::now();
-    let mut result = Err(Failure {
-        reason: "no attempt was made".into(),
-        unavailable: false,
-    });
+    let mut result = Err(Failure::internal("no attempt was made"));
     let mut tries = 0;
     while tries < attempts.max(1) {
         tries += 1;
@@ -96,7 +110,7 @@ where
             Ok(outcome) => outcome,
             Err(_) => Err(Failure {
                 reason: format!("timed out after {} ms", timeout.as_millis()),
-                unavailable: false,
+                status: on_timeout,
             }),
         };
         if result.is_ok() {
@@ -109,6 +123,9 @@ where
         elapsed: started.elapsed(),
     }
 }
+
+/// A local node's try that times out fails as the node failed.
+const INTERNAL: StatusCode = StatusCode::INTERNAL_SERVER_ERROR;
 
 /// A fresh id for each call to a worker pool.
 fn with_new_id(input: &InferenceRequest) -> InferenceRequest {
@@ -131,7 +148,7 @@ impl Stage for ModelNode {
     fn call(&self, input: InferenceRequest) -> BoxFuture<'_, StageResult> {
         async move {
             let timeout = Duration::from_millis(self.props.timeout_ms);
-            let run = with_retries(self.props.retry_attempts + 1, timeout, || async {
+            let run = with_retries(self.props.retry_attempts + 1, timeout, INTERNAL, || async {
                 match self.model.submit(with_new_id(&input), false).await {
                     Ok(output) if output.status < 400 => Ok(output),
                     Ok(output) => Err(Failure::answered(output.status, &output.body)),
@@ -186,7 +203,11 @@ impl FusedFunctions {
         };
         let failure = match failure.message {
             Some(reason) => Failure {
-                unavailable: output.status == StatusCode::SERVICE_UNAVAILABLE.as_u16(),
+                status: if output.status == StatusCode::SERVICE_UNAVAILABLE.as_u16() {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    INTERNAL
+                },
                 reason,
             },
             None => Failure::answered(output.status, &output.body),
@@ -198,7 +219,7 @@ impl FusedFunctions {
 impl Stage for FusedFunctions {
     fn call(&self, input: InferenceRequest) -> BoxFuture<'_, StageResult> {
         async move {
-            let run = with_retries(self.attempts, self.budget, || async {
+            let run = with_retries(self.attempts, self.budget, INTERNAL, || async {
                 self.model
                     .submit(with_new_id(&input), false)
                     .await
@@ -224,16 +245,13 @@ mod tests {
     use super::*;
 
     fn fail(reason: &str) -> Failure {
-        Failure {
-            reason: reason.into(),
-            unavailable: false,
-        }
+        Failure::internal(reason)
     }
 
     #[tokio::test(start_paused = true)]
     async fn retries_until_a_try_succeeds() {
         let calls = AtomicUsize::new(0);
-        let run = with_retries(3, Duration::from_secs(1), || async {
+        let run = with_retries(3, Duration::from_secs(1), INTERNAL, || async {
             match calls.fetch_add(1, Ordering::SeqCst) {
                 0 => Err(fail("first")),
                 n => Ok(n),
@@ -246,7 +264,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_last_failure_is_the_reason() {
         let calls = AtomicUsize::new(0);
-        let run: Tries<()> = with_retries(2, Duration::from_secs(1), || async {
+        let run: Tries<()> = with_retries(2, Duration::from_secs(1), INTERNAL, || async {
             Err(fail(&format!(
                 "try {}",
                 calls.fetch_add(1, Ordering::SeqCst)
@@ -261,7 +279,7 @@ mod tests {
             "Workflow node \"pre\" failed after 2 attempt(s): boom"
         );
         let busy = Failure {
-            unavailable: true,
+            status: StatusCode::SERVICE_UNAVAILABLE,
             ..fail("full")
         };
         let error = busy.into_error(&["a".into(), "b".into()], 1);
@@ -275,7 +293,7 @@ mod tests {
     async fn each_try_is_abandoned_at_the_timeout() {
         let calls = AtomicUsize::new(0);
         let started = tokio::time::Instant::now();
-        let run = with_retries(2, Duration::from_millis(300), || async {
+        let run = with_retries(2, Duration::from_millis(300), INTERNAL, || async {
             if calls.fetch_add(1, Ordering::SeqCst) == 0 {
                 tokio::time::sleep(Duration::from_secs(60)).await;
             }
@@ -284,9 +302,23 @@ mod tests {
         .await;
         assert_eq!((run.result, run.tries), (Ok("second"), 2));
         assert_eq!(started.elapsed(), Duration::from_millis(300));
-        let run: Tries<()> =
-            with_retries(2, Duration::from_millis(300), std::future::pending).await;
-        assert_eq!(run.result, Err(fail("timed out after 300 ms")));
+        let run: Tries<()> = with_retries(
+            2,
+            Duration::from_millis(300),
+            StatusCode::GATEWAY_TIMEOUT,
+            std::future::pending,
+        )
+        .await;
+        let timed_out = Failure {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            ..fail("timed out after 300 ms")
+        };
+        assert_eq!(run.result, Err(timed_out.clone()));
+        let error = timed_out.into_error(&["r".into()], 2);
+        assert_eq!(
+            (error.status.as_u16(), error.kind),
+            (504, "GatewayTimeoutException")
+        );
         assert_eq!(started.elapsed(), Duration::from_millis(900));
     }
 }
