@@ -44,6 +44,12 @@ def hop(data, context):
         return [row.get("data") or row.get("body") for row in data]
 
 
+def last(data, context):
+    """The one input a node gets, whether as `body` or as a fan-in field."""
+    if data:
+        return [json.loads(bytes(next(iter(row.values())))) for row in data]
+
+
 ''' + "".join(f"hop{i} = hop\n" for i in range(1, 8))
 MODELS = "models:\n  batch-size: 8\n  max-batch-delay: 0\n" \
          "  a:\n    url: wf_a.mar\n  b:\n    url: wf_b.mar\n"
@@ -64,6 +70,18 @@ SCENARIOS = [("model", "predictions/double", 1), ("model", "predictions/double",
              ("par2 pinned", "wfpredict/par2_pinned", 64),
              ("par2 pinned", "wfpredict/par2_pinned", 16),
              ("chain1", "wfpredict/chain1", 1), ("chain8", "wfpredict/chain8", 1)]
+#: torchyard only (TorchServe has neither): a remote model node calling `double` on the same
+#: server over HTTP, against `double` called directly; and a route that picks one of two
+#: branches (the one the plain workflow has) against a plain edge.
+REMOTE = "models:\n  r:\n    remote: http://127.0.0.1:{port}/predictions/double\ndag:\n  r: []\n"
+PLAIN_EDGE = MODELS + "dag:\n  pre: [a]\n  a: [last]\n"
+ROUTED_EDGE = MODELS + "dag:\n  pre: [a, b]\n  a: [last]\n  b: [last]\n" \
+    "routes:\n  pre:\n    cases: {'5': [a]}\n    default: [b]\n"
+#: (label, path, what it is compared with, target): each pair is measured in turns, c=1.
+EXTRA_PAIRS = [("remote node", "wfpredict/remote", ("model", "predictions/double"),
+                "≤ 0.3 ms added"),
+               ("routed edge", "wfpredict/routed_edge", ("plain edge", "wfpredict/plain_edge"),
+                "nothing measurable")]
 #: Warm-up seconds before a scenario is measured: the autoscaled workflow gets time to settle.
 WARM_UP = {"par2 default": 10}
 PREDICTIONS = "org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions"
@@ -74,34 +92,46 @@ GRPC_SCENARIOS = [("model", PREDICTIONS, "double", 1, True),
                   ("seq4", WORKFLOW_PREDICT, "seq4", 16, False)]
 
 
-def build_store(ts_bin: Path) -> Path:
-    """A tiny TorchScript model as three .mar files and three .war files, built with
-    TorchServe's archivers so both servers read the very same archives."""
+def archivers(ts_bin) -> tuple:
+    """The model and workflow archiver commands: TorchServe's (so both servers read the very
+    same archives), or torchyard's own when TorchServe is not run."""
+    if ts_bin is None:
+        torchyard = str(REPO / "target" / "release" / "torchyard")
+        return [torchyard, "archive", "model"], [torchyard, "archive", "workflow"]
+    return [ts_bin / "torch-model-archiver"], [ts_bin / "torch-workflow-archiver"]
+
+
+def build_store(ts_bin) -> Path:
+    """A tiny TorchScript model as three .mar files and the workflows as .war files."""
     import torch
 
+    model_archiver, workflow_archiver = archivers(ts_bin)
     store = OUT / "store"
     store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         torch.jit.script(torch.nn.Identity()).save(str(tmp / "identity.pt"))
         for name in ("double", "wf_a", "wf_b"):
-            subprocess.run([ts_bin / "torch-model-archiver", "--model-name", name, "-v", "1.0",
+            subprocess.run([*model_archiver, "--model-name", name, "-v", "1.0",
                             "--serialized-file", tmp / "identity.pt", "--handler", HANDLER,
                             "--export-path", store, "-f"], check=True)
         (tmp / "functions.py").write_text(FUNCTIONS)
-        for name, spec in (("seq4", SEQ4), ("par", PAR), ("par2", PAR2), *CHAINS.items()):
+        extras = {"remote": REMOTE.format(port=PORTS["inference"]), "plain_edge": PLAIN_EDGE,
+                  "routed_edge": ROUTED_EDGE}
+        for name, spec in (("seq4", SEQ4), ("par", PAR), ("par2", PAR2), *CHAINS.items(),
+                           *extras.items()):
             (tmp / f"{name}.yaml").write_text(spec)
-            subprocess.run([ts_bin / "torch-workflow-archiver", "--workflow-name", name,
+            subprocess.run([*workflow_archiver, "--workflow-name", name,
                             "--spec-file", tmp / f"{name}.yaml", "--handler",
                             tmp / "functions.py", "--export-path", store, "-f"], check=True)
     return store
 
 
-def write_config(path: Path, store: Path) -> Path:
+def write_config(path: Path, store: Path, *extra: str) -> Path:
     lines = [f"{k}_address=http://127.0.0.1:{p}" for k, p in PORTS.items()]
     lines += [f"{k}_port={p}" for k, p in GRPC_PORTS.items()]
     lines += [f"model_store={store}", "default_workers_per_model=1",
-              "disable_token_authorization=true", "enable_model_api=true"]
+              "disable_token_authorization=true", "enable_model_api=true", *extra]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -133,6 +163,37 @@ def register(base: str):
         answer = requests.put(f"{base}/models/par2_pinned__{node}", timeout=300,
                               params={"min_worker": 1, "max_worker": 1, "synchronous": "true"})
         answer.raise_for_status()
+
+
+def extras(base: str, management: str, seconds: int, rounds: int = 3) -> dict:
+    """torchyard's remote-node and route rows: each pair measured in turns, `rounds` times,
+    c=1; the median p50 of each and what the first adds over the second."""
+    for path in ("workflows?url=remote.war", "workflows?url=plain_edge.war",
+                 "workflows?url=routed_edge.war"):
+        requests.post(f"{management}/{path}", timeout=300).raise_for_status()
+    rows = {}
+    for label, path, (base_label, base_path), target in EXTRA_PAIRS:
+        for p in (path, base_path):
+            wrk(f"{base}/{p}", 1, 2)
+        p50s = {label: [], base_label: []}
+        for _ in range(rounds):
+            for name, p in ((label, path), (base_label, base_path)):
+                p50s[name].append(wrk(f"{base}/{p}", 1, seconds)["p50"])
+        median = {name: sorted(v)[len(v) // 2] for name, v in p50s.items()}
+        rows[label] = {"p50": median[label], "base": base_label, "base_p50": median[base_label],
+                       "added": median[label] - median[base_label], "target": target,
+                       "runs": p50s}
+        print("torchyard", label, rows[label], flush=True)
+    return rows
+
+
+def extras_table(rows: dict) -> str:
+    lines = ["| torchyard only, c=1 | p50 ms | compared with | its p50 ms | added ms | target |",
+             "|---|---|---|---|---|---|"]
+    for label, r in rows.items():
+        lines.append(f"| {label} | {r['p50']:.3f} | {r['base']} | {r['base_p50']:.3f} | "
+                     f"{r['added']:+.3f} | {r['target']} |")
+    return "\n".join(lines) + "\n"
 
 
 def rss_mib(pid: int) -> float:
@@ -240,15 +301,25 @@ def worker_start(base: str, management: str, workers: int = 4) -> dict:
             "modes": sorted({w.get("startMode", "spawn") for w in new})}
 
 
-def run_server(name: str, command: list, env: dict, frontend_pid, seconds: int) -> dict:
+def run_server(name: str, command: list, env: dict, frontend_pid, seconds: int,
+               extras_only=False) -> dict:
     log = open(OUT / f"{name}.log", "w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                cwd=OUT)
     base = f"http://127.0.0.1:{PORTS['inference']}"
+    management = f"http://127.0.0.1:{PORTS['management']}"
     try:
         ready = wait_ready(f"{base}/ping", 120)
-        register(f"http://127.0.0.1:{PORTS['management']}")
+        if extras_only:
+            requests.post(f"{management}/models?url=double.mar&initial_workers=1&synchronous="
+                          "true&batch_size=8&max_batch_delay=0", timeout=300).raise_for_status()
+        else:
+            register(management)
         results = {"ready_ms": ready * 1000}
+        if name == "torchyard":
+            results["extras"] = extras(base, management, seconds)
+        if extras_only:
+            return results
         for label, path, c in SCENARIOS:
             wrk(f"{base}/{path}", c, WARM_UP.get(label, 2))
             results[(label, c)] = wrk(f"{base}/{path}", c, seconds)
@@ -347,15 +418,32 @@ def table(ts: dict, ty: dict) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--ts-venv", type=Path, required=True)
+    parser.add_argument("--ts-venv", type=Path, help="TorchServe's venv (needed unless --extras-only)")
+    parser.add_argument("--extras-only", action="store_true",
+                        help="run only torchyard's remote-node and route rows and print them")
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--reuse-torchserve", action="store_true",
                         help="reuse TorchServe's numbers from the last run")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    ts_bin = args.ts_venv.resolve() / "bin"
+    if not args.extras_only and args.ts_venv is None:
+        parser.error("--ts-venv is required unless --extras-only")
+    ts_bin = None if args.extras_only else args.ts_venv.resolve() / "bin"
     store = build_store(ts_bin)
     config = write_config(OUT / "config.properties", store)
+    # The remote node calls the server itself, which allowed_urls must let in.
+    allowed = f"allowed_urls=http://127\\\\.0\\\\.0\\\\.1:{PORTS['inference']}/.*"
+    torchyard_config = write_config(OUT / "torchyard.properties", store, allowed)
+    torchyard_command = [str(REPO / "target" / "release" / "torchyard"), "serve", "--ncs",
+                         "--disable-token-auth", "--enable-model-api", "--model-store",
+                         str(store), "--config", str(torchyard_config),
+                         "--python", str(REPO / ".venv" / "bin" / "python")]
+    if args.extras_only:
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(OUT)}
+        rows = run_server("torchyard", torchyard_command, env, lambda p: p.pid, args.seconds,
+                          extras_only=True)["extras"]
+        print(extras_table(rows))
+        return 0
     env = {"PATH": f"{ts_bin}:/usr/bin:/bin", "HOME": str(OUT)}
     saved = OUT / "torchserve.json"
     if args.reuse_torchserve and saved.exists():
@@ -371,13 +459,8 @@ def main():
             args.seconds)
         saved.write_text(json.dumps({(f"{k[0]}:{k[1]}" if isinstance(k, tuple) else k): v
                                      for k, v in torchserve.items()}))
-    torchyard = run_server(
-        "torchyard", [str(REPO / "target" / "release" / "torchyard"), "serve", "--ncs",
-                      "--disable-token-auth", "--enable-model-api",
-                      "--model-store", str(store), "--config", str(config),
-                      "--python", str(REPO / ".venv" / "bin" / "python")],
-        env, lambda p: p.pid, args.seconds)
-    result = table(torchserve, torchyard)
+    torchyard = run_server("torchyard", torchyard_command, env, lambda p: p.pid, args.seconds)
+    result = table(torchserve, torchyard) + "\n" + extras_table(torchyard["extras"])
     header = (f"# torchyard vs TorchServe 0.12\n\nOne run of `bench/compare.sh` on "
               f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} "
               f"cores, {args.seconds} s per scenario with wrk (after a 2 s warm-up), one worker "
