@@ -7,31 +7,15 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::spec::RouteSpec;
+use super::spec::{Route, RouteSpec};
 
-/// A node's choice of children, resolved to indices.
+/// A node's route resolved to child indices, with the state of its split.
 #[derive(Debug, Clone)]
-pub enum Router {
-    /// The node's output names a case; its children run.
-    Cases {
-        /// The JSON field of the output that names the case; None: the whole output.
-        field: Option<String>,
-        cases: Vec<(String, Vec<usize>)>,
-        /// The children when no case matches; None: such an output fails the request.
-        default: Option<Vec<usize>>,
-    },
-    /// One child per request, drawn by weight.
-    Split(Split),
-}
-
-/// A weighted split: the n-th request through the node takes the child a seeded hash of n
-/// falls on, so a seed makes the whole sequence of choices reproducible.
-#[derive(Debug, Clone)]
-pub struct Split {
-    /// (child, weight), in spec order.
-    pub weights: Vec<(usize, f64)>,
+pub struct Router {
+    pub route: Route<usize>,
+    /// The split's seed: the spec's, else drawn at registration.
     pub seed: u64,
-    /// Requests drawn so far, shared by clones.
+    /// Requests a split has drawn so far, shared by clones.
     drawn: Arc<AtomicU64>,
 }
 
@@ -49,52 +33,32 @@ impl Router {
                 children.len()
             ));
         }
-        let index = |name: &str| {
+        if let Route::Cases { cases, default, .. } = spec {
+            let lists = cases
+                .iter()
+                .map(|(case, c)| (format!("cases.{case}"), c))
+                .chain(default.iter().map(|d| ("default".to_string(), d)));
+            for (what, list) in lists {
+                if list.is_empty() {
+                    return Err(format!("routes.{node}.{what} must name at least one child"));
+                }
+            }
+        }
+        let route = spec.try_map(|name| {
             children
                 .iter()
-                .find(|(child, _)| *child == name)
+                .find(|(child, _)| child == name)
                 .map(|&(_, i)| i)
                 .ok_or_else(|| {
                     format!(
                         "routes.{node} names {name:?}, which is not a child of {node:?} in the dag"
                     )
                 })
-        };
-        let list = |names: &[String], what: String| -> Result<Vec<usize>, String> {
-            if names.is_empty() {
-                return Err(format!("routes.{node}.{what} must name at least one child"));
-            }
-            names.iter().map(|n| index(n)).collect()
-        };
-        let router = match spec {
-            RouteSpec::Cases {
-                field,
-                cases,
-                default,
-            } => Self::Cases {
-                field: field.clone(),
-                cases: cases
-                    .iter()
-                    .map(|(case, names)| Ok((case.clone(), list(names, format!("cases.{case}"))?)))
-                    .collect::<Result<_, String>>()?,
-                default: default
-                    .as_deref()
-                    .map(|d| list(d, "default".into()))
-                    .transpose()?,
-            },
-            RouteSpec::Split { weights, seed } => Self::Split(Split {
-                weights: weights
-                    .iter()
-                    .map(|(name, w)| Ok((index(name)?, *w)))
-                    .collect::<Result<_, String>>()?,
-                seed: seed.unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0),
-                drawn: Arc::default(),
-            }),
-        };
-        let named = router.children();
+        })?;
+        let named = route.children();
         let unnamed: Vec<&str> = children
             .iter()
-            .filter(|(_, i)| !named.contains(i))
+            .filter(|(_, i)| !named.contains(&i))
             .map(|&(name, _)| name)
             .collect();
         if !unnamed.is_empty() {
@@ -103,58 +67,38 @@ impl Router {
                 unnamed.join(", ")
             ));
         }
-        if let Self::Split(split) = &router {
-            let mut seen = Vec::new();
-            for &(child, _) in &split.weights {
-                if seen.contains(&child) {
+        let seed = match &route {
+            Route::Split { weights, seed } => {
+                if weights.len() != children.len() {
                     return Err(format!("routes.{node}.split names a child twice"));
                 }
-                seen.push(child);
+                *seed
             }
-        }
-        Ok(router)
+            Route::Cases { .. } => None,
+        };
+        Ok(Self {
+            route,
+            seed: seed.unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0),
+            drawn: Arc::default(),
+        })
     }
 
-    /// Every child the router can choose.
-    fn children(&self) -> Vec<usize> {
-        match self {
-            Self::Cases { cases, default, .. } => cases
-                .iter()
-                .flat_map(|(_, c)| c)
-                .chain(default.iter().flatten())
-                .copied()
-                .collect(),
-            Self::Split(split) => split.weights.iter().map(|&(c, _)| c).collect(),
-        }
-    }
-
-    /// The router with every index mapped through `f` (DAG nodes to stages).
+    /// The router with every child index mapped through `f` (DAG nodes to stages).
     pub fn map(&self, f: impl Fn(usize) -> usize) -> Self {
-        match self {
-            Self::Cases {
-                field,
-                cases,
-                default,
-            } => Self::Cases {
-                field: field.clone(),
-                cases: cases
-                    .iter()
-                    .map(|(case, c)| (case.clone(), c.iter().map(|&i| f(i)).collect()))
-                    .collect(),
-                default: default.as_ref().map(|d| d.iter().map(|&i| f(i)).collect()),
-            },
-            Self::Split(split) => Self::Split(Split {
-                weights: split.weights.iter().map(|&(c, w)| (f(c), w)).collect(),
-                ..split.clone()
-            }),
+        let Ok(route) = self
+            .route
+            .try_map(|&i| Ok::<_, std::convert::Infallible>(f(i)));
+        Self {
+            route,
+            ..self.clone()
         }
     }
 
     /// The route as describe shows it, children named by `names`: `{"cases": {case:
     /// [child…]}, "default": […], "field": …}` or `{"split": {child: weight}, "seed": n}`.
     pub fn describe<'a>(&self, names: impl Fn(&[usize]) -> Vec<&'a str>) -> Value {
-        match self {
-            Self::Cases {
+        match &self.route {
+            Route::Cases {
                 field,
                 cases,
                 default,
@@ -165,13 +109,12 @@ impl Router {
                     .collect();
                 json!({"cases": cases, "default": default.as_deref().map(&names), "field": field})
             }
-            Self::Split(split) => {
-                let weights: serde_json::Map<String, Value> = split
-                    .weights
+            Route::Split { weights, .. } => {
+                let weights: serde_json::Map<String, Value> = weights
                     .iter()
                     .map(|&(c, w)| (names(&[c])[0].to_string(), json!(w)))
                     .collect();
-                json!({"split": weights, "seed": split.seed})
+                json!({"split": weights, "seed": self.seed})
             }
         }
     }
@@ -179,8 +122,8 @@ impl Router {
     /// The children that run after the node answered `output`; the error says why the
     /// output chooses none.
     pub fn choose(&self, output: &[u8]) -> Result<&[usize], String> {
-        match self {
-            Self::Cases {
+        match &self.route {
+            Route::Cases {
                 field,
                 cases,
                 default,
@@ -196,26 +139,28 @@ impl Router {
                         format!("its output names route {case:?}, which matches no case, and the route has no default")
                     })
             }
-            Self::Split(split) => Ok(split.draw()),
+            Route::Split { weights, .. } => Ok(self.draw(weights)),
         }
     }
-}
 
-impl Split {
-    /// The child of the next request.
-    fn draw(&self) -> &[usize] {
+    /// The child of the next request through a split with `weights`: the one a seeded hash
+    /// of the request's number falls on.
+    fn draw<'w>(&self, weights: &'w [(usize, f64)]) -> &'w [usize] {
         let n = self.drawn.fetch_add(1, Ordering::Relaxed);
-        let total: f64 = self.weights.iter().map(|&(_, w)| w).sum();
+        let total: f64 = weights.iter().map(|&(_, w)| w).sum();
         // 53 random bits as a fraction of the total weight.
         let mut point =
             (splitmix64(self.seed ^ splitmix64(n)) >> 11) as f64 / (1u64 << 53) as f64 * total;
-        for (k, &(_, weight)) in self.weights.iter().enumerate() {
-            if point < weight {
-                return std::slice::from_ref(&self.weights[k].0);
+        for (child, weight) in weights {
+            if point < *weight {
+                return std::slice::from_ref(child);
             }
             point -= weight;
         }
-        std::slice::from_ref(&self.weights[self.weights.len() - 1].0)
+        weights
+            .last()
+            .map(|(child, _)| std::slice::from_ref(child))
+            .unwrap_or_default()
     }
 }
 

@@ -135,22 +135,72 @@ impl RemoteProtocol {
     }
 }
 
-/// How a node chooses, per request, which of its children run (an entry of `routes:`).
+/// How a node chooses, per request, which of its children run: an entry of `routes:`, with
+/// children of type `C` (names in the spec, indices once resolved against the DAG).
 #[derive(Debug, Clone, PartialEq)]
-pub enum RouteSpec {
+pub enum Route<C> {
     /// `cases:`: the node's output names a case (the output itself as text or a JSON string,
     /// or its JSON `field:`), and the children listed for it run; `default:` when none matches.
     Cases {
         field: Option<String>,
-        cases: Vec<(String, Vec<String>)>,
-        default: Option<Vec<String>>,
+        cases: Vec<(String, Vec<C>)>,
+        default: Option<Vec<C>>,
     },
     /// `split:`: one child per request, drawn with the given weights; deterministic under
     /// `seed:` (the n-th request through the node always takes the same child).
     Split {
-        weights: Vec<(String, f64)>,
+        weights: Vec<(C, f64)>,
         seed: Option<u64>,
     },
+}
+
+/// A route as the spec names it.
+pub type RouteSpec = Route<String>;
+
+impl<C> Route<C> {
+    /// The route with every child mapped through `f`, or `f`'s first error.
+    pub fn try_map<D, E>(&self, mut f: impl FnMut(&C) -> Result<D, E>) -> Result<Route<D>, E> {
+        let mut list = |children: &[C]| children.iter().map(&mut f).collect::<Result<Vec<D>, E>>();
+        Ok(match self {
+            Self::Cases {
+                field,
+                cases,
+                default,
+            } => {
+                let mut mapped = Vec::with_capacity(cases.len());
+                for (case, children) in cases {
+                    mapped.push((case.clone(), list(children)?));
+                }
+                Route::Cases {
+                    field: field.clone(),
+                    cases: mapped,
+                    default: default.as_deref().map(&mut list).transpose()?,
+                }
+            }
+            Self::Split { weights, seed } => {
+                let mut mapped = Vec::with_capacity(weights.len());
+                for (child, weight) in weights {
+                    mapped.push((f(child)?, *weight));
+                }
+                Route::Split {
+                    weights: mapped,
+                    seed: *seed,
+                }
+            }
+        })
+    }
+
+    /// Every child the route can choose (as often as it is named).
+    pub fn children(&self) -> Vec<&C> {
+        match self {
+            Self::Cases { cases, default, .. } => cases
+                .iter()
+                .flat_map(|(_, c)| c)
+                .chain(default.iter().flatten())
+                .collect(),
+            Self::Split { weights, .. } => weights.iter().map(|(c, _)| c).collect(),
+        }
+    }
 }
 
 /// A model of the `models` section.
