@@ -2,6 +2,7 @@
 node lives on another (plain HTTP, and HTTPS with a token), the remote stopped and restarted
 under load, the dog-breed example's routed DAG, and the checks registration makes."""
 
+import http.server
 import json
 import re
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 import requests
 
 from support.archives import scale_mar, war
-from support.server import OPEN_FLAGS, REPO
+from support.server import OPEN_FLAGS, REPO, free_port
 
 FUNCTIONS = '''
 import json
@@ -92,11 +93,42 @@ def secure(start_module_server, tmp_path_factory):
     return server, ca, keys["inference"]["key"]
 
 
+class OpenInference(http.server.BaseHTTPRequestHandler):
+    """A stand-in Open Inference Protocol server (the far side, not what is tested): doubles
+    every number of every input tensor and remembers what it was sent."""
+
+    seen = []
+
+    def do_POST(self):
+        request = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        OpenInference.seen.append((self.path, self.headers.get("authorization"), request))
+        outputs = [{"name": f"{t['name']}_x2", "shape": t["shape"], "datatype": t["datatype"],
+                    "data": [2 * x for x in t["data"]]} for t in request["inputs"]]
+        body = json.dumps({"model_name": "twice", "outputs": outputs}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
 @pytest.fixture(scope="module")
-def local(start_module_server, remote, secure):
-    """The server the workflows run on; allowed_urls lets in both remotes, and the secure
-    one's key is in its environment."""
-    allowed = "|".join(f"{re.escape(s.inference)}/.*" for s in (remote, secure[0]))
+def open_inference():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), OpenInference)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local(start_module_server, remote, secure, open_inference):
+    """The server the workflows run on; allowed_urls lets in the three remotes, and the
+    secure one's key is in its environment."""
+    bases = (remote.inference, secure[0].inference, open_inference)
+    allowed = "|".join(f"{re.escape(base)}/.*" for base in bases)
     server = start_module_server(properties={"allowed_urls": allowed},
                                  env={"REMOTE_TOKEN": secure[2]})
     subprocess.run([str(REPO / "examples" / "dog_breed" / "build.sh"), str(server.store)],
@@ -135,6 +167,21 @@ def test_a_remote_node_runs_on_the_other_server(local, remote):
     assert node_metric(local, "torchyard_workflow_node_requests_total", "remote_wf", "r") == 2
     assert not any(m["modelName"].startswith("remote_wf__r")
                    for m in requests.get(f"{local.management}/models").json()["models"])
+
+
+def test_a_remote_node_speaks_the_open_inference_protocol(local, open_inference):
+    url = f"{open_inference}/v2/models/twice/infer"
+    assert register(local, "v2_wf", remote_spec(url, "    token: literal\n")).status_code == 200
+    answer = predict(local, "v2_wf", "[[1, 2], [3, 4.5]]")
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"result": [[2, 4], [6, 9.0]]}
+    path, authorization, sent = OpenInference.seen[-1]
+    assert (path, authorization) == ("/v2/models/twice/infer", "Bearer literal")
+    assert sent == {"inputs": [{"name": "body", "shape": [2, 2], "datatype": "FP32",
+                                "data": [1, 2, 3, 4.5]}]}
+    r = next(n for n in requests.get(f"{local.management}/workflows/v2_wf").json()[0]["nodes"]
+             if n["name"] == "r")
+    assert r["remote"]["protocol"] == "open-inference-v2"
 
 
 def test_a_remote_over_https_with_a_token_from_the_environment(local, secure):
