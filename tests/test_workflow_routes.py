@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from support.archives import scale_mar, war
-from support.server import OPEN_FLAGS, REPO, free_port
+from support.server import BINARY, OPEN_FLAGS, PYTHON, REPO, free_port
 
 FUNCTIONS = '''
 import json
@@ -131,8 +131,8 @@ def local(start_module_server, remote, secure, open_inference):
     allowed = "|".join(f"{re.escape(base)}/.*" for base in bases)
     server = start_module_server(properties={"allowed_urls": allowed},
                                  env={"REMOTE_TOKEN": secure[2]})
-    subprocess.run([str(REPO / "examples" / "dog_breed" / "build.sh"), str(server.store)],
-                   check=True, capture_output=True)
+    subprocess.run([str(REPO / "examples" / "dog_breed" / "build.sh"), str(server.store),
+                    str(BINARY), str(PYTHON)], check=True, capture_output=True)
     return server
 
 
