@@ -25,22 +25,12 @@ use crate::metrics::NodeMetrics;
 use crate::state::AppState;
 
 /// Where and how a remote node calls its model, checked at registration.
-#[derive(Clone)]
 pub struct RemoteTarget {
     pub url: Url,
     pub protocol: RemoteProtocol,
     /// `Bearer …`, when the spec names a token.
     authorization: Option<String>,
     client: Client,
-}
-
-impl std::fmt::Debug for RemoteTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RemoteTarget")
-            .field("url", &self.url.as_str())
-            .field("protocol", &self.protocol)
-            .finish_non_exhaustive()
-    }
 }
 
 /// The client every remote node without a CA file of its own shares: one connection pool,
