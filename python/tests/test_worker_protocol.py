@@ -41,15 +41,21 @@ def _hand_read(sock):
     return json.loads(rest[4:4 + header_len]), rest[4 + header_len:]
 
 
-def test_frames_built_by_hand(start_worker, model_dir):
+def _hand_loaded(start_worker, model_dir, batch_size):
+    """A worker that loaded the echo handler through frames built by hand."""
     (model_dir / "handler.py").write_text(ECHO)
     worker = start_worker()
     load = {"kind": "load", "model_name": "m", "model_version": "1", "model_dir": str(model_dir),
-            "handler": "handler.py", "manifest": {}, "batch_size": 2, "gpu_id": None,
+            "handler": "handler.py", "manifest": {}, "batch_size": batch_size, "gpu_id": None,
             "limit_max_image_pixels": True, "model_yaml_config": {},
             "server_name": "torchyard", "server_version": "0.1.0"}
     worker.sock.sendall(_hand_frame(load))
     assert _hand_read(worker.sock) == ({"kind": "loaded", "pid": worker.process.pid}, b"")
+    return worker
+
+
+def test_frames_built_by_hand(start_worker, model_dir):
+    worker = _hand_loaded(start_worker, model_dir, batch_size=2)
 
     predict = {"kind": "predict", "blobs": [3, 0, 5], "requests": [
         {"id": "a", "headers": [], "params": [{"name": "body", "content_type": None, "blob": 0}]},
@@ -65,14 +71,7 @@ def test_frames_built_by_hand(start_worker, model_dir):
 
 def test_predicts_sent_back_to_back_are_answered_in_order(start_worker, model_dir):
     # The server sends the next batch while the worker runs one: frames arrive together.
-    (model_dir / "handler.py").write_text(ECHO)
-    worker = start_worker()
-    load = {"kind": "load", "model_name": "m", "model_version": "1", "model_dir": str(model_dir),
-            "handler": "handler.py", "manifest": {}, "batch_size": 1, "gpu_id": None,
-            "limit_max_image_pixels": True, "model_yaml_config": {},
-            "server_name": "torchyard", "server_version": "0.1.0"}
-    worker.sock.sendall(_hand_frame(load))
-    assert _hand_read(worker.sock)[0]["kind"] == "loaded"
+    worker = _hand_loaded(start_worker, model_dir, batch_size=1)
     texts = [f"request {i}".encode() for i in range(5)]
     worker.sock.sendall(b"".join(_hand_frame(
         {"kind": "predict", "blobs": [len(text)], "requests": [
