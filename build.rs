@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/torchserve/inference.proto",
         "proto/torchserve/management.proto",
         "proto/torchyard/workflow.proto",
+        "proto/kserve/open_inference_grpc.proto",
     ];
     let descriptors = protox::compile(protos, ["proto"])?;
     tonic_prost_build::configure()

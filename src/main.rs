@@ -13,6 +13,7 @@ mod fetch;
 mod gpu;
 mod grpc;
 mod job;
+mod kserve;
 mod listener;
 mod metrics;
 mod model;

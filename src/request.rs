@@ -45,8 +45,8 @@ pub async fn read_request(
     })
 }
 
-/// The whole body, or a 413 once it is known to be over `limit`.
-async fn read_body(
+/// The whole body, or a 413 once it is known to be over `limit` (a 408 when it stalls).
+pub async fn read_body(
     headers: &HeaderMap,
     body: Body,
     limit: usize,

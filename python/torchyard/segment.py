@@ -10,6 +10,7 @@ import time
 import traceback
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
+from . import envelopes
 from .context import Context
 from .handler_loader import Entry, load_entry_point
 from .replies import Reply, exception_status, outputs_problem, response_entry
@@ -82,10 +83,12 @@ class Node:
         self.timeout_ms = timeout_ms
         self.timeout = timeout_ms / 1000
 
-    def run(self, requests: Sequence[dict], inputs: Sequence[dict]) -> List[Tuple[Answer, int, int]]:
+    def run(self, requests: Sequence[dict], inputs: Sequence[dict],
+            first: bool) -> List[Tuple[Answer, int, int]]:
         """Per request: its last answer, its retries, and the microseconds its tries took.
-        A try runs on the requests that have no answer yet, as one batch."""
-        answers, took = self.attempt(requests, inputs)
+        A try runs on the requests that have no answer yet, as one batch. The `first` node of
+        the segment takes the requests through their KServe envelope, if they name one."""
+        answers, took = self.attempt(requests, inputs, first)
         micros = int(took * 1e6)
         results = [(answer, 0, micros) for answer in answers]
         pending = [i for i, answer in enumerate(answers) if answer[2] is not None]
@@ -93,13 +96,14 @@ class Node:
             if not pending:
                 break
             answers, took = self.attempt([requests[i] for i in pending],
-                                         [inputs[i] for i in pending])
+                                         [inputs[i] for i in pending], first)
             for i, answer in zip(pending, answers):
                 results[i] = (answer, attempt, results[i][2] + int(took * 1e6))
             pending = [i for i, answer in zip(pending, answers) if answer[2] is not None]
         return results
 
-    def attempt(self, requests: Sequence[dict], inputs: List[dict]) -> Tuple[List[Answer], float]:
+    def attempt(self, requests: Sequence[dict], inputs: List[dict],
+                first: bool) -> Tuple[List[Answer], float]:
         """One try on a batch: the function's answer per request (or the failure of all), and
         the seconds the function took."""
         count = len(requests)
@@ -109,7 +113,10 @@ class Node:
         try:
             _Alarm.start(self.timeout)
             try:
-                outputs = self.entry(inputs, context)
+                if first:
+                    outputs = envelopes.call(self.entry, requests, inputs, context)
+                else:
+                    outputs = self.entry(inputs, context)
             finally:
                 _Alarm.end()
             took = time.perf_counter() - started
@@ -171,9 +178,9 @@ class Segment:
         last = len(self.nodes) - 1
         for k, node in enumerate(self.nodes):
             if len(alive) < count:
-                ran = node.run([requests[i] for i in alive], [inputs[i] for i in alive])
+                ran = node.run([requests[i] for i in alive], [inputs[i] for i in alive], k == 0)
             else:
-                ran = node.run(requests, inputs)
+                ran = node.run(requests, inputs, k == 0)
             still = []
             for i, ((response, body, failure), retries, micros) in zip(alive, ran):
                 trace = traces[i]

@@ -16,6 +16,7 @@ import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from .codec import Blob, decode
+from . import envelopes
 from .context import Context
 from .framing import FrameReader, ProtocolError, write_frame
 from .handler_loader import Entry, load_entry_point
@@ -91,7 +92,7 @@ class Worker:
         context = self.context
         context.start_batch(requests)
         try:
-            outputs = self.entry(data, context)
+            outputs = envelopes.call(self.entry, requests, data, context)
         except Exception as exc:  # noqa: BLE001 - a handler failure fails its batch only
             log.error("handler failed:\n%s", traceback.format_exc())
             return exception_reply(exc, "PredictionException")

@@ -1,6 +1,6 @@
 //! Inference API: `/ping`, the API description and TorchServe's front doors onto a model:
-//! `/predictions`, `/explanations`, KServe v1 (`/v1/models/{m}:predict|:explain`) and v2
-//! (`/v2/models/{m}/infer|explain`), SageMaker (`/invocations`, `/models/{m}/invoke`), the
+//! `/predictions`, `/explanations`, KServe's v1 and v2 protocols ([`crate::kserve::rest`]),
+//! SageMaker (`/invocations`, `/models/{m}/invoke`), the
 //! legacy `/{m}/predict`, and `/wfpredict` for workflows. Every door decodes the request,
 //! makes one call to the model (or workflow) and encodes its answer.
 
@@ -33,8 +33,6 @@ pub fn router(state: Arc<AppState>) -> Router {
             .route("/predictions/{model}/{version}", any(predict_version))
             .route("/explanations/{model}", any(explain))
             .route("/explanations/{model}/{version}", any(explain_version))
-            .route("/v1/models/{action}", post(kserve_v1))
-            .route("/v2/models/{model}/{action}", post(kserve_v2))
             .route("/invocations", post(invocations))
             .route("/models/{model}/invoke", post(invoke))
             .route("/{model}/predict", get(invoke).post(invoke))
@@ -42,7 +40,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             .route(
                 "/wfpredict/{workflow}/{version}",
                 any(workflow_predict_version),
-            ),
+            )
+            .merge(crate::kserve::rest::routes()),
     )
     .with_state(state)
 }
@@ -142,34 +141,6 @@ async fn explain_version(
         incoming,
     )
     .await
-}
-
-/// `POST /v1/models/{model}:predict` or `:explain` (KServe v1).
-async fn kserve_v1(
-    State(state): State<Arc<AppState>>,
-    Path(target): Path<String>,
-    incoming: Incoming,
-) -> ApiResult<Response> {
-    let (model, action) = match target.rsplit_once(':') {
-        Some((model, "predict")) => (model, Action::Predict),
-        Some((model, "explain")) => (model, Action::Explain),
-        _ => return Err(ApiError::resource_not_found()),
-    };
-    run(&state, &Method::POST, model, None, action, incoming).await
-}
-
-/// `POST /v2/models/{model}/infer` or `/explain` (KServe v2).
-async fn kserve_v2(
-    State(state): State<Arc<AppState>>,
-    Path((model, action)): Path<(String, String)>,
-    incoming: Incoming,
-) -> ApiResult<Response> {
-    let action = match action.as_str() {
-        "infer" => Action::Predict,
-        "explain" => Action::Explain,
-        _ => return Err(ApiError::resource_not_found()),
-    };
-    run(&state, &Method::POST, &model, None, action, incoming).await
 }
 
 /// `POST /models/{model}/invoke` (SageMaker) and `GET|POST /{model}/predict` (TorchServe's

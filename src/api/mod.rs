@@ -5,7 +5,7 @@ mod inference;
 mod management;
 mod metrics;
 mod openapi;
-mod path;
+pub mod path;
 mod query;
 mod replies;
 pub mod request_id;

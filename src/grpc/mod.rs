@@ -56,6 +56,7 @@ pub mod pb {
     }
 }
 
+use crate::kserve::pb::grpc_inference_service_server::GrpcInferenceServiceServer;
 use pb::org::pytorch::serve::grpc::inference::inference_ap_is_service_server::InferenceApIsServiceServer;
 use pb::org::pytorch::serve::grpc::management::management_ap_is_service_server::ManagementApIsServiceServer;
 use pb::torchyard::workflow::v1::workflow_inference_service_server::WorkflowInferenceServiceServer;
@@ -64,7 +65,8 @@ use pb::torchyard::workflow::v1::workflow_management_service_server::WorkflowMan
 /// Which of the two gRPC listeners.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Listener {
-    /// Predictions and health: TorchServe's inference service and the workflow predictions.
+    /// Predictions and health: TorchServe's inference service, the workflow predictions and
+    /// KServe's `inference.GRPCInferenceService`.
     Inference,
     /// TorchServe's management service and the workflow management service.
     Management,
@@ -104,7 +106,12 @@ pub async fn serve(
                 auth.clone(),
             ))
             .add_service(InterceptedService::new(
-                WorkflowInferenceServiceServer::new(workflows::Inference::new(state))
+                WorkflowInferenceServiceServer::new(workflows::Inference::new(state.clone()))
+                    .max_decoding_message_size(limit),
+                auth.clone(),
+            ))
+            .add_service(InterceptedService::new(
+                GrpcInferenceServiceServer::new(crate::kserve::grpc::Inference::new(state))
                     .max_decoding_message_size(limit),
                 auth,
             )),

@@ -38,7 +38,13 @@ pub async fn run(
     stages: &[Box<dyn Stage>],
     request: InferenceRequest,
 ) -> ApiResult<InferenceResponse> {
-    let headers = request.headers.clone();
+    // A KServe envelope unwraps the entry node's input only (docs/kserve.md).
+    let headers: Vec<(String, String)> = request
+        .headers
+        .iter()
+        .filter(|(name, _)| name != crate::kserve::ENVELOPE_HEADER)
+        .cloned()
+        .collect();
     let mut entry_request = Some(request);
     let mut futures: Vec<StageFuture<'_>> = Vec::with_capacity(plan.stages.len());
     for (i, stage) in plan.stages.iter().enumerate() {

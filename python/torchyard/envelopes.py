@@ -1,0 +1,151 @@
+"""TorchServe's `kserve` and `kservev2` request envelopes (ts/torch_handler/request_envelope/),
+applied per request: the server names the envelope of a request arriving through a KServe
+front door in the `x-torchyard-envelope` header (docs/kserve.md).
+
+An envelope unwraps a request into the items the handler sees (v1: the `instances`; v2: the
+`inputs`, each `data` reshaped to its `shape`, a BYTES input's `data` its first element) and
+wraps the handler's outputs back (v1: `{"predictions": ...}` or `{"explanations": ...}`; v2: one
+output tensor per item, named after its input, datatype from numpy's dtype). The items of the
+requests of a batch are handed to the handler together; each request gets back as many outputs
+as it gave items (a batch of one request gets them all, as in TorchServe). `;input` after the
+name unwraps only: the entry node of a workflow, whose answer the server wraps.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+#: The request header naming a request's envelope.
+HEADER = "x-torchyard-envelope"
+
+_DATATYPE_TO_NUMPY = {
+    "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32",
+    "UINT64": "uint64", "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
+    "FP16": "float16", "FP32": "float32", "FP64": "float64", "BYTES": "byte",
+}
+_NUMPY_TO_DATATYPE = {v: k for k, v in _DATATYPE_TO_NUMPY.items()}
+_NUMPY_TO_DATATYPE["object"] = "BYTES"
+_NUMPY_TO_DATATYPE["U"] = "BYTES"
+
+
+class Unwrapped:
+    """One enveloped request: its envelope, its items and what wrapping its answer needs."""
+
+    def __init__(self, kind: str, wraps: bool, items: List[Any], input_names: List[str],
+                 request_id: Optional[str], explain: bool):
+        self.kind = kind
+        self.wraps = wraps
+        self.items = items
+        self.input_names = input_names
+        self.request_id = request_id
+        self.explain = explain
+
+
+def envelope_of(request: dict) -> Optional[Tuple[str, bool]]:
+    """(envelope name, whether it wraps the answer) of a protocol request entry, or None."""
+    for name, value in request.get("headers", ()):
+        if name.lower() == HEADER:
+            kind, _, mode = value.partition(";")
+            return kind.strip(), mode.strip() != "input"
+    return None
+
+
+def _body(row: dict) -> Any:
+    data = row.get("data") or row.get("body")
+    if isinstance(data, (bytes, bytearray)):
+        data = json.loads(data.decode("utf-8"))
+    return data
+
+
+def unwrap(kind: str, wraps: bool, request: dict, row: dict) -> Unwrapped:
+    """The items of one request's parameters `row` under envelope `kind`."""
+    headers = {k.lower(): v for k, v in request.get("headers", ())}
+    explain = headers.get("explain") == "True"
+    body = _body(row)
+    if kind == "kserve":
+        return Unwrapped(kind, wraps, body.get("instances"), [], None, explain)
+    if kind != "kservev2":
+        raise ValueError(f"unknown envelope {kind!r}")
+    import numpy as np
+
+    inputs = body["inputs"]
+    names = []
+    for tensor in inputs:
+        if tensor["datatype"] == "BYTES":
+            tensor["data"] = tensor["data"][0]
+        else:
+            tensor["data"] = np.array(tensor["data"]).reshape(tuple(tensor["shape"])).tolist()
+        names.append(tensor["name"])
+    request_id = body.get("id")
+    if not (request_id and request_id.strip()):
+        request_id = request.get("id")
+    return Unwrapped(kind, wraps, inputs, names, request_id, explain)
+
+
+def wrap(unwrapped: Unwrapped, outputs: Any, manifest: dict) -> Any:
+    """One request's answer from the handler's outputs for its items."""
+    if not unwrapped.wraps or not outputs:
+        return outputs
+    if unwrapped.kind == "kserve":
+        return {"explanations" if unwrapped.explain else "predictions": outputs}
+    model = (manifest or {}).get("model", {})
+    return {
+        "id": unwrapped.request_id,
+        "model_name": model.get("modelName"),
+        "model_version": model.get("modelVersion"),
+        "outputs": [_tensor(item, _name(unwrapped.input_names, i))
+                    for i, item in enumerate(outputs)],
+    }
+
+
+def _name(names: Sequence[str], index: int) -> str:
+    return names[index] if index < len(names) else f"output-{index}"
+
+
+def _tensor(data: Any, name: str) -> dict:
+    import numpy as np
+
+    array = np.array(data).flatten()
+    dtype = str(array.dtype)
+    datatype = _NUMPY_TO_DATATYPE.get(dtype) or _NUMPY_TO_DATATYPE[array.dtype.kind]
+    return {"name": name, "datatype": datatype, "data": array.tolist(),
+            "shape": list(array.shape)}
+
+
+def split(outputs: Sequence[Any], unwrapped: Sequence[Optional[Unwrapped]]) -> List[Any]:
+    """The handler's outputs for the joined items, cut back into one answer per request (a
+    request without envelope gave one item and gets one output)."""
+    counts = [1 if u is None else len(u.items or ()) for u in unwrapped]
+    if len(outputs) != sum(counts):
+        raise ValueError(f"handler returned {len(outputs)} outputs for {sum(counts)} items "
+                         f"of a batch of {len(counts)} enveloped requests")
+    answers, at = [], 0
+    for count, u in zip(counts, unwrapped):
+        part = outputs[at:at + count]
+        answers.append(part[0] if u is None else part)
+        at += count
+    return answers
+
+
+def call(entry: Callable[[Any, Any], Any], requests: Sequence[dict], data: List[dict],
+         context: Any) -> Any:
+    """The handler `entry`'s outputs for a batch: called as is when no request is enveloped,
+    else on the joined items of the requests, its outputs cut and wrapped per request."""
+    kinds = [envelope_of(r) for r in requests]
+    if not any(kinds):
+        return entry(data, context)
+    unwrapped = [None if kind is None else unwrap(kind[0], kind[1], request, row)
+                 for kind, request, row in zip(kinds, requests, data)]
+    if len(requests) == 1:
+        items = unwrapped[0].items
+    else:
+        items = [item for u, row in zip(unwrapped, data)
+                 for item in ([row] if u is None else u.items or ())]
+    outputs = entry(items, context) if items else None
+    if outputs is None or len(requests) == 1:
+        answers = [outputs]
+    else:
+        answers = split(outputs, unwrapped)
+    return [a if u is None else wrap(u, a, context.manifest)
+            for u, a in zip(unwrapped, answers)]

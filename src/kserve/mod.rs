@@ -1,0 +1,234 @@
+//! KServe's protocols as a front door onto the models and workflows: the Open Inference
+//! Protocol v2 over REST ([`rest`]) and gRPC ([`grpc`], `inference.GRPCInferenceService`) and
+//! KServe v1 REST. As in TorchServe, the request body goes to the handler through TorchServe's
+//! `kserve` (v1) or `kservev2` (v2) envelope, which the worker applies (python/torchyard/
+//! envelopes.py) because the request names it in a header. A name is looked up as a model
+//! first, then as a workflow: a workflow's entry node gets the unwrapped input and its leaves'
+//! answers become the outputs (docs/kserve.md).
+
+pub mod grpc;
+pub mod rest;
+mod tensors;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use crate::error::{ApiError, ApiResult};
+use crate::job::{InferenceRequest, InferenceResponse, Param};
+use crate::model::ServedModel;
+use crate::state::AppState;
+use crate::versioned::Versioned;
+use crate::workflow::Workflow;
+
+/// Code generated from proto/kserve/open_inference_grpc.proto.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("inference");
+}
+
+/// The request header that names a request's envelope for the worker; a workflow's other
+/// nodes do not get it.
+pub const ENVELOPE_HEADER: &str = "x-torchyard-envelope";
+
+/// Which KServe protocol a request came in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Protocol {
+    /// KServe v1: `{"instances": [...]}` in, `{"predictions": [...]}` out.
+    V1,
+    /// Open Inference Protocol v2: input tensors in, output tensors out.
+    V2,
+}
+
+impl Protocol {
+    /// TorchServe's name of the envelope of this protocol.
+    fn envelope(self) -> &'static str {
+        match self {
+            Self::V1 => "kserve",
+            Self::V2 => "kservev2",
+        }
+    }
+}
+
+/// What a KServe model name names.
+pub enum Target {
+    Model(Arc<ServedModel>),
+    Workflow(Arc<Workflow>),
+}
+
+/// The model `name` (its `version`, or the default), else the workflow of that name; a name
+/// that is neither is the model's 404.
+pub fn lookup(state: &AppState, name: &str, version: Option<&str>) -> ApiResult<Target> {
+    match state.registry.get(name, version) {
+        Ok(model) => Ok(Target::Model(model)),
+        Err(e) if state.registry.versions(name).is_err() => state
+            .workflows
+            .get(name, version)
+            .map(Target::Workflow)
+            .map_err(|_| e),
+        Err(e) => Err(e),
+    }
+}
+
+impl Target {
+    /// Whether every model behind the target has its minimum of workers ready.
+    pub fn ready(&self) -> bool {
+        match self {
+            Self::Model(model) => model.healthy(),
+            Self::Workflow(workflow) => workflow.nodes.iter().all(|n| n.model.healthy()),
+        }
+    }
+
+    /// The v2 model metadata: name, versions, platform and tensors. A model's tensors are
+    /// unknown (empty, as in TorchServe); a workflow's input is its entry node and its outputs
+    /// are its leaves.
+    pub fn metadata(&self, state: &AppState) -> Value {
+        let (name, versions, platform, inputs, outputs) = match self {
+            Self::Model(model) => {
+                let versions = state.registry.versions(model.name()).unwrap_or_default();
+                let versions: Vec<String> =
+                    versions.iter().map(|m| m.version().to_string()).collect();
+                (model.name(), versions, "", Vec::new(), Vec::new())
+            }
+            Self::Workflow(workflow) => {
+                let versions = state
+                    .workflows
+                    .versions(workflow.name())
+                    .unwrap_or_default();
+                let versions: Vec<String> =
+                    versions.iter().map(|w| w.version().to_string()).collect();
+                let plan = &workflow.plan;
+                let tensor = |name: &str| json!({"name": name, "datatype": "BYTES", "shape": [-1]});
+                let inputs = vec![tensor(&plan.stages[plan.entry].name)];
+                let outputs = plan.leaves.iter().map(|&l| tensor(&plan.stages[l].name));
+                (
+                    workflow.name(),
+                    versions,
+                    "torchyard_workflow",
+                    inputs,
+                    outputs.collect(),
+                )
+            }
+        };
+        json!({
+            "name": name,
+            "versions": versions,
+            "platform": platform,
+            "inputs": inputs,
+            "outputs": outputs,
+        })
+    }
+}
+
+/// A KServe inference request: the protocol, whether it asks for an explanation, the JSON
+/// body, and the request id.
+pub struct Infer {
+    pub protocol: Protocol,
+    pub explain: bool,
+    pub body: Bytes,
+    pub id: String,
+}
+
+/// Runs a KServe request on `target` and answers the envelope's JSON (a model), or the
+/// workflow's leaves as the protocol's answer (a workflow). v2 JSON is checked first.
+pub async fn infer(
+    target: Target,
+    version_named: bool,
+    infer: Infer,
+) -> ApiResult<InferenceResponse> {
+    let request_id = match infer.protocol {
+        Protocol::V2 => tensors::check_request(&infer.body)?.id,
+        Protocol::V1 => {
+            serde_json::from_slice::<serde_json::Map<String, Value>>(&infer.body)
+                .map_err(|e| ApiError::bad_request(format!("Invalid v1 inference request: {e}")))?;
+            None
+        }
+    };
+    let envelope = infer.protocol.envelope();
+    let request = |envelope: String| InferenceRequest {
+        id: infer.id.clone(),
+        headers: vec![
+            (ENVELOPE_HEADER.into(), envelope),
+            (
+                "explain".into(),
+                if infer.explain { "True" } else { "False" }.into(),
+            ),
+        ],
+        params: vec![Param {
+            name: "body".into(),
+            content_type: Some("application/json".into()),
+            value: infer.body.clone(),
+        }],
+    };
+    match target {
+        Target::Model(model) => {
+            model
+                .submit(request(envelope.into()), version_named)
+                .await?
+                .whole()
+                .await
+        }
+        Target::Workflow(workflow) => {
+            let output = crate::workflow::execute(&workflow, request(format!("{envelope};input")))
+                .await?
+                .whole()
+                .await?;
+            let answer = workflow_answer(&workflow, infer.protocol, infer.explain, &output);
+            let answer = match answer {
+                Value::Object(mut v2) if infer.protocol == Protocol::V2 => {
+                    v2.insert("id".into(), request_id.unwrap_or(infer.id).into());
+                    Value::Object(v2)
+                }
+                other => other,
+            };
+            Ok(InferenceResponse {
+                status: 200,
+                content_type: Some("application/json".into()),
+                headers: Vec::new(),
+                body: Bytes::from(answer.to_string()),
+                trace: None,
+                more: None,
+            })
+        }
+    }
+}
+
+/// A workflow's answer in the protocol: v1 `{"predictions": ...}` (or `explanations`) of the
+/// leaf's JSON answer (several leaves: the object of their answers by name), v2 one output
+/// tensor per leaf.
+fn workflow_answer(
+    workflow: &Workflow,
+    protocol: Protocol,
+    explain: bool,
+    output: &InferenceResponse,
+) -> Value {
+    let value = serde_json::from_slice(&output.body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&output.body).into_owned()));
+    match protocol {
+        Protocol::V1 => {
+            let key = if explain {
+                "explanations"
+            } else {
+                "predictions"
+            };
+            json!({ key: value })
+        }
+        Protocol::V2 => {
+            let plan = &workflow.plan;
+            let names = plan.leaves.iter().map(|&l| plan.stages[l].name.as_str());
+            let leaves: Vec<(&str, Value)> = match (plan.leaves.len(), value) {
+                (1, value) => names.map(|n| (n, value.clone())).collect(),
+                (_, Value::Object(mut by_leaf)) => names
+                    .map(|n| (n, by_leaf.remove(n).unwrap_or(Value::Null)))
+                    .collect(),
+                (_, other) => names.map(|n| (n, other.clone())).collect(),
+            };
+            json!({
+                "model_name": workflow.name(),
+                "model_version": workflow.version(),
+                "outputs": tensors::leaf_outputs(leaves.into_iter()),
+            })
+        }
+    }
+}

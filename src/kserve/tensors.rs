@@ -1,0 +1,539 @@
+//! Open Inference Protocol v2 tensors: checking a JSON request before it reaches a worker,
+//! converting gRPC's typed (or raw) tensor contents to the JSON request the `kservev2`
+//! envelope unwraps and its JSON answer back to gRPC, and describing a workflow's JSON leaf
+//! answers as output tensors.
+
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::pb::model_infer_request::InferInputTensor;
+use super::pb::model_infer_response::InferOutputTensor;
+use super::pb::{InferTensorContents, ModelInferRequest, ModelInferResponse};
+use crate::error::{ApiError, ApiResult};
+
+/// A v2 datatype, with the size of one element in raw (binary) contents.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Datatype {
+    Bool,
+    U8,
+    U16,
+    U32,
+    U64,
+    I8,
+    I16,
+    I32,
+    I64,
+    F16,
+    F32,
+    F64,
+    Bytes,
+}
+
+impl Datatype {
+    /// The datatype named `name` (`"FP32"`, ...), or a 400.
+    pub fn parse(name: &str) -> ApiResult<Self> {
+        Ok(match name {
+            "BOOL" => Self::Bool,
+            "UINT8" => Self::U8,
+            "UINT16" => Self::U16,
+            "UINT32" => Self::U32,
+            "UINT64" => Self::U64,
+            "INT8" => Self::I8,
+            "INT16" => Self::I16,
+            "INT32" => Self::I32,
+            "INT64" => Self::I64,
+            "FP16" => Self::F16,
+            "FP32" => Self::F32,
+            "FP64" => Self::F64,
+            "BYTES" => Self::Bytes,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "Unsupported datatype {other:?}"
+                )))
+            }
+        })
+    }
+
+    /// Whether a JSON element fits this datatype.
+    fn admits(self, value: &Value) -> bool {
+        match self {
+            Self::Bool => value.is_boolean(),
+            Self::Bytes => true,
+            Self::F16 | Self::F32 | Self::F64 => value.is_number(),
+            Self::U8 | Self::U16 | Self::U32 | Self::U64 => value.is_u64(),
+            _ => value.is_i64() || value.is_u64(),
+        }
+    }
+}
+
+/// One input tensor of a v2 JSON request.
+#[derive(Debug, Deserialize)]
+pub struct InputTensor {
+    pub name: String,
+    pub datatype: String,
+    pub shape: Vec<i64>,
+    pub data: Value,
+}
+
+/// The parts of a v2 JSON request torchyard checks.
+#[derive(Debug, Deserialize)]
+pub struct InferRequest {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub inputs: Vec<InputTensor>,
+}
+
+/// Parses and checks a v2 JSON request: every input has a known datatype, a non-negative
+/// shape, and (but for BYTES, whose data the envelope takes as is) as many elements of that
+/// type as the shape holds. The body itself goes to the worker unchanged.
+pub fn check_request(body: &[u8]) -> ApiResult<InferRequest> {
+    let request: InferRequest = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("Invalid v2 inference request: {e}")))?;
+    if request.inputs.is_empty() {
+        return Err(ApiError::bad_request("The request has no inputs"));
+    }
+    for input in &request.inputs {
+        let datatype = Datatype::parse(&input.datatype)?;
+        let expected = elements(&input.shape).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Invalid shape {:?} of input {}",
+                input.shape, input.name
+            ))
+        })?;
+        let mut count = 0usize;
+        let mut fits = true;
+        for_each_element(&input.data, &mut |v| {
+            count += 1;
+            fits &= datatype.admits(v);
+        });
+        if datatype == Datatype::Bytes {
+            continue;
+        }
+        if !fits {
+            return Err(ApiError::bad_request(format!(
+                "Input {} holds data that is not {}",
+                input.name, input.datatype
+            )));
+        }
+        if count != expected {
+            return Err(ApiError::bad_request(format!(
+                "Input {} has {count} elements, but its shape {:?} holds {expected}",
+                input.name, input.shape
+            )));
+        }
+    }
+    Ok(request)
+}
+
+/// The number of elements of `shape`, or None for a negative dimension or an overflow.
+fn elements(shape: &[i64]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |n, &d| {
+        usize::try_from(d).ok().and_then(|d| n.checked_mul(d))
+    })
+}
+
+/// Calls `f` on every non-array element of a (nested) JSON array, or on a lone scalar.
+fn for_each_element(value: &Value, f: &mut impl FnMut(&Value)) {
+    match value {
+        Value::Array(items) => items.iter().for_each(|v| for_each_element(v, f)),
+        other => f(other),
+    }
+}
+
+/// The JSON request TorchServe builds of a gRPC `ModelInfer` (its `OpenInferenceProtocolImpl`):
+/// `id`, `model_name` and the inputs with their contents as `data`, BYTES base64-encoded.
+/// Raw contents (`raw_input_contents`, as tritonclient sends them) are read as little-endian
+/// elements of the input's datatype.
+pub fn grpc_request_json(request: &ModelInferRequest) -> ApiResult<Vec<u8>> {
+    let raw = &request.raw_input_contents;
+    if !raw.is_empty() && raw.len() != request.inputs.len() {
+        return Err(ApiError::bad_request(format!(
+            "{} raw_input_contents for {} inputs",
+            raw.len(),
+            request.inputs.len()
+        )));
+    }
+    let mut inputs = Vec::with_capacity(request.inputs.len());
+    for (i, input) in request.inputs.iter().enumerate() {
+        let datatype = Datatype::parse(&input.datatype)?;
+        let data = match raw.get(i) {
+            Some(bytes) => raw_data(datatype, bytes),
+            None => typed_data(datatype, input),
+        }
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Raw contents of input {} are not whole {} elements",
+                input.name, input.datatype
+            ))
+        })?;
+        let expected = elements(&input.shape);
+        if datatype != Datatype::Bytes && expected != Some(data.len()) {
+            return Err(ApiError::bad_request(format!(
+                "Input {} has {} elements, but its shape {:?} holds {}",
+                input.name,
+                data.len(),
+                input.shape,
+                expected.map_or("none".into(), |n| n.to_string())
+            )));
+        }
+        inputs.push(json!({
+            "name": input.name,
+            "shape": input.shape,
+            "datatype": input.datatype,
+            "data": data,
+        }));
+    }
+    let body = json!({ "id": request.id, "model_name": request.model_name, "inputs": inputs });
+    Ok(serde_json::to_vec(&body).expect("JSON values print"))
+}
+
+fn base64(bytes: &[u8]) -> Value {
+    use base64::Engine;
+    Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+fn typed_data(datatype: Datatype, input: &InferInputTensor) -> Option<Vec<Value>> {
+    let c = input.contents.clone().unwrap_or_default();
+    let values: Vec<Value> = match datatype {
+        Datatype::Bool => c.bool_contents.into_iter().map(Value::from).collect(),
+        Datatype::I8 | Datatype::I16 | Datatype::I32 => {
+            c.int_contents.into_iter().map(Value::from).collect()
+        }
+        Datatype::I64 => c.int64_contents.into_iter().map(Value::from).collect(),
+        Datatype::U8 | Datatype::U16 | Datatype::U32 => {
+            c.uint_contents.into_iter().map(Value::from).collect()
+        }
+        Datatype::U64 => c.uint64_contents.into_iter().map(Value::from).collect(),
+        Datatype::F16 | Datatype::F32 => c.fp32_contents.into_iter().map(Value::from).collect(),
+        Datatype::F64 => c.fp64_contents.into_iter().map(Value::from).collect(),
+        Datatype::Bytes => c.bytes_contents.iter().map(|b| base64(b)).collect(),
+    };
+    Some(values)
+}
+
+/// Little-endian raw contents as JSON elements; None when they are not whole elements.
+pub fn raw_data(datatype: Datatype, bytes: &[u8]) -> Option<Vec<Value>> {
+    fn each<const N: usize>(bytes: &[u8], f: impl Fn([u8; N]) -> Value) -> Option<Vec<Value>> {
+        if !bytes.len().is_multiple_of(N) {
+            return None;
+        }
+        Some(
+            bytes
+                .chunks_exact(N)
+                .map(|c| f(c.try_into().expect("chunks of N")))
+                .collect(),
+        )
+    }
+    match datatype {
+        Datatype::Bool => each(bytes, |[b]: [u8; 1]| Value::Bool(b != 0)),
+        Datatype::U8 => each(bytes, |[b]: [u8; 1]| Value::from(b)),
+        Datatype::I8 => each(bytes, |b| Value::from(i8::from_le_bytes(b))),
+        Datatype::U16 => each(bytes, |b| Value::from(u16::from_le_bytes(b))),
+        Datatype::I16 => each(bytes, |b| Value::from(i16::from_le_bytes(b))),
+        Datatype::U32 => each(bytes, |b| Value::from(u32::from_le_bytes(b))),
+        Datatype::I32 => each(bytes, |b| Value::from(i32::from_le_bytes(b))),
+        Datatype::U64 => each(bytes, |b| Value::from(u64::from_le_bytes(b))),
+        Datatype::I64 => each(bytes, |b| Value::from(i64::from_le_bytes(b))),
+        Datatype::F16 => each(bytes, |b| Value::from(f16_to_f32(u16::from_le_bytes(b)))),
+        Datatype::F32 => each(bytes, |b| Value::from(f32::from_le_bytes(b))),
+        Datatype::F64 => each(bytes, |b| Value::from(f64::from_le_bytes(b))),
+        Datatype::Bytes => {
+            // Each element: a 4-byte little-endian length, then that many bytes.
+            let mut values = Vec::new();
+            let mut rest = bytes;
+            while !rest.is_empty() {
+                let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+                let item = rest.get(4..4 + len)?;
+                values.push(base64(item));
+                rest = &rest[4 + len..];
+            }
+            Some(values)
+        }
+    }
+}
+
+/// An IEEE half-precision float's value.
+fn f16_to_f32(bits: u16) -> f32 {
+    let sign = if bits & 0x8000 != 0 { -1.0 } else { 1.0 };
+    let exponent = i32::from((bits >> 10) & 0x1f);
+    let fraction = f32::from(bits & 0x3ff);
+    sign * match exponent {
+        0 => fraction * 2f32.powi(-24),
+        31 if fraction == 0.0 => f32::INFINITY,
+        31 => f32::NAN,
+        e => (1.0 + fraction / 1024.0) * 2f32.powi(e - 15),
+    }
+}
+
+/// The gRPC answer of the `kservev2` envelope's JSON answer, as TorchServe's `GRPCJob` builds
+/// it: `id`, `model_name`, `model_version` and each output's contents by its datatype (a BYTES
+/// element: the string itself, other JSON as its text). With `raw` (the request came with raw
+/// contents, as tritonclient sends them, and reads only raw answers) the contents go in
+/// `raw_output_contents` instead.
+pub fn grpc_response(body: &[u8], raw: bool) -> ApiResult<ModelInferResponse> {
+    #[derive(Deserialize)]
+    struct Output {
+        name: String,
+        datatype: String,
+        #[serde(default)]
+        shape: Vec<i64>,
+        data: Vec<Value>,
+    }
+    #[derive(Deserialize)]
+    struct Answer {
+        #[serde(default)]
+        id: Option<String>,
+        #[serde(default)]
+        model_name: Option<String>,
+        #[serde(default)]
+        model_version: Option<String>,
+        outputs: Vec<Output>,
+    }
+    let answer: Answer = serde_json::from_slice(body).map_err(|e| {
+        ApiError::internal(format!(
+            "The handler's answer is not a v2 inference response: {e}"
+        ))
+    })?;
+    let mut outputs = Vec::with_capacity(answer.outputs.len());
+    let mut raw_output_contents = Vec::new();
+    for output in answer.outputs {
+        let datatype =
+            Datatype::parse(&output.datatype).map_err(|e| ApiError::internal(e.message))?;
+        let contents = contents(datatype, &output.data);
+        if raw {
+            raw_output_contents.push(raw_bytes(&contents).into());
+        }
+        outputs.push(InferOutputTensor {
+            name: output.name,
+            datatype: output.datatype,
+            shape: output.shape,
+            parameters: Default::default(),
+            contents: (!raw).then_some(contents),
+        });
+    }
+    Ok(ModelInferResponse {
+        model_name: answer.model_name.unwrap_or_default(),
+        model_version: answer.model_version.unwrap_or_default(),
+        id: answer.id.unwrap_or_default(),
+        parameters: Default::default(),
+        outputs,
+        raw_output_contents,
+    })
+}
+
+/// Typed contents (one kind filled) as little-endian raw contents; BYTES elements each after
+/// their 4-byte length.
+fn raw_bytes(c: &InferTensorContents) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend(c.bool_contents.iter().map(|&b| u8::from(b)));
+    c.int_contents
+        .iter()
+        .for_each(|v| out.extend(v.to_le_bytes()));
+    c.int64_contents
+        .iter()
+        .for_each(|v| out.extend(v.to_le_bytes()));
+    c.uint_contents
+        .iter()
+        .for_each(|v| out.extend(v.to_le_bytes()));
+    c.uint64_contents
+        .iter()
+        .for_each(|v| out.extend(v.to_le_bytes()));
+    c.fp32_contents
+        .iter()
+        .for_each(|v| out.extend(v.to_le_bytes()));
+    c.fp64_contents
+        .iter()
+        .for_each(|v| out.extend(v.to_le_bytes()));
+    for b in &c.bytes_contents {
+        out.extend((b.len() as u32).to_le_bytes());
+        out.extend_from_slice(b);
+    }
+    out
+}
+
+fn contents(datatype: Datatype, data: &[Value]) -> InferTensorContents {
+    let mut c = InferTensorContents::default();
+    let int = |v: &Value| v.as_i64().unwrap_or_default();
+    let uint = |v: &Value| v.as_u64().unwrap_or_default();
+    let float = |v: &Value| v.as_f64().unwrap_or_default();
+    match datatype {
+        Datatype::Bool => {
+            c.bool_contents = data.iter().map(|v| v.as_bool() == Some(true)).collect()
+        }
+        Datatype::I8 | Datatype::I16 | Datatype::I32 => {
+            c.int_contents = data.iter().map(|v| int(v) as i32).collect()
+        }
+        Datatype::I64 => c.int64_contents = data.iter().map(int).collect(),
+        Datatype::U8 | Datatype::U16 | Datatype::U32 => {
+            c.uint_contents = data.iter().map(|v| uint(v) as u32).collect()
+        }
+        Datatype::U64 => c.uint64_contents = data.iter().map(uint).collect(),
+        Datatype::F16 | Datatype::F32 => {
+            c.fp32_contents = data.iter().map(|v| float(v) as f32).collect()
+        }
+        Datatype::F64 => c.fp64_contents = data.iter().map(float).collect(),
+        Datatype::Bytes => {
+            c.bytes_contents = data
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => s.clone().into(),
+                    other => other.to_string().into(),
+                })
+                .collect()
+        }
+    }
+    c
+}
+
+/// A workflow's answer as v2 output tensors: one per leaf, named after it, its JSON answer
+/// flattened (the shape of a rectangular nested array, else the element count) with the
+/// datatype numpy would give it.
+pub fn leaf_outputs<'a>(leaves: impl Iterator<Item = (&'a str, Value)>) -> Value {
+    let outputs: Vec<Value> = leaves
+        .map(|(name, value)| {
+            let mut data = Vec::new();
+            for_each_element(&value, &mut |v| data.push(v.clone()));
+            let shape = shape_of(&value).unwrap_or_else(|| vec![data.len()]);
+            let datatype = if data.iter().all(Value::is_boolean) && !data.is_empty() {
+                "BOOL"
+            } else if data.iter().all(|v| v.is_i64() || v.is_u64()) {
+                "INT64"
+            } else if data.iter().all(Value::is_number) {
+                "FP64"
+            } else {
+                "BYTES"
+            };
+            let mut tensor = Map::new();
+            tensor.insert("name".into(), name.into());
+            tensor.insert("datatype".into(), datatype.into());
+            tensor.insert("shape".into(), json!(shape));
+            tensor.insert("data".into(), Value::Array(data));
+            Value::Object(tensor)
+        })
+        .collect();
+    Value::Array(outputs)
+}
+
+/// The shape of a rectangular nested array (a scalar: `[1]`), or None when ragged.
+fn shape_of(value: &Value) -> Option<Vec<usize>> {
+    match value {
+        Value::Array(items) => {
+            let inner: Vec<Option<Vec<usize>>> = items
+                .iter()
+                .map(|v| {
+                    if v.is_array() {
+                        shape_of(v)
+                    } else {
+                        Some(Vec::new())
+                    }
+                })
+                .collect();
+            let first = inner.first().cloned().unwrap_or(Some(Vec::new()))?;
+            if inner.iter().any(|s| s.as_ref() != Some(&first)) {
+                return None;
+            }
+            Some(std::iter::once(items.len()).chain(first).collect())
+        }
+        _ => Some(vec![1]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_checked_against_shape_and_datatype() {
+        let ok =
+            br#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2],[3.5,4]]}]}"#;
+        assert_eq!(check_request(ok).unwrap().inputs[0].name, "x");
+        let short = br#"{"inputs":[{"name":"x","shape":[3],"datatype":"INT64","data":[1,2]}]}"#;
+        assert!(check_request(short)
+            .unwrap_err()
+            .message
+            .contains("holds 3"));
+        let float_ints =
+            br#"{"inputs":[{"name":"x","shape":[1],"datatype":"INT32","data":[1.5]}]}"#;
+        assert!(check_request(float_ints).is_err());
+        let unknown = br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP8","data":[1]}]}"#;
+        assert!(check_request(unknown).unwrap_err().message.contains("FP8"));
+        let negative = br#"{"inputs":[{"name":"x","shape":[-1],"datatype":"FP32","data":[1]}]}"#;
+        assert!(check_request(negative).is_err());
+        let bytes = br#"{"inputs":[{"name":"t","shape":[1],"datatype":"BYTES","data":["a","b"]}]}"#;
+        assert!(check_request(bytes).is_ok());
+        assert!(check_request(b"{not json").is_err());
+        assert!(check_request(br#"{"inputs":[]}"#).is_err());
+    }
+
+    #[test]
+    fn raw_contents_are_little_endian_elements() {
+        let fp32: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|f| f.to_le_bytes())
+            .collect();
+        assert_eq!(
+            raw_data(Datatype::F32, &fp32).unwrap(),
+            [json!(1.5), json!(-2.0)]
+        );
+        assert_eq!(raw_data(Datatype::I64, &fp32).unwrap().len(), 1);
+        assert!(raw_data(Datatype::I32, &[1, 2, 3]).is_none());
+        let strings = [&3u32.to_le_bytes()[..], b"abc", &0u32.to_le_bytes()].concat();
+        assert_eq!(
+            raw_data(Datatype::Bytes, &strings).unwrap(),
+            [json!("YWJj"), json!("")]
+        );
+        assert!(raw_data(Datatype::Bytes, &[9, 0, 0, 0, 1]).is_none());
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+    }
+
+    #[test]
+    fn grpc_answer_follows_the_datatype() {
+        let body = br#"{"id":"r","model_name":"m","model_version":"1.0","outputs":[
+            {"name":"a","datatype":"INT64","shape":[2],"data":[1,2]},
+            {"name":"b","datatype":"FP32","shape":[1],"data":[0.5]},
+            {"name":"c","datatype":"BYTES","shape":[1],"data":["hi"]}]}"#;
+        let answer = grpc_response(body, false).unwrap();
+        assert_eq!(
+            (answer.id.as_str(), answer.model_version.as_str()),
+            ("r", "1.0")
+        );
+        let contents = |i: usize| answer.outputs[i].contents.clone().unwrap();
+        assert_eq!(contents(0).int64_contents, [1, 2]);
+        assert_eq!(contents(1).fp32_contents, [0.5]);
+        assert_eq!(contents(2).bytes_contents, [bytes::Bytes::from("hi")]);
+        assert!(grpc_response(b"[1]", false).is_err());
+        let raw = grpc_response(body, true).unwrap();
+        assert!(raw.outputs.iter().all(|o| o.contents.is_none()));
+        assert_eq!(
+            raw.raw_output_contents[0],
+            [&1i64.to_le_bytes()[..], &2i64.to_le_bytes()].concat()
+        );
+        assert_eq!(
+            raw.raw_output_contents[2],
+            [&2u32.to_le_bytes()[..], b"hi"].concat()
+        );
+    }
+
+    #[test]
+    fn leaf_answers_become_tensors() {
+        let outputs = leaf_outputs(
+            [
+                ("a", json!([[1, 2], [3, 4]])),
+                ("b", json!([0.5, 1])),
+                ("c", json!("x")),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(outputs[0]["shape"], json!([2, 2]));
+        assert_eq!(outputs[0]["datatype"], "INT64");
+        assert_eq!(outputs[0]["data"], json!([1, 2, 3, 4]));
+        assert_eq!(outputs[1]["datatype"], "FP64");
+        assert_eq!(outputs[2]["datatype"], "BYTES");
+        assert_eq!(outputs[2]["shape"], json!([1]));
+        assert_eq!(
+            leaf_outputs([("r", json!([[1], [2, 3]]))].into_iter())[0]["shape"],
+            json!([3])
+        );
+    }
+}

@@ -1,0 +1,218 @@
+"""KServe's protocols (docs/kserve.md) with real clients: tritonclient's HTTP and gRPC clients
+call the Open Inference Protocol v2 for a model (an unmodified TorchServe-style handler on a
+TorchScript model) and for a workflow; a v1 request goes as KServe's own test script sends it.
+Answers are compared with what TorchServe's `kserve`/`kservev2` envelopes (its `ts` package in
+`.venv/torchserve-ref`) produce around the same computation; errors are checked for status and
+JSON body."""
+
+import importlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from support.archives import archive, torchscript_scale, war, write_files
+
+tritonclient_http = pytest.importorskip("tritonclient.http")
+tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
+
+TS_REFERENCE = Path(sys.prefix) / "torchserve-ref"
+FACTOR = 3.0
+
+#: A handler written for TorchServe, unchanged: each item the envelope unwraps (a v2 input
+#: tensor or a v1 instance) holds `data`, which the TorchScript model scales.
+HANDLER = """
+import json
+
+import torch
+from ts.torch_handler.base_handler import BaseHandler
+
+
+class Scaler(BaseHandler):
+    def preprocess(self, data):
+        rows = [row.get("data", row.get("body")) for row in data]
+        return [torch.tensor(json.loads(r) if isinstance(r, (bytes, bytearray)) else r,
+                             dtype=torch.float32) for r in rows]
+
+    def inference(self, data, *args, **kwargs):
+        with torch.inference_mode():
+            return [self.model(x) for x in data]
+
+    def postprocess(self, data):
+        return [x.tolist() for x in data]
+
+    def explain_handle(self, data_preprocess, raw_data):
+        return [float(x.sum()) for x in data_preprocess]
+"""
+
+#: The workflow: `pre` (the entry, a function node) takes the unwrapped v2 inputs and answers
+#: their data (one output per item, as under an envelope); the model node `scale` scales it.
+WF_HANDLER = """
+def pre(data, context):
+    return [row["data"] for row in data] if data else None
+"""
+WF_SPEC = "models:\n  scale:\n    url: scaler.mar\ndag:\n  pre: [scale]\n"
+
+
+@pytest.fixture(scope="module")
+def server(start_module_server, tmp_path_factory):
+    store = tmp_path_factory.mktemp("store")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        write_files(tmp, {"scaler.py": HANDLER})
+        pt = torchscript_scale(tmp / "scaler.pt", FACTOR)
+        archive("model", "--model-name", "scaler", "--version", "2.0", "--serialized-file",
+                str(pt), "--handler", str(tmp / "scaler.py"), "--export-path", str(store))
+    war(store, "flow", WF_SPEC, WF_HANDLER)
+    server = start_module_server(store=store, properties={"load_models": "scaler.mar"})
+    answer = requests.post(f"{server.management}/workflows", params={"url": "flow.war"})
+    assert answer.status_code == 200, answer.text
+    return server
+
+
+class FakeContext:
+    """What TorchServe's envelopes read of a context: the manifest, request id and headers."""
+
+    def __init__(self, explain=False):
+        self.manifest = {"model": {"modelName": "scaler", "modelVersion": "2.0"}}
+        self.explain = explain
+
+    def get_request_id(self, idx=0):
+        return "rid"
+
+    def get_request_header(self, idx, name):
+        return {"explain": "True" if self.explain else "False"}.get(name)
+
+
+def torchserve_envelope(name, body, explain=False):
+    """TorchServe's envelope `name` around the handler's computation on the JSON `body`."""
+    sys.path.insert(0, str(TS_REFERENCE))
+    try:
+        module = importlib.import_module(f"ts.torch_handler.request_envelope.{name}")
+    finally:
+        sys.path.remove(str(TS_REFERENCE))
+    envelope_class = {"kserve": "KServeEnvelope", "kservev2": "KServev2Envelope"}[name]
+
+    def handle(data, context):
+        if explain:
+            return [float(np.sum(row["data"])) for row in data]
+        return [(np.array(row["data"], dtype=np.float32) * FACTOR).tolist() for row in data]
+
+    envelope = getattr(module, envelope_class)(handle)
+    return envelope.handle([{"body": json.dumps(body).encode()}], FakeContext(explain))[0]
+
+
+V2_BODY = {"id": "req-1", "inputs": [
+    {"name": "a", "shape": [2, 2], "datatype": "FP32", "data": [1, 2, 3, 4]},
+    {"name": "b", "shape": [3], "datatype": "INT64", "data": [5, 6, 7]}]}
+
+
+@pytest.mark.skipif(not TS_REFERENCE.is_dir(), reason="TorchServe's ts package absent")
+def test_v2_rest_answers_as_torchserves_envelope(server):
+    answer = requests.post(f"{server.inference}/v2/models/scaler/infer", json=V2_BODY)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == json.loads(json.dumps(torchserve_envelope("kservev2", V2_BODY)))
+    versioned = requests.post(f"{server.inference}/v2/models/scaler/versions/2.0/infer",
+                              json=V2_BODY)
+    assert versioned.json() == answer.json()
+
+
+@pytest.mark.skipif(not TS_REFERENCE.is_dir(), reason="TorchServe's ts package absent")
+def test_v1_as_kserves_test_script_sends_it(server):
+    # kubernetes/kserve/tests/scripts/test_mnist.sh: curl -H "Content-Type: application/json"
+    # .../v1/models/mnist:predict -d @mnist.json, a body of {"instances": [{"data": ...}]}.
+    body = {"instances": [{"data": [1.0, 2.0]}, {"data": [0.5]}]}
+    headers = {"Content-Type": "application/json"}
+    for action, explain in [("predict", False), ("explain", True)]:
+        answer = requests.post(f"{server.inference}/v1/models/scaler:{action}",
+                               data=json.dumps(body), headers=headers)
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == torchserve_envelope("kserve", body, explain)
+    status = requests.get(f"{server.inference}/v1/models/scaler")
+    assert status.json() == {"name": "scaler", "ready": True}
+
+
+def test_tritonclient_http_model_and_workflow(server):
+    client = tritonclient_http.InferenceServerClient(server.inference.split("//")[1])
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("scaler") and client.is_model_ready("flow")
+    assert client.get_server_metadata()["name"] == "torchyard"
+    assert client.get_model_metadata("scaler")["versions"] == ["2.0"]
+    flow = client.get_model_metadata("flow")
+    assert [t["name"] for t in flow["inputs"]] == ["pre"]
+    assert [t["name"] for t in flow["outputs"]] == ["scale"]
+
+    data = np.array([[1.5, -2.0]], dtype=np.float32)
+    tensor = tritonclient_http.InferInput("x", [1, 2], "FP32")
+    tensor.set_data_from_numpy(data, binary_data=False)
+    result = client.infer("scaler", [tensor], request_id="abc")
+    assert result.get_response()["id"] == "abc"
+    assert result.get_response()["model_version"] == "2.0"
+    np.testing.assert_allclose(result.as_numpy("x"), (data * FACTOR).flatten())
+
+    result = client.infer("flow", [tensor])
+    assert result.get_response()["model_name"] == "flow"
+    output = result.get_response()["outputs"][0]
+    assert (output["name"], output["shape"]) == ("scale", [1, 1, 2])
+    np.testing.assert_allclose(result.as_numpy("scale").flatten(), (data * FACTOR).flatten())
+
+
+def test_tritonclient_grpc_model_and_workflow(server):
+    client = tritonclient_grpc.InferenceServerClient(server.grpc_inference)
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("scaler") and client.is_model_ready("flow")
+    metadata = client.get_model_metadata("flow", as_json=True)
+    assert metadata["platform"] == "torchyard_workflow"
+
+    data = np.array([1, 2, 3], dtype=np.int32)
+    tensor = tritonclient_grpc.InferInput("n", [3], "INT32")
+    tensor.set_data_from_numpy(data)  # raw_input_contents, as tritonclient sends tensors
+    result = client.infer("scaler", [tensor], request_id="g1")
+    assert result.get_response().id == "g1"
+    np.testing.assert_allclose(result.as_numpy("n"), data * FACTOR)
+    result = client.infer("flow", [tensor])
+    np.testing.assert_allclose(result.as_numpy("scale").flatten(), data * FACTOR)
+
+    with pytest.raises(tritonclient_grpc.InferenceServerException) as missing:
+        client.infer("nope", [tensor])
+    assert missing.value.status() == "StatusCode.NOT_FOUND"
+    short = tritonclient_grpc.InferInput("n", [4], "INT32")
+    short.set_data_from_numpy(np.array([1, 2, 3, 4], dtype=np.int32))
+    short._get_tensor().shape[:] = [5]
+    with pytest.raises(tritonclient_grpc.InferenceServerException) as bad:
+        client.infer("scaler", [short])
+    assert bad.value.status() == "StatusCode.INVALID_ARGUMENT"
+
+
+@pytest.mark.parametrize("path, body, status, kind", [
+    ("/v2/models/nope/infer", V2_BODY, 404, "ModelNotFoundException"),
+    ("/v2/models/scaler/versions/9.9/infer", V2_BODY, 404, "ModelNotFoundException"),
+    ("/v2/models/scaler/infer", {"inputs": [{"name": "a", "shape": [3], "datatype": "FP32",
+                                             "data": [1, 2]}]}, 400, "BadRequestException"),
+    ("/v2/models/scaler/infer", {"inputs": [{"name": "a", "shape": [1], "datatype": "FP128",
+                                             "data": [1]}]}, 400, "BadRequestException"),
+    ("/v2/models/scaler/infer", "{not json", 400, "BadRequestException"),
+    ("/v1/models/scaler:predict", "[1,", 400, "BadRequestException"),
+    ("/v1/models/nope:predict", {"instances": []}, 404, "ModelNotFoundException"),
+    ("/v1/models/scaler:train", {"instances": []}, 404, "ResourceNotFoundException"),
+])
+def test_errors_are_json_with_the_right_status(server, path, body, status, kind):
+    data = body if isinstance(body, str) else json.dumps(body)
+    answer = requests.post(f"{server.inference}{path}", data=data,
+                           headers={"Content-Type": "application/json"})
+    assert answer.status_code == status, answer.text
+    error = answer.json()
+    assert (error["code"], error["type"]) == (status, kind)
+    assert error["error"] == error["message"]  # KServe's clients read `error`
+
+
+def test_health_and_readiness(server):
+    assert requests.get(f"{server.inference}/v2/health/live").json() == {"live": True}
+    assert requests.get(f"{server.inference}/v2/health/ready").json() == {"ready": True}
+    ready = requests.get(f"{server.inference}/v2/models/flow/ready")
+    assert ready.json() == {"name": "flow", "ready": True}
+    assert requests.get(f"{server.inference}/v2/models/nope/ready").status_code == 404
