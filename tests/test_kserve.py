@@ -1,12 +1,17 @@
 """KServe's protocols (docs/kserve.md) with real clients: tritonclient's HTTP and gRPC clients
-call the Open Inference Protocol v2 for a model (an unmodified TorchServe-style handler on a
-TorchScript model) and for a workflow; a v1 request goes as KServe's own test script sends it.
+and the kserve SDK's REST (v1, v2) and gRPC clients call the Open Inference Protocol v2 for a
+model (an unmodified TorchServe-style handler on a TorchScript model) and for a workflow; a v1
+request goes as KServe's own test script sends it. The kserve SDK pins other grpcio/protobuf
+versions than the venv, so scripts/setup.sh installs it into `.venv/kserve-ref` and its test
+runs it in a subprocess with that folder first on the path.
 Answers are compared with what TorchServe's `kserve`/`kservev2` envelopes (its `ts` package in
 `.venv/torchserve-ref`) produce around the same computation; errors are checked for status and
 JSON body."""
 
 import importlib
 import json
+import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -21,6 +26,7 @@ tritonclient_http = pytest.importorskip("tritonclient.http")
 tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
 
 TS_REFERENCE = Path(sys.prefix) / "torchserve-ref"
+KSERVE_SDK = Path(sys.prefix) / "kserve-ref"
 FACTOR = 3.0
 
 #: A handler written for TorchServe, unchanged: each item the envelope unwraps (a v2 input
@@ -153,6 +159,10 @@ def test_tritonclient_http_model_and_workflow(server):
     assert result.get_response()["id"] == "abc"
     assert result.get_response()["model_version"] == "2.0"
     np.testing.assert_allclose(result.as_numpy("x"), (data * FACTOR).flatten())
+    binary = tritonclient_http.InferInput("x", [1, 2], "FP32")
+    binary.set_data_from_numpy(data)  # v2's binary tensor extension, tritonclient's default
+    np.testing.assert_allclose(client.infer("scaler", [binary]).as_numpy("x"),
+                               (data * FACTOR).flatten())
 
     result = client.infer("flow", [tensor])
     assert result.get_response()["model_name"] == "flow"
@@ -186,6 +196,55 @@ def test_tritonclient_grpc_model_and_workflow(server):
     with pytest.raises(tritonclient_grpc.InferenceServerException) as bad:
         client.infer("scaler", [short])
     assert bad.value.status() == "StatusCode.INVALID_ARGUMENT"
+
+
+#: Runs in a subprocess with the kserve SDK first on the path: its clients against the server,
+#: printing what they got as JSON.
+KSERVE_CLIENTS = """
+import asyncio, json, sys
+import numpy as np
+from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+from kserve.inference_client import InferenceGRPCClient
+
+
+def request(model):
+    tensor = InferInput("x", [2], "FP32")
+    tensor.set_data_from_numpy(np.array([1, 2], dtype=np.float32))
+    return InferRequest(model, [tensor], request_id="k1")
+
+
+async def main(rest, grpc_url):
+    out = {}
+    v2 = InferenceRESTClient(RESTConfig(protocol="v2"))
+    grpc = InferenceGRPCClient(grpc_url)
+    for model in ("scaler", "flow"):
+        answer = await v2.infer(rest, request(model), model_name=model)
+        out["rest-" + model] = answer.outputs[0].as_numpy().flatten().tolist()
+        answer = await grpc.infer(request(model))
+        out["grpc-" + model] = answer.outputs[0].as_numpy().flatten().tolist()
+    v1 = InferenceRESTClient(RESTConfig(protocol="v1"))
+    out["v1"] = await v1.infer(rest, {"instances": [{"data": [1, 2]}]}, model_name="scaler")
+    out["ready"] = await v2.is_model_ready(rest, "flow")
+    print(json.dumps(out))
+
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+@pytest.mark.skipif(not KSERVE_SDK.is_dir(), reason="the kserve SDK (.venv/kserve-ref) absent")
+def test_kserve_sdk_clients(server):
+    env = {**os.environ, "PYTHONPATH": str(KSERVE_SDK)}
+    run = subprocess.run([sys.executable, "-c", KSERVE_CLIENTS, server.inference,
+                          server.grpc_inference], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    scaled = [1 * FACTOR, 2 * FACTOR]
+    for key in ("rest-scaler", "grpc-scaler", "rest-flow", "grpc-flow"):
+        assert got[key] == scaled, key
+    assert got["v1"] == {"predictions": [scaled]}
+    assert got["ready"] is True
 
 
 @pytest.mark.parametrize("path, body, status, kind", [

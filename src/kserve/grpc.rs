@@ -127,6 +127,7 @@ impl GrpcInferenceService for Inference {
                 protocol: Protocol::V2,
                 explain: false,
                 body,
+                binary_after: None,
                 id: uuid::Uuid::new_v4().to_string(),
             };
             let output = infer(target, !r.model_version.is_empty(), request).await?;

@@ -122,11 +122,13 @@ impl Target {
 }
 
 /// A KServe inference request: the protocol, whether it asks for an explanation, the JSON
-/// body, and the request id.
+/// body (with binary tensors after its first `binary_after` bytes, v2's binary extension),
+/// and the request id.
 pub struct Infer {
     pub protocol: Protocol,
     pub explain: bool,
     pub body: Bytes,
+    pub binary_after: Option<usize>,
     pub id: String,
 }
 
@@ -135,8 +137,11 @@ pub struct Infer {
 pub async fn infer(
     target: Target,
     version_named: bool,
-    infer: Infer,
+    mut infer: Infer,
 ) -> ApiResult<InferenceResponse> {
+    if let Some(json_length) = infer.binary_after {
+        infer.body = Bytes::from(tensors::inline_binary(&infer.body, json_length)?);
+    }
     let request_id = match infer.protocol {
         Protocol::V2 => tensors::check_request(&infer.body)?.id,
         Protocol::V1 => {

@@ -19,6 +19,9 @@ use crate::error::ApiError;
 use crate::request::into_http;
 use crate::state::AppState;
 
+/// The header of v2's binary tensor extension: the length of the JSON before the tensors.
+const INFERENCE_HEADER_LENGTH: &str = "inference-header-content-length";
+
 /// An error of a KServe route: TorchServe's body (`code`, `type`, `message`) with the
 /// message also as `error`, the field KServe's protocols and their clients read.
 struct KServeError(ApiError);
@@ -204,6 +207,16 @@ async fn run(
         _ => return Err(ApiError::resource_not_found().into()),
     };
     let target = lookup(state, model, version)?;
+    let binary_after = match headers.get(INFERENCE_HEADER_LENGTH) {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| ApiError::bad_request("Invalid Inference-Header-Content-Length"))?,
+        ),
+    };
     let body = crate::request::read_body(
         &headers,
         body,
@@ -215,6 +228,7 @@ async fn run(
         protocol,
         explain,
         body,
+        binary_after,
         id: crate::api::request_id::current(),
     };
     Ok(into_http(infer(target, version.is_some(), request).await?))

@@ -125,6 +125,57 @@ pub fn check_request(body: &[u8]) -> ApiResult<InferRequest> {
     Ok(request)
 }
 
+/// A v2 REST request with the binary tensor extension (the JSON's first `json_length` bytes
+/// declared by `Inference-Header-Content-Length`, then the raw contents of each input with a
+/// `binary_data_size` parameter, in order) as plain JSON: each such input gets its elements as
+/// `data`, read as gRPC's raw contents are.
+pub fn inline_binary(body: &[u8], json_length: usize) -> ApiResult<Vec<u8>> {
+    let bad = |m: String| ApiError::bad_request(m);
+    let (head, mut rest) = body.split_at_checked(json_length).ok_or_else(|| {
+        bad(format!(
+            "Inference-Header-Content-Length {json_length} exceeds the body's {} bytes",
+            body.len()
+        ))
+    })?;
+    let mut request: Value = serde_json::from_slice(head)
+        .map_err(|e| bad(format!("Invalid v2 inference request: {e}")))?;
+    let inputs = request
+        .get_mut("inputs")
+        .and_then(Value::as_array_mut)
+        .ok_or_else(|| bad("The request has no inputs".into()))?;
+    for input in inputs {
+        let Some(params) = input.get_mut("parameters").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        let Some(size) = params.remove("binary_data_size") else {
+            continue;
+        };
+        let size = size
+            .as_u64()
+            .and_then(|s| usize::try_from(s).ok())
+            .ok_or_else(|| bad("binary_data_size must be a byte count".into()))?;
+        let (chunk, after) = rest
+            .split_at_checked(size)
+            .ok_or_else(|| bad("Binary tensor data ends early".into()))?;
+        rest = after;
+        let datatype = Datatype::parse(input["datatype"].as_str().unwrap_or_default())?;
+        let data = raw_data(datatype, chunk).ok_or_else(|| {
+            bad(format!(
+                "Binary data of input {} is not whole elements",
+                input["name"]
+            ))
+        })?;
+        input["data"] = Value::Array(data);
+    }
+    if !rest.is_empty() {
+        return Err(bad(format!(
+            "{} bytes of binary data belong to no input",
+            rest.len()
+        )));
+    }
+    Ok(serde_json::to_vec(&request).expect("JSON values print"))
+}
+
 /// The number of elements of `shape`, or None for a negative dimension or an overflow.
 fn elements(shape: &[i64]) -> Option<usize> {
     shape.iter().try_fold(1usize, |n, &d| {
@@ -463,6 +514,19 @@ mod tests {
         assert!(check_request(bytes).is_ok());
         assert!(check_request(b"{not json").is_err());
         assert!(check_request(br#"{"inputs":[]}"#).is_err());
+    }
+
+    #[test]
+    fn binary_extension_becomes_json_data() {
+        let head = br#"{"inputs":[{"name":"x","shape":[2],"datatype":"INT32","parameters":{"binary_data_size":8}},{"name":"y","shape":[1],"datatype":"BOOL","data":[true]}]}"#;
+        let body = [&head[..], &7i32.to_le_bytes(), &(-1i32).to_le_bytes()].concat();
+        let json = inline_binary(&body, head.len()).unwrap();
+        let request = check_request(&json).unwrap();
+        assert_eq!(request.inputs[0].data, json!([7, -1]));
+        assert_eq!(request.inputs[1].data, json!([true]));
+        assert!(inline_binary(&body[..body.len() - 1], head.len()).is_err());
+        assert!(inline_binary(&[&body[..], &[0]].concat(), head.len()).is_err());
+        assert!(inline_binary(&body, body.len() + 1).is_err());
     }
 
     #[test]
