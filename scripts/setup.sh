@@ -6,6 +6,9 @@
 # - .venv/torchserve-ref: TorchServe's own `ts` package (with the few packages its handlers
 #   import), on no import path: tests put it on theirs to compare the stand-in built-in handlers
 #   with TorchServe's, while the server's workers keep importing the stand-in
+# - tritonclient (its HTTP extra; its gRPC client runs on the venv's grpcio and protobuf, whose
+#   version its grpc extra would pin lower) and .venv/kserve-ref: the kserve SDK with its own
+#   dependencies, on no import path (test_kserve.py runs its clients in a subprocess)
 # - the torchyard binary: cargo build --release
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,11 +16,15 @@ cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import torch, torchvision, numpy, PIL, pytest, requests, model_archiver, workflow_archiver, prometheus_client, jproperties, grpc, grpc_tools, google.rpc.status_pb2" 2>/dev/null; then
+if ! .venv/bin/python -c "import torch, torchvision, numpy, PIL, pytest, requests, model_archiver, workflow_archiver, prometheus_client, jproperties, grpc, grpc_tools, google.rpc.status_pb2, tritonclient.http, tritonclient.grpc" 2>/dev/null; then
   .venv/bin/pip install --quiet --disable-pip-version-check --upgrade pip
   .venv/bin/pip install --quiet --disable-pip-version-check \
     torch torchvision numpy pillow pytest requests torch-model-archiver torch-workflow-archiver \
-    prometheus-client jproperties grpcio grpcio-tools googleapis-common-protos
+    prometheus-client jproperties grpcio grpcio-tools googleapis-common-protos \
+    'tritonclient[http]==2.73.0' packaging
+fi
+if [ ! -d .venv/kserve-ref/kserve ]; then
+  .venv/bin/pip install --quiet --disable-pip-version-check --target .venv/kserve-ref kserve==0.21.0
 fi
 if [ ! -d .venv/torchserve-ref/ts ]; then
   .venv/bin/pip install --quiet --disable-pip-version-check --no-deps --target .venv/torchserve-ref \
