@@ -1,12 +1,15 @@
 """Runs the same scenarios against TorchServe and torchyard on one model store and writes
 markdown tables (req/s, p50, p99, errors, frontend RSS, worker start time and private memory,
 ratios) to bench/results.md: REST with wrk, gRPC with h2load (the same form field `data=5` as
-one `input` entry)."""
+one `input` entry). torchyard alone also answers KServe's v2 protocol on the same model (the
+number 5 as a one-element FP32 tensor), compared with its native /predictions and gRPC
+Predictions; `--kserve-only` runs just those rows."""
 
 import argparse
 import json
 import re
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -90,6 +93,13 @@ WORKFLOW_PREDICT = "torchyard.workflow.v1.WorkflowInferenceService/Predict"
 GRPC_SCENARIOS = [("model", PREDICTIONS, "double", 1, True),
                   ("model", PREDICTIONS, "double", 16, True),
                   ("seq4", WORKFLOW_PREDICT, "seq4", 16, False)]
+MODEL_INFER = "inference.GRPCInferenceService/ModelInfer"
+#: torchyard's KServe v2 rows: (label, REST path or gRPC method, connections, the native row
+#: they compare with).
+KSERVE_SCENARIOS = [(f"v2 {proto}", target, c, (native, c))
+                    for proto, target, native in (("REST", "v2/models/double/infer", "model"),
+                                                  ("gRPC", MODEL_INFER, "gRPC model"))
+                    for c in (1, 16)]
 
 
 def archivers(ts_bin) -> tuple:
@@ -201,10 +211,10 @@ def rss_mib(pid: int) -> float:
     return int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) / 1024
 
 
-def wrk(url: str, connections: int, seconds: int) -> dict:
+def wrk(url: str, connections: int, seconds: int, script: str = "post.lua") -> dict:
     out = subprocess.run(["wrk", f"-t{min(connections, 2)}", f"-c{connections}",
                           f"-d{seconds}s", "--latency", "--timeout", "10s",
-                          "-s", str(REPO / "bench" / "post.lua"), url],
+                          "-s", str(REPO / "bench" / script), url],
                          check=True, capture_output=True, text=True).stdout
 
     def ms(label):
@@ -227,14 +237,21 @@ def wrk(url: str, connections: int, seconds: int) -> dict:
             "p50": ms("50%"), "p99": ms("99%"), "max": slowest, "errors": errors}
 
 
-def grpc_body(name: str) -> bytes:
+def grpc_body(method: str, name: str) -> bytes:
     """One gRPC message (length-prefixed protobuf): a PredictionsRequest for model `name` or a
     WorkflowPredictRequest for workflow `name` (both: name in field 1, the `input` map in
-    field 3) with `input = {"data": b"5"}`."""
+    field 3) with `input = {"data": b"5"}`; for ModelInfer, a ModelInferRequest (model_name in
+    field 1, one input tensor in field 5) with 5 as a one-element FP32 tensor."""
     def field(number: int, payload: bytes) -> bytes:  # length-delimited; all short here
         return bytes([number << 3 | 2, len(payload)]) + payload
 
-    message = field(1, name.encode()) + field(3, field(1, b"data") + field(2, b"5"))
+    if method == MODEL_INFER:
+        # name, datatype, shape [1] (packed), contents.fp32_contents [5.0] (packed)
+        tensor = field(1, b"x") + field(2, b"FP32") + field(3, b"\x01") \
+            + field(5, field(6, struct.pack("<f", 5.0)))
+        message = field(1, name.encode()) + field(5, tensor)
+    else:
+        message = field(1, name.encode()) + field(3, field(1, b"data") + field(2, b"5"))
     return b"\0" + len(message).to_bytes(4, "big") + message
 
 
@@ -243,7 +260,7 @@ def h2load(method: str, name: str, connections: int, seconds: int) -> dict:
     each, for `seconds` after a 2 s warm-up. h2load counts HTTP statuses only, so gRPC
     errors (HTTP 200 with a grpc-status trailer) are checked once beforehand instead."""
     body, log = OUT / f"grpc-{name}.bin", OUT / "h2load.log"
-    body.write_bytes(grpc_body(name))
+    body.write_bytes(grpc_body(method, name))
     log.unlink(missing_ok=True)  # h2load appends to it
     url = f"http://127.0.0.1:{GRPC_PORTS['grpc_inference']}/{method}"
     out = subprocess.run(["h2load", f"-t{min(connections, 2)}", f"-c{connections}", "-m1",
@@ -266,7 +283,7 @@ def check_grpc(method: str, name: str):
     import grpc
 
     with grpc.insecure_channel(f"127.0.0.1:{GRPC_PORTS['grpc_inference']}") as channel:
-        answer = channel.unary_unary(f"/{method}")(grpc_body(name)[5:], timeout=60)
+        answer = channel.unary_unary(f"/{method}")(grpc_body(method, name)[5:], timeout=60)
     if not answer:
         raise RuntimeError(f"{method} {name}: empty answer")
 
@@ -301,8 +318,32 @@ def worker_start(base: str, management: str, workers: int = 4) -> dict:
             "modes": sorted({w.get("startMode", "spawn") for w in new})}
 
 
+def run_kserve(results: dict, base: str, seconds: int):
+    """torchyard's KServe v2 rows on `double`: wrk with v2.lua, h2load with ModelInfer."""
+    for label, target, c, _ in KSERVE_SCENARIOS:
+        if target == MODEL_INFER:
+            check_grpc(target, "double")
+            results[(label, c)] = h2load(target, "double", c, seconds)
+        else:
+            wrk(f"{base}/{target}", c, 2, "v2.lua")
+            results[(label, c)] = wrk(f"{base}/{target}", c, seconds, "v2.lua")
+        print("torchyard", label, c, results[(label, c)], flush=True)
+
+
+def kserve_table(ty: dict) -> str:
+    """torchyard's KServe v2 rows against its native rows on the same model."""
+    rows = ["| torchyard only | native req/s | KServe v2 req/s | v2 / native | native p50 / p99 "
+            "ms | v2 p50 / p99 ms | errors |", "|---|---|---|---|---|---|---|"]
+    for label, _, c, native in KSERVE_SCENARIOS:
+        a, b = ty[native], ty[(label, c)]
+        rows.append(f"| {label} c={c} (vs {native[0]}) | {a['rps']:.0f} | {b['rps']:.0f} | "
+                    f"{b['rps'] / a['rps']:.2f}× | {a['p50']:.2f} / {a['p99']:.2f} | "
+                    f"{b['p50']:.2f} / {b['p99']:.2f} | {b['errors']} |")
+    return "\n".join(rows) + "\n"
+
+
 def run_server(name: str, command: list, env: dict, frontend_pid, seconds: int,
-               extras_only=False) -> dict:
+               extras_only=False, kserve_only=False) -> dict:
     log = open(OUT / f"{name}.log", "w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                cwd=OUT)
@@ -310,26 +351,32 @@ def run_server(name: str, command: list, env: dict, frontend_pid, seconds: int,
     management = f"http://127.0.0.1:{PORTS['management']}"
     try:
         ready = wait_ready(f"{base}/ping", 120)
-        if extras_only:
+        if extras_only or kserve_only:
             requests.post(f"{management}/models?url=double.mar&initial_workers=1&synchronous="
                           "true&batch_size=8&max_batch_delay=0", timeout=300).raise_for_status()
         else:
             register(management)
         results = {"ready_ms": ready * 1000}
-        if name == "torchyard":
+        if name == "torchyard" and not kserve_only:
             results["extras"] = extras(base, management, seconds)
         if extras_only:
             return results
-        for label, path, c in SCENARIOS:
+        scenarios = [s for s in SCENARIOS if not kserve_only or s[0] == "model"]
+        grpc_scenarios = [s for s in GRPC_SCENARIOS if not kserve_only or s[0] == "model"]
+        for label, path, c in scenarios:
             wrk(f"{base}/{path}", c, WARM_UP.get(label, 2))
             results[(label, c)] = wrk(f"{base}/{path}", c, seconds)
             print(name, label, c, results[(label, c)], flush=True)
-        for label, method, target, c, in_torchserve in GRPC_SCENARIOS:
+        for label, method, target, c, in_torchserve in grpc_scenarios:
             if name == "torchserve" and not in_torchserve:
                 continue
             check_grpc(method, target)
             results[(f"gRPC {label}", c)] = h2load(method, target, c, seconds)
             print(name, "gRPC", label, c, results[(f"gRPC {label}", c)], flush=True)
+        if name == "torchyard":
+            run_kserve(results, base, seconds)
+        if kserve_only:
+            return results
         results["rss"] = rss_mib(frontend_pid(process))
         results["workers"] = worker_start(base, f"http://127.0.0.1:{PORTS['management']}")
         print(name, "workers", results["workers"], flush=True)
@@ -418,17 +465,21 @@ def table(ts: dict, ty: dict) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--ts-venv", type=Path, help="TorchServe's venv (needed unless --extras-only)")
+    parser.add_argument("--ts-venv", type=Path,
+                        help="TorchServe's venv (needed unless --extras-only or --kserve-only)")
     parser.add_argument("--extras-only", action="store_true",
                         help="run only torchyard's remote-node and route rows and print them")
+    parser.add_argument("--kserve-only", action="store_true",
+                        help="run only torchyard's native model rows and KServe v2 rows")
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--reuse-torchserve", action="store_true",
                         help="reuse TorchServe's numbers from the last run")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    if not args.extras_only and args.ts_venv is None:
-        parser.error("--ts-venv is required unless --extras-only")
-    ts_bin = None if args.extras_only else args.ts_venv.resolve() / "bin"
+    alone = args.extras_only or args.kserve_only
+    if not alone and args.ts_venv is None:
+        parser.error("--ts-venv is required unless --extras-only or --kserve-only")
+    ts_bin = None if alone else args.ts_venv.resolve() / "bin"
     store = build_store(ts_bin)
     config = write_config(OUT / "config.properties", store)
     # The remote node calls the server itself, which allowed_urls must let in.
@@ -443,6 +494,12 @@ def main():
         rows = run_server("torchyard", torchyard_command, env, lambda p: p.pid, args.seconds,
                           extras_only=True)["extras"]
         print(extras_table(rows))
+        return 0
+    if args.kserve_only:
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(OUT)}
+        rows = run_server("torchyard", torchyard_command, env, lambda p: p.pid, args.seconds,
+                          kserve_only=True)
+        print(kserve_table(rows))
         return 0
     env = {"PATH": f"{ts_bin}:/usr/bin:/bin", "HOME": str(OUT)}
     saved = OUT / "torchserve.json"
@@ -461,6 +518,9 @@ def main():
                                      for k, v in torchserve.items()}))
     torchyard = run_server("torchyard", torchyard_command, env, lambda p: p.pid, args.seconds)
     result = table(torchserve, torchyard) + "\n" + extras_table(torchyard["extras"])
+    result += ("\nKServe's Open Inference Protocol v2 on the same model (torchyard only; "
+               "TorchServe would need `service_envelope=kservev2`, which changes its native "
+               "rows):\n\n" + kserve_table(torchyard))
     header = (f"# torchyard vs TorchServe 0.12\n\nOne run of `bench/compare.sh` on "
               f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} "
               f"cores, {args.seconds} s per scenario with wrk (after a 2 s warm-up), one worker "

@@ -1,5 +1,6 @@
 """Handler of the example models (double, triple): a number per request in, the TorchScript
-model's output out. A request's number is its form field `data` or its body (text, bytes or JSON)."""
+model's output out. A request's number is its form field `data` or its body (text, bytes or JSON),
+or, behind KServe's v2 envelope, the one element of an input tensor's `data`."""
 
 import json
 import os
@@ -20,6 +21,8 @@ def _number(row):
         value = value.decode("utf-8")
     if isinstance(value, str):
         value = json.loads(value)
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
     return float(value)
 
 
