@@ -42,13 +42,20 @@ class Unwrapped:
         self.explain = explain
 
 
-def envelope_of(request: dict) -> Optional[Tuple[str, bool]]:
-    """(envelope name, whether it wraps the answer) of a protocol request entry, or None."""
+def envelope_of(request: dict) -> Optional[Tuple[str, bool, bool]]:
+    """(envelope name, whether it wraps the answer, whether it asks for an explanation) of a
+    protocol request entry, or None when it names no envelope."""
+    kind = None
+    explain = False
     for name, value in request.get("headers", ()):
-        if name.lower() == HEADER:
+        name = name.lower()
+        if name == HEADER:
             kind, _, mode = value.partition(";")
-            return kind.strip(), mode.strip() != "input"
-    return None
+        elif name == "explain":
+            explain = value == "True"
+    if kind is None:
+        return None
+    return kind.strip(), mode.strip() != "input", explain
 
 
 def _body(row: dict) -> Any:
@@ -58,24 +65,23 @@ def _body(row: dict) -> Any:
     return data
 
 
-def unwrap(kind: str, wraps: bool, request: dict, row: dict) -> Unwrapped:
+def unwrap(kind: str, wraps: bool, explain: bool, request: dict, row: dict) -> Unwrapped:
     """The items of one request's parameters `row` under envelope `kind`."""
-    headers = {k.lower(): v for k, v in request.get("headers", ())}
-    explain = headers.get("explain") == "True"
     body = _body(row)
     if kind == "kserve":
         return Unwrapped(kind, wraps, body.get("instances"), [], None, explain)
     if kind != "kservev2":
         raise ValueError(f"unknown envelope {kind!r}")
-    import numpy as np
-
     inputs = body["inputs"]
     names = []
     for tensor in inputs:
+        data = tensor["data"]
         if tensor["datatype"] == "BYTES":
-            tensor["data"] = tensor["data"][0]
-        else:
-            tensor["data"] = np.array(tensor["data"]).reshape(tuple(tensor["shape"])).tolist()
+            tensor["data"] = data[0]
+        elif not (len(tensor["shape"]) == 1 and _flat_type(data)):  # else reshaping keeps it
+            import numpy as np
+
+            tensor["data"] = np.array(data).reshape(tuple(tensor["shape"])).tolist()
         names.append(tensor["name"])
     request_id = body.get("id")
     if not (request_id and request_id.strip()):
@@ -103,7 +109,31 @@ def _name(names: Sequence[str], index: int) -> str:
     return names[index] if index < len(names) else f"output-{index}"
 
 
+#: The datatype numpy gives a flat list of one Python type, as it converts it.
+_FLAT_DATATYPE = {bool: "BOOL", int: "INT64", float: "FP64"}
+
+
+def _flat_type(data: Any) -> Optional[type]:
+    """bool, int or float when `data` is a non-empty list of elements of that one type (numpy
+    keeps such a list as it is), else None."""
+    if type(data) is not list or not data:
+        return None
+    first = type(data[0])
+    if first not in _FLAT_DATATYPE:
+        return None
+    for x in data:
+        if type(x) is not first:
+            return None
+    return first
+
+
 def _tensor(data: Any, name: str) -> dict:
+    if type(data) in _FLAT_DATATYPE:
+        data = [data]
+    flat = _flat_type(data)
+    if flat is not None:  # what numpy would answer, without numpy
+        return {"name": name, "datatype": _FLAT_DATATYPE[flat], "data": data,
+                "shape": [len(data)]}
     import numpy as np
 
     array = np.array(data).flatten()
@@ -135,7 +165,7 @@ def call(entry: Callable[[Any, Any], Any], requests: Sequence[dict], data: List[
     kinds = [envelope_of(r) for r in requests]
     if not any(kinds):
         return entry(data, context)
-    unwrapped = [None if kind is None else unwrap(kind[0], kind[1], request, row)
+    unwrapped = [None if kind is None else unwrap(*kind, request, row)
                  for kind, request, row in zip(kinds, requests, data)]
     if len(requests) == 1:
         items = unwrapped[0].items

@@ -11,7 +11,7 @@ use super::pb::grpc_inference_service_server::GrpcInferenceService;
 use super::pb::model_metadata_response::TensorMetadata;
 use super::pb::*;
 use super::tensors::{grpc_request_json, grpc_response};
-use super::{infer, lookup, Infer, Protocol, Target};
+use super::{infer, lookup, Infer, Payload, Protocol, Target};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -123,11 +123,11 @@ impl GrpcInferenceService for Inference {
         let answer = async {
             let target = self.target(&r.model_name, &r.model_version)?;
             let body = Bytes::from(grpc_request_json(&r)?);
+            let v2_id = (!r.id.is_empty()).then(|| r.id.clone());
             let request = Infer {
                 protocol: Protocol::V2,
                 explain: false,
-                body,
-                binary_after: None,
+                payload: Payload::Checked { body, v2_id },
                 id: uuid::Uuid::new_v4().to_string(),
             };
             let output = infer(target, !r.model_version.is_empty(), request).await?;

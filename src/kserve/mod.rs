@@ -121,34 +121,61 @@ impl Target {
     }
 }
 
-/// A KServe inference request: the protocol, whether it asks for an explanation, the JSON
-/// body (with binary tensors after its first `binary_after` bytes, v2's binary extension),
-/// and the request id.
+/// The body of a KServe request.
+pub enum Payload {
+    /// A REST body as it came: JSON, or (v2's binary extension) JSON whose first
+    /// `binary_after` bytes are followed by binary tensors. [`infer`] checks it.
+    Rest {
+        body: Bytes,
+        binary_after: Option<usize>,
+    },
+    /// The v2 JSON a front door built and checked itself (gRPC), with the request's `id`.
+    Checked { body: Bytes, v2_id: Option<String> },
+}
+
+/// A KServe inference request: the protocol, whether it asks for an explanation, the body,
+/// and the server's request id.
 pub struct Infer {
     pub protocol: Protocol,
     pub explain: bool,
-    pub body: Bytes,
-    pub binary_after: Option<usize>,
+    pub payload: Payload,
     pub id: String,
 }
 
+/// The JSON body the handler gets and the v2 request's own `id`, from a REST body checked:
+/// v2 tensors against their shape and datatype, v1 as a JSON object.
+fn checked_rest(
+    protocol: Protocol,
+    body: Bytes,
+    binary_after: Option<usize>,
+) -> ApiResult<(Bytes, Option<String>)> {
+    match protocol {
+        Protocol::V2 => {
+            let body = match binary_after {
+                Some(json_length) => Bytes::from(tensors::inline_binary(&body, json_length)?),
+                None => body,
+            };
+            let id = tensors::check_request(&body)?.id;
+            Ok((body, id))
+        }
+        Protocol::V1 => {
+            serde_json::from_slice::<serde_json::Map<String, Value>>(&body)
+                .map_err(|e| ApiError::bad_request(format!("Invalid v1 inference request: {e}")))?;
+            Ok((body, None))
+        }
+    }
+}
+
 /// Runs a KServe request on `target` and answers the envelope's JSON (a model), or the
-/// workflow's leaves as the protocol's answer (a workflow). v2 JSON is checked first.
+/// workflow's leaves as the protocol's answer (a workflow).
 pub async fn infer(
     target: Target,
     version_named: bool,
-    mut infer: Infer,
+    infer: Infer,
 ) -> ApiResult<InferenceResponse> {
-    if let Some(json_length) = infer.binary_after {
-        infer.body = Bytes::from(tensors::inline_binary(&infer.body, json_length)?);
-    }
-    let request_id = match infer.protocol {
-        Protocol::V2 => tensors::check_request(&infer.body)?.id,
-        Protocol::V1 => {
-            serde_json::from_slice::<serde_json::Map<String, Value>>(&infer.body)
-                .map_err(|e| ApiError::bad_request(format!("Invalid v1 inference request: {e}")))?;
-            None
-        }
+    let (body, request_id) = match infer.payload {
+        Payload::Rest { body, binary_after } => checked_rest(infer.protocol, body, binary_after)?,
+        Payload::Checked { body, v2_id } => (body, v2_id),
     };
     let envelope = infer.protocol.envelope();
     let request = |envelope: String| InferenceRequest {
@@ -163,7 +190,7 @@ pub async fn infer(
         params: vec![Param {
             name: "body".into(),
             content_type: Some("application/json".into()),
-            value: infer.body.clone(),
+            value: body.clone(),
         }],
     };
     match target {

@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use super::{infer, lookup, Infer, Protocol};
+use super::{infer, lookup, Infer, Payload, Protocol};
 use crate::api::path::Path;
 use crate::error::ApiError;
 use crate::request::into_http;
@@ -227,8 +227,7 @@ async fn run(
     let request = Infer {
         protocol,
         explain,
-        body,
-        binary_after,
+        payload: Payload::Rest { body, binary_after },
         id: crate::api::request_id::current(),
     };
     Ok(into_http(infer(target, version.is_some(), request).await?))

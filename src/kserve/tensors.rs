@@ -3,10 +3,9 @@
 //! envelope unwraps and its JSON answer back to gRPC, and describing a workflow's JSON leaf
 //! answers as output tensors.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use super::pb::model_infer_request::InferInputTensor;
 use super::pb::model_infer_response::InferOutputTensor;
 use super::pb::{InferTensorContents, ModelInferRequest, ModelInferResponse};
 use crate::error::{ApiError, ApiResult};
@@ -192,9 +191,9 @@ fn for_each_element(value: &Value, f: &mut impl FnMut(&Value)) {
 }
 
 /// The JSON request TorchServe builds of a gRPC `ModelInfer` (its `OpenInferenceProtocolImpl`):
-/// `id`, `model_name` and the inputs with their contents as `data`, BYTES base64-encoded.
-/// Raw contents (`raw_input_contents`, as tritonclient sends them) are read as little-endian
-/// elements of the input's datatype.
+/// `id`, `model_name` and the inputs with their contents as `data`, BYTES base64-encoded, each
+/// checked against its shape. Raw contents (`raw_input_contents`, as tritonclient sends them)
+/// are read as little-endian elements of the input's datatype.
 pub fn grpc_request_json(request: &ModelInferRequest) -> ApiResult<Vec<u8>> {
     let raw = &request.raw_input_contents;
     if !raw.is_empty() && raw.len() != request.inputs.len() {
@@ -208,8 +207,8 @@ pub fn grpc_request_json(request: &ModelInferRequest) -> ApiResult<Vec<u8>> {
     for (i, input) in request.inputs.iter().enumerate() {
         let datatype = Datatype::parse(&input.datatype)?;
         let data = match raw.get(i) {
-            Some(bytes) => raw_data(datatype, bytes),
-            None => typed_data(datatype, input),
+            Some(bytes) => raw_data(datatype, bytes).map(Data::Values),
+            None => Some(typed_data(datatype, input.contents.as_ref())),
         }
         .ok_or_else(|| {
             ApiError::bad_request(format!(
@@ -227,15 +226,64 @@ pub fn grpc_request_json(request: &ModelInferRequest) -> ApiResult<Vec<u8>> {
                 expected.map_or("none".into(), |n| n.to_string())
             )));
         }
-        inputs.push(json!({
-            "name": input.name,
-            "shape": input.shape,
-            "datatype": input.datatype,
-            "data": data,
-        }));
+        inputs.push(JsonInput {
+            name: &input.name,
+            shape: &input.shape,
+            datatype: &input.datatype,
+            data,
+        });
     }
-    let body = json!({ "id": request.id, "model_name": request.model_name, "inputs": inputs });
+    let body = JsonRequest {
+        id: &request.id,
+        model_name: &request.model_name,
+        inputs,
+    };
     Ok(serde_json::to_vec(&body).expect("JSON values print"))
+}
+
+/// The JSON of a gRPC request, borrowing its contents.
+#[derive(Serialize)]
+struct JsonRequest<'a> {
+    id: &'a str,
+    model_name: &'a str,
+    inputs: Vec<JsonInput<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonInput<'a> {
+    name: &'a str,
+    shape: &'a [i64],
+    datatype: &'a str,
+    data: Data<'a>,
+}
+
+/// An input's elements: typed contents as they are, raw or BYTES contents decoded.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Data<'a> {
+    Bool(&'a [bool]),
+    I32(&'a [i32]),
+    I64(&'a [i64]),
+    U32(&'a [u32]),
+    U64(&'a [u64]),
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+    Values(Vec<Value>),
+}
+
+impl Data<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Self::Bool(v) => v.len(),
+            Self::I32(v) => v.len(),
+            Self::I64(v) => v.len(),
+            Self::U32(v) => v.len(),
+            Self::U64(v) => v.len(),
+            Self::F32(v) => v.len(),
+            Self::F64(v) => v.len(),
+            Self::Values(v) => v.len(),
+        }
+    }
 }
 
 fn base64(bytes: &[u8]) -> Value {
@@ -243,23 +291,29 @@ fn base64(bytes: &[u8]) -> Value {
     Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
-fn typed_data(datatype: Datatype, input: &InferInputTensor) -> Option<Vec<Value>> {
-    let c = input.contents.clone().unwrap_or_default();
-    let values: Vec<Value> = match datatype {
-        Datatype::Bool => c.bool_contents.into_iter().map(Value::from).collect(),
-        Datatype::I8 | Datatype::I16 | Datatype::I32 => {
-            c.int_contents.into_iter().map(Value::from).collect()
-        }
-        Datatype::I64 => c.int64_contents.into_iter().map(Value::from).collect(),
-        Datatype::U8 | Datatype::U16 | Datatype::U32 => {
-            c.uint_contents.into_iter().map(Value::from).collect()
-        }
-        Datatype::U64 => c.uint64_contents.into_iter().map(Value::from).collect(),
-        Datatype::F16 | Datatype::F32 => c.fp32_contents.into_iter().map(Value::from).collect(),
-        Datatype::F64 => c.fp64_contents.into_iter().map(Value::from).collect(),
-        Datatype::Bytes => c.bytes_contents.iter().map(|b| base64(b)).collect(),
+/// The typed contents of `datatype` (the empty list when there are none).
+fn typed_data(datatype: Datatype, contents: Option<&InferTensorContents>) -> Data<'_> {
+    static EMPTY: InferTensorContents = InferTensorContents {
+        bool_contents: Vec::new(),
+        int_contents: Vec::new(),
+        int64_contents: Vec::new(),
+        uint_contents: Vec::new(),
+        uint64_contents: Vec::new(),
+        fp32_contents: Vec::new(),
+        fp64_contents: Vec::new(),
+        bytes_contents: Vec::new(),
     };
-    Some(values)
+    let c = contents.unwrap_or(&EMPTY);
+    match datatype {
+        Datatype::Bool => Data::Bool(&c.bool_contents),
+        Datatype::I8 | Datatype::I16 | Datatype::I32 => Data::I32(&c.int_contents),
+        Datatype::I64 => Data::I64(&c.int64_contents),
+        Datatype::U8 | Datatype::U16 | Datatype::U32 => Data::U32(&c.uint_contents),
+        Datatype::U64 => Data::U64(&c.uint64_contents),
+        Datatype::F16 | Datatype::F32 => Data::F32(&c.fp32_contents),
+        Datatype::F64 => Data::F64(&c.fp64_contents),
+        Datatype::Bytes => Data::Values(c.bytes_contents.iter().map(|b| base64(b)).collect()),
+    }
 }
 
 /// Little-endian raw contents as JSON elements; None when they are not whole elements.
@@ -549,6 +603,61 @@ mod tests {
         assert!(raw_data(Datatype::Bytes, &[9, 0, 0, 0, 1]).is_none());
         assert_eq!(f16_to_f32(0x3c00), 1.0);
         assert_eq!(f16_to_f32(0xc000), -2.0);
+    }
+
+    #[test]
+    fn grpc_request_becomes_torchserves_json() {
+        use super::super::pb::model_infer_request::InferInputTensor;
+        let tensor = |name: &str, datatype: &str, shape: Vec<i64>, contents| InferInputTensor {
+            name: name.into(),
+            datatype: datatype.into(),
+            shape,
+            parameters: Default::default(),
+            contents,
+        };
+        let mut request = ModelInferRequest {
+            model_name: "m".into(),
+            id: "r".into(),
+            inputs: vec![
+                tensor(
+                    "a",
+                    "FP32",
+                    vec![2],
+                    Some(InferTensorContents {
+                        fp32_contents: vec![0.5, 2.0],
+                        ..Default::default()
+                    }),
+                ),
+                tensor(
+                    "b",
+                    "BYTES",
+                    vec![1],
+                    Some(InferTensorContents {
+                        bytes_contents: vec![bytes::Bytes::from("hi")],
+                        ..Default::default()
+                    }),
+                ),
+            ],
+            ..Default::default()
+        };
+        let json: Value = serde_json::from_slice(&grpc_request_json(&request).unwrap()).unwrap();
+        assert_eq!(
+            json,
+            json!({"id": "r", "model_name": "m", "inputs": [
+                {"name": "a", "shape": [2], "datatype": "FP32", "data": [0.5, 2.0]},
+                {"name": "b", "shape": [1], "datatype": "BYTES", "data": ["aGk="]}]})
+        );
+        request.inputs[0].shape = vec![3];
+        assert!(grpc_request_json(&request)
+            .unwrap_err()
+            .message
+            .contains("holds 3"));
+        request.inputs.truncate(1);
+        request.inputs[0].shape = vec![1];
+        request.raw_input_contents = vec![bytes::Bytes::from(7i32.to_le_bytes().to_vec())];
+        request.inputs[0].datatype = "INT32".into();
+        let json: Value = serde_json::from_slice(&grpc_request_json(&request).unwrap()).unwrap();
+        assert_eq!(json["inputs"][0]["data"], json!([7]));
     }
 
     #[test]
