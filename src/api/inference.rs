@@ -208,6 +208,12 @@ async fn run(
     Ok(into_http(model.submit(request, version.is_some()).await?))
 }
 
+/// Decodes a request for a model as TorchServe's own routes do: [`decode`].
+pub async fn decode_request(state: &AppState, request: Request) -> ApiResult<InferenceRequest> {
+    let Ok(incoming) = Incoming::from_request(request, &()).await;
+    decode(state, incoming).await
+}
+
 /// Reads the body and puts the query's pairs first among the parameters, as TorchServe does.
 async fn decode(state: &AppState, incoming: Incoming) -> ApiResult<InferenceRequest> {
     let pairs = query::pairs(incoming.query.as_deref())

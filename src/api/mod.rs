@@ -1,7 +1,7 @@
 //! The three HTTP listeners' routers: inference, management and metrics.
 
 pub mod cors;
-mod inference;
+pub mod inference;
 mod management;
 mod metrics;
 mod openapi;

@@ -5,15 +5,14 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use super::{infer, lookup, Infer, Payload, Protocol};
+use super::{infer, lookup, Infer, Payload, Protocol, Target};
 use crate::api::path::Path;
 use crate::error::ApiError;
 use crate::request::into_http;
@@ -144,17 +143,15 @@ fn model_readiness(state: &AppState, model: &str, version: Option<&str>) -> KRes
 async fn v2_infer(
     State(state): State<Arc<AppState>>,
     Path((model, action)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> KResult<Response> {
-    run(&state, Protocol::V2, &model, None, &action, headers, body).await
+    run(&state, Protocol::V2, &model, None, &action, request).await
 }
 
 async fn v2_infer_version(
     State(state): State<Arc<AppState>>,
     Path((model, version, action)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> KResult<Response> {
     run(
         &state,
@@ -162,8 +159,7 @@ async fn v2_infer_version(
         &model,
         Some(&version),
         &action,
-        headers,
-        body,
+        request,
     )
     .await
 }
@@ -172,13 +168,12 @@ async fn v2_infer_version(
 async fn v1_infer(
     State(state): State<Arc<AppState>>,
     Path(target): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> KResult<Response> {
     let Some((model, action)) = target.rsplit_once(':') else {
         return Err(ApiError::resource_not_found().into());
     };
-    run(&state, Protocol::V1, model, None, action, headers, body).await
+    run(&state, Protocol::V1, model, None, action, request).await
 }
 
 /// `GET /v1/models/{model}`: KServe v1's model status, `{"name", "ready"}`.
@@ -190,16 +185,29 @@ async fn v1_status(
     Ok(Json(json!({"name": model, "ready": ready})))
 }
 
+/// Whether a request posts a form: TorchServe's frontend tests post forms to the KServe
+/// routes, which reach the handler without an envelope, as on `/predictions`.
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim_start().to_ascii_lowercase())
+        .is_some_and(|v| {
+            v.starts_with("application/x-www-form-urlencoded")
+                || v.starts_with("multipart/form-data")
+        })
+}
+
 /// Finds the target, reads the body and runs the request; `action` is `infer`/`predict` or
-/// `explain`.
+/// `explain`. A form goes to the target as on TorchServe's own routes; anything else is the
+/// protocol's JSON, through its envelope.
 async fn run(
     state: &AppState,
     protocol: Protocol,
     model: &str,
     version: Option<&str>,
     action: &str,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> KResult<Response> {
     let explain = match (protocol, action) {
         (Protocol::V2, "infer") | (Protocol::V1, "predict") => false,
@@ -207,6 +215,19 @@ async fn run(
         _ => return Err(ApiError::resource_not_found().into()),
     };
     let target = lookup(state, model, version)?;
+    if is_form(request.headers()) {
+        let mut request = crate::api::inference::decode_request(state, request).await?;
+        if explain {
+            request.headers.push(("explain".into(), "True".into()));
+        }
+        let output = match target {
+            Target::Model(model) => model.submit(request, version.is_some()).await?,
+            Target::Workflow(workflow) => crate::workflow::execute(&workflow, request).await?,
+        };
+        return Ok(into_http(output));
+    }
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
     let binary_after = match headers.get(INFERENCE_HEADER_LENGTH) {
         None => None,
         Some(value) => Some(
