@@ -72,11 +72,15 @@ pub fn lookup(state: &AppState, name: &str, version: Option<&str>) -> ApiResult<
 }
 
 impl Target {
-    /// Whether every model behind the target has its minimum of workers ready.
+    /// Whether every model behind the target has its minimum of workers ready (a remote
+    /// node counts as ready).
     pub fn ready(&self) -> bool {
         match self {
             Self::Model(model) => model.healthy(),
-            Self::Workflow(workflow) => workflow.nodes.iter().all(|n| n.model.healthy()),
+            Self::Workflow(workflow) => workflow
+                .nodes
+                .iter()
+                .all(|n| n.runner.model().is_none_or(|m| m.healthy())),
         }
     }
 
