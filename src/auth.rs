@@ -1,6 +1,6 @@
 //! Token authorization, as TorchServe 0.11+ does it: keys generated at start into
 //! `key_file.json`, and `Authorization: Bearer <key>` required on the inference and
-//! management APIs (`/ping` excepted, for health checks).
+//! management APIs (`/ping` and KServe's `/v2/health/live|ready` excepted, for health checks).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -66,7 +66,11 @@ pub async fn require_key(State(key): State<Arc<str>>, request: Request, next: Ne
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if request.uri().path() == "/ping" || authorizes(given, &key) {
+    let probe = matches!(
+        request.uri().path(),
+        "/ping" | "/v2/health/live" | "/v2/health/ready"
+    );
+    if probe || authorizes(given, &key) {
         return next.run(request).await;
     }
     ApiError::new(

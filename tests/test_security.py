@@ -26,6 +26,9 @@ def test_tokens_required_and_model_api_disabled_by_default(start_server, tmp_pat
     inference = {"Authorization": f"Bearer {keys['inference']['key']}"}
     management = {"Authorization": f"Bearer {keys['management']['key']}"}
     assert requests.get(f"{server.inference}/ping").json() == {"status": "Healthy"}
+    # KServe's health probes need no token either; its model routes do
+    assert requests.get(f"{server.inference}/v2/health/ready").json() == {"ready": True}
+    assert requests.get(f"{server.inference}/v2/models/double/ready").status_code == 401
     url = f"{server.inference}/predictions/double"
     denied = requests.post(url, data={"data": "2"})
     assert denied.status_code == 401 and denied.json()["type"] == "InvalidKeyException"
