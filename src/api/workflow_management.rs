@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use axum::extract::{RawQuery, State};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
@@ -14,10 +15,10 @@ use serde_json::Value;
 use super::path::Path;
 use super::query;
 use super::replies::{self, gate_first, status};
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::facade::{workflows, Scale};
 use crate::state::AppState;
-use crate::workflow::WorkflowOptions;
+use crate::workflow::{dot, mermaid, WorkflowOptions};
 
 /// Workflow routes, merged into the management listener.
 pub fn routes() -> Router<Arc<AppState>> {
@@ -57,17 +58,58 @@ async fn list(
 async fn describe(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
-    Ok(Json(workflows::describe(&state, &name, None)?.into()))
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Response> {
+    describe_or_draw(&state, &name, None, raw.as_deref())
 }
 
 async fn describe_version(
     State(state): State<Arc<AppState>>,
     Path((name, version)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
-    Ok(Json(
-        workflows::describe(&state, &name, Some(&version))?.into(),
-    ))
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Response> {
+    describe_or_draw(&state, &name, Some(&version), raw.as_deref())
+}
+
+/// Query of `GET /workflows/{name}[/{version}]`: `format` draws the DAG instead of the
+/// describe JSON; `stats` adds each node's calls and median latency to the drawing.
+#[derive(Deserialize)]
+struct DescribeQuery {
+    format: Option<String>,
+    #[serde(default)]
+    stats: bool,
+}
+
+/// The formats `?format=` draws, with their content types.
+const PICTURE_FORMATS: [(&str, &str); 2] = [
+    ("dot", "text/vnd.graphviz; charset=utf-8"),
+    ("mermaid", "text/vnd.mermaid; charset=utf-8"),
+];
+
+/// The describe JSON (TorchServe's answer), or the drawing `?format=` asks for.
+fn describe_or_draw(
+    state: &AppState,
+    name: &str,
+    version: Option<&str>,
+    raw: Option<&str>,
+) -> ApiResult<Response> {
+    let q: DescribeQuery = query::parse(raw)?;
+    let Some(format) = q.format else {
+        return Ok(Json(Value::from(workflows::describe(state, name, version)?)).into_response());
+    };
+    let Some(&(_, content_type)) = PICTURE_FORMATS.iter().find(|(f, _)| *f == format) else {
+        let valid: Vec<&str> = PICTURE_FORMATS.iter().map(|(f, _)| *f).collect();
+        return Err(ApiError::bad_request(format!(
+            "Unknown format {format:?}; valid formats: {}",
+            valid.join(", ")
+        )));
+    };
+    let picture = workflows::picture(state, name, version, q.stats)?;
+    let text = match format.as_str() {
+        "dot" => dot::render(&picture),
+        _ => mermaid::render(&picture),
+    };
+    Ok(([(header::CONTENT_TYPE, content_type)], text).into_response())
 }
 
 /// Query of `PUT /workflows/{name}`: `url` updates to a new archive, otherwise it scales.

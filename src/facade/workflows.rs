@@ -46,6 +46,20 @@ pub fn describe(state: &AppState, name: &str, version: Option<&str>) -> ApiResul
     Ok(workflows.iter().map(|w| w.describe()).collect())
 }
 
+/// The picture of a workflow version (the default when `version` is None); with `stats`,
+/// each node's calls and median latency.
+pub fn picture(
+    state: &AppState,
+    name: &str,
+    version: Option<&str>,
+    stats: bool,
+) -> ApiResult<workflow::Picture> {
+    Ok(workflow::Picture::of(
+        &*state.workflows.get(name, version)?,
+        stats,
+    ))
+}
+
 /// Sets the workers of a workflow version's node models: every one it owns, or `node`.
 pub async fn scale(
     state: &AppState,

@@ -64,6 +64,42 @@ impl Histogram {
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
+
+    /// The upper bound of the bucket holding the `q`-quantile (0..=1) of the observations;
+    /// None when there are none, or when it lies above the last bound.
+    pub fn quantile_bound(&self, q: f64) -> Option<f64> {
+        let count = self.count();
+        if count == 0 {
+            return None;
+        }
+        let rank = ((q * count as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
+            seen += bucket.load(Ordering::Relaxed);
+            if seen >= rank {
+                return Some(*bound);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod quantile_tests {
+    use super::*;
+
+    #[test]
+    fn quantile_is_the_bound_of_its_bucket() {
+        let h = Histogram::new(Arc::from(vec![1.0, 2.0, 4.0]));
+        assert_eq!(h.quantile_bound(0.5), None);
+        for v in [0.5, 1.5, 1.8, 3.0, 9.0] {
+            h.observe(v);
+        }
+        assert_eq!(h.quantile_bound(0.5), Some(2.0));
+        assert_eq!(h.quantile_bound(0.1), Some(1.0));
+        assert_eq!(h.quantile_bound(0.8), Some(4.0));
+        assert_eq!(h.quantile_bound(1.0), None);
+    }
 }
 
 /// `count` bounds starting at `start`, each `factor` times the previous one.

@@ -613,6 +613,11 @@ impl NodeMetrics {
         }
         self.latency.observe(elapsed.as_secs_f64());
     }
+
+    /// Calls recorded so far and the bucket bound (seconds) of their median latency.
+    pub fn calls_and_p50(&self) -> (u64, Option<f64>) {
+        (self.requests.get() as u64, self.latency.quantile_bound(0.5))
+    }
 }
 
 #[cfg(test)]

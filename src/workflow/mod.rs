@@ -6,6 +6,7 @@ mod executor;
 mod handler_scan;
 mod loader;
 mod open_inference;
+mod picture;
 mod plan;
 mod remote;
 mod route;
@@ -17,4 +18,5 @@ pub use executor::execute;
 pub use loader::{
     register_workflow, scale_workflow, unregister_workflow, update_workflow, WorkflowOptions,
 };
+pub use picture::{dot, mermaid, Picture};
 pub use served_workflow::Workflow;

@@ -1,0 +1,8 @@
+//! Pictures of a workflow: [`graph`] turns a workflow into a neutral list of nodes and edges,
+//! [`dot`] and [`mermaid`] render that list as text.
+
+pub mod dot;
+pub mod graph;
+pub mod mermaid;
+
+pub use graph::Picture;
