@@ -248,6 +248,28 @@ def test_global_properties_and_per_model_overrides_show_in_describe(server):
     assert (pre["batchSize"], pre["maxWorkers"]) == (4, 3)
 
 
+def test_format_draws_the_dag_as_dot_and_mermaid(server):
+    """Uses the fan-out/fan-in workflow "props" of the test above."""
+    base = f"{server.management}/workflows/props"
+    predict(server, "props", 1)
+    dot = requests.get(f"{base}?format=dot&stats=true")
+    assert dot.status_code == 200 and dot.headers["content-type"].startswith("text/vnd.graphviz")
+    lines = dot.text.strip().splitlines()
+    assert lines[0] == 'digraph "props" {' and lines[-1] == "}"
+    nodes = {l.split('"')[1] for l in lines if "[label=" in l and "->" not in l}
+    assert nodes == {"pre_processing", "double", "triple", "aggregate"}
+    edges = {tuple(l.split('"')[1::2][:2]) for l in lines if "->" in l}
+    assert edges == {("pre_processing", "double"), ("pre_processing", "triple"),
+                     ("double", "aggregate"), ("triple", "aggregate")}
+    assert "double\\n[model]\\nworkers 1-2\\nbatch 2 / 20 ms\\ncalls 1, p50 <=" in dot.text
+    mermaid = requests.get(f"{base}?format=mermaid")
+    assert mermaid.status_code == 200 and mermaid.text.startswith("flowchart TD\n")
+    assert mermaid.text.count(" --> ") == 4 and "[function]" in mermaid.text
+    bad = requests.get(f"{base}?format=png")
+    assert bad.status_code == 400 and "dot, mermaid" in bad.json()["message"]
+    assert requests.get(base).json()[0]["workflowName"] == "props"
+
+
 def test_function_node_batches_concurrent_requests(server):
     spec = """
     models:
