@@ -44,7 +44,12 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             .with_context(|| format!("cannot listen on {addr}"))
     };
     let inference = bind(config.inference_address).await?;
-    let management = bind(config.management_address).await?;
+    // KServe's configuration puts both APIs on one address: one listener then serves both.
+    let shared_port = config.management_address == config.inference_address;
+    let management = match shared_port {
+        true => None,
+        false => Some(bind(config.management_address).await?),
+    };
     let metrics = bind(config.metrics_address).await?;
     let grpc_inference = bind(config.grpc_inference_address).await?;
     let grpc_management = bind(config.grpc_management_address).await?;
@@ -99,24 +104,38 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         let serving = listener::serve(listener, router, tls.clone(), limits.clone(), stop.clone());
         tokio::spawn(serving)
     };
-    let mut inference_router = api::inference_router(state.clone());
-    let mut management_router = api::management_router(state.clone());
     let keys = if state.config.token_auth {
         tracing::info!("token authorization is on: keys are in key_file.json");
         Some(Keys::generate(Path::new("key_file.json"))?)
     } else {
         None
     };
-    if let Some(keys) = &keys {
-        inference_router = inference_router.layer(middleware::from_fn_with_state(
-            keys.inference.clone(),
+    let guard = |routes: axum::Router<Arc<AppState>>, key: Option<&Arc<str>>| match key {
+        Some(key) => routes.layer(middleware::from_fn_with_state(
+            key.clone(),
             auth::require_key,
-        ));
-        management_router = management_router.layer(middleware::from_fn_with_state(
-            keys.management.clone(),
-            auth::require_key,
-        ));
-    }
+        )),
+        None => routes,
+    };
+    let inference_routes = guard(api::inference_routes(), keys.as_ref().map(|k| &k.inference));
+    let management_key = keys.as_ref().map(|k| &k.management);
+    let management_routes = guard(api::management_routes(), management_key);
+    let router = |routes| api::listener_router(routes, state.clone());
+    let http_servers = match management {
+        None => vec![serve(
+            inference,
+            router(inference_routes.merge(management_routes)),
+        )],
+        Some(management) => vec![
+            serve(inference, router(inference_routes)),
+            serve(
+                management,
+                router(
+                    management_routes.merge(guard(api::management_description(), management_key)),
+                ),
+            ),
+        ],
+    };
     let grpc_tls = match (&state.config.tls, state.config.grpc_tls) {
         (Some((cert, key)), true) => Some(grpc::tls_config(cert, key)?),
         (None, true) => bail!("enable_grpc_ssl needs certificate_file and private_key_file"),
@@ -137,9 +156,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             }
         })
     };
-    let servers = [
-        serve(inference, inference_router),
-        serve(management, management_router),
+    let servers = http_servers.into_iter().chain([
         serve(metrics, api::metrics_router(state.clone())),
         serve_grpc(
             grpc::Listener::Inference,
@@ -151,7 +168,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             grpc_management,
             keys.as_ref().map(|k| k.management.clone()),
         ),
-    ];
+    ]);
     drain(&state, servers, &stop).await
 }
 

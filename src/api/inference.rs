@@ -16,34 +16,33 @@ use bytes::Bytes;
 use serde_json::json;
 
 use super::path::Path;
-use super::{openapi, query, with_fallbacks};
+use super::{openapi, query};
 use crate::error::{ApiError, ApiResult};
 use crate::job::{InferenceRequest, Param};
 use crate::request::{into_http, read_request};
 use crate::state::AppState;
 
-/// Routes of the inference listener.
-pub fn router(state: Arc<AppState>) -> Router {
-    with_fallbacks(
-        Router::new()
-            .route("/", options(description))
-            .route("/api-description", get(description))
-            .route("/ping", get(ping))
-            .route("/predictions/{model}", any(predict))
-            .route("/predictions/{model}/{version}", any(predict_version))
-            .route("/explanations/{model}", any(explain))
-            .route("/explanations/{model}/{version}", any(explain_version))
-            .route("/invocations", post(invocations))
-            .route("/models/{model}/invoke", post(invoke))
-            .route("/{model}/predict", get(invoke).post(invoke))
-            .route("/wfpredict/{workflow}", any(workflow_predict))
-            .route(
-                "/wfpredict/{workflow}/{version}",
-                any(workflow_predict_version),
-            )
-            .merge(crate::kserve::rest::routes()),
-    )
-    .with_state(state)
+/// Routes of the inference API, its description at `/` and `/api-description` included (a
+/// listener shared with the management API describes the inference API there, as the
+/// inference listener does).
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/", options(description))
+        .route("/api-description", get(description))
+        .route("/ping", get(ping))
+        .route("/predictions/{model}", any(predict))
+        .route("/predictions/{model}/{version}", any(predict_version))
+        .route("/explanations/{model}", any(explain))
+        .route("/explanations/{model}/{version}", any(explain_version))
+        .route("/invocations", post(invocations))
+        .route("/models/{model}/invoke", post(invoke))
+        .route("/{model}/predict", get(invoke).post(invoke))
+        .route("/wfpredict/{workflow}", any(workflow_predict))
+        .route(
+            "/wfpredict/{workflow}/{version}",
+            any(workflow_predict_version),
+        )
+        .merge(crate::kserve::rest::routes())
 }
 
 /// TorchServe's document; with `?full=true` torchyard's further endpoints too.

@@ -13,37 +13,41 @@ use serde_json::Value;
 
 use super::path::Path;
 use super::replies::{self, gate_first, status};
-use super::{openapi, query, with_fallbacks};
+use super::{openapi, query};
 use crate::error::ApiResult;
 use crate::facade::models;
 use crate::model::RegisterOptions;
 use crate::state::AppState;
 
-/// Routes of the management listener. Each handler decodes the request, makes one call to
-/// [`facade`] (which holds the model-API gate and the snapshots) and encodes its answer.
-pub fn router(state: Arc<AppState>) -> Router {
-    with_fallbacks(
-        Router::new()
-            .route("/", options(description))
-            .route("/api-description", get(description))
-            .route("/models", get(list).post(register))
-            .route(
-                "/models/{name}",
-                get(describe)
-                    .put(scale)
-                    .delete(unregister)
-                    .options(model_description),
-            )
-            .route(
-                "/models/{name}/{version}",
-                get(describe_version)
-                    .put(scale_version)
-                    .delete(unregister_version),
-            )
-            .route("/models/{name}/{version}/set-default", put(set_default))
-            .merge(super::workflow_management::routes()),
-    )
-    .with_state(state)
+/// Routes of the management API, without its description. Each handler decodes the request,
+/// makes one call to [`facade`] (which holds the model-API gate and the snapshots) and encodes
+/// its answer.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/models", get(list).post(register))
+        .route(
+            "/models/{name}",
+            get(describe)
+                .put(scale)
+                .delete(unregister)
+                .options(model_description),
+        )
+        .route(
+            "/models/{name}/{version}",
+            get(describe_version)
+                .put(scale_version)
+                .delete(unregister_version),
+        )
+        .route("/models/{name}/{version}/set-default", put(set_default))
+        .merge(super::workflow_management::routes())
+}
+
+/// The management API's description, at `/` and `/api-description`, for a management
+/// listener of its own.
+pub fn description_routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/", options(description))
+        .route("/api-description", get(description))
 }
 
 /// TorchServe's document; with `?full=true` torchyard's further endpoints too.

@@ -18,9 +18,15 @@ use axum::Router;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-pub use inference::router as inference_router;
-pub use management::router as management_router;
+pub use inference::routes as inference_routes;
+pub use management::{description_routes as management_description, routes as management_routes};
 pub use metrics::{count_responses, router as metrics_router};
+
+/// The router of one HTTP listener serving `routes` (one API's, or the inference and management
+/// APIs merged when both are configured on the same address, as KServe's configuration does).
+pub fn listener_router(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
+    with_fallbacks(routes).with_state(state)
+}
 
 /// Adds TorchServe's JSON answers for unknown paths and wrong methods.
 fn with_fallbacks(router: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
