@@ -16,12 +16,12 @@ cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import torch, torchvision, numpy, PIL, pytest, requests, model_archiver, workflow_archiver, prometheus_client, jproperties, grpc, grpc_tools, google.rpc.status_pb2, tritonclient.http, tritonclient.grpc" 2>/dev/null; then
+if ! .venv/bin/python -c "import torch, torchvision, numpy, PIL, pytest, requests, model_archiver, workflow_archiver, prometheus_client, jproperties, grpc, grpc_tools, google.rpc.status_pb2, tritonclient.http, tritonclient.grpc, kubernetes_validate, jsonschema, yaml" 2>/dev/null; then
   .venv/bin/pip install --quiet --disable-pip-version-check --upgrade pip
   .venv/bin/pip install --quiet --disable-pip-version-check \
     torch torchvision numpy pillow pytest requests torch-model-archiver torch-workflow-archiver \
     prometheus-client jproperties grpcio grpcio-tools googleapis-common-protos \
-    'tritonclient[http]==2.73.0' packaging
+    'tritonclient[http]==2.73.0' packaging kubernetes-validate jsonschema pyyaml
 fi
 if [ ! -d .venv/kserve-ref/kserve ]; then
   .venv/bin/pip install --quiet --disable-pip-version-check --target .venv/kserve-ref kserve==0.21.0
