@@ -117,17 +117,25 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         )),
         None => routes,
     };
-    let inference_routes = guard(api::inference_routes(), keys.as_ref().map(|k| &k.inference));
+    let inference_key = keys.as_ref().map(|k| &k.inference);
+    let inference_routes = guard(api::inference_routes(), inference_key);
     let management_key = keys.as_ref().map(|k| &k.management);
     let management_routes = guard(api::management_routes(), management_key);
     let router = |routes| api::listener_router(routes, state.clone());
     let http_servers = match management {
         None => vec![serve(
             inference,
-            router(inference_routes.merge(management_routes)),
+            router(
+                inference_routes
+                    .merge(management_routes)
+                    .merge(api::shared_listener_routes()),
+            ),
         )],
         Some(management) => vec![
-            serve(inference, router(inference_routes)),
+            serve(
+                inference,
+                router(inference_routes.merge(guard(api::inference_description(), inference_key))),
+            ),
             serve(
                 management,
                 router(

@@ -87,6 +87,11 @@ def test_management_on_the_shared_port(kserve):
     assert registered.status_code == 200, registered.text
     assert float(requests.post(f"{base}/predictions/triple", data="2").text) == 6.0
     assert requests.delete(f"{base}/models/triple").status_code == 200
+    # As TorchServe's shared listener: a description of both APIs, and the metrics too.
+    paths = requests.options(f"{base}/").json()["paths"]
+    assert {"/ping", "/predictions/{model_name}", "/models", "/metrics"} <= set(paths)
+    assert list(paths).count("/api-description") == 1
+    assert "ts_inference_requests_total" in requests.get(f"{base}/metrics").text
     # One listener, one set of fallbacks: unknown paths still get TorchServe's JSON error.
     missing = requests.get(f"{base}/no/such/path")
     assert missing.status_code == 404 and missing.json()["code"] == 404

@@ -22,13 +22,9 @@ use crate::job::{InferenceRequest, Param};
 use crate::request::{into_http, read_request};
 use crate::state::AppState;
 
-/// Routes of the inference API, its description at `/` and `/api-description` included (a
-/// listener shared with the management API describes the inference API there, as the
-/// inference listener does).
+/// Routes of the inference API, without its description.
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/", options(description))
-        .route("/api-description", get(description))
         .route("/ping", get(ping))
         .route("/predictions/{model}", any(predict))
         .route("/predictions/{model}/{version}", any(predict_version))
@@ -45,10 +41,17 @@ pub fn routes() -> Router<Arc<AppState>> {
         .merge(crate::kserve::rest::routes())
 }
 
+/// The inference API's description, at `/` and `/api-description`, for an inference listener
+/// of its own.
+pub fn description_routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/", options(description))
+        .route("/api-description", get(description))
+}
+
 /// TorchServe's document; with `?full=true` torchyard's further endpoints too.
 async fn description(RawQuery(raw): RawQuery) -> Response {
-    let full = raw.is_some_and(|q| q.split('&').any(|pair| pair == "full=true"));
-    openapi::answer(openapi::inference(full))
+    openapi::answer(openapi::inference(query::full(raw.as_deref())))
 }
 
 /// 200 Healthy once start-up loading is done and every model has its minimum workers ready,

@@ -52,8 +52,7 @@ pub fn description_routes() -> Router<Arc<AppState>> {
 
 /// TorchServe's document; with `?full=true` torchyard's further endpoints too.
 async fn description(RawQuery(raw): RawQuery) -> Response {
-    let full = raw.is_some_and(|q| q.split('&').any(|pair| pair == "full=true"));
-    openapi::answer(openapi::management(full))
+    openapi::answer(openapi::management(query::full(raw.as_deref())))
 }
 
 /// `OPTIONS /models/{name}`: the management operations on that model.

@@ -20,9 +20,14 @@ pub fn router(state: Arc<AppState>) -> Router {
     with_fallbacks(
         Router::new()
             .route("/", options(description))
-            .route("/metrics", get(metrics)),
+            .merge(routes()),
     )
     .with_state(state)
+}
+
+/// The metrics themselves, at `/metrics`.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new().route("/metrics", get(metrics))
 }
 
 /// Counts every answer of `router` in TorchServe's `Requests2XX`/`4XX`/`5XX`.

@@ -500,6 +500,25 @@ fn predictions(path: &str, versioned: bool) -> Operation {
 /// The inference listener's document; `full` appends torchyard's endpoints that TorchServe's
 /// document leaves out (`GET /api-description?full=true`).
 pub fn inference(full: bool) -> String {
+    document(server_info(), inference_operations(full))
+}
+
+/// The document of a listener serving both the inference and the management API (both
+/// configured on one address), as TorchServe lists them: each path and method once.
+pub fn inference_and_management(full: bool) -> String {
+    let mut operations = inference_operations(full);
+    for op in management_operations(full) {
+        if !operations
+            .iter()
+            .any(|o| o.path == op.path && o.method == op.method)
+        {
+            operations.push(op);
+        }
+    }
+    document(server_info(), operations)
+}
+
+fn inference_operations(full: bool) -> Vec<Operation> {
     let ping = Operation::new("/ping", "get", "Get TorchServe status.", "ping")
         .respond(
             "200",
@@ -516,22 +535,19 @@ pub fn inference(full: bool) -> String {
             ),
         )
         .errors(&[INTERNAL]);
-    document(
-        server_info(),
-        vec![
-            api_description("/", "options", "apiDescription"),
-            ping,
-            predictions("/v1/models/{model_name}:predict", false),
-            predictions("/v2/models/{model_name}/infer", false),
-            predictions("/predictions/{model_name}", false),
-            predictions("/predictions/{model_name}/{model_version}", true),
-            api_description("/api-description", "get", "api-description"),
-            metrics(),
-        ]
-        .into_iter()
-        .chain(extras(full, INFERENCE_EXTRAS))
-        .collect(),
-    )
+    vec![
+        api_description("/", "options", "apiDescription"),
+        ping,
+        predictions("/v1/models/{model_name}:predict", false),
+        predictions("/v2/models/{model_name}/infer", false),
+        predictions("/predictions/{model_name}", false),
+        predictions("/predictions/{model_name}/{model_version}", true),
+        api_description("/api-description", "get", "api-description"),
+        metrics(),
+    ]
+    .into_iter()
+    .chain(extras(full, INFERENCE_EXTRAS))
+    .collect()
 }
 
 /// `OPTIONS /predictions/{model}`: the model's prediction entry points.
@@ -561,6 +577,10 @@ pub fn model_inference(model: &str) -> String {
 
 /// The management listener's document; `full` appends torchyard's workflow endpoints.
 pub fn management(full: bool) -> String {
+    document(server_info(), management_operations(full))
+}
+
+fn management_operations(full: bool) -> Vec<Operation> {
     let mut operations = vec![
         api_description("/", "options", "apiDescription"),
         list_models(),
@@ -574,7 +594,7 @@ pub fn management(full: bool) -> String {
     ));
     operations.push(metrics());
     operations.extend(extras(full, MANAGEMENT_EXTRAS));
-    document(server_info(), operations)
+    operations
 }
 
 /// `OPTIONS /models/{model}`: the management operations on one model.

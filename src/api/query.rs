@@ -68,6 +68,11 @@ fn double_quoted(text: &str) -> String {
     out
 }
 
+/// Whether the query asks for the full API description (`full=true`).
+pub fn full(raw: Option<&str>) -> bool {
+    raw.is_some_and(|q| q.split('&').any(|pair| pair == "full=true"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
