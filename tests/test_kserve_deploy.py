@@ -68,6 +68,7 @@ def kserve(tmp_path_factory):
 
 def test_snapshot_models_answer_on_the_shared_port(kserve):
     assert requests.get(f"{kserve.inference}/ping").json() == {"status": "Healthy"}
+    assert requests.get(f"{kserve.inference}/v2/health/ready").status_code == 200
     answer = requests.post(f"{kserve.inference}/predictions/mnist", data="4")
     assert answer.status_code == 200 and float(answer.text) == 8.0
     # model_snapshot's settings, not load_models=all's defaults: triple.mar is in the store

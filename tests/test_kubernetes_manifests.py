@@ -71,7 +71,8 @@ def test_deployment_probes_scraping_and_autoscaling():
     pod = docs["Deployment"]["spec"]["template"]
     container = pod["spec"]["containers"][0]
     assert container["readinessProbe"]["httpGet"]["path"] == "/ping"
-    assert "livenessProbe" in container and container["resources"]["requests"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert container["resources"]["requests"] and container["resources"]["limits"]
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == "8082"
     # The HPA scales on a metric torchyard exports.
     metric = docs["HorizontalPodAutoscaler"]["spec"]["metrics"][0]["pods"]["metric"]["name"]
