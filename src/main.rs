@@ -25,6 +25,7 @@ mod server;
 mod snapshot;
 mod snapshot_file;
 mod state;
+mod timing;
 mod versioned;
 mod worker;
 mod workflow;

@@ -34,6 +34,11 @@ pub async fn read_request(
         id: crate::api::request_id::current(),
         headers: headers
             .iter()
+            // A malformed trace context is dropped, not refused (W3C trace-context).
+            .filter(|(k, v)| {
+                k.as_str() != crate::timing::TRACEPARENT
+                    || v.to_str().is_ok_and(crate::timing::valid_traceparent)
+            })
             .map(|(k, v)| {
                 (
                     k.as_str().to_string(),

@@ -471,11 +471,21 @@ impl Flight {
         let answering = Instant::now();
         match outcome {
             Ok(responses) => {
-                for ((job, answer), response) in self.batch.iter().zip(self.answers).zip(responses)
+                let handled = answering - self.scheduled;
+                for ((job, answer), mut response) in
+                    self.batch.iter().zip(self.answers).zip(responses)
                 {
                     // As in TorchServe, only answered requests count their wait.
                     let waited = self.scheduled - job.enqueued;
                     spec.metrics.record_queue_wait(job.version_named, waited);
+                    response.headers.push((
+                        crate::timing::SERVER_TIMING.into(),
+                        format!(
+                            "{}, {}",
+                            crate::timing::entry("queue", waited),
+                            crate::timing::entry("handler", handled)
+                        ),
+                    ));
                     answer.finish(Ok(response));
                 }
             }

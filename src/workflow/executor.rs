@@ -4,7 +4,8 @@
 //! skipped, and so are the stages only it feeds. The first failure fails the request and
 //! abandons the other branches, as does dropping the request (the client went away).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::{try_join_all, FutureExt, Shared};
@@ -15,6 +16,7 @@ use super::served_workflow::Workflow;
 use super::stage::Stage;
 use crate::error::{ApiError, ApiResult};
 use crate::job::{InferenceRequest, InferenceResponse, Param};
+use crate::timing;
 
 /// What a stage did: None when it was skipped; else its output and the child stages it
 /// chose (None: all of them).
@@ -46,6 +48,9 @@ pub async fn run(
         .cloned()
         .collect();
     let mut entry_request = Some(request);
+    // How long each stage that ran took, for the answer's Server-Timing.
+    let took: Mutex<Vec<(usize, Duration)>> = Mutex::new(Vec::new());
+    let started = Instant::now();
     let mut futures: Vec<StageFuture<'_>> = Vec::with_capacity(plan.stages.len());
     for (i, stage) in plan.stages.iter().enumerate() {
         let parents: Vec<(&str, StageFuture<'_>)> = stage
@@ -60,6 +65,7 @@ pub async fn run(
         };
         let headers = &headers;
         let callee = &stages[i];
+        let took = &took;
         // Only a single leaf streams: other stages' chunks are joined into the one body their
         // children (or the merged answer) take.
         let streams = plan.leaves == [i];
@@ -71,7 +77,11 @@ pub async fn run(
                     None => return Ok(None),
                 },
             };
+            let called = Instant::now();
             let mut output = callee.call(input).await?;
+            took.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((i, called.elapsed()));
             if !streams && output.more.is_some() {
                 output = Arc::new(InferenceResponse::clone(&output).whole().await?);
             }
@@ -96,12 +106,26 @@ pub async fn run(
         .zip(&outputs)
         .filter_map(|(&l, out)| Some((plan.stages[l].name.as_str(), &out.as_ref()?.0)))
         .collect();
-    match ran.as_slice() {
-        [(_, single)] if plan.leaves.len() == 1 => Ok(InferenceResponse::clone(single)),
+    let mut answer = match ran.as_slice() {
+        [(_, single)] if plan.leaves.len() == 1 => InferenceResponse::clone(single),
         // Every stage that runs chooses at least one child, so some leaf always runs.
-        [] => Err(ApiError::internal("no leaf of the workflow ran")),
-        _ => Ok(merge_leaves(ran)),
-    }
+        [] => return Err(ApiError::internal("no leaf of the workflow ran")),
+        _ => merge_leaves(ran),
+    };
+    let mut took = std::mem::take(&mut *took.lock().unwrap_or_else(|e| e.into_inner()));
+    took.sort_unstable();
+    let entries = took
+        .iter()
+        .map(|&(i, t)| timing::entry(&format!("node.{}", plan.stages[i].name), t))
+        .chain([timing::entry("workflow", started.elapsed())]);
+    answer
+        .headers
+        .retain(|(name, _)| name != timing::SERVER_TIMING);
+    answer.headers.push((
+        timing::SERVER_TIMING.into(),
+        entries.collect::<Vec<_>>().join(", "),
+    ));
+    Ok(answer)
 }
 
 /// The input of non-entry stage `i`: the parent's output as `body`, or one field per parent
