@@ -1,0 +1,95 @@
+"""Where the time went: every inference answer carries `Server-Timing` (queue and handler for
+a model, each node and the whole for a workflow), and a W3C `traceparent` reaches the handler
+and every workflow node, while a malformed one is dropped. One server for the module."""
+
+import json
+
+import pytest
+import requests
+
+from support.archives import build_mar, manifest, war
+from support.server import OPEN_FLAGS
+
+#: Answers the traceparent the handler sees (None when it got none).
+PROBE = """
+import json
+
+
+def handle(data, context):
+    if data is None:
+        return None
+    return [json.dumps(context.get_request_header(i, "traceparent")) for i in range(len(data))]
+"""
+
+#: The leaf after the model: answers [what the model saw, what this node saw].
+FUNCTIONS = """
+import json
+
+
+def last(data, context):
+    if data is None:
+        return None
+    return [json.dumps([json.loads(row.get("probe") or row.get("data") or row.get("body")),
+                        context.get_request_header(i, "traceparent")])
+            for i, row in enumerate(data)]
+"""
+SPEC = "models:\n  probe:\n    url: probe.mar\ndag:\n  probe: [last]\n"
+
+VALID = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+@pytest.fixture(scope="module")
+def server(start_module_server, tmp_path_factory):
+    store = tmp_path_factory.mktemp("store")
+    build_mar(store, "probe", {"probe.py": PROBE}, manifest("probe", "probe.py"))
+    war(store, "traced", SPEC, FUNCTIONS)
+    return start_module_server(store=store, args=(
+        *OPEN_FLAGS, "--models", "probe=probe.mar", "--workflows", "traced.war"))
+
+
+def timings(answer):
+    """The Server-Timing entries of an answer: {name: milliseconds}."""
+    entries = {}
+    for entry in answer.headers["server-timing"].split(","):
+        name, _, duration = entry.strip().partition(";dur=")
+        entries[name] = float(duration)
+    return entries
+
+
+def test_a_model_answer_says_queue_and_handler_time(server):
+    answer = requests.post(f"{server.inference}/predictions/probe", data="x")
+    assert answer.status_code == 200, answer.text
+    spent = timings(answer)
+    assert set(spent) == {"queue", "handler"}, spent
+    assert all(ms >= 0 for ms in spent.values())
+
+
+def test_a_workflow_answer_says_each_node_and_the_whole(server):
+    answer = requests.post(f"{server.inference}/wfpredict/traced", data="x")
+    assert answer.status_code == 200, answer.text
+    spent = timings(answer)
+    assert {"node.probe", "node.last", "workflow"} <= set(spent), spent
+    assert spent["workflow"] >= spent["node.probe"]
+
+
+def test_traceparent_reaches_the_handler_and_every_node(server):
+    answer = requests.post(f"{server.inference}/predictions/probe", data="x",
+                           headers={"traceparent": VALID})
+    assert json.loads(answer.text) == VALID
+    answer = requests.post(f"{server.inference}/wfpredict/traced", data="x",
+                           headers={"traceparent": VALID})
+    assert answer.status_code == 200, answer.text
+    assert json.loads(answer.text) == [VALID, VALID]  # the model node's, the function node's
+
+
+@pytest.mark.parametrize("bad", [
+    "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",  # upper case
+    "00-00000000000000000000000000000000-00f067aa0ba902b7-01",  # all-zero trace id
+    "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  # version ff
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+])
+def test_a_malformed_traceparent_is_dropped_not_refused(server, bad):
+    answer = requests.post(f"{server.inference}/predictions/probe", data="x",
+                           headers={"traceparent": bad})
+    assert answer.status_code == 200, answer.text
+    assert json.loads(answer.text) is None
