@@ -18,7 +18,7 @@ use super::replies::{self, gate_first, status};
 use crate::error::{ApiError, ApiResult};
 use crate::facade::{workflows, Scale};
 use crate::state::AppState;
-use crate::workflow::{dot, mermaid, WorkflowOptions};
+use crate::workflow::{dot, mermaid, svg, WorkflowOptions};
 
 /// Workflow routes, merged into the management listener.
 pub fn routes() -> Router<Arc<AppState>> {
@@ -81,9 +81,10 @@ struct DescribeQuery {
 }
 
 /// The formats `?format=` draws, with their content types.
-const PICTURE_FORMATS: [(&str, &str); 2] = [
+const PICTURE_FORMATS: [(&str, &str); 3] = [
     ("dot", "text/vnd.graphviz; charset=utf-8"),
     ("mermaid", "text/vnd.mermaid; charset=utf-8"),
+    ("svg", "image/svg+xml"),
 ];
 
 /// The describe JSON (TorchServe's answer), or the drawing `?format=` asks for.
@@ -107,6 +108,7 @@ fn describe_or_draw(
     let picture = workflows::picture(state, name, version, q.stats)?;
     let text = match format.as_str() {
         "dot" => dot::render(&picture),
+        "svg" => svg::render(&picture),
         _ => mermaid::render(&picture),
     };
     Ok(([(header::CONTENT_TYPE, content_type)], text).into_response())

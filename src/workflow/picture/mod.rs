@@ -1,8 +1,9 @@
 //! Pictures of a workflow: [`graph`] turns a workflow into a neutral list of nodes and edges,
-//! [`dot`] and [`mermaid`] render that list as text.
+//! [`dot`] and [`mermaid`] render that list as text, [`svg`] lays it out and draws it.
 
 pub mod dot;
 pub mod graph;
 pub mod mermaid;
+pub mod svg;
 
 pub use graph::Picture;
