@@ -3,6 +3,7 @@
 import concurrent.futures
 import re
 import time
+from xml.etree import ElementTree
 
 import pytest
 import requests
@@ -248,7 +249,7 @@ def test_global_properties_and_per_model_overrides_show_in_describe(server):
     assert (pre["batchSize"], pre["maxWorkers"]) == (4, 3)
 
 
-def test_format_draws_the_dag_as_dot_and_mermaid(server):
+def test_format_draws_the_dag_as_dot_mermaid_and_svg(server):
     """Uses the fan-out/fan-in workflow "props" of the test above."""
     base = f"{server.management}/workflows/props"
     predict(server, "props", 1)
@@ -265,8 +266,15 @@ def test_format_draws_the_dag_as_dot_and_mermaid(server):
     mermaid = requests.get(f"{base}?format=mermaid")
     assert mermaid.status_code == 200 and mermaid.text.startswith("flowchart TD\n")
     assert mermaid.text.count(" --> ") == 4 and "[function]" in mermaid.text
+    svg = requests.get(f"{base}?format=svg&stats=true")
+    assert svg.status_code == 200 and svg.headers["content-type"].startswith("image/svg+xml")
+    root = ElementTree.fromstring(svg.content)  # well-formed XML
+    assert root.tag.endswith("svg")
+    texts = " ".join(root.itertext())  # labels are <text> of <tspan> lines
+    for node in ("pre_processing", "double", "triple", "aggregate", "calls 1"):
+        assert node in texts, (node, texts)
     bad = requests.get(f"{base}?format=png")
-    assert bad.status_code == 400 and "dot, mermaid" in bad.json()["message"]
+    assert bad.status_code == 400 and "dot, mermaid, svg" in bad.json()["message"]
     assert requests.get(base).json()[0]["workflowName"] == "props"
 
 
