@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::archive::UnpackLimits;
 use crate::cli::ServeArgs;
-use crate::metrics::MetricsMode;
+use crate::metrics::{MetricsConfig, MetricsMode};
 use crate::model::{usable_cores, ModelPresets, ScalingSettings};
 use crate::properties::Properties;
 
@@ -80,6 +80,11 @@ pub struct ServerConfig {
     pub decode_input_request: bool,
     /// What the metrics API exports (`metrics_mode`).
     pub metrics_mode: MetricsMode,
+    /// TorchServe's `metrics_config` YAML, or its default `metrics.yaml` when not set.
+    pub metrics_config: MetricsConfig,
+    /// Whether handler metrics nobody declared are exported (`model_metrics_auto_detect`,
+    /// true unless set to false).
+    pub model_metrics_auto_detect: bool,
     /// How often host metrics are read (`metric_time_interval`, seconds); `None` when
     /// `disable_system_metrics` is true.
     pub system_metrics_interval: Option<Duration>,
@@ -236,6 +241,12 @@ impl ServerConfig {
             metrics_mode: get("metrics_mode")
                 .map_or(Ok(MetricsMode::Prometheus), str::parse)
                 .map_err(|e: String| anyhow!(e))?,
+            metrics_config: get("metrics_config").map_or_else(
+                || Ok(MetricsConfig::defaults()),
+                |path| MetricsConfig::load(Path::new(path.trim())),
+            )?,
+            model_metrics_auto_detect: get("model_metrics_auto_detect")
+                .is_none_or(|v| !v.trim().eq_ignore_ascii_case("false")),
             system_metrics_interval: (!flag("disable_system_metrics")).then_some(
                 Duration::from_secs(number("metric_time_interval", 60)?.max(1) as u64),
             ),

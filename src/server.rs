@@ -58,7 +58,11 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let state = Arc::new(AppState {
         registry: Default::default(),
         workflows: Default::default(),
-        metrics: Metrics::new(config.metrics_mode),
+        metrics: Metrics::new(
+            config.metrics_mode,
+            config.metrics_config.clone(),
+            config.model_metrics_auto_detect,
+        ),
         python,
         gpus: Arc::new(gpus),
         snapshots: Snapshotter::new(config.snapshot_dir.as_deref(), config.settings.clone()),

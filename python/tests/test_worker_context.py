@@ -32,21 +32,31 @@ def test_positional_construction_and_batch_state():
     assert context.get_response_content_type(0) is None
 
 
-def test_metrics_are_recorded_and_logged_at_debug(caplog):
-    metrics = _context().metrics
-    with caplog.at_level(logging.DEBUG, logger="torchyard.metrics"):
-        metrics.add_time("HandlerTime", 12.5, None, "ms")
-        metrics.add_counter("Calls", 1, idx=0)
-        metrics.add_size("Payload", 3, unit="kB")
-        metrics.add_percent("Load", 50)
-        metrics.add_metric("Custom", 7, "count")
-        metrics.add_error("Errors", 1)
-        cached = metrics.add_metric_to_cache("Latency", "ms", ["ModelName"])
-        cached.add_or_update(4, ["m"], "req")
-        metrics.get_metric("Never added").update(9)
-    assert metrics.get_metric("Latency") is cached and cached.value == 4
-    assert {name: m.value for name, m in metrics.cache.items()} == {
-        "HandlerTime": 12.5, "Calls": 1, "Payload": 3, "Load": 50, "Custom": 7, "Errors": 1,
-        "Latency": 4, "Never added": 9}
-    assert "[METRICS]HandlerTime.ms:12.5" in caplog.text
-    assert "[METRICS]Latency.ms:4|#m|req" in caplog.text
+def test_metrics_become_samples_with_torchserve_default_dimensions(caplog):
+    context = _context()
+    metrics = context.metrics
+    metrics.add_time("LoadTime", 12.5, None, "ms")  # outside a batch: Level=Error
+    context.start_batch([{"id": "a", "headers": []}, {"id": "b", "headers": []}])
+    metrics.add_counter("Calls", 1, idx=0)
+    metrics.add_size("Payload", 3, unit="kB")
+    metrics.add_percent("Load", 50)
+    metrics.add_metric("Custom", 7, "count")
+    metrics.add_error("Errors", 1)
+    cached = metrics.add_metric_to_cache("Latency", "ms", ["ModelName"], "histogram")
+    cached.add_or_update(4, ["m"], "req")
+    assert metrics.get_metric("Latency", "histogram") is cached
+    with caplog.at_level(logging.ERROR, logger="torchyard.metrics"):
+        metrics.add_counter("Calls", -1)
+        cached.add_or_update(1, ["m", "extra"])
+        cached.add_or_update("many", ["m"])
+    assert caplog.text.count("Failed to update metric") == 3
+    model = ["ModelName", "Level"]
+    assert metrics.sink == [
+        ("gauge", "LoadTime", "ms", ["Level"], ["Error"], 12.5),
+        ("counter", "Calls", "count", model, ["m", "Model"], 1.0),
+        ("gauge", "Payload", "kB", model, ["m", "Model"], 3.0),
+        ("gauge", "Load", "percent", model, ["m", "Model"], 50.0),
+        ("counter", "Custom", "count", model, ["m", "Model"], 7.0),
+        ("counter", "Errors", "", ["Level"], ["Error"], 1.0),
+        ("histogram", "Latency", "ms", ["ModelName"], ["m"], 4.0),
+    ]

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-log = logging.getLogger("torchyard.metrics")
+from .metrics import Metrics
 
 
 class RequestProcessor:
@@ -51,78 +50,6 @@ class RequestProcessor:
         return self._response_headers.get(key)
 
 
-class Metric:
-    """A named metric as TorchServe's metric cache returns it; updates are only logged."""
-
-    def __init__(self, name: str, unit: str = "", dimension_names: Sequence[str] = (),
-                 metric_type: Any = None):
-        self.metric_name = name
-        self.unit = unit
-        self.dimension_names = list(dimension_names)
-        self.metric_type = metric_type
-        self.value: Any = None
-
-    def add_or_update(self, value: Any, dimension_values: Sequence[Any] = (),
-                      request_id: str = "") -> None:
-        """Records `value` and logs it at debug level."""
-        self.value = value
-        log.debug("[METRICS]%s.%s:%s|#%s|%s", self.metric_name, self.unit, value,
-                  ",".join(map(str, dimension_values)), request_id)
-
-    def update(self, value: Any, request_id: str = "", dimensions: Sequence[Any] = ()) -> None:
-        """TorchServe's older spelling of add_or_update."""
-        self.add_or_update(value, [getattr(d, "value", d) for d in dimensions], request_id)
-
-
-class Metrics:
-    """TorchServe's metric cache API (`context.metrics`): metrics are kept and logged at debug
-    level, never exported, and never raise."""
-
-    def __init__(self):
-        self.cache: Dict[str, Metric] = {}
-
-    def add_metric_to_cache(self, metric_name: str, unit: str = "",
-                            dimension_names: Sequence[str] = (), metric_type: Any = None) -> Metric:
-        """Creates (or replaces) the metric `metric_name` and returns it."""
-        metric = self.cache[metric_name] = Metric(metric_name, unit, dimension_names, metric_type)
-        return metric
-
-    def get_metric(self, metric_name: str, metric_type: Any = None) -> Metric:
-        """The metric `metric_name`, created on first use."""
-        metric = self.cache.get(metric_name)
-        return metric if metric is not None else self.add_metric_to_cache(
-            metric_name, metric_type=metric_type)
-
-    def _add(self, name: str, value: Any, unit: str, idx: Any, dimensions: Any,
-             metric_type: Any) -> None:
-        metric = self.cache.get(name) or self.add_metric_to_cache(name, unit,
-                                                                  metric_type=metric_type)
-        values = [getattr(d, "value", d) for d in dimensions or ()]
-        metric.add_or_update(value, values, "" if idx is None else str(idx))
-
-    def add_metric(self, name: str, value: Any, unit: str = "", idx: Any = None,
-                   dimensions: Any = None, metric_type: Any = None) -> None:
-        self._add(name, value, unit, idx, dimensions, metric_type)
-
-    def add_counter(self, name: str, value: Any, idx: Any = None, dimensions: Any = None) -> None:
-        self._add(name, value, "count", idx, dimensions, "counter")
-
-    def add_time(self, name: str, value: Any, idx: Any = None, unit: str = "ms",
-                 dimensions: Any = None, metric_type: Any = None) -> None:
-        self._add(name, value, unit, idx, dimensions, metric_type)
-
-    def add_size(self, name: str, value: Any, idx: Any = None, unit: str = "MB",
-                 dimensions: Any = None, metric_type: Any = None) -> None:
-        self._add(name, value, unit, idx, dimensions, metric_type)
-
-    def add_percent(self, name: str, value: Any, idx: Any = None, dimensions: Any = None,
-                    metric_type: Any = None) -> None:
-        self._add(name, value, "percent", idx, dimensions, metric_type)
-
-    def add_error(self, name: str, value: Any, dimensions: Any = None) -> None:
-        self._add(name, value, "", None, dimensions, "counter")
-
-
 class Context:
     """What a handler knows about its model (fixed at load) and about the batch it is serving
     (request ids and headers in, per-request response status and headers out).
@@ -144,7 +71,7 @@ class Context:
             "server_version": server_version,
             "limit_max_image_pixels": limit_max_image_pixels,
         }
-        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics = metrics if metrics is not None else Metrics(model_name)
         self.request_ids: Dict[int, str] = {}
         self.request_processor: List[RequestProcessor] = []
         #: Sends partial results `(outputs, req_id_map)` to the server; the worker sets it.
@@ -158,6 +85,7 @@ class Context:
     def start_batch(self, requests: Sequence[dict]) -> None:
         """Takes a batch of protocol request entries; resets every response to 200."""
         self.request_ids = {idx: r["id"] for idx, r in enumerate(requests)}
+        self.metrics.request_ids = self.request_ids
         self.request_processor = [RequestProcessor(r.get("headers", ())) for r in requests]
 
     def get_request_id(self, idx: int = 0) -> Optional[str]:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 from .codec import Blob, decode
 from . import envelopes
 from .context import Context
+from .metrics import Metrics, Sample
 from .framing import FrameReader, ProtocolError, write_frame
 from .handler_loader import Entry, load_entry_point
 from .replies import Reply, error_reply, exception_reply, outputs_problem, response_entry
@@ -40,6 +41,8 @@ class Worker:
         self.decode_input_request = True
         #: Writes a frame to the server, for partial results sent during a batch.
         self.send: Optional[Callable[[dict, Sequence[Blob]], None]] = None
+        #: Metric updates of every context, sent with the next reply.
+        self.metric_samples: List[Sample] = []
 
     def handle(self, msg: dict, blobs: List[bytearray]) -> Reply:
         """The reply to one message."""
@@ -64,6 +67,7 @@ class Worker:
                 limit_max_image_pixels=msg.get("limit_max_image_pixels", True),
                 model_yaml_config=msg.get("model_yaml_config"),
                 server_name=msg.get("server_name", "torchyard"),
+                metrics=Metrics(model_name, self.metric_samples, msg.get("metrics") or ()),
             )
 
         self.context = context(msg["model_name"], msg.get("manifest"))
@@ -132,6 +136,9 @@ def serve(sock: socket.socket, worker: Worker) -> None:
             msg, blobs = frames.read()
             header, bodies = worker.handle(msg, blobs)
             del msg, blobs  # free the request bodies before waiting for the next frame
+            if worker.metric_samples:
+                header["metrics"] = worker.metric_samples[:]
+                worker.metric_samples.clear()
             try:
                 write_frame(sock, header, bodies)
             except ProtocolError as exc:  # too large to send; nothing went out

@@ -174,9 +174,9 @@ impl Series for Histogram {
 }
 
 struct Inner<S> {
-    name: &'static str,
+    name: String,
     help: String,
-    label_names: &'static [&'static str],
+    label_names: Vec<String>,
     new: Box<dyn Fn() -> S + Send + Sync>,
     series: RwLock<BTreeMap<Vec<String>, Arc<S>>>,
 }
@@ -192,11 +192,7 @@ impl<S> Clone for Family<S> {
 
 impl<S: Series + Default> Family<S> {
     /// A family whose series start at their default.
-    pub fn new(
-        name: &'static str,
-        help: impl Into<String>,
-        labels: &'static [&'static str],
-    ) -> Self {
+    pub fn new(name: impl Into<String>, help: impl Into<String>, labels: &[&str]) -> Self {
         Self::with(name, help, labels, S::default)
     }
 }
@@ -204,15 +200,15 @@ impl<S: Series + Default> Family<S> {
 impl<S: Series> Family<S> {
     /// A family whose series are made by `new`.
     pub fn with(
-        name: &'static str,
+        name: impl Into<String>,
         help: impl Into<String>,
-        label_names: &'static [&'static str],
+        label_names: &[&str],
         new: impl Fn() -> S + Send + Sync + 'static,
     ) -> Self {
         Self(Arc::new(Inner {
-            name,
+            name: name.into(),
             help: help.into(),
-            label_names,
+            label_names: label_names.iter().map(|n| n.to_string()).collect(),
             new: Box::new(new),
             series: RwLock::default(),
         }))
@@ -278,7 +274,7 @@ pub trait Render: Send + Sync {
 
 impl<S: Series> Render for Family<S> {
     fn name(&self) -> &str {
-        self.0.name
+        &self.0.name
     }
 
     fn render(&self, out: &mut String) {
@@ -286,8 +282,8 @@ impl<S: Series> Render for Family<S> {
         let _ = writeln!(out, "# HELP {} {}", inner.name, inner.help);
         let _ = writeln!(out, "# TYPE {} {}", inner.name, S::TYPE);
         for (values, series) in inner.series.read().expect("family lock").iter() {
-            let labels = text::labels(inner.label_names, values);
-            series.write(out, inner.name, &labels);
+            let labels = text::labels(&inner.label_names, values);
+            series.write(out, &inner.name, &labels);
         }
     }
 }

@@ -2,7 +2,9 @@
 //! latencies, response classes, queue and worker-load times, host utilisation) in TorchServe's
 //! exposition format, followed by torchyard's own per-model and per-workflow-node series.
 
+mod config;
 mod family;
+mod handler;
 mod system;
 mod text;
 
@@ -12,7 +14,10 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 
+pub use config::{Declaration, MetricsConfig};
 use family::{exponential_bounds, Counter, Family, Histogram, LazySeries, Render, Value};
+use handler::HandlerMetrics;
+pub use handler::HandlerSample;
 use system::{HostSample, Sampler};
 
 /// What the metrics listener exports: TorchServe's `metrics_mode`.
@@ -74,18 +79,18 @@ const LEGACY: &[&str] = &[
     "ts_queue_latency_microseconds",
 ];
 
+/// TorchServe's help text for a metric of `kind` measured in `unit`.
+fn ts_help(kind: &str, unit: &str) -> String {
+    format!("Torchserve prometheus {kind} metric with unit: {unit}")
+}
+
 /// A family named and described as TorchServe's `metrics.yaml` does.
 fn ts_family<S: family::Series + Default>(
     name: &'static str,
     unit: &str,
     labels: &'static [&'static str],
 ) -> Family<S> {
-    let kind = S::TYPE;
-    Family::new(
-        name,
-        format!("Torchserve prometheus {kind} metric with unit: {unit}"),
-        labels,
-    )
+    Family::new(name, ts_help(S::TYPE, unit), labels)
 }
 
 /// TorchServe's per-model request counters.
@@ -191,6 +196,9 @@ pub struct Metrics {
     hostname: Arc<str>,
     /// Every family in exposition order.
     families: Vec<Box<dyn Render>>,
+    /// The TorchServe frontend series a `metrics_config` keeps; `None` keeps them all.
+    frontend: Option<std::collections::HashSet<String>>,
+    handler: Arc<HandlerMetrics>,
     responses: ResponseCounter,
     requests: RequestFamilies,
     queue_time: Arc<LazySeries<Value>>,
@@ -210,26 +218,34 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self::new(MetricsMode::Prometheus)
+        Self::new(MetricsMode::Prometheus, MetricsConfig::defaults(), true)
     }
 }
 
 impl Metrics {
-    /// The families of `mode`, labelled with this host's name; warns when a mode is not served
-    /// as TorchServe serves it.
-    pub fn new(mode: MetricsMode) -> Self {
+    /// The families of `mode` and `config`, labelled with this host's name; handler metrics
+    /// nobody declared are registered on first use when `auto_detect` is set. Warns when a mode
+    /// is not served as TorchServe serves it.
+    pub fn new(mode: MetricsMode, config: MetricsConfig, auto_detect: bool) -> Self {
         match mode {
             MetricsMode::Log => tracing::warn!(
                 "metrics_mode=log: torchyard writes no ts_metrics.log or model_metrics.log; \
-                 the metrics API serves every metric as in prometheus mode"
+                 handler metrics are logged (target MODEL_METRICS) and the metrics API serves \
+                 every metric as in prometheus mode"
             ),
             MetricsMode::Legacy => tracing::warn!(
                 "metrics_mode=legacy: the metrics API serves only the ts_* request series; \
-                 torchyard writes no ts_metrics.log or model_metrics.log for the others"
+                 handler metrics are logged (target MODEL_METRICS), the others are not"
             ),
             MetricsMode::Prometheus => {}
         }
         let hostname: Arc<str> = hostname().into();
+        let handler = Arc::new(HandlerMetrics::new(
+            hostname.clone(),
+            config.model_metrics,
+            auto_detect,
+            mode != MetricsMode::Prometheus,
+        ));
         let host = [HOST, &*hostname];
         let status = |name| ts_family::<Counter>(name, "Count", HOST_LABELS);
         let (ok, client, server) = (
@@ -324,6 +340,8 @@ impl Metrics {
             requests: requests.clone(),
             hostname,
             families: Vec::new(),
+            frontend: config.frontend,
+            handler,
         };
         let mut families: Vec<Box<dyn Render>> = vec![
             Box::new(ok),
@@ -412,6 +430,10 @@ impl Metrics {
             batch_size: self.batch_size.get_or_create(&model),
             queue_depth: self.queue_depth.get_or_create(&model),
             workers: self.workers.get_or_create(&model),
+            prediction_time: self
+                .handler
+                .model_gauge("PredictionTime", &labels.model_name),
+            handler: self.handler.clone(),
             labels,
         }
     }
@@ -455,12 +477,29 @@ impl Metrics {
     /// not empty, only the families it names (TorchServe's `name[]` filter).
     pub fn render(&self, names: &[String]) -> String {
         let mut out = String::new();
-        let served = |name: &str| self.mode != MetricsMode::Legacy || LEGACY.contains(&name);
+        let legacy = self.mode == MetricsMode::Legacy;
+        let configured = |name: &str| {
+            name.starts_with("torchyard_")
+                || self
+                    .frontend
+                    .as_ref()
+                    .is_none_or(|kept| kept.contains(name))
+        };
+        let served = |name: &str| {
+            if legacy {
+                LEGACY.contains(&name)
+            } else {
+                configured(name)
+            }
+        };
         let wanted = |name: &str| names.is_empty() || names.iter().any(|n| n == name);
         for family in &self.families {
             if served(family.name()) && wanted(family.name()) {
                 family.render(&mut out);
             }
+        }
+        if !legacy {
+            self.handler.render(&mut out, wanted);
         }
         out
     }
@@ -521,6 +560,9 @@ pub struct ModelMetrics {
     batch_size: Arc<Histogram>,
     queue_depth: Arc<Value>,
     workers: Arc<Value>,
+    /// TorchServe's `PredictionTime` gauge of this model, when declared.
+    prediction_time: Option<Arc<Value>>,
+    handler: Arc<HandlerMetrics>,
 }
 
 impl ModelMetrics {
@@ -576,6 +618,25 @@ impl ModelMetrics {
         self.worker_load
             .get_or_create(&[&name, HOST, &self.hostname])
             .set(took.as_millis() as f64);
+    }
+
+    /// Records what the handler put into `context.metrics` during a batch or its load.
+    pub fn record_handler_metrics(&self, samples: &[HandlerSample]) {
+        if !samples.is_empty() {
+            self.handler.record(&self.labels.model_name, samples);
+        }
+    }
+
+    /// The handler metrics every worker's metric cache starts with.
+    pub fn declared_handler_metrics(&self) -> &[Declaration] {
+        self.handler.declared()
+    }
+
+    /// Records how long a worker took to answer a batch: TorchServe's `PredictionTime`.
+    pub fn record_prediction_time(&self, took: Duration) {
+        if let Some(gauge) = &self.prediction_time {
+            gauge.set(took.as_secs_f64() * 1000.0);
+        }
     }
 
     /// Records the size of a batch sent to a worker.
@@ -674,10 +735,12 @@ mod tests {
             ["ts_queue_latency_microseconds", "MemoryUsed"]
         );
         assert_eq!(
-            family_names(&Metrics::new(MetricsMode::Legacy).render(&[])),
+            family_names(
+                &Metrics::new(MetricsMode::Legacy, MetricsConfig::defaults(), true).render(&[])
+            ),
             LEGACY
         );
-        let all = Metrics::new(MetricsMode::Log).render(&[]);
+        let all = Metrics::new(MetricsMode::Log, MetricsConfig::defaults(), true).render(&[]);
         assert!(family_names(&all).contains(&"CPUUtilization"));
     }
 

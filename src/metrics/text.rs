@@ -4,10 +4,10 @@
 use std::fmt::Write;
 
 /// Renders label pairs as `name="value",` for each, values escaped.
-pub fn labels(names: &[&str], values: &[String]) -> String {
+pub fn labels(names: &[impl AsRef<str>], values: &[String]) -> String {
     let mut out = String::new();
     for (name, value) in names.iter().zip(values) {
-        out.push_str(name);
+        out.push_str(name.as_ref());
         out.push_str("=\"");
         for c in value.chars() {
             match c {

@@ -4,6 +4,8 @@ use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::metrics::{Declaration, HandlerSample};
+
 /// Largest frame either side may send.
 const MAX_FRAME: usize = 2 << 30;
 
@@ -32,6 +34,8 @@ pub struct LoadMessage<'a> {
     /// False: parameters reach the handler as raw bytes whatever their content type.
     pub decode_input_request: bool,
     pub model_yaml_config: &'a serde_json::Value,
+    /// The handler metrics `metrics_config` declares: the worker's metric cache starts with them.
+    pub metrics: &'a [Declaration],
     pub server_name: &'a str,
     pub server_version: &'a str,
     /// Set for a fused segment of workflow function nodes: the worker runs these functions
@@ -79,19 +83,26 @@ pub struct ParamMeta<'a> {
 pub enum FromWorker {
     Loaded {
         pid: Option<u32>,
+        /// What the handler recorded in `context.metrics` while it loaded.
+        #[serde(default)]
+        metrics: Vec<HandlerSample>,
     },
     /// Partial results a streaming handler sent before its final `predicted`.
-    Intermediate {
-        responses: Vec<ResponseMeta>,
-    },
+    Intermediate { responses: Vec<ResponseMeta> },
     Predicted {
         responses: Vec<ResponseMeta>,
+        /// What the handler recorded in `context.metrics` during the batch.
+        #[serde(default)]
+        metrics: Vec<HandlerSample>,
     },
     Error {
         status: Option<u16>,
         #[serde(rename = "type")]
         error_type: Option<String>,
         message: String,
+        /// What the handler recorded in `context.metrics` before it failed.
+        #[serde(default)]
+        metrics: Vec<HandlerSample>,
     },
 }
 

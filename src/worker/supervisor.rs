@@ -181,6 +181,7 @@ async fn start(
         limit_max_image_pixels: true,
         decode_input_request: spec.decode_input_request,
         model_yaml_config: &spec.model_yaml_config,
+        metrics: spec.metrics.declared_handler_metrics(),
         server_name: "torchyard",
         server_version: env!("CARGO_PKG_VERSION"),
         segment: spec.segment.as_deref(),
@@ -190,13 +191,18 @@ async fn start(
         .await
         .and_then(|frame| frame.message::<FromWorker>());
     match reply {
-        Ok(FromWorker::Loaded { pid }) => {
+        Ok(FromWorker::Loaded { pid, metrics }) => {
+            spec.metrics.record_handler_metrics(&metrics);
             status.set_pid(pid.unwrap_or(0));
             Ok(process)
         }
         Ok(FromWorker::Error {
-            status, message, ..
+            status,
+            message,
+            metrics,
+            ..
         }) => {
+            spec.metrics.record_handler_metrics(&metrics);
             process.kill().await;
             Err((
                 status.unwrap_or(500),
@@ -263,7 +269,7 @@ async fn serve(spec: &WorkerSpec, process: &mut WorkerProcess, cancel: &Cancella
                 };
                 deadline = Instant::now() + spec.response_timeout;
                 let head = flights.front_mut().expect("a batch in flight");
-                let Some(outcome) = head.take(frame) else { continue };
+                let Some(outcome) = head.take(frame, &spec.metrics) else { continue };
                 let head = flights.pop_front().expect("a batch in flight");
                 if let Err(message) = head.finish(spec, outcome) {
                     return crash(spec, flights, held, message);
@@ -407,8 +413,13 @@ struct Flight {
 
 impl Flight {
     /// Takes in one frame of the reply: forwards a streaming handler's chunks to their jobs
-    /// and returns `None` until the final frame, whose outcome it returns.
-    fn take(&mut self, frame: Frame) -> Option<Result<Vec<InferenceResponse>, Failure>> {
+    /// and returns `None` until the final frame, whose outcome it returns; the handler's
+    /// metrics go to `metrics`.
+    fn take(
+        &mut self,
+        frame: Frame,
+        metrics: &ModelMetrics,
+    ) -> Option<Result<Vec<InferenceResponse>, Failure>> {
         let broken = |e: std::io::Error| Failure::Worker(format!("bad reply: {e}"));
         let message = match frame.message::<FromWorker>() {
             Ok(message) => message,
@@ -432,22 +443,30 @@ impl Flight {
                 }
                 return None;
             }
-            FromWorker::Predicted { responses } => match frame.split_blobs() {
-                Err(e) => Err(broken(e)),
-                Ok(_) if responses.len() != self.batch.len() => {
-                    Err(Failure::Handler(ApiError::internal(format!(
-                        "worker returned {} responses for a batch of {}",
-                        responses.len(),
-                        self.batch.len()
-                    ))))
+            FromWorker::Predicted {
+                responses,
+                metrics: recorded,
+            } => {
+                metrics.record_handler_metrics(&recorded);
+                match frame.split_blobs() {
+                    Err(e) => Err(broken(e)),
+                    Ok(_) if responses.len() != self.batch.len() => {
+                        Err(Failure::Handler(ApiError::internal(format!(
+                            "worker returned {} responses for a batch of {}",
+                            responses.len(),
+                            self.batch.len()
+                        ))))
+                    }
+                    Ok(bodies) => responses.into_iter().map(|r| chunk(r, &bodies)).collect(),
                 }
-                Ok(bodies) => responses.into_iter().map(|r| chunk(r, &bodies)).collect(),
-            },
+            }
             FromWorker::Error {
                 status,
                 error_type,
                 message,
+                metrics: recorded,
             } => {
+                metrics.record_handler_metrics(&recorded);
                 let code = status
                     .and_then(|s| axum::http::StatusCode::from_u16(s).ok())
                     .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
@@ -472,6 +491,7 @@ impl Flight {
         match outcome {
             Ok(responses) => {
                 let handled = answering - self.scheduled;
+                spec.metrics.record_prediction_time(handled);
                 for ((job, answer), mut response) in
                     self.batch.iter().zip(self.answers).zip(responses)
                 {

@@ -1,5 +1,6 @@
 """`ts.context`: the handler context, as TorchServe names it."""
 
-from torchyard.context import Context, Metrics, RequestProcessor
+from torchyard.context import Context, RequestProcessor
+from torchyard.metrics import Metrics
 
 __all__ = ["Context", "Metrics", "RequestProcessor"]

@@ -1,0 +1,1 @@
+"""TorchServe's `ts.metrics` names that handlers import: Dimension and MetricTypes."""

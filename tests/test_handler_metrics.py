@@ -1,0 +1,197 @@
+"""Handler metrics (TorchServe's custom metrics API, docs/metrics.md "Custom Metrics API"): what a
+handler records through `context.metrics` reaches `/metrics` with TorchServe's names, types and
+labels (the handler's dimensions, `ModelName`, `Level`, `Hostname`); `metrics_config` declares
+metrics up front and trims the frontend series; `model_metrics_auto_detect=false` drops what it
+does not declare; log and legacy modes write TorchServe's metric lines to the log."""
+
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from support.api import register
+from support.archives import archive, torchscript_scale, write_files
+
+HOST = socket.gethostname()
+REQUESTS = 5
+
+HANDLER = """
+    import torch
+    from ts.metrics.dimension import Dimension
+    from ts.metrics.metric_type_enum import MetricTypes
+    from ts.torch_handler.base_handler import BaseHandler
+
+
+    class MetricsHandler(BaseHandler):
+        def initialize(self, context):
+            super().initialize(context)
+            context.metrics.add_counter("ModelLoads", 1)
+            self.sizes = context.metrics.add_metric_to_cache(
+                "BodyBytes", "B", ["ModelName", "Level"], MetricTypes.HISTOGRAM)
+
+        def preprocess(self, data):
+            self.bodies = [bytes(row.get("body") or row.get("data")) for row in data]
+            return torch.tensor([float(b) for b in self.bodies])
+
+        def postprocess(self, output):
+            m = self.context.metrics
+            for idx, body in enumerate(self.bodies):
+                m.add_counter("InferenceCount", 1, idx, [Dimension("Route", "predict")])
+                m.add_time("InferenceTime", 2.5, idx)
+                m.add_size("PayloadSize", len(body), idx, "B")
+                m.add_percent("Confidence", 42.0, idx)
+                m.add_metric("Items", 3, "items", idx)
+                self.sizes.add_or_update(len(body), [self.context.model_name, "Model"],
+                                         self.context.get_request_id(idx))
+                m.get_metric("Pending", MetricTypes.GAUGE).update(
+                    7, dimensions=[Dimension("Kind", "queue")])
+                m.add_counter("Negative", -1, idx)
+            m.add_error("HandlerWarnings", 1)
+            return output.tolist()
+"""
+
+METRICS_CONFIG = """
+dimensions:
+  - &model_name "ModelName"
+  - &level "Level"
+ts_metrics:
+  counter:
+    - name: ts_inference_requests_total
+      unit: Count
+      dimensions: ["model_name", "model_version", "hostname"]
+model_metrics:
+  counter:
+    - name: InferenceCount
+      unit: count
+      dimensions: ["Route", *model_name, *level]
+  gauge:
+    - name: DeclaredNeverUsed
+      unit: ms
+      dimensions: [*model_name, *level]
+"""
+
+
+def metrics_mar(store: Path) -> Path:
+    """A .mar of a TorchScript model (doubling each number) whose BaseHandler records metrics."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        write_files(tmp, {"metrics_handler.py": HANDLER})
+        pt = torchscript_scale(tmp / "m.pt", 2.0)
+        return archive("model", "--model-name", "m", "--serialized-file", str(pt), "--handler",
+                       str(tmp / "metrics_handler.py"), "--export-path", str(store), "-f")
+
+
+def served(server) -> None:
+    """Registers the model and sends it REQUESTS predictions."""
+    metrics_mar(server.store)
+    assert register(server, url="m.mar").status_code == 200
+    for n in range(REQUESTS):
+        answer = requests.post(f"{server.inference}/predictions/m", data=str(n))
+        assert answer.status_code == 200 and answer.json() == 2.0 * n
+
+
+def scrape(server, query=""):
+    answer = requests.get(f"{server.metrics}/metrics{query}")
+    assert answer.status_code == 200
+    return answer.text
+
+
+def parsed(text):
+    """{name as in `# TYPE`: (type, samples)}."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        name = family.name + ("_total" if f"# TYPE {family.name}_total " in text else "")
+        out[name] = (family.type, family.samples)
+    return out
+
+
+def sample(families, name, suffix="", **labels):
+    """The one sample of `name` (its `suffix` series) whose labels include `labels`; the parser
+    names a counter's samples with `_total`."""
+    kind, samples = families[name]
+    base = name.removesuffix("_total")
+    wanted = base + ("_total" if kind == "counter" and not suffix else suffix)
+    found = [s for s in samples if s.name == wanted and labels.items() <= s.labels.items()]
+    assert len(found) == 1, (name, labels, samples)
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def default_server(start_module_server):
+    server = start_module_server()
+    served(server)
+    return server
+
+
+def test_every_api_method_reaches_prometheus_with_torchserve_labels(default_server):
+    text = scrape(default_server)
+    families = parsed(text)
+    model = {"ModelName": "m", "Level": "Model", "Hostname": HOST}
+    count = sample(families, "InferenceCount", Route="predict", **model)
+    assert families["InferenceCount"][0] == "counter" and count.value == REQUESTS
+    assert list(count.labels) == ["Route", "ModelName", "Level", "Hostname"]
+    assert "# HELP InferenceCount Torchserve prometheus counter metric with unit: count" in text
+    for name, value in [("InferenceTime", 2.5), ("PayloadSize", 1.0), ("Confidence", 42.0)]:
+        assert families[name][0] == "gauge", name
+        assert sample(families, name, **model).value == value
+    assert families["Items"][0] == "counter"
+    assert sample(families, "Items", **model).value == 3 * REQUESTS
+    histogram = sample(families, "BodyBytes", "_count", **model)
+    assert families["BodyBytes"][0] == "histogram" and histogram.value == REQUESTS
+    assert sample(families, "BodyBytes", "_sum", **model).value == float(REQUESTS)
+    assert sample(families, "Pending", Kind="queue", Hostname=HOST).value == 7
+    # Outside a batch (initialize) and for add_error, TorchServe's default is Level=Error.
+    assert sample(families, "ModelLoads", Level="Error", Hostname=HOST).value == 1
+    errors = sample(families, "HandlerWarnings", Level="Error", Hostname=HOST)
+    assert errors.value == REQUESTS and "ModelName" not in errors.labels
+    # A negative counter update is dropped, as TorchServe drops it.
+    assert "Negative" not in families or families["Negative"][1] == []
+
+
+def test_torchserve_default_backend_metrics_are_exported(default_server):
+    families = parsed(scrape(default_server))
+    model = {"ModelName": "m", "Level": "Model", "Hostname": HOST}
+    for name in ("HandlerTime", "PredictionTime"):
+        assert families[name][0] == "gauge"
+        assert sample(families, name, **model).value > 0
+
+
+def test_name_filter_selects_handler_metrics(default_server):
+    families = parsed(scrape(default_server, "?name[]=InferenceCount&name[]=HandlerTime"))
+    assert sorted(families) == ["HandlerTime", "InferenceCount"]
+
+
+def test_metrics_config_declares_trims_and_logs(start_server, tmp_path):
+    config = tmp_path / "metrics.yaml"
+    config.write_text(METRICS_CONFIG)
+    server = start_server(properties={"metrics_config": str(config), "metrics_mode": "log",
+                                      "model_metrics_auto_detect": "false"})
+    before = parsed(scrape(server))
+    # Declared metrics exist before any handler records them.
+    assert before["DeclaredNeverUsed"] == ("gauge", [])
+    served(server)
+    text = scrape(server)
+    families = parsed(text)
+    assert sample(families, "InferenceCount", Route="predict", ModelName="m").value == REQUESTS
+    # Not declared and auto-detection off: dropped, as in TorchServe.
+    for name in ("InferenceTime", "BodyBytes", "HandlerTime", "PredictionTime"):
+        assert name not in families, name
+    # Only the frontend series the file lists, and torchyard's own.
+    assert "ts_inference_requests_total" in families
+    for name in ("Requests2XX", "ts_queue_latency_microseconds", "CPUUtilization"):
+        assert name not in families, name
+    assert any(name.startswith("torchyard_") for name in families)
+    # Log mode writes TorchServe's model_metrics lines.
+    log = server.log_text()
+    assert f"InferenceCount.count:1|#Route:predict,ModelName:m,Level:Model|#hostname:{HOST}," in log
+    assert "InferenceTime.ms:2.5|#ModelName:m,Level:Model" in log
+
+
+def test_a_bad_metrics_config_stops_the_start(start_server, tmp_path):
+    config = tmp_path / "metrics.yaml"
+    config.write_text("model_metrics:\n  gauge:\n    - name: 'not valid'\n")
+    with pytest.raises(RuntimeError, match="not valid"):
+        start_server(properties={"metrics_config": str(config)})
