@@ -45,14 +45,14 @@ class Metric:
                 raise ValueError(f"dimension values {list(dimension_values)} should correspond "
                                  f"to dimension names {self.dimension_names}")
             number = float(value)
-            if self.metric_type == COUNTER and number < 0:
+            if number < 0 and self.metric_type == COUNTER:
                 raise ValueError("Counter metric update value cannot be negative")
         except (TypeError, ValueError) as exc:
             log.error("[METRICS]Failed to update metric with name:%s with value: %r: %s",
                       self.metric_name, value, exc)
             return
         self._sink.append((self.metric_type, self.metric_name, self.unit, self.dimension_names,
-                           [str(v) for v in dimension_values], number))
+                           list(map(str, dimension_values)), number))
 
     def update(self, value: Any, request_id: str = "", dimensions: Sequence[Any] = ()) -> None:
         """TorchServe's older spelling: `dimensions` are Dimension objects and replace the
@@ -96,59 +96,56 @@ class Metrics:
         return metric if metric is not None else self.add_metric_to_cache(
             metric_name, metric_type=metric_type)
 
-    def _request_id(self, idx: Any) -> Optional[str]:
-        ids = self.request_ids
-        if ids is None:
-            return None
-        if idx is not None and idx in ids:
-            return ids[idx]
-        return ",".join(ids.values())
-
-    def _add(self, name: str, value: Any, unit: str, request_id: Optional[str],
-             dimensions: Any, kind: str) -> None:
-        """Records with TorchServe's default dimensions: `ModelName` and `Level: Model` for a
-        request of a batch, `Level: Error` without one."""
-        pairs = [(d.name, d.value) for d in dimensions or ()]
-        names = [n for n, _ in pairs]
-        if request_id is None:
-            if "Level" not in names:
-                pairs.append(("Level", "Error"))
+    def _add(self, name: str, value: Any, unit: str, in_batch: bool, dimensions: Any,
+             kind: str) -> None:
+        """Records with TorchServe's default dimensions: `ModelName` and `Level: Model` while a
+        batch is served, `Level: Error` outside one."""
+        if dimensions:
+            names = [d.name for d in dimensions]
+            values = [d.value for d in dimensions]
+            for default_name, default_value in zip(*self._defaults(in_batch)):
+                if default_name not in names:
+                    names.append(default_name)
+                    values.append(default_value)
         else:
-            if "ModelName" not in names:
-                pairs.append(("ModelName", self.model_name))
-            if "Level" not in names:
-                pairs.append(("Level", "Model"))
+            names, values = self._defaults(in_batch)
         metric = self.cache.get((kind, name))
         if metric is None:
-            metric = self.add_metric_to_cache(name, unit, [n for n, _ in pairs], kind)
-        metric.add_or_update(value, [v for _, v in pairs], request_id or "")
+            metric = self.add_metric_to_cache(name, unit, names, kind)
+        metric.add_or_update(value, values)
+
+    def _defaults(self, in_batch: bool) -> Tuple[List[str], List[str]]:
+        if in_batch:
+            return ["ModelName", "Level"], [self.model_name, "Model"]
+        return ["Level"], ["Error"]
 
     def add_metric(self, name: str, value: Any, unit: str = "", idx: Any = None,
                    dimensions: Any = None, metric_type: Any = COUNTER) -> None:
-        self._add(name, value, unit, self._request_id(idx), dimensions, kind_of(metric_type))
+        self._add(name, value, unit, self.request_ids is not None, dimensions,
+                  kind_of(metric_type))
 
     def add_counter(self, name: str, value: Any, idx: Any = None, dimensions: Any = None) -> None:
-        self._add(name, value, "count", self._request_id(idx), dimensions, COUNTER)
+        self._add(name, value, "count", self.request_ids is not None, dimensions, COUNTER)
 
     def add_time(self, name: str, value: Any, idx: Any = None, unit: str = "ms",
                  dimensions: Any = None, metric_type: Any = GAUGE) -> None:
         if unit not in ("ms", "s"):
             raise ValueError("the unit for a timed metric should be one of ['ms', 's']")
-        self._add(name, value, unit, self._request_id(idx), dimensions,
+        self._add(name, value, unit, self.request_ids is not None, dimensions,
                   kind_of(metric_type, GAUGE))
 
     def add_size(self, name: str, value: Any, idx: Any = None, unit: str = "MB",
                  dimensions: Any = None, metric_type: Any = GAUGE) -> None:
         if unit not in ("MB", "kB", "GB", "B"):
             raise ValueError("The unit for size based metric is one of ['MB','kB', 'GB', 'B']")
-        self._add(name, value, unit, self._request_id(idx), dimensions,
+        self._add(name, value, unit, self.request_ids is not None, dimensions,
                   kind_of(metric_type, GAUGE))
 
     def add_percent(self, name: str, value: Any, idx: Any = None, dimensions: Any = None,
                     metric_type: Any = GAUGE) -> None:
-        self._add(name, value, "percent", self._request_id(idx), dimensions,
+        self._add(name, value, "percent", self.request_ids is not None, dimensions,
                   kind_of(metric_type, GAUGE))
 
     def add_error(self, name: str, value: Any, dimensions: Any = None) -> None:
         """A counter with `Level: Error`, whether or not a batch is served."""
-        self._add(name, value, "", None, dimensions, COUNTER)
+        self._add(name, value, "", False, dimensions, COUNTER)
