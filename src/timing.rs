@@ -26,6 +26,15 @@ pub fn entry(name: &str, took: Duration) -> String {
     format!("{name};dur={:.3}", took.as_secs_f64() * 1e3)
 }
 
+/// A workflow node's `Server-Timing` entry: `node.NAME;dur=MILLISECONDS;desc="attempts=N"`,
+/// N counting the first try.
+pub fn node_entry(node: &str, took: Duration, tries: usize) -> String {
+    format!(
+        "{};desc=\"attempts={tries}\"",
+        entry(&format!("node.{node}"), took)
+    )
+}
+
 /// Whether `value` is a well-formed W3C `traceparent`: `version-traceid-parentid-flags` in
 /// lower-case hex, version not `ff`, ids not all zero; version `00` has nothing after the
 /// flags, later versions may append `-...`.

@@ -21,14 +21,21 @@ def handle(data, context):
     return [json.dumps(context.get_request_header(i, "traceparent")) for i in range(len(data))]
 """
 
-#: The leaf after the model: answers [what the model saw, what this node saw].
+#: The leaf after the model: answers [what the model saw, what this node saw]; every first try
+#: fails, so each request needs two attempts (retry-attempts defaults to 1).
 FUNCTIONS = """
 import json
 
+_calls = 0
+
 
 def last(data, context):
+    global _calls
     if data is None:
         return None
+    _calls += 1
+    if _calls % 2:
+        raise RuntimeError("first tries fail")
     return [json.dumps([json.loads(row.get("probe") or row.get("data") or row.get("body")),
                         context.get_request_header(i, "traceparent")])
             for i, row in enumerate(data)]
@@ -47,13 +54,18 @@ def server(start_module_server, tmp_path_factory):
         *OPEN_FLAGS, "--models", "probe=probe.mar", "--workflows", "traced.war"))
 
 
-def timings(answer):
-    """The Server-Timing entries of an answer: {name: milliseconds}."""
+def timing_entries(answer):
+    """The Server-Timing entries of an answer: {name: {param: value}}."""
     entries = {}
     for entry in answer.headers["server-timing"].split(","):
-        name, _, duration = entry.strip().partition(";dur=")
-        entries[name] = float(duration)
+        name, *params = entry.strip().split(";")
+        entries[name] = dict(p.split("=", 1) for p in params)
     return entries
+
+
+def timings(answer):
+    """The Server-Timing durations of an answer: {name: milliseconds}."""
+    return {name: float(params["dur"]) for name, params in timing_entries(answer).items()}
 
 
 def test_a_model_answer_says_queue_and_handler_time(server):
@@ -70,6 +82,10 @@ def test_a_workflow_answer_says_each_node_and_the_whole(server):
     spent = timings(answer)
     assert {"node.probe", "node.last", "workflow"} <= set(spent), spent
     assert spent["workflow"] >= spent["node.probe"]
+    entries = timing_entries(answer)
+    assert entries["node.probe"]["desc"] == '"attempts=1"'
+    assert entries["node.last"]["desc"] == '"attempts=2"', entries
+    assert "desc" not in entries["workflow"]
 
 
 def test_traceparent_reaches_the_handler_and_every_node(server):

@@ -5,7 +5,7 @@
 //! abandons the other branches, as does dropping the request (the client went away).
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::future::{try_join_all, FutureExt, Shared};
@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use super::plan::Plan;
 use super::served_workflow::Workflow;
-use super::stage::Stage;
+use super::stage::{NodeTiming, Stage, Timings};
 use crate::error::{ApiError, ApiResult};
 use crate::job::{InferenceRequest, InferenceResponse, Param};
 use crate::timing;
@@ -48,8 +48,8 @@ pub async fn run(
         .cloned()
         .collect();
     let mut entry_request = Some(request);
-    // How long each stage that ran took, for the answer's Server-Timing.
-    let took: Mutex<Vec<(usize, Duration)>> = Mutex::new(Vec::new());
+    // What each node that answered spent, for the answer's Server-Timing.
+    let took: Mutex<Vec<NodeTiming>> = Mutex::new(Vec::new());
     let started = Instant::now();
     let mut futures: Vec<StageFuture<'_>> = Vec::with_capacity(plan.stages.len());
     for (i, stage) in plan.stages.iter().enumerate() {
@@ -77,11 +77,11 @@ pub async fn run(
                     None => return Ok(None),
                 },
             };
-            let called = Instant::now();
-            let mut output = callee.call(input).await?;
-            took.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((i, called.elapsed()));
+            let timings = Timings {
+                log: took,
+                stage: i,
+            };
+            let mut output = callee.call(input, timings).await?;
             if !streams && output.more.is_some() {
                 output = Arc::new(InferenceResponse::clone(&output).whole().await?);
             }
@@ -113,10 +113,10 @@ pub async fn run(
         _ => merge_leaves(ran),
     };
     let mut took = std::mem::take(&mut *took.lock().unwrap_or_else(|e| e.into_inner()));
-    took.sort_unstable();
+    took.sort_by_key(|t| t.stage);
     let entries = took
         .iter()
-        .map(|&(i, t)| timing::entry(&format!("node.{}", plan.stages[i].name), t))
+        .map(|t| timing::node_entry(&t.node, t.took, t.tries))
         .chain([timing::entry("workflow", started.elapsed())]);
     answer
         .headers
@@ -210,11 +210,16 @@ mod tests {
     }
 
     impl Stage for Fake {
-        fn call(&self, input: InferenceRequest) -> BoxFuture<'_, StageResult> {
+        fn call<'a>(
+            &'a self,
+            input: InferenceRequest,
+            timings: Timings<'a>,
+        ) -> BoxFuture<'a, StageResult> {
             self.seen
                 .lock()
                 .unwrap()
                 .push((self.name.clone(), input.clone()));
+            timings.record(&self.name, Duration::ZERO, 1);
             (self.behaviour)(&input)
         }
     }

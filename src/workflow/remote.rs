@@ -17,7 +17,7 @@ use reqwest::{redirect, Client, Url};
 
 use super::open_inference;
 use super::spec::{NodeProps, RemoteProtocol, RemoteSpec, TokenSource};
-use super::stage::{with_retries, Failure, Stage, StageResult};
+use super::stage::{with_retries, Failure, Stage, StageResult, Timings};
 use crate::error::{ApiError, ApiResult};
 use crate::fetch::{allowed, not_allowed};
 use crate::job::{InferenceRequest, InferenceResponse};
@@ -230,7 +230,11 @@ pub struct RemoteNode {
 }
 
 impl Stage for RemoteNode {
-    fn call(&self, input: InferenceRequest) -> BoxFuture<'_, StageResult> {
+    fn call<'a>(
+        &'a self,
+        input: InferenceRequest,
+        timings: Timings<'a>,
+    ) -> BoxFuture<'a, StageResult> {
         async move {
             let (content_type, body) = encode(self.target.protocol, &input);
             let timeout = Duration::from_millis(self.props.timeout_ms);
@@ -241,6 +245,9 @@ impl Stage for RemoteNode {
             .await;
             self.metrics
                 .record_call(run.elapsed, run.tries - 1, run.result.is_err());
+            if run.result.is_ok() {
+                timings.record(&self.name, run.elapsed, run.tries);
+            }
             run.result
                 .map(Arc::new)
                 .map_err(|f| f.into_error(std::slice::from_ref(&self.name), run.tries))

@@ -2,7 +2,7 @@
 //! in one worker call, each node with its retry attempts and timeout.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
@@ -21,8 +21,46 @@ pub type StageResult = Result<Arc<InferenceResponse>, ApiError>;
 /// parents' outputs otherwise. Implemented by local model nodes and fused function segments.
 pub trait Stage: Send + Sync {
     /// Runs the stage's nodes on `input`, retrying and timing out each as its properties
-    /// say; the error names the node that failed.
-    fn call(&self, input: InferenceRequest) -> BoxFuture<'_, StageResult>;
+    /// say, and reports each node that answered to `timings`; the error names the node that
+    /// failed.
+    fn call<'a>(
+        &'a self,
+        input: InferenceRequest,
+        timings: Timings<'a>,
+    ) -> BoxFuture<'a, StageResult>;
+}
+
+/// What one node spent on a request: the answer's `Server-Timing` entry for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeTiming {
+    /// The stage the node belongs to, which orders the entries.
+    pub stage: usize,
+    pub node: String,
+    /// Over all its tries.
+    pub took: Duration,
+    pub tries: usize,
+}
+
+/// Where stage `stage` reports its nodes' timings for one request.
+#[derive(Clone, Copy)]
+pub struct Timings<'a> {
+    pub log: &'a Mutex<Vec<NodeTiming>>,
+    pub stage: usize,
+}
+
+impl Timings<'_> {
+    /// Records that `node` answered after `tries` tries taking `took` in all.
+    pub fn record(&self, node: &str, took: Duration, tries: usize) {
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(NodeTiming {
+                stage: self.stage,
+                node: node.to_string(),
+                took,
+                tries,
+            });
+    }
 }
 
 /// Why one try failed.
@@ -145,7 +183,11 @@ pub struct ModelNode {
 }
 
 impl Stage for ModelNode {
-    fn call(&self, input: InferenceRequest) -> BoxFuture<'_, StageResult> {
+    fn call<'a>(
+        &'a self,
+        input: InferenceRequest,
+        timings: Timings<'a>,
+    ) -> BoxFuture<'a, StageResult> {
         async move {
             let timeout = Duration::from_millis(self.props.timeout_ms);
             let run = with_retries(self.props.retry_attempts + 1, timeout, INTERNAL, || async {
@@ -158,6 +200,9 @@ impl Stage for ModelNode {
             .await;
             let failed = run.result.is_err();
             self.metrics.record_call(run.elapsed, run.tries - 1, failed);
+            if !failed {
+                timings.record(&self.name, run.elapsed, run.tries);
+            }
             run.result
                 .map(Arc::new)
                 .map_err(|f| f.into_error(std::slice::from_ref(&self.name), run.tries))
@@ -182,8 +227,9 @@ pub struct FusedFunctions {
 }
 
 impl FusedFunctions {
-    /// What the worker says happened to `output`; records each node's call.
-    fn account(&self, mut output: InferenceResponse) -> StageResult {
+    /// What the worker says happened to `output`; records each node's call, and the timing
+    /// of each node that answered.
+    fn account(&self, mut output: InferenceResponse, timings: Timings<'_>) -> StageResult {
         let Some(trace) = output.trace.take() else {
             return Err(ApiError::internal(format!(
                 "the workers of {} answered without a segment trace",
@@ -193,7 +239,11 @@ impl FusedFunctions {
         let ran = trace.nodes.len().min(self.names.len());
         for (k, &(micros, retries)) in trace.nodes.iter().take(ran).enumerate() {
             let failed = trace.failed.is_some() && k + 1 == ran;
-            self.metrics[k].record_call(Duration::from_micros(micros), retries, failed);
+            let took = Duration::from_micros(micros);
+            self.metrics[k].record_call(took, retries, failed);
+            if !failed {
+                timings.record(&self.names[k], took, retries + 1);
+            }
         }
         let Some(failure) = trace.failed else {
             return Ok(Arc::new(output));
@@ -217,7 +267,11 @@ impl FusedFunctions {
 }
 
 impl Stage for FusedFunctions {
-    fn call(&self, input: InferenceRequest) -> BoxFuture<'_, StageResult> {
+    fn call<'a>(
+        &'a self,
+        input: InferenceRequest,
+        timings: Timings<'a>,
+    ) -> BoxFuture<'a, StageResult> {
         async move {
             let run = with_retries(self.attempts, self.budget, INTERNAL, || async {
                 self.model
@@ -227,7 +281,7 @@ impl Stage for FusedFunctions {
             })
             .await;
             match run.result {
-                Ok(output) => self.account(output),
+                Ok(output) => self.account(output, timings),
                 Err(failure) => {
                     self.metrics[0].record_call(run.elapsed, run.tries - 1, true);
                     Err(failure.into_error(&self.names, run.tries))
