@@ -48,8 +48,8 @@ def _chromium(*args: str) -> str:
     """Runs headless Chromium with a throwaway profile; its stdout."""
     with tempfile.TemporaryDirectory() as profile:
         return subprocess.run(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-             f"--user-data-dir={profile}", *args],
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             "--hide-scrollbars", f"--user-data-dir={profile}", *args],
             check=True, capture_output=True, text=True, timeout=60).stdout
 
 
