@@ -9,9 +9,18 @@
 # - tritonclient (its HTTP extra; its gRPC client runs on the venv's grpcio and protobuf, whose
 #   version its grpc extra would pin lower) and .venv/kserve-ref: the kserve SDK with its own
 #   dependencies, on no import path (test_kserve.py runs its clients in a subprocess)
+# - Debian's chromium, headless, for the test that opens a workflow picture in a real browser
+#   (tests/test_workflow_picture_browser.py) and scripts/workflow_screenshot.py
 # - the torchyard binary: cargo build --release
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if ! command -v chromium >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=300 chromium >/dev/null ||
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends \
+        -o DPkg::Lock::Timeout=300 chromium >/dev/null; }
+fi
 
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
