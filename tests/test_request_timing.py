@@ -3,6 +3,7 @@ a model, each node and the whole for a workflow), and a W3C `traceparent` reache
 and every workflow node, while a malformed one is dropped. One server for the module."""
 
 import json
+import sys
 
 import pytest
 import requests
@@ -96,6 +97,30 @@ def test_traceparent_reaches_the_handler_and_every_node(server):
                            headers={"traceparent": VALID})
     assert answer.status_code == 200, answer.text
     assert json.loads(answer.text) == [VALID, VALID]  # the model node's, the function node's
+
+
+def test_grpc_answers_carry_server_timing_and_pass_traceparent(server, tmp_path):
+    import grpc
+
+    from support import grpc_stubs
+
+    pb = grpc_stubs.generate(tmp_path)
+    sys.path.remove(str(tmp_path))
+    channel = grpc.insecure_channel(server.grpc_inference)
+    predictions = pb["inference_pb2_grpc"].InferenceAPIsServiceStub(channel).Predictions
+    answer, call = predictions.with_call(
+        pb["inference_pb2"].PredictionsRequest(model_name="probe", input={"data": b"x"}),
+        metadata=[("traceparent", VALID)])
+    assert json.loads(answer.prediction) == VALID
+    timing = dict(call.initial_metadata())["server-timing"]
+    assert timing.startswith("queue;dur=") and ", handler;dur=" in timing
+    workflow = pb["workflow_pb2_grpc"].WorkflowInferenceServiceStub(channel).Predict
+    answer, call = workflow.with_call(
+        pb["workflow_pb2"].WorkflowPredictRequest(workflow_name="traced", input={"data": b"x"}),
+        metadata=[("traceparent", VALID)])
+    assert json.loads(answer.prediction) == [VALID, VALID]
+    timing = dict(call.initial_metadata())["server-timing"]
+    assert 'node.last;dur=' in timing and 'desc="attempts=2"' in timing, timing
 
 
 @pytest.mark.parametrize("bad", [

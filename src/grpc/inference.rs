@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use futures::stream::{BoxStream, StreamExt};
 use serde_json::json;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::codec::{given, input_params, required};
@@ -13,6 +14,7 @@ use super::pb::org::pytorch::serve::grpc::inference::{
     PredictionResponse, PredictionsRequest, TorchServeHealthResponse,
 };
 use super::status::{in_stream_error, prediction_error};
+use super::timing;
 use crate::error::ApiResult;
 use crate::facade::predict;
 use crate::job::{InferenceRequest, InferenceResponse};
@@ -40,8 +42,8 @@ struct Decoded {
     request: InferenceRequest,
 }
 
-fn decode(message: PredictionsRequest) -> ApiResult<Decoded> {
-    let mut headers = Vec::new();
+fn decode(message: PredictionsRequest, metadata: &MetadataMap) -> ApiResult<Decoded> {
+    let mut headers: Vec<(String, String)> = timing::traceparent(metadata).into_iter().collect();
     if let Some(sequence) = message.sequence_id.filter(|s| !s.is_empty()) {
         headers.push((SEQUENCE_ID_HEADER.to_string(), sequence));
     }
@@ -65,9 +67,13 @@ fn answer(output: InferenceResponse) -> PredictionResponse {
 
 /// One StreamPredictions2 request's answer: the prediction, or its error in `status`; the
 /// sequence id is echoed either way.
-async fn answer_in_stream(state: &AppState, message: PredictionsRequest) -> PredictionResponse {
+async fn answer_in_stream(
+    state: &AppState,
+    message: PredictionsRequest,
+    metadata: &MetadataMap,
+) -> PredictionResponse {
     let sequence_id = message.sequence_id.clone();
-    let result = match decode(message) {
+    let result = match decode(message, metadata) {
         Ok(d) => predict::model(state, &d.model, d.version.as_deref(), d.request).await,
         Err(e) => Err(e),
     };
@@ -104,11 +110,13 @@ impl InferenceApIsService for Inference {
         &self,
         request: Request<PredictionsRequest>,
     ) -> Result<Response<PredictionResponse>, Status> {
-        let d = decode(request.into_inner()).map_err(prediction_error)?;
-        let output = predict::model(&self.state, &d.model, d.version.as_deref(), d.request)
+        let (metadata, _, message) = request.into_parts();
+        let d = decode(message, &metadata).map_err(prediction_error)?;
+        let mut output = predict::model(&self.state, &d.model, d.version.as_deref(), d.request)
             .await
             .map_err(prediction_error)?;
-        Ok(Response::new(answer(output)))
+        let headers = std::mem::take(&mut output.headers);
+        Ok(timing::answer(answer(output), &headers))
     }
 
     type StreamPredictionsStream = Answers;
@@ -119,7 +127,8 @@ impl InferenceApIsService for Inference {
         &self,
         request: Request<PredictionsRequest>,
     ) -> Result<Response<Answers>, Status> {
-        let d = decode(request.into_inner()).map_err(prediction_error)?;
+        let (metadata, _, message) = request.into_parts();
+        let d = decode(message, &metadata).map_err(prediction_error)?;
         let chunks = predict::model_stream(&self.state, &d.model, d.version.as_deref(), d.request)
             .map_err(prediction_error)?;
         let answers = chunks.map(|chunk| chunk.map(answer).map_err(prediction_error));
@@ -135,11 +144,13 @@ impl InferenceApIsService for Inference {
         request: Request<Streaming<PredictionsRequest>>,
     ) -> Result<Response<Answers>, Status> {
         let state = self.state.clone();
-        let answers = request.into_inner().then(move |message| {
-            let state = state.clone();
+        let (metadata, _, messages) = request.into_parts();
+        let metadata = Arc::new(metadata);
+        let answers = messages.then(move |message| {
+            let (state, metadata) = (state.clone(), metadata.clone());
             async move {
                 match message {
-                    Ok(message) => Ok(answer_in_stream(&state, message).await),
+                    Ok(message) => Ok(answer_in_stream(&state, message, &metadata).await),
                     Err(status) => Err(status),
                 }
             }

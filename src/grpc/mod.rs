@@ -9,6 +9,7 @@ mod codec;
 mod inference;
 mod management;
 mod status;
+mod timing;
 mod workflows;
 
 use std::path::Path;

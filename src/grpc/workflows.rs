@@ -13,6 +13,7 @@ use super::pb::torchyard::workflow::v1::{
     SetDefaultWorkflowRequest, UnregisterWorkflowRequest, WorkflowManagementResponse,
     WorkflowPredictRequest, WorkflowPredictResponse,
 };
+use super::timing;
 use crate::facade::{predict, workflows};
 use crate::job::InferenceRequest;
 use crate::state::AppState;
@@ -35,18 +36,19 @@ impl WorkflowInferenceService for Inference {
         &self,
         request: Request<WorkflowPredictRequest>,
     ) -> Result<Response<WorkflowPredictResponse>, Status> {
-        let r = request.into_inner();
+        let (metadata, _, r) = request.into_parts();
         let name = required(r.workflow_name, "workflow_name")?;
         let version = given(r.workflow_version);
         let input = InferenceRequest {
             id: uuid::Uuid::new_v4().to_string(),
-            headers: Vec::new(),
+            headers: timing::traceparent(&metadata).into_iter().collect(),
             params: input_params(r.input),
         };
         let output = predict::workflow(&self.state, &name, version.as_deref(), input).await?;
-        Ok(Response::new(WorkflowPredictResponse {
+        let response = WorkflowPredictResponse {
             prediction: output.body,
-        }))
+        };
+        Ok(timing::answer(response, &output.headers))
     }
 }
 
