@@ -210,6 +210,7 @@ pub struct Metrics {
     batch_size: Family<Histogram>,
     queue_depth: Family<Value>,
     workers: Family<Value>,
+    workers_ready: Family<Value>,
     node_requests: Family<Counter>,
     node_errors: Family<Counter>,
     node_retries: Family<Counter>,
@@ -312,6 +313,11 @@ impl Metrics {
                 MODEL_LABELS,
             ),
             workers: Family::new(
+                "torchyard_workers",
+                "Workers in the pool, starting or ready",
+                MODEL_LABELS,
+            ),
+            workers_ready: Family::new(
                 "torchyard_workers_ready",
                 "Workers with a loaded handler",
                 MODEL_LABELS,
@@ -366,6 +372,7 @@ impl Metrics {
             Box::new(metrics.batch_size.clone()),
             Box::new(metrics.queue_depth.clone()),
             Box::new(metrics.workers.clone()),
+            Box::new(metrics.workers_ready.clone()),
             Box::new(metrics.node_requests.clone()),
             Box::new(metrics.node_errors.clone()),
             Box::new(metrics.node_retries.clone()),
@@ -430,6 +437,7 @@ impl Metrics {
             batch_size: self.batch_size.get_or_create(&model),
             queue_depth: self.queue_depth.get_or_create(&model),
             workers: self.workers.get_or_create(&model),
+            workers_ready: self.workers_ready.get_or_create(&model),
             prediction_time: self
                 .handler
                 .model_gauge("PredictionTime", &labels.model_name),
@@ -448,6 +456,7 @@ impl Metrics {
         self.batch_size.remove_where(model);
         self.queue_depth.remove_where(model);
         self.workers.remove_where(model);
+        self.workers_ready.remove_where(model);
         self.worker_load
             .remove_where(|values| worker_of(&values[0], labels));
     }
@@ -560,6 +569,7 @@ pub struct ModelMetrics {
     batch_size: Arc<Histogram>,
     queue_depth: Arc<Value>,
     workers: Arc<Value>,
+    workers_ready: Arc<Value>,
     /// TorchServe's `PredictionTime` gauge of this model, when declared.
     prediction_time: Option<Arc<Value>>,
     handler: Arc<HandlerMetrics>,
@@ -644,10 +654,12 @@ impl ModelMetrics {
         self.batch_size.observe(size as f64);
     }
 
-    /// Updates the gauges sampled at scrape time.
-    pub fn set_gauges(&self, queue_depth: usize, ready_workers: usize) {
+    /// Updates the gauges sampled at scrape time: requests waiting, workers in the pool and
+    /// those of them ready.
+    pub fn set_gauges(&self, queue_depth: usize, workers: usize, ready_workers: usize) {
         self.queue_depth.set(queue_depth as f64);
-        self.workers.set(ready_workers as f64);
+        self.workers.set(workers as f64);
+        self.workers_ready.set(ready_workers as f64);
     }
 }
 
@@ -777,6 +789,22 @@ mod tests {
         let text = metrics.render(&[]);
         assert!(!text.contains("W-9001-resnet18_1.0"));
         assert!(text.contains("W-9002-resnet18_1_0"));
+    }
+
+    #[test]
+    fn scrape_time_gauges_count_the_queue_and_the_pool() {
+        let metrics = Metrics::default();
+        metrics.for_model(labels()).set_gauges(3, 2, 1);
+        let text = metrics.render(&[]);
+        let model = "{model_name=\"resnet18\",model_version=\"1.0\",}";
+        for (name, value) in [
+            ("torchyard_queue_depth", 3),
+            ("torchyard_workers", 2),
+            ("torchyard_workers_ready", 1),
+        ] {
+            let line = format!("{name}{model} {value}.0\n");
+            assert!(text.contains(&line), "{line} in {text}");
+        }
     }
 
     #[test]

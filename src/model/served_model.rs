@@ -378,8 +378,10 @@ impl ServedModel {
 
     /// Refreshes the scrape-time gauges.
     pub fn sample_gauges(&self) {
+        let workers = self.pool.lock().expect("pool lock").workers.len();
         self.spec.metrics.set_gauges(
             self.queue.len(),
+            workers,
             self.spec.ready_workers.load(Ordering::SeqCst),
         );
     }
