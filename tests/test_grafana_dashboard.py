@@ -316,6 +316,7 @@ def test_every_dashboard_query_reads_exported_series_and_labels(scrape):
     assert {"ts_inference_requests_total", "torchyard_inference_errors_total",
             "torchyard_request_latency_seconds_bucket", "torchyard_queue_depth",
             "torchyard_workers", "torchyard_workers_ready",
+            "torchyard_workflow_latency_seconds_bucket",
             "torchyard_workflow_node_latency_seconds_bucket",
             "torchyard_workflow_node_requests_total", "CPUUtilization", "MemoryUsed",
             "GPUUtilization"} <= read, read

@@ -321,6 +321,10 @@ def test_node_failing_every_attempt_gives_json_error_naming_it(server):
     body = answer.json()
     assert body["code"] == 500 and "flaky" in body["message"] and "first call" in body["message"]
     assert predict(server, "noretry", 1).text == "recovered"
+    # The workflow's own series count both requests, the first as an error.
+    assert [metric(server, f"torchyard_workflow_{name}_total", workflow="noretry")
+            for name in ("requests", "errors")] == [2, 1]
+    assert metric(server, "torchyard_workflow_latency_seconds_count", workflow="noretry") == 2
 
 
 def test_timeout_bounds_latency_and_the_node_recovers(server):

@@ -7,6 +7,7 @@ mod family;
 mod handler;
 mod system;
 mod text;
+mod workflow;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -19,6 +20,8 @@ use family::{exponential_bounds, Counter, Family, Histogram, LazySeries, Render,
 use handler::HandlerMetrics;
 pub use handler::HandlerSample;
 use system::{HostSample, Sampler};
+use workflow::WorkflowFamilies;
+pub use workflow::{NodeMetrics, WorkflowMetrics};
 
 /// What the metrics listener exports: TorchServe's `metrics_mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +70,6 @@ const HOST_LABELS: &[&str] = &["Level", "Hostname"];
 const WORKER_LABELS: &[&str] = &["WorkerName", "Level", "Hostname"];
 const GPU_LABELS: &[&str] = &["Level", "DeviceId", "Hostname"];
 const MODEL_LABELS: &[&str] = &["model_name", "model_version"];
-const NODE_LABELS: &[&str] = &["workflow", "node"];
 /// The `Level` of TorchServe's frontend series.
 const HOST: &str = "Host";
 /// The `model_version` TorchServe records for requests that name no version.
@@ -211,10 +213,7 @@ pub struct Metrics {
     queue_depth: Family<Value>,
     workers: Family<Value>,
     workers_ready: Family<Value>,
-    node_requests: Family<Counter>,
-    node_errors: Family<Counter>,
-    node_retries: Family<Counter>,
-    node_latency: Family<Histogram>,
+    workflows: WorkflowFamilies,
 }
 
 impl Default for Metrics {
@@ -322,27 +321,7 @@ impl Metrics {
                 "Workers with a loaded handler",
                 MODEL_LABELS,
             ),
-            node_requests: Family::new(
-                "torchyard_workflow_node_requests_total",
-                "Requests a workflow node handled",
-                NODE_LABELS,
-            ),
-            node_errors: Family::new(
-                "torchyard_workflow_node_errors_total",
-                "Workflow node calls that failed after all attempts",
-                NODE_LABELS,
-            ),
-            node_retries: Family::new(
-                "torchyard_workflow_node_retries_total",
-                "Workflow node attempts that were retries",
-                NODE_LABELS,
-            ),
-            node_latency: histogram(
-                "torchyard_workflow_node_latency_seconds",
-                "Workflow node latency, retries included",
-                NODE_LABELS,
-                &latency_bounds,
-            ),
+            workflows: WorkflowFamilies::new(move || Histogram::new(latency_bounds.clone())),
             requests: requests.clone(),
             hostname,
             families: Vec::new(),
@@ -373,11 +352,8 @@ impl Metrics {
             Box::new(metrics.queue_depth.clone()),
             Box::new(metrics.workers.clone()),
             Box::new(metrics.workers_ready.clone()),
-            Box::new(metrics.node_requests.clone()),
-            Box::new(metrics.node_errors.clone()),
-            Box::new(metrics.node_retries.clone()),
-            Box::new(metrics.node_latency.clone()),
         ]);
+        families.extend(metrics.workflows.renders());
         Self {
             families,
             ..metrics
@@ -461,25 +437,24 @@ impl Metrics {
             .remove_where(|values| worker_of(&values[0], labels));
     }
 
+    /// Handles on one workflow's series.
+    pub fn for_workflow(&self, workflow: &str) -> WorkflowMetrics {
+        self.workflows.for_workflow(workflow)
+    }
+
+    /// Drops a workflow's series when it is unregistered.
+    pub fn remove_workflow(&self, workflow: &str) {
+        self.workflows.remove_workflow(workflow);
+    }
+
     /// Handles on one workflow node's series.
     pub fn for_node(&self, labels: NodeLabels) -> NodeMetrics {
-        let node = [labels.workflow.as_str(), labels.node.as_str()];
-        NodeMetrics {
-            requests: self.node_requests.get_or_create(&node),
-            errors: self.node_errors.get_or_create(&node),
-            retries: self.node_retries.get_or_create(&node),
-            latency: self.node_latency.get_or_create(&node),
-            labels,
-        }
+        self.workflows.for_node(labels)
     }
 
     /// Drops a workflow node's series when its workflow is unregistered.
     pub fn remove_node(&self, labels: &NodeLabels) {
-        let node = |values: &[String]| values[0] == labels.workflow && values[1] == labels.node;
-        self.node_requests.remove_where(node);
-        self.node_errors.remove_where(node);
-        self.node_retries.remove_where(node);
-        self.node_latency.remove_where(node);
+        self.workflows.remove_node(labels);
     }
 
     /// Renders the families of the metrics mode in the Prometheus text format; when `names` is
@@ -665,32 +640,6 @@ impl ModelMetrics {
 
 fn micros(elapsed: Duration) -> f64 {
     elapsed.as_nanos() as f64 / 1000.0
-}
-
-/// One workflow node's series.
-pub struct NodeMetrics {
-    pub labels: NodeLabels,
-    requests: Arc<Counter>,
-    errors: Arc<Counter>,
-    retries: Arc<Counter>,
-    latency: Arc<Histogram>,
-}
-
-impl NodeMetrics {
-    /// Records one node call, its retries and whether it failed in the end.
-    pub fn record_call(&self, elapsed: Duration, retries: usize, failed: bool) {
-        self.requests.add(1.0);
-        self.retries.add(retries as f64);
-        if failed {
-            self.errors.add(1.0);
-        }
-        self.latency.observe(elapsed.as_secs_f64());
-    }
-
-    /// Calls recorded so far and the bucket bound (seconds) of their median latency.
-    pub fn calls_and_p50(&self) -> (u64, Option<f64>) {
-        (self.requests.get() as u64, self.latency.quantile_bound(0.5))
-    }
 }
 
 #[cfg(test)]

@@ -31,7 +31,11 @@ pub async fn execute(
     request: InferenceRequest,
 ) -> ApiResult<InferenceResponse> {
     let _in_flight = workflow.in_flight.enter();
-    run(&workflow.plan, &workflow.stages, request).await
+    let started = Instant::now();
+    let answer = run(&workflow.plan, &workflow.stages, request).await;
+    let failed = answer.as_ref().map_or(true, |a| a.status >= 400);
+    workflow.metrics.record_request(started.elapsed(), failed);
+    answer
 }
 
 /// Runs `request` through the stages of `plan`, `stages[i]` calling stage `i`.

@@ -187,6 +187,7 @@ async fn build(
         dir: archive.dir,
         owns_dir,
         stored_copy: None,
+        metrics: state.metrics.for_workflow(&name),
         name,
     })
 }
@@ -370,7 +371,7 @@ async fn stop_models(state: &AppState, models: impl Iterator<Item = &StageModel>
     futures::future::join_all(stops).await;
 }
 
-/// Unregisters every node model of a workflow and removes their metrics.
+/// Unregisters every node model of a workflow and removes its and their metrics.
 pub async fn stop_nodes(state: &AppState, workflow: &Workflow) {
     let models: Vec<StageModel> = workflow
         .nodes
@@ -384,6 +385,7 @@ pub async fn stop_nodes(state: &AppState, workflow: &Workflow) {
     for node in &workflow.nodes {
         state.metrics.remove_node(&node.metrics.labels);
     }
+    state.metrics.remove_workflow(&workflow.name);
 }
 
 /// How long an unregistered workflow version may take to finish its requests.

@@ -13,7 +13,7 @@ use super::plan::Plan;
 use super::remote::RemoteTarget;
 use super::spec::{NodeProps, WorkflowSpec};
 use super::stage::Stage;
-use crate::metrics::NodeMetrics;
+use crate::metrics::{NodeMetrics, WorkflowMetrics};
 use crate::model::ServedModel;
 
 /// What runs a node.
@@ -66,6 +66,8 @@ pub struct Workflow {
     /// with the workflow.
     pub stored_copy: Option<PathBuf>,
     pub in_flight: InFlight,
+    /// Requests, errors and latency of the whole workflow.
+    pub metrics: WorkflowMetrics,
 }
 
 /// Counts requests running through a workflow, so an old version can drain before it stops.
