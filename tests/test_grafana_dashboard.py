@@ -319,7 +319,7 @@ def test_every_dashboard_query_reads_exported_series_and_labels(scrape):
             "torchyard_workflow_latency_seconds_bucket",
             "torchyard_workflow_node_latency_seconds_bucket",
             "torchyard_workflow_node_requests_total", "CPUUtilization", "MemoryUsed",
-            "GPUUtilization"} <= read, read
+            "GPUUtilization", "PredictionTime"} <= read, read
     assert problems(queries, scrape) == []
 
 
@@ -336,6 +336,7 @@ def test_the_dashboard_is_importable_with_a_prometheus_datasource_and_a_model_va
         assert panel["targets"] and all(t["expr"] for t in panel["targets"]), panel["title"]
         box = panel["gridPos"]
         assert box["x"] + box["w"] <= 24, panel["title"]
-        per_model = any("model_name" in t["expr"] for t in panel["targets"])
-        assert not per_model or all('model_name=~"$model"' in t["expr"]
-                                    for t in panel["targets"]), panel["title"]
+        for label in ("model_name", "ModelName"):  # TorchServe's frontend and handler labels
+            per_model = any(label in t["expr"] for t in panel["targets"])
+            assert not per_model or all(f'{label}=~"$model"' in t["expr"]
+                                        for t in panel["targets"]), panel["title"]
