@@ -156,8 +156,9 @@ def dashboard_queries(dashboard):
                 queries[f"panel {inner['title']!r} {target['refId']}"] = parse(target["expr"])
     for variable in dashboard["templating"]["list"]:
         if variable["type"] == "query":
+            assert variable["definition"] == variable["query"], variable
             metric, label = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)",
-                                         variable["definition"]).groups()
+                                         variable["query"]).groups()
             queries[f"variable ${variable['name']}"] = Query([(metric, [label])])
     return queries
 
