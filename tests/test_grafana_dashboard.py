@@ -4,7 +4,7 @@ exports. The PromQL is read by a small tokenizer (metric selectors, label matche
 clauses; functions, strings, numbers and ranges skipped), and the exposition by prometheus_client's
 parser, as Prometheus would scrape it.
 
-The server runs a small TorchScript model and a workflow (that model, then a function node), gets
+The server runs a small TorchScript model behind TorchServe's BaseHandler and a workflow (that model, then a function node), gets
 a few good, failing and misrouted requests so that every series exists, and a stand-in
 `nvidia-smi` on its PATH (with `number_of_gpu=0`, so workers stay on the CPU) so that the GPU
 series exist on a machine without one."""
@@ -20,7 +20,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from support.archives import scale_mar, war
+from support.archives import archive, torchscript_scale, war, write_files
 from support.server import OPEN_FLAGS, REPO
 
 DASHBOARD = REPO / "deploy" / "grafana" / "torchyard-dashboard.json"
@@ -256,6 +256,21 @@ def test_a_misspelt_metric_or_label_is_caught():
 
 # The dashboard against a live server.
 
+#: The model's handler: TorchServe's BaseHandler (which records HandlerTime) around a
+#: TorchScript model doubling each request's number.
+HANDLER = """
+import torch
+from ts.torch_handler.base_handler import BaseHandler
+
+
+class Double(BaseHandler):
+    def preprocess(self, data):
+        return torch.tensor([float(row.get("data") or row.get("body")) for row in data])
+
+    def postprocess(self, output):
+        return output.tolist()
+"""
+
 #: The function node after the model: adds one, fails on a negative number.
 FUNCTIONS = """
 def plus_one(data, context):
@@ -287,7 +302,10 @@ def scrape(start_module_server, tmp_path_factory):
     smi = bin_dir / "nvidia-smi"
     smi.write_text(FAKE_NVIDIA_SMI)
     smi.chmod(smi.stat().st_mode | stat.S_IXUSR)
-    scale_mar(store, "double", 2.0)
+    write_files(workdir, {"handler.py": HANDLER})
+    archive("model", "--model-name", "double", "--handler", str(workdir / "handler.py"),
+            "--serialized-file", str(torchscript_scale(workdir / "double.pt", 2.0)),
+            "--export-path", str(store))
     war(store, "pipeline", SPEC, FUNCTIONS)
     server = start_module_server(
         store=store, workdir=workdir,
@@ -320,7 +338,7 @@ def test_every_dashboard_query_reads_exported_series_and_labels(scrape):
             "torchyard_workflow_latency_seconds_bucket",
             "torchyard_workflow_node_latency_seconds_bucket",
             "torchyard_workflow_node_requests_total", "CPUUtilization", "MemoryUsed",
-            "GPUUtilization", "PredictionTime"} <= read, read
+            "GPUUtilization", "PredictionTime", "HandlerTime"} <= read, read
     assert problems(queries, scrape) == []
 
 
