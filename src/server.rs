@@ -122,7 +122,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         None => routes,
     };
     let inference_key = keys.as_ref().map(|k| &k.inference);
-    let inference_routes = guard(api::inference_routes(), inference_key);
+    let inference_routes = guard(api::inference_routes(), inference_key)
+        .layer(middleware::from_fn(api::server_timing::total));
     let management_key = keys.as_ref().map(|k| &k.management);
     let management_routes = guard(api::management_routes(), management_key);
     let router = |routes| api::listener_router(routes, state.clone());

@@ -9,6 +9,7 @@ pub mod path;
 mod query;
 mod replies;
 pub mod request_id;
+pub mod server_timing;
 mod workflow_management;
 
 use std::sync::Arc;
