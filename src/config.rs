@@ -78,6 +78,9 @@ pub struct ServerConfig {
     pub max_download_size: u64,
     /// Whether workers decode JSON and text parameters for handlers (else raw bytes).
     pub decode_input_request: bool,
+    /// TorchServe's `service_envelope` (`TS_SERVICE_ENVELOPE`): the request envelope every
+    /// model's handler is wrapped in, one of [`ENVELOPES`]; `None` when unset or empty.
+    pub service_envelope: Option<String>,
     /// What the metrics API exports (`metrics_mode`).
     pub metrics_mode: MetricsMode,
     /// TorchServe's `metrics_config` YAML, or its default `metrics.yaml` when not set.
@@ -267,6 +270,10 @@ impl ServerConfig {
             allowed_urls: get("allowed_urls").map(split_list).unwrap_or_default(),
             install_py_dep_per_model: flag("install_py_dep_per_model"),
             decode_input_request: unless_false("decode_input_request"),
+            service_envelope: get("service_envelope")
+                .map(service_envelope)
+                .transpose()?
+                .flatten(),
             tls: get("certificate_file")
                 .zip(get("private_key_file"))
                 .map(|(cert, key)| (resolve(Path::new(cert)), resolve(Path::new(key)))),
@@ -312,6 +319,26 @@ fn program_path(cwd: &Path, program: PathBuf) -> PathBuf {
     } else {
         program
     }
+}
+
+/// TorchServe's request envelopes (ts/torch_handler/request_envelope/), which the worker
+/// implements (python/torchyard/envelopes.py).
+pub const ENVELOPES: [&str; 4] = ["body", "json", "kserve", "kservev2"];
+
+/// A `service_envelope` value: one of [`ENVELOPES`], or `None` when empty (KServe's runtime
+/// sets `TS_SERVICE_ENVELOPE` from a label that may be unset, and TorchServe then uses none).
+fn service_envelope(value: &str) -> Result<Option<String>> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    if !ENVELOPES.contains(&value) {
+        bail!(
+            "invalid service_envelope: {value:?}, expected one of {}",
+            ENVELOPES.join(", ")
+        );
+    }
+    Ok(Some(value.to_string()))
 }
 
 fn split_list(value: &str) -> Vec<String> {
@@ -365,6 +392,28 @@ mod tests {
             unreachable!("parsed as serve")
         };
         ServerConfig::from_args(&args)
+    }
+
+    #[test]
+    fn service_envelope_is_one_of_torchserves() {
+        let envelope = |text: &str| config(text).unwrap().service_envelope;
+        assert_eq!(envelope(""), None);
+        assert_eq!(envelope("service_envelope="), None);
+        assert_eq!(
+            envelope("service_envelope = kservev2 "),
+            Some("kservev2".into())
+        );
+        for name in ENVELOPES {
+            assert_eq!(
+                envelope(&format!("service_envelope={name}")),
+                Some(name.into())
+            );
+        }
+        let bad = config("service_envelope=kserve3").unwrap_err().to_string();
+        assert!(
+            bad.contains("service_envelope") && bad.contains("kservev2"),
+            "{bad}"
+        );
     }
 
     #[test]

@@ -77,6 +77,7 @@ impl AppState {
             self.python.clone(),
             self.metrics.for_model(labels),
             self.config.decode_input_request,
+            self.config.service_envelope.as_deref(),
             &self.gpus,
         ));
         if let Err(e) = self.registry.insert(model.clone()) {

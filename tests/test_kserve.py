@@ -8,108 +8,26 @@ Answers are compared with what TorchServe's `kserve`/`kservev2` envelopes (its `
 `.venv/torchserve-ref`) produce around the same computation; errors are checked for status and
 JSON body."""
 
-import importlib
 import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 
-from support.archives import archive, torchscript_scale, war, write_files
+from support.envelopes import FACTOR, needs_ts_reference, scaler_envelope, start_scaler_server
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
 
-TS_REFERENCE = Path(sys.prefix) / "torchserve-ref"
 KSERVE_SDK = Path(sys.prefix) / "kserve-ref"
-FACTOR = 3.0
-
-#: A handler written for TorchServe, unchanged: each item the envelope unwraps (a v2 input
-#: tensor or a v1 instance) holds `data`, which the TorchScript model scales.
-HANDLER = """
-import json
-
-import torch
-from ts.torch_handler.base_handler import BaseHandler
-
-
-class Scaler(BaseHandler):
-    def preprocess(self, data):
-        rows = [row.get("data", row.get("body")) for row in data]
-        return [torch.tensor(json.loads(r) if isinstance(r, (bytes, bytearray)) else r,
-                             dtype=torch.float32) for r in rows]
-
-    def inference(self, data, *args, **kwargs):
-        with torch.inference_mode():
-            return [self.model(x) for x in data]
-
-    def postprocess(self, data):
-        return [x.tolist() for x in data]
-
-    def explain_handle(self, data_preprocess, raw_data):
-        return [float(x.sum()) for x in data_preprocess]
-"""
-
-#: The workflow: `pre` (the entry, a function node) takes the unwrapped v2 inputs and answers
-#: their data (one output per item, as under an envelope); the model node `scale` scales it.
-WF_HANDLER = """
-def pre(data, context):
-    return [row["data"] for row in data] if data else None
-"""
-WF_SPEC = "models:\n  scale:\n    url: scaler.mar\ndag:\n  pre: [scale]\n"
-
 
 @pytest.fixture(scope="module")
 def server(start_module_server, tmp_path_factory):
-    store = tmp_path_factory.mktemp("store")
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        write_files(tmp, {"scaler.py": HANDLER})
-        pt = torchscript_scale(tmp / "scaler.pt", FACTOR)
-        archive("model", "--model-name", "scaler", "--version", "2.0", "--serialized-file",
-                str(pt), "--handler", str(tmp / "scaler.py"), "--export-path", str(store))
-    war(store, "flow", WF_SPEC, WF_HANDLER)
-    server = start_module_server(store=store, properties={"load_models": "scaler.mar"})
-    answer = requests.post(f"{server.management}/workflows", params={"url": "flow.war"})
-    assert answer.status_code == 200, answer.text
-    return server
-
-
-class FakeContext:
-    """What TorchServe's envelopes read of a context: the manifest, request id and headers."""
-
-    def __init__(self, explain=False):
-        self.manifest = {"model": {"modelName": "scaler", "modelVersion": "2.0"}}
-        self.explain = explain
-
-    def get_request_id(self, idx=0):
-        return "rid"
-
-    def get_request_header(self, idx, name):
-        return {"explain": "True" if self.explain else "False"}.get(name)
-
-
-def torchserve_envelope(name, body, explain=False):
-    """TorchServe's envelope `name` around the handler's computation on the JSON `body`."""
-    sys.path.insert(0, str(TS_REFERENCE))
-    try:
-        module = importlib.import_module(f"ts.torch_handler.request_envelope.{name}")
-    finally:
-        sys.path.remove(str(TS_REFERENCE))
-    envelope_class = {"kserve": "KServeEnvelope", "kservev2": "KServev2Envelope"}[name]
-
-    def handle(data, context):
-        if explain:
-            return [float(np.sum(row["data"])) for row in data]
-        return [(np.array(row["data"], dtype=np.float32) * FACTOR).tolist() for row in data]
-
-    envelope = getattr(module, envelope_class)(handle)
-    return envelope.handle([{"body": json.dumps(body).encode()}], FakeContext(explain))[0]
+    return start_scaler_server(start_module_server, tmp_path_factory.mktemp("store"))
 
 
 V2_BODY = {"id": "req-1", "inputs": [
@@ -117,17 +35,17 @@ V2_BODY = {"id": "req-1", "inputs": [
     {"name": "b", "shape": [3], "datatype": "INT64", "data": [5, 6, 7]}]}
 
 
-@pytest.mark.skipif(not TS_REFERENCE.is_dir(), reason="TorchServe's ts package absent")
+@needs_ts_reference
 def test_v2_rest_answers_as_torchserves_envelope(server):
     answer = requests.post(f"{server.inference}/v2/models/scaler/infer", json=V2_BODY)
     assert answer.status_code == 200, answer.text
-    assert answer.json() == json.loads(json.dumps(torchserve_envelope("kservev2", V2_BODY)))
+    assert answer.json() == json.loads(json.dumps(scaler_envelope("kservev2", V2_BODY)))
     versioned = requests.post(f"{server.inference}/v2/models/scaler/versions/2.0/infer",
                               json=V2_BODY)
     assert versioned.json() == answer.json()
 
 
-@pytest.mark.skipif(not TS_REFERENCE.is_dir(), reason="TorchServe's ts package absent")
+@needs_ts_reference
 def test_v1_as_kserves_test_script_sends_it(server):
     # kubernetes/kserve/tests/scripts/test_mnist.sh: curl -H "Content-Type: application/json"
     # .../v1/models/mnist:predict -d @mnist.json, a body of {"instances": [{"data": ...}]}.
@@ -137,7 +55,7 @@ def test_v1_as_kserves_test_script_sends_it(server):
         answer = requests.post(f"{server.inference}/v1/models/scaler:{action}",
                                data=json.dumps(body), headers=headers)
         assert answer.status_code == 200, answer.text
-        assert answer.json() == torchserve_envelope("kserve", body, explain)
+        assert answer.json() == scaler_envelope("kserve", body, explain)
     status = requests.get(f"{server.inference}/v1/models/scaler")
     assert status.json() == {"name": "scaler", "ready": True}
 

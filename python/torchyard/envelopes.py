@@ -1,19 +1,23 @@
-"""TorchServe's `kserve` and `kservev2` request envelopes (ts/torch_handler/request_envelope/),
-applied per request: the server names the envelope of a request arriving through a KServe
-front door in the `x-torchyard-envelope` header (docs/kserve.md).
+"""TorchServe's request envelopes (ts/torch_handler/request_envelope/): `body`, `json`,
+`kserve` and `kservev2`. A request names its envelope in the `x-torchyard-envelope` header (the
+server sets it on requests arriving through a KServe front door); one that names none gets the
+model's `service_envelope`, if the server has one (docs/kserve.md).
 
-An envelope unwraps a request into the items the handler sees (v1: the `instances`; v2: the
-`inputs`, each `data` reshaped to its `shape`, a BYTES input's `data` its first element) and
-wraps the handler's outputs back (v1: `{"predictions": ...}` or `{"explanations": ...}`; v2: one
-output tensor per item, named after its input, datatype from numpy's dtype). The items of the
-requests of a batch are handed to the handler together; each request gets back as many outputs
-as it gave items (a batch of one request gets them all, as in TorchServe). `;input` after the
-name unwraps only: the entry node of a workflow, whose answer the server wraps.
+An envelope unwraps a request into the items the handler sees (body: the request's body;
+json and v1: the `instances`; v2: the `inputs`, each `data` reshaped to its `shape`, a BYTES
+input's `data` its first element) and wraps the handler's outputs back (body: as they are;
+json: the JSON text of `{"predictions": ...}`; v1: `{"predictions": ...}` or
+`{"explanations": ...}`; v2: one output tensor per item, named after its input, datatype from
+numpy's dtype). The items of the requests of a batch are handed to the handler together; each
+request gets back as many outputs as it gave items (a batch of one request gets them all, as in
+TorchServe). `;input` after the name unwraps only: the entry node of a workflow, whose answer
+the server wraps.
 """
 
 from __future__ import annotations
 
 import json
+from base64 import b64decode
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 #: The request header naming a request's envelope.
@@ -42,9 +46,14 @@ class Unwrapped:
         self.explain = explain
 
 
-def envelope_of(request: dict) -> Optional[Tuple[str, bool, bool]]:
+#: Envelopes under which each request is one item and gets one output, as without envelope.
+_ONE_ITEM = (None, "body")
+
+
+def envelope_of(request: dict, default: Optional[str] = None) -> Optional[Tuple[str, bool, bool]]:
     """(envelope name, whether it wraps the answer, whether it asks for an explanation) of a
-    protocol request entry, or None when it names no envelope."""
+    protocol request entry, its envelope being `default` when it names none; None when it has
+    none."""
     kind = None
     explain = False
     for name, value in request.get("headers", ()):
@@ -54,7 +63,9 @@ def envelope_of(request: dict) -> Optional[Tuple[str, bool, bool]]:
         elif name == "explain":
             explain = value == "True"
     if kind is None:
-        return None
+        if default is None:
+            return None
+        kind, mode = default, ""
     return kind.strip(), mode.strip() != "input", explain
 
 
@@ -67,9 +78,13 @@ def _body(row: dict) -> Any:
 
 def unwrap(kind: str, wraps: bool, explain: bool, request: dict, row: dict) -> Unwrapped:
     """The items of one request's parameters `row` under envelope `kind`."""
+    if kind == "body":
+        return Unwrapped(kind, wraps, [row.get("data") or row.get("body")], [], None, explain)
     body = _body(row)
     if kind == "kserve":
         return Unwrapped(kind, wraps, body.get("instances"), [], None, explain)
+    if kind == "json":
+        return Unwrapped(kind, wraps, _json_instances(body), [], None, explain)
     if kind != "kservev2":
         raise ValueError(f"unknown envelope {kind!r}")
     inputs = body["inputs"]
@@ -89,10 +104,30 @@ def unwrap(kind: str, wraps: bool, explain: bool, request: dict, row: dict) -> U
     return Unwrapped(kind, wraps, inputs, names, request_id, explain)
 
 
+def _json_instances(body: dict) -> List[Any]:
+    """The `instances` of a `json` envelope's request, `{"b64": ...}` values decoded (as
+    TorchServe's JSONEnvelope does, for whole instances and for their fields)."""
+    rows = body["instances"]
+    if not (rows and isinstance(rows[0], dict)):
+        return rows
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            continue
+        if list(row) == ["b64"]:
+            rows[i] = b64decode(row["b64"])
+            continue
+        for column, value in row.items():
+            if isinstance(value, dict) and list(value) == ["b64"]:
+                row[column] = b64decode(value["b64"])
+    return rows
+
+
 def wrap(unwrapped: Unwrapped, outputs: Any, manifest: dict) -> Any:
     """One request's answer from the handler's outputs for its items."""
-    if not unwrapped.wraps or not outputs:
+    if not unwrapped.wraps or unwrapped.kind == "body" or not outputs:
         return outputs
+    if unwrapped.kind == "json":
+        return json.dumps({"predictions": outputs})
     if unwrapped.kind == "kserve":
         return {"explanations" if unwrapped.explain else "predictions": outputs}
     model = (manifest or {}).get("model", {})
@@ -145,25 +180,30 @@ def _tensor(data: Any, name: str) -> dict:
 
 def split(outputs: Sequence[Any], unwrapped: Sequence[Optional[Unwrapped]]) -> List[Any]:
     """The handler's outputs for the joined items, cut back into one answer per request (a
-    request without envelope gave one item and gets one output)."""
-    counts = [1 if u is None else len(u.items or ()) for u in unwrapped]
+    request without envelope or under `body` gave one item and gets one output)."""
+    one = [u is None or u.kind in _ONE_ITEM for u in unwrapped]
+    counts = [1 if single else len(u.items or ()) for single, u in zip(one, unwrapped)]
     if len(outputs) != sum(counts):
         raise ValueError(f"handler returned {len(outputs)} outputs for {sum(counts)} items "
                          f"of a batch of {len(counts)} enveloped requests")
     answers, at = [], 0
-    for count, u in zip(counts, unwrapped):
+    for count, single in zip(counts, one):
         part = outputs[at:at + count]
-        answers.append(part[0] if u is None else part)
+        answers.append(part[0] if single else part)
         at += count
     return answers
 
 
 def call(entry: Callable[[Any, Any], Any], requests: Sequence[dict], data: List[dict],
-         context: Any) -> Any:
-    """The handler `entry`'s outputs for a batch: called as is when no request is enveloped,
-    else on the joined items of the requests, its outputs cut and wrapped per request."""
-    kinds = [envelope_of(r) for r in requests]
-    if not any(kinds):
+         context: Any, default: Optional[str] = None) -> Any:
+    """The handler `entry`'s outputs for a batch, a request that names no envelope having
+    `default`: called as is when no request is enveloped (under `body`, on the bodies), else on
+    the joined items of the requests, its outputs cut and wrapped per request."""
+    kinds = [envelope_of(r, default) for r in requests]
+    if all(kind is None or kind[0] == "body" for kind in kinds):
+        if any(kinds):
+            data = [row if kind is None else unwrap(*kind, request, row).items[0]
+                    for kind, request, row in zip(kinds, requests, data)]
         return entry(data, context)
     unwrapped = [None if kind is None else unwrap(*kind, request, row)
                  for kind, request, row in zip(kinds, requests, data)]

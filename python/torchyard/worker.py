@@ -39,6 +39,8 @@ class Worker:
         self.context: Optional[Context] = None
         #: False (TorchServe's `decode_input_request=false`): handlers get every parameter raw.
         self.decode_input_request = True
+        #: TorchServe's `service_envelope`: the envelope of requests that name none.
+        self.envelope: Optional[str] = None
         #: Writes a frame to the server, for partial results sent during a batch.
         self.send: Optional[Callable[[dict, Sequence[Blob]], None]] = None
         #: Metric updates of every context, sent with the next reply.
@@ -72,6 +74,7 @@ class Worker:
 
         self.context = context(msg["model_name"], msg.get("manifest"))
         self.decode_input_request = msg.get("decode_input_request", True)
+        self.envelope = msg.get("envelope")
         self.context.intermediate_sink = self.send_intermediate
         try:
             if msg.get("segment"):
@@ -96,7 +99,7 @@ class Worker:
         context = self.context
         context.start_batch(requests)
         try:
-            outputs = envelopes.call(self.entry, requests, data, context)
+            outputs = envelopes.call(self.entry, requests, data, context, self.envelope)
         except Exception as exc:  # noqa: BLE001 - a handler failure fails its batch only
             log.error("handler failed:\n%s", traceback.format_exc())
             return exception_reply(exc, "PredictionException")

@@ -100,13 +100,16 @@ impl crate::versioned::Versioned for ServedModel {
 
 impl ServedModel {
     /// Creates the model with no workers; call [`ServedModel::scale`] to start them.
-    /// `decode_input_request`: whether its workers decode JSON and text parameters; `gpus`:
-    /// the server's, on which workers are placed as the model's configuration says.
+    /// `decode_input_request`: whether its workers decode JSON and text parameters;
+    /// `service_envelope`: the envelope its handler is wrapped in, unless it is a workflow
+    /// node (whose input is the workflow's, not a client's); `gpus`: the server's, on which
+    /// workers are placed as the model's configuration says.
     pub fn new(
         def: ModelDefinition,
         python: PythonEnv,
         metrics: ModelMetrics,
         decode_input_request: bool,
+        service_envelope: Option<&str>,
         gpus: &Arc<Gpus>,
     ) -> Self {
         let (queue, rx) = async_channel::bounded(def.settings.job_queue_size);
@@ -122,6 +125,9 @@ impl ServedModel {
             max_batch_delay: def.settings.max_batch_delay,
             response_timeout: def.settings.response_timeout,
             decode_input_request,
+            envelope: service_envelope
+                .filter(|_| def.workflow.is_none())
+                .map(String::from),
             segment: def.segment.clone(),
             python,
             gpus: ModelGpus::new(gpus.clone(), &def.name, &def.yaml_config),

@@ -33,6 +33,9 @@ pub struct LoadMessage<'a> {
     pub limit_max_image_pixels: bool,
     /// False: parameters reach the handler as raw bytes whatever their content type.
     pub decode_input_request: bool,
+    /// TorchServe's `service_envelope`: the envelope of requests that name none
+    /// (python/torchyard/envelopes.py).
+    pub envelope: Option<&'a str>,
     pub model_yaml_config: &'a serde_json::Value,
     /// The handler metrics `metrics_config` declares: the worker's metric cache starts with them.
     pub metrics: &'a [Declaration],

@@ -40,6 +40,8 @@ pub struct WorkerSpec {
     pub response_timeout: Duration,
     /// Whether the worker decodes JSON and text parameters (TorchServe's `decode_input_request`).
     pub decode_input_request: bool,
+    /// The envelope of requests that name none (`service_envelope`; never a workflow node's).
+    pub envelope: Option<String>,
     /// The function nodes a fused workflow segment runs, instead of `handler`.
     pub segment: Option<Arc<[SegmentNode]>>,
     pub python: PythonEnv,
@@ -180,6 +182,7 @@ async fn start(
         gpu_id: status.gpu_id,
         limit_max_image_pixels: true,
         decode_input_request: spec.decode_input_request,
+        envelope: spec.envelope.as_deref(),
         model_yaml_config: &spec.model_yaml_config,
         metrics: spec.metrics.declared_handler_metrics(),
         server_name: "torchyard",
