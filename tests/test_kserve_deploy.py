@@ -56,7 +56,7 @@ def kserve(tmp_path_factory):
     # KServe's file leaves token authorization and the model API at TorchServe's defaults;
     # the TS_* variables, honoured because the file sets enable_envvars_config=true, turn the
     # one off and the other on, and move the metrics listener.
-    env = {"TORCHYARD": str(BINARY), "TORCHYARD_PYTHON": str(PYTHON),
+    env = {"TORCHYARD": str(BINARY), "TORCHYARD_PYTHON": str(PYTHON), "MODEL_BASE": str(mnt),
            "TS_DISABLE_TOKEN_AUTHORIZATION": "true", "TS_ENABLE_MODEL_API": "true",
            "TS_METRICS_ADDRESS": f"http://127.0.0.1:{free_port()}"}
     server = KServeLayout(mnt, env)
@@ -111,6 +111,29 @@ def test_environment_overrides_metrics_and_grpc_ports(kserve):
         requests.get(f"http://127.0.0.1:{file_port}/metrics", timeout=2)
 
 
+def listening_hosts(port):
+    """The IPv4 addresses a TCP listener on `port` is bound to (from /proc/net/tcp)."""
+    hosts = set()
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, local_port = local.split(":")
+        if state == "0A" and int(local_port, 16) == port:
+            hosts.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
+    return hosts
+
+
+def test_grpc_inference_is_reachable_from_outside_on_kserves_layout(kserve, start_server):
+    # KServe's file names gRPC ports only. TorchServe binds them to 127.0.0.1 (as torchyard
+    # does, below), behind the KServe wrapper of its KServe image; torchyard has no wrapper, so
+    # the entry point opens gRPC inference on every interface. Management stays local.
+    port = lambda address: int(address.rsplit(":", 1)[1])
+    assert listening_hosts(port(kserve.grpc_inference)) == {"0.0.0.0"}
+    assert listening_hosts(port(kserve.grpc_management)) == {"127.0.0.1"}
+    plain = start_server()  # gRPC ports only, started without the entry point
+    assert listening_hosts(port(plain.grpc_inference)) == {"127.0.0.1"}
+    assert listening_hosts(port(plain.grpc_management)) == {"127.0.0.1"}
+
+
 def test_entrypoint_serve_finds_the_mnt_models_layout(tmp_path):
     """`serve` picks KServe's layout under $MODEL_BASE when its config exists, else
     TorchServe's /home/model-server layout; `torchyard ...` runs torchyard itself."""
@@ -129,3 +152,33 @@ def test_entrypoint_serve_finds_the_mnt_models_layout(tmp_path):
     assert run("torchserve", "--start", "--log-config", "l.xml", "--foreground",
                "--models", "all") == ["serve", "--models", "all"]
     assert run("torchyard", "archive", "--help") == ["archive", "--help"]
+
+
+def test_entrypoint_opens_grpc_inference_for_kserves_config_only(tmp_path):
+    """TS_GRPC_INFERENCE_ADDRESS=0.0.0.0 for a config under $MODEL_BASE naming no gRPC
+    inference address, however it is passed; never for other configs, a config that names
+    one, or over the variable itself."""
+    stub = tmp_path / "print-env"  # stands in for torchyard: prints its environment
+    stub.write_text("#!/bin/sh\nenv\n")
+    stub.chmod(0o755)
+
+    def address(*args, **env):
+        run = subprocess.run(["sh", str(ENTRYPOINT), *args], capture_output=True, text=True,
+                             env={**os.environ, "TORCHYARD": str(stub), "MODEL_BASE": str(kserve),
+                                  **env})
+        found = re.search(r"^TS_GRPC_INFERENCE_ADDRESS=(.*)$", run.stdout, re.M)
+        return found and found[1]
+
+    kserve, other = tmp_path / "mnt", tmp_path / "home"
+    for base in (kserve, other):
+        (base / "config").mkdir(parents=True)
+        (base / "config" / "config.properties").write_text("grpc_inference_port=7070\n")
+    kserve_config = str(kserve / "config" / "config.properties")
+    assert address("serve") == "0.0.0.0"
+    assert address("torchserve", "--start", f"--ts-config={kserve_config}") == "0.0.0.0"
+    assert address("torchserve", "--start", "--ts-config", kserve_config) == "0.0.0.0"
+    assert address("torchserve", "--ts-config", str(other / "config" / "config.properties")) \
+        is None
+    assert address("serve", TS_GRPC_INFERENCE_ADDRESS="10.0.0.1") == "10.0.0.1"
+    (kserve / "config" / "config.properties").write_text("grpc_inference_address = 1.2.3.4\n")
+    assert address("serve") is None
