@@ -35,11 +35,21 @@ V2_BODY = {"id": "req-1", "inputs": [
     {"name": "b", "shape": [3], "datatype": "INT64", "data": [5, 6, 7]}]}
 
 
+#: Flat inputs, whose flat outputs the server wraps itself (the worker answers them raw).
+V2_FLAT = {"inputs": [{"name": "a", "shape": [2], "datatype": "FP32", "data": [1.5, 2]},
+                      {"name": "b", "shape": [1], "datatype": "INT64", "data": [3]}]}
+
+
 @needs_ts_reference
 def test_v2_rest_answers_as_torchserves_envelope(server):
     answer = requests.post(f"{server.inference}/v2/models/scaler/infer", json=V2_BODY)
     assert answer.status_code == 200, answer.text
     assert answer.json() == json.loads(json.dumps(scaler_envelope("kservev2", V2_BODY)))
+    flat = requests.post(f"{server.inference}/v2/models/scaler/infer", json=V2_FLAT)
+    expected = json.loads(json.dumps(scaler_envelope("kservev2", V2_FLAT)))
+    # Without an id of its own the answer takes the request id, as TorchServe's does.
+    expected["id"] = flat.headers["x-request-id"]
+    assert flat.json() == expected
     versioned = requests.post(f"{server.inference}/v2/models/scaler/versions/2.0/infer",
                               json=V2_BODY)
     assert versioned.json() == answer.json()

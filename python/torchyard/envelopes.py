@@ -11,12 +11,16 @@ json: the JSON text of `{"predictions": ...}`; v1: `{"predictions": ...}` or
 numpy's dtype). The items of the requests of a batch are handed to the handler together; each
 request gets back as many outputs as it gave items (a batch of one request gets them all, as in
 TorchServe). `;input` after the name unwraps only: the entry node of a workflow, whose answer
-the server wraps.
+the server wraps. `;raw` after `kservev2` (a model's request on KServe's v2 routes) lets the
+worker answer the handler's outputs as they are when the server can wrap them itself, as it then
+does, the same way: every output a finite number or boolean, or a non-empty flat list of one kind
+of them.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from base64 import b64decode
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
@@ -36,10 +40,12 @@ _NUMPY_TO_DATATYPE["U"] = "BYTES"
 class Unwrapped:
     """One enveloped request: its envelope, its items and what wrapping its answer needs."""
 
-    def __init__(self, kind: str, wraps: bool, items: List[Any], input_names: List[str],
+    def __init__(self, kind: str, mode: str, items: List[Any], input_names: List[str],
                  request_id: Optional[str], explain: bool):
         self.kind = kind
-        self.wraps = wraps
+        self.wraps = mode != "input"
+        #: The server wraps the outputs it can (`;raw`).
+        self.raw = mode == "raw"
         self.items = items
         self.input_names = input_names
         self.request_id = request_id
@@ -50,8 +56,8 @@ class Unwrapped:
 _ONE_ITEM = (None, "body")
 
 
-def envelope_of(request: dict, default: Optional[str] = None) -> Optional[Tuple[str, bool, bool]]:
-    """(envelope name, whether it wraps the answer, whether it asks for an explanation) of a
+def envelope_of(request: dict, default: Optional[str] = None) -> Optional[Tuple[str, str, bool]]:
+    """(envelope name, mode: "", "input" or "raw", whether it asks for an explanation) of a
     protocol request entry, its envelope being `default` when it names none; None when it has
     none."""
     kind = None
@@ -66,7 +72,7 @@ def envelope_of(request: dict, default: Optional[str] = None) -> Optional[Tuple[
         if default is None:
             return None
         kind, mode = default, ""
-    return kind.strip(), mode.strip() != "input", explain
+    return kind.strip(), mode.strip(), explain
 
 
 def _body(row: dict) -> Any:
@@ -76,15 +82,15 @@ def _body(row: dict) -> Any:
     return data
 
 
-def unwrap(kind: str, wraps: bool, explain: bool, request: dict, row: dict) -> Unwrapped:
+def unwrap(kind: str, mode: str, explain: bool, request: dict, row: dict) -> Unwrapped:
     """The items of one request's parameters `row` under envelope `kind`."""
     if kind == "body":
-        return Unwrapped(kind, wraps, [row.get("data") or row.get("body")], [], None, explain)
+        return Unwrapped(kind, mode, [row.get("data") or row.get("body")], [], None, explain)
     body = _body(row)
     if kind == "kserve":
-        return Unwrapped(kind, wraps, body.get("instances"), [], None, explain)
+        return Unwrapped(kind, mode, body.get("instances"), [], None, explain)
     if kind == "json":
-        return Unwrapped(kind, wraps, _json_instances(body), [], None, explain)
+        return Unwrapped(kind, mode, _json_instances(body), [], None, explain)
     if kind != "kservev2":
         raise ValueError(f"unknown envelope {kind!r}")
     inputs = body["inputs"]
@@ -101,7 +107,7 @@ def unwrap(kind: str, wraps: bool, explain: bool, request: dict, row: dict) -> U
     request_id = body.get("id")
     if not (request_id and request_id.strip()):
         request_id = request.get("id")
-    return Unwrapped(kind, wraps, inputs, names, request_id, explain)
+    return Unwrapped(kind, mode, inputs, names, request_id, explain)
 
 
 def _json_instances(body: dict) -> List[Any]:
@@ -130,6 +136,8 @@ def wrap(unwrapped: Unwrapped, outputs: Any, manifest: dict) -> Any:
         return json.dumps({"predictions": outputs})
     if unwrapped.kind == "kserve":
         return {"explanations" if unwrapped.explain else "predictions": outputs}
+    if unwrapped.raw and _server_wraps(outputs):
+        return outputs
     model = (manifest or {}).get("model", {})
     return {
         "id": unwrapped.request_id,
@@ -160,6 +168,38 @@ def _flat_type(data: Any) -> Optional[type]:
         if type(x) is not first:
             return None
     return first
+
+
+#: The integers the server reads as such (JSON integers beyond them it reads as floats).
+_INT_RANGE = (-(1 << 63), 1 << 64)
+
+
+def _server_wraps(outputs: Sequence[Any]) -> bool:
+    """Whether the server wraps `outputs` as `_tensor` would without numpy: each a finite float,
+    an int the server reads as one, a bool, or a non-empty flat list of one of these kinds."""
+    low, high = _INT_RANGE
+    for item in outputs:
+        kind = type(item)
+        if kind is bool:
+            continue
+        if kind is float:
+            if not math.isfinite(item):
+                return False
+            continue
+        if kind is int:
+            if not low <= item < high:
+                return False
+            continue
+        kind = _flat_type(item)
+        if kind is float:
+            if not math.isfinite(sum(item)):  # a NaN or infinity (or an overflowing sum)
+                return False
+        elif kind is int:
+            if not (low <= min(item) and max(item) < high):
+                return False
+        elif kind is not bool:
+            return False
+    return True
 
 
 def _tensor(data: Any, name: str) -> dict:

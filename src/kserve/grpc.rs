@@ -124,10 +124,11 @@ impl GrpcInferenceService for Inference {
             let target = self.target(&r.model_name, &r.model_version)?;
             let body = Bytes::from(grpc_request_json(&r)?);
             let v2_id = (!r.id.is_empty()).then(|| r.id.clone());
+            let names = r.inputs.iter().map(|i| i.name.clone()).collect();
             let request = Infer {
                 protocol: Protocol::V2,
                 explain: false,
-                payload: Payload::Checked { body, v2_id },
+                payload: Payload::Checked { body, v2_id, names },
                 id: uuid::Uuid::new_v4().to_string(),
             };
             let output = infer(target, !r.model_version.is_empty(), request).await?;

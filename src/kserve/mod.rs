@@ -32,6 +32,11 @@ pub mod pb {
 /// nodes do not get it.
 pub const ENVELOPE_HEADER: &str = "x-torchyard-envelope";
 
+/// The envelope header's value for a model's v2 request: the worker answers the handler's
+/// outputs as they are when [`tensors::model_answer`] can wrap them (python/torchyard/
+/// envelopes.py), which saves the worker building and encoding the answer.
+const V2_MODEL_ENVELOPE: &str = "kservev2;raw";
+
 /// Which KServe protocol a request came in.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Protocol {
@@ -133,8 +138,13 @@ pub enum Payload {
         body: Bytes,
         binary_after: Option<usize>,
     },
-    /// The v2 JSON a front door built and checked itself (gRPC), with the request's `id`.
-    Checked { body: Bytes, v2_id: Option<String> },
+    /// The v2 JSON a front door built and checked itself (gRPC), with the request's `id` and
+    /// its inputs' names.
+    Checked {
+        body: Bytes,
+        v2_id: Option<String>,
+        names: Vec<String>,
+    },
 }
 
 /// A KServe inference request: the protocol, whether it asks for an explanation, the body,
@@ -146,26 +156,30 @@ pub struct Infer {
     pub id: String,
 }
 
-/// The JSON body the handler gets and the v2 request's own `id`, from a REST body checked:
-/// v2 tensors against their shape and datatype, v1 as a JSON object.
+/// A request body as it goes to the worker, the v2 request's own `id` and its inputs' names.
+type Checked = (Bytes, Option<String>, Vec<String>);
+
+/// The JSON body the handler gets, the v2 request's own `id` and its inputs' names, from a
+/// REST body checked: v2 tensors against their shape and datatype, v1 as a JSON object.
 fn checked_rest(
     protocol: Protocol,
     body: Bytes,
     binary_after: Option<usize>,
-) -> ApiResult<(Bytes, Option<String>)> {
+) -> ApiResult<Checked> {
     match protocol {
         Protocol::V2 => {
             let body = match binary_after {
                 Some(json_length) => Bytes::from(tensors::inline_binary(&body, json_length)?),
                 None => body,
             };
-            let id = tensors::check_request(&body)?.id;
-            Ok((body, id))
+            let request = tensors::check_request(&body)?;
+            let names = request.inputs.into_iter().map(|i| i.name).collect();
+            Ok((body, request.id, names))
         }
         Protocol::V1 => {
             serde_json::from_slice::<serde_json::Map<String, Value>>(&body)
                 .map_err(|e| ApiError::bad_request(format!("Invalid v1 inference request: {e}")))?;
-            Ok((body, None))
+            Ok((body, None, Vec::new()))
         }
     }
 }
@@ -177,10 +191,14 @@ pub async fn infer(
     version_named: bool,
     infer: Infer,
 ) -> ApiResult<InferenceResponse> {
-    let (body, request_id) = match infer.payload {
+    let (body, request_id, names) = match infer.payload {
         Payload::Rest { body, binary_after } => checked_rest(infer.protocol, body, binary_after)?,
-        Payload::Checked { body, v2_id } => (body, v2_id),
+        Payload::Checked { body, v2_id, names } => (body, v2_id, names),
     };
+    // The answer's `id`: the request's own, unless blank, else the server's request id.
+    let answer_id = request_id
+        .filter(|id| !id.trim().is_empty())
+        .unwrap_or_else(|| infer.id.clone());
     let envelope = infer.protocol.envelope();
     let request = |envelope: String| InferenceRequest {
         id: infer.id.clone(),
@@ -198,6 +216,21 @@ pub async fn infer(
         }],
     };
     match target {
+        Target::Model(model) if infer.protocol == Protocol::V2 => {
+            let mut output = model
+                .submit(request(V2_MODEL_ENVELOPE.into()), version_named)
+                .await?
+                .whole()
+                .await?;
+            if output.status == 200 {
+                if let Some(answer) =
+                    tensors::model_answer(&output.body, &answer_id, &model.def.manifest, &names)
+                {
+                    output.body = Bytes::from(answer);
+                }
+            }
+            Ok(output)
+        }
         Target::Model(model) => {
             model
                 .submit(request(envelope.into()), version_named)
@@ -213,7 +246,7 @@ pub async fn infer(
             let answer = workflow_answer(&workflow, infer.protocol, infer.explain, &output);
             let answer = match answer {
                 Value::Object(mut v2) if infer.protocol == Protocol::V2 => {
-                    v2.insert("id".into(), request_id.unwrap_or(infer.id).into());
+                    v2.insert("id".into(), answer_id.into());
                     Value::Object(v2)
                 }
                 other => other,

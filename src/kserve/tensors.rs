@@ -490,6 +490,74 @@ fn contents(datatype: Datatype, data: &[Value]) -> InferTensorContents {
     c
 }
 
+/// One output tensor of a model's v2 answer, as TorchServe's `kservev2` envelope builds it.
+#[derive(Serialize)]
+struct ModelOutput<'a> {
+    name: std::borrow::Cow<'a, str>,
+    datatype: &'static str,
+    data: Value,
+    shape: [usize; 1],
+}
+
+/// A model's v2 answer.
+#[derive(Serialize)]
+struct ModelAnswer<'a> {
+    id: &'a str,
+    model_name: &'a Value,
+    model_version: &'a Value,
+    outputs: Vec<ModelOutput<'a>>,
+}
+
+/// The `kservev2` envelope's answer of a model whose worker answered the handler's outputs as
+/// they are (`kservev2;raw`): a non-empty JSON array of numbers, booleans or flat lists of one
+/// kind of them, as the worker checked. Each output becomes a tensor named after the input of
+/// its index (`output-{i}` past them), its datatype `BOOL`, `INT64` or `FP64` by its elements, a
+/// scalar as a list of one, shape its length: what the envelope's `_tensor` answers. `model` is
+/// the model's manifest, whose `modelName` and `modelVersion` the answer names. None when `body`
+/// is not such an array: the worker's own answer, to pass on as it is.
+pub fn model_answer(body: &[u8], id: &str, model: &Value, names: &[String]) -> Option<Vec<u8>> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
+        return None;
+    }
+    let outputs: Vec<Value> = serde_json::from_slice(body).ok()?;
+    if outputs.is_empty() {
+        return None;
+    }
+    let outputs = outputs
+        .into_iter()
+        .enumerate()
+        .map(|(i, data)| {
+            let data = match data {
+                Value::Array(_) => data,
+                scalar => Value::Array(vec![scalar]),
+            };
+            let datatype = match data.get(0) {
+                Some(Value::Bool(_)) => "BOOL",
+                Some(Value::Number(n)) if n.is_f64() => "FP64",
+                _ => "INT64",
+            };
+            let name = names
+                .get(i)
+                .map_or_else(|| format!("output-{i}").into(), |n| n.as_str().into());
+            let shape = [data.as_array().map_or(0, Vec::len)];
+            ModelOutput {
+                name,
+                datatype,
+                data,
+                shape,
+            }
+        })
+        .collect();
+    let model = &model["model"];
+    let answer = ModelAnswer {
+        id,
+        model_name: &model["modelName"],
+        model_version: &model["modelVersion"],
+        outputs,
+    };
+    Some(serde_json::to_vec(&answer).expect("JSON values print"))
+}
+
 /// A workflow's answer as v2 output tensors: one per leaf, named after it, its JSON answer
 /// flattened (the shape of a rectangular nested array, else the element count) with the
 /// datatype numpy would give it.
@@ -568,6 +636,27 @@ mod tests {
         assert!(check_request(bytes).is_ok());
         assert!(check_request(b"{not json").is_err());
         assert!(check_request(br#"{"inputs":[]}"#).is_err());
+    }
+
+    #[test]
+    fn raw_outputs_become_the_envelopes_answer() {
+        let manifest = json!({"model": {"modelName": "m", "modelVersion": "2.0"}});
+        let names = ["a".to_string()];
+        let answer = |body: &str| {
+            model_answer(body.as_bytes(), "r1", &manifest, &names)
+                .map(|a| serde_json::from_slice::<Value>(&a).unwrap())
+        };
+        assert_eq!(
+            answer(" [10.0, [1, 2], [true]]").unwrap(),
+            json!({"id": "r1", "model_name": "m", "model_version": "2.0", "outputs": [
+                {"name": "a", "datatype": "FP64", "data": [10.0], "shape": [1]},
+                {"name": "output-1", "datatype": "INT64", "data": [1, 2], "shape": [2]},
+                {"name": "output-2", "datatype": "BOOL", "data": [true], "shape": [1]}]})
+        );
+        // The worker's own answer, or nothing to wrap, passes as it is.
+        assert_eq!(answer(r#"{"id": "r1", "outputs": []}"#), None);
+        assert_eq!(answer("[]"), None);
+        assert_eq!(answer("null"), None);
     }
 
     #[test]
