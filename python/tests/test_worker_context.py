@@ -3,6 +3,7 @@
 import logging
 
 from torchyard.context import Context
+from torchyard.metrics import drain
 
 
 def _context():
@@ -32,18 +33,22 @@ def test_positional_construction_and_batch_state():
     assert context.get_response_content_type(0) is None
 
 
-def test_metrics_become_samples_with_torchserve_default_dimensions(caplog):
+def test_metrics_are_summed_per_series_with_torchserve_default_dimensions(caplog):
     context = _context()
     metrics = context.metrics
     metrics.add_time("LoadTime", 12.5, None, "ms")  # outside a batch: Level=Error
     context.start_batch([{"id": "a", "headers": []}, {"id": "b", "headers": []}])
     metrics.add_counter("Calls", 1, idx=0)
+    metrics.add_counter("Calls", 2, idx=1)
     metrics.add_size("Payload", 3, unit="kB")
+    metrics.add_size("Payload", 5, unit="kB")
     metrics.add_percent("Load", 50)
     metrics.add_metric("Custom", 7, "count")
     metrics.add_error("Errors", 1)
     cached = metrics.add_metric_to_cache("Latency", "ms", ["ModelName"], "histogram")
     cached.add_or_update(4, ["m"], "req")
+    cached.add_or_update(6, ["m"], "req")
+    cached.add_or_update(1, ["other"])
     assert metrics.get_metric("Latency", "histogram") is cached
     with caplog.at_level(logging.ERROR, logger="torchyard.metrics"):
         metrics.add_counter("Calls", -1)
@@ -51,12 +56,14 @@ def test_metrics_become_samples_with_torchserve_default_dimensions(caplog):
         cached.add_or_update("many", ["m"])
     assert caplog.text.count("Failed to update metric") == 3
     model = ["ModelName", "Level"]
-    assert metrics.sink == [
-        ("gauge", "LoadTime", "ms", ["Level"], ["Error"], 12.5),
-        ("counter", "Calls", "count", model, ["m", "Model"], 1.0),
-        ("gauge", "Payload", "kB", model, ["m", "Model"], 3.0),
-        ("gauge", "Load", "percent", model, ["m", "Model"], 50.0),
-        ("counter", "Custom", "count", model, ["m", "Model"], 7.0),
-        ("counter", "Errors", "", ["Level"], ["Error"], 1.0),
-        ("histogram", "Latency", "ms", ["ModelName"], ["m"], 4.0),
+    assert drain(metrics.pending) == [
+        ("gauge", "LoadTime", "ms", ["Level"], ["Error"], [12.5]),
+        ("counter", "Calls", "count", model, ["m", "Model"], [3.0]),
+        ("gauge", "Payload", "kB", model, ["m", "Model"], [5.0]),
+        ("gauge", "Load", "percent", model, ["m", "Model"], [50.0]),
+        ("counter", "Custom", "count", model, ["m", "Model"], [7.0]),
+        ("counter", "Errors", "", ["Level"], ["Error"], [1.0]),
+        ("histogram", "Latency", "ms", ["ModelName"], ["m"], [4.0, 6.0]),
+        ("histogram", "Latency", "ms", ["ModelName"], ["other"], [1.0]),
     ]
+    assert metrics.pending == [] and drain(metrics.pending) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import select
 import socket
 import struct
 from typing import Any, Iterable, List, Tuple
@@ -105,11 +106,17 @@ class FrameReader:
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self._rest = memoryview(b"")
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN)
 
     def read(self) -> Tuple[dict, List[bytearray]]:
         """The next frame: (header dict, its blobs). EOFError when the socket closes."""
         header, blobs, self._rest = _read(self.sock, self._rest)
         return header, blobs
+
+    def waiting(self) -> bool:
+        """Whether the next frame has begun to arrive, so `read` would not wait for it."""
+        return bool(self._rest) or bool(self._poll.poll(0))
 
 
 def write_frame(sock: socket.socket, header: dict, blobs: Iterable[Any] = ()) -> None:

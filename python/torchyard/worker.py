@@ -12,19 +12,24 @@ import logging
 import os
 import socket
 import sys
+import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from .codec import Blob, decode
 from . import envelopes
 from .context import Context
-from .metrics import Metrics, Sample
+from .metrics import Metric, Metrics, drain
 from .framing import FrameReader, ProtocolError, write_frame
 from .handler_loader import Entry, load_entry_point
 from .replies import Reply, error_reply, exception_reply, outputs_problem, response_entry
 from .segment import Segment
 
 log = logging.getLogger("torchyard.worker")
+
+#: Under load (the next message already waiting), handler metrics go out with a reply at most
+#: this often; otherwise with the reply they were recorded for.
+METRICS_EVERY_S = 0.1
 
 #: Where torchyard's stand-in for TorchServe's `ts` package lives.
 COMPAT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "compat")
@@ -43,8 +48,8 @@ class Worker:
         self.envelope: Optional[str] = None
         #: Writes a frame to the server, for partial results sent during a batch.
         self.send: Optional[Callable[[dict, Sequence[Blob]], None]] = None
-        #: Metric updates of every context, sent with the next reply.
-        self.metric_samples: List[Sample] = []
+        #: Metrics of every context with updates to send with the next reply.
+        self.pending_metrics: List[Metric] = []
 
     def handle(self, msg: dict, blobs: List[bytearray]) -> Reply:
         """The reply to one message."""
@@ -69,7 +74,7 @@ class Worker:
                 limit_max_image_pixels=msg.get("limit_max_image_pixels", True),
                 model_yaml_config=msg.get("model_yaml_config"),
                 server_name=msg.get("server_name", "torchyard"),
-                metrics=Metrics(model_name, self.metric_samples, msg.get("metrics") or ()),
+                metrics=Metrics(model_name, self.pending_metrics, msg.get("metrics") or ()),
             )
 
         self.context = context(msg["model_name"], msg.get("manifest"))
@@ -134,14 +139,18 @@ def serve(sock: socket.socket, worker: Worker) -> None:
     """Answers messages until the server closes the socket."""
     worker.send = lambda header, bodies: write_frame(sock, header, bodies)
     frames = FrameReader(sock)
+    metrics_sent = 0.0
     while True:
         try:
             msg, blobs = frames.read()
             header, bodies = worker.handle(msg, blobs)
             del msg, blobs  # free the request bodies before waiting for the next frame
-            if worker.metric_samples:
-                header["metrics"] = worker.metric_samples[:]
-                worker.metric_samples.clear()
+            if worker.pending_metrics:
+                now = time.monotonic()
+                if now - metrics_sent >= METRICS_EVERY_S or not frames.waiting() \
+                        or header.get("kind") != "predicted":
+                    header["metrics"] = drain(worker.pending_metrics)
+                    metrics_sent = now
             try:
                 write_frame(sock, header, bodies)
             except ProtocolError as exc:  # too large to send; nothing went out

@@ -19,8 +19,9 @@ const BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 
-/// One update a handler made, as the worker reports it: `[kind, name, unit, dimension names,
-/// dimension values, value]`.
+/// One series' updates since the worker's last reply: `[kind, name, unit, dimension names,
+/// dimension values, values]`, the values being a counter's sum, a gauge's last value or every
+/// histogram observation, applied in order.
 #[derive(Debug, Clone, Deserialize)]
 pub struct HandlerSample {
     pub kind: MetricKind,
@@ -28,7 +29,7 @@ pub struct HandlerSample {
     pub unit: String,
     pub dimension_names: Vec<String>,
     pub dimension_values: Vec<String>,
-    pub value: f64,
+    pub values: Vec<f64>,
 }
 
 /// A handler metric's family, of the kind it was declared or first recorded with.
@@ -162,7 +163,9 @@ impl HandlerMetrics {
             let mut values: Vec<&str> =
                 sample.dimension_values.iter().map(String::as_str).collect();
             values.push(&self.hostname);
-            family.update(&values, sample.value);
+            for value in &sample.values {
+                family.update(&values, *value);
+            }
         }
     }
 
@@ -233,15 +236,16 @@ impl HandlerMetrics {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        tracing::info!(
-            target: "MODEL_METRICS",
-            "{}.{}:{}|#{}|#hostname:{},{now}",
-            sample.name,
-            sample.unit,
-            sample.value,
-            dimensions.join(","),
-            self.hostname
-        );
+        for value in &sample.values {
+            tracing::info!(
+                target: "MODEL_METRICS",
+                "{}.{}:{value}|#{}|#hostname:{},{now}",
+                sample.name,
+                sample.unit,
+                dimensions.join(","),
+                self.hostname
+            );
+        }
     }
 
     /// Renders the families `wanted` accepts, by name.
@@ -267,7 +271,7 @@ mod tests {
             unit: "ms".into(),
             dimension_names: dims.iter().map(|(n, _)| n.to_string()).collect(),
             dimension_values: dims.iter().map(|(_, v)| v.to_string()).collect(),
-            value,
+            values: vec![value],
         }
     }
 
