@@ -49,7 +49,10 @@ def _chromium(*args: str) -> str:
     with tempfile.TemporaryDirectory() as profile:
         return subprocess.run(
             [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-             "--hide-scrollbars", f"--user-data-dir={profile}", *args],
+             "--hide-scrollbars", "--no-first-run", "--disable-quic",
+             # No network: background fetches would only be refused on a closed machine.
+             "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", f"--user-data-dir={profile}", *args],
             check=True, capture_output=True, text=True, timeout=60).stdout
 
 
