@@ -243,11 +243,7 @@ impl Stage for RemoteNode {
                 self.target.send(&content_type, body.clone())
             })
             .await;
-            self.metrics
-                .record_call(run.elapsed, run.tries - 1, run.result.is_err());
-            if run.result.is_ok() {
-                timings.record(&self.name, run.elapsed, run.tries);
-            }
+            timings.record_call(&self.metrics, run.elapsed, run.tries, run.result.is_err());
             run.result
                 .map(Arc::new)
                 .map_err(|f| f.into_error(std::slice::from_ref(&self.name), run.tries))

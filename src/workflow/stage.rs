@@ -49,6 +49,15 @@ pub struct Timings<'a> {
 }
 
 impl Timings<'_> {
+    /// Accounts one call of a node: its series in `metrics` (retries, failure, latency) and,
+    /// when it answered, its timing.
+    pub fn record_call(&self, metrics: &NodeMetrics, took: Duration, tries: usize, failed: bool) {
+        metrics.record_call(took, tries - 1, failed);
+        if !failed {
+            self.record(&metrics.labels.node, took, tries);
+        }
+    }
+
     /// Records that `node` answered after `tries` tries taking `took` in all.
     pub fn record(&self, node: &str, took: Duration, tries: usize) {
         self.log
@@ -198,11 +207,7 @@ impl Stage for ModelNode {
                 }
             })
             .await;
-            let failed = run.result.is_err();
-            self.metrics.record_call(run.elapsed, run.tries - 1, failed);
-            if !failed {
-                timings.record(&self.name, run.elapsed, run.tries);
-            }
+            timings.record_call(&self.metrics, run.elapsed, run.tries, run.result.is_err());
             run.result
                 .map(Arc::new)
                 .map_err(|f| f.into_error(std::slice::from_ref(&self.name), run.tries))
@@ -240,10 +245,7 @@ impl FusedFunctions {
         for (k, &(micros, retries)) in trace.nodes.iter().take(ran).enumerate() {
             let failed = trace.failed.is_some() && k + 1 == ran;
             let took = Duration::from_micros(micros);
-            self.metrics[k].record_call(took, retries, failed);
-            if !failed {
-                timings.record(&self.names[k], took, retries + 1);
-            }
+            timings.record_call(&self.metrics[k], took, retries + 1, failed);
         }
         let Some(failure) = trace.failed else {
             return Ok(Arc::new(output));
@@ -283,7 +285,7 @@ impl Stage for FusedFunctions {
             match run.result {
                 Ok(output) => self.account(output, timings),
                 Err(failure) => {
-                    self.metrics[0].record_call(run.elapsed, run.tries - 1, true);
+                    timings.record_call(&self.metrics[0], run.elapsed, run.tries, true);
                     Err(failure.into_error(&self.names, run.tries))
                 }
             }
