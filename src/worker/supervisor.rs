@@ -239,12 +239,17 @@ async fn serve(spec: &WorkerSpec, process: &mut WorkerProcess, cancel: &Cancella
     // A batch formed while another ran, too large to send ahead.
     let mut held: Option<Vec<Job>> = None;
     let mut queue_done = false;
-    let mut deadline = Instant::now();
+    // One timer for the worker's life, pushed later as batches go out: a timer made per batch
+    // would, each time, wake the runtime thread parked on I/O to shorten its wait.
+    let deadline = tokio::time::sleep(spec.response_timeout);
+    tokio::pin!(deadline);
     loop {
         let stopping = cancel.is_cancelled() || queue_done;
         if flights.is_empty() {
             if let Some(batch) = held.take() {
-                deadline = Instant::now() + spec.response_timeout;
+                deadline
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + spec.response_timeout);
                 if let Err(message) = send(spec, process, batch, &mut flights).await {
                     return crash(spec, flights, None, message);
                 }
@@ -270,7 +275,7 @@ async fn serve(spec: &WorkerSpec, process: &mut WorkerProcess, cancel: &Cancella
                         return crash(spec, flights, held, format!("worker connection lost: {e}"))
                     }
                 };
-                deadline = Instant::now() + spec.response_timeout;
+                deadline.as_mut().reset(tokio::time::Instant::now() + spec.response_timeout);
                 let head = flights.front_mut().expect("a batch in flight");
                 let Some(outcome) = head.take(frame, &spec.metrics) else { continue };
                 let head = flights.pop_front().expect("a batch in flight");
@@ -278,7 +283,7 @@ async fn serve(spec: &WorkerSpec, process: &mut WorkerProcess, cancel: &Cancella
                     return crash(spec, flights, held, message);
                 }
             }
-            () = tokio::time::sleep_until(deadline.into()), if !flights.is_empty() => {
+            () = &mut deadline, if !flights.is_empty() => {
                 let message = format!(
                     "no response within {}s",
                     spec.response_timeout.as_secs_f64()
@@ -302,7 +307,7 @@ async fn serve(spec: &WorkerSpec, process: &mut WorkerProcess, cancel: &Cancella
                     continue;
                 }
                 if flights.is_empty() {
-                    deadline = Instant::now() + spec.response_timeout;
+                    deadline.as_mut().reset(tokio::time::Instant::now() + spec.response_timeout);
                 }
                 if let Err(message) = send(spec, process, batch, &mut flights).await {
                     return crash(spec, flights, None, message);
