@@ -5,6 +5,7 @@
 mod config;
 mod family;
 mod handler;
+mod reserved;
 mod system;
 mod text;
 mod workflow;
@@ -19,6 +20,7 @@ pub use config::{Declaration, MetricsConfig};
 use family::{exponential_bounds, Counter, Family, Histogram, LazySeries, Render, Value};
 use handler::HandlerMetrics;
 pub use handler::HandlerSample;
+use reserved::ReservedNames;
 use system::{HostSample, Sampler};
 use workflow::WorkflowFamilies;
 pub use workflow::{NodeMetrics, WorkflowMetrics};
@@ -192,6 +194,126 @@ impl ResponseCounter {
     }
 }
 
+/// Every family the server creates itself, before any series.
+struct ServerFamilies {
+    /// `Requests2XX`, `Requests4XX`, `Requests5XX`.
+    responses: [Family<Counter>; 3],
+    requests: RequestFamilies,
+    queue_time: Family<Value>,
+    worker_thread_time: Family<Value>,
+    worker_load: Family<Value>,
+    host: HostFamilies,
+    errors: Family<Counter>,
+    latency: Family<Histogram>,
+    batch_size: Family<Histogram>,
+    queue_depth: Family<Value>,
+    workers: Family<Value>,
+    workers_ready: Family<Value>,
+    workflows: WorkflowFamilies,
+}
+
+impl ServerFamilies {
+    fn new() -> Self {
+        let status = |name| ts_family::<Counter>(name, "Count", HOST_LABELS);
+        let latency_bounds = exponential_bounds(0.0005, 2.0, 16);
+        let batch_bounds = exponential_bounds(1.0, 2.0, 10);
+        let histogram = |name, help, labels, bounds: &Arc<[f64]>| {
+            let bounds = bounds.clone();
+            Family::with(name, help, labels, move || Histogram::new(bounds.clone()))
+        };
+        Self {
+            responses: [
+                status("Requests2XX"),
+                status("Requests4XX"),
+                status("Requests5XX"),
+            ],
+            requests: RequestFamilies {
+                requests: ts_family("ts_inference_requests_total", "Count", REQUEST_LABELS),
+                latency_us: ts_family(
+                    "ts_inference_latency_microseconds",
+                    "Microseconds",
+                    REQUEST_LABELS,
+                ),
+                queue_us: ts_family(
+                    "ts_queue_latency_microseconds",
+                    "Microseconds",
+                    REQUEST_LABELS,
+                ),
+            },
+            queue_time: ts_family("QueueTime", "Milliseconds", HOST_LABELS),
+            worker_thread_time: ts_family("WorkerThreadTime", "Milliseconds", HOST_LABELS),
+            worker_load: ts_family("WorkerLoadTime", "Milliseconds", WORKER_LABELS),
+            host: HostFamilies::new(),
+            errors: Family::new(
+                "torchyard_inference_errors_total",
+                "Inference requests answered with an error",
+                MODEL_LABELS,
+            ),
+            latency: histogram(
+                "torchyard_request_latency_seconds",
+                "End-to-end inference latency",
+                MODEL_LABELS,
+                &latency_bounds,
+            ),
+            batch_size: histogram(
+                "torchyard_batch_size",
+                "Requests per batch sent to a worker",
+                MODEL_LABELS,
+                &batch_bounds,
+            ),
+            queue_depth: Family::new(
+                "torchyard_queue_depth",
+                "Requests waiting for a worker",
+                MODEL_LABELS,
+            ),
+            workers: Family::new(
+                "torchyard_workers",
+                "Workers in the pool, starting or ready",
+                MODEL_LABELS,
+            ),
+            workers_ready: Family::new(
+                "torchyard_workers_ready",
+                "Workers with a loaded handler",
+                MODEL_LABELS,
+            ),
+            workflows: WorkflowFamilies::new(move || Histogram::new(latency_bounds.clone())),
+        }
+    }
+
+    /// The families in exposition order.
+    fn renders(&self) -> Vec<Box<dyn Render>> {
+        fn boxed<S: family::Series>(family: &Family<S>) -> Box<dyn Render> {
+            Box::new(family.clone())
+        }
+        let requests = &self.requests;
+        let mut families: Vec<Box<dyn Render>> = self.responses.iter().map(boxed).collect();
+        families.extend([
+            boxed(&requests.requests),
+            boxed(&requests.latency_us),
+            boxed(&requests.queue_us),
+            boxed(&self.queue_time),
+            boxed(&self.worker_thread_time),
+            boxed(&self.worker_load),
+        ]);
+        families.extend(self.host.all().into_iter().map(boxed));
+        families.extend([
+            boxed(&self.errors),
+            boxed(&self.latency),
+            boxed(&self.batch_size),
+            boxed(&self.queue_depth),
+            boxed(&self.workers),
+            boxed(&self.workers_ready),
+        ]);
+        families.extend(self.workflows.renders());
+        families
+    }
+}
+
+/// The names of the server's own families and their samples, which no handler metric may take.
+fn reserved_names() -> ReservedNames {
+    ReservedNames::of(&ServerFamilies::new().renders())
+}
+
 /// The server's metric families and how they are rendered.
 pub struct Metrics {
     mode: MetricsMode,
@@ -240,123 +362,54 @@ impl Metrics {
             MetricsMode::Prometheus => {}
         }
         let hostname: Arc<str> = hostname().into();
+        let server = ServerFamilies::new();
+        let families = server.renders();
         let handler = Arc::new(HandlerMetrics::new(
             hostname.clone(),
             config.model_metrics,
             auto_detect,
             mode != MetricsMode::Prometheus,
+            ReservedNames::of(&families),
         ));
+        let ServerFamilies {
+            responses: [ok, client, server_error],
+            requests,
+            queue_time,
+            worker_thread_time,
+            worker_load,
+            host: host_families,
+            errors,
+            latency,
+            batch_size,
+            queue_depth,
+            workers,
+            workers_ready,
+            workflows,
+        } = server;
         let host = [HOST, &*hostname];
-        let status = |name| ts_family::<Counter>(name, "Count", HOST_LABELS);
-        let (ok, client, server) = (
-            status("Requests2XX"),
-            status("Requests4XX"),
-            status("Requests5XX"),
-        );
-        let responses = ResponseCounter(Arc::new([
-            ok.lazy(&host),
-            client.lazy(&host),
-            server.lazy(&host),
-        ]));
-        let requests = RequestFamilies {
-            requests: ts_family("ts_inference_requests_total", "Count", REQUEST_LABELS),
-            latency_us: ts_family(
-                "ts_inference_latency_microseconds",
-                "Microseconds",
-                REQUEST_LABELS,
-            ),
-            queue_us: ts_family(
-                "ts_queue_latency_microseconds",
-                "Microseconds",
-                REQUEST_LABELS,
-            ),
-        };
-        let queue_time = ts_family::<Value>("QueueTime", "Milliseconds", HOST_LABELS);
-        let worker_thread_time =
-            ts_family::<Value>("WorkerThreadTime", "Milliseconds", HOST_LABELS);
-        let worker_load = ts_family("WorkerLoadTime", "Milliseconds", WORKER_LABELS);
-        let host_families = HostFamilies::new();
-        let latency_bounds = exponential_bounds(0.0005, 2.0, 16);
-        let batch_bounds = exponential_bounds(1.0, 2.0, 10);
-        let histogram = |name, help, labels, bounds: &Arc<[f64]>| {
-            let bounds = bounds.clone();
-            Family::with(name, help, labels, move || Histogram::new(bounds.clone()))
-        };
-        let metrics = Self {
+        Self {
             mode,
-            responses,
+            responses: ResponseCounter(Arc::new([
+                ok.lazy(&host),
+                client.lazy(&host),
+                server_error.lazy(&host),
+            ])),
             queue_time: Arc::new(queue_time.lazy(&host)),
             worker_thread_time: Arc::new(worker_thread_time.lazy(&host)),
-            worker_load: worker_load.clone(),
-            host: host_families.clone(),
-            errors: Family::new(
-                "torchyard_inference_errors_total",
-                "Inference requests answered with an error",
-                MODEL_LABELS,
-            ),
-            latency: histogram(
-                "torchyard_request_latency_seconds",
-                "End-to-end inference latency",
-                MODEL_LABELS,
-                &latency_bounds,
-            ),
-            batch_size: histogram(
-                "torchyard_batch_size",
-                "Requests per batch sent to a worker",
-                MODEL_LABELS,
-                &batch_bounds,
-            ),
-            queue_depth: Family::new(
-                "torchyard_queue_depth",
-                "Requests waiting for a worker",
-                MODEL_LABELS,
-            ),
-            workers: Family::new(
-                "torchyard_workers",
-                "Workers in the pool, starting or ready",
-                MODEL_LABELS,
-            ),
-            workers_ready: Family::new(
-                "torchyard_workers_ready",
-                "Workers with a loaded handler",
-                MODEL_LABELS,
-            ),
-            workflows: WorkflowFamilies::new(move || Histogram::new(latency_bounds.clone())),
-            requests: requests.clone(),
+            worker_load,
+            host: host_families,
+            errors,
+            latency,
+            batch_size,
+            queue_depth,
+            workers,
+            workers_ready,
+            workflows,
+            requests,
             hostname,
-            families: Vec::new(),
+            families,
             frontend: config.frontend,
             handler,
-        };
-        let mut families: Vec<Box<dyn Render>> = vec![
-            Box::new(ok),
-            Box::new(client),
-            Box::new(server),
-            Box::new(requests.requests),
-            Box::new(requests.latency_us),
-            Box::new(requests.queue_us),
-            Box::new(queue_time),
-            Box::new(worker_thread_time),
-            Box::new(worker_load),
-        ];
-        families.extend(
-            host_families
-                .all()
-                .into_iter()
-                .map(|f| Box::new(f.clone()) as Box<dyn Render>),
-        );
-        families.extend([
-            Box::new(metrics.errors.clone()) as Box<dyn Render>,
-            Box::new(metrics.latency.clone()),
-            Box::new(metrics.batch_size.clone()),
-            Box::new(metrics.queue_depth.clone()),
-            Box::new(metrics.workers.clone()),
-            Box::new(metrics.workers_ready.clone()),
-        ]);
-        families.extend(metrics.workflows.renders());
-        Self {
-            families,
-            ..metrics
         }
     }
 
@@ -645,6 +698,7 @@ fn micros(elapsed: Duration) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use config::MetricKind;
 
     fn labels() -> ModelLabels {
         ModelLabels {
@@ -754,6 +808,50 @@ mod tests {
             let line = format!("{name}{model} {value}.0\n");
             assert!(text.contains(&line), "{line} in {text}");
         }
+    }
+
+    #[test]
+    fn handler_metrics_may_not_take_the_servers_names() {
+        let metrics = Metrics::default();
+        let model = metrics.for_model(labels());
+        metrics.response_counter().count(StatusCode::OK);
+        model.record_batch(1);
+        let update = |kind, name: &str| HandlerSample {
+            kind,
+            name: name.into(),
+            unit: "count".into(),
+            dimension_names: vec!["ModelName".into()],
+            dimension_values: vec!["resnet18".into()],
+            values: vec![1.0],
+        };
+        let refused = [
+            update(MetricKind::Counter, "Requests2XX"),
+            update(MetricKind::Gauge, "ts_inference_latency_microseconds"),
+            update(MetricKind::Counter, "torchyard_batch_size_count"),
+            update(MetricKind::Counter, "torchyard_workflow_node_retries_total"),
+        ];
+        model.record_handler_metrics(&refused);
+        model.record_handler_metrics(&[update(MetricKind::Counter, "Requests2XX")]);
+        model.record_handler_metrics(&[update(MetricKind::Counter, "Requests")]);
+        let text = metrics.render(&[]);
+        let names = family_names(&text);
+        for name in names.iter() {
+            assert_eq!(
+                names.iter().filter(|n| *n == name).count(),
+                1,
+                "{name} in {text}"
+            );
+        }
+        for sample in refused {
+            assert!(
+                !text.contains(&format!("{}{{ModelName", sample.name)),
+                "{text}"
+            );
+        }
+        assert!(
+            text.contains("\nRequests{ModelName=\"resnet18\",Hostname="),
+            "{text}"
+        );
     }
 
     #[test]
