@@ -148,13 +148,9 @@ impl MetricsConfig {
             .unwrap_or_default();
         let reserved = super::reserved_names();
         for declared in &model_metrics {
-            if let Some(taken) = reserved.clash(declared.kind, &declared.name) {
-                bail!(
-                    "model_metrics {} {:?}: {taken} is a metric of the server's own, and a \
-                     second family of that name would make scrapers reject /metrics; rename it",
-                    declared.kind.as_str(),
-                    declared.name
-                );
+            if let Some(clash) = reserved.clash(declared.kind, &declared.name) {
+                let (kind, name) = (declared.kind.as_str(), &declared.name);
+                bail!("model_metrics {kind} {name:?}: {clash}; rename it");
             }
         }
         Ok(Self {
@@ -273,7 +269,7 @@ model_metrics:
         ] {
             let error = format!("{:#}", declaring(kind, name).unwrap_err());
             assert!(
-                error.contains(&format!("{kind} {name:?}: {taken} is a metric")),
+                error.contains(&format!("{kind} {name:?}: {taken} is taken")),
                 "{error}"
             );
         }

@@ -179,27 +179,10 @@ impl HandlerMetrics {
 
     /// Registers the metric of a first update, or refuses it (once, with a warning).
     fn register(&self, model: &str, sample: &HandlerSample) -> Entry {
-        let refusal = if let Some(taken) = self.reserved.clash(sample.kind, &sample.name) {
-            Some(format!(
-                "{taken} is a metric of the server's own, and a second family of that name \
-                 would make scrapers reject /metrics"
-            ))
-        } else if !self.auto_detect {
-            Some(
-                "it is not declared in metrics_config and model_metrics_auto_detect is false"
-                    .into(),
-            )
-        } else if !is_metric_name(&sample.name) {
-            Some("it is not a valid Prometheus metric name".into())
-        } else if sample
-            .dimension_names
-            .iter()
-            .any(|d| !is_label_name(d) || d == HOSTNAME)
-        {
-            Some("a dimension name is not a valid Prometheus label name, or is Hostname".into())
-        } else {
-            None
-        };
+        let refusal = self
+            .reserved
+            .clash(sample.kind, &sample.name)
+            .or_else(|| self.unfit(sample).map(String::from));
         let mut entries = self.entries.write().expect("handler metrics lock");
         entries
             .entry(sample.name.clone())
@@ -219,6 +202,23 @@ impl HandlerMetrics {
                 },
             })
             .clone()
+    }
+
+    /// Why the metric of a first update may not be registered, if its name is not taken.
+    fn unfit(&self, sample: &HandlerSample) -> Option<&'static str> {
+        if !self.auto_detect {
+            Some("it is not declared in metrics_config and model_metrics_auto_detect is false")
+        } else if !is_metric_name(&sample.name) {
+            Some("it is not a valid Prometheus metric name")
+        } else if sample
+            .dimension_names
+            .iter()
+            .any(|d| !is_label_name(d) || d == HOSTNAME)
+        {
+            Some("a dimension name is not a valid Prometheus label name, or is Hostname")
+        } else {
+            None
+        }
     }
 
     /// The gauge series `name{ModelName=model, Level="Model", Hostname}` when `name` is

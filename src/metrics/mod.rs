@@ -670,7 +670,8 @@ impl ModelMetrics {
         self.handler.declared()
     }
 
-    /// Records how long a worker took to answer a batch: TorchServe's `PredictionTime`.
+    /// Records how long a worker took on a batch from calling the handler to its reply being
+    /// ready, as the worker measured it: TorchServe's `PredictionTime`.
     pub fn record_prediction_time(&self, took: Duration) {
         if let Some(gauge) = &self.prediction_time {
             gauge.set(took.as_secs_f64() * 1000.0);

@@ -21,12 +21,16 @@ impl ReservedNames {
         Self(names.collect())
     }
 
-    /// The first name that a family of `kind` called `name` would take and the server's
-    /// families already take: its own, or one of its samples'.
+    /// Why a family of `kind` called `name` may not be exported, when it would take a name
+    /// (its own, or one of its samples') that the server's families take.
     pub fn clash(&self, kind: MetricKind, name: &str) -> Option<String> {
-        std::iter::once(name.to_string())
+        let taken = std::iter::once(name.to_string())
             .chain(kind.sample_names(name))
-            .find(|taken| self.0.contains(taken))
+            .find(|taken| self.0.contains(taken))?;
+        Some(format!(
+            "{taken} is taken by one of the server's own metrics, and a second family of that \
+             name would make scrapers reject /metrics"
+        ))
     }
 }
 
@@ -56,7 +60,11 @@ mod tests {
             (MetricKind::Histogram, "Requests2XX", "Requests2XX"),
             (MetricKind::Histogram, "size", "size_count"),
         ] {
-            assert_eq!(reserved.clash(kind, name).as_deref(), Some(taken), "{name}");
+            let why = reserved.clash(kind, name).unwrap_or_default();
+            assert!(
+                why.starts_with(&format!("{taken} is taken ")),
+                "{name}: {why}"
+            );
         }
     }
 
