@@ -98,7 +98,6 @@ fn ts_family<S: family::Series + Default>(
 }
 
 /// TorchServe's per-model request counters.
-#[derive(Clone)]
 struct RequestFamilies {
     requests: Family<Counter>,
     latency_us: Family<Counter>,
@@ -324,18 +323,9 @@ pub struct Metrics {
     frontend: Option<std::collections::HashSet<String>>,
     handler: Arc<HandlerMetrics>,
     responses: ResponseCounter,
-    requests: RequestFamilies,
     queue_time: Arc<LazySeries<Value>>,
     worker_thread_time: Arc<LazySeries<Value>>,
-    worker_load: Family<Value>,
-    host: HostFamilies,
-    errors: Family<Counter>,
-    latency: Family<Histogram>,
-    batch_size: Family<Histogram>,
-    queue_depth: Family<Value>,
-    workers: Family<Value>,
-    workers_ready: Family<Value>,
-    workflows: WorkflowFamilies,
+    server: ServerFamilies,
 }
 
 impl Default for Metrics {
@@ -371,22 +361,8 @@ impl Metrics {
             mode != MetricsMode::Prometheus,
             ReservedNames::of(&families),
         ));
-        let ServerFamilies {
-            responses: [ok, client, server_error],
-            requests,
-            queue_time,
-            worker_thread_time,
-            worker_load,
-            host: host_families,
-            errors,
-            latency,
-            batch_size,
-            queue_depth,
-            workers,
-            workers_ready,
-            workflows,
-        } = server;
         let host = [HOST, &*hostname];
+        let [ok, client, server_error] = &server.responses;
         Self {
             mode,
             responses: ResponseCounter(Arc::new([
@@ -394,18 +370,9 @@ impl Metrics {
                 client.lazy(&host),
                 server_error.lazy(&host),
             ])),
-            queue_time: Arc::new(queue_time.lazy(&host)),
-            worker_thread_time: Arc::new(worker_thread_time.lazy(&host)),
-            worker_load,
-            host: host_families,
-            errors,
-            latency,
-            batch_size,
-            queue_depth,
-            workers,
-            workers_ready,
-            workflows,
-            requests,
+            queue_time: Arc::new(server.queue_time.lazy(&host)),
+            worker_thread_time: Arc::new(server.worker_thread_time.lazy(&host)),
+            server,
             hostname,
             families,
             frontend: config.frontend,
@@ -417,7 +384,7 @@ impl Metrics {
     /// thread); nothing when `every` is `None`.
     pub fn collect_host_metrics(&self, every: Option<Duration>) {
         let Some(every) = every else { return };
-        let (host, hostname) = (self.host.clone(), self.hostname.clone());
+        let (host, hostname) = (self.server.host.clone(), self.hostname.clone());
         tokio::spawn(async move {
             let mut sampler = Sampler::new();
             let mut ticks = tokio::time::interval(every);
@@ -449,9 +416,9 @@ impl Metrics {
         let series = |version: &str| {
             let values = [labels.model_name.as_str(), version, &*self.hostname];
             RequestSeries {
-                requests: self.requests.requests.lazy(&values),
-                latency_us: self.requests.latency_us.lazy(&values),
-                queue_us: self.requests.queue_us.lazy(&values),
+                requests: self.server.requests.requests.lazy(&values),
+                latency_us: self.server.requests.latency_us.lazy(&values),
+                queue_us: self.server.requests.queue_us.lazy(&values),
             }
         };
         ModelMetrics {
@@ -459,14 +426,14 @@ impl Metrics {
             by_version: series(&labels.model_version),
             queue_time: self.queue_time.clone(),
             worker_thread_time: self.worker_thread_time.clone(),
-            worker_load: self.worker_load.clone(),
+            worker_load: self.server.worker_load.clone(),
             hostname: self.hostname.clone(),
-            errors: self.errors.get_or_create(&model),
-            latency: self.latency.get_or_create(&model),
-            batch_size: self.batch_size.get_or_create(&model),
-            queue_depth: self.queue_depth.get_or_create(&model),
-            workers: self.workers.get_or_create(&model),
-            workers_ready: self.workers_ready.get_or_create(&model),
+            errors: self.server.errors.get_or_create(&model),
+            latency: self.server.latency.get_or_create(&model),
+            batch_size: self.server.batch_size.get_or_create(&model),
+            queue_depth: self.server.queue_depth.get_or_create(&model),
+            workers: self.server.workers.get_or_create(&model),
+            workers_ready: self.server.workers_ready.get_or_create(&model),
             prediction_time: self
                 .handler
                 .model_gauge("PredictionTime", &labels.model_name),
@@ -480,34 +447,35 @@ impl Metrics {
     pub fn remove_model(&self, labels: &ModelLabels) {
         let model =
             |values: &[String]| values[0] == labels.model_name && values[1] == labels.model_version;
-        self.errors.remove_where(model);
-        self.latency.remove_where(model);
-        self.batch_size.remove_where(model);
-        self.queue_depth.remove_where(model);
-        self.workers.remove_where(model);
-        self.workers_ready.remove_where(model);
-        self.worker_load
+        self.server.errors.remove_where(model);
+        self.server.latency.remove_where(model);
+        self.server.batch_size.remove_where(model);
+        self.server.queue_depth.remove_where(model);
+        self.server.workers.remove_where(model);
+        self.server.workers_ready.remove_where(model);
+        self.server
+            .worker_load
             .remove_where(|values| worker_of(&values[0], labels));
     }
 
     /// Handles on one workflow's series.
     pub fn for_workflow(&self, workflow: &str) -> WorkflowMetrics {
-        self.workflows.for_workflow(workflow)
+        self.server.workflows.for_workflow(workflow)
     }
 
     /// Drops a workflow's series when it is unregistered.
     pub fn remove_workflow(&self, workflow: &str) {
-        self.workflows.remove_workflow(workflow);
+        self.server.workflows.remove_workflow(workflow);
     }
 
     /// Handles on one workflow node's series.
     pub fn for_node(&self, labels: NodeLabels) -> NodeMetrics {
-        self.workflows.for_node(labels)
+        self.server.workflows.for_node(labels)
     }
 
     /// Drops a workflow node's series when its workflow is unregistered.
     pub fn remove_node(&self, labels: &NodeLabels) {
-        self.workflows.remove_node(labels);
+        self.server.workflows.remove_node(labels);
     }
 
     /// Renders the families of the metrics mode in the Prometheus text format; when `names` is
