@@ -223,7 +223,7 @@ def test_prediction_time_leaves_out_the_wait_behind_the_batch_before(slow_served
     families = parsed(scrape(slow_served, "?name[]=PredictionTime"))
     took = sample(families, "PredictionTime", ModelName="slow").value
     # Timed from the batch going out, a batch sent ahead counted the one before's tail: ~2x.
-    assert SLOW_S * 1000 <= took < SLOW_S * 1000 * 1.5, took
+    assert SLOW_S * 1000 <= took < SLOW_S * 1000 * 1.7, took
 
 
 def test_metrics_config_declares_trims_and_logs(start_server, tmp_path):
