@@ -6,6 +6,7 @@ does not declare; log and legacy modes write TorchServe's metric lines to the lo
 
 import socket
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from support.api import register
-from support.archives import archive, torchscript_scale, write_files
+from support.archives import archive, build_mar, manifest, torchscript_scale, write_files
 
 HOST = socket.gethostname()
 REQUESTS = 5
@@ -71,6 +72,28 @@ model_metrics:
     - name: DeclaredNeverUsed
       unit: ms
       dimensions: [*model_name, *level]
+"""
+
+
+#: A function handler taking SLOW_S per batch, which records under names of the server's own
+#: metrics (refused) and changes a metric's dimension names between two updates.
+SLOW_S = 0.2
+SLOW = f"""
+import time
+from ts.metrics.dimension import Dimension
+
+
+def handle(data, context):
+    if data is None:
+        return None
+    time.sleep({SLOW_S})
+    m = context.metrics
+    m.add_counter("Requests2XX", 1)
+    m.add_counter("torchyard_batch_size_count", 1)
+    shifted = m.get_metric("Shifted", "gauge")
+    shifted.update(1, dimensions=[Dimension("Kind", "a")])
+    shifted.update(2, dimensions=[Dimension("Kind", "b"), Dimension("Shard", "1")])
+    return [len(row["body"]) for row in data]
 """
 
 
@@ -164,6 +187,45 @@ def test_name_filter_selects_handler_metrics(default_server):
     assert sorted(families) == ["HandlerTime", "InferenceCount"]
 
 
+@pytest.fixture(scope="module")
+def slow_served(default_server):
+    """The module server after four concurrent requests to the slow model: with batch size 1
+    each batch after the first goes to the worker while the one before still runs."""
+    build_mar(default_server.store, "slow", {"slow.py": SLOW}, manifest("slow", "slow.py"))
+    assert register(default_server, url="slow.mar").status_code == 200
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(
+            lambda n: requests.post(f"{default_server.inference}/predictions/slow", data=b"x" * n),
+            range(1, 5)))
+    assert [a.json() for a in answers] == [1, 2, 3, 4]
+    return default_server
+
+
+def test_handler_metrics_under_the_servers_names_are_refused_once(slow_served):
+    text = scrape(slow_served)
+    families = parsed(text)  # the whole exposition still parses
+    assert text.count("# TYPE Requests2XX ") == 1
+    assert [s.labels for s in families["Requests2XX"][1]] == [{"Level": "Host",
+                                                              "Hostname": HOST}]
+    assert "torchyard_batch_size_count{ModelName" not in text
+    log = slow_served.log_text()
+    for name in ("Requests2XX", "torchyard_batch_size_count"):
+        assert log.count(f'metric "{name}" is dropped: {name} is taken by one of the server') == 1
+
+
+def test_updates_keep_the_dimension_names_they_were_recorded_with(slow_served):
+    # `update` with new dimension names left the updates made under the old ones alone.
+    shifted = sample(parsed(scrape(slow_served)), "Shifted", Kind="a")
+    assert shifted.labels == {"Kind": "a", "Hostname": HOST} and shifted.value == 1
+
+
+def test_prediction_time_leaves_out_the_wait_behind_the_batch_before(slow_served):
+    families = parsed(scrape(slow_served, "?name[]=PredictionTime"))
+    took = sample(families, "PredictionTime", ModelName="slow").value
+    # Timed from the batch going out, a batch sent ahead counted the one before's tail: ~2x.
+    assert SLOW_S * 1000 <= took < SLOW_S * 1000 * 1.7, took
+
+
 def test_metrics_config_declares_trims_and_logs(start_server, tmp_path):
     config = tmp_path / "metrics.yaml"
     config.write_text(METRICS_CONFIG)
@@ -190,8 +252,13 @@ def test_metrics_config_declares_trims_and_logs(start_server, tmp_path):
     assert "InferenceTime.ms:2.5|#ModelName:m,Level:Model" in log
 
 
-def test_a_bad_metrics_config_stops_the_start(start_server, tmp_path):
+@pytest.mark.parametrize("name, reason", [
+    ("'not valid'", "not valid"),
+    ("ts_queue_latency_microseconds",
+     "ts_queue_latency_microseconds.: ts_queue_latency_microseconds is taken by one of the server"),
+])
+def test_a_bad_metrics_config_stops_the_start(start_server, tmp_path, name, reason):
     config = tmp_path / "metrics.yaml"
-    config.write_text("model_metrics:\n  gauge:\n    - name: 'not valid'\n")
-    with pytest.raises(RuntimeError, match="not valid"):
+    config.write_text(f"model_metrics:\n  gauge:\n    - name: {name}\n")
+    with pytest.raises(RuntimeError, match=reason):
         start_server(properties={"metrics_config": str(config)})

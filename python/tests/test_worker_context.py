@@ -1,9 +1,14 @@
 """The handler context on its own: TorchServe's constructor, per-batch state and metrics."""
 
 import logging
+import sys
 
 from torchyard.context import Context
 from torchyard.metrics import drain
+from torchyard.worker import COMPAT_PATH
+
+sys.path.append(COMPAT_PATH)  # TorchServe's `ts` stand-in, as the worker puts it
+from ts.metrics.dimension import Dimension  # noqa: E402  (needs COMPAT_PATH)
 
 
 def _context():
@@ -67,3 +72,18 @@ def test_metrics_are_summed_per_series_with_torchserve_default_dimensions(caplog
         ("histogram", "Latency", "ms", ["ModelName"], ["other"], [1.0]),
     ]
     assert metrics.pending == [] and drain(metrics.pending) == []
+
+
+def test_updates_keep_the_dimension_names_they_were_recorded_with():
+    """`Metric.update` replaces the dimension names; what was recorded before goes out under
+    the old names, as TorchServe, which emits every update at once, sends it."""
+    metrics = _context().metrics
+    pending = metrics.get_metric("Queue", "gauge")
+    pending.update(7, dimensions=[Dimension("Kind", "queue")])
+    pending.update(8, dimensions=[Dimension("Kind", "queue"), Dimension("Shard", "1")])
+    pending.update(9, dimensions=[Dimension("Kind", "queue")])
+    assert pending.dimension_names == ["Kind"]
+    assert drain(metrics.pending) == [
+        ("gauge", "Queue", "", ["Kind"], ["queue"], [9.0]),
+        ("gauge", "Queue", "", ["Kind", "Shard"], ["queue", "1"], [8.0]),
+    ]

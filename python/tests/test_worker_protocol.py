@@ -41,9 +41,9 @@ def _hand_read(sock):
     return json.loads(rest[4:4 + header_len]), rest[4 + header_len:]
 
 
-def _hand_loaded(start_worker, model_dir, batch_size):
-    """A worker that loaded the echo handler through frames built by hand."""
-    (model_dir / "handler.py").write_text(ECHO)
+def _hand_loaded(start_worker, model_dir, batch_size, source=ECHO):
+    """A worker that loaded the handler `source` (echo) through frames built by hand."""
+    (model_dir / "handler.py").write_text(source)
     worker = start_worker()
     load = {"kind": "load", "model_name": "m", "model_version": "1", "model_dir": str(model_dir),
             "handler": "handler.py", "manifest": {}, "batch_size": batch_size, "gpu_id": None,
@@ -63,6 +63,7 @@ def test_frames_built_by_hand(start_worker, model_dir):
                                               {"name": "empty", "blob": 1}]}]}
     worker.sock.sendall(_hand_frame(predict, b"abc", b"", b"hello"))
     header, blobs = _hand_read(worker.sock)
+    assert isinstance(header.pop("prediction_us"), int)
     assert header == {"kind": "predicted", "blobs": [3, 5], "responses": [
         {"status": 200, "reason": None, "content_type": "application/octet-stream", "blob": 0},
         {"status": 200, "reason": None, "content_type": "application/octet-stream", "blob": 1}]}
@@ -78,6 +79,18 @@ def test_predicts_sent_back_to_back_are_answered_in_order(start_worker, model_di
             {"id": str(i), "headers": [], "params": [{"name": "body", "blob": 0}]}]}, text)
         for i, text in enumerate(texts)))
     assert [_hand_read(worker.sock)[1] for _ in texts] == texts
+
+
+def test_each_reply_times_its_own_batch(start_worker, model_dir):
+    # Batches sent back to back wait in the socket while the one before runs; the time the
+    # worker reports (the server's PredictionTime) leaves that wait out.
+    sleepy = "import time\n" + ECHO.replace("    return [", "    time.sleep(0.1)\n    return [")
+    worker = _hand_loaded(start_worker, model_dir, batch_size=1, source=sleepy)
+    frame = _hand_frame({"kind": "predict", "blobs": [1], "requests": [
+        {"id": "a", "headers": [], "params": [{"name": "body", "blob": 0}]}]}, b"x")
+    worker.sock.sendall(frame * 3)
+    times = [_hand_read(worker.sock)[0]["prediction_us"] for _ in range(3)]
+    assert all(100_000 <= took < 190_000 for took in times), times
 
 
 def test_five_megabyte_body_round_trip(loaded):

@@ -45,8 +45,10 @@ class Metric:
         self.metric_type = kind
         #: The worker's list of metrics with updates not yet sent.
         self._pending = pending
-        #: Dimension values -> a counter's sum, a gauge's last value, histogram observations.
-        self._updates: Optional[Dict[Tuple[str, ...], Any]] = None
+        #: (Dimension names, dimension values) -> a counter's sum, a gauge's last value,
+        #: histogram observations. Keyed by the names too: `update` may replace them while
+        #: updates recorded under the old ones wait to be sent.
+        self._updates: Optional[Dict[Tuple[Tuple[str, ...], Tuple[str, ...]], Any]] = None
 
     def add_or_update(self, value: Any, dimension_values: Sequence[Any] = (),
                       request_id: str = "") -> None:
@@ -71,25 +73,28 @@ class Metric:
         if updates is None:
             updates = self._updates = {}
             self._pending.append(self)
+        key = (tuple(self.dimension_names), values)
         if self.metric_type == COUNTER:
-            updates[values] = updates.get(values, 0.0) + number
+            updates[key] = updates.get(key, 0.0) + number
         elif self.metric_type == GAUGE:
-            updates[values] = number
+            updates[key] = number
         else:
-            updates.setdefault(values, []).append(number)
+            updates.setdefault(key, []).append(number)
 
     def update(self, value: Any, request_id: str = "", dimensions: Sequence[Any] = ()) -> None:
         """TorchServe's older spelling: `dimensions` are Dimension objects and replace the
-        metric's dimension names."""
+        metric's dimension names; updates already recorded keep the names they were recorded
+        with, as TorchServe, which emits each update at once, sends them."""
         self.dimension_names = [d.name for d in dimensions]
         self.add_or_update(value, [d.value for d in dimensions], request_id)
 
     def drain(self) -> List[Sample]:
-        """The updates recorded since the last call, one entry per dimension values."""
+        """The updates recorded since the last call, one entry per dimension names and
+        values."""
         updates, self._updates = self._updates or {}, None
         many = self.metric_type == HISTOGRAM
-        return [(self.metric_type, self.metric_name, self.unit, self.dimension_names,
-                 list(values), value if many else [value]) for values, value in updates.items()]
+        return [(self.metric_type, self.metric_name, self.unit, list(names), list(values),
+                 value if many else [value]) for (names, values), value in updates.items()]
 
 
 def drain(pending: List[Metric]) -> List[Sample]:

@@ -4,8 +4,10 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
+
+use super::family::{Counter, Histogram, Series, Value};
 
 /// A metric's kind, as TorchServe's `MetricTypes` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -24,6 +26,16 @@ impl MetricKind {
             Self::Gauge => "gauge",
             Self::Histogram => "histogram",
         }
+    }
+
+    /// The names of the samples a family of this kind called `name` writes.
+    pub fn sample_names(self, name: &str) -> impl Iterator<Item = String> + '_ {
+        let suffixes = match self {
+            Self::Counter => Counter::SUFFIXES,
+            Self::Gauge => Value::SUFFIXES,
+            Self::Histogram => Histogram::SUFFIXES,
+        };
+        suffixes.iter().map(move |suffix| format!("{name}{suffix}"))
     }
 }
 
@@ -134,6 +146,13 @@ impl MetricsConfig {
             .map(Section::declarations)
             .transpose()?
             .unwrap_or_default();
+        let reserved = super::reserved_names();
+        for declared in &model_metrics {
+            if let Some(clash) = reserved.clash(declared.kind, &declared.name) {
+                let (kind, name) = (declared.kind.as_str(), &declared.name);
+                bail!("model_metrics {kind} {name:?}: {clash}; rename it");
+            }
+        }
         Ok(Self {
             frontend,
             model_metrics,
@@ -228,6 +247,35 @@ model_metrics:
         assert!(MetricsConfig::parse(bad_kind).is_err());
         let without_frontend = MetricsConfig::parse("model_metrics: {}\n").unwrap();
         assert!(without_frontend.frontend.is_none());
+    }
+
+    #[test]
+    fn model_metrics_may_not_take_the_servers_names() {
+        let declaring = |kind: &str, name: &str| {
+            MetricsConfig::parse(&format!("model_metrics:\n  {kind}:\n    - name: {name}\n"))
+        };
+        for (kind, name, taken) in [
+            ("counter", "Requests2XX", "Requests2XX"),
+            (
+                "gauge",
+                "ts_inference_latency_microseconds",
+                "ts_inference_latency_microseconds",
+            ),
+            (
+                "counter",
+                "torchyard_batch_size_count",
+                "torchyard_batch_size_count",
+            ),
+        ] {
+            let error = format!("{:#}", declaring(kind, name).unwrap_err());
+            assert!(
+                error.contains(&format!("{kind} {name:?}: {taken} is taken")),
+                "{error}"
+            );
+        }
+        // TorchServe's default handler metrics are free, and so are frontend series.
+        assert!(declaring("gauge", "PredictionTime").is_ok());
+        assert!(MetricsConfig::parse("ts_metrics:\n  counter:\n    - name: Requests2XX\n").is_ok());
     }
 
     #[test]

@@ -109,10 +109,18 @@ pub fn exponential_bounds(start: f64, factor: f64, count: usize) -> Arc<[f64]> {
         .collect()
 }
 
+/// The suffixes of a histogram's samples.
+const BUCKET: &str = "_bucket";
+const COUNT: &str = "_count";
+const SUM: &str = "_sum";
+
 /// How one series of a kind is written in the text exposition.
 pub trait Series: Send + Sync + 'static {
     /// The `# TYPE` of the family.
     const TYPE: &'static str;
+
+    /// What [`Series::write`] appends to the family's name to name its samples.
+    const SUFFIXES: &'static [&'static str] = &[""];
 
     /// Writes the series' sample lines; `labels` is the rendered `name="value",` list.
     fn write(&self, out: &mut String, name: &str, labels: &str);
@@ -152,24 +160,19 @@ impl Series for Counter {
 
 impl Series for Histogram {
     const TYPE: &'static str = "histogram";
+    const SUFFIXES: &'static [&'static str] = &[BUCKET, COUNT, SUM];
 
     fn write(&self, out: &mut String, name: &str, labels: &str) {
         let mut cumulative = 0;
         for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
             cumulative += bucket.load(Ordering::Relaxed);
             let labels = format!("{labels}le=\"{bound}\",");
-            text::sample(out, name, "_bucket", &labels, cumulative as f64);
+            text::sample(out, name, BUCKET, &labels, cumulative as f64);
         }
         let count = self.count.load(Ordering::Relaxed) as f64;
-        text::sample(
-            out,
-            name,
-            "_bucket",
-            &format!("{labels}le=\"+Inf\","),
-            count,
-        );
-        text::sample(out, name, "_count", labels, count);
-        text::sample(out, name, "_sum", labels, self.sum.get());
+        text::sample(out, name, BUCKET, &format!("{labels}le=\"+Inf\","), count);
+        text::sample(out, name, COUNT, labels, count);
+        text::sample(out, name, SUM, labels, self.sum.get());
     }
 }
 
@@ -268,6 +271,10 @@ pub trait Render: Send + Sync {
     /// The family's name.
     fn name(&self) -> &str;
 
+    /// The names of the family's samples (a histogram's `_bucket`, `_count`, `_sum`), which
+    /// no other family may take either.
+    fn sample_names(&self) -> Vec<String>;
+
     /// Appends `# HELP`, `# TYPE` and every series' samples.
     fn render(&self, out: &mut String);
 }
@@ -275,6 +282,13 @@ pub trait Render: Send + Sync {
 impl<S: Series> Render for Family<S> {
     fn name(&self) -> &str {
         &self.0.name
+    }
+
+    fn sample_names(&self) -> Vec<String> {
+        S::SUFFIXES
+            .iter()
+            .map(|suffix| format!("{}{suffix}", self.0.name))
+            .collect()
     }
 
     fn render(&self, out: &mut String) {

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::config::{is_label_name, is_metric_name, Declaration, MetricKind};
 use super::family::{Counter, Family, Histogram, Render, Value};
+use super::reserved::ReservedNames;
 
 /// The label TorchServe adds to every handler metric.
 const HOSTNAME: &str = "Hostname";
@@ -99,16 +100,20 @@ pub struct HandlerMetrics {
     /// Writes every update to the log as TorchServe's `model_metrics.log` lines.
     log: bool,
     declared: Arc<[Declaration]>,
+    /// The server's own names, which handler metrics may not take.
+    reserved: ReservedNames,
     entries: RwLock<BTreeMap<String, Entry>>,
 }
 
 impl HandlerMetrics {
-    /// The metrics of `declared`, with those handlers add when `auto_detect` is set.
+    /// The metrics of `declared`, with those handlers add when `auto_detect` is set; none of
+    /// them may take a `reserved` name (a `metrics_config` declaring one is refused on load).
     pub fn new(
         hostname: Arc<str>,
         declared: Vec<Declaration>,
         auto_detect: bool,
         log: bool,
+        reserved: ReservedNames,
     ) -> Self {
         let entries = declared
             .iter()
@@ -123,6 +128,7 @@ impl HandlerMetrics {
             auto_detect,
             log,
             declared: declared.into(),
+            reserved,
             entries: RwLock::new(entries),
         }
     }
@@ -133,7 +139,9 @@ impl HandlerMetrics {
     }
 
     /// Applies a batch's updates. An update whose metric is unknown (without auto-detection),
-    /// badly named, or given the wrong number of dimension values is dropped with a warning.
+    /// badly named, named as one of the server's own metrics, or given the wrong number of
+    /// dimension values is dropped with a warning: a refused metric is warned about once, a
+    /// misfit update each time.
     pub fn record(&self, model: &str, samples: &[HandlerSample]) {
         for sample in samples {
             if self.log {
@@ -171,19 +179,10 @@ impl HandlerMetrics {
 
     /// Registers the metric of a first update, or refuses it (once, with a warning).
     fn register(&self, model: &str, sample: &HandlerSample) -> Entry {
-        let refusal = if !self.auto_detect {
-            Some("it is not declared in metrics_config and model_metrics_auto_detect is false")
-        } else if !is_metric_name(&sample.name) {
-            Some("it is not a valid Prometheus metric name")
-        } else if sample
-            .dimension_names
-            .iter()
-            .any(|d| !is_label_name(d) || d == HOSTNAME)
-        {
-            Some("a dimension name is not a valid Prometheus label name, or is Hostname")
-        } else {
-            None
-        };
+        let refusal = self
+            .reserved
+            .clash(sample.kind, &sample.name)
+            .or_else(|| self.unfit(sample).map(String::from));
         let mut entries = self.entries.write().expect("handler metrics lock");
         entries
             .entry(sample.name.clone())
@@ -203,6 +202,23 @@ impl HandlerMetrics {
                 },
             })
             .clone()
+    }
+
+    /// Why the metric of a first update may not be registered, if its name is not taken.
+    fn unfit(&self, sample: &HandlerSample) -> Option<&'static str> {
+        if !self.auto_detect {
+            Some("it is not declared in metrics_config and model_metrics_auto_detect is false")
+        } else if !is_metric_name(&sample.name) {
+            Some("it is not a valid Prometheus metric name")
+        } else if sample
+            .dimension_names
+            .iter()
+            .any(|d| !is_label_name(d) || d == HOSTNAME)
+        {
+            Some("a dimension name is not a valid Prometheus label name, or is Hostname")
+        } else {
+            None
+        }
     }
 
     /// The gauge series `name{ModelName=model, Level="Model", Hostname}` when `name` is
@@ -285,7 +301,8 @@ mod tests {
 
     #[test]
     fn updates_reach_their_kind_of_series_with_the_host_label() {
-        let metrics = HandlerMetrics::new("h".into(), vec![], true, false);
+        let metrics =
+            HandlerMetrics::new("h".into(), vec![], true, false, ReservedNames::default());
         let calls = sample(MetricKind::Counter, "CallCount", &MODEL, 2.0);
         metrics.record("m", &[calls.clone(), calls]);
         metrics.record("m", &[sample(MetricKind::Gauge, "Temp", &MODEL, 3.5)]);
@@ -308,7 +325,8 @@ mod tests {
             unit: "ms".into(),
             dimensions: vec!["ModelName".into(), "Level".into()],
         }];
-        let metrics = HandlerMetrics::new("h".into(), declared, false, false);
+        let metrics =
+            HandlerMetrics::new("h".into(), declared, false, false, ReservedNames::default());
         assert!(rendered(&metrics).contains("# TYPE Declared gauge\n"));
         metrics.record("m", &[sample(MetricKind::Counter, "Declared", &MODEL, 1.0)]);
         metrics.record("m", &[sample(MetricKind::Counter, "Declared", &MODEL, 5.0)]);
@@ -321,7 +339,8 @@ mod tests {
 
     #[test]
     fn bad_updates_are_dropped() {
-        let metrics = HandlerMetrics::new("h".into(), vec![], true, false);
+        let metrics =
+            HandlerMetrics::new("h".into(), vec![], true, false, ReservedNames::default());
         metrics.record("m", &[sample(MetricKind::Counter, "bad name", &MODEL, 1.0)]);
         metrics.record(
             "m",

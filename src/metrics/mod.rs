@@ -5,6 +5,7 @@
 mod config;
 mod family;
 mod handler;
+mod reserved;
 mod system;
 mod text;
 mod workflow;
@@ -19,6 +20,7 @@ pub use config::{Declaration, MetricsConfig};
 use family::{exponential_bounds, Counter, Family, Histogram, LazySeries, Render, Value};
 use handler::HandlerMetrics;
 pub use handler::HandlerSample;
+use reserved::ReservedNames;
 use system::{HostSample, Sampler};
 use workflow::WorkflowFamilies;
 pub use workflow::{NodeMetrics, WorkflowMetrics};
@@ -96,7 +98,6 @@ fn ts_family<S: family::Series + Default>(
 }
 
 /// TorchServe's per-model request counters.
-#[derive(Clone)]
 struct RequestFamilies {
     requests: Family<Counter>,
     latency_us: Family<Counter>,
@@ -192,19 +193,13 @@ impl ResponseCounter {
     }
 }
 
-/// The server's metric families and how they are rendered.
-pub struct Metrics {
-    mode: MetricsMode,
-    hostname: Arc<str>,
-    /// Every family in exposition order.
-    families: Vec<Box<dyn Render>>,
-    /// The TorchServe frontend series a `metrics_config` keeps; `None` keeps them all.
-    frontend: Option<std::collections::HashSet<String>>,
-    handler: Arc<HandlerMetrics>,
-    responses: ResponseCounter,
+/// Every family the server creates itself, before any series.
+struct ServerFamilies {
+    /// `Requests2XX`, `Requests4XX`, `Requests5XX`.
+    responses: [Family<Counter>; 3],
     requests: RequestFamilies,
-    queue_time: Arc<LazySeries<Value>>,
-    worker_thread_time: Arc<LazySeries<Value>>,
+    queue_time: Family<Value>,
+    worker_thread_time: Family<Value>,
     worker_load: Family<Value>,
     host: HostFamilies,
     errors: Family<Counter>,
@@ -216,79 +211,38 @@ pub struct Metrics {
     workflows: WorkflowFamilies,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new(MetricsMode::Prometheus, MetricsConfig::defaults(), true)
-    }
-}
-
-impl Metrics {
-    /// The families of `mode` and `config`, labelled with this host's name; handler metrics
-    /// nobody declared are registered on first use when `auto_detect` is set. Warns when a mode
-    /// is not served as TorchServe serves it.
-    pub fn new(mode: MetricsMode, config: MetricsConfig, auto_detect: bool) -> Self {
-        match mode {
-            MetricsMode::Log => tracing::warn!(
-                "metrics_mode=log: torchyard writes no ts_metrics.log or model_metrics.log; \
-                 handler metrics are logged (target MODEL_METRICS) and the metrics API serves \
-                 every metric as in prometheus mode"
-            ),
-            MetricsMode::Legacy => tracing::warn!(
-                "metrics_mode=legacy: the metrics API serves only the ts_* request series; \
-                 handler metrics are logged (target MODEL_METRICS), the others are not"
-            ),
-            MetricsMode::Prometheus => {}
-        }
-        let hostname: Arc<str> = hostname().into();
-        let handler = Arc::new(HandlerMetrics::new(
-            hostname.clone(),
-            config.model_metrics,
-            auto_detect,
-            mode != MetricsMode::Prometheus,
-        ));
-        let host = [HOST, &*hostname];
+impl ServerFamilies {
+    fn new() -> Self {
         let status = |name| ts_family::<Counter>(name, "Count", HOST_LABELS);
-        let (ok, client, server) = (
-            status("Requests2XX"),
-            status("Requests4XX"),
-            status("Requests5XX"),
-        );
-        let responses = ResponseCounter(Arc::new([
-            ok.lazy(&host),
-            client.lazy(&host),
-            server.lazy(&host),
-        ]));
-        let requests = RequestFamilies {
-            requests: ts_family("ts_inference_requests_total", "Count", REQUEST_LABELS),
-            latency_us: ts_family(
-                "ts_inference_latency_microseconds",
-                "Microseconds",
-                REQUEST_LABELS,
-            ),
-            queue_us: ts_family(
-                "ts_queue_latency_microseconds",
-                "Microseconds",
-                REQUEST_LABELS,
-            ),
-        };
-        let queue_time = ts_family::<Value>("QueueTime", "Milliseconds", HOST_LABELS);
-        let worker_thread_time =
-            ts_family::<Value>("WorkerThreadTime", "Milliseconds", HOST_LABELS);
-        let worker_load = ts_family("WorkerLoadTime", "Milliseconds", WORKER_LABELS);
-        let host_families = HostFamilies::new();
         let latency_bounds = exponential_bounds(0.0005, 2.0, 16);
         let batch_bounds = exponential_bounds(1.0, 2.0, 10);
         let histogram = |name, help, labels, bounds: &Arc<[f64]>| {
             let bounds = bounds.clone();
             Family::with(name, help, labels, move || Histogram::new(bounds.clone()))
         };
-        let metrics = Self {
-            mode,
-            responses,
-            queue_time: Arc::new(queue_time.lazy(&host)),
-            worker_thread_time: Arc::new(worker_thread_time.lazy(&host)),
-            worker_load: worker_load.clone(),
-            host: host_families.clone(),
+        Self {
+            responses: [
+                status("Requests2XX"),
+                status("Requests4XX"),
+                status("Requests5XX"),
+            ],
+            requests: RequestFamilies {
+                requests: ts_family("ts_inference_requests_total", "Count", REQUEST_LABELS),
+                latency_us: ts_family(
+                    "ts_inference_latency_microseconds",
+                    "Microseconds",
+                    REQUEST_LABELS,
+                ),
+                queue_us: ts_family(
+                    "ts_queue_latency_microseconds",
+                    "Microseconds",
+                    REQUEST_LABELS,
+                ),
+            },
+            queue_time: ts_family("QueueTime", "Milliseconds", HOST_LABELS),
+            worker_thread_time: ts_family("WorkerThreadTime", "Milliseconds", HOST_LABELS),
+            worker_load: ts_family("WorkerLoadTime", "Milliseconds", WORKER_LABELS),
+            host: HostFamilies::new(),
             errors: Family::new(
                 "torchyard_inference_errors_total",
                 "Inference requests answered with an error",
@@ -322,41 +276,107 @@ impl Metrics {
                 MODEL_LABELS,
             ),
             workflows: WorkflowFamilies::new(move || Histogram::new(latency_bounds.clone())),
-            requests: requests.clone(),
+        }
+    }
+
+    /// The families in exposition order.
+    fn renders(&self) -> Vec<Box<dyn Render>> {
+        fn boxed<S: family::Series>(family: &Family<S>) -> Box<dyn Render> {
+            Box::new(family.clone())
+        }
+        let requests = &self.requests;
+        let mut families: Vec<Box<dyn Render>> = self.responses.iter().map(boxed).collect();
+        families.extend([
+            boxed(&requests.requests),
+            boxed(&requests.latency_us),
+            boxed(&requests.queue_us),
+            boxed(&self.queue_time),
+            boxed(&self.worker_thread_time),
+            boxed(&self.worker_load),
+        ]);
+        families.extend(self.host.all().into_iter().map(boxed));
+        families.extend([
+            boxed(&self.errors),
+            boxed(&self.latency),
+            boxed(&self.batch_size),
+            boxed(&self.queue_depth),
+            boxed(&self.workers),
+            boxed(&self.workers_ready),
+        ]);
+        families.extend(self.workflows.renders());
+        families
+    }
+}
+
+/// The names of the server's own families and their samples, which no handler metric may take.
+fn reserved_names() -> ReservedNames {
+    ReservedNames::of(&ServerFamilies::new().renders())
+}
+
+/// The server's metric families and how they are rendered.
+pub struct Metrics {
+    mode: MetricsMode,
+    hostname: Arc<str>,
+    /// Every family in exposition order.
+    families: Vec<Box<dyn Render>>,
+    /// The TorchServe frontend series a `metrics_config` keeps; `None` keeps them all.
+    frontend: Option<std::collections::HashSet<String>>,
+    handler: Arc<HandlerMetrics>,
+    responses: ResponseCounter,
+    queue_time: Arc<LazySeries<Value>>,
+    worker_thread_time: Arc<LazySeries<Value>>,
+    server: ServerFamilies,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new(MetricsMode::Prometheus, MetricsConfig::defaults(), true)
+    }
+}
+
+impl Metrics {
+    /// The families of `mode` and `config`, labelled with this host's name; handler metrics
+    /// nobody declared are registered on first use when `auto_detect` is set. Warns when a mode
+    /// is not served as TorchServe serves it.
+    pub fn new(mode: MetricsMode, config: MetricsConfig, auto_detect: bool) -> Self {
+        match mode {
+            MetricsMode::Log => tracing::warn!(
+                "metrics_mode=log: torchyard writes no ts_metrics.log or model_metrics.log; \
+                 handler metrics are logged (target MODEL_METRICS) and the metrics API serves \
+                 every metric as in prometheus mode"
+            ),
+            MetricsMode::Legacy => tracing::warn!(
+                "metrics_mode=legacy: the metrics API serves only the ts_* request series; \
+                 handler metrics are logged (target MODEL_METRICS), the others are not"
+            ),
+            MetricsMode::Prometheus => {}
+        }
+        let hostname: Arc<str> = hostname().into();
+        let server = ServerFamilies::new();
+        let families = server.renders();
+        let handler = Arc::new(HandlerMetrics::new(
+            hostname.clone(),
+            config.model_metrics,
+            auto_detect,
+            mode != MetricsMode::Prometheus,
+            ReservedNames::of(&families),
+        ));
+        let host = [HOST, &*hostname];
+        let [ok, client, server_error] = &server.responses;
+        Self {
+            mode,
+            responses: ResponseCounter(Arc::new([
+                ok.lazy(&host),
+                client.lazy(&host),
+                server_error.lazy(&host),
+            ])),
+            queue_time: Arc::new(server.queue_time.lazy(&host)),
+            worker_thread_time: Arc::new(server.worker_thread_time.lazy(&host)),
+            server,
             hostname,
-            families: Vec::new(),
+            families,
             frontend: config.frontend,
             handler,
-        };
-        let mut families: Vec<Box<dyn Render>> = vec![
-            Box::new(ok),
-            Box::new(client),
-            Box::new(server),
-            Box::new(requests.requests),
-            Box::new(requests.latency_us),
-            Box::new(requests.queue_us),
-            Box::new(queue_time),
-            Box::new(worker_thread_time),
-            Box::new(worker_load),
-        ];
-        families.extend(
-            host_families
-                .all()
-                .into_iter()
-                .map(|f| Box::new(f.clone()) as Box<dyn Render>),
-        );
-        families.extend([
-            Box::new(metrics.errors.clone()) as Box<dyn Render>,
-            Box::new(metrics.latency.clone()),
-            Box::new(metrics.batch_size.clone()),
-            Box::new(metrics.queue_depth.clone()),
-            Box::new(metrics.workers.clone()),
-            Box::new(metrics.workers_ready.clone()),
-        ]);
-        families.extend(metrics.workflows.renders());
-        Self {
-            families,
-            ..metrics
         }
     }
 
@@ -364,7 +384,7 @@ impl Metrics {
     /// thread); nothing when `every` is `None`.
     pub fn collect_host_metrics(&self, every: Option<Duration>) {
         let Some(every) = every else { return };
-        let (host, hostname) = (self.host.clone(), self.hostname.clone());
+        let (host, hostname) = (self.server.host.clone(), self.hostname.clone());
         tokio::spawn(async move {
             let mut sampler = Sampler::new();
             let mut ticks = tokio::time::interval(every);
@@ -396,9 +416,9 @@ impl Metrics {
         let series = |version: &str| {
             let values = [labels.model_name.as_str(), version, &*self.hostname];
             RequestSeries {
-                requests: self.requests.requests.lazy(&values),
-                latency_us: self.requests.latency_us.lazy(&values),
-                queue_us: self.requests.queue_us.lazy(&values),
+                requests: self.server.requests.requests.lazy(&values),
+                latency_us: self.server.requests.latency_us.lazy(&values),
+                queue_us: self.server.requests.queue_us.lazy(&values),
             }
         };
         ModelMetrics {
@@ -406,14 +426,14 @@ impl Metrics {
             by_version: series(&labels.model_version),
             queue_time: self.queue_time.clone(),
             worker_thread_time: self.worker_thread_time.clone(),
-            worker_load: self.worker_load.clone(),
+            worker_load: self.server.worker_load.clone(),
             hostname: self.hostname.clone(),
-            errors: self.errors.get_or_create(&model),
-            latency: self.latency.get_or_create(&model),
-            batch_size: self.batch_size.get_or_create(&model),
-            queue_depth: self.queue_depth.get_or_create(&model),
-            workers: self.workers.get_or_create(&model),
-            workers_ready: self.workers_ready.get_or_create(&model),
+            errors: self.server.errors.get_or_create(&model),
+            latency: self.server.latency.get_or_create(&model),
+            batch_size: self.server.batch_size.get_or_create(&model),
+            queue_depth: self.server.queue_depth.get_or_create(&model),
+            workers: self.server.workers.get_or_create(&model),
+            workers_ready: self.server.workers_ready.get_or_create(&model),
             prediction_time: self
                 .handler
                 .model_gauge("PredictionTime", &labels.model_name),
@@ -427,34 +447,35 @@ impl Metrics {
     pub fn remove_model(&self, labels: &ModelLabels) {
         let model =
             |values: &[String]| values[0] == labels.model_name && values[1] == labels.model_version;
-        self.errors.remove_where(model);
-        self.latency.remove_where(model);
-        self.batch_size.remove_where(model);
-        self.queue_depth.remove_where(model);
-        self.workers.remove_where(model);
-        self.workers_ready.remove_where(model);
-        self.worker_load
+        self.server.errors.remove_where(model);
+        self.server.latency.remove_where(model);
+        self.server.batch_size.remove_where(model);
+        self.server.queue_depth.remove_where(model);
+        self.server.workers.remove_where(model);
+        self.server.workers_ready.remove_where(model);
+        self.server
+            .worker_load
             .remove_where(|values| worker_of(&values[0], labels));
     }
 
     /// Handles on one workflow's series.
     pub fn for_workflow(&self, workflow: &str) -> WorkflowMetrics {
-        self.workflows.for_workflow(workflow)
+        self.server.workflows.for_workflow(workflow)
     }
 
     /// Drops a workflow's series when it is unregistered.
     pub fn remove_workflow(&self, workflow: &str) {
-        self.workflows.remove_workflow(workflow);
+        self.server.workflows.remove_workflow(workflow);
     }
 
     /// Handles on one workflow node's series.
     pub fn for_node(&self, labels: NodeLabels) -> NodeMetrics {
-        self.workflows.for_node(labels)
+        self.server.workflows.for_node(labels)
     }
 
     /// Drops a workflow node's series when its workflow is unregistered.
     pub fn remove_node(&self, labels: &NodeLabels) {
-        self.workflows.remove_node(labels);
+        self.server.workflows.remove_node(labels);
     }
 
     /// Renders the families of the metrics mode in the Prometheus text format; when `names` is
@@ -617,7 +638,8 @@ impl ModelMetrics {
         self.handler.declared()
     }
 
-    /// Records how long a worker took to answer a batch: TorchServe's `PredictionTime`.
+    /// Records how long a worker took on a batch from calling the handler to its reply being
+    /// ready, as the worker measured it: TorchServe's `PredictionTime`.
     pub fn record_prediction_time(&self, took: Duration) {
         if let Some(gauge) = &self.prediction_time {
             gauge.set(took.as_secs_f64() * 1000.0);
@@ -645,6 +667,7 @@ fn micros(elapsed: Duration) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use config::MetricKind;
 
     fn labels() -> ModelLabels {
         ModelLabels {
@@ -754,6 +777,50 @@ mod tests {
             let line = format!("{name}{model} {value}.0\n");
             assert!(text.contains(&line), "{line} in {text}");
         }
+    }
+
+    #[test]
+    fn handler_metrics_may_not_take_the_servers_names() {
+        let metrics = Metrics::default();
+        let model = metrics.for_model(labels());
+        metrics.response_counter().count(StatusCode::OK);
+        model.record_batch(1);
+        let update = |kind, name: &str| HandlerSample {
+            kind,
+            name: name.into(),
+            unit: "count".into(),
+            dimension_names: vec!["ModelName".into()],
+            dimension_values: vec!["resnet18".into()],
+            values: vec![1.0],
+        };
+        let refused = [
+            update(MetricKind::Counter, "Requests2XX"),
+            update(MetricKind::Gauge, "ts_inference_latency_microseconds"),
+            update(MetricKind::Counter, "torchyard_batch_size_count"),
+            update(MetricKind::Counter, "torchyard_workflow_node_retries_total"),
+        ];
+        model.record_handler_metrics(&refused);
+        model.record_handler_metrics(&[update(MetricKind::Counter, "Requests2XX")]);
+        model.record_handler_metrics(&[update(MetricKind::Counter, "Requests")]);
+        let text = metrics.render(&[]);
+        let names = family_names(&text);
+        for name in names.iter() {
+            assert_eq!(
+                names.iter().filter(|n| *n == name).count(),
+                1,
+                "{name} in {text}"
+            );
+        }
+        for sample in refused {
+            assert!(
+                !text.contains(&format!("{}{{ModelName", sample.name)),
+                "{text}"
+            );
+        }
+        assert!(
+            text.contains("\nRequests{ModelName=\"resnet18\",Hostname="),
+            "{text}"
+        );
     }
 
     #[test]

@@ -94,6 +94,10 @@ pub enum FromWorker {
     Intermediate { responses: Vec<ResponseMeta> },
     Predicted {
         responses: Vec<ResponseMeta>,
+        /// Microseconds from the worker calling the handler to its reply being ready: TorchServe's
+        /// `PredictionTime`, which the time since the batch was sent overstates when it was sent
+        /// ahead of the worker finishing the one before.
+        prediction_us: u64,
         /// What the handler recorded in `context.metrics` during the batch.
         #[serde(default)]
         metrics: Vec<HandlerSample>,

@@ -422,7 +422,7 @@ struct Flight {
 impl Flight {
     /// Takes in one frame of the reply: forwards a streaming handler's chunks to their jobs
     /// and returns `None` until the final frame, whose outcome it returns; the handler's
-    /// metrics go to `metrics`.
+    /// metrics and the worker's `PredictionTime` go to `metrics`.
     fn take(
         &mut self,
         frame: Frame,
@@ -453,9 +453,11 @@ impl Flight {
             }
             FromWorker::Predicted {
                 responses,
+                prediction_us,
                 metrics: recorded,
             } => {
                 metrics.record_handler_metrics(&recorded);
+                metrics.record_prediction_time(Duration::from_micros(prediction_us));
                 match frame.split_blobs() {
                     Err(e) => Err(broken(e)),
                     Ok(_) if responses.len() != self.batch.len() => {
@@ -499,7 +501,6 @@ impl Flight {
         match outcome {
             Ok(responses) => {
                 let handled = answering - self.scheduled;
-                spec.metrics.record_prediction_time(handled);
                 for ((job, answer), mut response) in
                     self.batch.iter().zip(self.answers).zip(responses)
                 {
