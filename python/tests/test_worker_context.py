@@ -1,14 +1,26 @@
 """The handler context on its own: TorchServe's constructor, per-batch state and metrics."""
 
+import importlib.util
 import logging
-import sys
+import os
 
 from torchyard.context import Context
 from torchyard.metrics import drain
 from torchyard.worker import COMPAT_PATH
 
-sys.path.append(COMPAT_PATH)  # TorchServe's `ts` stand-in, as the worker puts it
-from ts.metrics.dimension import Dimension  # noqa: E402  (needs COMPAT_PATH)
+
+def _stand_in(relative: str):
+    """A module of torchyard's `ts` stand-in, loaded from its file under a private name: an
+    import of `ts` here would stay in sys.modules and shadow TorchServe's real package, which
+    the KServe tests import in the same pytest process."""
+    path = os.path.join(COMPAT_PATH, relative)
+    spec = importlib.util.spec_from_file_location(f"_stand_in_{relative.replace('/', '_')}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+Dimension = _stand_in("ts/metrics/dimension.py").Dimension
 
 
 def _context():
