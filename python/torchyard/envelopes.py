@@ -238,24 +238,34 @@ def call(entry: Callable[[Any, Any], Any], requests: Sequence[dict], data: List[
          context: Any, default: Optional[str] = None) -> Any:
     """The handler `entry`'s outputs for a batch, a request that names no envelope having
     `default`: called as is when no request is enveloped (under `body`, on the bodies), else on
-    the joined items of the requests, its outputs cut and wrapped per request."""
-    kinds = [envelope_of(r, default) for r in requests]
-    if all(kind is None or kind[0] == "body" for kind in kinds):
-        if any(kinds):
-            data = [row if kind is None else unwrap(*kind, request, row).items[0]
-                    for kind, request, row in zip(kinds, requests, data)]
-        return entry(data, context)
-    unwrapped = [None if kind is None else unwrap(*kind, request, row)
-                 for kind, request, row in zip(kinds, requests, data)]
-    if len(requests) == 1:
-        items = unwrapped[0].items
-    else:
-        items = [item for u, row in zip(unwrapped, data)
-                 for item in ([row] if u is None else u.items or ())]
+    the joined items of the requests, its outputs cut and wrapped per request. (One loop, not a
+    comprehension per step: this runs for every batch of a KServe route.)"""
+    unwrapped: List[Optional[Unwrapped]] = []
+    wraps = False
+    for request, row in zip(requests, data):
+        kind = envelope_of(request, default)
+        if kind is None:
+            unwrapped.append(None)
+            continue
+        u = unwrap(*kind, request, row)
+        wraps = wraps or u.kind not in _ONE_ITEM
+        unwrapped.append(u)
+    if len(unwrapped) == 1:  # the batch of one: the handler gets that request's items as they are
+        u = unwrapped[0]
+        if u is None:
+            return entry(data, context)
+        if not wraps:
+            return entry(u.items, context)
+        return [wrap(u, entry(u.items, context) if u.items else None, context.manifest)]
+    items: List[Any] = []
+    for u, row in zip(unwrapped, data):
+        if u is None:
+            items.append(row)
+        elif u.items:
+            items.extend(u.items)
+    if not wraps:
+        return entry(items, context)
     outputs = entry(items, context) if items else None
-    if outputs is None or len(requests) == 1:
-        answers = [outputs]
-    else:
-        answers = split(outputs, unwrapped)
-    return [a if u is None else wrap(u, a, context.manifest)
-            for u, a in zip(unwrapped, answers)]
+    answers = [outputs] if outputs is None else split(outputs, unwrapped)
+    manifest = context.manifest
+    return [a if u is None else wrap(u, a, manifest) for u, a in zip(unwrapped, answers)]

@@ -1,6 +1,7 @@
 //! `inference.GRPCInferenceService`, the Open Inference Protocol over gRPC, served on the
 //! gRPC inference port: health, metadata and `ModelInfer`, whose tensors go to the handler as
-//! the JSON request of the `kservev2` envelope, as TorchServe builds it.
+//! the JSON request of the `kservev2` envelope, as TorchServe builds it; the answer becomes the
+//! `ModelInferResponse` straight from the handler's plain outputs when the server wraps them.
 
 use std::sync::Arc;
 
@@ -10,8 +11,8 @@ use tonic::{Request, Response, Status};
 use super::pb::grpc_inference_service_server::GrpcInferenceService;
 use super::pb::model_metadata_response::TensorMetadata;
 use super::pb::*;
-use super::tensors::{grpc_request_json, grpc_response};
-use super::{infer, lookup, Infer, Payload, Protocol, Target};
+use super::tensors::{grpc_request_json, grpc_response, V2Answer};
+use super::{infer, lookup, Answer, Infer, Payload, Protocol, Target};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -131,12 +132,15 @@ impl GrpcInferenceService for Inference {
                 payload: Payload::Checked { body, v2_id, names },
                 id: uuid::Uuid::new_v4().to_string(),
             };
-            let output = infer(target, !r.model_version.is_empty(), request).await?;
-            if output.status >= 400 {
-                let message = String::from_utf8_lossy(&output.body).into_owned();
-                return Err(ApiError::internal(message));
-            }
-            grpc_response(&output.body, !r.raw_input_contents.is_empty())
+            let answer = match infer(target, !r.model_version.is_empty(), request).await? {
+                Answer::Tensors(answer, _) => answer,
+                Answer::Response(output) if output.status >= 400 => {
+                    let message = String::from_utf8_lossy(&output.body).into_owned();
+                    return Err(ApiError::internal(message));
+                }
+                Answer::Response(output) => V2Answer::parse(&output.body)?,
+            };
+            grpc_response(answer, !r.raw_input_contents.is_empty())
         };
         Ok(Response::new(answer.await.map_err(Status::from)?))
     }

@@ -156,6 +156,28 @@ pub struct Infer {
     pub id: String,
 }
 
+/// What a KServe request answers.
+pub enum Answer {
+    /// A model's v2 answer the server built from the handler's plain outputs, and the
+    /// worker's response (status 200, the handler's headers) whose body it stands for.
+    Tensors(tensors::V2Answer, InferenceResponse),
+    /// The response as it is: the worker's own answer, or a workflow's.
+    Response(InferenceResponse),
+}
+
+impl Answer {
+    /// The response, a built v2 answer printed as its JSON body.
+    pub fn into_response(self) -> InferenceResponse {
+        match self {
+            Self::Tensors(answer, mut response) => {
+                response.body = Bytes::from(answer.to_json());
+                response
+            }
+            Self::Response(response) => response,
+        }
+    }
+}
+
 /// A request body as it goes to the worker, the v2 request's own `id` and its inputs' names.
 type Checked = (Bytes, Option<String>, Vec<String>);
 
@@ -184,13 +206,9 @@ fn checked_rest(
     }
 }
 
-/// Runs a KServe request on `target` and answers the envelope's JSON (a model), or the
+/// Runs a KServe request on `target` and answers the envelope's answer (a model), or the
 /// workflow's leaves as the protocol's answer (a workflow).
-pub async fn infer(
-    target: Target,
-    version_named: bool,
-    infer: Infer,
-) -> ApiResult<InferenceResponse> {
+pub async fn infer(target: Target, version_named: bool, infer: Infer) -> ApiResult<Answer> {
     let (body, request_id, names) = match infer.payload {
         Payload::Rest { body, binary_after } => checked_rest(infer.protocol, body, binary_after)?,
         Payload::Checked { body, v2_id, names } => (body, v2_id, names),
@@ -217,27 +235,28 @@ pub async fn infer(
     };
     match target {
         Target::Model(model) if infer.protocol == Protocol::V2 => {
-            let mut output = model
+            let output = model
                 .submit(request(V2_MODEL_ENVELOPE.into()), version_named)
                 .await?
                 .whole()
                 .await?;
-            if output.status == 200 {
-                if let Some(answer) =
+            let answer = (output.status == 200)
+                .then(|| {
                     tensors::model_answer(&output.body, &answer_id, &model.def.manifest, &names)
-                {
-                    output.body = Bytes::from(answer);
-                }
-            }
-            Ok(output)
+                })
+                .flatten();
+            Ok(match answer {
+                Some(answer) => Answer::Tensors(answer, output),
+                None => Answer::Response(output),
+            })
         }
-        Target::Model(model) => {
+        Target::Model(model) => Ok(Answer::Response(
             model
                 .submit(request(envelope.into()), version_named)
                 .await?
                 .whole()
-                .await
-        }
+                .await?,
+        )),
         Target::Workflow(workflow) => {
             let output = crate::workflow::execute(&workflow, request(format!("{envelope};input")))
                 .await?
@@ -251,14 +270,14 @@ pub async fn infer(
                 }
                 other => other,
             };
-            Ok(InferenceResponse {
+            Ok(Answer::Response(InferenceResponse {
                 status: 200,
                 content_type: Some("application/json".into()),
                 headers: Vec::new(),
                 body: Bytes::from(answer.to_string()),
                 trace: None,
                 more: None,
-            })
+            }))
         }
     }
 }

@@ -251,5 +251,6 @@ async fn run(
         payload: Payload::Rest { body, binary_after },
         id: crate::api::request_id::current(),
     };
-    Ok(into_http(infer(target, version.is_some(), request).await?))
+    let answer = infer(target, version.is_some(), request).await?;
+    Ok(into_http(answer.into_response()))
 }

@@ -1,7 +1,8 @@
 //! Open Inference Protocol v2 tensors: checking a JSON request before it reaches a worker,
 //! converting gRPC's typed (or raw) tensor contents to the JSON request the `kservev2`
-//! envelope unwraps and its JSON answer back to gRPC, and describing a workflow's JSON leaf
-//! answers as output tensors.
+//! envelope unwraps, a model's answer ([`V2Answer`]: built from the handler's plain outputs, or
+//! the envelope's own JSON) as REST's JSON or gRPC's `ModelInferResponse`, and describing a
+//! workflow's JSON leaf answers as output tensors.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -370,35 +371,51 @@ fn f16_to_f32(bits: u16) -> f32 {
     }
 }
 
-/// The gRPC answer of the `kservev2` envelope's JSON answer, as TorchServe's `GRPCJob` builds
-/// it: `id`, `model_name`, `model_version` and each output's contents by its datatype (a BYTES
-/// element: the string itself, other JSON as its text). With `raw` (the request came with raw
-/// contents, as tritonclient sends them, and reads only raw answers) the contents go in
+/// A model's v2 answer, as the `kservev2` envelope builds it: REST's JSON body, and what gRPC's
+/// `ModelInferResponse` is made of ([`grpc_response`]).
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct V2Answer {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub model_name: Option<String>,
+    #[serde(default)]
+    pub model_version: Option<String>,
+    pub outputs: Vec<OutputTensor>,
+}
+
+/// One output tensor of a [`V2Answer`]: its elements flat, as JSON values.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct OutputTensor {
+    pub name: String,
+    pub datatype: String,
+    pub data: Vec<Value>,
+    #[serde(default)]
+    pub shape: Vec<i64>,
+}
+
+impl V2Answer {
+    /// The handler's own JSON answer (the worker wrapped it), or a 500 when it is none.
+    pub fn parse(body: &[u8]) -> ApiResult<Self> {
+        serde_json::from_slice(body).map_err(|e| {
+            ApiError::internal(format!(
+                "The handler's answer is not a v2 inference response: {e}"
+            ))
+        })
+    }
+
+    /// The answer's JSON text.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("JSON values print")
+    }
+}
+
+/// The gRPC answer of a v2 answer, as TorchServe's `GRPCJob` builds it: `id`, `model_name`,
+/// `model_version` and each output's contents by its datatype (a BYTES element: the string
+/// itself, other JSON as its text). With `raw` (the request came with raw contents, as
+/// tritonclient sends them, and reads only raw answers) the contents go in
 /// `raw_output_contents` instead.
-pub fn grpc_response(body: &[u8], raw: bool) -> ApiResult<ModelInferResponse> {
-    #[derive(Deserialize)]
-    struct Output {
-        name: String,
-        datatype: String,
-        #[serde(default)]
-        shape: Vec<i64>,
-        data: Vec<Value>,
-    }
-    #[derive(Deserialize)]
-    struct Answer {
-        #[serde(default)]
-        id: Option<String>,
-        #[serde(default)]
-        model_name: Option<String>,
-        #[serde(default)]
-        model_version: Option<String>,
-        outputs: Vec<Output>,
-    }
-    let answer: Answer = serde_json::from_slice(body).map_err(|e| {
-        ApiError::internal(format!(
-            "The handler's answer is not a v2 inference response: {e}"
-        ))
-    })?;
+pub fn grpc_response(answer: V2Answer, raw: bool) -> ApiResult<ModelInferResponse> {
     let mut outputs = Vec::with_capacity(answer.outputs.len());
     let mut raw_output_contents = Vec::new();
     for output in answer.outputs {
@@ -490,24 +507,6 @@ fn contents(datatype: Datatype, data: &[Value]) -> InferTensorContents {
     c
 }
 
-/// One output tensor of a model's v2 answer, as TorchServe's `kservev2` envelope builds it.
-#[derive(Serialize)]
-struct ModelOutput<'a> {
-    name: std::borrow::Cow<'a, str>,
-    datatype: &'static str,
-    data: Value,
-    shape: [usize; 1],
-}
-
-/// A model's v2 answer.
-#[derive(Serialize)]
-struct ModelAnswer<'a> {
-    id: &'a str,
-    model_name: &'a Value,
-    model_version: &'a Value,
-    outputs: Vec<ModelOutput<'a>>,
-}
-
 /// The `kservev2` envelope's answer of a model whose worker answered the handler's outputs as
 /// they are (`kservev2;raw`): a non-empty JSON array of numbers, booleans or flat lists of one
 /// kind of them, as the worker checked. Each output becomes a tensor named after the input of
@@ -515,7 +514,7 @@ struct ModelAnswer<'a> {
 /// scalar as a list of one, shape its length: what the envelope's `_tensor` answers. `model` is
 /// the model's manifest, whose `modelName` and `modelVersion` the answer names. None when `body`
 /// is not such an array: the worker's own answer, to pass on as it is.
-pub fn model_answer(body: &[u8], id: &str, model: &Value, names: &[String]) -> Option<Vec<u8>> {
+pub fn model_answer(body: &[u8], id: &str, model: &Value, names: &[String]) -> Option<V2Answer> {
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
         return None;
     }
@@ -528,34 +527,33 @@ pub fn model_answer(body: &[u8], id: &str, model: &Value, names: &[String]) -> O
         .enumerate()
         .map(|(i, data)| {
             let data = match data {
-                Value::Array(_) => data,
-                scalar => Value::Array(vec![scalar]),
+                Value::Array(items) => items,
+                scalar => vec![scalar],
             };
-            let datatype = match data.get(0) {
+            let datatype = match data.first() {
                 Some(Value::Bool(_)) => "BOOL",
                 Some(Value::Number(n)) if n.is_f64() => "FP64",
                 _ => "INT64",
             };
             let name = names
                 .get(i)
-                .map_or_else(|| format!("output-{i}").into(), |n| n.as_str().into());
-            let shape = [data.as_array().map_or(0, Vec::len)];
-            ModelOutput {
+                .map_or_else(|| format!("output-{i}"), String::clone);
+            OutputTensor {
                 name,
-                datatype,
+                datatype: datatype.into(),
+                shape: vec![data.len() as i64],
                 data,
-                shape,
             }
         })
         .collect();
     let model = &model["model"];
-    let answer = ModelAnswer {
-        id,
-        model_name: &model["modelName"],
-        model_version: &model["modelVersion"],
+    let text = |v: &Value| v.as_str().map(String::from);
+    Some(V2Answer {
+        id: Some(id.into()),
+        model_name: text(&model["modelName"]),
+        model_version: text(&model["modelVersion"]),
         outputs,
-    };
-    Some(serde_json::to_vec(&answer).expect("JSON values print"))
+    })
 }
 
 /// A workflow's answer as v2 output tensors: one per leaf, named after it, its JSON answer
@@ -644,7 +642,7 @@ mod tests {
         let names = ["a".to_string()];
         let answer = |body: &str| {
             model_answer(body.as_bytes(), "r1", &manifest, &names)
-                .map(|a| serde_json::from_slice::<Value>(&a).unwrap())
+                .map(|a| serde_json::from_slice::<Value>(&a.to_json()).unwrap())
         };
         assert_eq!(
             answer(" [10.0, [1, 2], [true]]").unwrap(),
@@ -755,7 +753,7 @@ mod tests {
             {"name":"a","datatype":"INT64","shape":[2],"data":[1,2]},
             {"name":"b","datatype":"FP32","shape":[1],"data":[0.5]},
             {"name":"c","datatype":"BYTES","shape":[1],"data":["hi"]}]}"#;
-        let answer = grpc_response(body, false).unwrap();
+        let answer = grpc_response(V2Answer::parse(body).unwrap(), false).unwrap();
         assert_eq!(
             (answer.id.as_str(), answer.model_version.as_str()),
             ("r", "1.0")
@@ -764,8 +762,8 @@ mod tests {
         assert_eq!(contents(0).int64_contents, [1, 2]);
         assert_eq!(contents(1).fp32_contents, [0.5]);
         assert_eq!(contents(2).bytes_contents, [bytes::Bytes::from("hi")]);
-        assert!(grpc_response(b"[1]", false).is_err());
-        let raw = grpc_response(body, true).unwrap();
+        assert!(V2Answer::parse(b"[1]").is_err());
+        let raw = grpc_response(V2Answer::parse(body).unwrap(), true).unwrap();
         assert!(raw.outputs.iter().all(|o| o.contents.is_none()));
         assert_eq!(
             raw.raw_output_contents[0],
