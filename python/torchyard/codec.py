@@ -65,7 +65,7 @@ def encode(output: Any) -> Tuple[Blob, str]:
         return output, BINARY
     if isinstance(output, memoryview):
         return (output if output.c_contiguous else output.tobytes()), BINARY
-    return json.dumps(output, default=_plain).encode("utf-8"), JSON
+    return _ENCODER.encode(output).encode("utf-8"), JSON
 
 
 def _plain(obj: Any) -> Any:
@@ -76,3 +76,8 @@ def _plain(obj: Any) -> Any:
         if callable(convert):
             return convert()
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+#: `json.dumps(output, default=_plain)` without making an encoder per call, as dumps does
+#: whenever it is given an argument.
+_ENCODER = json.JSONEncoder(default=_plain)

@@ -40,6 +40,8 @@ _NUMPY_TO_DATATYPE["U"] = "BYTES"
 class Unwrapped:
     """One enveloped request: its envelope, its items and what wrapping its answer needs."""
 
+    __slots__ = ("kind", "wraps", "raw", "items", "input_names", "request_id", "explain")
+
     def __init__(self, kind: str, mode: str, items: List[Any], input_names: List[str],
                  request_id: Optional[str], explain: bool):
         self.kind = kind
@@ -63,7 +65,8 @@ def envelope_of(request: dict, default: Optional[str] = None) -> Optional[Tuple[
     kind = None
     explain = False
     for name, value in request.get("headers", ()):
-        name = name.lower()
+        if name not in _ENVELOPE_HEADERS:  # the server's names are lower case already
+            name = name.lower()
         if name == HEADER:
             kind, _, mode = value.partition(";")
         elif name == "explain":
@@ -73,6 +76,9 @@ def envelope_of(request: dict, default: Optional[str] = None) -> Optional[Tuple[
             return None
         kind, mode = default, ""
     return kind.strip(), mode.strip(), explain
+
+
+_ENVELOPE_HEADERS = frozenset((HEADER, "explain"))
 
 
 def _body(row: dict) -> Any:
@@ -221,15 +227,16 @@ def _tensor(data: Any, name: str) -> dict:
 def split(outputs: Sequence[Any], unwrapped: Sequence[Optional[Unwrapped]]) -> List[Any]:
     """The handler's outputs for the joined items, cut back into one answer per request (a
     request without envelope or under `body` gave one item and gets one output)."""
-    one = [u is None or u.kind in _ONE_ITEM for u in unwrapped]
-    counts = [1 if single else len(u.items or ()) for single, u in zip(one, unwrapped)]
+    counts = [1 if u is None or u.kind in _ONE_ITEM else len(u.items or ()) for u in unwrapped]
     if len(outputs) != sum(counts):
         raise ValueError(f"handler returned {len(outputs)} outputs for {sum(counts)} items "
                          f"of a batch of {len(counts)} enveloped requests")
     answers, at = [], 0
-    for count, single in zip(counts, one):
-        part = outputs[at:at + count]
-        answers.append(part[0] if single else part)
+    for u, count in zip(unwrapped, counts):
+        if u is None or u.kind in _ONE_ITEM:
+            answers.append(outputs[at])
+        else:
+            answers.append(outputs[at:at + count])
         at += count
     return answers
 

@@ -119,6 +119,11 @@ class FrameReader:
         return bool(self._rest) or bool(self._poll.poll(0))
 
 
+#: Compact JSON for frame headers, made once: `json.dumps` with arguments makes an encoder per
+#: call.
+_HEADER_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def write_frame(sock: socket.socket, header: dict, blobs: Iterable[Any] = ()) -> None:
     """Sends one frame with a single gathering write where possible. `blobs` are bytes-like
     (C-contiguous); their lengths are added to the header as `blobs`. Raises ProtocolError,
@@ -126,7 +131,7 @@ def write_frame(sock: socket.socket, header: dict, blobs: Iterable[Any] = ()) ->
     views = [memoryview(b).cast("B") for b in blobs]
     if views:
         header = {**header, "blobs": [v.nbytes for v in views]}
-    head = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    head = _HEADER_ENCODER.encode(header).encode("utf-8")
     total = 4 + len(head) + sum(v.nbytes for v in views)
     if total > MAX_FRAME:
         raise ProtocolError(f"a frame of {total} bytes exceeds the limit of {MAX_FRAME}")
