@@ -80,9 +80,9 @@ pub struct ParamMeta<'a> {
     pub blob: usize,
 }
 
-/// Messages from a worker to the server.
+/// Messages from a worker to the server: one JSON object whose `kind` says which it is.
 #[derive(Debug, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(try_from = "WireReply")]
 pub enum FromWorker {
     Loaded {
         pid: Option<u32>,
@@ -111,6 +111,64 @@ pub enum FromWorker {
         #[serde(default)]
         metrics: Vec<HandlerSample>,
     },
+}
+
+/// The kinds of [`FromWorker`].
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ReplyKind {
+    Loaded,
+    Intermediate,
+    Predicted,
+    Error,
+}
+
+/// A worker's message as it is on the wire: every field any kind has. It is read in one pass
+/// and then checked into a [`FromWorker`]; serde's internally tagged enums would first copy
+/// the whole message into a buffer of its own, which cost more than the rest of a reply.
+#[derive(Deserialize)]
+struct WireReply {
+    kind: ReplyKind,
+    pid: Option<u32>,
+    #[serde(default)]
+    metrics: Vec<HandlerSample>,
+    responses: Option<Vec<ResponseMeta>>,
+    prediction_us: Option<u64>,
+    status: Option<u16>,
+    #[serde(rename = "type")]
+    error_type: Option<String>,
+    message: Option<String>,
+}
+
+impl TryFrom<WireReply> for FromWorker {
+    type Error = String;
+
+    fn try_from(wire: WireReply) -> Result<Self, String> {
+        let kind = wire.kind;
+        fn field<T>(value: Option<T>, name: &str, kind: ReplyKind) -> Result<T, String> {
+            value.ok_or_else(|| format!("missing field `{name}` in a {kind:?} message"))
+        }
+        Ok(match kind {
+            ReplyKind::Loaded => Self::Loaded {
+                pid: wire.pid,
+                metrics: wire.metrics,
+            },
+            ReplyKind::Intermediate => Self::Intermediate {
+                responses: field(wire.responses, "responses", kind)?,
+            },
+            ReplyKind::Predicted => Self::Predicted {
+                responses: field(wire.responses, "responses", kind)?,
+                prediction_us: field(wire.prediction_us, "prediction_us", kind)?,
+                metrics: wire.metrics,
+            },
+            ReplyKind::Error => Self::Error {
+                status: wire.status,
+                error_type: wire.error_type,
+                message: field(wire.message, "message", kind)?,
+                metrics: wire.metrics,
+            },
+        })
+    }
 }
 
 /// One handler output; `blob` indexes the frame's blobs. `index`, the request's place in the
@@ -366,5 +424,34 @@ mod tests {
             .unwrap();
         let frame = read_frame(&mut b).await.unwrap();
         assert!(frame.split_blobs().is_err());
+    }
+
+    #[test]
+    fn replies_parse_by_kind_and_name_a_missing_field() {
+        let parse = |text: &str| serde_json::from_str::<FromWorker>(text);
+        let predicted = parse(
+            r#"{"kind":"predicted","prediction_us":7,"blobs":[1],
+                "responses":[{"status":200,"content_type":"text/plain","blob":0}]}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            predicted,
+            FromWorker::Predicted { ref responses, prediction_us: 7, ref metrics }
+                if responses.len() == 1 && responses[0].blob == 0 && metrics.is_empty()
+        ));
+        let error = parse(r#"{"kind":"error","status":507,"type":"E","message":"m"}"#).unwrap();
+        assert!(matches!(
+            error,
+            FromWorker::Error { status: Some(507), ref message, .. } if message == "m"
+        ));
+        assert!(matches!(
+            parse(r#"{"kind":"loaded","pid":3}"#).unwrap(),
+            FromWorker::Loaded { pid: Some(3), .. }
+        ));
+        let missing = parse(r#"{"kind":"predicted","responses":[]}"#).unwrap_err();
+        assert!(missing
+            .to_string()
+            .contains("missing field `prediction_us` in a Predicted message"));
+        assert!(parse(r#"{"kind":"bogus"}"#).is_err());
     }
 }
