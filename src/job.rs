@@ -102,6 +102,9 @@ pub struct Job {
     pub enqueued: Instant,
     /// Whether the request named the model version, for the metrics' `model_version` label.
     pub version_named: bool,
+    /// Whether the workers run the request through the fused workflow segment they hold
+    /// rather than the model's handler alone (docs/protocol.md, `segment`).
+    pub segment: bool,
 }
 
 impl Job {

@@ -59,12 +59,7 @@ impl AppState {
                 .check_workers(self.config.max_workers_per_model)
         };
         if let Err(e) = refused {
-            if def.owns_dir {
-                let _ = tokio::fs::remove_dir_all(&def.dir).await;
-            }
-            if let Some(copy) = &def.stored_copy {
-                let _ = tokio::fs::remove_file(copy).await;
-            }
+            def.remove_files().await;
             return Err(e);
         }
         let labels = ModelLabels {

@@ -1,5 +1,6 @@
-"""A worker loaded with a fused `segment` of workflow function nodes: each request goes through
-every function in turn, each node with its own context, module copy, tries and timeout."""
+"""A worker loaded with a fused `segment` of workflow nodes: each request goes through every
+function in turn, each node with its own context, module copy, tries and timeout; a model's
+worker runs its segment around the handler for the requests that ask for it."""
 
 from worker_harness import body, request
 
@@ -84,3 +85,45 @@ def test_a_try_past_its_timeout_is_interrupted(loaded):
     assert micros[1] < 1_000_000, micros
     again, _ = worker.predict(request(body(b"b")))
     assert again["responses"][0]["trace"]["failed"] == {"message": "timed out after 200 ms"}
+
+
+AROUND_A_MODEL = """
+def pre(data, context):
+    if data is None:
+        return None
+    return ["pre(%s)" % bytes(row["body"]).decode() for row in data]
+
+
+def model(data, context):
+    if data is None:
+        return None
+    for idx, row in enumerate(data):
+        if b"boom" in bytes(row["body"]):
+            context.set_response_status(500, "boom", idx)
+    return ["%s(%s)" % (context.model_name, bytes(row["body"]).decode()) for row in data]
+
+
+def post(data, context):
+    if data is None:
+        return None
+    return [b"post:" + bytes(row["body"]) for row in data]
+"""
+
+
+def test_a_model_runs_its_segment_for_the_requests_that_ask_and_its_handler_for_the_rest(loaded):
+    model = {**node("m", attempts=2), "model": True, "handler": "handler.py:model"}
+    worker = loaded(AROUND_A_MODEL, handler="handler.py:model",
+                    segment=[node("pre"), model, node("post")])
+    reply, blobs = worker.predict(request(body(b"direct")), request(body(b"x"), segment=True),
+                                  request(body(b"boom"), segment=True),
+                                  request(body(b"y"), segment=True))
+    direct, fused, failed, other = reply["responses"]
+    answers = [bytes(blobs[r["blob"]]) for r in (direct, fused, other)]
+    # The handler's own context (model_name "m") runs the model node in both.
+    assert answers == [b"m(direct)", b"post:m(pre(x))", b"post:m(pre(y))"]
+    assert "trace" not in direct and direct["content_type"].startswith("text/plain")
+    assert [retries for _, retries in fused["trace"]["nodes"]] == [0, 0, 0]
+    assert failed["status"] == 500 and failed["trace"]["failed"] == {"message": None}
+    assert [retries for _, retries in failed["trace"]["nodes"]] == [0, 1]
+    alone, alone_blobs = worker.predict(request(body(b"z")))
+    assert bytes(alone_blobs[0]) == b"m(z)" and "trace" not in alone["responses"][0]

@@ -27,9 +27,11 @@ def write_source(folder: Path, name: str, source: str) -> Path:
 
 
 def request(*params: Param, headers: Sequence[Tuple[str, str]] = (),
-            request_id: str = "") -> dict:
-    """One request of a batch, for WorkerConnection.predict."""
-    return {"id": request_id, "headers": [list(h) for h in headers], "params": list(params)}
+            request_id: str = "", segment: bool = False) -> dict:
+    """One request of a batch, for WorkerConnection.predict; `segment` asks for the worker's
+    fused workflow segment."""
+    return {"id": request_id, "headers": [list(h) for h in headers], "params": list(params),
+            "segment": segment}
 
 
 def body(value: bytes, content_type: Optional[str] = None) -> Param:
@@ -104,7 +106,7 @@ class WorkerConnection:
                 params.append({"name": name, "content_type": content_type, "blob": len(blobs)})
                 blobs.append(value)
             entries.append({"id": req["id"] or f"req-{idx}", "headers": req["headers"],
-                            "params": params})
+                            "params": params, **({"segment": True} if req["segment"] else {})})
         return self.call({"kind": "predict", "requests": entries}, blobs)
 
     def log(self) -> str:

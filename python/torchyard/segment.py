@@ -1,6 +1,7 @@
-"""A fused segment: a chain of workflow function nodes that one worker runs in turn on every
-request, each node with its own tries and timeout, as if each were a node model of its own
-(docs/protocol.md, `segment`)."""
+"""A fused segment: a chain of workflow nodes that one worker runs in turn on a request, each
+node with its own tries and timeout, as if each were a node model of its own
+(docs/protocol.md, `segment`): function nodes, and possibly the model node whose worker it is,
+with the function chains before and after it."""
 
 from __future__ import annotations
 
@@ -74,7 +75,8 @@ class _Alarm:
 
 
 class Node:
-    """One function node: the handler file's function, its own context, tries and timeout."""
+    """One node: a function of the handler file, or the worker's model handler, with its own
+    context, tries and timeout."""
 
     def __init__(self, entry: Entry, context: Context, attempts: int, timeout_ms: int):
         self.entry = entry
@@ -150,17 +152,27 @@ class Segment:
 
     @classmethod
     def load(cls, specs: Sequence[dict], model_dir: str,
-             make_context: Callable[[str, Optional[dict]], Context]) -> "Segment":
+             make_context: Callable[[str, Optional[dict], str], Context],
+             model: Optional[Tuple[Entry, Context]] = None) -> "Segment":
         """Loads each node's function as a node model would (called once with `None`), with a
-        context and a fresh copy of the handler module of its own."""
+        context and a fresh copy of the handler module of its own, from the node's `model_dir`
+        (default `model_dir`); the node marked `model` is the worker's loaded handler `model`
+        (entry point and context)."""
         nodes = []
         for spec in specs:
-            context = make_context(spec["model_name"], spec.get("manifest"))
-            try:
-                entry = load_entry_point(spec["handler"], model_dir, context, fresh=True)
-            except Exception:
-                log.error("loading workflow node %s (%s) failed", spec["node"], spec["handler"])
-                raise
+            if spec.get("model"):
+                if model is None:
+                    raise ValueError(f"segment node {spec['node']} is a model, and none is loaded")
+                entry, context = model
+            else:
+                node_dir = spec.get("model_dir") or model_dir
+                context = make_context(spec["model_name"], spec.get("manifest"), node_dir)
+                try:
+                    entry = load_entry_point(spec["handler"], node_dir, context, fresh=True)
+                except Exception:
+                    log.error("loading workflow node %s (%s) failed", spec["node"],
+                              spec["handler"])
+                    raise
             nodes.append(Node(entry, context, spec["attempts"], spec["timeout_ms"]))
         _Alarm.install()
         return cls(nodes)

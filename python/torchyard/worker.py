@@ -14,7 +14,7 @@ import socket
 import sys
 import time
 import traceback
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .codec import Blob, decode
 from . import envelopes
@@ -41,6 +41,8 @@ class Worker:
     def __init__(self) -> None:
         #: The handler, or the fused workflow functions of a `segment` load.
         self.entry: Optional[Union[Entry, Segment]] = None
+        #: The fused workflow segment around the handler that a request may ask for.
+        self.segment: Optional[Segment] = None
         self.context: Optional[Context] = None
         #: False (TorchServe's `decode_input_request=false`): handlers get every parameter raw.
         self.decode_input_request = True
@@ -63,10 +65,10 @@ class Worker:
                            "InternalServerException")
 
     def load(self, msg: dict) -> Reply:
-        def context(model_name: str, manifest: Optional[dict]) -> Context:
+        def context(model_name: str, manifest: Optional[dict], model_dir: str) -> Context:
             return Context(
                 model_name,
-                msg["model_dir"],
+                model_dir,
                 manifest or {},
                 msg.get("batch_size", 1),
                 msg.get("gpu_id"),
@@ -77,15 +79,19 @@ class Worker:
                 metrics=Metrics(model_name, self.pending_metrics, msg.get("metrics") or ()),
             )
 
-        self.context = context(msg["model_name"], msg.get("manifest"))
+        self.context = context(msg["model_name"], msg.get("manifest"), msg["model_dir"])
         self.decode_input_request = msg.get("decode_input_request", True)
         self.envelope = msg.get("envelope")
         self.context.intermediate_sink = self.send_intermediate
+        segment = msg.get("segment")
         try:
-            if msg.get("segment"):
-                self.entry = Segment.load(msg["segment"], msg["model_dir"], context)
+            if segment and not any(node.get("model") for node in segment):
+                self.entry = Segment.load(segment, msg["model_dir"], context)
             else:
                 self.entry = load_entry_point(msg["handler"], msg["model_dir"], self.context)
+                if segment:
+                    self.segment = Segment.load(segment, msg["model_dir"], context,
+                                                (self.entry, self.context))
         except Exception as exc:  # noqa: BLE001 - the server reports the failed load
             log.error("loading handler %s failed:\n%s", msg["handler"], traceback.format_exc())
             return exception_reply(exc, "InternalServerException")
@@ -109,9 +115,26 @@ class Worker:
         return header, bodies
 
     def run(self, requests: List[dict], data: List[dict]) -> Reply:
-        """Calls the handler on a decoded batch and encodes its outputs."""
+        """Runs a decoded batch: through the fused segment (all of it when the worker holds
+        only functions, else the requests that ask for it), the handler for the rest."""
         if isinstance(self.entry, Segment):
             return self.entry.run(requests, data)
+        if self.segment is None:
+            return self.run_handler(requests, data)
+        fused = [i for i, request in enumerate(requests) if request.get("segment")]
+        if not fused:
+            return self.run_handler(requests, data)
+        if len(fused) == len(requests):
+            return self.segment.run(requests, data)
+        direct = [i for i, request in enumerate(requests) if not request.get("segment")]
+        segment_reply = self.segment.run([requests[i] for i in fused], [data[i] for i in fused])
+        handler_reply = self.run_handler([requests[i] for i in direct], [data[i] for i in direct])
+        if handler_reply[0]["kind"] != "predicted":
+            return handler_reply  # a handler failure fails its batch, as in any batch
+        return merge_replies(len(requests), [(fused, segment_reply), (direct, handler_reply)])
+
+    def run_handler(self, requests: List[dict], data: List[dict]) -> Reply:
+        """Calls the handler on a decoded batch and encodes its outputs."""
         context = self.context
         context.start_batch(requests)
         try:
@@ -144,6 +167,18 @@ class Worker:
             responses.append({**response, "index": idx, "blob": len(bodies)})
             bodies.append(body)
         self.send({"kind": "intermediate", "responses": responses}, bodies)
+
+
+def merge_replies(count: int, parts: Sequence[Tuple[Sequence[int], Reply]]) -> Reply:
+    """One `predicted` reply to a batch of `count` from the replies to parts of it, each with
+    the batch indices of its requests."""
+    responses: List[Optional[dict]] = [None] * count
+    bodies: List[Blob] = []
+    for indices, (header, part_bodies) in parts:
+        for i, response in zip(indices, header["responses"]):
+            bodies.append(part_bodies[response["blob"]])
+            responses[i] = {**response, "blob": len(bodies) - 1}
+    return {"kind": "predicted", "responses": responses}, bodies
 
 
 def serve(sock: socket.socket, worker: Worker) -> None:

@@ -65,6 +65,19 @@ pub struct ModelDefinition {
     pub segment: Option<Arc<[SegmentNode]>>,
 }
 
+impl ModelDefinition {
+    /// Removes what the server made for a model that will not start: its unpacked archive
+    /// and its stored copy.
+    pub async fn remove_files(&self) {
+        if self.owns_dir {
+            let _ = tokio::fs::remove_dir_all(&self.dir).await;
+        }
+        if let Some(copy) = &self.stored_copy {
+            let _ = tokio::fs::remove_file(copy).await;
+        }
+    }
+}
+
 /// Whether `name` is a valid model name: letters, digits, `_`, `-` and `.`, not starting with
 /// a punctuation mark.
 pub fn valid_name(name: &str) -> bool {

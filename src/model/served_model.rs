@@ -160,9 +160,24 @@ impl ServedModel {
     /// Queues a request and waits for its answer; `version_named` says whether the request
     /// named this version (TorchServe labels the request series `default` otherwise).
     pub async fn submit(&self, request: InferenceRequest, version_named: bool) -> JobResult {
+        self.submit_job(request, version_named, false).await
+    }
+
+    /// Queues a workflow stage's request for the fused workflow segment the workers hold
+    /// (docs/protocol.md, `segment`) and waits for its answer.
+    pub async fn submit_segment(&self, request: InferenceRequest) -> JobResult {
+        self.submit_job(request, false, true).await
+    }
+
+    async fn submit_job(
+        &self,
+        request: InferenceRequest,
+        version_named: bool,
+        segment: bool,
+    ) -> JobResult {
         let started = Instant::now();
         self.spec.metrics.record_received(version_named);
-        let result = self.enqueue_and_wait(request, version_named).await;
+        let result = self.enqueue_and_wait(request, version_named, segment).await;
         let (elapsed, failed) = (
             started.elapsed(),
             result.as_ref().map_or(true, |r| r.status >= 400),
@@ -174,7 +189,12 @@ impl ServedModel {
         result
     }
 
-    async fn enqueue_and_wait(&self, request: InferenceRequest, version_named: bool) -> JobResult {
+    async fn enqueue_and_wait(
+        &self,
+        request: InferenceRequest,
+        version_named: bool,
+        segment: bool,
+    ) -> JobResult {
         if self.target_workers.load(Ordering::SeqCst) == 0 {
             return Err(ApiError::unavailable(format!(
                 "Model \"{}\" has no worker to serve inference request. Please use scale workers API to add workers.",
@@ -187,6 +207,7 @@ impl ServedModel {
             reply,
             enqueued: Instant::now(),
             version_named,
+            segment,
         };
         match self.queue.try_send(job) {
             Ok(()) => {}

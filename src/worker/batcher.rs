@@ -45,6 +45,7 @@ mod tests {
             reply,
             enqueued: Instant::now().into_std(),
             version_named: false,
+            segment: false,
         }
     }
 

@@ -41,17 +41,24 @@ pub struct LoadMessage<'a> {
     pub metrics: &'a [Declaration],
     pub server_name: &'a str,
     pub server_version: &'a str,
-    /// Set for a fused segment of workflow function nodes: the worker runs these functions
-    /// in turn on every request, instead of `handler`.
+    /// Set for a fused workflow segment: the worker runs these nodes in turn on a request
+    /// that asks for it (`segment` in `predict`), and on every request when none of them is
+    /// the model's own `handler`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub segment: Option<&'a [SegmentNode]>,
 }
 
-/// One workflow function node of a fused segment, as its worker loads it.
+/// One workflow node of a fused segment, as its worker loads it: a function, or the model
+/// node whose workers run the segment.
 #[derive(Debug, Clone, Serialize)]
 pub struct SegmentNode {
     /// The node's name in the DAG.
     pub node: String,
+    /// True for the model node itself: the worker's loaded `handler` runs it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub model: bool,
+    /// Where the node's handler file lives, its context's `model_dir`.
+    pub model_dir: String,
     /// The node's own model name (`{workflow}__{node}`), its context's `model_name`.
     pub model_name: String,
     /// `file.py:function`.
@@ -69,6 +76,9 @@ pub struct SegmentNode {
 pub struct RequestMeta<'a> {
     pub id: &'a str,
     pub headers: &'a [(String, String)],
+    /// Run the request through the workers' fused workflow segment, not the handler alone.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub segment: bool,
     pub params: Vec<ParamMeta<'a>>,
 }
 

@@ -343,6 +343,7 @@ async fn send(
                 request: job.request,
                 enqueued: job.enqueued,
                 version_named: job.version_named,
+                segment: job.segment,
             }
         })
         .collect();
@@ -359,6 +360,7 @@ async fn send(
         .map(|job| RequestMeta {
             id: &job.request.id,
             headers: &job.request.headers,
+            segment: job.segment,
             params: job
                 .request
                 .params
@@ -541,6 +543,7 @@ struct Batched {
     request: InferenceRequest,
     enqueued: Instant,
     version_named: bool,
+    segment: bool,
 }
 
 /// Where a job's answer goes: its reply, until the handler sends a partial result; then the

@@ -281,7 +281,7 @@ mod tests {
             .flat_map(|(n, c)| std::iter::once(n).chain(c))
             .cloned()
             .collect();
-        let plan = Plan::new(&Dag::build(&spec, &functions).unwrap());
+        let plan = Plan::new(&Dag::build(&spec, &functions).unwrap(), |_| false);
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stages = plan
             .stages

@@ -15,7 +15,7 @@ use super::plan::Plan;
 use super::remote::{RemoteNode, RemoteTarget};
 use super::served_workflow::{node_model_name, Runner, Workflow, WorkflowNode};
 use super::spec::{ModelSource, NodeProps};
-use super::stage::{FusedFunctions, ModelNode, Stage};
+use super::stage::{FusedNodes, ModelNode, Stage};
 use crate::error::{ApiError, ApiResult};
 use crate::fetch::{open_archive, Opened};
 use crate::metrics::NodeLabels;
@@ -112,7 +112,6 @@ async fn build(
     let spec = &archive.spec;
     let dag = Dag::build(spec, &top_level_names(&archive.handler_source))
         .map_err(|e| ApiError::bad_request(format!("Invalid workflow specification: {e}")))?;
-    let plan = Plan::new(&dag);
     let mut remotes = Vec::with_capacity(dag.nodes.len());
     for node in &dag.nodes {
         remotes.push(match spec.models.get(&node.name).map(|m| &m.source) {
@@ -131,15 +130,29 @@ async fn build(
                 .map_or_else(|| spec.globals.clone(), |m| m.props.clone())
         })
         .collect();
-    let starts = plan.stages.iter().map(|stage| {
+    let mut prepared = prepare_models(state, &name, &archive, &dag).await?;
+    let plan = Plan::new(&dag, |i| may_fuse(&props[i], prepared[i].as_ref()));
+    let mut starts = Vec::with_capacity(plan.stages.len());
+    for stage in &plan.stages {
         let nodes: Vec<(&Node, &NodeProps)> = stage
             .nodes
             .iter()
             .map(|&i| (&dag.nodes[i], &props[i]))
             .collect();
+        let model = stage.model.and_then(|m| {
+            let at = stage.nodes.iter().position(|&i| i == m)?;
+            Some((at, prepared[m].take()))
+        });
         let remote = remotes[stage.nodes[0]].clone();
-        start_stage(state, (&name, &version), &archive, nodes, remote)
-    });
+        starts.push(start_stage(
+            state,
+            (&name, &version),
+            &archive,
+            nodes,
+            model,
+            remote,
+        ));
+    }
     let mut started = Vec::with_capacity(plan.stages.len());
     let mut failures = Vec::new();
     for result in futures::future::join_all(starts).await {
@@ -150,10 +163,7 @@ async fn build(
     }
     if !failures.is_empty() {
         stop_models(state, started.iter()).await;
-        return Err(ApiError::internal(format!(
-            "Workflow {name} has failed to register. Failures: [{}]",
-            failures.join(", ")
-        )));
+        return Err(registration_failed(&name, &failures));
     }
     let nodes: Vec<WorkflowNode> = dag
         .nodes
@@ -192,19 +202,79 @@ async fn build(
     })
 }
 
+/// Unpacks the archive of each model node the workflow starts itself (`url:`), concurrently;
+/// None for every other node. On a failure nothing stays behind.
+async fn prepare_models(
+    state: &AppState,
+    workflow: &str,
+    archive: &WorkflowArchive,
+    dag: &Dag,
+) -> ApiResult<Vec<Option<ModelDefinition>>> {
+    let prepares = dag.nodes.iter().map(|node| async move {
+        let source = archive.spec.models.get(&node.name).map(|m| &m.source);
+        let (NodeKind::Model, Some(ModelSource::Archive(url))) = (node.kind, source) else {
+            return Ok(None);
+        };
+        let model_name = node_model_name(workflow, &node.name);
+        let opts = RegisterOptions {
+            url: url.clone(),
+            model_name: Some(model_name.clone()),
+            ..RegisterOptions::default()
+        };
+        prepare_model(state, &opts, Some(&archive.dir))
+            .await
+            .map(Some)
+            .map_err(|e| node_failed(&model_name, e))
+    });
+    let results = futures::future::join_all(prepares).await;
+    if results.iter().all(Result::is_ok) {
+        return Ok(results.into_iter().map(|r| r.ok().flatten()).collect());
+    }
+    let mut failures = Vec::new();
+    for result in results {
+        match result {
+            Ok(def) => {
+                if let Some(def) = def {
+                    def.remove_files().await;
+                }
+            }
+            Err(e) => failures.push(e.message),
+        }
+    }
+    Err(registration_failed(workflow, &failures))
+}
+
+/// The error of a workflow some of whose nodes could not be registered.
+fn registration_failed(workflow: &str, failures: &[String]) -> ApiError {
+    ApiError::internal(format!(
+        "Workflow {workflow} has failed to register. Failures: [{}]",
+        failures.join(", ")
+    ))
+}
+
+/// Whether a model node may run its prelude and postlude functions in its own workers: only
+/// a model the workflow starts itself from its archive (`prepared`), on the server's Python
+/// without packages of its own (its workers import the workflow's handler file), unless its
+/// `fuse` property says no.
+fn may_fuse(props: &NodeProps, prepared: Option<&ModelDefinition>) -> bool {
+    props.fuse && prepared.is_some_and(|def| def.runtime == "python" && def.deps_dir.is_none())
+}
+
 /// What runs a stage, and whether the workflow started it.
 struct StageModel {
     runner: Runner,
     owned: bool,
 }
 
-/// Registers and starts the model of one stage: a model node's, or one for a fused chain of
-/// function nodes.
+/// Registers and starts the model of one stage: a model node's (`model`: its place in
+/// `nodes` and its prepared definition, when the workflow starts it), which also runs the
+/// stage's other nodes when there are any, or one for a fused chain of function nodes.
 async fn start_stage(
     state: &AppState,
     (workflow, version): (&str, &str),
     archive: &WorkflowArchive,
     nodes: Vec<(&Node, &NodeProps)>,
+    model: Option<(usize, Option<ModelDefinition>)>,
     remote: Option<Arc<RemoteTarget>>,
 ) -> ApiResult<StageModel> {
     if let Some(target) = remote {
@@ -213,14 +283,32 @@ async fn start_stage(
             owned: false,
         });
     }
-    let (first, props) = nodes[0];
-    let model_name = node_model_name(workflow, &first.name);
-    let source = archive.spec.models.get(&first.name).map(|m| &m.source);
+    let (lead, prepared) = model.unwrap_or((0, None));
+    let (first, props) = nodes[lead];
     // A model node's stuck worker is killed when a try times out; a segment's worker times
     // out each try itself, so its workers are killed only past every try of every node.
-    let mut response_timeout = Duration::from_millis(props.timeout_ms);
-    let mut def = match (first.kind, source) {
-        (NodeKind::Model, Some(ModelSource::Registered(shared))) => {
+    let alone = nodes.len() == 1 && first.kind == NodeKind::Model;
+    let response_timeout = if alone {
+        Duration::from_millis(props.timeout_ms)
+    } else {
+        stage_budget(nodes.iter().map(|(_, p)| *p))
+    };
+    let mut def = match (first.kind, prepared) {
+        (NodeKind::Model, Some(mut def)) => {
+            if !alone {
+                def.segment = Some(segment_nodes(archive, workflow, &nodes, Some((lead, &def))));
+            }
+            def
+        }
+        (NodeKind::Model, None) => {
+            let source = archive.spec.models.get(&first.name).map(|m| &m.source);
+            let Some(ModelSource::Registered(shared)) = source else {
+                return Err(ApiError::internal(format!(
+                    "workflow node {} has no model to run it",
+                    first.name
+                )));
+            };
+            let model_name = node_model_name(workflow, &first.name);
             let model = state
                 .registry
                 .get(shared, None)
@@ -230,20 +318,7 @@ async fn start_stage(
                 owned: false,
             });
         }
-        (NodeKind::Model, Some(ModelSource::Archive(url))) => {
-            let opts = RegisterOptions {
-                url: url.clone(),
-                model_name: Some(model_name.clone()),
-                ..RegisterOptions::default()
-            };
-            prepare_model(state, &opts, Some(&archive.dir))
-                .await
-                .map_err(|e| node_failed(&model_name, e))?
-        }
-        _ => {
-            response_timeout = stage_budget(nodes.iter().map(|(_, p)| *p));
-            segment_definition(archive, workflow, &nodes)
-        }
+        _ => segment_definition(archive, workflow, &nodes),
     };
     def.version = version.to_string();
     def.settings = ModelSettings {
@@ -284,7 +359,7 @@ fn stage_caller(dag: &Dag, nodes: &[WorkflowNode], indices: &[usize]) -> Box<dyn
         }
         Runner::Model(model) => model.clone(),
     };
-    if dag.nodes[indices[0]].kind == NodeKind::Model {
+    if indices.len() == 1 && dag.nodes[indices[0]].kind == NodeKind::Model {
         return Box::new(ModelNode {
             name,
             model,
@@ -292,7 +367,7 @@ fn stage_caller(dag: &Dag, nodes: &[WorkflowNode], indices: &[usize]) -> Box<dyn
             metrics: first.metrics.clone(),
         });
     }
-    Box::new(FusedFunctions {
+    Box::new(FusedNodes {
         names: indices.iter().map(|&i| dag.nodes[i].name.clone()).collect(),
         model,
         metrics: indices.iter().map(|&i| nodes[i].metrics.clone()).collect(),
@@ -318,21 +393,7 @@ fn segment_definition(
     workflow: &str,
     nodes: &[(&Node, &NodeProps)],
 ) -> ModelDefinition {
-    let segment: Arc<[SegmentNode]> = nodes
-        .iter()
-        .map(|(node, props)| {
-            let model_name = node_model_name(workflow, &node.name);
-            let handler = format!("{}:{}", archive.handler, node.name);
-            SegmentNode {
-                manifest: json!({"runtime": "python", "model": {"modelName": model_name, "handler": handler, "modelVersion": "1.0"}}),
-                node: node.name.clone(),
-                model_name,
-                handler,
-                attempts: props.retry_attempts + 1,
-                timeout_ms: props.timeout_ms,
-            }
-        })
-        .collect();
+    let segment = segment_nodes(archive, workflow, nodes, None);
     let functions: Vec<&str> = nodes.iter().map(|(n, _)| n.name.as_str()).collect();
     // `file.py:a,b,c`: what the model runs, as its workers log it.
     let handler = format!("{}:{}", archive.handler, functions.join(","));
@@ -353,6 +414,42 @@ fn segment_definition(
         stored_copy: None,
         segment: Some(segment),
     }
+}
+
+/// The nodes of a fused stage as its workers load them: each function from the workflow's
+/// handler file, and the model node (`model`: its place in `nodes` and its definition) by the
+/// model's own handler.
+fn segment_nodes(
+    archive: &WorkflowArchive,
+    workflow: &str,
+    nodes: &[(&Node, &NodeProps)],
+    model: Option<(usize, &ModelDefinition)>,
+) -> Arc<[SegmentNode]> {
+    nodes
+        .iter()
+        .enumerate()
+        .map(|(k, (node, props))| {
+            let model_name = node_model_name(workflow, &node.name);
+            let (handler, manifest, dir) = match model {
+                Some((at, def)) if at == k => (def.handler.clone(), def.manifest.clone(), &def.dir),
+                _ => {
+                    let handler = format!("{}:{}", archive.handler, node.name);
+                    let manifest = json!({"runtime": "python", "model": {"modelName": model_name, "handler": handler, "modelVersion": "1.0"}});
+                    (handler, manifest, &archive.dir)
+                }
+            };
+            SegmentNode {
+                manifest,
+                node: node.name.clone(),
+                model: model.is_some_and(|(at, _)| at == k),
+                model_dir: dir.to_string_lossy().into_owned(),
+                model_name,
+                handler,
+                attempts: props.retry_attempts + 1,
+                timeout_ms: props.timeout_ms,
+            }
+        })
+        .collect()
 }
 
 /// Unregisters the models a workflow started (each once, however many nodes it runs).

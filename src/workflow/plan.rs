@@ -1,6 +1,8 @@
 //! Which DAG nodes run together. Each maximal linear chain of function nodes (every node but
 //! the first has exactly one parent, which has exactly one child) is one stage, run by one
-//! worker call; every model node is a stage of its own. Stages form a DAG of their own.
+//! worker call. A model node is a stage of its own, unless it may fuse: then it also takes
+//! the chain that feeds only it (its prelude) and the chain that only it feeds (its
+//! postlude), and its workers run the whole stage in one call. Stages form a DAG of their own.
 
 use super::dag::{Dag, NodeKind};
 use super::route::Router;
@@ -17,6 +19,9 @@ pub struct StagePlan {
     pub name: String,
     /// Which child stages run after it, from its last node's route; None: all of them.
     pub route: Option<Router>,
+    /// The model node whose workers run the stage, when it has one (then the stage's other
+    /// nodes are its prelude and postlude functions).
+    pub model: Option<usize>,
 }
 
 /// The stages of a workflow; every stage comes after its parents.
@@ -32,24 +37,40 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Fuses the linear chains of function nodes of `dag`.
-    pub fn new(dag: &Dag) -> Self {
+    /// Fuses the linear chains of function nodes of `dag`, and each model node `fuses(i)`
+    /// allows with its prelude and postlude.
+    pub fn new(dag: &Dag, fuses: impl Fn(usize) -> bool) -> Self {
         let nodes = &dag.nodes;
-        let fuses_with_parent = |i: usize| match nodes[i].parents.as_slice() {
-            &[parent] => {
-                nodes[i].kind == NodeKind::Function
-                    && nodes[parent].kind == NodeKind::Function
-                    && nodes[parent].children.len() == 1
-            }
-            _ => false,
-        };
         let mut stages: Vec<StagePlan> = Vec::new();
         let mut stage_of = vec![usize::MAX; nodes.len()];
+        // Whether node `i` joins the stage of its only parent, which feeds only it.
+        let joins_parent = |i: usize, stages: &[StagePlan], stage_of: &[usize]| {
+            let &[parent] = nodes[i].parents.as_slice() else {
+                return false;
+            };
+            if nodes[parent].children.len() != 1 {
+                return false;
+            }
+            match (nodes[parent].kind, nodes[i].kind) {
+                // A function follows a function (in a chain, or a model's postlude).
+                (NodeKind::Function, NodeKind::Function) => true,
+                // A fusing model takes the chain of functions before it, once.
+                (NodeKind::Function, NodeKind::Model) => {
+                    fuses(i) && stages[stage_of[parent]].model.is_none()
+                }
+                // A fusing model's postlude starts.
+                (NodeKind::Model, NodeKind::Function) => fuses(parent),
+                _ => false,
+            }
+        };
         for &i in &dag.order {
-            if fuses_with_parent(i) {
+            if joins_parent(i, &stages, &stage_of) {
                 let stage = stage_of[nodes[i].parents[0]];
                 stages[stage].nodes.push(i);
                 stages[stage].name.clone_from(&nodes[i].name);
+                if nodes[i].kind == NodeKind::Model {
+                    stages[stage].model = Some(i);
+                }
                 stage_of[i] = stage;
             } else {
                 stage_of[i] = stages.len();
@@ -59,6 +80,7 @@ impl Plan {
                     parents: nodes[i].parents.iter().map(|&p| stage_of[p]).collect(),
                     name: nodes[i].name.clone(),
                     route: None,
+                    model: (nodes[i].kind == NodeKind::Model).then_some(i),
                 });
             }
         }
@@ -82,20 +104,31 @@ mod tests {
     use crate::workflow::spec::WorkflowSpec;
 
     /// The plan of a spec whose `m*` nodes are models and every other node a function, as
-    /// lists of node names per stage.
+    /// lists of node names per stage; no model fuses.
     fn stages(dag_yaml: &str) -> (Plan, Vec<Vec<String>>) {
-        let yaml =
-            format!("models:\n  m1:\n    url: a.mar\n  m2:\n    url: b.mar\ndag:\n{dag_yaml}");
+        fused_stages(dag_yaml, "")
+    }
+
+    /// As [`stages`], where the models whose `fuse` property is true (m1's props are
+    /// `m1_props`) and are not `shared` may fuse, as the loader decides for models the
+    /// workflow starts from its own archive.
+    fn fused_stages(dag_yaml: &str, m1_props: &str) -> (Plan, Vec<Vec<String>>) {
+        let yaml = format!(
+            "models:\n  m1:\n    url: a.mar\n{m1_props}  m2:\n    url: b.mar\n  shared:\n    model: s\ndag:\n{dag_yaml}"
+        );
         let spec = WorkflowSpec::parse(&yaml).unwrap();
         let functions = spec
             .dag
             .iter()
             .flat_map(|(node, children)| std::iter::once(node).chain(children))
-            .filter(|name| !name.starts_with('m'))
+            .filter(|name| !name.starts_with('m') && *name != "shared")
             .cloned()
             .collect();
         let dag = Dag::build(&spec, &functions).unwrap();
-        let plan = Plan::new(&dag);
+        let plan = Plan::new(&dag, |i| {
+            let name = &dag.nodes[i].name;
+            !m1_props.is_empty() && name != "shared" && spec.models[name].props.fuse
+        });
         let names = plan
             .stages
             .iter()
@@ -148,5 +181,57 @@ mod tests {
                 "stages are topological"
             );
         }
+    }
+
+    const SEQ4: &str = "  pre: [m1]\n  m1: [m2]\n  m2: [post]\n";
+
+    #[test]
+    fn a_model_takes_its_prelude_and_postlude() {
+        let (plan, names) = fused_stages(SEQ4, "    fuse: true\n");
+        assert_eq!(names, [["pre", "m1"], ["m2", "post"]]);
+        let models: Vec<Option<usize>> = plan.stages.iter().map(|s| s.model).collect();
+        assert_eq!(
+            models,
+            [Some(plan.stages[0].nodes[1]), Some(plan.stages[1].nodes[0])]
+        );
+        assert_eq!(
+            (plan.stages[0].name.as_str(), plan.stages[1].name.as_str()),
+            ("m1", "post")
+        );
+        assert_eq!(plan.stages[1].parents, [0]);
+        let (_, names) = fused_stages(
+            "  a: [b]\n  b: [m1]\n  m1: [c]\n  c: [d]\n",
+            "    fuse: true\n",
+        );
+        assert_eq!(names, [["a", "b", "m1", "c", "d"]]);
+    }
+
+    #[test]
+    fn the_fuse_switch_and_models_not_started_here_keep_models_alone() {
+        let (plan, names) = fused_stages(SEQ4, "    fuse: false\n");
+        assert_eq!(names, [vec!["pre"], vec!["m1"], vec!["m2", "post"]]);
+        assert_eq!(plan.stages[1].model, Some(plan.stages[1].nodes[0]));
+        let (_, names) = fused_stages("  pre: [shared]\n  shared: [post]\n", "    fuse: true\n");
+        assert_eq!(names, [["pre"], ["shared"], ["post"]]);
+    }
+
+    #[test]
+    fn fan_out_fan_in_and_routes_keep_functions_out_of_a_model_stage() {
+        let on = "    fuse: true\n";
+        // pre feeds two nodes; m1's child has two parents.
+        let (_, names) = fused_stages("  pre: [m1, a]\n  m1: [agg]\n  a: [agg]\n", on);
+        assert!(names.iter().all(|s| s.len() == 1), "{names:?}");
+        // m1 has two parents; m1 feeds two nodes.
+        let (_, names) = fused_stages("  pre: [a, b]\n  a: [m1]\n  b: [m1]\n  m1: [c, d]\n", on);
+        assert!(names.iter().all(|s| s.len() == 1), "{names:?}");
+        // A routed model ends its stage.
+        let routed = "  pre: [m1]\n  m1: [a, b]\nroutes:\n  m1:\n    cases: {x: a, y: b}\n";
+        let (plan, mut names) = fused_stages(routed, on);
+        names.sort();
+        assert_eq!(names, [vec!["a"], vec!["b"], vec!["pre", "m1"]]);
+        assert!(plan.stages[0].route.is_some());
+        // A function between two models goes with the first; the second stays alone.
+        let (_, names) = fused_stages("  m1: [f]\n  f: [m2]\n", on);
+        assert_eq!(names, [vec!["m1", "f"], vec!["m2"]]);
     }
 }

@@ -156,9 +156,9 @@ impl crate::versioned::Versioned for Workflow {
                     let names = |c: &[usize]| -> Vec<&str> { c.iter().map(|&i| self.dag.nodes[i].name.as_str()).collect() };
                     described["route"] = route.describe(names);
                 }
-                if node.kind == NodeKind::Function {
-                    let segment: Vec<&str> = self.plan.stages[stage]
-                        .nodes
+                let stage_nodes = &self.plan.stages[stage].nodes;
+                if node.kind == NodeKind::Function || stage_nodes.len() > 1 {
+                    let segment: Vec<&str> = stage_nodes
                         .iter()
                         .map(|&i| self.dag.nodes[i].name.as_str())
                         .collect();

@@ -16,6 +16,9 @@ pub struct NodeProps {
     pub max_batch_delay: u64,
     pub retry_attempts: usize,
     pub timeout_ms: u64,
+    /// `fuse`: whether a model node runs the function chains next to it (the one that feeds
+    /// only it, the one only it feeds) in its own worker call (docs/workflows.md).
+    pub fuse: bool,
 }
 
 impl Default for NodeProps {
@@ -27,6 +30,7 @@ impl Default for NodeProps {
             max_batch_delay: 50,
             retry_attempts: 1,
             timeout_ms: 10_000,
+            fuse: true,
         }
     }
 }
@@ -49,6 +53,11 @@ impl NodeProps {
             "max-batch-delay" => self.max_batch_delay = number()?,
             "retry-attempts" => self.retry_attempts = number()? as usize,
             "timeout-ms" => self.timeout_ms = number()?,
+            "fuse" => {
+                self.fuse = value.as_bool().ok_or_else(|| {
+                    format!("{owner}: fuse must be true or false, got {}", show(value))
+                })?
+            }
             _ => return Err(format!("{owner}: unknown property {key:?}")),
         }
         Ok(())
@@ -506,6 +515,20 @@ dag:
             (4, 3, 3)
         );
         assert_eq!(spec.dag.len(), 3);
+    }
+
+    #[test]
+    fn fuse_is_a_boolean_property_with_a_global_default() {
+        let yaml = "models:\n  fuse: false\n  m1:\n    url: a.mar\n    fuse: true\n  m2:\n    url: b.mar\ndag:\n  m1: [m2]\n";
+        let spec = WorkflowSpec::parse(yaml).unwrap();
+        assert!(!spec.globals.fuse);
+        assert!(spec.models["m1"].props.fuse && !spec.models["m2"].props.fuse);
+        assert!(NodeProps::default().fuse);
+        let bad = "models:\n  m1:\n    url: a.mar\n    fuse: 1\ndag:\n  m1: []\n";
+        assert_eq!(
+            WorkflowSpec::parse(bad).unwrap_err(),
+            "model \"m1\": fuse must be true or false, got 1"
+        );
     }
 
     #[test]

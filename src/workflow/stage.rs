@@ -1,5 +1,6 @@
-//! What the executor calls: a stage runs one model node, or a fused chain of function nodes
-//! in one worker call, each node with its retry attempts and timeout.
+//! What the executor calls: a stage runs one model node, or a fused chain of nodes (functions,
+//! possibly around the model node whose workers run them) in one worker call, each node with
+//! its retry attempts and timeout.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -216,11 +217,12 @@ impl Stage for ModelNode {
     }
 }
 
-/// A chain of function nodes fused into one worker call: the segment model's workers run
-/// every function in turn, each with its own tries and timeout, and report per node. A
-/// call the workers could not take or answer at all (no worker, a crash, the backstop
-/// timeout) is tried again as a whole, as many times as the first node may be tried.
-pub struct FusedFunctions {
+/// A chain of nodes fused into one worker call: the model's workers run every node in turn
+/// (functions, and the model's handler when the model is one of them), each with its own
+/// tries and timeout, and report per node. A call the workers could not take or answer at
+/// all (no worker, a crash, the backstop timeout) is tried again as a whole, as many times
+/// as the first node may be tried.
+pub struct FusedNodes {
     /// Node names, in chain order.
     pub names: Vec<String>,
     pub model: Arc<ServedModel>,
@@ -231,7 +233,7 @@ pub struct FusedFunctions {
     pub budget: Duration,
 }
 
-impl FusedFunctions {
+impl FusedNodes {
     /// What the worker says happened to `output`; records each node's call, and the timing
     /// of each node that answered.
     fn account(&self, mut output: InferenceResponse, timings: Timings<'_>) -> StageResult {
@@ -268,7 +270,7 @@ impl FusedFunctions {
     }
 }
 
-impl Stage for FusedFunctions {
+impl Stage for FusedNodes {
     fn call<'a>(
         &'a self,
         input: InferenceRequest,
@@ -277,7 +279,7 @@ impl Stage for FusedFunctions {
         async move {
             let run = with_retries(self.attempts, self.budget, INTERNAL, || async {
                 self.model
-                    .submit(with_new_id(&input), false)
+                    .submit_segment(with_new_id(&input))
                     .await
                     .map_err(Failure::from_error)
             })
