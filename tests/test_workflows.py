@@ -116,6 +116,26 @@ def picky(data, context):
     return [str(_num(row)) for row in data]
 
 
+def gate(data, context):
+    """Fails on "pre", passes "model" on as text the model cannot read, "post" as -1."""
+    if data is None:
+        return None
+    values = [row["data"].decode() if isinstance(row["data"], (bytes, bytearray))
+              else str(row["data"]) for row in data]
+    if "pre" in values:
+        raise ValueError("gate refuses pre")
+    return [{"model": "not a number", "post": "-1"}.get(v, v) for v in values]
+
+
+def check(data, context):
+    if data is None:
+        return None
+    numbers = [_num(row) for row in data]
+    if any(n < 0 for n in numbers):
+        raise ValueError("negative")
+    return [{"checked": n} for n in numbers]
+
+
 def fails_twice(data, context):
     if data is None:
         return None
@@ -178,8 +198,9 @@ def test_sequential_dag_runs_function_model_model_function(server):
     answer = predict(server, "seq", 5)
     assert answer.status_code == 200, answer.text
     assert answer.json() == {"result": 30.0}
-    assert {"seq__pre_processing", "seq__double", "seq__triple",
-            "seq__postprocessing"} <= model_names(server)
+    # The functions run in the models' workers (see the fused tests below).
+    assert {"seq__double", "seq__triple"} <= model_names(server)
+    assert not {"seq__pre_processing", "seq__postprocessing"} & model_names(server)
     assert metric(server, "torchyard_workflow_node_requests_total", workflow="seq",
                   node="triple") == 1
 
@@ -460,7 +481,7 @@ def node_series(server, workflow, *nodes, name="requests"):
 def test_fused_chain_answers_as_the_chain_broken_by_a_model(server):
     scale_mar(server.store, "one", 1.0)
     fused = "dag:\n  pre_processing: [add_one]\n  add_one: [add_two]\n  add_two: [seen]\n"
-    broken = ("models:\n  one:\n    url: one.mar\n"
+    broken = ("models:\n  one:\n    url: one.mar\n    fuse: false\n"
               "dag:\n  pre_processing: [add_one]\n  add_one: [one]\n  one: [add_two]\n"
               "  add_two: [seen]\n")
     answers = []
@@ -530,3 +551,84 @@ def test_fused_chain_fails_one_request_of_a_batch_alone(server):
         'Workflow node "picky" failed after 2 attempt(s): handler answered 418: 13.0')
     assert {a.json()["result"] for a in answers if a.ok} == {11.0, 12.0, 14.0}
     assert node_series(server, "picky", "picky", name="retries") == [1]
+
+
+def server_timing_nodes(answer):
+    return [e.split(";")[0].strip() for e in answer.headers["Server-Timing"].split(",")]
+
+
+def test_a_model_runs_its_prelude_and_postlude_in_its_worker_with_the_same_answer(server):
+    """seq4: pre -> double -> triple -> post is two stages, [pre, double] and [triple, post],
+    and answers what it answers with `fuse: false` (four stages), byte for byte."""
+    for name, spec in (("fuseon", SEQUENTIAL), ("fuseoff", "models:\n  fuse: false" + SEQUENTIAL[8:])):
+        assert register(server, name, spec).status_code == 200
+    chain = ["pre_processing", "double", "triple", "postprocessing"]
+    for value in (5, "2.5", -1):
+        on, off = predict(server, "fuseon", value), predict(server, "fuseoff", value)
+        assert on.status_code == off.status_code == 200, (on.text, off.text)
+        assert (on.content, on.headers["content-type"]) == (off.content,
+                                                            off.headers["content-type"])
+        for answer in (on, off):
+            assert server_timing_nodes(answer)[:5] == [f"node.{n}" for n in chain] + ["workflow"]
+    assert predict(server, "fuseon", 5).json() == {"result": 30.0}
+    segments = {n["name"]: (n.get("segment"), n["modelName"]) for n in
+                requests.get(f"{server.management}/workflows/fuseon").json()[0]["nodes"]}
+    first, second = (["pre_processing", "double"], "fuseon__double"), (
+        ["triple", "postprocessing"], "fuseon__triple")
+    assert segments == {"pre_processing": first, "double": first, "triple": second,
+                        "postprocessing": second}
+    off_nodes = requests.get(f"{server.management}/workflows/fuseoff").json()[0]["nodes"]
+    assert [n.get("segment") for n in off_nodes] == [["pre_processing"], None, None,
+                                                      ["postprocessing"]]
+    names = model_names(server)
+    assert "fuseon__pre_processing" not in names and "fuseoff__pre_processing" in names
+    assert node_series(server, "fuseon", *chain) == [4, 4, 4, 4]
+    # A request to the node model runs its handler only.
+    direct = requests.post(f"{server.inference}/predictions/fuseon__double", data={"data": "5"})
+    assert direct.status_code == 200 and direct.json() == 10.0
+    assert node_series(server, "fuseon", *chain) == [4, 4, 4, 4]
+
+
+def test_a_batch_mixes_workflow_requests_and_requests_to_the_node_model(server):
+    spec = ("models:\n  double:\n    url: double.mar\n    batch-size: 6\n"
+            "    max-batch-delay: 400\n"
+            "dag:\n  pre_processing: [double]\n  double: [postprocessing]\n")
+    assert register(server, "fusemix", spec).status_code == 200
+
+    def one(i):
+        if i % 2:
+            return requests.post(f"{server.inference}/predictions/fusemix__double",
+                                 data={"data": str(i)}, timeout=30).json()
+        return predict(server, "fusemix", i).json()
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(one, range(6)))
+    assert answers == [{"result": 0.0}, 2.0, {"result": 4.0}, 6.0, {"result": 8.0}, 10.0]
+    described = requests.get(f"{server.management}/models/fusemix__double").json()[0]
+    assert len(described["workers"]) == 1
+
+
+def test_a_failing_prelude_model_or_postlude_node_fails_the_request_naming_it(server):
+    spec = ("models:\n  retry-attempts: 1\n  double:\n    url: double.mar\n"
+            "dag:\n  gate: [double]\n  double: [check]\n")
+    assert register(server, "fusefail", spec).status_code == 200
+    pid = requests.get(f"{server.management}/models/fusefail__double").json()[0][
+        "workers"][0]["pid"]
+    messages = {}
+    for value in ("pre", "model", "post"):
+        answer = predict(server, "fusefail", value)
+        assert answer.status_code == 500, answer.text
+        messages[value] = answer.json()["message"]
+    assert messages["pre"] == (
+        'Workflow node "gate" failed after 2 attempt(s): ValueError: gate refuses pre')
+    assert messages["model"].startswith(
+        'Workflow node "double" failed after 2 attempt(s): JSONDecodeError: '), messages
+    assert messages["post"] == (
+        'Workflow node "check" failed after 2 attempt(s): ValueError: negative')
+    assert predict(server, "fusefail", 4).json() == {"checked": 8.0}
+    nodes = ("gate", "double", "check")
+    assert node_series(server, "fusefail", *nodes) == [4, 3, 2]
+    assert node_series(server, "fusefail", *nodes, name="errors") == [1, 1, 1]
+    assert node_series(server, "fusefail", *nodes, name="retries") == [1, 1, 1]
+    workers = requests.get(f"{server.management}/models/fusefail__double").json()[0]["workers"]
+    assert [w["pid"] for w in workers] == [pid]
