@@ -68,7 +68,8 @@ def server(start_module_server):
 
 
 def test_scale_all_nodes_or_one(server):
-    register(server, "scaled", spec("url: x2.mar"))
+    # fuse: false keeps pre and post out of the model's workers: three models to scale.
+    register(server, "scaled", spec("url: x2.mar\n    fuse: false"))
     answer = requests.put(f"{server.management}/workflows/scaled",
                           params={"min_worker": 2, "max_worker": 3, "synchronous": "true"})
     assert answer.status_code == 200, answer.text
@@ -156,7 +157,8 @@ def test_shared_models_own_or_shared_pools(server):
 
 
 def test_node_pool_autoscales_with_queue_depth(server):
-    register(server, "auto", spec("url: x2.mar", entry="slow_pre", extra="  max-workers: 3\n"))
+    register(server, "auto", spec("url: x2.mar\n    fuse: false", entry="slow_pre",
+                                  extra="  max-workers: 3\n"))
     with concurrent.futures.ThreadPoolExecutor(24) as pool:
         codes = list(pool.map(lambda i: predict(server, "auto", i).status_code, range(60)))
     assert set(codes) == {200}

@@ -9,7 +9,7 @@ import logging
 import signal
 import time
 import traceback
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import envelopes
 from .context import Context
@@ -84,12 +84,54 @@ class Node:
         self.attempts = max(1, attempts)
         self.timeout_ms = timeout_ms
         self.timeout = timeout_ms / 1000
+        #: For a model node, where its handler's partial results go during a try (its
+        #: context's intermediate sink): `collect` when other nodes follow, else `forward`.
+        self.sink: Optional[Callable[[Sequence[Any], Dict[int, str]], None]] = None
+        #: `collect`'s partial results per request id, which go before the node's output into
+        #: the next node, as the server joins a streamed answer that a node takes.
+        self.chunks: Optional[Dict[str, List[bytes]]] = None
+        #: `forward`'s destination (the worker's sink, which sends them to the server), and
+        #: the trace so far per request id that has sent no partial result yet.
+        self.send: Optional[Callable[..., None]] = None
+        self.traces: Dict[str, List[Tuple[int, int]]] = {}
+        #: The try in progress: its number from 0, and when it started.
+        self.retries = 0
+        self.started = 0.0
+
+    def streams(self, last: bool) -> None:
+        """Makes this model node's partial results join its output (`last` False) or go to
+        the server (`last` True)."""
+        if last:
+            self.send, self.sink = self.context.intermediate_sink, self.forward
+        else:
+            self.chunks, self.sink = {}, self.collect
+
+    def collect(self, outputs: Sequence[Any], req_id_map: Dict[int, str]) -> None:
+        """Keeps partial results for the next node."""
+        context = self.context
+        for idx in req_id_map:
+            _, body = response_entry(idx, outputs[idx], context.request_processor[idx])
+            self.chunks.setdefault(context.request_ids[idx], []).append(bytes(body))
+
+    def forward(self, outputs: Sequence[Any], req_id_map: Dict[int, str]) -> None:
+        """Sends partial results to the server; a request's first one carries its trace so
+        far (the nodes before, and this node's tries until now), since the server answers
+        with it before the final reply comes."""
+        ids = self.context.request_ids
+        micros = int((time.perf_counter() - self.started) * 1e6)
+        traces = {}
+        for idx in req_id_map:
+            trace = self.traces.pop(ids.get(idx), None)
+            if trace is not None:
+                traces[idx] = {"nodes": [*trace, (micros, self.retries)], "failed": None}
+        self.send(outputs, req_id_map, traces)
 
     def run(self, requests: Sequence[dict], inputs: Sequence[dict],
             first: bool) -> List[Tuple[Answer, int, int]]:
         """Per request: its last answer, its retries, and the microseconds its tries took.
         A try runs on the requests that have no answer yet, as one batch. The `first` node of
         the segment takes the requests through their KServe envelope, if they name one."""
+        self.retries = 0
         answers, took = self.attempt(requests, inputs, first)
         micros = int(took * 1e6)
         results = [(answer, 0, micros) for answer in answers]
@@ -97,6 +139,7 @@ class Node:
         for attempt in range(1, self.attempts):
             if not pending:
                 break
+            self.retries = attempt
             answers, took = self.attempt([requests[i] for i in pending],
                                          [inputs[i] for i in pending], first)
             for i, answer in zip(pending, answers):
@@ -111,7 +154,14 @@ class Node:
         count = len(requests)
         context = self.context
         context.start_batch(requests)
-        started = time.perf_counter()
+        chunks = self.chunks
+        if chunks is not None:
+            for request in requests:
+                chunks.pop(request["id"], None)  # a failed try's partial results go
+        sink = context.intermediate_sink
+        if self.sink is not None:
+            context.intermediate_sink = self.sink
+        self.started = started = time.perf_counter()
         try:
             _Alarm.start(self.timeout)
             try:
@@ -121,6 +171,7 @@ class Node:
                     outputs = self.entry(inputs, context)
             finally:
                 _Alarm.end()
+                context.intermediate_sink = sink
             took = time.perf_counter() - started
             timed_out = took > self.timeout
         except NodeTimeout:
@@ -140,6 +191,9 @@ class Node:
             log.error("cannot encode the output of workflow node %s:\n%s", context.model_name,
                       traceback.format_exc())
             return [(None, b"", exception_status(exc))] * count, took
+        if chunks:
+            entries = [(response, b"".join([*chunks.pop(request["id"], ()), body]))
+                       for request, (response, body) in zip(requests, entries)]
         return [(response, body, None if response["status"] < 400 else (response["status"], None))
                 for response, body in entries], took
 
@@ -174,6 +228,8 @@ class Segment:
                               spec["handler"])
                     raise
             nodes.append(Node(entry, context, spec["attempts"], spec["timeout_ms"]))
+            if spec.get("model"):
+                nodes[-1].streams(last=spec is specs[-1])
         _Alarm.install()
         return cls(nodes)
 
@@ -189,6 +245,8 @@ class Segment:
         alive = list(range(count))
         last = len(self.nodes) - 1
         for k, node in enumerate(self.nodes):
+            if node.send is not None:
+                node.traces = {requests[i]["id"]: traces[i] for i in alive}
             if len(alive) < count:
                 ran = node.run([requests[i] for i in alive], [inputs[i] for i in alive], k == 0)
             else:

@@ -52,6 +52,8 @@ class Worker:
         self.send: Optional[Callable[[dict, Sequence[Blob]], None]] = None
         #: Metrics of every context with updates to send with the next reply.
         self.pending_metrics: List[Metric] = []
+        #: The requests of the batch being served, as the frame lists them.
+        self.batch: Sequence[dict] = ()
 
     def handle(self, msg: dict, blobs: List[bytearray]) -> Reply:
         """The reply to one message."""
@@ -109,6 +111,7 @@ class Worker:
         else:
             data = [{p["name"]: blobs[p["blob"]] for p in r["params"]} for r in requests]
         started = time.perf_counter()
+        self.batch = requests
         header, bodies = self.run(requests, data)
         if header["kind"] == "predicted":
             header["prediction_us"] = round((time.perf_counter() - started) * 1e6)
@@ -156,15 +159,25 @@ class Worker:
             return exception_reply(exc, "PredictionException")
         return {"kind": "predicted", "responses": responses}, bodies
 
-    def send_intermediate(self, outputs: Sequence[Any], req_id_map: Dict[int, str]) -> None:
-        """Sends an `intermediate` frame: the partial result of each request in `req_id_map`."""
+    def send_intermediate(self, outputs: Sequence[Any], req_id_map: Dict[int, str],
+                          traces: Optional[Dict[int, dict]] = None) -> None:
+        """Sends an `intermediate` frame: the partial result of each request in `req_id_map`,
+        with the segment trace `traces` holds for it. The handler may serve part of the frame's
+        batch (the rest runs a fused segment, or left it): a request's index is then its place
+        in the frame, found by its id."""
         processors = self.context.request_processor
+        ids = self.context.request_ids
+        whole = len(processors) == len(self.batch)
+        places = None if whole else {r["id"]: i for i, r in enumerate(self.batch)}
         responses, bodies = [], []
         for idx in req_id_map:
             if not isinstance(idx, int) or not 0 <= idx < len(processors):
                 raise ValueError(f"no request {idx!r} in a batch of {len(processors)}")
             response, body = response_entry(idx, outputs[idx], processors[idx])
-            responses.append({**response, "index": idx, "blob": len(bodies)})
+            index = idx if places is None else places[ids[idx]]
+            responses.append({**response, "index": index, "blob": len(bodies)})
+            if traces and idx in traces:
+                responses[-1]["trace"] = traces[idx]
             bodies.append(body)
         self.send({"kind": "intermediate", "responses": responses}, bodies)
 

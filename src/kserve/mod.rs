@@ -109,7 +109,9 @@ impl Target {
                     versions.iter().map(|w| w.version().to_string()).collect();
                 let plan = &workflow.plan;
                 let tensor = |name: &str| json!({"name": name, "datatype": "BYTES", "shape": [-1]});
-                let inputs = vec![tensor(&plan.stages[plan.entry].name)];
+                // The entry node's name, not its stage's (named after the stage's last node).
+                let dag = &workflow.dag;
+                let inputs = vec![tensor(&dag.nodes[dag.entry].name)];
                 let outputs = plan.leaves.iter().map(|&l| tensor(&plan.stages[l].name));
                 (
                     workflow.name(),
