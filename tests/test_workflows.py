@@ -473,6 +473,11 @@ def test_500_concurrent_requests_all_answered_correctly(server):
     assert not wrong, wrong[:5]
 
 
+def worker_pids(server, model):
+    return [w["pid"] for w in
+            requests.get(f"{server.management}/models/{model}").json()[0]["workers"]]
+
+
 def node_series(server, workflow, *nodes, name="requests"):
     return [metric(server, f"torchyard_workflow_node_{name}_total", workflow=workflow, node=n)
             for n in nodes]
@@ -526,8 +531,7 @@ def test_fused_chain_times_out_a_node_without_restarting_its_worker(server):
     spec = ("models:\n  retry-attempts: 1\n  timeout-ms: 300\n"
             "dag:\n  pre_processing: [slow]\n  slow: [postprocessing]\n")
     assert register(server, "midslow", spec).status_code == 200
-    pid = requests.get(f"{server.management}/models/midslow__pre_processing").json()[0][
-        "workers"][0]["pid"]
+    pids = worker_pids(server, "midslow__pre_processing")
     started = time.monotonic()
     answer = predict(server, "midslow", 1)
     elapsed = time.monotonic() - started
@@ -535,9 +539,7 @@ def test_fused_chain_times_out_a_node_without_restarting_its_worker(server):
     assert answer.json()["message"] == (
         'Workflow node "slow" failed after 2 attempt(s): timed out after 300 ms')
     assert elapsed < 2.5, f"two 300 ms tries took {elapsed:.1f}s"
-    workers = requests.get(f"{server.management}/models/midslow__pre_processing").json()[0][
-        "workers"]
-    assert [w["pid"] for w in workers] == [pid]
+    assert worker_pids(server, "midslow__pre_processing") == pids
 
 
 def test_fused_chain_fails_one_request_of_a_batch_alone(server):
@@ -604,16 +606,14 @@ def test_a_batch_mixes_workflow_requests_and_requests_to_the_node_model(server):
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(one, range(6)))
     assert answers == [{"result": 0.0}, 2.0, {"result": 4.0}, 6.0, {"result": 8.0}, 10.0]
-    described = requests.get(f"{server.management}/models/fusemix__double").json()[0]
-    assert len(described["workers"]) == 1
+    assert len(worker_pids(server, "fusemix__double")) == 1
 
 
 def test_a_failing_prelude_model_or_postlude_node_fails_the_request_naming_it(server):
     spec = ("models:\n  retry-attempts: 1\n  double:\n    url: double.mar\n"
             "dag:\n  gate: [double]\n  double: [check]\n")
     assert register(server, "fusefail", spec).status_code == 200
-    pid = requests.get(f"{server.management}/models/fusefail__double").json()[0][
-        "workers"][0]["pid"]
+    pids = worker_pids(server, "fusefail__double")
     messages = {}
     for value in ("pre", "model", "post"):
         answer = predict(server, "fusefail", value)
@@ -630,5 +630,4 @@ def test_a_failing_prelude_model_or_postlude_node_fails_the_request_naming_it(se
     assert node_series(server, "fusefail", *nodes) == [4, 3, 2]
     assert node_series(server, "fusefail", *nodes, name="errors") == [1, 1, 1]
     assert node_series(server, "fusefail", *nodes, name="retries") == [1, 1, 1]
-    workers = requests.get(f"{server.management}/models/fusefail__double").json()[0]["workers"]
-    assert [w["pid"] for w in workers] == [pid]
+    assert worker_pids(server, "fusefail__double") == pids
