@@ -2,7 +2,7 @@
 function in turn, each node with its own context, module copy, tries and timeout; a model's
 worker runs its segment around the handler for the requests that ask for it."""
 
-from worker_harness import body, request
+from worker_harness import body, request, write_source
 
 CHAIN = """
 import time
@@ -127,3 +127,14 @@ def test_a_model_runs_its_segment_for_the_requests_that_ask_and_its_handler_for_
     assert [retries for _, retries in failed["trace"]["nodes"]] == [0, 1]
     alone, alone_blobs = worker.predict(request(body(b"z")))
     assert bytes(alone_blobs[0]) == b"m(z)" and "trace" not in alone["responses"][0]
+
+
+def test_functions_from_a_handler_file_named_as_the_models_load_beside_it(loaded, tmp_path):
+    """The workflow's handler.py and the model's handler.py: each node gets its own."""
+    write_source(tmp_path / "wf", "handler.py", AROUND_A_MODEL.replace("\"pre(", "\"wf_pre("))
+    functions = {"model_dir": str(tmp_path / "wf")}
+    model = {**node("m"), "model": True, "handler": "handler.py:model"}
+    worker = loaded(AROUND_A_MODEL, handler="handler.py:model",
+                    segment=[{**node("pre"), **functions}, model, {**node("post"), **functions}])
+    reply, blobs = worker.predict(request(body(b"x"), segment=True), request(body(b"y")))
+    assert [bytes(b) for b in blobs] == [b"post:m(wf_pre(x))", b"m(y)"], worker.log()

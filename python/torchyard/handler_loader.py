@@ -66,16 +66,25 @@ def _import_handler_module(spec: str, model_dir: str, fresh: bool) -> ModuleType
 
 def _import_handler_file(path: str, fresh: bool) -> ModuleType:
     """Imports a handler file by its module name, its folder first on sys.path; `fresh`
-    executes it again when it was imported already."""
+    executes it again when it was imported already, and also when another file was imported
+    under its name (a workflow's `handler.py` beside a model's): that one keeps the name."""
     if not os.path.isfile(path):
         raise HandlerLoadError(f"handler file {path} does not exist")
     folder, file_name = os.path.split(path)
     if sys.path[0] != folder:
         sys.path.insert(0, folder)
-    found = sys.modules.get(file_name[:-3])
-    if fresh and getattr(found, "__file__", None) and os.path.samefile(found.__file__, path):
-        del sys.modules[file_name[:-3]]
-    module = importlib.import_module(file_name[:-3])
+    name = file_name[:-3]
+    found = sys.modules.get(name)
+    if fresh and found is not None:
+        del sys.modules[name]
+        try:
+            module = importlib.import_module(name)
+        finally:
+            other = getattr(found, "__file__", None)
+            if other and not os.path.samefile(other, path):
+                sys.modules[name] = found
+    else:
+        module = importlib.import_module(name)
     found = getattr(module, "__file__", None)
     if found is None or not os.path.samefile(found, path):
         raise HandlerLoadError(
