@@ -77,7 +77,10 @@ SCENARIOS = [("model", "predictions/double", 1), ("model", "predictions/double",
 #: server over HTTP, against `double` called directly; and a route that picks one of two
 #: branches (the one the plain workflow has) against a plain edge.
 REMOTE = "models:\n  r:\n    remote: http://127.0.0.1:{port}/predictions/double\ndag:\n  r: []\n"
-PLAIN_EDGE = MODELS + "dag:\n  pre: [a]\n  a: [last]\n"
+#: The plain edge does not fuse `pre` and `last` into `a`'s call, which a routed node cannot
+#: do: the routed-edge row measures the route alone.
+PLAIN_EDGE = MODELS.replace("max-batch-delay: 0\n", "max-batch-delay: 0\n  fuse: false\n") \
+    + "dag:\n  pre: [a]\n  a: [last]\n"
 ROUTED_EDGE = MODELS + "dag:\n  pre: [a, b]\n  a: [last]\n  b: [last]\n" \
     "routes:\n  pre:\n    cases: {'5': [a]}\n    default: [b]\n"
 #: The same model as `double` behind a handler that times each batch: `double_metrics` records
