@@ -243,13 +243,14 @@ async fn serve(spec: &WorkerSpec, process: &mut WorkerProcess, cancel: &Cancella
     // would, each time, wake the runtime thread parked on I/O to shorten its wait.
     let deadline = tokio::time::sleep(spec.response_timeout);
     tokio::pin!(deadline);
+    let rearm = |deadline: std::pin::Pin<&mut tokio::time::Sleep>| {
+        deadline.reset(tokio::time::Instant::now() + spec.response_timeout)
+    };
     loop {
         let stopping = cancel.is_cancelled() || queue_done;
         if flights.is_empty() {
             if let Some(batch) = held.take() {
-                deadline
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + spec.response_timeout);
+                rearm(deadline.as_mut());
                 if let Err(message) = send(spec, process, batch, &mut flights).await {
                     return crash(spec, flights, None, message);
                 }
@@ -275,7 +276,7 @@ async fn serve(spec: &WorkerSpec, process: &mut WorkerProcess, cancel: &Cancella
                         return crash(spec, flights, held, format!("worker connection lost: {e}"))
                     }
                 };
-                deadline.as_mut().reset(tokio::time::Instant::now() + spec.response_timeout);
+                rearm(deadline.as_mut());
                 let head = flights.front_mut().expect("a batch in flight");
                 let Some(outcome) = head.take(frame, &spec.metrics) else { continue };
                 let head = flights.pop_front().expect("a batch in flight");
@@ -307,7 +308,7 @@ async fn serve(spec: &WorkerSpec, process: &mut WorkerProcess, cancel: &Cancella
                     continue;
                 }
                 if flights.is_empty() {
-                    deadline.as_mut().reset(tokio::time::Instant::now() + spec.response_timeout);
+                    rearm(deadline.as_mut());
                 }
                 if let Err(message) = send(spec, process, batch, &mut flights).await {
                     return crash(spec, flights, None, message);
