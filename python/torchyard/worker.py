@@ -124,12 +124,14 @@ class Worker:
             return self.entry.run(requests, data)
         if self.segment is None:
             return self.run_handler(requests, data)
-        fused = [i for i, request in enumerate(requests) if request.get("segment")]
+        fused: List[int] = []
+        direct: List[int] = []
+        for i, request in enumerate(requests):
+            (fused if request.get("segment") else direct).append(i)
         if not fused:
             return self.run_handler(requests, data)
-        if len(fused) == len(requests):
+        if not direct:
             return self.segment.run(requests, data)
-        direct = [i for i, request in enumerate(requests) if not request.get("segment")]
         segment_reply = self.segment.run([requests[i] for i in fused], [data[i] for i in fused])
         handler_reply = self.run_handler([requests[i] for i in direct], [data[i] for i in direct])
         if handler_reply[0]["kind"] != "predicted":

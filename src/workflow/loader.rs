@@ -430,9 +430,10 @@ fn segment_nodes(
         .enumerate()
         .map(|(k, (node, props))| {
             let model_name = node_model_name(workflow, &node.name);
-            let (handler, manifest, dir) = match model {
-                Some((at, def)) if at == k => (def.handler.clone(), def.manifest.clone(), &def.dir),
-                _ => {
+            let own = model.filter(|&(at, _)| at == k).map(|(_, def)| def);
+            let (handler, manifest, dir) = match own {
+                Some(def) => (def.handler.clone(), def.manifest.clone(), &def.dir),
+                None => {
                     let handler = format!("{}:{}", archive.handler, node.name);
                     let manifest = json!({"runtime": "python", "model": {"modelName": model_name, "handler": handler, "modelVersion": "1.0"}});
                     (handler, manifest, &archive.dir)
@@ -441,7 +442,7 @@ fn segment_nodes(
             SegmentNode {
                 manifest,
                 node: node.name.clone(),
-                model: model.is_some_and(|(at, _)| at == k),
+                model: own.is_some(),
                 model_dir: dir.to_string_lossy().into_owned(),
                 model_name,
                 handler,
