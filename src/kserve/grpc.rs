@@ -133,7 +133,7 @@ impl GrpcInferenceService for Inference {
                 id: uuid::Uuid::new_v4().to_string(),
             };
             let answer = match infer(target, !r.model_version.is_empty(), request).await? {
-                Answer::Tensors(answer, _) => answer,
+                Answer::Tensors(answer, _) => answer.into_answer(),
                 Answer::Response(output) if output.status >= 400 => {
                     let message = String::from_utf8_lossy(&output.body).into_owned();
                     return Err(ApiError::internal(message));

@@ -7,6 +7,7 @@
 //! answers become the outputs (docs/kserve.md).
 
 pub mod grpc;
+mod plain;
 pub mod rest;
 mod tensors;
 
@@ -33,7 +34,7 @@ pub mod pb {
 pub const ENVELOPE_HEADER: &str = "x-torchyard-envelope";
 
 /// The envelope header's value for a model's v2 request: the worker answers the handler's
-/// outputs as they are when [`tensors::model_answer`] can wrap them (python/torchyard/
+/// outputs as they are when [`plain::PlainAnswer`] can wrap them (python/torchyard/
 /// envelopes.py), which saves the worker building and encoding the answer.
 const V2_MODEL_ENVELOPE: &str = "kservev2;raw";
 
@@ -162,7 +163,7 @@ pub struct Infer {
 pub enum Answer {
     /// A model's v2 answer the server built from the handler's plain outputs, and the
     /// worker's response (status 200, the handler's headers) whose body it stands for.
-    Tensors(tensors::V2Answer, InferenceResponse),
+    Tensors(plain::PlainAnswer, InferenceResponse),
     /// The response as it is: the worker's own answer, or a workflow's.
     Response(InferenceResponse),
 }
@@ -244,7 +245,7 @@ pub async fn infer(target: Target, version_named: bool, infer: Infer) -> ApiResu
                 .await?;
             let answer = (output.status == 200)
                 .then(|| {
-                    tensors::model_answer(&output.body, &answer_id, &model.def.manifest, &names)
+                    plain::PlainAnswer::read(&output.body, &answer_id, &model.def.manifest, names)
                 })
                 .flatten();
             Ok(match answer {

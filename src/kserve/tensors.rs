@@ -1,8 +1,8 @@
 //! Open Inference Protocol v2 tensors: checking a JSON request before it reaches a worker,
 //! converting gRPC's typed (or raw) tensor contents to the JSON request the `kservev2`
-//! envelope unwraps, a model's answer ([`V2Answer`]: built from the handler's plain outputs, or
-//! the envelope's own JSON) as REST's JSON or gRPC's `ModelInferResponse`, and describing a
-//! workflow's JSON leaf answers as output tensors.
+//! envelope unwraps, a model's answer ([`V2Answer`]: the envelope's own JSON, or the handler's
+//! plain outputs read by [`super::plain`]) as REST's JSON or gRPC's `ModelInferResponse`, and
+//! describing a workflow's JSON leaf answers as output tensors.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -54,15 +54,119 @@ impl Datatype {
         })
     }
 
-    /// Whether a JSON element fits this datatype.
-    fn admits(self, value: &Value) -> bool {
-        match self {
-            Self::Bool => value.is_boolean(),
-            Self::Bytes => true,
-            Self::F16 | Self::F32 | Self::F64 => value.is_number(),
-            Self::U8 | Self::U16 | Self::U32 | Self::U64 => value.is_u64(),
-            _ => value.is_i64() || value.is_u64(),
-        }
+    /// Whether elements of `kinds` (an [`Elements`] summary) fit this datatype.
+    fn admits(self, kinds: u8) -> bool {
+        let allowed = match self {
+            Self::Bytes => return true,
+            Self::Bool => Elements::BOOL,
+            Self::F16 | Self::F32 | Self::F64 => {
+                Elements::UINT | Elements::NEGATIVE_INT | Elements::FLOAT
+            }
+            Self::U8 | Self::U16 | Self::U32 | Self::U64 => Elements::UINT,
+            _ => Elements::UINT | Elements::NEGATIVE_INT,
+        };
+        kinds & !allowed == 0
+    }
+}
+
+/// What the check of an input needs of its `data`, read without building it: how many
+/// elements the (nested) array holds, a lone value counting as one, and which kinds of JSON
+/// value they are.
+#[derive(Debug, Default, PartialEq)]
+struct Elements {
+    count: usize,
+    /// The kinds seen, a set of the flags below.
+    kinds: u8,
+}
+
+impl Elements {
+    const BOOL: u8 = 1;
+    /// An integer that fits u64.
+    const UINT: u8 = 2;
+    /// A negative integer that fits i64.
+    const NEGATIVE_INT: u8 = 4;
+    const FLOAT: u8 = 8;
+    /// A string, null or object.
+    const OTHER: u8 = 16;
+
+    fn add(&mut self, kind: u8) {
+        self.count += 1;
+        self.kinds |= kind;
+    }
+}
+
+impl<'de> Deserialize<'de> for Elements {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut elements = Elements::default();
+        deserializer.deserialize_any(CountElements(&mut elements))?;
+        Ok(elements)
+    }
+}
+
+/// Adds the elements of one JSON value to an [`Elements`] summary.
+struct CountElements<'a>(&'a mut Elements);
+
+impl<'de> serde::de::DeserializeSeed<'de> for CountElements<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for CountElements<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("tensor data")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        self.0.add(Elements::BOOL);
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        self.0.add(Elements::UINT);
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.0.add(if v < 0 {
+            Elements::NEGATIVE_INT
+        } else {
+            Elements::UINT
+        });
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        self.0.add(Elements::FLOAT);
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        self.0.add(Elements::OTHER);
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.0.add(Elements::OTHER);
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        self.0.add(Elements::OTHER);
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(CountElements(self.0))?.is_some() {}
+        Ok(())
     }
 }
 
@@ -72,7 +176,7 @@ pub struct InputTensor {
     pub name: String,
     pub datatype: String,
     pub shape: Vec<i64>,
-    pub data: Value,
+    data: Elements,
 }
 
 /// The parts of a v2 JSON request torchyard checks.
@@ -100,21 +204,16 @@ pub fn check_request(body: &[u8]) -> ApiResult<InferRequest> {
                 input.shape, input.name
             ))
         })?;
-        let mut count = 0usize;
-        let mut fits = true;
-        for_each_element(&input.data, &mut |v| {
-            count += 1;
-            fits &= datatype.admits(v);
-        });
         if datatype == Datatype::Bytes {
             continue;
         }
-        if !fits {
+        if !datatype.admits(input.data.kinds) {
             return Err(ApiError::bad_request(format!(
                 "Input {} holds data that is not {}",
                 input.name, input.datatype
             )));
         }
+        let count = input.data.count;
         if count != expected {
             return Err(ApiError::bad_request(format!(
                 "Input {} has {count} elements, but its shape {:?} holds {expected}",
@@ -371,9 +470,9 @@ fn f16_to_f32(bits: u16) -> f32 {
     }
 }
 
-/// A model's v2 answer, as the `kservev2` envelope builds it: REST's JSON body, and what gRPC's
-/// `ModelInferResponse` is made of ([`grpc_response`]).
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+/// A model's v2 answer, as the `kservev2` envelope builds it, read for gRPC's
+/// `ModelInferResponse` ([`grpc_response`]).
+#[derive(Debug, Deserialize, PartialEq)]
 pub struct V2Answer {
     #[serde(default)]
     pub id: Option<String>,
@@ -385,7 +484,7 @@ pub struct V2Answer {
 }
 
 /// One output tensor of a [`V2Answer`]: its elements flat, as JSON values.
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Deserialize, PartialEq)]
 pub struct OutputTensor {
     pub name: String,
     pub datatype: String,
@@ -402,11 +501,6 @@ impl V2Answer {
                 "The handler's answer is not a v2 inference response: {e}"
             ))
         })
-    }
-
-    /// The answer's JSON text.
-    pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("JSON values print")
     }
 }
 
@@ -507,55 +601,6 @@ fn contents(datatype: Datatype, data: &[Value]) -> InferTensorContents {
     c
 }
 
-/// The `kservev2` envelope's answer of a model whose worker answered the handler's outputs as
-/// they are (`kservev2;raw`): a non-empty JSON array of numbers, booleans or flat lists of one
-/// kind of them, as the worker checked. Each output becomes a tensor named after the input of
-/// its index (`output-{i}` past them), its datatype `BOOL`, `INT64` or `FP64` by its elements, a
-/// scalar as a list of one, shape its length: what the envelope's `_tensor` answers. `model` is
-/// the model's manifest, whose `modelName` and `modelVersion` the answer names. None when `body`
-/// is not such an array: the worker's own answer, to pass on as it is.
-pub fn model_answer(body: &[u8], id: &str, model: &Value, names: &[String]) -> Option<V2Answer> {
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
-        return None;
-    }
-    let outputs: Vec<Value> = serde_json::from_slice(body).ok()?;
-    if outputs.is_empty() {
-        return None;
-    }
-    let outputs = outputs
-        .into_iter()
-        .enumerate()
-        .map(|(i, data)| {
-            let data = match data {
-                Value::Array(items) => items,
-                scalar => vec![scalar],
-            };
-            let datatype = match data.first() {
-                Some(Value::Bool(_)) => "BOOL",
-                Some(Value::Number(n)) if n.is_f64() => "FP64",
-                _ => "INT64",
-            };
-            let name = names
-                .get(i)
-                .map_or_else(|| format!("output-{i}"), String::clone);
-            OutputTensor {
-                name,
-                datatype: datatype.into(),
-                shape: vec![data.len() as i64],
-                data,
-            }
-        })
-        .collect();
-    let model = &model["model"];
-    let text = |v: &Value| v.as_str().map(String::from);
-    Some(V2Answer {
-        id: Some(id.into()),
-        model_name: text(&model["modelName"]),
-        model_version: text(&model["modelVersion"]),
-        outputs,
-    })
-}
-
 /// A workflow's answer as v2 output tensors: one per leaf, named after it, its JSON answer
 /// flattened (the shape of a rectangular nested array, else the element count) with the
 /// datatype numpy would give it.
@@ -632,29 +677,20 @@ mod tests {
         assert!(check_request(negative).is_err());
         let bytes = br#"{"inputs":[{"name":"t","shape":[1],"datatype":"BYTES","data":["a","b"]}]}"#;
         assert!(check_request(bytes).is_ok());
+        let negative_ints =
+            br#"{"inputs":[{"name":"x","shape":[2,1],"datatype":"INT8","data":[[-1],[2]]}]}"#;
+        assert!(check_request(negative_ints).is_ok());
+        let unsigned = br#"{"inputs":[{"name":"x","shape":[2],"datatype":"UINT8","data":[-1,2]}]}"#;
+        assert!(check_request(unsigned).is_err());
+        let objects =
+            br#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[{"a":[1]},null]}]}"#;
+        assert!(check_request(objects).is_err());
+        let scalar = br#"{"inputs":[{"name":"x","shape":[1],"datatype":"BOOL","data":true}]}"#;
+        assert!(check_request(scalar).is_ok());
+        let no_data = br#"{"inputs":[{"name":"x","shape":[1],"datatype":"BOOL"}]}"#;
+        assert!(check_request(no_data).is_err());
         assert!(check_request(b"{not json").is_err());
         assert!(check_request(br#"{"inputs":[]}"#).is_err());
-    }
-
-    #[test]
-    fn raw_outputs_become_the_envelopes_answer() {
-        let manifest = json!({"model": {"modelName": "m", "modelVersion": "2.0"}});
-        let names = ["a".to_string()];
-        let answer = |body: &str| {
-            model_answer(body.as_bytes(), "r1", &manifest, &names)
-                .map(|a| serde_json::from_slice::<Value>(&a.to_json()).unwrap())
-        };
-        assert_eq!(
-            answer(" [10.0, [1, 2], [true]]").unwrap(),
-            json!({"id": "r1", "model_name": "m", "model_version": "2.0", "outputs": [
-                {"name": "a", "datatype": "FP64", "data": [10.0], "shape": [1]},
-                {"name": "output-1", "datatype": "INT64", "data": [1, 2], "shape": [2]},
-                {"name": "output-2", "datatype": "BOOL", "data": [true], "shape": [1]}]})
-        );
-        // The worker's own answer, or nothing to wrap, passes as it is.
-        assert_eq!(answer(r#"{"id": "r1", "outputs": []}"#), None);
-        assert_eq!(answer("[]"), None);
-        assert_eq!(answer("null"), None);
     }
 
     #[test]
@@ -662,9 +698,10 @@ mod tests {
         let head = br#"{"inputs":[{"name":"x","shape":[2],"datatype":"INT32","parameters":{"binary_data_size":8}},{"name":"y","shape":[1],"datatype":"BOOL","data":[true]}]}"#;
         let body = [&head[..], &7i32.to_le_bytes(), &(-1i32).to_le_bytes()].concat();
         let json = inline_binary(&body, head.len()).unwrap();
-        let request = check_request(&json).unwrap();
-        assert_eq!(request.inputs[0].data, json!([7, -1]));
-        assert_eq!(request.inputs[1].data, json!([true]));
+        check_request(&json).unwrap();
+        let request: Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(request["inputs"][0]["data"], json!([7, -1]));
+        assert_eq!(request["inputs"][1]["data"], json!([true]));
         assert!(inline_binary(&body[..body.len() - 1], head.len()).is_err());
         assert!(inline_binary(&[&body[..], &[0]].concat(), head.len()).is_err());
         assert!(inline_binary(&body, body.len() + 1).is_err());
