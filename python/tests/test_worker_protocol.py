@@ -70,6 +70,24 @@ def test_frames_built_by_hand(start_worker, model_dir):
     assert blobs == b"abchello"
 
 
+def test_json_params_in_the_header_reach_the_handler_parsed(start_worker, model_dir):
+    # The server sends a small JSON body inside the header as `json`; the handler gets the same
+    # value it gets from the body as a blob.
+    worker = _hand_loaded(start_worker, model_dir, batch_size=2)
+    value = {"inputs": [{"name": "x", "data": [1, 2.5]}], "id": None}
+    text = json.dumps(value).encode()
+    predict = {"kind": "predict", "blobs": [len(text)], "requests": [
+        {"id": "a", "headers": [], "params": [
+            {"name": "body", "content_type": "application/json", "json": value}]},
+        {"id": "b", "headers": [], "params": [
+            {"name": "body", "content_type": "application/json", "blob": 0}]}]}
+    worker.sock.sendall(_hand_frame(predict, text))
+    header, blobs = _hand_read(worker.sock)
+    assert [r["content_type"] for r in header["responses"]] == ["application/json"] * 2
+    first, second = header["blobs"]
+    assert json.loads(blobs[:first]) == json.loads(blobs[first:]) == value
+
+
 def test_predicts_sent_back_to_back_are_answered_in_order(start_worker, model_dir):
     # The server sends the next batch while the worker runs one: frames arrive together.
     worker = _hand_loaded(start_worker, model_dir, batch_size=1)

@@ -106,8 +106,7 @@ class Worker:
         `PredictionTime`, which the server exports."""
         requests = msg["requests"]
         if self.decode_input_request:
-            data = [{p["name"]: decode(blobs[p["blob"]], p.get("content_type"))
-                     for p in r["params"]} for r in requests]
+            data = [{p["name"]: decoded(p, blobs) for p in r["params"]} for r in requests]
         else:
             data = [{p["name"]: blobs[p["blob"]] for p in r["params"]} for r in requests]
         started = time.perf_counter()
@@ -182,6 +181,14 @@ class Worker:
                 responses[-1]["trace"] = traces[idx]
             bodies.append(body)
         self.send({"kind": "intermediate", "responses": responses}, bodies)
+
+
+def decoded(param: dict, blobs: List[bytearray]) -> Any:
+    """A parameter's value as the handler gets it: its `json` as the server sent it in the
+    header (the parse of the value), else its blob decoded by its content type."""
+    if "json" in param:
+        return param["json"]
+    return decode(blobs[param["blob"]], param.get("content_type"))
 
 
 def merge_replies(count: int, parts: Sequence[Tuple[Sequence[int], Reply]]) -> Reply:

@@ -2,8 +2,10 @@
 
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::job::Param;
 use crate::metrics::{Declaration, HandlerSample};
 
 /// Largest frame either side may send.
@@ -82,12 +84,50 @@ pub struct RequestMeta<'a> {
     pub params: Vec<ParamMeta<'a>>,
 }
 
-/// A body, form field or multipart part; `blob` indexes the frame's blobs.
+/// A body, form field or multipart part: its value in the frame's blob `blob`, or a small
+/// JSON value in the header itself as `json`.
 #[derive(Debug, Serialize)]
 pub struct ParamMeta<'a> {
     pub name: &'a str,
     pub content_type: Option<&'a str>,
-    pub blob: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blob: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub json: Option<&'a RawValue>,
+}
+
+/// The largest JSON parameter that travels inside the frame header.
+const INLINE_JSON_MAX: usize = 64 * 1024;
+
+impl<'a> ParamMeta<'a> {
+    /// The entry of `param`. With `inline_json` (the worker decodes parameters), an
+    /// `application/json` value of up to 64 KiB that parses goes in the header, where the
+    /// worker's one parse of the header gives the value its own parse of the blob would; any
+    /// other value is pushed to `blobs`.
+    pub fn new(param: &'a Param, inline_json: bool, blobs: &mut Vec<&'a Bytes>) -> Self {
+        let json = (inline_json
+            && param.value.len() <= INLINE_JSON_MAX
+            && param.content_type.as_deref().is_some_and(is_json))
+        .then(|| serde_json::from_slice(&param.value).ok())
+        .flatten();
+        let blob = json.is_none().then(|| {
+            blobs.push(&param.value);
+            blobs.len() - 1
+        });
+        Self {
+            name: &param.name,
+            content_type: param.content_type.as_deref(),
+            blob,
+            json,
+        }
+    }
+}
+
+/// Whether a content type is `application/json` (in any case, with any parameters), which the
+/// worker parses.
+fn is_json(content_type: &str) -> bool {
+    let mime = content_type.split(';').next().unwrap_or_default();
+    mime.trim().eq_ignore_ascii_case("application/json")
 }
 
 /// Messages from a worker to the server: one JSON object whose `kind` says which it is.
@@ -434,6 +474,42 @@ mod tests {
             .unwrap();
         let frame = read_frame(&mut b).await.unwrap();
         assert!(frame.split_blobs().is_err());
+    }
+
+    #[test]
+    fn small_json_params_travel_in_the_header() {
+        let param = |content_type: &str, value: &str| Param {
+            name: "body".into(),
+            content_type: Some(content_type.into()),
+            value: Bytes::from(value.to_string()),
+        };
+        let header = |p: &Param, decode: bool| {
+            let mut blobs = Vec::new();
+            let meta = serde_json::to_value(ParamMeta::new(p, decode, &mut blobs)).unwrap();
+            (meta, blobs.len())
+        };
+        let json = param("Application/JSON; charset=utf-8", r#" {"a": [1, 2.5]} "#);
+        let (meta, blobs) = header(&json, true);
+        assert_eq!(
+            (&meta["json"], blobs),
+            (&serde_json::json!({"a": [1, 2.5]}), 0)
+        );
+        assert!(meta.get("blob").is_none());
+        // Raw parameters, other types, JSON that does not parse and large values stay blobs.
+        let large = format!("[{}1]", "1,".repeat(INLINE_JSON_MAX / 2));
+        for (p, decode) in [
+            (&json, false),
+            (&param("text/plain", "[1]"), true),
+            (&param("application/json", "{bad"), true),
+            (&param("application/json", "NaN"), true),
+            (&param("application/json", &large), true),
+        ] {
+            let (meta, blobs) = header(p, decode);
+            assert_eq!(
+                (meta.get("json"), &meta["blob"], blobs),
+                (None, &serde_json::json!(0), 1)
+            );
+        }
     }
 
     #[test]

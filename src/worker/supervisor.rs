@@ -366,14 +366,7 @@ async fn send(
                 .request
                 .params
                 .iter()
-                .map(|p| {
-                    blobs.push(&p.value);
-                    ParamMeta {
-                        name: &p.name,
-                        content_type: p.content_type.as_deref(),
-                        blob: blobs.len() - 1,
-                    }
-                })
+                .map(|p| ParamMeta::new(p, spec.decode_input_request, &mut blobs))
                 .collect(),
         })
         .collect();
