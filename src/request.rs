@@ -32,22 +32,29 @@ pub async fn read_request(
     let params = split_params(content_type, bytes).await?;
     Ok(InferenceRequest {
         id: crate::api::request_id::current(),
-        headers: headers
-            .iter()
-            // A malformed trace context is dropped, not refused (W3C trace-context).
-            .filter(|(k, v)| {
-                k.as_str() != crate::timing::TRACEPARENT
-                    || v.to_str().is_ok_and(crate::timing::valid_traceparent)
-            })
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
+        headers: handler_headers(headers),
         params,
     })
+}
+
+/// A request's HTTP headers as its handler sees them (TorchServe hands them all over), but
+/// for the envelope header, which only the server sets.
+pub fn handler_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        // A malformed trace context is dropped, not refused (W3C trace-context).
+        .filter(|(k, v)| {
+            k.as_str() != crate::timing::TRACEPARENT
+                || v.to_str().is_ok_and(crate::timing::valid_traceparent)
+        })
+        .filter(|(k, _)| k.as_str() != crate::kserve::ENVELOPE_HEADER)
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
 }
 
 /// The whole body, or a 413 once it is known to be over `limit` (a 408 when it stalls).

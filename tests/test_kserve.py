@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import requests
 
+from support.archives import archive, write_files
 from support.envelopes import FACTOR, needs_ts_reference, scaler_envelope, start_scaler_server
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
@@ -203,3 +204,33 @@ def test_health_and_readiness(server):
     ready = requests.get(f"{server.inference}/v2/models/flow/ready")
     assert ready.json() == {"name": "flow", "ready": True}
     assert requests.get(f"{server.inference}/v2/models/nope/ready").status_code == 404
+
+
+HEADERS_HANDLER = """
+def handle(data, context):
+    if data is None:
+        return None
+    names = ("x-client", "explain", "x-torchyard-envelope")
+    return [[str(context.get_request_header(0, n)) for n in names] for _ in data]
+"""
+
+
+def test_handlers_see_the_requests_http_headers(server, tmp_path):
+    # As on TorchServe, a handler behind KServe's REST routes reads the request's HTTP headers
+    # and `explain`; the envelope header is the server's alone, whatever a client sends.
+    write_files(tmp_path, {"headers.py": HEADERS_HANDLER})
+    archive("model", "--model-name", "headers", "--version", "1.0", "--handler",
+            str(tmp_path / "headers.py"), "--export-path", str(server.store))
+    registered = requests.post(f"{server.management}/models", params={
+        "url": "headers.mar", "initial_workers": 1, "synchronous": "true"})
+    assert registered.status_code == 200, registered.text
+    sent = {"x-client": "yes", "x-torchyard-envelope": "body"}
+    v2 = requests.post(f"{server.inference}/v2/models/headers/infer", headers=sent, json={
+        "inputs": [{"name": "t", "shape": [1], "datatype": "INT64", "data": [1]}]})
+    assert v2.status_code == 200, v2.text
+    assert v2.json()["outputs"][0]["data"] == ["yes", "False", "kservev2;raw"]
+    v1 = requests.post(f"{server.inference}/v1/models/headers:explain", headers=sent,
+                       json={"instances": [1]})
+    assert v1.json() == {"explanations": [["yes", "True", "kserve"]]}
+    native = requests.post(f"{server.inference}/predictions/headers", headers=sent, data=b"1")
+    assert native.json() == ["yes", "None", "None"]

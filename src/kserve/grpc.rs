@@ -131,6 +131,7 @@ impl GrpcInferenceService for Inference {
                 explain: false,
                 payload: Payload::Checked { body, v2_id, names },
                 id: uuid::Uuid::new_v4().to_string(),
+                headers: Vec::new(),
             };
             let answer = match infer(target, !r.model_version.is_empty(), request).await? {
                 Answer::Tensors(answer, _) => answer.into_answer(),

@@ -151,12 +151,14 @@ pub enum Payload {
 }
 
 /// A KServe inference request: the protocol, whether it asks for an explanation, the body,
-/// and the server's request id.
+/// the server's request id, and the headers the handler sees besides the envelope's (REST's
+/// HTTP headers, as TorchServe passes them).
 pub struct Infer {
     pub protocol: Protocol,
     pub explain: bool,
     pub payload: Payload,
     pub id: String,
+    pub headers: Vec<(String, String)>,
 }
 
 /// What a KServe request answers.
@@ -221,15 +223,17 @@ pub async fn infer(target: Target, version_named: bool, infer: Infer) -> ApiResu
         .filter(|id| !id.trim().is_empty())
         .unwrap_or_else(|| infer.id.clone());
     let envelope = infer.protocol.envelope();
+    let mut headers = infer.headers;
+    headers.push((
+        "explain".into(),
+        if infer.explain { "True" } else { "False" }.into(),
+    ));
     let request = |envelope: String| InferenceRequest {
         id: infer.id.clone(),
-        headers: vec![
-            (ENVELOPE_HEADER.into(), envelope),
-            (
-                "explain".into(),
-                if infer.explain { "True" } else { "False" }.into(),
-            ),
-        ],
+        headers: [(ENVELOPE_HEADER.into(), envelope)]
+            .into_iter()
+            .chain(headers)
+            .collect(),
         params: vec![Param {
             name: "body".into(),
             content_type: Some("application/json".into()),

@@ -250,6 +250,7 @@ async fn run(
         explain,
         payload: Payload::Rest { body, binary_after },
         id: crate::api::request_id::current(),
+        headers: crate::request::handler_headers(&headers),
     };
     let answer = infer(target, version.is_some(), request).await?;
     Ok(into_http(answer.into_response()))
