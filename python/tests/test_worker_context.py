@@ -45,7 +45,8 @@ def test_positional_construction_and_batch_state():
     context.set_response_content_type(0, "image/png")
     assert context.get_response_content_type(0) == "image/png"
     assert context.get_response_headers(0) == {"content-type": "image/png"}
-    context.start_batch([{"id": "c", "headers": []}])
+    context.start_batch([{"id": "c", "headers": [["Accept", "a"], ["x", "1"], ["accept", "b"]]}])
+    assert context.get_all_request_header(0) == {"accept": "a, b", "x": "1"}
     assert context.get_response_status(0) == (200, None)
     assert context.get_response_content_type(0) is None
 

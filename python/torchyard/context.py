@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .metrics import Metrics
 
@@ -10,12 +10,15 @@ from .metrics import Metrics
 class RequestProcessor:
     """One request of a batch: its headers, and the status and headers of its response."""
 
-    def __init__(self, headers: Iterable[Sequence[str]] = ()):
-        self._request_headers: Dict[str, str] = {}
-        for name, value in headers:
-            key = name.lower()
-            previous = self._request_headers.get(key)
-            self._request_headers[key] = value if previous is None else f"{previous}, {value}"
+    def __init__(self, headers: Sequence[Sequence[str]] = ()):
+        self._request_headers = {name.lower(): value for name, value in headers}
+        if len(self._request_headers) != len(headers):  # a repeated header: rare
+            joined: Dict[str, str] = {}
+            for name, value in headers:
+                key = name.lower()
+                previous = joined.get(key)
+                joined[key] = value if previous is None else f"{previous}, {value}"
+            self._request_headers = joined
         self._status_code = 200
         self._reason_phrase: Optional[str] = None
         self._response_headers: Dict[str, str] = {}

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 from base64 import b64decode
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 #: The request header naming a request's envelope.
 HEADER = "x-torchyard-envelope"
@@ -58,27 +58,16 @@ class Unwrapped:
 _ONE_ITEM = (None, "body")
 
 
-def envelope_of(request: dict, default: Optional[str] = None) -> Optional[Tuple[str, str, bool]]:
+def envelope_of(headers: Dict[str, str], default: Optional[str] = None
+                ) -> Optional[Tuple[str, str, bool]]:
     """(envelope name, mode: "", "input" or "raw", whether it asks for an explanation) of a
-    protocol request entry, its envelope being `default` when it names none; None when it has
-    none."""
-    kind = None
-    explain = False
-    for name, value in request.get("headers", ()):
-        if name not in _ENVELOPE_HEADERS:  # the server's names are lower case already
-            name = name.lower()
-        if name == HEADER:
-            kind, _, mode = value.partition(";")
-        elif name == "explain":
-            explain = value == "True"
-    if kind is None:
-        if default is None:
-            return None
-        kind, mode = default, ""
-    return kind.strip(), mode.strip(), explain
-
-
-_ENVELOPE_HEADERS = frozenset((HEADER, "explain"))
+    request with `headers` (as its context holds them), its envelope being `default` when it
+    names none; None when it has none."""
+    named = headers.get(HEADER, default)
+    if named is None:
+        return None
+    kind, _, mode = named.partition(";")
+    return kind.strip(), mode.strip(), headers.get("explain") == "True"
 
 
 def _body(row: dict) -> Any:
@@ -249,8 +238,8 @@ def call(entry: Callable[[Any, Any], Any], requests: Sequence[dict], data: List[
     comprehension per step: this runs for every batch of a KServe route.)"""
     unwrapped: List[Optional[Unwrapped]] = []
     wraps = False
-    for request, row in zip(requests, data):
-        kind = envelope_of(request, default)
+    for request, row, processor in zip(requests, data, context.request_processor):
+        kind = envelope_of(processor.get_request_properties(), default)
         if kind is None:
             unwrapped.append(None)
             continue
