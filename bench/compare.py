@@ -359,7 +359,7 @@ def worker_start(base: str, management: str, workers: int = 4) -> dict:
             "modes": sorted({w.get("startMode", "spawn") for w in new})}
 
 
-def run_kserve(results: dict, base: str, seconds: int, rounds: int = 3):
+def run_kserve(results: dict, base: str, seconds: int, rounds: int = 5):
     """torchyard's KServe v2 rows on `double` (wrk with v2.lua, h2load with ModelInfer), each
     measured in turns with its native row, `rounds` times: the medians, so that both see the
     same machine (the native rows of the main table ran minutes earlier)."""
@@ -576,7 +576,7 @@ def main():
     result = table(torchserve, torchyard) + "\n" + extras_table(torchyard["extras"])
     result += ("\nKServe's Open Inference Protocol v2 on the same model (torchyard only; "
                "TorchServe would need `service_envelope=kservev2`, which changes its native "
-               "rows); each v2 row measured in turns with its native row, 3 times, medians:\n\n"
+               "rows); each v2 row measured in turns with its native row, 5 times, medians:\n\n"
                + kserve_table(torchyard))
     header = (f"# torchyard vs TorchServe 0.12\n\nOne run of `bench/compare.sh` on "
               f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} "
