@@ -72,7 +72,7 @@ impl Datatype {
 /// What the check of an input needs of its `data`, read without building it: how many
 /// elements the (nested) array holds, a lone value counting as one, and which kinds of JSON
 /// value they are.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default)]
 struct Elements {
     count: usize,
     /// The kinds seen, a set of the flags below.
