@@ -119,8 +119,6 @@ def test_a_client_leaving_mid_stream_stops_nothing_else(server):
 @pytest.fixture(scope="module")
 def inference_pb(tmp_path_factory):
     pytest.importorskip("grpc_tools")
-    if not grpc_stubs.TS_PROTOS.is_dir():
-        pytest.skip("TorchServe's protos absent")
     out = tmp_path_factory.mktemp("stubs")
     yield grpc_stubs.generate(out)
     sys.path.remove(str(out))
