@@ -228,17 +228,17 @@ pub async fn infer(target: Target, version_named: bool, infer: Infer) -> ApiResu
         "explain".into(),
         if infer.explain { "True" } else { "False" }.into(),
     ));
-    let request = |envelope: String| InferenceRequest {
-        id: infer.id.clone(),
-        headers: [(ENVELOPE_HEADER.into(), envelope)]
-            .into_iter()
-            .chain(headers)
-            .collect(),
-        params: vec![Param {
-            name: "body".into(),
-            content_type: Some("application/json".into()),
-            value: body.clone(),
-        }],
+    let request = |envelope: String| {
+        headers.push((ENVELOPE_HEADER.into(), envelope));
+        InferenceRequest {
+            id: infer.id.clone(),
+            headers,
+            params: vec![Param {
+                name: "body".into(),
+                content_type: Some("application/json".into()),
+                value: body.clone(),
+            }],
+        }
     };
     match target {
         Target::Model(model) if infer.protocol == Protocol::V2 => {
