@@ -4,6 +4,7 @@ mod api;
 mod archive;
 mod archiver;
 mod auth;
+mod banner;
 mod cli;
 mod config;
 mod download;
@@ -14,6 +15,7 @@ mod gpu;
 mod grpc;
 mod job;
 mod kserve;
+mod launcher;
 mod listener;
 mod metrics;
 mod model;
@@ -40,19 +42,18 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
-    let cli = cli::Cli::parse();
-    let result = match cli.command {
-        cli::Command::Serve(args) => server::serve(args).await,
-        cli::Command::Archive(command) => archiver::run(command).map(|path| {
-            println!("{}", path.display());
-        }),
+fn main() -> ExitCode {
+    let result = match cli::Cli::parse().command {
+        // TorchServe's launcher neither logs nor needs a runtime: it starts or stops a server.
+        cli::Command::Torchserve(args) => return launcher::run(args),
+        cli::Command::Serve(args) => {
+            init_tracing();
+            serve(args)
+        }
+        cli::Command::Archive(command) => {
+            init_tracing();
+            archiver::run(command).map(|path| println!("{}", path.display()))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -61,4 +62,17 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+}
+
+#[tokio::main]
+async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
+    server::serve(args).await
 }

@@ -14,6 +14,7 @@ use axum::middleware;
 
 use crate::api;
 use crate::auth::{self, Keys};
+use crate::banner;
 use crate::cli::ServeArgs;
 use crate::config::ServerConfig;
 use crate::gpu::Gpus;
@@ -37,7 +38,6 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     if config.fork_workers {
         python = python.with_fork_server();
     }
-    tracing::info!("workers run {}", python.interpreter.display());
     let bind = |addr| async move {
         TcpListener::bind(addr)
             .await
@@ -71,12 +71,13 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         config,
     });
     tracing::info!(
-        "inference API on {}, management API on {}, metrics API on {}, gRPC inference on {}, gRPC management on {}",
-        state.config.inference_address,
-        state.config.management_address,
-        state.config.metrics_address,
-        state.config.grpc_inference_address,
-        state.config.grpc_management_address,
+        "{}",
+        banner::summary(
+            &state.config,
+            args.config.as_deref(),
+            &state.python.interpreter,
+            state.gpus.count(),
+        )
     );
     state
         .metrics
@@ -280,6 +281,7 @@ fn load_startup_archives(state: &Arc<AppState>, restored: Option<snapshot::Snaps
             }
         }
         state.started();
+        println!("{}", banner::STARTED);
         state.snapshots.save_startup(&state).await;
     });
 }
@@ -296,7 +298,7 @@ fn startup_entries(
     kind: ArchiveKind,
 ) -> Vec<(Option<String>, String)> {
     let mut entries = entries.to_vec();
-    if entries.iter().any(|e| e == "all") {
+    if entries.iter().any(|e| e.eq_ignore_ascii_case("all")) {
         entries = store.map(|s| archives_in(s, kind)).unwrap_or_default();
     }
     entries
