@@ -202,7 +202,7 @@ async fn drain(
             server.await?;
         }
         tracing::info!("stopping workers");
-        state.snapshots.close().await;
+        state.snapshots.close(state).await;
         futures::future::join_all(state.registry.all().iter().map(|m| m.shutdown())).await;
         Ok(())
     };
