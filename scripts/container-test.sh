@@ -44,23 +44,21 @@ install_tools() {
         -o DPkg::Lock::Timeout=300 "${missing[@]}" >/dev/null; }
 }
 
-build_base() {
+build_base() (
   if podman image exists "$base"; then
-    return
+    exit 0
   fi
-  log "building $base with debootstrap ($release from $mirror)"
-  local root
+  log "building $base with debootstrap ($release from $mirror; log: target/container-base.log)"
   root=$(mktemp -d /var/tmp/torchyard-base.XXXXXX)
   # shellcheck disable=SC2064
-  trap "rm -rf '$root'" RETURN
+  trap "rm -rf '$root'" EXIT
   debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
-    "$release" "$root" "$mirror" >"$root.log" 2>&1 ||
-    { tail -20 "$root.log" >&2; rm -f "$root.log"; log "debootstrap failed"; return 1; }
-  rm -f "$root.log"
+    "$release" "$root" "$mirror" >target/container-base.log 2>&1 ||
+    { tail -20 target/container-base.log >&2; log "debootstrap failed"; exit 1; }
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* \
     "$root"/usr/share/doc/* "$root"/usr/share/man/*
   tar -C "$root" -c . | podman import --quiet - "$base" >/dev/null
-}
+)
 
 build_image() {
   if [ ! -x target/release/torchyard ]; then
@@ -79,8 +77,6 @@ build_image() {
     --build-arg BASE="$base" --build-arg BINARY=prebuilt --build-arg TORCH_INDEX="$torch_index" \
     . >target/container-build.log 2>&1 ||
     { tail -30 target/container-build.log >&2; log "podman build failed"; return 1; }
-  # The stage holding the prebuilt binary is left untagged by each build.
-  podman image prune --force >/dev/null
 }
 
 smoke() {
@@ -98,7 +94,8 @@ smoke() {
     --env TS_INFERENCE_ADDRESS="http://127.0.0.1:$port" \
     --env TS_MANAGEMENT_ADDRESS="http://127.0.0.1:$((port + 1))" \
     --env TS_METRICS_ADDRESS="http://127.0.0.1:$((port + 2))" \
-    --env TS_GRPC_INFERENCE_PORT=$((port + 3)) --env TS_GRPC_MANAGEMENT_PORT=$((port + 4)) \
+    --env TS_GRPC_INFERENCE_ADDRESS=127.0.0.1 --env TS_GRPC_INFERENCE_PORT=$((port + 3)) \
+    --env TS_GRPC_MANAGEMENT_ADDRESS=127.0.0.1 --env TS_GRPC_MANAGEMENT_PORT=$((port + 4)) \
     --env TS_DISABLE_TOKEN_AUTHORIZATION=true \
     "$image" serve --models double=double.mar >/dev/null
   local answer=
@@ -114,6 +111,7 @@ smoke() {
   log "$image answered /predictions/double: $answer"
 }
 
+mkdir -p target
 install_tools
 build_base
 build_image

@@ -17,8 +17,9 @@ from support.server import BINARY, PYTHON, REPO, free_port
 SCRIPT = REPO / "scripts" / "container-test.sh"
 IMAGE = os.environ.get("TORCHYARD_IMAGE", "localhost/torchyard:test")
 KSERVE_CONFIG = REFERENCE / "kubernetes" / "kserve" / "config.properties"
-#: podman's default runtime, crun, fails on this kernel's cgroups; the rlimits podman would
-#: copy from the host are refused by runc, so the container gets its own.
+#: podman's default runtime, crun, fails on these machines' cgroups (v1); podman's default
+#: limits are above their hard limits, which runc may not raise there, so containers get lower
+#: ones.
 PODMAN = ["podman", "--runtime", "runc"]
 RUN = [*PODMAN, "run", "--detach", "--network", "host",
        "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
