@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from support.reference import REFERENCE
-from support.server import BINARY, PYTHON, REPO, free_port
+from support.server import BINARY, PYTHON, REPO, free_port, listening_hosts
 
 SCRIPT = REPO / "scripts" / "container-test.sh"
 IMAGE = os.environ.get("TORCHYARD_IMAGE", "localhost/torchyard:test")
@@ -33,7 +33,12 @@ pytestmark = pytest.mark.skipif(
 def image():
     """The image, built (or found up to date) by `scripts/container-test.sh build`."""
     started = time.monotonic()
-    done = subprocess.run([str(SCRIPT), "build"], capture_output=True, text=True, timeout=1200)
+    try:
+        done = subprocess.run([str(SCRIPT), "build"], capture_output=True, text=True,
+                              timeout=1200)
+    except subprocess.TimeoutExpired:
+        pytest.fail("scripts/container-test.sh build ran over 20 minutes (its log: "
+                    "target/container-build.log)", pytrace=False)
     if done.returncode != 0:
         pytest.fail(f"scripts/container-test.sh build failed ({done.returncode}):\n"
                     f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}", pytrace=False)
@@ -69,7 +74,11 @@ class Container:
             command += ["--env", f"{key}={value}"]
         for host, inside in volumes.items():
             command += ["--volume", f"{host}:{inside}"]
-        subprocess.run([*command, image, *args], check=True, capture_output=True, timeout=60)
+        done = subprocess.run([*command, image, *args], capture_output=True, text=True,
+                              timeout=60)
+        if done.returncode != 0:
+            self.remove()
+            pytest.fail(f"podman run failed ({done.returncode}): {done.stderr}", pytrace=False)
 
     def logs(self) -> str:
         done = subprocess.run([*PODMAN, "logs", self.name], capture_output=True, text=True)
@@ -184,5 +193,9 @@ def test_kserve_layout_and_arguments(image, tmp_path):
         assert answer.status_code == 200, answer.text
         assert float(answer.text) == 8.0
         assert requests.get(f"{url}/v2/health/ready", timeout=10).status_code == 200
+        # The entry point opens gRPC inference to the pod's network for KServe's config (the
+        # container shares the host's, where its listeners show).
+        assert listening_hosts(grpc_inference) == {"0.0.0.0"}
+        assert listening_hosts(grpc_management) == {"127.0.0.1"}
     finally:
         container.remove()
