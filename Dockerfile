@@ -4,6 +4,11 @@
 #   docker build -t torchyard .                                    # CPU torch
 #   docker build -t torchyard:cuda --build-arg BASE=nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04 \
 #       --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124 .
+#   docker build -t torchyard --build-arg BINARY=prebuilt .        # target/release/torchyard as is
+#
+# BINARY=prebuilt skips the Rust stage and takes target/release/torchyard from the build context
+# (.dockerignore lets that one file of target/ in): it must be built against the base image's
+# glibc or an older one. scripts/container-test.sh builds this way on a Debian base of its own.
 #
 # Inside: /usr/local/bin/torchyard, workers' Python in /opt/venv, the entry point
 # docker/entrypoint.sh, user model-server (uid 1000) with home /home/model-server
@@ -11,6 +16,8 @@
 
 ARG RUST_VERSION=1.95
 ARG BASE=python:3.12-slim-bookworm
+# Where /src/target/release/torchyard comes from: the stage `build` or `prebuilt`.
+ARG BINARY=build
 
 FROM rust:${RUST_VERSION}-slim-bookworm AS build
 WORKDIR /src
@@ -19,6 +26,11 @@ COPY src src
 COPY proto proto
 COPY python python
 RUN cargo build --release --locked && strip target/release/torchyard
+
+FROM scratch AS prebuilt
+COPY target/release/torchyard /src/target/release/torchyard
+
+FROM ${BINARY} AS binary
 
 FROM ${BASE} AS runtime
 # CPU wheels by default; a CUDA base image pairs with a CUDA wheel index.
@@ -29,11 +41,15 @@ RUN if ! command -v python3 >/dev/null; then \
         apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
         && rm -rf /var/lib/apt/lists/*; \
     fi \
-    && python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir --index-url "$TORCH_INDEX" torch \
-    && /opt/venv/bin/pip install --no-cache-dir numpy pillow
+    && python3 -m venv /opt/venv
+# Downloads are kept in a build cache (not in the image) for the next build. Behind a TLS proxy,
+# pass its CA for pip as a secret: --secret id=pip-ca,src=/path/to/ca.crt.
+RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=pip-ca \
+    if [ -f /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
+    && /opt/venv/bin/pip install --index-url "$TORCH_INDEX" torch \
+    && /opt/venv/bin/pip install numpy pillow
 ENV PATH=/opt/venv/bin:$PATH TORCHYARD_PYTHON=/opt/venv/bin/python
-COPY --from=build /src/target/release/torchyard /usr/local/bin/torchyard
+COPY --from=binary /src/target/release/torchyard /usr/local/bin/torchyard
 COPY docker/entrypoint.sh /usr/local/bin/dockerd-entrypoint.sh
 RUN useradd --uid 1000 --create-home --home-dir /home/model-server model-server \
     && mkdir -p /home/model-server/model-store /home/model-server/tmp \

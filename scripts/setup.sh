@@ -13,15 +13,21 @@
 #   dependencies, on no import path (test_kserve.py runs its clients in a subprocess)
 # - Debian's chromium, headless, for the test that opens a workflow picture in a real browser
 #   (tests/test_workflow_picture_browser.py) and scripts/workflow_screenshot.py
+# - Debian's podman, runc and debootstrap, with which scripts/container-test.sh builds and runs
+#   the container image (tests/test_container_image.py)
 # - the torchyard binary: cargo build --release
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v chromium >/dev/null; then
+missing=()
+for package in chromium podman runc debootstrap; do  # each package's command has its name
+  command -v "$package" >/dev/null || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=300 chromium >/dev/null ||
+  apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=300 "${missing[@]}" >/dev/null ||
     { apt-get update -qq && apt-get install -y -qq --no-install-recommends \
-        -o DPkg::Lock::Timeout=300 chromium >/dev/null; }
+        -o DPkg::Lock::Timeout=300 "${missing[@]}" >/dev/null; }
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -13,7 +13,7 @@ import requests
 
 from support.archives import scale_mar
 from support.reference import REFERENCE
-from support.server import BINARY, PYTHON, REPO, Server, free_port
+from support.server import BINARY, PYTHON, REPO, Server, free_port, listening_hosts
 
 KSERVE_CONFIG = REFERENCE / "kubernetes" / "kserve" / "config.properties"
 ENTRYPOINT = REPO / "docker" / "entrypoint.sh"
@@ -109,17 +109,6 @@ def test_environment_overrides_metrics_and_grpc_ports(kserve):
                           (kserve.workdir / "config" / "config.properties").read_text())[1]
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{file_port}/metrics", timeout=2)
-
-
-def listening_hosts(port):
-    """The IPv4 addresses a TCP listener on `port` is bound to (from /proc/net/tcp)."""
-    hosts = set()
-    for line in open("/proc/net/tcp").read().splitlines()[1:]:
-        local, state = line.split()[1], line.split()[3]
-        address, local_port = local.split(":")
-        if state == "0A" and int(local_port, 16) == port:
-            hosts.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
-    return hosts
 
 
 def test_grpc_inference_is_reachable_from_outside_on_kserves_layout(kserve, start_server):

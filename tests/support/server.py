@@ -41,6 +41,17 @@ def free_port() -> int:
             return port
 
 
+def listening_hosts(port):
+    """The IPv4 addresses a TCP listener on `port` is bound to (from /proc/net/tcp)."""
+    hosts = set()
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, local_port = local.split(":")
+        if state == "0A" and int(local_port, 16) == port:
+            hosts.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
+    return hosts
+
+
 class PortTaken(RuntimeError):
     """The server could not bind a port that was free when it was picked."""
 
