@@ -15,6 +15,7 @@ mod grpc;
 mod job;
 mod kserve;
 mod listener;
+mod logging;
 mod metrics;
 mod model;
 mod properties;
@@ -33,7 +34,6 @@ mod workflow;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 /// mimalloc: a request allocates and frees many small buffers across two runtime threads,
 /// which glibc's allocator makes a fifth of the server's instructions (docs/performance.md).
@@ -42,11 +42,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    let _flush = logging::init();
     let cli = cli::Cli::parse();
     let result = match cli.command {
         cli::Command::Serve(args) => server::serve(args).await,
