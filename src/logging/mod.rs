@@ -19,7 +19,7 @@ use tracing_subscriber::layer::{Layered, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
-pub use access::log_access;
+pub use access::{log_access, GrpcAccessLog};
 pub use log4j::LogConfig;
 use log4j::Logger;
 use router::{Router, GUARDS};
@@ -68,8 +68,8 @@ pub fn init() -> Flush {
     Flush
 }
 
-/// Switches to `config`'s appenders and levels, writing what was logged so far into its
-/// files too.
+/// Switches to `config`'s appenders and levels, writing what was logged so far (at the
+/// levels `config` logs) into its files too.
 pub fn install(config: &LogConfig) {
     let Some(handles) = HANDLES.get() else { return };
     let router = Router::new(config);
@@ -78,7 +78,9 @@ pub fn install(config: &LogConfig) {
         .with_current(Router::take_early)
         .unwrap_or_default();
     for record in &early {
-        router.dispatch(record, false);
+        if record.level <= config.level_of(Logger::of_target(&record.logger)) {
+            router.dispatch(record, false);
+        }
     }
     let _ = handles.router.reload(router);
     let _ = handles.filter.reload(filter(config));
