@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from support import grpc_stubs
 from support.api import register
 from support.archives import build_mar, manifest
 from support.server import OPEN_FLAGS
@@ -32,8 +33,13 @@ def handle(data, context):
 #: TorchServe's ISO8601 time: 2024-01-01T00:00:00,000.
 TIME = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d,\d{3}"
 ACCESS = re.compile(TIME + r' - (/127\.0\.0\.1:\d+) "(\S+) (\S+) HTTP/1\.1" (\d{3}) (\d+)$')
-#: A frontend metric line of ts_metrics.log.
-FRONTEND = TIME + r" - {name}\.{unit}:[0-9.]+\|#{dims}\|#hostname:[^,|]+,timestamp:\d+$"
+
+
+def frontend_line(name, unit, dimensions):
+    """A frontend metric line of ts_metrics.log."""
+    return re.compile(TIME + rf" - {name}\.{unit}:[0-9.]+\|#{dimensions}"
+                             r"\|#hostname:[^,|]+,timestamp:\d+$", re.M)
+
 MAX_SIZE = 8192
 
 
@@ -128,6 +134,31 @@ def test_access_log_has_one_line_per_request(server):
     assert "no/such/thing" not in read_log(logs(server), "ts_log.log")
 
 
+def test_grpc_calls_are_access_logged_with_their_code(server, tmp_path):
+    grpc = pytest.importorskip("grpc")
+    pytest.importorskip("grpc_tools")
+    from google.protobuf import empty_pb2
+    pb = grpc_stubs.generate(tmp_path)
+    inference = pb["inference_pb2_grpc"].InferenceAPIsServiceStub(
+        grpc.insecure_channel(server.grpc_inference))
+    management = pb["management_pb2_grpc"].ManagementAPIsServiceStub(
+        grpc.insecure_channel(server.grpc_management))
+    inference.Ping(empty_pb2.Empty())
+    with pytest.raises(grpc.RpcError) as failed:
+        management.DescribeModel(pb["management_pb2"].DescribeModelRequest(model_name="none"))
+    assert failed.value.code() == grpc.StatusCode.NOT_FOUND
+    service = "org.pytorch.serve.grpc"
+    calls = [(f"{service}.inference.InferenceAPIsService/Ping", 0),
+             (f"{service}.management.ManagementAPIsService/DescribeModel", 5)]
+    line = re.compile(TIME + r' - /127\.0\.0\.1:\d+ "gRPC (\S+) HTTP/2\.0" (\d+) \d+$', re.M)
+
+    def logged():
+        return [(m[1], int(m[2])) for m in line.finditer(read_log(logs(server),
+                                                                   "access_log.log"))]
+    wait_for(lambda: len(logged()) >= 2)
+    assert logged() == calls
+
+
 def test_handler_output_lands_in_model_log(server):
     assert requests.post(f"{server.inference}/predictions/chatty", data=b"1").status_code == 200
     worker = r"W-\d+-chatty_1\.0"
@@ -155,7 +186,7 @@ def test_log_mode_writes_torchserves_metric_lines(server):
         ("CPUUtilization", "Percent", "Level:Host"),
         ("MemoryUsed", "Megabytes", "Level:Host"),
     ]
-    patterns = [re.compile(FRONTEND.format(name=n, unit=u, dims=d), re.M) for n, u, d in wanted]
+    patterns = [frontend_line(*metric) for metric in wanted]
     wait_for(lambda: all(p.search(read_log(metrics(server), "ts_metrics.log"))
                          for p in patterns))
     handler = re.compile(TIME + r" - ChattyCalls\.\w+:1\.0\|#ModelName:chatty,Level:Model"
@@ -248,3 +279,28 @@ def test_a_log4j2_config_sets_levels_files_and_warns_about_the_rest(start_server
     assert "workers run" not in console and "workers run" not in server_log.read_text()
     if given_by == "vmargs":
         assert "vmargs -Xmx1g is ignored: a JVM setting" in console
+
+
+def test_config_keys_place_the_files_when_the_variables_are_unset(start_server, tmp_path):
+    server = start_server({"log_location": "keyed/logs", "metrics_location": "keyed/metrics"},
+                          workdir=tmp_path)
+    assert requests.get(f"{server.inference}/ping").status_code == 200
+    keyed = tmp_path / "keyed"
+    assert sorted(p.name for p in (keyed / "logs").iterdir()) == [
+        "access_log.log", "model_log.log", "ts_log.log"]
+    assert sorted(p.name for p in (keyed / "metrics").iterdir()) == [
+        "model_metrics.log", "ts_metrics.log"]
+    wait_for(lambda: '"GET /ping HTTP/1.1" 200' in read_log(keyed / "logs", "access_log.log"))
+    assert "config key log_location" not in server.log_text()
+
+
+def test_an_unwritable_location_is_warned_about_and_the_server_serves(start_server, tmp_path):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    server = start_server(workdir=tmp_path, env={"LOG_LOCATION": str(blocked)})
+    assert requests.get(f"{server.inference}/ping").status_code == 200
+    console = server.log_text()
+    for name in ("access_log", "model_log", "ts_log"):
+        assert f"cannot write log file {blocked}/{name}.log" in console
+    # The metrics files do not depend on it.
+    assert (tmp_path / "logs" / "ts_metrics.log").exists()
