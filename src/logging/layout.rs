@@ -141,10 +141,7 @@ mod tests {
 
     fn record() -> Record {
         Record {
-            time: chrono::Local
-                .with_ymd_and_hms(2024, 1, 2, 3, 4, 5)
-                .unwrap()
-                .into(),
+            time: chrono::Local.with_ymd_and_hms(2024, 1, 2, 3, 4, 5).unwrap(),
             level: tracing::Level::WARN,
             logger: "MODEL_LOG".into(),
             thread: "W-9000-m_1.0-stderr".into(),
