@@ -56,6 +56,7 @@ pub enum Logger {
 }
 
 impl Logger {
+    /// Every logger, in declaration order: `logger as usize` is its index here.
     pub const ALL: [Logger; 6] = [
         Self::Access,
         Self::Model,
