@@ -6,6 +6,8 @@
 # - .venv/torchserve-ref: TorchServe's own `ts` package (with the few packages its handlers
 #   import), on no import path: tests put it on theirs to compare the stand-in built-in handlers
 #   with TorchServe's, while the server's workers keep importing the stand-in
+# - maturin, which builds the torchyard wheel (`pip install .`; tests/test_torchserve_command.py
+#   builds it from the release build and installs it into a fresh venv)
 # - tritonclient (its HTTP extra; its gRPC client runs on the venv's grpcio and protobuf, whose
 #   version its grpc extra would pin lower) and .venv/kserve-ref: the kserve SDK with its own
 #   dependencies, on no import path (test_kserve.py runs its clients in a subprocess)
@@ -31,6 +33,9 @@ if ! .venv/bin/python -c "import torch, torchvision, numpy, PIL, pytest, request
     torch torchvision numpy pillow pytest requests torch-model-archiver torch-workflow-archiver \
     prometheus-client jproperties grpcio grpcio-tools googleapis-common-protos \
     'tritonclient[http]==2.73.0' packaging kubernetes-validate jsonschema pyyaml
+fi
+if [ ! -x .venv/bin/maturin ]; then
+  .venv/bin/pip install --quiet --disable-pip-version-check 'maturin>=1.5,<2'
 fi
 if [ ! -d .venv/kserve-ref/kserve ]; then
   .venv/bin/pip install --quiet --disable-pip-version-check --target .venv/kserve-ref kserve==0.21.0

@@ -19,6 +19,9 @@ pub enum Command {
     /// Build model (.mar) and workflow (.war) archives.
     #[command(subcommand)]
     Archive(crate::archiver::ArchiveCommand),
+    /// TorchServe's `torchserve` command (`--start`, `--stop`, its flags): what the installed
+    /// `torchserve` runs.
+    Torchserve(crate::launcher::TorchServeArgs),
 }
 
 /// Flags of `torchyard serve`; TorchServe's names are accepted so start scripts keep working.

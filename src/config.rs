@@ -199,7 +199,7 @@ impl ServerConfig {
         if default_workers_per_model > max_workers_per_model {
             bail!("default_workers_per_model ({default_workers_per_model}) is above max_workers_per_model ({max_workers_per_model})");
         }
-        let logging = logging::read(get, log_config_file(args, &props, cwd).as_deref(), cwd)?;
+        let logging = logging::read(&props, args.log_config.as_deref(), cwd)?;
         let config = Self {
             logging,
             inference_address: address("inference_address", "http://127.0.0.1:8080")?,
@@ -314,25 +314,6 @@ impl ServerConfig {
         props.warn_unused();
         Ok(config)
     }
-}
-
-/// The log4j2 file of `--log-config`, else of `-Dlog4j.configurationFile` in `vmargs` (whose
-/// other JVM options are then warned about; without it, `vmargs` is an unused key).
-fn log_config_file(args: &ServeArgs, props: &Properties, cwd: &Path) -> Option<PathBuf> {
-    let (in_vmargs, jvm_options) = props
-        .peek("vmargs")
-        .map(logging::log4j_file_in_vmargs)
-        .unwrap_or_default();
-    if in_vmargs.is_some() {
-        props.get("vmargs");
-        for option in jvm_options {
-            tracing::warn!("vmargs {option} is ignored: a JVM setting, and torchyard has no JVM");
-        }
-    }
-    args.log_config
-        .as_ref()
-        .or(in_vmargs.as_ref())
-        .map(|file| cwd.join(file))
 }
 
 /// A program to run: a bare name (`python3`) stays a `PATH` lookup, any other relative path is

@@ -4,6 +4,7 @@ mod api;
 mod archive;
 mod archiver;
 mod auth;
+mod banner;
 mod cli;
 mod config;
 mod download;
@@ -14,6 +15,7 @@ mod gpu;
 mod grpc;
 mod job;
 mod kserve;
+mod launcher;
 mod listener;
 mod logging;
 mod metrics;
@@ -40,15 +42,18 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let _flush = logging::init();
-    let cli = cli::Cli::parse();
-    let result = match cli.command {
-        cli::Command::Serve(args) => server::serve(args).await,
-        cli::Command::Archive(command) => archiver::run(command).map(|path| {
-            println!("{}", path.display());
-        }),
+fn main() -> ExitCode {
+    let (command, _flush) = match cli::Cli::parse().command {
+        // TorchServe's launcher neither logs nor needs a runtime: it starts or stops a server.
+        cli::Command::Torchserve(args) => return launcher::run(args),
+        command => (command, logging::init()),
+    };
+    let result = match command {
+        cli::Command::Serve(args) => serve(args),
+        cli::Command::Archive(command) => {
+            archiver::run(command).map(|path| println!("{}", path.display()))
+        }
+        cli::Command::Torchserve(_) => unreachable!("the launcher returned above"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -57,4 +62,9 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[tokio::main]
+async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
+    server::serve(args).await
 }

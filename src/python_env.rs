@@ -61,20 +61,23 @@ fn write_dir(dir: &Dir<'_>, target: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The `.venv` of the working directory or of a directory above the executable (the repo
-/// checkout), else `python3`.
+/// The Python installed beside the executable (a `pip install`ed torchyard runs its venv's
+/// Python), else the `.venv` of the working directory or of a directory above the executable
+/// (the repo checkout), else `python3`.
 fn default_interpreter() -> PathBuf {
     let cwd = std::env::current_dir().ok();
     let exe = std::env::current_exe().ok();
+    let beside = exe
+        .iter()
+        .filter_map(|e| e.parent())
+        .flat_map(|bin| [bin.join("python"), bin.join("python3")]);
     let roots = cwd
         .iter()
         .map(PathBuf::as_path)
         .chain(exe.iter().flat_map(|e| e.ancestors().skip(1)));
-    for root in roots {
-        let candidate = root.join(".venv/bin/python");
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    PathBuf::from("python3")
+    let venvs = roots.map(|root| root.join(".venv/bin/python"));
+    beside
+        .chain(venvs)
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| PathBuf::from("python3"))
 }

@@ -14,6 +14,7 @@ use axum::middleware;
 
 use crate::api;
 use crate::auth::{self, Keys};
+use crate::banner;
 use crate::cli::ServeArgs;
 use crate::config::ServerConfig;
 use crate::gpu::Gpus;
@@ -39,7 +40,6 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     if config.fork_workers {
         python = python.with_fork_server();
     }
-    tracing::info!("workers run {}", python.interpreter.display());
     let bind = |addr| async move {
         TcpListener::bind(addr)
             .await
@@ -73,12 +73,13 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         config,
     });
     tracing::info!(
-        "inference API on {}, management API on {}, metrics API on {}, gRPC inference on {}, gRPC management on {}",
-        state.config.inference_address,
-        state.config.management_address,
-        state.config.metrics_address,
-        state.config.grpc_inference_address,
-        state.config.grpc_management_address,
+        "{}",
+        banner::summary(
+            &state.config,
+            args.config.as_deref(),
+            &state.python.interpreter,
+            state.gpus.count(),
+        )
     );
     state
         .metrics
@@ -204,7 +205,7 @@ async fn drain(
             server.await?;
         }
         tracing::info!("stopping workers");
-        state.snapshots.close().await;
+        state.snapshots.close(state).await;
         futures::future::join_all(state.registry.all().iter().map(|m| m.shutdown())).await;
         Ok(())
     };
@@ -283,6 +284,7 @@ fn load_startup_archives(state: &Arc<AppState>, restored: Option<snapshot::Snaps
             }
         }
         state.started();
+        println!("{}", banner::STARTED);
         state.snapshots.save_startup(&state).await;
     });
 }
@@ -299,7 +301,7 @@ fn startup_entries(
     kind: ArchiveKind,
 ) -> Vec<(Option<String>, String)> {
     let mut entries = entries.to_vec();
-    if entries.iter().any(|e| e == "all") {
+    if entries.iter().any(|e| e.eq_ignore_ascii_case("all")) {
         entries = store.map(|s| archives_in(s, kind)).unwrap_or_default();
     }
     entries

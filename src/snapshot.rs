@@ -105,9 +105,11 @@ impl Snapshotter {
         }
     }
 
-    /// Writes no more snapshots (waiting for one being written): the server is stopping its
-    /// models, and their workers scaled to zero must not be recorded.
-    pub async fn close(&self) {
+    /// Records the state as the server stops (`<time>-shutdown.cfg`, as TorchServe does on
+    /// `torchserve --stop`), then writes no more snapshots: the server is stopping its models,
+    /// and their workers scaled to zero must not be recorded.
+    pub async fn close(&self, state: &AppState) {
+        self.write(state, "shutdown").await;
         let _writing = self.writing.lock().await;
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
     }
@@ -458,9 +460,19 @@ mod tests {
         for file in std::fs::read_dir(dir.path()).unwrap() {
             std::fs::remove_file(file.unwrap().path()).unwrap();
         }
-        snapshots.close().await;
+        snapshots.close(&state).await;
+        let names = |dir: &Path| -> Vec<String> {
+            let files = std::fs::read_dir(dir).unwrap();
+            files
+                .map(|f| f.unwrap().file_name().to_string_lossy().into())
+                .collect()
+        };
+        let closing = names(dir.path());
+        assert!(
+            matches!(&closing[..], [name] if name.ends_with("-shutdown.cfg")),
+            "{closing:?}"
+        );
         snapshots.save(&state).await;
-        let loaded = snapshots.load(&state.config).unwrap();
-        assert!(loaded.is_none(), "closed, yet written");
+        assert_eq!(names(dir.path()), closing, "closed, yet written");
     }
 }

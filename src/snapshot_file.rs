@@ -156,7 +156,7 @@ pub fn read(
     Ok(Some(snapshot))
 }
 
-/// A new file name: `<yyyyMMddHHmmssSSS>-<kind>.cfg` (`kind`: startup or snapshot).
+/// A new file name: `<yyyyMMddHHmmssSSS>-<kind>.cfg` (`kind`: startup, snapshot or shutdown).
 pub fn file_name(kind: &str) -> String {
     format!(
         "{}-{kind}.cfg",

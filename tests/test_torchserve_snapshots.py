@@ -141,6 +141,8 @@ def test_snapshots_follow_torchserve_step_by_step(tmp_path, store):
         snapshots.unchanged()
     finally:
         server.stop()
+    # Stopping records the state once more, as TorchServe's `torchserve --stop` does.
+    assert snapshots.latest().name.endswith("-shutdown.cfg")
     snapshots.check("snapshot9.cfg")
 
     # A restart with the same configuration restores the newest snapshot.

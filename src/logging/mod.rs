@@ -23,7 +23,7 @@ pub use access::{log_access, GrpcAccessLog};
 pub use log4j::LogConfig;
 use log4j::Logger;
 use router::{Router, GUARDS};
-pub use settings::{log4j_file_in_vmargs, read};
+pub use settings::read;
 
 /// torchyard's default configuration: TorchServe's, with access and metrics lines kept out of
 /// the console and `ts_log.log`.

@@ -5,14 +5,33 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Context as _, Result};
 
 use super::log4j::{self, parse_size, Context, LogConfig};
+use crate::properties::Properties;
 
-/// The log configuration: the log4j2 XML file `log_config` names (`--log-config`, else
-/// `-Dlog4j.configurationFile` in `vmargs`), else torchyard's default. Its
+/// The log configuration of a start: the log4j2 XML file of `--log-config` (`flag`), else of
+/// `-Dlog4j.configurationFile` in `vmargs` (whose other JVM options are then warned about;
+/// without it, `vmargs` stays an unused key), else torchyard's default; see [`from_keys`].
+/// Relative paths are taken from `cwd`.
+pub fn read(props: &Properties, flag: Option<&Path>, cwd: &Path) -> Result<LogConfig> {
+    let (in_vmargs, jvm_options) = props
+        .peek("vmargs")
+        .map(log4j_file_in_vmargs)
+        .unwrap_or_default();
+    if in_vmargs.is_some() {
+        props.get("vmargs");
+        for option in jvm_options {
+            tracing::warn!("vmargs {option} is ignored: a JVM setting, and torchyard has no JVM");
+        }
+    }
+    let file = flag.or(in_vmargs.as_deref()).map(|file| cwd.join(file));
+    from_keys(|key| props.get(key), file.as_deref(), cwd)
+}
+
+/// The configuration of the log4j2 XML file `log_config`, else torchyard's default. Its
 /// `${env:LOG_LOCATION}` and `${env:METRICS_LOCATION}` are those variables, else the keys
 /// `log_location` and `metrics_location`; `log_max_file_size` and `log_max_files`, when set,
 /// size every file's rotation. What the file asks for that torchyard does not do is warned
 /// about by name.
-pub fn read<'p>(
+fn from_keys<'p>(
     get: impl Fn(&str) -> Option<&'p str>,
     log_config: Option<&Path>,
     cwd: &Path,
@@ -66,7 +85,7 @@ pub fn read<'p>(
 
 /// The file `-Dlog4j.configurationFile=` (or `-Dlog4j2.configurationFile=`) names among JVM
 /// options, as a path (`file://` taken off), and the other options.
-pub fn log4j_file_in_vmargs(vmargs: &str) -> (Option<PathBuf>, Vec<&str>) {
+fn log4j_file_in_vmargs(vmargs: &str) -> (Option<PathBuf>, Vec<&str>) {
     let mut file = None;
     let mut others = Vec::new();
     for option in vmargs.split_whitespace() {
@@ -112,7 +131,7 @@ mod tests {
             "log_max_files" => Some("2"),
             _ => None,
         };
-        let config = read(keys, None, Path::new("/srv")).unwrap();
+        let config = from_keys(keys, None, Path::new("/srv")).unwrap();
         let ts_log = config
             .appenders
             .iter()
@@ -129,8 +148,8 @@ mod tests {
             }
         );
         let bad = |key: &str| (key == "log_max_file_size").then_some("big");
-        assert!(read(bad, None, Path::new("/srv")).is_err());
-        let missing = read(|_| None, Some(Path::new("/no/such.xml")), Path::new("/"));
+        assert!(from_keys(bad, None, Path::new("/srv")).is_err());
+        let missing = from_keys(|_| None, Some(Path::new("/no/such.xml")), Path::new("/"));
         assert!(missing.unwrap_err().to_string().contains("/no/such.xml"));
     }
 }
