@@ -92,7 +92,8 @@ def test_the_five_files_are_where_the_variables_say(server):
     assert not (server.workdir / "logs" / "ts_log.log").exists()
     # The server's own lines, start-up included, in TorchServe's pattern.
     ts_log = read_log(logs(server), "ts_log.log")
-    assert re.search(TIME + r" \[INFO \] \S+ torchyard::server - workers run ", ts_log)
+    assert re.search(TIME + r" \[INFO \] \S+ torchyard::server - \ntorchyard version: ", ts_log)
+    assert "\nMetrics mode: log\n" in ts_log
     assert re.search(TIME + r" \[INFO \] \S+ torchyard::metrics - metrics_mode=log", ts_log)
 
 
@@ -199,8 +200,8 @@ def test_log_mode_writes_torchserves_metric_lines(server):
 
 def test_console_has_no_escape_codes_when_piped(server):
     console = server.log_text()
-    assert "workers run" in console and "\x1b[" not in console
-    assert re.search(TIME + r" \[INFO \] \S+ torchyard::server - workers run ", console)
+    assert "Metrics mode: log" in console and "\x1b[" not in console
+    assert re.search(TIME + r" \[INFO \] \S+ torchyard::server - \ntorchyard version: ", console)
 
 
 def test_files_rotate_at_the_configured_size(server):
@@ -275,8 +276,9 @@ def test_a_log4j2_config_sets_levels_files_and_warns_about_the_rest(start_server
     console = server.log_text()
     assert "logger com.example.Custom is ignored" in console
     assert f"log config {config}: {warning}" in console
-    # At WARN, the server's INFO lines are not written, to the console or the file.
-    assert "workers run" not in console and "workers run" not in server_log.read_text()
+    # At WARN, the server's INFO lines (the configuration summary) are not written, to the
+    # console or the file.
+    assert "Model Store:" not in console and "Model Store:" not in server_log.read_text()
     if given_by == "vmargs":
         assert "vmargs -Xmx1g is ignored: a JVM setting" in console
 
