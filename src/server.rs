@@ -284,7 +284,8 @@ fn load_startup_archives(state: &Arc<AppState>, restored: Option<snapshot::Snaps
             }
         }
         state.started();
-        println!("{}", banner::STARTED);
+        // After the lines logged so far, which the console's writer may still hold.
+        logging::print(banner::STARTED);
         state.snapshots.save_startup(&state).await;
     });
 }

@@ -22,6 +22,7 @@ use tracing_subscriber::{reload, EnvFilter, Registry};
 pub use access::{log_access, GrpcAccessLog};
 pub use log4j::LogConfig;
 use log4j::Logger;
+pub use router::print;
 use router::{Router, GUARDS};
 pub use settings::read;
 

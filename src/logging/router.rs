@@ -144,6 +144,12 @@ fn writer(inner: impl Write + Send + 'static) -> NonBlocking {
     writer
 }
 
+/// Prints `line` on standard output through the console's writer, so after every console line
+/// logged before it.
+pub fn print(line: &str) {
+    let _ = console(&Output::Stdout).write_all(format!("{line}\n").as_bytes());
+}
+
 /// The one writer of standard output or standard error, shared by every configuration.
 fn console(output: &Output) -> NonBlocking {
     static STDOUT: OnceLock<NonBlocking> = OnceLock::new();
