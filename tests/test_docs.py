@@ -24,13 +24,21 @@ def documented_keys() -> set[str]:
     return keys
 
 
+#: The modules that read configuration keys: their accessors take the key as a string literal.
+READERS = ("config.rs", "logging/settings.rs")
+
+
 def keys_read_by_the_server() -> set[str]:
-    """The keys src/config.rs asks the configuration for (its accessors take the key as a
-    string literal), and those src/properties.rs always counts as read."""
-    source = (ROOT / "src" / "config.rs").read_text().split("#[cfg(test)]", 1)[0]
-    accessors = r"(?:get|number|limit|flag|unless_false|path|entries|address|grpc_address)"
-    keys = set(re.findall(accessors + r'\(\s*"([A-Za-z_]+)"(?:,\s*"([A-Za-z_]+)")?', source))
-    read = {key for pair in keys for key in pair if key}
+    """The keys the READERS ask the configuration for, and those src/properties.rs always
+    counts as read."""
+    accessors = (r"(?:get|peek|number|limit|flag|unless_false|path|entries|address|grpc_address"
+                 r"|location)")
+    read = set()
+    for reader in READERS:
+        source = (ROOT / "src" / reader).read_text().split("#[cfg(test)]", 1)[0]
+        pairs = re.findall(accessors + r'\(\s*"([A-Za-z_]+)"(?:,\s*"([A-Za-z_]+)")?', source)
+        # Lower-case names only: `location("LOG_LOCATION", "log_location")` names a variable.
+        read |= {key for pair in pairs for key in pair if key and not key.isupper()}
     properties = (ROOT / "src" / "properties.rs").read_text()
     always = re.search(r"let used = RefCell::new\(\s*\[(.*?)\]", properties, re.S).group(1)
     return read | set(re.findall(r'"([A-Za-z_]+)"', always))
@@ -92,6 +100,11 @@ VALUES = {
     "disable_system_metrics": "false",
     "enable_envvars_config": "false",
     "tsConfigFile": "config.properties",
+    "log_location": "logs",
+    "metrics_location": "logs",
+    "log_max_file_size": "100 MB",
+    "log_max_files": "5",
+    "async_logging": "true",
 }
 
 
@@ -108,8 +121,10 @@ def test_every_documented_key_is_honoured(start_server, tmp_path):
     # over `model_store` (src/config.rs's unit tests read the key from a file).
     own = {"inference_address", "management_address", "metrics_address",
            "grpc_inference_port", "grpc_management_port", "model_store"}
+    log4j = tmp_path / "log4j2.xml"
+    log4j.write_text('<Configuration><Loggers><Root level="info"/></Loggers></Configuration>')
     values = {**VALUES, "certificate_file": str(cert), "private_key_file": str(key),
-              "metrics_config": str(metrics)}
+              "metrics_config": str(metrics), "vmargs": f"-Dlog4j.configurationFile={log4j}"}
     missing = documented - own - values.keys()
     assert not missing, f"give tests/test_docs.py VALUES for {sorted(missing)}"
     properties = {k: values[k] for k in sorted(documented - own)}
