@@ -26,6 +26,7 @@ mod snapshot;
 mod snapshot_file;
 mod state;
 mod timing;
+mod tls;
 mod versioned;
 mod worker;
 mod workflow;
