@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from support import grpc_stubs
+from support.reference import REFERENCE
 
 grpc = pytest.importorskip("grpc")
 pytest.importorskip("grpc_tools")
@@ -239,3 +240,19 @@ def test_start_refused_without_a_usable_certificate(start_server, tmp_path):
     log = refused_start(start_server, {"keystore": str(keystore), "keystore_pass": "wrong"},
                         https=("metrics",))
     assert "wrong keystore_pass" in log
+
+
+TS_TEST_RESOURCES = REFERENCE / "frontend" / "server" / "src" / "test" / "resources"
+
+
+@pytest.mark.skipif(not (TS_TEST_RESOURCES / "keystore.p12").is_file(),
+                    reason="TorchServe's test certificates absent")
+def test_torchserves_own_1024_bit_test_key_is_refused(start_server):
+    """TorchServe's frontend tests serve HTTPS with a 1024-bit RSA key, from PEM files and from
+    a keystore encrypted the legacy way (RC2-40 and 3DES): both are read, and refused."""
+    pem = {"certificate_file": str(TS_TEST_RESOURCES / "certs.pem"),
+           "private_key_file": str(TS_TEST_RESOURCES / "key.pem")}
+    keystore = {"keystore": str(TS_TEST_RESOURCES / "keystore.p12"), "keystore_pass": "changeit"}
+    for properties in (pem, keystore):
+        log = refused_start(start_server, properties)
+        assert "the certificate's key is a 1024-bit RSA key" in log, log
