@@ -249,8 +249,13 @@ async fn token_api(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let refused =
-        || ApiError::new(StatusCode::BAD_REQUEST, "InvalidKeyException", TOKEN_API_REFUSED);
+    let refused = || {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidKeyException",
+            TOKEN_API_REFUSED,
+        )
+    };
     if !auth.authorizes(KeyKind::Api, authorization(&headers)) {
         return refused().into_response();
     }
@@ -290,10 +295,15 @@ mod tests {
         let path = dir.path().join("key_file.json");
         let auth = TokenAuth::start(&path, Duration::from_secs(3600)).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        let order: Vec<usize> = ["\"management\"", "\"inference\"", "\"API\"", "expiration time"]
-            .iter()
-            .map(|k| text.find(k).unwrap())
-            .collect();
+        let order: Vec<usize> = [
+            "\"management\"",
+            "\"inference\"",
+            "\"API\"",
+            "expiration time",
+        ]
+        .iter()
+        .map(|k| text.find(k).unwrap())
+        .collect();
         assert!(order[0] < order[1] && order[1] < order[2], "{text}");
         let file: serde_json::Value = serde_json::from_str(&text).unwrap();
         let key = |which: &str| file[which]["key"].as_str().unwrap().to_string();

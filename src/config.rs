@@ -632,7 +632,8 @@ mod tests {
         assert!(!defaults.grpc_tls);
         let set = config(
             "grpc_inference_address=0.0.0.0\ngrpc_inference_port=9000\n\
-             grpc_management_address=localhost\ngrpc_management_port=9001\nenable_grpc_ssl=true\n",
+             grpc_management_address=localhost\ngrpc_management_port=9001\nenable_grpc_ssl=true\n\
+             certificate_file=c.pem\nprivate_key_file=k.pem\n",
         )
         .unwrap();
         assert_eq!(set.grpc_inference_address, "0.0.0.0:9000".parse().unwrap());

@@ -14,7 +14,10 @@ const ENV_KEYS: [(&str, &str); 5] = [
     ("TS_TOKEN_EXPIRATION_TIME_MIN", "token_expiration_min"),
     ("TS_OPEN_INFERENCE_PROTOCOL", "ts_open_inference_protocol"),
     ("TS_HEADER_KEY_SEQUENCE_ID", "ts_header_key_sequence_id"),
-    ("TS_HEADER_KEY_SEQUENCE_START", "ts_header_key_sequence_start"),
+    (
+        "TS_HEADER_KEY_SEQUENCE_START",
+        "ts_header_key_sequence_start",
+    ),
     ("TS_HEADER_KEY_SEQUENCE_END", "ts_header_key_sequence_end"),
 ];
 

@@ -167,7 +167,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             ),
         ],
     };
-    let grpc_tls = identity.as_ref().filter(|_| state.config.grpc_tls).map(Identity::grpc);
+    let grpc_tls = identity
+        .as_ref()
+        .filter(|_| state.config.grpc_tls)
+        .map(Identity::grpc);
     let serve_grpc = |which, listener| {
         let serving = grpc::serve(
             which,

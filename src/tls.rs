@@ -95,9 +95,12 @@ fn read_keystore(
     password: &str,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
     let data = std::fs::read(path)?;
-    let store =
-        p12_keystore::KeyStore::from_pkcs12(&data, password, p12_keystore::Pkcs12ImportPolicy::Strict)
-            .map_err(|e| anyhow!("not a PKCS12 keystore, or a wrong keystore_pass: {e}"))?;
+    let store = p12_keystore::KeyStore::from_pkcs12(
+        &data,
+        password,
+        p12_keystore::Pkcs12ImportPolicy::Strict,
+    )
+    .map_err(|e| anyhow!("not a PKCS12 keystore, or a wrong keystore_pass: {e}"))?;
     let (_, entry) = store
         .private_key_chain()
         .ok_or_else(|| anyhow!("no key entry found in keystore"))?;
