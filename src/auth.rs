@@ -135,7 +135,7 @@ impl TokenAuth {
             match kind {
                 KeyKind::Management => keys.management = fresh,
                 KeyKind::Inference => keys.inference = fresh,
-                KeyKind::Api => unreachable!("the API key is never replaced"),
+                KeyKind::Api => anyhow::bail!("the API key is never replaced"),
             }
         }
         let (path, text) = (self.path.clone(), self.file_text());
