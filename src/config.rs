@@ -247,7 +247,7 @@ impl ServerConfig {
             ];
             let users: Vec<&str> = users.iter().filter(|u| u.1).map(|u| u.0).collect();
             bail!(
-                "{} need a certificate: set keystore (with keystore_pass), or certificate_file \
+                "no certificate for {}: set keystore (with keystore_pass), or certificate_file \
                  and private_key_file",
                 users.join(", ")
             );
@@ -678,7 +678,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            missing.contains("management_address, enable_grpc_ssl need a certificate"),
+            missing.contains("no certificate for management_address, enable_grpc_ssl: set"),
             "{missing}"
         );
         let half = config("certificate_file=/c.pem\nmetrics_address=https://127.0.0.1:1\n");

@@ -137,7 +137,7 @@ fn rsa_bits(cert: &CertificateDer) -> Option<u32> {
     }
 }
 
-/// `der` as a PEM block.
+/// `der` as a PEM block, in lines of 64 characters.
 fn pem(label: &str, der: &[u8]) -> String {
     let body = base64::engine::general_purpose::STANDARD.encode(der);
     let lines: Vec<&str> = body
@@ -149,4 +149,18 @@ fn pem(label: &str, der: &[u8]) -> String {
         "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
         lines.join("\n")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_blocks_read_back_as_what_was_encoded() {
+        let der: Vec<u8> = (0..=255).cycle().take(1000).collect();
+        let text = pem("CERTIFICATE", &der);
+        assert!(text.lines().all(|line| line.len() <= 64), "{text}");
+        let back = CertificateDer::from_pem_slice(text.as_bytes()).unwrap();
+        assert_eq!(back.as_ref(), der.as_slice());
+    }
 }

@@ -227,7 +227,7 @@ def refused_start(start_server, properties, https=("inference",)):
 
 def test_start_refused_without_a_usable_certificate(start_server, tmp_path):
     log = refused_start(start_server, {})
-    assert "inference_address need a certificate: set keystore" in log
+    assert "no certificate for inference_address: set keystore" in log
     cert, key = make_certificate(tmp_path, bits=1024)
     log = refused_start(start_server, {"certificate_file": str(cert),
                                        "private_key_file": str(key)})
