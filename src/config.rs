@@ -12,6 +12,7 @@ use crate::logging::{self, LogConfig};
 use crate::metrics::{MetricsConfig, MetricsMode};
 use crate::model::{usable_cores, ModelPresets, ScalingSettings};
 use crate::properties::Properties;
+use crate::tls::CertificateSource;
 
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
@@ -25,9 +26,11 @@ pub struct ServerConfig {
     /// The gRPC management listener: `grpc_management_address` and `grpc_management_port`
     /// (default 7071).
     pub grpc_management_address: SocketAddr,
-    /// Whether the gRPC listeners speak TLS with `certificate_file` and `private_key_file`
+    /// Whether the gRPC listeners speak TLS with the configured certificate
     /// (`enable_grpc_ssl`, as in TorchServe).
     pub grpc_tls: bool,
+    /// Which HTTP listeners speak HTTPS: those whose address is `https://`.
+    pub https: HttpsListeners,
     pub model_store: Option<PathBuf>,
     pub workflow_store: Option<PathBuf>,
     /// Archives to load at start: `name=file.mar`, `file.mar` or `all`.
@@ -60,12 +63,15 @@ pub struct ServerConfig {
     pub install_py_dep_per_model: bool,
     /// Whether the APIs require the Bearer keys of key_file.json.
     pub token_auth: bool,
+    /// How long a management or inference key works (`token_expiration_min`, default 60).
+    pub token_lifetime: Duration,
     /// Whether models and workflows may be registered and unregistered through the API.
     pub model_api_enabled: bool,
     /// Regular expressions a registration url outside the stores must match in full.
     pub allowed_urls: Vec<String>,
-    /// PEM certificate and private key: when both are set, every listener speaks HTTPS.
-    pub tls: Option<(PathBuf, PathBuf)>,
+    /// The certificate of the HTTPS and gRPC TLS listeners: `keystore`, else
+    /// `certificate_file` and `private_key_file`.
+    pub certificate: Option<CertificateSource>,
     /// Where snapshots go; `None` when they are off (`--ncs`).
     pub snapshot_dir: Option<PathBuf>,
     /// Most workers one model (or workflow node) may have.
@@ -110,6 +116,21 @@ pub struct ServerConfig {
     pub logging: LogConfig,
 }
 
+/// Which of the HTTP listeners speak HTTPS.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct HttpsListeners {
+    pub inference: bool,
+    pub management: bool,
+    pub metrics: bool,
+}
+
+impl HttpsListeners {
+    /// Whether any listener speaks HTTPS.
+    pub fn any(&self) -> bool {
+        self.inference || self.management || self.metrics
+    }
+}
+
 /// TorchServe's CORS settings; all `None` turns CORS off.
 #[derive(Debug, Clone, Default)]
 pub struct Cors {
@@ -145,7 +166,7 @@ impl ServerConfig {
             last_snapshot.as_deref(),
         )?;
         let get = |key: &str| props.get(key);
-        let address = |key: &str, default: &str| -> Result<SocketAddr> {
+        let address = |key: &str, default: &str| -> Result<(SocketAddr, bool)> {
             parse_address(get(key).unwrap_or(default)).with_context(|| format!("invalid {key}"))
         };
         let grpc_address = |host_key: &str, port_key: &str, default_port: u16| {
@@ -174,6 +195,9 @@ impl ServerConfig {
             })
         };
         let flag = |key: &str| get(key).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        // `--disable-token-auth` and `--enable-model-api` set their key over the file's, and a
+        // `TS_*` variable sets it over both (TorchServe's order).
+        let switch = |key: &str, cli: bool| (cli && !props.set_by_env(key)) || flag(key);
         let unless_false =
             |key: &str| !get(key).is_some_and(|v| v.trim().eq_ignore_ascii_case("false"));
         // A flag wins over the file, a `TS_*` variable over both (TorchServe's order).
@@ -200,11 +224,45 @@ impl ServerConfig {
             bail!("default_workers_per_model ({default_workers_per_model}) is above max_workers_per_model ({max_workers_per_model})");
         }
         let logging = logging::read(&props, args.log_config.as_deref(), cwd)?;
+        let (inference_address, inference_https) =
+            address("inference_address", "http://127.0.0.1:8080")?;
+        let (management_address, management_https) =
+            address("management_address", "http://127.0.0.1:8081")?;
+        let (metrics_address, metrics_https) = address("metrics_address", "http://127.0.0.1:8082")?;
+        let https = HttpsListeners {
+            inference: inference_https,
+            management: management_https,
+            metrics: metrics_https,
+        };
+        let grpc_tls = flag("enable_grpc_ssl");
+        let certificate = certificate_source(
+            get("keystore"),
+            get("keystore_pass"),
+            get("keystore_type"),
+            get("certificate_file").zip(get("private_key_file")),
+            &resolve,
+        )?;
+        if certificate.is_none() && (https.any() || grpc_tls) {
+            let users = [
+                ("inference_address", https.inference),
+                ("management_address", https.management),
+                ("metrics_address", https.metrics),
+                ("enable_grpc_ssl", grpc_tls),
+            ];
+            let users: Vec<&str> = users.iter().filter(|u| u.1).map(|u| u.0).collect();
+            bail!(
+                "no certificate for {}: set keystore (with keystore_pass), or certificate_file \
+                 and private_key_file",
+                users.join(", ")
+            );
+        }
         let config = Self {
             logging,
-            inference_address: address("inference_address", "http://127.0.0.1:8080")?,
-            management_address: address("management_address", "http://127.0.0.1:8081")?,
-            metrics_address: address("metrics_address", "http://127.0.0.1:8082")?,
+            inference_address,
+            management_address,
+            metrics_address,
+            https,
+            certificate,
             grpc_inference_address: grpc_address(
                 "grpc_inference_address",
                 "grpc_inference_port",
@@ -215,7 +273,7 @@ impl ServerConfig {
                 "grpc_management_port",
                 7071,
             )?,
-            grpc_tls: flag("enable_grpc_ssl"),
+            grpc_tls,
             model_store,
             workflow_store,
             load_models,
@@ -270,8 +328,9 @@ impl ServerConfig {
                 scale_down_idle: Duration::from_millis(number("scale_down_idle_ms", 10_000)? as u64),
             },
             fork_workers: unless_false("fork_workers"),
-            token_auth: !(flag("disable_token_authorization") || args.disable_token_auth),
-            model_api_enabled: flag("enable_model_api") || args.enable_model_api,
+            token_auth: !switch("disable_token_authorization", args.disable_token_auth),
+            token_lifetime: token_lifetime(get("token_expiration_min"))?,
+            model_api_enabled: switch("enable_model_api", args.enable_model_api),
             allowed_urls: get("allowed_urls").map(split_list).unwrap_or_default(),
             install_py_dep_per_model: flag("install_py_dep_per_model"),
             decode_input_request: unless_false("decode_input_request"),
@@ -279,9 +338,6 @@ impl ServerConfig {
                 .map(service_envelope)
                 .transpose()?
                 .flatten(),
-            tls: get("certificate_file")
-                .zip(get("private_key_file"))
-                .map(|(cert, key)| (resolve(Path::new(cert)), resolve(Path::new(key)))),
             snapshot_dir: (!args.ncs).then(|| {
                 resolve(
                     args.snapshot_dir
@@ -314,6 +370,51 @@ impl ServerConfig {
         props.warn_unused();
         Ok(config)
     }
+}
+
+/// Where the listeners' certificate comes from, as TorchServe chooses: the keystore when
+/// `keystore` is set (PKCS12 only), else the PEM files when both are set.
+fn certificate_source(
+    keystore: Option<&str>,
+    password: Option<&str>,
+    kind: Option<&str>,
+    pem: Option<(&str, &str)>,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<Option<CertificateSource>> {
+    if let Some(path) = keystore {
+        let kind = kind.unwrap_or("PKCS12").trim();
+        if !kind.eq_ignore_ascii_case("PKCS12") {
+            bail!(
+                "keystore_type {kind} is not supported: torchyard reads PKCS12 keystores \
+                 (convert with keytool -importkeystore -deststoretype PKCS12)"
+            );
+        }
+        return Ok(Some(CertificateSource::Keystore {
+            path: resolve(Path::new(path.trim())),
+            password: password.unwrap_or("changeit").to_string(),
+        }));
+    }
+    Ok(pem.map(|(cert, key)| CertificateSource::Pem {
+        cert: resolve(Path::new(cert.trim())),
+        key: resolve(Path::new(key.trim())),
+    }))
+}
+
+/// `token_expiration_min`: minutes, fractions allowed, counted in whole seconds as
+/// TorchServe does; 60 when not set.
+fn token_lifetime(value: Option<&str>) -> Result<Duration> {
+    let Some(value) = value else {
+        return Ok(Duration::from_secs(3600));
+    };
+    let minutes: f64 = value
+        .trim()
+        .parse()
+        .ok()
+        .filter(|m: &f64| m.is_finite() && *m >= 0.0)
+        .ok_or_else(|| {
+            anyhow!("invalid token_expiration_min: {value:?}, expected minutes such as 60 or 0.5")
+        })?;
+    Ok(Duration::from_secs((minutes * 60.0) as u64))
 }
 
 /// A program to run: a bare name (`python3`) stays a `PATH` lookup, any other relative path is
@@ -355,17 +456,21 @@ fn split_list(value: &str) -> Vec<String> {
         .collect()
 }
 
-/// Parses `http://host:port`, `https://host:port` or `host:port`.
-fn parse_address(value: &str) -> Result<SocketAddr> {
+/// Parses `http://host:port`, `https://host:port` or `host:port` (the scheme in any case);
+/// says whether the listener speaks HTTPS.
+fn parse_address(value: &str) -> Result<(SocketAddr, bool)> {
     let value = value.trim();
-    let rest = value
-        .strip_prefix("http://")
-        .or_else(|| value.strip_prefix("https://"))
-        .unwrap_or(value)
-        .trim_end_matches('/');
-    let rest = rest.replace("localhost", "127.0.0.1");
-    rest.parse()
-        .map_err(|_| anyhow!("expected http://host:port, got {value:?}"))
+    let (https, rest) = match value.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => (true, rest),
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (false, rest),
+        Some(_) => bail!("expected http:// or https://, got {value:?}"),
+        None => (false, value),
+    };
+    let rest = rest.trim_end_matches('/').replace("localhost", "127.0.0.1");
+    let addr = rest
+        .parse()
+        .map_err(|_| anyhow!("expected http://host:port, got {value:?}"))?;
+    Ok((addr, https))
 }
 
 /// A listener address from a host (an IP address or `localhost`, as TorchServe's gRPC
@@ -509,10 +614,12 @@ mod tests {
         assert_eq!(config.workflow_store, Some(cwd.join("wf")));
         assert_eq!(config.python, Some(cwd.join("venv/bin/python")));
         assert_eq!(config.snapshot_dir, Some(cwd.join("logs/config")));
-        let (cert, key) = config.tls.unwrap();
         assert_eq!(
-            (cert, key),
-            (cwd.join("tls/cert.pem"), PathBuf::from("/etc/key.pem"))
+            config.certificate,
+            Some(CertificateSource::Pem {
+                cert: cwd.join("tls/cert.pem"),
+                key: PathBuf::from("/etc/key.pem")
+            })
         );
     }
 
@@ -530,7 +637,8 @@ mod tests {
         assert!(!defaults.grpc_tls);
         let set = config(
             "grpc_inference_address=0.0.0.0\ngrpc_inference_port=9000\n\
-             grpc_management_address=localhost\ngrpc_management_port=9001\nenable_grpc_ssl=true\n",
+             grpc_management_address=localhost\ngrpc_management_port=9001\nenable_grpc_ssl=true\n\
+             certificate_file=c.pem\nprivate_key_file=k.pem\n",
         )
         .unwrap();
         assert_eq!(set.grpc_inference_address, "0.0.0.0:9000".parse().unwrap());
@@ -548,12 +656,64 @@ mod tests {
     fn parses_addresses() {
         assert_eq!(
             parse_address("http://0.0.0.0:8080").unwrap(),
-            "0.0.0.0:8080".parse().unwrap()
+            ("0.0.0.0:8080".parse().unwrap(), false)
+        );
+        assert_eq!(
+            parse_address("HTTPS://127.0.0.1:8443/").unwrap(),
+            ("127.0.0.1:8443".parse().unwrap(), true)
         );
         assert_eq!(
             parse_address("localhost:81").unwrap(),
-            "127.0.0.1:81".parse().unwrap()
+            ("127.0.0.1:81".parse().unwrap(), false)
         );
         assert!(parse_address("http://nohost").is_err());
+        assert!(parse_address("ftp://127.0.0.1:21").is_err());
+    }
+
+    #[test]
+    fn https_listeners_by_scheme_need_a_certificate() {
+        let pem = "certificate_file=/c.pem\nprivate_key_file=/k.pem\n";
+        let set = config(&format!("{pem}inference_address=https://127.0.0.1:8443\n")).unwrap();
+        let https = HttpsListeners {
+            inference: true,
+            ..Default::default()
+        };
+        assert_eq!(set.https, https);
+        let missing = config("management_address=https://127.0.0.1:8444\nenable_grpc_ssl=true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("no certificate for management_address, enable_grpc_ssl: set"),
+            "{missing}"
+        );
+        let half = config("certificate_file=/c.pem\nmetrics_address=https://127.0.0.1:1\n");
+        assert!(half.is_err());
+        // the keystore wins over the PEM files, as in TorchServe
+        let store = config(&format!("{pem}keystore=/ks.p12\n")).unwrap();
+        assert_eq!(
+            store.certificate,
+            Some(CertificateSource::Keystore {
+                path: "/ks.p12".into(),
+                password: "changeit".into()
+            })
+        );
+        let jks = config("keystore=/ks.jks\nkeystore_type=JKS\n").unwrap_err();
+        assert!(jks.to_string().contains("PKCS12"), "{jks}");
+    }
+
+    #[test]
+    fn token_expiration_is_minutes_in_whole_seconds() {
+        let lifetime = |text: &str| config(text).map(|c| c.token_lifetime);
+        assert_eq!(lifetime("").unwrap(), Duration::from_secs(3600));
+        assert_eq!(
+            lifetime("token_expiration_min=0.05").unwrap(),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            lifetime("token_expiration_min=0.001").unwrap(),
+            Duration::ZERO
+        );
+        assert!(lifetime("token_expiration_min=-1").is_err());
+        assert!(lifetime("token_expiration_min=soon").is_err());
     }
 }

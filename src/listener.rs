@@ -5,19 +5,15 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -91,22 +87,6 @@ fn default_cap(fd_limit: u64) -> usize {
     let reserve = RESERVED_FDS.max(fd_limit / 4);
     let per_listener = fd_limit.saturating_sub(reserve) / 3;
     per_listener.clamp(1, MAX_DEFAULT_CONNECTIONS) as usize
-}
-
-/// The TLS acceptor for a PEM certificate chain and private key; speaks HTTP/1.1 only.
-pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let cannot = || format!("cannot load {} and {}", cert.display(), key.display());
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .with_context(cannot)?;
-    let key = PrivateKeyDer::from_pem_file(key).with_context(cannot)?;
-    let mut config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .with_context(cannot)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Serves `router` on `listener` (over TLS when `tls` is set) until `stop` is cancelled, then

@@ -29,6 +29,7 @@ mod snapshot;
 mod snapshot_file;
 mod state;
 mod timing;
+mod tls;
 mod versioned;
 mod worker;
 mod workflow;

@@ -8,6 +8,19 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+/// `TS_*` variables whose key is not the rest of their name in lower case (as TorchServe's
+/// `ConfigManager` names them).
+const ENV_KEYS: [(&str, &str); 5] = [
+    ("TS_TOKEN_EXPIRATION_TIME_MIN", "token_expiration_min"),
+    ("TS_OPEN_INFERENCE_PROTOCOL", "ts_open_inference_protocol"),
+    ("TS_HEADER_KEY_SEQUENCE_ID", "ts_header_key_sequence_id"),
+    (
+        "TS_HEADER_KEY_SEQUENCE_START",
+        "ts_header_key_sequence_start",
+    ),
+    ("TS_HEADER_KEY_SEQUENCE_END", "ts_header_key_sequence_end"),
+];
+
 /// The settings of one start: the file's keys with the environment's overrides applied.
 #[derive(Debug, Default)]
 pub struct Properties {
@@ -66,7 +79,10 @@ impl Properties {
                 let Some(key) = name.strip_prefix("TS_") else {
                     continue;
                 };
-                let key = key.to_ascii_lowercase();
+                let key = match ENV_KEYS.iter().find(|(var, _)| *var == name) {
+                    Some((_, key)) => key.to_string(),
+                    None => key.to_ascii_lowercase(),
+                };
                 if key == "config_file" || (key == "allowed_urls" && !env_urls) {
                     continue;
                 }
@@ -308,6 +324,7 @@ mod tests {
         let env = [
             ("TS_INFERENCE_ADDRESS", "http://0.0.0.0:9090"),
             ("TS_ALLOWED_URLS", "http://.*"),
+            ("TS_TOKEN_EXPIRATION_TIME_MIN", "0.5"),
             ("HOME", "/root"),
         ];
         let file = parse("inference_address=http://127.0.0.1:8080\n").unwrap();
@@ -319,6 +336,7 @@ mod tests {
         let on = Properties::with_env(enabled.clone(), vars(&env));
         assert_eq!(on.get("inference_address"), Some("http://0.0.0.0:9090"));
         assert!(on.set_by_env("inference_address"));
+        assert_eq!(on.get("token_expiration_min"), Some("0.5"));
         assert_eq!(on.get("allowed_urls"), None, "needs use_env_allowed_urls");
         assert_eq!(on.get("home"), None);
 

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use axum::middleware;
 
 use crate::api;
-use crate::auth::{self, Keys};
+use crate::auth::{self, KeyKind, TokenAuth};
 use crate::banner;
 use crate::cli::ServeArgs;
 use crate::config::ServerConfig;
@@ -27,6 +27,7 @@ use crate::python_env::PythonEnv;
 use crate::runtime_dir;
 use crate::snapshot::{self, Snapshotter};
 use crate::state::AppState;
+use crate::tls::Identity;
 use crate::worker;
 use crate::workflow::{register_workflow, WorkflowOptions};
 
@@ -34,6 +35,14 @@ use crate::workflow::{register_workflow, WorkflowOptions};
 pub async fn serve(args: ServeArgs) -> Result<()> {
     let config = ServerConfig::from_args(&args)?;
     logging::install(&config.logging);
+    let identity = match &config.certificate {
+        Some(source) if config.https.any() || config.grpc_tls => Some(Identity::load(source)?),
+        Some(_) => {
+            tracing::warn!("a certificate is configured but no listener uses it: an address must be https:// (or enable_grpc_ssl set) for TLS");
+            None
+        }
+        None => None,
+    };
     let runtime_dir = runtime_dir::create()?;
     runtime_dir::remove_stale();
     let mut python = PythonEnv::prepare(runtime_dir.path(), config.python.as_deref())?;
@@ -92,15 +101,12 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 
     let stop = CancellationToken::new();
     tokio::spawn(wait_for_signal(stop.clone()));
-    let tls = match &state.config.tls {
-        Some((cert, key)) => Some(listener::tls_acceptor(cert, key)?),
-        None => None,
-    };
+    let acceptor = identity.as_ref().map(Identity::acceptor);
     let limits = ConnectionLimits::new(
         state.config.connection_header_read_timeout,
         state.config.max_connections,
     );
-    let serve = |listener: TcpListener, router: axum::Router| {
+    let serve = |listener: TcpListener, router: axum::Router, https: bool| {
         // Outermost, so token refusals carry a request id and count too, and preflight
         // requests need no token.
         let mut router = router.layer(middleware::from_fn(api::request_id::tag));
@@ -109,61 +115,72 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         }
         let router = api::count_responses(router, &state.metrics)
             .layer(middleware::from_fn(logging::log_access));
-        let serving = listener::serve(listener, router, tls.clone(), limits.clone(), stop.clone());
+        // The configuration refuses https:// without a certificate.
+        let tls = acceptor.clone().filter(|_| https);
+        let serving = listener::serve(listener, router, tls, limits.clone(), stop.clone());
         tokio::spawn(serving)
     };
-    let keys = if state.config.token_auth {
+    let auth = if state.config.token_auth {
+        let lifetime = state.config.token_lifetime;
+        let auth = TokenAuth::start(Path::new("key_file.json"), lifetime)?;
         tracing::info!("token authorization is on: keys are in key_file.json");
-        Some(Keys::generate(Path::new("key_file.json"))?)
+        Some(auth)
     } else {
         None
     };
-    let guard = |routes: axum::Router<Arc<AppState>>, key: Option<&Arc<str>>| match key {
-        Some(key) => routes.layer(middleware::from_fn_with_state(
-            key.clone(),
-            auth::require_key,
-        )),
-        None => routes,
+    let auth = auth.as_ref();
+    let inference_routes =
+        api::inference_routes().layer(middleware::from_fn(api::server_timing::total));
+    let management_routes = match auth {
+        Some(auth) => api::management_routes().merge(auth::token_route(auth)),
+        None => api::management_routes(),
     };
-    let inference_key = keys.as_ref().map(|k| &k.inference);
-    let inference_routes = guard(api::inference_routes(), inference_key)
-        .layer(middleware::from_fn(api::server_timing::total));
-    let management_key = keys.as_ref().map(|k| &k.management);
-    let management_routes = guard(api::management_routes(), management_key);
     let router = |routes| api::listener_router(routes, state.clone());
+    let https = state.config.https;
     let http_servers = match management {
+        // Each API's key guards its routes; TorchServe's description routes are guarded too.
         None => vec![serve(
             inference,
             router(
-                inference_routes
-                    .merge(management_routes)
+                auth::guard(inference_routes, auth, KeyKind::Inference)
+                    .merge(auth::guard(management_routes, auth, KeyKind::Management))
                     .merge(api::shared_listener_routes()),
             ),
+            https.inference,
         )],
+        // The listener's key guards everything it serves, unknown paths included, as in
+        // TorchServe.
         Some(management) => vec![
             serve(
                 inference,
-                router(inference_routes.merge(guard(api::inference_description(), inference_key))),
+                auth::guard(
+                    router(inference_routes.merge(api::inference_description())),
+                    auth,
+                    KeyKind::Inference,
+                ),
+                https.inference,
             ),
             serve(
                 management,
-                router(
-                    management_routes.merge(guard(api::management_description(), management_key)),
+                auth::guard(
+                    router(management_routes.merge(api::management_description())),
+                    auth,
+                    KeyKind::Management,
                 ),
+                https.management,
             ),
         ],
     };
-    let grpc_tls = match (&state.config.tls, state.config.grpc_tls) {
-        (Some((cert, key)), true) => Some(grpc::tls_config(cert, key)?),
-        (None, true) => bail!("enable_grpc_ssl needs certificate_file and private_key_file"),
-        (_, false) => None,
-    };
-    let serve_grpc = |which, listener, key: Option<Arc<str>>| {
+    let grpc_tls = identity
+        .as_ref()
+        .filter(|_| state.config.grpc_tls)
+        .map(Identity::grpc);
+    let serve_grpc = |which, listener| {
         let serving = grpc::serve(
             which,
             listener,
             state.clone(),
-            key,
+            auth.cloned(),
             grpc_tls.clone(),
             stop.clone(),
         );
@@ -174,17 +191,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         })
     };
     let servers = http_servers.into_iter().chain([
-        serve(metrics, api::metrics_router(state.clone())),
-        serve_grpc(
-            grpc::Listener::Inference,
-            grpc_inference,
-            keys.as_ref().map(|k| k.inference.clone()),
-        ),
-        serve_grpc(
-            grpc::Listener::Management,
-            grpc_management,
-            keys.as_ref().map(|k| k.management.clone()),
-        ),
+        serve(metrics, api::metrics_router(state.clone()), https.metrics),
+        serve_grpc(grpc::Listener::Inference, grpc_inference),
+        serve_grpc(grpc::Listener::Management, grpc_management),
     ]);
     drain(&state, servers, &stop).await
 }

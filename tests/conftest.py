@@ -18,18 +18,18 @@ def pytest_runtest_makereport(item, call):
 
 def _servers(tmp_path_factory):
     """A factory `start(properties=None, args=OPEN_FLAGS, store=None, workdir=None,
-    fd_limit=None, healthy=True, env=None)` → a started Server (pass `args=()` for the secure
-    defaults, `healthy=False` not to wait for /ping to be Healthy, `env` for variables to set
-    for it); every server it started is stopped afterwards (SIGTERM, then SIGKILL after a
-    timeout)."""
+    fd_limit=None, healthy=True, env=None, https=None)` → a started Server (pass `args=()` for
+    the secure defaults, `healthy=False` not to wait for /ping to be Healthy, `env` for variables
+    to set for it, `https` for the listeners to serve as https://); every server it started is
+    stopped afterwards (SIGTERM, then SIGKILL after a timeout)."""
     servers = []
 
     def start(properties=None, args=OPEN_FLAGS, store=None, workdir=None, fd_limit=None,
-              healthy=True, env=None):
+              healthy=True, env=None, https=None):
         workdir = workdir or tmp_path_factory.mktemp("server")
         store = store or workdir / "store"
         store.mkdir(exist_ok=True)
-        server = Server(workdir, store, properties, args, fd_limit, env)
+        server = Server(workdir, store, properties, args, fd_limit, env, https)
         servers.append(server)
         LIVE.append(server)
         return server.start(healthy=healthy)

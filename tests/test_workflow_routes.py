@@ -198,7 +198,7 @@ def test_a_remote_over_https_with_a_token_from_the_environment(local, secure):
     answer = predict(local, "no_token_wf", 4)
     assert answer.status_code == 502, answer.text
     assert answer.json()["type"] == "BadGatewayException"
-    assert re.search(r'node "r" failed after 2 attempt\(s\): .* answered 401', answer.json()["message"])
+    assert re.search(r'node "r" failed after 2 attempt\(s\): .* answered 400', answer.json()["message"])
     # Without the CA file the certificate is not trusted.
     untrusted = remote_spec(url, "    token-env: REMOTE_TOKEN\n")
     assert register(local, "untrusted_wf", untrusted).status_code == 200

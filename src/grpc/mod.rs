@@ -12,7 +12,6 @@ mod status;
 mod timing;
 mod workflows;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -22,7 +21,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::transport::{Server, ServerTlsConfig};
+
+use crate::auth::{KeyKind, TokenAuth};
 
 use crate::state::AppState;
 
@@ -73,21 +74,14 @@ pub enum Listener {
     Management,
 }
 
-/// The TLS settings of the gRPC listeners from a PEM certificate chain and private key.
-pub fn tls_config(cert: &Path, key: &Path) -> Result<ServerTlsConfig> {
-    let read = |path: &Path| {
-        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
-    };
-    Ok(ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?)))
-}
-
 /// Serves the gRPC services of `which` on `listener` until `stop` is cancelled, then lets
-/// the calls in progress finish. With `key`, every call must carry it as a Bearer token.
+/// the calls in progress finish. With `auth`, every call must carry the listener's key as a
+/// Bearer token.
 pub async fn serve(
     which: Listener,
     listener: TcpListener,
     state: Arc<AppState>,
-    key: Option<Arc<str>>,
+    auth: Option<Arc<TokenAuth>>,
     tls: Option<ServerTlsConfig>,
     stop: CancellationToken,
 ) -> Result<()> {
@@ -97,7 +91,11 @@ pub async fn serve(
             .tls_config(tls)
             .context("invalid gRPC TLS settings")?;
     }
-    let auth = Authorization(key);
+    let kind = match which {
+        Listener::Inference => KeyKind::Inference,
+        Listener::Management => KeyKind::Management,
+    };
+    let auth = Authorization(auth.map(|auth| (auth, kind)));
     let limit = state.config.max_request_size;
     let router = match which {
         Listener::Inference => server
@@ -141,26 +139,24 @@ pub async fn serve(
 }
 
 /// TorchServe's gRPC token check: with token authorization on, every call (`Ping`
-/// included, unlike REST's `/ping`) needs the listener's key in its `authorization`
-/// metadata, else PERMISSION_DENIED.
+/// included, unlike REST's `/ping`) needs the listener's unexpired key in its
+/// `authorization` metadata, else PERMISSION_DENIED.
 #[derive(Clone)]
-struct Authorization(Option<Arc<str>>);
+struct Authorization(Option<(Arc<TokenAuth>, KeyKind)>);
 
 impl Interceptor for Authorization {
     fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let Some(key) = &self.0 else {
+        let Some((auth, kind)) = &self.0 else {
             return Ok(request);
         };
         let given = request
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok());
-        if crate::auth::authorizes(given, key) {
+        if auth.authorizes(*kind, given) {
             Ok(request)
         } else {
-            Err(tonic::Status::permission_denied(
-                "Token Authorization failed. Token either incorrect, expired, or not provided correctly",
-            ))
+            Err(tonic::Status::permission_denied(crate::auth::REFUSED))
         }
     }
 }

@@ -60,12 +60,16 @@ class PortTaken(RuntimeError):
 OPEN_FLAGS = ("--disable-token-auth", "--enable-model-api")
 
 
+#: The HTTP listeners, in the order of their ports.
+LISTENERS = ("inference", "management", "metrics")
+
+
 class Server:
     """A running `torchyard serve` with its three base URLs, its two gRPC addresses, model
     store and log."""
 
     def __init__(self, workdir: Path, store: Path, properties=None, args=OPEN_FLAGS,
-                 fd_limit=None, env=None):
+                 fd_limit=None, env=None, https=None):
         #: The open-file limit (soft and hard) to start the server under, if any.
         self.fd_limit = fd_limit
         #: Environment variables set for the server (and so its workers) beyond the test's.
@@ -76,6 +80,9 @@ class Server:
         self.properties = properties or {}
         #: The certificate to trust when the server speaks HTTPS, else True.
         self.verify = self.properties.get("certificate_file", True)
+        #: The listeners ("inference", "management", "metrics") whose address is https://: all
+        #: of them by default when certificate_file is set.
+        self.https = LISTENERS if https is None and self.verify is not True else (https or ())
         self._pick_ports()
         self.args = [str(BINARY), "serve", "--model-store", str(store), "--config",
                      str(workdir / "config.properties"), "--python", str(PYTHON), *args]
@@ -84,9 +91,9 @@ class Server:
     def _pick_ports(self):
         """Chooses five free ports and writes config.properties with them."""
         ports = [free_port() for _ in range(5)]
-        scheme = "http" if self.verify is True else "https"
         self.inference, self.management, self.metrics = (
-            f"{scheme}://127.0.0.1:{p}" for p in ports[:3])
+            f"{'https' if name in self.https else 'http'}://127.0.0.1:{port}"
+            for name, port in zip(LISTENERS, ports))
         #: `host:port` of the gRPC inference and management listeners.
         self.grpc_inference, self.grpc_management = (f"127.0.0.1:{p}" for p in ports[3:])
         config = {
