@@ -39,6 +39,8 @@ pub struct ServerConfig {
     pub api_default_workers: usize,
     pub job_queue_size: usize,
     pub default_response_timeout: Duration,
+    /// How long a worker may take to load its handler (`default_startup_timeout`, 120 s).
+    pub default_startup_timeout: Duration,
     pub max_request_size: usize,
     /// How long a client has to send a request head once the server waits for one; this also
     /// bounds keep-alive idling between requests and the TLS handshake.
@@ -228,6 +230,7 @@ impl ServerConfig {
             default_response_timeout: Duration::from_secs(
                 number("default_response_timeout", 120)? as u64
             ),
+            default_startup_timeout: Duration::from_secs(limit("default_startup_timeout", 120)?),
             max_request_size: number("max_request_size", 6_553_500)?,
             connection_header_read_timeout: Duration::from_millis(
                 number("connection_header_read_timeout_ms", 10_000)?.max(1) as u64,

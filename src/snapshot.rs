@@ -40,6 +40,7 @@ pub struct ModelRecord {
     pub batch_size: usize,
     pub max_batch_delay_ms: u64,
     pub response_timeout_ms: u64,
+    pub startup_timeout_s: u64,
 }
 
 /// A workflow version with the worker bounds of each node.
@@ -221,12 +222,12 @@ fn read_settings(
     workflows: Option<&str>,
     config: &ServerConfig,
 ) -> Result<Option<Snapshot>> {
-    snapshot_file::read(
-        models,
-        workflows,
-        config.default_workers_per_model,
-        config.default_response_timeout.as_millis() as u64,
-    )
+    let defaults = snapshot_file::EntryDefaults {
+        workers: config.default_workers_per_model,
+        response_timeout_ms: config.default_response_timeout.as_millis() as u64,
+        startup_timeout_s: config.default_startup_timeout.as_secs(),
+    };
+    snapshot_file::read(models, workflows, defaults)
 }
 
 fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
@@ -269,6 +270,7 @@ fn capture(state: &AppState) -> Snapshot {
                 batch_size: s.batch_size,
                 max_batch_delay_ms: s.max_batch_delay.as_millis() as u64,
                 response_timeout_ms: s.response_timeout.as_millis() as u64,
+                startup_timeout_s: s.startup_timeout.as_secs(),
             }
         })
         .collect();
@@ -363,6 +365,7 @@ async fn restore_model(state: &AppState, record: &ModelRecord) -> crate::error::
     def.settings.batch_size = record.batch_size;
     def.settings.max_batch_delay = Duration::from_millis(record.max_batch_delay_ms);
     def.settings.response_timeout = Duration::from_millis(record.response_timeout_ms);
+    def.settings.startup_timeout = Duration::from_secs(record.startup_timeout_s);
     state.start_model(def, false).await.map(|_| ())
 }
 
@@ -382,6 +385,7 @@ mod tests {
             batch_size: 1,
             max_batch_delay_ms: 100,
             response_timeout_ms: 1000,
+            startup_timeout_s: 120,
         }
     }
 
