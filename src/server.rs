@@ -85,6 +85,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         Some(carried) => Some(carried),
         None => state.snapshots.load(&state.config)?,
     };
+    if let Some(snapshot) = &restored {
+        snapshot::check_archives(snapshot, state.config.model_store.as_deref())?;
+    }
     load_startup_archives(&state, restored);
 
     let stop = CancellationToken::new();

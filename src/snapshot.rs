@@ -307,6 +307,27 @@ fn handler_override(def: &ModelDefinition) -> Option<String> {
     (own != Some(def.handler.as_str())).then(|| def.handler.clone())
 }
 
+/// Refuses a snapshot naming a model archive that is not in the model store, as TorchServe
+/// does before it restores one: the server does not start with models silently missing.
+/// Archives from URLs and absolute paths are fetched by the restore itself, and a failure
+/// there keeps the record pending instead.
+pub fn check_archives(snapshot: &Snapshot, model_store: Option<&Path>) -> Result<()> {
+    for record in &snapshot.models {
+        let url = Path::new(&record.url);
+        if record.url.contains("://") || url.is_absolute() {
+            continue;
+        }
+        if !model_store.is_some_and(|store| store.join(url).exists()) {
+            anyhow::bail!(
+                "Model archive file for model :{}, version :{} not found in model store",
+                record.name,
+                record.version
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Registers everything in `snapshot` again, with its scale and default versions, and
 /// returns the records that failed. Failures are logged and skipped, so one missing archive
 /// does not keep the rest down.

@@ -25,6 +25,8 @@ use crate::state::AppState;
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/models", get(list).post(register))
+        // TorchServe splits the path on '/', so a trailing slash names the same resource.
+        .route("/models/", get(list).post(register))
         .route(
             "/models/{name}",
             get(describe)

@@ -11,7 +11,7 @@ use super::dependencies::{create_venv, install_requirements};
 use super::served_model::ServedModel;
 use crate::archive::ModelArchive;
 use crate::error::{ApiError, ApiResult};
-use crate::fetch::{open_archive, Opened};
+use crate::fetch::{open_archive, stored_name, Opened};
 use crate::state::AppState;
 
 /// Query parameters of `POST /models`, also used for models loaded at start.
@@ -63,6 +63,7 @@ pub async fn prepare_model(
     if opts.batch_size == Some(0) {
         return Err(ApiError::bad_request("batch_size must be at least 1"));
     }
+    check_not_fetched(state, &opts.url)?;
     let dirs: Vec<&Path> = state
         .config
         .model_store
@@ -106,6 +107,28 @@ pub async fn prepare_model(
         }
     }
     def
+}
+
+/// Refuses, before anything is downloaded, an http(s) or `file://` url whose archive a
+/// registered model was fetched from already (same url, or a copy of that name in the store):
+/// TorchServe's 500 "Model file already exists NAME".
+fn check_not_fetched(state: &AppState, url: &str) -> ApiResult<()> {
+    let Some(name) = stored_name(url) else {
+        return Ok(());
+    };
+    let fetched = state.registry.all().iter().any(|m| {
+        m.def.url == url
+            || m.def
+                .stored_copy
+                .as_ref()
+                .is_some_and(|copy| copy.file_name().is_some_and(|n| n == name.as_str()))
+    });
+    if fetched {
+        return Err(ApiError::internal(format!(
+            "Model file already exists {name}"
+        )));
+    }
+    Ok(())
 }
 
 /// Gives the model its own packages: a virtual environment with `useVenv` (requirements
