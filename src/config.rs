@@ -33,6 +33,8 @@ pub struct ServerConfig {
     pub load_models: Vec<String>,
     /// Workflow archives to load at start, in the same forms.
     pub load_workflows: Vec<String>,
+    /// Workers of each model loaded at start: `default_workers_per_model`, else (as in
+    /// TorchServe) one per GPU, else one per core; see [`ServerConfig::resolve_default_workers`].
     pub default_workers_per_model: usize,
     /// Workers of a model registered through the API without `initial_workers`:
     /// `default_workers_per_model` when the configuration sets it, else 0 (as TorchServe).
@@ -194,7 +196,7 @@ impl ServerConfig {
         let workflow_store =
             path("workflow_store", &args.workflow_store).or_else(|| model_store.clone());
         let max_workers_per_model = number("max_workers_per_model", 128)?;
-        let default_workers_per_model = number("default_workers_per_model", 1)?;
+        let default_workers_per_model = number("default_workers_per_model", 0)?;
         if default_workers_per_model > max_workers_per_model {
             bail!("default_workers_per_model ({default_workers_per_model}) is above max_workers_per_model ({max_workers_per_model})");
         }
@@ -314,6 +316,18 @@ impl ServerConfig {
     }
 }
 
+impl ServerConfig {
+    /// Settles the workers of models loaded at start when `default_workers_per_model` is
+    /// unset (or 0): one per GPU when there are `gpus`, else one per usable core, as
+    /// TorchServe does, at most `max_workers_per_model`.
+    pub fn resolve_default_workers(&mut self, gpus: usize) {
+        if self.default_workers_per_model == 0 {
+            let per_device = if gpus > 0 { gpus } else { usable_cores() };
+            self.default_workers_per_model = per_device.min(self.max_workers_per_model);
+        }
+    }
+}
+
 /// A program to run: a bare name (`python3`) stays a `PATH` lookup, any other relative path is
 /// resolved against `cwd`.
 fn program_path(cwd: &Path, program: PathBuf) -> PathBuf {
@@ -395,6 +409,22 @@ mod tests {
             unreachable!("parsed as serve")
         };
         ServerConfig::from_args(&args)
+    }
+
+    #[test]
+    fn start_up_workers_default_to_one_per_gpu_else_per_core() {
+        let resolved = |text: &str, gpus| {
+            let mut c = config(text).unwrap();
+            c.resolve_default_workers(gpus);
+            (c.default_workers_per_model, c.api_default_workers)
+        };
+        assert_eq!(resolved("", 0), (usable_cores().min(128), 0));
+        assert_eq!(resolved("", 3), (3, 0));
+        assert_eq!(resolved("max_workers_per_model=2\n", 4), (2, 0));
+        assert_eq!(resolved("default_workers_per_model=1\n", 4), (1, 1));
+        let startup = config("default_startup_timeout=7\n").unwrap();
+        assert_eq!(startup.default_startup_timeout, Duration::from_secs(7));
+        assert!(config("default_startup_timeout=0\n").is_err());
     }
 
     #[test]

@@ -30,7 +30,7 @@ use crate::workflow::{register_workflow, WorkflowOptions};
 
 /// Runs the server until a shutdown signal, then drains requests and stops the workers.
 pub async fn serve(args: ServeArgs) -> Result<()> {
-    let config = ServerConfig::from_args(&args)?;
+    let mut config = ServerConfig::from_args(&args)?;
     let runtime_dir = runtime_dir::create()?;
     runtime_dir::remove_stale();
     let mut python = PythonEnv::prepare(runtime_dir.path(), config.python.as_deref())?;
@@ -55,6 +55,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let grpc_management = bind(config.grpc_management_address).await?;
     let number_of_gpu = config.number_of_gpu;
     let gpus = tokio::task::spawn_blocking(move || Gpus::detect(number_of_gpu)).await?;
+    config.resolve_default_workers(gpus.count());
     let state = Arc::new(AppState {
         registry: Default::default(),
         workflows: Default::default(),

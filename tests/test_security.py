@@ -19,7 +19,8 @@ def test_tokens_required_and_model_api_disabled_by_default(start_server, tmp_pat
     store = tmp_path / "store"
     store.mkdir()
     scale_mar(store, "double", 2.0)
-    server = start_server(args=("--models", "double=double.mar"), store=store)
+    server = start_server({"default_workers_per_model": 1}, args=("--models", "double=double.mar"),
+                          store=store)
     key_file = server.workdir / "key_file.json"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     keys = json.loads(key_file.read_text())
