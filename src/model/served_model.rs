@@ -240,7 +240,11 @@ impl ServedModel {
             version_named,
             segment,
         };
-        match self.queue.try_send(job) {
+        let sent = self.queue.try_send(job);
+        if let (Err(_), Some(tickets)) = (&sent, &self.spec.tickets) {
+            tickets.give_back();
+        }
+        match sent {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 return Err(ApiError::unavailable(format!(

@@ -76,6 +76,11 @@ impl JobTickets {
             .is_ok()
     }
 
+    /// Returns a ticket taken for a request that could not be queued after all.
+    pub fn give_back(&self) {
+        self.offer();
+    }
+
     fn offer(&self) {
         self.0.fetch_add(1, Ordering::SeqCst);
     }
