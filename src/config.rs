@@ -37,12 +37,16 @@ pub struct ServerConfig {
     pub load_models: Vec<String>,
     /// Workflow archives to load at start, in the same forms.
     pub load_workflows: Vec<String>,
+    /// Workers of each model loaded at start: `default_workers_per_model`, else (as in
+    /// TorchServe) one per GPU, else one per core; see [`ServerConfig::resolve_default_workers`].
     pub default_workers_per_model: usize,
     /// Workers of a model registered through the API without `initial_workers`:
     /// `default_workers_per_model` when the configuration sets it, else 0 (as TorchServe).
     pub api_default_workers: usize,
     pub job_queue_size: usize,
     pub default_response_timeout: Duration,
+    /// How long a worker may take to load its handler (`default_startup_timeout`, 120 s).
+    pub default_startup_timeout: Duration,
     pub max_request_size: usize,
     /// How long a client has to send a request head once the server waits for one; this also
     /// bounds keep-alive idling between requests and the TLS handshake.
@@ -219,7 +223,7 @@ impl ServerConfig {
         let workflow_store =
             path("workflow_store", &args.workflow_store).or_else(|| model_store.clone());
         let max_workers_per_model = number("max_workers_per_model", 128)?;
-        let default_workers_per_model = number("default_workers_per_model", 1)?;
+        let default_workers_per_model = number("default_workers_per_model", 0)?;
         if default_workers_per_model > max_workers_per_model {
             bail!("default_workers_per_model ({default_workers_per_model}) is above max_workers_per_model ({max_workers_per_model})");
         }
@@ -291,6 +295,7 @@ impl ServerConfig {
             default_response_timeout: Duration::from_secs(
                 number("default_response_timeout", 120)? as u64
             ),
+            default_startup_timeout: Duration::from_secs(limit("default_startup_timeout", 120)?),
             max_request_size: number("max_request_size", 6_553_500)?,
             connection_header_read_timeout: Duration::from_millis(
                 number("connection_header_read_timeout_ms", 10_000)?.max(1) as u64,
@@ -417,6 +422,18 @@ fn token_lifetime(value: Option<&str>) -> Result<Duration> {
     Ok(Duration::from_secs((minutes * 60.0) as u64))
 }
 
+impl ServerConfig {
+    /// Settles the workers of models loaded at start when `default_workers_per_model` is
+    /// unset (or 0): one per GPU when there are `gpus`, else one per usable core, as
+    /// TorchServe does, at most `max_workers_per_model`.
+    pub fn resolve_default_workers(&mut self, gpus: usize) {
+        if self.default_workers_per_model == 0 {
+            let per_device = if gpus > 0 { gpus } else { usable_cores() };
+            self.default_workers_per_model = per_device.min(self.max_workers_per_model);
+        }
+    }
+}
+
 /// A program to run: a bare name (`python3`) stays a `PATH` lookup, any other relative path is
 /// resolved against `cwd`.
 fn program_path(cwd: &Path, program: PathBuf) -> PathBuf {
@@ -502,6 +519,22 @@ mod tests {
             unreachable!("parsed as serve")
         };
         ServerConfig::from_args(&args)
+    }
+
+    #[test]
+    fn start_up_workers_default_to_one_per_gpu_else_per_core() {
+        let resolved = |text: &str, gpus| {
+            let mut c = config(text).unwrap();
+            c.resolve_default_workers(gpus);
+            (c.default_workers_per_model, c.api_default_workers)
+        };
+        assert_eq!(resolved("", 0), (usable_cores().min(128), 0));
+        assert_eq!(resolved("", 3), (3, 0));
+        assert_eq!(resolved("max_workers_per_model=2\n", 4), (2, 0));
+        assert_eq!(resolved("default_workers_per_model=1\n", 4), (1, 1));
+        let startup = config("default_startup_timeout=7\n").unwrap();
+        assert_eq!(startup.default_startup_timeout, Duration::from_secs(7));
+        assert!(config("default_startup_timeout=0\n").is_err());
     }
 
     #[test]

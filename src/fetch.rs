@@ -101,11 +101,16 @@ async fn locate(state: &AppState, url: &str, dirs: &[&Path], kind: &str) -> ApiR
     if url.is_empty() {
         return Err(ApiError::bad_request("Parameter url is required."));
     }
+    // As TorchServe: any `..` at all, whatever the kind of url, before it is looked at.
+    if url.contains("..") {
+        let message = format!("Relative path is not allowed in url: {url}");
+        return Err(match kind {
+            "workflow" => ApiError::workflow_not_found(message),
+            _ => ApiError::model_not_found(message),
+        });
+    }
     let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
-    let file_name = || {
-        let name = url.rsplit('/').next().unwrap_or_default();
-        valid_name(name).then(|| name.to_string())
-    };
+    let file_name = || stored_name(url);
     if lower.starts_with("http://") || lower.starts_with("https://") {
         return Ok(Located {
             path: download(state, url).await?,
@@ -206,6 +211,17 @@ fn normalize(path: &Path) -> PathBuf {
         }
     }
     out
+}
+
+/// The name a copy of the archive at an http(s) or `file://` `url` is kept under in the
+/// store; `None` for other urls.
+pub fn stored_name(url: &str) -> Option<String> {
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    let remote = ["http://", "https://", "file://"]
+        .iter()
+        .any(|scheme| lower.starts_with(scheme));
+    let name = url.rsplit('/').next().unwrap_or_default();
+    (remote && valid_name(name)).then(|| name.to_string())
 }
 
 /// TorchServe's 404 for an archive that is not where it was looked for; `kind` is "model" or

@@ -33,7 +33,7 @@ use crate::workflow::{register_workflow, WorkflowOptions};
 
 /// Runs the server until a shutdown signal, then drains requests and stops the workers.
 pub async fn serve(args: ServeArgs) -> Result<()> {
-    let config = ServerConfig::from_args(&args)?;
+    let mut config = ServerConfig::from_args(&args)?;
     logging::install(&config.logging);
     let identity = match &config.certificate {
         Some(source) if config.https.any() || config.grpc_tls => Some(Identity::load(source)?),
@@ -66,6 +66,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let grpc_management = bind(config.grpc_management_address).await?;
     let number_of_gpu = config.number_of_gpu;
     let gpus = tokio::task::spawn_blocking(move || Gpus::detect(number_of_gpu)).await?;
+    config.resolve_default_workers(gpus.count());
     let state = Arc::new(AppState {
         registry: Default::default(),
         workflows: Default::default(),
@@ -97,6 +98,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         Some(carried) => Some(carried),
         None => state.snapshots.load(&state.config)?,
     };
+    if let Some(snapshot) = &restored {
+        snapshot::check_archives(snapshot, state.config.model_store.as_deref())?;
+    }
     load_startup_archives(&state, restored);
 
     let stop = CancellationToken::new();

@@ -40,6 +40,7 @@ pub struct ModelRecord {
     pub batch_size: usize,
     pub max_batch_delay_ms: u64,
     pub response_timeout_ms: u64,
+    pub startup_timeout_s: u64,
 }
 
 /// A workflow version with the worker bounds of each node.
@@ -223,12 +224,12 @@ fn read_settings(
     workflows: Option<&str>,
     config: &ServerConfig,
 ) -> Result<Option<Snapshot>> {
-    snapshot_file::read(
-        models,
-        workflows,
-        config.default_workers_per_model,
-        config.default_response_timeout.as_millis() as u64,
-    )
+    let defaults = snapshot_file::EntryDefaults {
+        workers: config.default_workers_per_model,
+        response_timeout_ms: config.default_response_timeout.as_millis() as u64,
+        startup_timeout_s: config.default_startup_timeout.as_secs(),
+    };
+    snapshot_file::read(models, workflows, defaults)
 }
 
 fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
@@ -271,6 +272,7 @@ fn capture(state: &AppState) -> Snapshot {
                 batch_size: s.batch_size,
                 max_batch_delay_ms: s.max_batch_delay.as_millis() as u64,
                 response_timeout_ms: s.response_timeout.as_millis() as u64,
+                startup_timeout_s: s.startup_timeout.as_secs(),
             }
         })
         .collect();
@@ -305,6 +307,27 @@ fn handler_override(def: &ModelDefinition) -> Option<String> {
         .pointer("/model/handler")
         .and_then(|h| h.as_str());
     (own != Some(def.handler.as_str())).then(|| def.handler.clone())
+}
+
+/// Refuses a snapshot naming a model archive that is not in the model store, as TorchServe
+/// does before it restores one: the server does not start with models silently missing.
+/// Archives from URLs and absolute paths are fetched by the restore itself, and a failure
+/// there keeps the record pending instead.
+pub fn check_archives(snapshot: &Snapshot, model_store: Option<&Path>) -> Result<()> {
+    for record in &snapshot.models {
+        let url = Path::new(&record.url);
+        if record.url.contains("://") || url.is_absolute() {
+            continue;
+        }
+        if !model_store.is_some_and(|store| store.join(url).exists()) {
+            anyhow::bail!(
+                "Model archive file for model :{}, version :{} not found in model store",
+                record.name,
+                record.version
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Registers everything in `snapshot` again, with its scale and default versions, and
@@ -365,6 +388,7 @@ async fn restore_model(state: &AppState, record: &ModelRecord) -> crate::error::
     def.settings.batch_size = record.batch_size;
     def.settings.max_batch_delay = Duration::from_millis(record.max_batch_delay_ms);
     def.settings.response_timeout = Duration::from_millis(record.response_timeout_ms);
+    def.settings.startup_timeout = Duration::from_secs(record.startup_timeout_s);
     state.start_model(def, false).await.map(|_| ())
 }
 
@@ -384,6 +408,7 @@ mod tests {
             batch_size: 1,
             max_batch_delay_ms: 100,
             response_timeout_ms: 1000,
+            startup_timeout_s: 120,
         }
     }
 

@@ -20,8 +20,6 @@ pub const MODEL_SNAPSHOT: &str = "model_snapshot";
 pub const WORKFLOW_SNAPSHOT: &str = "workflow_snapshot";
 /// How many snapshot files are kept; older ones are removed.
 const KEPT: usize = 16;
-/// TorchServe's `startupTimeout`, which torchyard does not use but writes for its reader.
-const STARTUP_TIMEOUT_S: u64 = 120;
 
 /// The text of a snapshot file named `name`: `settings` (the configuration the server
 /// started with), then the snapshot.
@@ -63,7 +61,7 @@ fn model_json(models: &[ModelRecord], name: &str, created: i64) -> String {
             "batchSize": m.batch_size,
             "maxBatchDelay": m.max_batch_delay_ms,
             "responseTimeout": m.response_timeout_ms / 1000,
-            "startupTimeout": STARTUP_TIMEOUT_S,
+            "startupTimeout": m.startup_timeout_s,
             "runtimeType": "python",
         });
         if let Some(handler) = &m.handler {
@@ -98,6 +96,7 @@ struct ModelEntry {
     batch_size: Option<usize>,
     max_batch_delay: Option<u64>,
     response_timeout: Option<u64>,
+    startup_timeout: Option<u64>,
     handler: Option<String>,
 }
 
@@ -112,14 +111,22 @@ struct WorkflowSnapshot {
     workflows: Vec<WorkflowRecord>,
 }
 
+/// The values a model entry that leaves a field out gets: the server's
+/// `default_workers_per_model`, `default_response_timeout` and `default_startup_timeout`.
+#[derive(Debug, Clone, Copy)]
+pub struct EntryDefaults {
+    pub workers: usize,
+    pub response_timeout_ms: u64,
+    pub startup_timeout_s: u64,
+}
+
 /// The snapshot held by settings: `model_snapshot` (TorchServe's, as KServe also writes it)
 /// and `workflow_snapshot`. `None` when neither is set. Fields TorchServe leaves out take
-/// the given defaults (`default_workers_per_model`, `default_response_timeout`).
+/// the `defaults`.
 pub fn read(
     model_snapshot: Option<&str>,
     workflow_snapshot: Option<&str>,
-    default_workers: usize,
-    default_response_timeout_ms: u64,
+    defaults: EntryDefaults,
 ) -> Result<Option<Snapshot>> {
     if model_snapshot.is_none() && workflow_snapshot.is_none() {
         return Ok(None);
@@ -130,7 +137,7 @@ pub fn read(
             serde_json::from_str(text).context("model_snapshot is not TorchServe's JSON")?;
         for (name, versions) in parsed.models {
             for (version, m) in versions {
-                let min_workers = m.min_workers.unwrap_or(default_workers);
+                let min_workers = m.min_workers.unwrap_or(defaults.workers);
                 snapshot.models.push(ModelRecord {
                     name: name.clone(),
                     version,
@@ -143,7 +150,11 @@ pub fn read(
                     max_batch_delay_ms: m.max_batch_delay.unwrap_or(100),
                     response_timeout_ms: m
                         .response_timeout
-                        .map_or(default_response_timeout_ms, |s| s * 1000),
+                        .map_or(defaults.response_timeout_ms, |s| s * 1000),
+                    startup_timeout_s: m
+                        .startup_timeout
+                        .filter(|&s| s > 0)
+                        .unwrap_or(defaults.startup_timeout_s),
                 });
             }
         }
@@ -207,8 +218,15 @@ mod tests {
             batch_size: 4,
             max_batch_delay_ms: 100,
             response_timeout_ms: 120_000,
+            startup_timeout_s: 7,
         }
     }
+
+    const DEFAULTS: EntryDefaults = EntryDefaults {
+        workers: 1,
+        response_timeout_ms: 1,
+        startup_timeout_s: 120,
+    };
 
     #[test]
     fn round_trips_through_torchserve_json_and_properties() {
@@ -233,17 +251,18 @@ mod tests {
         assert_eq!(models["modelCount"], 2);
         assert_eq!(models["models"]["noop"]["1.11"]["marName"], "noop.mar");
         assert_eq!(models["models"]["noop"]["1.11"]["responseTimeout"], 120);
+        assert_eq!(models["models"]["noop"]["1.11"]["startupTimeout"], 7);
         assert!(models["models"]["noop"]["1.11"].get("handler").is_none());
         let back = read(
             Some(&props[MODEL_SNAPSHOT]),
             Some(&props[WORKFLOW_SNAPSHOT]),
-            1,
-            1,
+            DEFAULTS,
         )
         .unwrap()
         .unwrap();
         assert_eq!(back.models.len(), 2);
         assert_eq!(back.models[0].response_timeout_ms, 120_000);
+        assert_eq!(back.models[0].startup_timeout_s, 7);
         assert_eq!(back.workflows[0].node_workers["pre"], (1, 2));
     }
 
@@ -256,13 +275,14 @@ mod tests {
     #[test]
     fn reads_what_kserve_writes() {
         let kserve = r#"{"name":"startup.cfg","modelCount":1,"models":{"mnist":{"1.0":{"defaultVersion":true,"marName":"mnist.mar","minWorkers":1,"maxWorkers":5,"batchSize":1,"maxBatchDelay":10,"responseTimeout":120}}}}"#;
-        let snapshot = read(Some(kserve), None, 1, 1).unwrap().unwrap();
+        let snapshot = read(Some(kserve), None, DEFAULTS).unwrap().unwrap();
         let m = &snapshot.models[0];
         assert_eq!((m.name.as_str(), m.url.as_str()), ("mnist", "mnist.mar"));
         assert_eq!(
             (m.min_workers, m.max_workers, m.max_batch_delay_ms),
             (1, 5, 10)
         );
+        assert_eq!(m.startup_timeout_s, 120);
     }
 
     #[test]

@@ -49,7 +49,8 @@ def server(start_module_server, tmp_path_factory):
     store = tmp_path_factory.mktemp("example-store")
     subprocess.run([str(PYTHON), str(REPO / "examples" / "double" / "make_model.py"), str(store)],
                    check=True, capture_output=True)
-    return start_module_server(store=store, args=(*OPEN_FLAGS, "--models", "double=double.mar"))
+    return start_module_server({"default_workers_per_model": 1}, store=store,
+                               args=(*OPEN_FLAGS, "--models", "double=double.mar"))
 
 
 def predict(server, name, **request):

@@ -309,7 +309,7 @@ def scrape(start_module_server, tmp_path_factory):
     war(store, "pipeline", SPEC, FUNCTIONS)
     server = start_module_server(
         store=store, workdir=workdir,
-        properties={"metric_time_interval": 1, "number_of_gpu": 0},
+        properties={"metric_time_interval": 1, "number_of_gpu": 0, "default_workers_per_model": 1},
         env={"PATH": f"{bin_dir}:{os.environ['PATH']}"},
         args=(*OPEN_FLAGS, "--models", "double=double.mar", "--workflows", "pipeline.war"))
     base = server.inference

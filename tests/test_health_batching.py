@@ -92,7 +92,8 @@ def test_ping_is_unhealthy_until_startup_models_and_workflows_are_ready(tmp_path
     handler_mar(store, "slow", SLOW_HANDLER)
     scale_mar(store, "double", 2.0)
     war(store, "wf", WORKFLOW, SLOW_FUNCTIONS)
-    server = start_server(args=(*OPEN_FLAGS, "--models", "slow.mar", "--workflows", "wf.war"),
+    server = start_server({"default_workers_per_model": 1},
+                          args=(*OPEN_FLAGS, "--models", "slow.mar", "--workflows", "wf.war"),
                           store=store, workdir=tmp_path, healthy=False)
     assert ping(server) == UNHEALTHY
     wait_for_ping(server, HEALTHY)
@@ -107,10 +108,17 @@ def test_startup_model_that_cannot_load_keeps_the_server_unhealthy(tmp_path, sta
     store.mkdir()
     handler_mar(store, "broken", BROKEN_HANDLER)
     scale_mar(store, "double", 2.0)
-    server = start_server(args=(*OPEN_FLAGS, "--models", "broken.mar", "double.mar"),
+    server = start_server({"default_workers_per_model": 1},
+                          args=(*OPEN_FLAGS, "--models", "broken.mar", "double.mar"),
                           store=store, workdir=tmp_path, healthy=False)
     deadline = time.monotonic() + 60
-    while describe(server, "double")["workers"][0]["status"] != "READY":
+
+    def double_ready():
+        # Until the start-up loading has registered it, `double` is not there at all.
+        answer = requests.get(f"{server.management}/models/double")
+        return answer.ok and any(w["status"] == "READY" for w in answer.json()[0]["workers"])
+
+    while not double_ready():
         assert time.monotonic() < deadline
         time.sleep(0.05)
     # The server is up and serves what loaded, but is not ready as a whole.
@@ -192,7 +200,7 @@ def test_relative_paths_resolve_against_the_start_directory(tmp_path):
     store = tmp_path / "models"
     store.mkdir()
     scale_mar(store, "double", 2.0)
-    server = Server(tmp_path, store)
+    server = Server(tmp_path, store, {"default_workers_per_model": 1})
     server.args = [server.args[0], "serve", "--model-store", "models", "--config",
                    "config.properties", "--python", os.path.join("env", "bin", "python"),
                    "--snapshot-dir", "snapshots", "--models", "double.mar", *OPEN_FLAGS]

@@ -127,8 +127,9 @@ def test_allowed_urls_match_the_normalised_and_real_path(start_server, tmp_path)
                                          params={"url": url, "initial_workers": 0})
     for url in (f"file://{allowed_dir}/../elsewhere/outside.mar",
                 f"{allowed_dir}/../elsewhere/outside.mar",
-                f"file://{allowed_dir}/./../elsewhere/outside.mar",
-                f"file://{allowed_dir}/link.mar", f"{allowed_dir}/link.mar"):
+                f"file://{allowed_dir}/./../elsewhere/outside.mar"):
+        json_error(register(url), 404, "ModelNotFoundException", "Relative path is not allowed")
+    for url in (f"file://{allowed_dir}/link.mar", f"{allowed_dir}/link.mar"):
         json_error(register(url), 400, "BadRequestException", "allowed_urls")
     assert requests.get(f"{server.management}/models").json()["models"] == []
     json_error(register(f"file://{allowed_dir}/missing.mar"), 400, "DownloadArchiveException")

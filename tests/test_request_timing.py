@@ -51,7 +51,7 @@ def server(start_module_server, tmp_path_factory):
     store = tmp_path_factory.mktemp("store")
     build_mar(store, "probe", {"probe.py": PROBE}, manifest("probe", "probe.py"))
     war(store, "traced", SPEC, FUNCTIONS)
-    return start_module_server(store=store, args=(
+    return start_module_server({"default_workers_per_model": 1}, store=store, args=(
         *OPEN_FLAGS, "--models", "probe=probe.mar", "--workflows", "traced.war"))
 
 

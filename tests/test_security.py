@@ -19,7 +19,8 @@ def test_tokens_required_and_model_api_disabled_by_default(start_server, tmp_pat
     store = tmp_path / "store"
     store.mkdir()
     scale_mar(store, "double", 2.0)
-    server = start_server(args=("--models", "double=double.mar"), store=store)
+    server = start_server({"default_workers_per_model": 1}, args=("--models", "double=double.mar"),
+                          store=store)
     key_file = server.workdir / "key_file.json"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     keys = json.loads(key_file.read_text())
@@ -45,7 +46,8 @@ def test_tokens_required_and_model_api_disabled_by_default(start_server, tmp_pat
     assert answer.json() == 4.0
     refused = requests.post(f"{server.management}/models", params={"url": "double.mar"},
                             headers=management)
-    assert refused.status_code == 405 and "--enable-model-api" in refused.json()["message"]
+    assert refused.status_code == 405 and refused.json()["message"] == (
+        "Requested method is not allowed, please refer to API document.")
     assert requests.delete(f"{server.management}/models/double",
                            headers=management).status_code == 405
     assert requests.get(f"{server.metrics}/metrics").status_code == 200

@@ -55,7 +55,7 @@ def echo(request, start_module_server, tmp_path_factory):
     write_files(store.parent / "src", {"echo.py": ECHO})
     archive("model", "--model-name", "echo", "--handler",
             f"{store.parent / 'src' / 'echo.py'}:handle", "--export-path", str(store))
-    server = start_module_server(store=store, properties={"load_models": "echo.mar",
+    server = start_module_server(store=store, properties={"load_models": "echo.mar", "default_workers_per_model": 1,
                                                           "service_envelope": request.param})
     return request.param, server
 

@@ -51,7 +51,7 @@ def server(start_module_server, tmp_path_factory):
     build_mar(store, "streamer", {"streamer.py": STREAMER}, manifest("streamer", "streamer.py"))
     scale_mar(store, "double", 2.0)
     war(store, "streamflow", SPEC, PRE)
-    return start_module_server(store=store, args=(
+    return start_module_server({"default_workers_per_model": 1}, store=store, args=(
         *OPEN_FLAGS, "--models", "streamer=streamer.mar", "double=double.mar",
         "--workflows", "streamflow.war"))
 

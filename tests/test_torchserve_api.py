@@ -298,3 +298,71 @@ def test_customized_metadata_comes_from_the_handler(server):
     assert "customizedMetadata" not in requests.get(
         f"{server.management}/models/noop-customized").json()[0]
     assert status(requests.delete(f"{server.management}/models/noop-customized/1.0"))
+
+
+def test_management_replies_match_torchserves(server):
+    """The replies torchyard once answered its own way: the list under a trailing slash, the
+    synchronous default and the asynchronous 202, and urls naming `..`."""
+    m = server.management
+    listed = requests.get(f"{m}/models/")
+    assert listed.status_code == 200 and {"modelName": "noop", "modelUrl": "noop.mar"} in (
+        listed.json()["models"])
+    # Without `synchronous`, TorchServe waits for the workers.
+    answer = requests.post(f"{m}/models", params={"url": "noop.mar", "model_name": "nosync",
+                                                  "initial_workers": 1})
+    assert status(answer) == 'Model "nosync" Version: 1.11 registered with 1 initial workers'
+    assert requests.get(f"{m}/models/nosync").json()[0]["workers"][0]["status"] == "READY"
+    answer = requests.post(f"{m}/models", params={"url": "noop.mar", "model_name": "async",
+                                                  "initial_workers": 1, "synchronous": "false"})
+    assert (answer.status_code, answer.json()) == (202, {"status": "Processing worker updates..."})
+    for name in ("nosync", "async"):
+        assert status(requests.delete(f"{m}/models/{name}"))
+    for url in [f"file://{server.store}/../store/noop.mar", f"{server.store}/../store/noop.mar",
+                "http://127.0.0.1:1/models/../noop.mar", "noop..mar"]:
+        error(register(server, url), 404, f"Relative path is not allowed in url: {url}",
+              "ModelNotFoundException")
+
+
+def test_a_second_registration_from_a_url_downloads_nothing(server, tmp_path):
+    shutil.copy(server.store / "noop.mar", tmp_path / "noop_twice.mar")
+    fetched = []
+
+    class Counting(SimpleHTTPRequestHandler):
+        def do_GET(self):
+            fetched.append(self.path)
+            super().do_GET()
+
+    site = ThreadingHTTPServer(("127.0.0.1", 0),
+                               functools.partial(Counting, directory=str(tmp_path)))
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{site.server_port}/noop_twice.mar"
+        assert status(register(server, url, "twice"))
+        error(register(server, url, "twice"), 500, "Model file already exists noop_twice.mar",
+              "InternalServerException")
+        error(register(server, url, "twice_again"), 500,
+              "Model file already exists noop_twice.mar", "InternalServerException")
+    finally:
+        site.shutdown()
+    assert fetched == ["/noop_twice.mar"]
+    assert status(requests.delete(f"{server.management}/models/twice"))
+
+
+def test_the_model_api_off_answers_torchserves_405(start_server):
+    server = start_server(args=("--disable-token-auth",))
+    not_allowed = "Requested method is not allowed, please refer to API document."
+    error(requests.post(f"{server.management}/models", params={"url": "noop.mar"}), 405,
+          not_allowed, "MethodNotAllowedException")
+    error(requests.delete(f"{server.management}/models/noop"), 405, not_allowed,
+          "MethodNotAllowedException")
+
+
+def test_a_snapshot_naming_a_missing_archive_stops_the_start(start_server, tmp_path):
+    snapshot = ('{"name": "s", "modelCount": 1, "models": {"gone": {"1.0": {'
+                '"defaultVersion": true, "marName": "gone.mar", "minWorkers": 1, '
+                '"maxWorkers": 1, "batchSize": 1, "maxBatchDelay": 100, '
+                '"responseTimeout": 120}}}}')
+    with pytest.raises(RuntimeError) as failed:
+        start_server({"model_snapshot": snapshot})
+    assert "Model archive file for model :gone, version :1.0 not found in model store" in str(
+        failed.value)

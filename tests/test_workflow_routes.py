@@ -64,7 +64,8 @@ def remote(start_module_server, tmp_path_factory):
     again."""
     store = tmp_path_factory.mktemp("remote-store")
     scale_mar(store, "double", 2.0)
-    return start_module_server(args=(*OPEN_FLAGS, "--ncs", "--models", "double=double.mar"),
+    return start_module_server({"default_workers_per_model": 1},
+                               args=(*OPEN_FLAGS, "--ncs", "--models", "double=double.mar"),
                                store=store)
 
 
@@ -87,7 +88,8 @@ def secure(start_module_server, tmp_path_factory):
     (workdir / "store").mkdir()
     scale_mar(workdir / "store", "double", 2.0)
     server = start_module_server(
-        properties={"certificate_file": str(chain), "private_key_file": str(key)},
+        properties={"certificate_file": str(chain), "private_key_file": str(key),
+                    "default_workers_per_model": 1},
         args=("--ncs", "--models", "double=double.mar"), workdir=workdir)
     keys = json.loads((workdir / "key_file.json").read_text())
     return server, ca, keys["inference"]["key"]

@@ -25,6 +25,8 @@ use crate::state::AppState;
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/models", get(list).post(register))
+        // TorchServe splits the path on '/', so a trailing slash names the same resource.
+        .route("/models/", get(list).post(register))
         .route(
             "/models/{name}",
             get(describe)
@@ -71,7 +73,7 @@ async fn register(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
     body: Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let json_body = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -82,7 +84,7 @@ async fn register(
         query::parse(raw.as_deref())
     };
     let opts: RegisterOptions = gate_first(&state, opts)?;
-    Ok(status(models::register(&state, opts).await?))
+    Ok(replies::scaled(models::register(&state, opts).await?))
 }
 
 async fn list(

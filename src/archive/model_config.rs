@@ -12,7 +12,17 @@ pub struct ModelConfig {
     pub max_workers: Option<usize>,
     pub batch_size: Option<usize>,
     pub max_batch_delay: Option<u64>,
+    /// Seconds.
     pub response_timeout: Option<u64>,
+    /// Seconds a worker may take to load the handler.
+    pub startup_timeout: Option<u64>,
+    /// Seconds a failing worker keeps being restarted.
+    pub max_retry_timeout: Option<u64>,
+    /// Milliseconds a request may wait in the queue.
+    pub client_timeout_ms: Option<u64>,
+    pub job_queue_size: Option<usize>,
+    pub use_job_ticket: bool,
+    pub use_venv: bool,
     pub raw: serde_json::Value,
 }
 
@@ -24,7 +34,30 @@ struct Known {
     batch_size: Option<usize>,
     max_batch_delay: Option<u64>,
     response_timeout: Option<u64>,
+    startup_timeout: Option<u64>,
+    max_retry_timeout_in_sec: Option<u64>,
+    client_timeout_in_mills: Option<u64>,
+    job_queue_size: Option<usize>,
+    #[serde(default)]
+    use_job_ticket: bool,
+    #[serde(default)]
+    use_venv: bool,
 }
+
+/// TorchServe's frontend keys of `model-config.yaml` that torchyard does not act on: a model
+/// naming one is registered with a warning, so that the setting is never dropped unseen.
+pub const UNSUPPORTED_KEYS: [&str; 10] = [
+    "parallelType",
+    "parallelLevel",
+    "torchrun",
+    "sequenceBatching",
+    "sequenceMaxIdleMSec",
+    "sequenceTimeoutMSec",
+    "maxSequenceJobQueueSize",
+    "maxNumSequence",
+    "continuousBatching",
+    "asyncCommunication",
+];
 
 impl ModelConfig {
     /// Parses and validates the text of a model-config.yaml.
@@ -39,14 +72,28 @@ impl ModelConfig {
             raw
         };
         let known: Known = serde_json::from_value(raw.clone()).map_err(|e| bad(&e))?;
+        let positive = |n: Option<u64>| n.filter(|&n| n > 0);
         Ok(Self {
             min_workers: known.min_workers,
             max_workers: known.max_workers,
             batch_size: known.batch_size,
             max_batch_delay: known.max_batch_delay,
-            response_timeout: known.response_timeout,
+            response_timeout: positive(known.response_timeout),
+            startup_timeout: positive(known.startup_timeout),
+            max_retry_timeout: known.max_retry_timeout_in_sec,
+            client_timeout_ms: positive(known.client_timeout_in_mills),
+            job_queue_size: known.job_queue_size.filter(|&n| n > 0),
+            use_job_ticket: known.use_job_ticket,
+            use_venv: known.use_venv,
             raw,
         })
+    }
+
+    /// The keys of [`UNSUPPORTED_KEYS`] this configuration sets.
+    pub fn unsupported_keys(&self) -> impl Iterator<Item = &'static str> + '_ {
+        UNSUPPORTED_KEYS
+            .into_iter()
+            .filter(|key| self.raw.get(key).is_some())
     }
 }
 
@@ -64,8 +111,53 @@ mod tests {
     }
 
     #[test]
+    fn parses_lifecycle_keys_as_torchserve_does() {
+        let c = ModelConfig::parse(
+            "startupTimeout: 2\nmaxRetryTimeoutInSec: 0\nclientTimeoutInMills: 500\n\
+             jobQueueSize: 3\nuseJobTicket: true\nuseVenv: true\n",
+        )
+        .unwrap();
+        assert_eq!(c.startup_timeout, Some(2));
+        assert_eq!(c.max_retry_timeout, Some(0));
+        assert_eq!(c.client_timeout_ms, Some(500));
+        assert_eq!(c.job_queue_size, Some(3));
+        assert!(c.use_job_ticket && c.use_venv);
+        // As in TorchServe, 0 keeps the default: no timeout, the server's queue size.
+        let zero =
+            ModelConfig::parse("startupTimeout: 0\nclientTimeoutInMills: 0\njobQueueSize: 0\n")
+                .unwrap();
+        assert_eq!(
+            (
+                zero.startup_timeout,
+                zero.client_timeout_ms,
+                zero.job_queue_size
+            ),
+            (None, None, None)
+        );
+    }
+
+    #[test]
+    fn names_the_keys_torchyard_ignores() {
+        let c =
+            ModelConfig::parse("torchrun:\n  nproc-per-node: 2\nsequenceBatching: true\n").unwrap();
+        assert_eq!(
+            c.unsupported_keys().collect::<Vec<_>>(),
+            ["torchrun", "sequenceBatching"]
+        );
+        assert_eq!(
+            ModelConfig::parse("minWorkers: 1\n")
+                .unwrap()
+                .unsupported_keys()
+                .count(),
+            0
+        );
+    }
+
+    #[test]
     fn rejects_wrong_types() {
         assert!(ModelConfig::parse("batchSize: many\n").is_err());
+        assert!(ModelConfig::parse("startupTimeout: soon\n").is_err());
+        assert!(ModelConfig::parse("useJobTicket: maybe\n").is_err());
         assert!(ModelConfig::parse("[unclosed\n").is_err());
         let deep = ModelConfig::parse(&"a: [".repeat(50_000)).unwrap_err();
         assert!(deep.to_string().contains("nested deeper"), "{deep}");

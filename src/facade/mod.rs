@@ -11,7 +11,6 @@ pub mod workflows;
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -21,22 +20,14 @@ use crate::snapshot::RecordKind;
 use crate::state::AppState;
 use crate::versioned::{Versioned, VersionedRegistry};
 
-/// The refusal of a registration, update or unregistration while the model API is off.
-/// TorchServe's gRPC services say "Model API disabled"; its REST API answers 405.
-pub fn model_api_disabled() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "MethodNotAllowedException",
-        "Model API disabled: start with --enable-model-api (or enable_model_api=true) to register or unregister",
-    )
-}
-
-/// Refuses unless models and workflows may be registered and unregistered through the API.
+/// Refuses unless models and workflows may be registered and unregistered through the API:
+/// TorchServe's REST API then answers 405 "Requested method is not allowed, please refer to
+/// API document." (its gRPC services say "Model API disabled", see `grpc::status`).
 pub fn require_model_api(state: &AppState) -> ApiResult<()> {
     if state.config.model_api_enabled {
         Ok(())
     } else {
-        Err(model_api_disabled())
+        Err(ApiError::method_not_allowed())
     }
 }
 
@@ -181,6 +172,7 @@ impl Scaled {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::StatusCode;
 
     #[test]
     fn scale_bounds_default_and_refuse_inversions() {

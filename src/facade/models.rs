@@ -13,20 +13,26 @@ use crate::snapshot::RecordKind;
 use crate::state::AppState;
 use crate::versioned::Versioned;
 
-/// Registers the archive at `opts.url` and starts its workers; says what was registered.
-pub async fn register(state: &AppState, opts: RegisterOptions) -> ApiResult<String> {
+/// Registers the archive at `opts.url` and starts its workers. As in TorchServe, a
+/// registration that starts workers without waiting for them is [`Scaled::Accepted`]; else it
+/// says what was registered.
+pub async fn register(state: &AppState, opts: RegisterOptions) -> ApiResult<Scaled> {
+    let synchronous = opts.synchronous;
     change(state, Gate::ModelApi, None, async {
         let model = register_archive(state, opts).await?;
         let workers = model.def.settings.min_workers;
+        if workers > 0 && !synchronous {
+            return Ok(Scaled::Accepted);
+        }
         let hint = if workers == 0 {
             ". Use scale workers API to add workers for the model."
         } else {
             ""
         };
-        Ok(format!(
+        Ok(Scaled::Done(format!(
             "Model \"{}\" Version: {} registered with {workers} initial workers{hint}",
             model.def.name, model.def.version
-        ))
+        )))
     })
     .await
 }

@@ -69,9 +69,11 @@ impl ManagementApIsService for Management {
             initial_workers: count(r.initial_workers),
             synchronous: r.synchronous,
             response_timeout: count(r.response_timeout).map(|n| n as u64),
+            startup_timeout: count(r.startup_timeout).map(|n| n as u64),
             ..RegisterOptions::default()
         };
-        reply(models::register(&self.state, opts).await)
+        let registered = models::register(&self.state, opts).await;
+        reply(registered.map(|r| r.message().to_string()))
     }
 
     async fn scale_worker(

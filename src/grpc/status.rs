@@ -59,6 +59,11 @@ fn description(e: &ApiError) -> String {
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
+        if e.status == StatusCode::METHOD_NOT_ALLOWED {
+            // The disabled model API, in the words of TorchServe's management service.
+            let disabled = ApiError::new(e.status, "ModelException", "Model API disabled");
+            return Status::new(code(e.status), description(&disabled));
+        }
         Status::new(code(e.status), description(&e))
     }
 }

@@ -4,21 +4,50 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::ServerConfig;
 use crate::error::{ApiError, ApiResult};
 use crate::worker::protocol::SegmentNode;
 
 /// Serving settings of a model.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ModelSettings {
     pub min_workers: usize,
     pub max_workers: usize,
     pub batch_size: usize,
     pub max_batch_delay: Duration,
     pub response_timeout: Duration,
+    /// How long a worker may take to load the handler before it is killed.
+    pub startup_timeout: Duration,
     pub job_queue_size: usize,
+    /// How long a worker that keeps failing is restarted before the model gives up on it.
+    pub max_retry_timeout: Duration,
+    /// How long a request may wait in the queue before it is dropped; `None`: for ever.
+    pub client_timeout: Option<Duration>,
+    /// Whether a request is refused at once unless a worker is free to take it.
+    pub use_job_ticket: bool,
 }
 
 impl ModelSettings {
+    /// How long TorchServe restarts a failing worker by default (`maxRetryTimeoutInSec`).
+    pub const DEFAULT_MAX_RETRY_TIMEOUT: Duration = Duration::from_secs(300);
+
+    /// The settings of a model that names none: one worker, no batching, the server's
+    /// timeouts and queue size.
+    pub fn server_defaults(config: &ServerConfig) -> Self {
+        Self {
+            min_workers: 1,
+            max_workers: 1,
+            batch_size: 1,
+            max_batch_delay: Duration::from_millis(100),
+            response_timeout: config.default_response_timeout,
+            startup_timeout: config.default_startup_timeout,
+            job_queue_size: config.job_queue_size,
+            max_retry_timeout: Self::DEFAULT_MAX_RETRY_TIMEOUT,
+            client_timeout: None,
+            use_job_ticket: false,
+        }
+    }
+
     /// Refuses worker counts above `limit` (the server's `max_workers_per_model`).
     pub fn check_workers(&self, limit: usize) -> ApiResult<()> {
         check_worker_limit(self.min_workers, self.max_workers, limit)
@@ -56,6 +85,8 @@ pub struct ModelDefinition {
     pub loaded_at_startup: bool,
     /// Directory of Python packages installed from the archive's requirements file.
     pub deps_dir: Option<PathBuf>,
+    /// The model's own virtual environment (`useVenv`), whose interpreter runs its workers.
+    pub venv: Option<PathBuf>,
     /// The workflow this model is a node of; such models go with their workflow.
     pub workflow: Option<String>,
     /// The copy of a downloaded (or `file://`) archive kept in the model store, removed with
@@ -74,6 +105,9 @@ impl ModelDefinition {
         }
         if let Some(copy) = &self.stored_copy {
             let _ = tokio::fs::remove_file(copy).await;
+        }
+        if let Some(venv) = &self.venv {
+            let _ = tokio::fs::remove_dir_all(venv).await;
         }
     }
 }

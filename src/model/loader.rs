@@ -7,11 +7,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::definition::{valid_name, ModelDefinition, ModelSettings};
-use super::dependencies::install_requirements;
+use super::dependencies::{create_venv, install_requirements};
 use super::served_model::ServedModel;
 use crate::archive::ModelArchive;
 use crate::error::{ApiError, ApiResult};
-use crate::fetch::{open_archive, Opened};
+use crate::fetch::{open_archive, stored_name, Opened};
 use crate::state::AppState;
 
 /// Query parameters of `POST /models`, also used for models loaded at start.
@@ -26,11 +26,19 @@ pub struct RegisterOptions {
     pub batch_size: Option<usize>,
     pub max_batch_delay: Option<u64>,
     pub initial_workers: Option<usize>,
-    #[serde(default)]
+    /// Whether to answer once the workers are up; over REST it defaults to true, as in
+    /// TorchServe.
+    #[serde(default = "answer_when_ready")]
     pub synchronous: bool,
     pub response_timeout: Option<u64>,
+    /// Seconds a worker may take to load the handler.
+    pub startup_timeout: Option<u64>,
     #[serde(skip)]
     pub loaded_at_startup: bool,
+}
+
+fn answer_when_ready() -> bool {
+    true
 }
 
 /// Registers the archive named by `opts.url` and starts its workers.
@@ -55,6 +63,7 @@ pub async fn prepare_model(
     if opts.batch_size == Some(0) {
         return Err(ApiError::bad_request("batch_size must be at least 1"));
     }
+    check_not_fetched(state, &opts.url)?;
     let dirs: Vec<&Path> = state
         .config
         .model_store
@@ -79,22 +88,14 @@ pub async fn prepare_model(
     .await?;
     let unpacked = (archive.dir != source).then(|| archive.dir.clone());
     let requirements = archive.requirements.clone();
+    let use_venv = archive.config.use_venv;
     let mut def = definition(state, opts, &source, archive);
     if let Ok(d) = &mut def {
         d.stored_copy = stored_copy.clone();
     }
-    if let (Ok(d), Some(file)) = (&mut def, requirements) {
-        if state.config.install_py_dep_per_model {
-            match install_requirements(&state.python, &file, &d.name).await {
-                Ok(dir) => d.deps_dir = Some(dir),
-                Err(e) => def = Err(e),
-            }
-        } else {
-            tracing::warn!(
-                "model {} ships {}, not installed: set install_py_dep_per_model=true",
-                d.name,
-                file.display()
-            );
+    if let Ok(d) = &mut def {
+        if let Err(e) = install_packages(state, d, requirements, use_venv).await {
+            def = Err(e);
         }
     }
     if def.is_err() {
@@ -106,6 +107,54 @@ pub async fn prepare_model(
         }
     }
     def
+}
+
+/// Refuses, before anything is downloaded, an http(s) or `file://` url whose archive a
+/// registered model was fetched from already (same url, or a copy of that name in the store):
+/// TorchServe's 500 "Model file already exists NAME".
+fn check_not_fetched(state: &AppState, url: &str) -> ApiResult<()> {
+    let Some(name) = stored_name(url) else {
+        return Ok(());
+    };
+    let fetched = state.registry.all().iter().any(|m| {
+        m.def.url == url
+            || m.def
+                .stored_copy
+                .as_ref()
+                .is_some_and(|copy| copy.file_name().is_some_and(|n| n == name.as_str()))
+    });
+    if fetched {
+        return Err(ApiError::internal(format!(
+            "Model file already exists {name}"
+        )));
+    }
+    Ok(())
+}
+
+/// Gives the model its own packages: a virtual environment with `useVenv` (requirements
+/// installed into it), else the requirements in a directory of its own; requirements only
+/// with `install_py_dep_per_model`, as in TorchServe.
+async fn install_packages(
+    state: &AppState,
+    def: &mut ModelDefinition,
+    requirements: Option<std::path::PathBuf>,
+    use_venv: bool,
+) -> ApiResult<()> {
+    let install = state.config.install_py_dep_per_model;
+    if let (Some(file), false) = (&requirements, install) {
+        tracing::warn!(
+            "model {} ships {}, not installed: set install_py_dep_per_model=true",
+            def.name,
+            file.display()
+        );
+    }
+    let requirements = requirements.filter(|_| install);
+    if use_venv {
+        def.venv = Some(create_venv(&state.python, &def.name, requirements.as_deref()).await?);
+    } else if let Some(file) = requirements {
+        def.deps_dir = Some(install_requirements(&state.python, &file, &def.name).await?);
+    }
+    Ok(())
 }
 
 /// Builds the definition from the archive and the request's overrides.
@@ -152,6 +201,7 @@ fn definition(
         } else {
             state.config.api_default_workers
         });
+    let defaults = ModelSettings::server_defaults(&state.config);
     let settings = ModelSettings {
         min_workers,
         max_workers: config
@@ -175,9 +225,25 @@ fn definition(
             .response_timeout
             .or(config.response_timeout)
             .or(preset.response_timeout)
-            .map_or(state.config.default_response_timeout, Duration::from_secs),
-        job_queue_size: state.config.job_queue_size,
+            .map_or(defaults.response_timeout, Duration::from_secs),
+        startup_timeout: opts
+            .startup_timeout
+            .filter(|&s| s > 0)
+            .or(config.startup_timeout)
+            .or(preset.startup_timeout.filter(|&s| s > 0))
+            .map_or(defaults.startup_timeout, Duration::from_secs),
+        job_queue_size: config.job_queue_size.unwrap_or(defaults.job_queue_size),
+        max_retry_timeout: config
+            .max_retry_timeout
+            .map_or(defaults.max_retry_timeout, Duration::from_secs),
+        client_timeout: config.client_timeout_ms.map(Duration::from_millis),
+        use_job_ticket: config.use_job_ticket,
     };
+    for key in config.unsupported_keys() {
+        tracing::warn!(
+            "model {name}: model-config key {key} is not supported by torchyard and is ignored"
+        );
+    }
     Ok(ModelDefinition {
         version,
         url: opts.url.clone(),
@@ -192,6 +258,7 @@ fn definition(
         settings,
         loaded_at_startup: opts.loaded_at_startup,
         deps_dir: None,
+        venv: None,
         workflow: None,
         stored_copy: None,
         segment: None,

@@ -17,6 +17,8 @@ pub struct ModelPreset {
     pub max_batch_delay: Option<u64>,
     /// Seconds.
     pub response_timeout: Option<u64>,
+    /// Seconds.
+    pub startup_timeout: Option<u64>,
     #[serde(default)]
     pub default_version: bool,
 }
@@ -57,12 +59,14 @@ mod tests {
     fn parses_torchserve_models_json() {
         let presets = ModelPresets::parse(
             r#"{"noop": {"1.0": {"defaultVersion": true, "marName": "noop.mar", "minWorkers": 2,
-                "maxWorkers": 3, "batchSize": 4, "maxBatchDelay": 100, "responseTimeout": 120}}}"#,
+                "maxWorkers": 3, "batchSize": 4, "maxBatchDelay": 100, "responseTimeout": 120,
+                "startupTimeout": 30}}}"#,
         )
         .unwrap();
         let noop = presets.get("noop", "1.0").unwrap();
         assert_eq!((noop.min_workers, noop.batch_size), (Some(2), Some(4)));
         assert!(noop.default_version);
+        assert_eq!(noop.startup_timeout, Some(30));
         assert_eq!(
             presets.default_versions().collect::<Vec<_>>(),
             [("noop", "1.0")]

@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use serde_json::{json, Value};
 
 use super::definition::ModelDefinition;
+use super::dependencies::venv_python;
 use super::scaling_policy::ModelSample;
 use crate::error::{ApiError, ApiResult};
 use crate::gpu::{Gpus, ModelGpus};
@@ -16,7 +17,8 @@ use crate::job::{InferenceRequest, Job, JobResult};
 use crate::metrics::ModelMetrics;
 use crate::python_env::PythonEnv;
 use crate::worker::{
-    fail_queued, spawn_worker, StartMode, WorkerHandle, WorkerSpec, WorkerState, WorkerStatus,
+    fail_queued, spawn_worker, JobTickets, StartMode, WorkerHandle, WorkerSpec, WorkerState,
+    WorkerStatus,
 };
 
 /// A model version being served.
@@ -60,16 +62,21 @@ impl crate::versioned::Versioned for ServedModel {
             .iter()
             .map(|w| {
                 let pid = w.status.pid();
-                json!({
+                let state = w.status.state();
+                let mut worker = json!({
                     "id": format!("{}", 9000 + w.status.id),
                     "startTime": w.status.started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                    "status": w.status.state().as_str(),
+                    "status": state.as_str(),
                     "memoryUsage": resident_bytes(pid),
                     "pid": pid,
                     "startMode": w.status.start_mode().map(StartMode::as_str),
                     "gpu": w.status.gpu_id.is_some(),
                     "gpuUsage": self.spec.gpus.usage(w.status.gpu_id),
-                })
+                });
+                if let (WorkerState::Failed, Some((_, cause))) = (state, w.status.failure()) {
+                    worker["failure"] = json!(cause);
+                }
+                worker
             })
             .collect();
         let settings = &self.def.settings;
@@ -83,6 +90,11 @@ impl crate::versioned::Versioned for ServedModel {
             "batchSize": settings.batch_size,
             "maxBatchDelay": settings.max_batch_delay.as_millis() as u64,
             "responseTimeout": settings.response_timeout.as_secs(),
+            "startupTimeout": settings.startup_timeout.as_secs(),
+            "maxRetryTimeoutInSec": settings.max_retry_timeout.as_secs(),
+            "clientTimeoutInMills": settings.client_timeout.map_or(0, |t| t.as_millis() as u64),
+            "useJobTicket": settings.use_job_ticket,
+            "useVenv": self.def.venv.is_some(),
             "loadedAtStartup": self.def.loaded_at_startup,
             "workers": workers,
             "jobQueueStatus": {
@@ -113,6 +125,15 @@ impl ServedModel {
         gpus: &Arc<Gpus>,
     ) -> Self {
         let (queue, rx) = async_channel::bounded(def.settings.job_queue_size);
+        // A model with its own environment runs its interpreter, never forked from the server's.
+        let python = match &def.venv {
+            Some(venv) => PythonEnv {
+                interpreter: venv_python(venv),
+                fork_server: None,
+                ..python
+            },
+            None => python,
+        };
         let spec = Arc::new(WorkerSpec {
             model_name: def.name.clone(),
             model_version: def.version.clone(),
@@ -124,6 +145,10 @@ impl ServedModel {
             batch_size: def.settings.batch_size,
             max_batch_delay: def.settings.max_batch_delay,
             response_timeout: def.settings.response_timeout,
+            startup_timeout: def.settings.startup_timeout,
+            max_retry_timeout: def.settings.max_retry_timeout,
+            client_timeout: def.settings.client_timeout,
+            tickets: def.settings.use_job_ticket.then(JobTickets::default),
             decode_input_request,
             envelope: service_envelope
                 .filter(|_| def.workflow.is_none())
@@ -134,6 +159,7 @@ impl ServedModel {
             metrics,
             queue: rx,
             ready_workers: AtomicUsize::new(0),
+            retired_workers: AtomicUsize::new(0),
         });
         let pool = Pool {
             workers: Vec::new(),
@@ -195,7 +221,12 @@ impl ServedModel {
         version_named: bool,
         segment: bool,
     ) -> JobResult {
-        if self.target_workers.load(Ordering::SeqCst) == 0 {
+        let workers = self.target_workers.load(Ordering::SeqCst);
+        let no_ticket = || self.spec.tickets.as_ref().is_some_and(|t| !t.take());
+        if workers == 0
+            || workers <= self.spec.retired_workers.load(Ordering::SeqCst)
+            || no_ticket()
+        {
             return Err(ApiError::unavailable(format!(
                 "Model \"{}\" has no worker to serve inference request. Please use scale workers API to add workers.",
                 self.def.name
@@ -209,7 +240,11 @@ impl ServedModel {
             version_named,
             segment,
         };
-        match self.queue.try_send(job) {
+        let sent = self.queue.try_send(job);
+        if let (Err(_), Some(tickets)) = (&sent, &self.spec.tickets) {
+            tickets.give_back();
+        }
+        match sent {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 return Err(ApiError::unavailable(format!(
@@ -316,6 +351,9 @@ impl ServedModel {
         }
         if let Some(copy) = &self.def.stored_copy {
             let _ = tokio::fs::remove_file(copy).await;
+        }
+        if let Some(venv) = self.def.venv.clone() {
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(venv)).await;
         }
     }
 

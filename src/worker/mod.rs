@@ -13,4 +13,4 @@ mod supervisor;
 pub use fork_server::ForkServer;
 pub use process::abort_all;
 pub use status::{StartMode, WorkerState, WorkerStatus};
-pub use supervisor::{fail_queued, spawn_worker, WorkerHandle, WorkerSpec};
+pub use supervisor::{fail_queued, spawn_worker, JobTickets, WorkerHandle, WorkerSpec};

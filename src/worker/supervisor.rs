@@ -38,6 +38,14 @@ pub struct WorkerSpec {
     pub batch_size: usize,
     pub max_batch_delay: Duration,
     pub response_timeout: Duration,
+    /// How long loading the handler may take before the worker is killed.
+    pub startup_timeout: Duration,
+    /// How long a failing worker is restarted before it gives up.
+    pub max_retry_timeout: Duration,
+    /// How long a job may wait in the queue before it is dropped.
+    pub client_timeout: Option<Duration>,
+    /// Free workers' tickets, when requests need one to be queued (`useJobTicket`).
+    pub tickets: Option<JobTickets>,
     /// Whether the worker decodes JSON and text parameters (TorchServe's `decode_input_request`).
     pub decode_input_request: bool,
     /// The envelope of requests that name none (`service_envelope`; never a workflow node's).
@@ -51,6 +59,31 @@ pub struct WorkerSpec {
     pub queue: Receiver<Job>,
     /// Workers of this model that have a loaded handler.
     pub ready_workers: AtomicUsize,
+    /// Workers that gave up restarting (past `max_retry_timeout`) and serve no more.
+    pub retired_workers: AtomicUsize,
+}
+
+/// TorchServe's job tickets: a worker waiting for work offers one, a request takes one to be
+/// queued, and with none on offer the request is refused at once.
+#[derive(Default)]
+pub struct JobTickets(AtomicUsize);
+
+impl JobTickets {
+    /// Takes a ticket; false when no worker is free.
+    pub fn take(&self) -> bool {
+        self.0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    /// Returns a ticket taken for a request that could not be queued after all.
+    pub fn give_back(&self) {
+        self.offer();
+    }
+
+    fn offer(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 /// A running worker task.
@@ -108,6 +141,8 @@ async fn supervise(spec: Arc<WorkerSpec>, status: Arc<WorkerStatus>, cancel: Can
     static SOCKETS: AtomicUsize = AtomicUsize::new(0);
     let label = crate::metrics::worker_name(status.id, &spec.metrics.labels);
     let mut backoff = Backoff(Backoff::FIRST);
+    // When the worker last went from working to failing; `None` while it works.
+    let mut failing_since: Option<Instant> = None;
     while !cancel.is_cancelled() {
         status.set_state(WorkerState::Starting);
         let socket = spec
@@ -124,6 +159,7 @@ async fn supervise(spec: Arc<WorkerSpec>, status: Arc<WorkerStatus>, cancel: Can
                 spec.metrics
                     .record_worker_load(status.id, loading.elapsed());
                 backoff = Backoff(Backoff::FIRST);
+                failing_since = None;
                 spec.ready_workers.fetch_add(1, Ordering::SeqCst);
                 status.set_state(WorkerState::Ready);
                 let exit = serve(&spec, &mut process, &cancel).await;
@@ -145,6 +181,11 @@ async fn supervise(spec: Arc<WorkerSpec>, status: Arc<WorkerStatus>, cancel: Can
         };
         status.set_pid(0);
         let Exit::Crashed(reason) = exit else { break };
+        let since = *failing_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= spec.max_retry_timeout {
+            retire(&spec, &status, &label, &reason, &cancel).await;
+            return;
+        }
         let delay = backoff.next();
         tracing::warn!("worker {label} stopped ({reason}); restarting in {delay:?}");
         tokio::select! {
@@ -152,6 +193,34 @@ async fn supervise(spec: Arc<WorkerSpec>, status: Arc<WorkerStatus>, cancel: Can
             _ = cancel.cancelled() => break,
         }
     }
+    status.set_state(WorkerState::Stopped);
+}
+
+/// Gives up on a worker that kept failing for `max_retry_timeout` (TorchServe's
+/// `maxRetryTimeoutInSec`): it stays `FAILED`, with the reason, until it is scaled away.
+async fn retire(
+    spec: &WorkerSpec,
+    status: &WorkerStatus,
+    label: &str,
+    reason: &str,
+    cancel: &CancellationToken,
+) {
+    let limit = spec.max_retry_timeout.as_secs();
+    let message = format!(
+        "worker gave up after failing for maxRetryTimeoutInSec ({limit}s); last failure: {reason}"
+    );
+    tracing::error!("worker {label}: {message}");
+    status.set_failure(
+        status.failure().map_or(500, |(code, _)| code),
+        message.clone(),
+    );
+    status.set_state(WorkerState::Failed);
+    spec.retired_workers.fetch_add(1, Ordering::SeqCst);
+    if spec.ready_workers.load(Ordering::SeqCst) == 0 {
+        fail_queued(&spec.queue, &message);
+    }
+    cancel.cancelled().await;
+    spec.retired_workers.fetch_sub(1, Ordering::SeqCst);
     status.set_state(WorkerState::Stopped);
 }
 
@@ -189,11 +258,19 @@ async fn start(
         server_version: env!("CARGO_PKG_VERSION"),
         segment: spec.segment.as_deref(),
     });
-    let reply = process
-        .call(&load, &[])
-        .await
-        .and_then(|frame| frame.message::<FromWorker>());
-    match reply {
+    let loaded = tokio::time::timeout(spec.startup_timeout, process.call(&load, &[])).await;
+    let Ok(reply) = loaded else {
+        process.kill().await;
+        return Err((
+            500,
+            format!(
+                "Backend worker did not respond in given time: the handler did not load within \
+                 startupTimeout ({}s)",
+                spec.startup_timeout.as_secs()
+            ),
+        ));
+    };
+    match reply.and_then(|frame| frame.message::<FromWorker>()) {
         Ok(FromWorker::Loaded { pid, metrics }) => {
             spec.metrics.record_handler_metrics(&metrics);
             status.set_pid(pid.unwrap_or(0));
@@ -231,10 +308,28 @@ const PIPELINE_DEPTH: usize = 2;
 /// socket's buffer, so sending it never waits on the worker, which may be writing its reply.
 const SEND_AHEAD_LIMIT: usize = 64 * 1024;
 
+/// Feeds batches to a loaded worker until it is cancelled or breaks (see [`serve_batches`]);
+/// with job tickets, withdraws the ticket it offered while it waited, if no request took it.
+async fn serve(spec: &WorkerSpec, process: &mut WorkerProcess, cancel: &CancellationToken) -> Exit {
+    let mut offered = false;
+    let exit = serve_batches(spec, process, cancel, &mut offered).await;
+    if let (Some(tickets), true) = (&spec.tickets, offered) {
+        tickets.take();
+    }
+    exit
+}
+
 /// Feeds batches to a loaded worker until it is cancelled or breaks. While a batch runs, the
 /// next is sent ahead when it can be formed at once: with batch size 1, greedy batching
-/// (`max_batch_delay` 0), or a full batch already queued.
-async fn serve(spec: &WorkerSpec, process: &mut WorkerProcess, cancel: &CancellationToken) -> Exit {
+/// (`max_batch_delay` 0), or a full batch already queued; never with job tickets, where a
+/// worker takes work only when it is free, nor with a client timeout, checked as a job
+/// starts. `offered`: whether the worker offers a job ticket.
+async fn serve_batches(
+    spec: &WorkerSpec,
+    process: &mut WorkerProcess,
+    cancel: &CancellationToken,
+    offered: &mut bool,
+) -> Exit {
     let mut flights: VecDeque<Flight> = VecDeque::with_capacity(PIPELINE_DEPTH);
     // A batch formed while another ran, too large to send ahead.
     let mut held: Option<Vec<Job>> = None;
@@ -264,9 +359,17 @@ async fn serve(spec: &WorkerSpec, process: &mut WorkerProcess, cancel: &Cancella
             && held.is_none()
             && flights.len() < PIPELINE_DEPTH
             && (flights.is_empty()
-                || spec.batch_size == 1
-                || spec.max_batch_delay.is_zero()
-                || spec.queue.len() >= spec.batch_size);
+                || (spec.tickets.is_none()
+                    && spec.client_timeout.is_none()
+                    && (spec.batch_size == 1
+                        || spec.max_batch_delay.is_zero()
+                        || spec.queue.len() >= spec.batch_size)));
+        if let (Some(tickets), true, false) =
+            (&spec.tickets, flights.is_empty() && send_ahead, *offered)
+        {
+            tickets.offer();
+            *offered = true;
+        }
         tokio::select! {
             biased;
             frame = process.receive(), if !flights.is_empty() => {
@@ -297,9 +400,13 @@ async fn serve(spec: &WorkerSpec, process: &mut WorkerProcess, cancel: &Cancella
                     queue_done = true;
                     continue;
                 };
+                *offered = false;
                 let delay = if flights.is_empty() { spec.max_batch_delay } else { Duration::ZERO };
                 let mut batch = batcher::collect(&spec.queue, first, spec.batch_size, delay).await;
                 batch.retain(|job| !job.reply.is_closed());
+                if let Some(limit) = spec.client_timeout {
+                    drop_expired(spec, &mut batch, limit);
+                }
                 if batch.is_empty() {
                     continue;
                 }
@@ -315,6 +422,27 @@ async fn serve(spec: &WorkerSpec, process: &mut WorkerProcess, cancel: &Cancella
                 }
             }
         }
+    }
+}
+
+/// Answers and removes the jobs of `batch` that waited in the queue longer than `limit`
+/// (`clientTimeoutInMills`).
+fn drop_expired(spec: &WorkerSpec, batch: &mut Vec<Job>, limit: Duration) {
+    let (fresh, expired): (Vec<Job>, Vec<Job>) = std::mem::take(batch)
+        .into_iter()
+        .partition(|job| job.enqueued.elapsed() < limit);
+    *batch = fresh;
+    for job in expired {
+        tracing::warn!(
+            "model {}: dropping inference request {} due to client timeout",
+            spec.model_name,
+            job.request.id
+        );
+        job.finish(Err(ApiError::unavailable(format!(
+            "Model \"{}\" dropped the request: it waited longer than clientTimeoutInMills ({} ms)",
+            spec.model_name,
+            limit.as_millis()
+        ))));
     }
 }
 

@@ -257,7 +257,10 @@ fn registration_failed(workflow: &str, failures: &[String]) -> ApiError {
 /// without packages of its own (its workers import the workflow's handler file), unless its
 /// `fuse` property says no.
 fn may_fuse(props: &NodeProps, prepared: Option<&ModelDefinition>) -> bool {
-    props.fuse && prepared.is_some_and(|def| def.runtime == "python" && def.deps_dir.is_none())
+    props.fuse
+        && prepared.is_some_and(|def| {
+            def.runtime == "python" && def.deps_dir.is_none() && def.venv.is_none()
+        })
 }
 
 /// What runs a stage, and whether the workflow started it.
@@ -318,7 +321,7 @@ async fn start_stage(
                 owned: false,
             });
         }
-        _ => segment_definition(archive, workflow, &nodes),
+        _ => segment_definition(state, archive, workflow, &nodes),
     };
     def.version = version.to_string();
     def.settings = ModelSettings {
@@ -327,7 +330,7 @@ async fn start_stage(
         batch_size: props.batch_size,
         max_batch_delay: Duration::from_millis(props.max_batch_delay),
         response_timeout,
-        job_queue_size: state.config.job_queue_size,
+        ..def.settings
     };
     def.workflow = Some(workflow.to_string());
     let model = state.start_model(def, true).await?;
@@ -389,6 +392,7 @@ fn node_failed(model_name: &str, error: ApiError) -> ApiError {
 /// call each function in turn; the model is named after the first node, and the caller sets
 /// its settings.
 fn segment_definition(
+    state: &AppState,
     archive: &WorkflowArchive,
     workflow: &str,
     nodes: &[(&Node, &NodeProps)],
@@ -407,9 +411,10 @@ fn segment_definition(
         owns_dir: false,
         handler,
         yaml_config: json!({}),
-        settings: ModelSettings::default(),
+        settings: ModelSettings::server_defaults(&state.config),
         loaded_at_startup: false,
         deps_dir: None,
+        venv: None,
         workflow: Some(workflow.to_string()),
         stored_copy: None,
         segment: Some(segment),
