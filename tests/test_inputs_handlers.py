@@ -7,11 +7,11 @@ the stand-in built-in handlers answering exactly what TorchServe's own handlers 
 same model and input.
 
 The reference is TorchServe 0.12's `ts` package, which scripts/setup.sh installs into
-`.venv/torchserve-ref`: a folder beside the venv's site-packages, on no import path. The
-built-in handlers' server's workers therefore import torchyard's stand-in `ts` (the
-`torchserve` fixture checks this), while this test process puts the folder on its own
-`sys.path` and runs TorchServe's handler class in-process on the same files the archive
-holds."""
+`.venv/torchserve-ref`: a folder beside the venv's site-packages, on no import path (the
+`torchserve` fixture checks this). This test process puts the folder on its own `sys.path` and
+runs TorchServe's handler class in-process, with TorchServe's context, on the same files the
+archive holds; the server's workers run the stand-in's built-in handlers, and then TorchServe's
+own with torchyard's context."""
 
 import importlib.util
 import io
@@ -213,8 +213,10 @@ def torchserve():
 
 
 @pytest.fixture(scope="module")
-def builtin_server(start_module_server):
-    return start_module_server()
+def builtin_server(start_module_server, ts_package):
+    """Serves the built-in handlers of `ts_package`: the stand-in's, or TorchServe's own run
+    with torchyard's context."""
+    return start_module_server(env=worker_env(ts_package))
 
 
 def serve_and_compare(server, torchserve, tmp_path, name, handler, files, request, expected_of,

@@ -20,12 +20,14 @@ from support.ts_packages import REFERENCE, worker_env
 GAP = 0.4
 
 #: Sends `n` partial results `tok{i} ` GAP (or `gap`) apart, then returns `end` (or raises with
-#: `fail`); the response header `x-ts-package` names the `ts` package it imported.
+#: `fail`); the response header `x-ts-package` names the `ts` package it imported. It sends
+#: with `ts.protocol`'s helper, or with `ts.handler_utils`' when asked `via_utils`.
 STREAMER = f"""
 import json
 import time
 
 import ts
+from ts.handler_utils import utils
 from ts.protocol.otf_message_handler import send_intermediate_predict_response
 
 
@@ -35,9 +37,11 @@ def handle(data, context):
     context.set_response_header(0, "x-ts-package", ts.__file__)
     body = data[0].get("body") or data[0].get("data")
     ask = json.loads(body) if isinstance(body, (bytes, bytearray)) else body
+    send = (utils.send_intermediate_predict_response if ask.get("via_utils")
+            else send_intermediate_predict_response)
     for i in range(ask["n"]):
-        send_intermediate_predict_response([f"tok{{i}} "], context.request_ids,
-                                           "Intermediate Prediction success", 200, context)
+        send([f"tok{{i}} "], context.request_ids, "Intermediate Prediction success", 200,
+             context)
         time.sleep(ask.get("gap", {GAP}))
     if ask.get("fail"):
         raise ValueError("failed after the partial results")
@@ -88,10 +92,12 @@ def test_streaming_answers_in_chunks_with_torchserves_package_installed(server):
     # TorchServe's own send_intermediate_predict_response writes its encoded frame to
     # context.cl_socket: each partial result still goes out as it is sent, with the headers
     # the handler set and without TorchServe's internal `ts_stream_next` marker.
-    headers = {}
-    assert_spaced(stream(f"{server.inference}/predictions/streamer", {"n": 3}, headers), 3)
-    assert headers["x-ts-package"] == str(REFERENCE / "ts" / "__init__.py")
-    assert "ts_stream_next" not in headers
+    for ask in ({"n": 3}, {"n": 2, "via_utils": True}):
+        headers = {}
+        assert_spaced(stream(f"{server.inference}/predictions/streamer", ask, headers),
+                      ask["n"])
+        assert headers["x-ts-package"] == str(REFERENCE / "ts" / "__init__.py")
+        assert "ts_stream_next" not in headers
 
 
 def test_chunks_sent_back_to_back_all_arrive(server):
