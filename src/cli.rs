@@ -60,6 +60,10 @@ pub struct ServeArgs {
     /// Allow registering and unregistering models and workflows through the API.
     #[arg(long)]
     pub enable_model_api: bool,
+    /// TorchServe's log4j2 XML: its loggers' levels and its appenders' files, patterns and
+    /// rotation are used (see docs/logging.md); wins over vmargs' -Dlog4j.configurationFile.
+    #[arg(long)]
+    pub log_config: Option<PathBuf>,
     /// Accepted for TorchServe compatibility: torchyard always runs in the foreground.
     #[arg(long)]
     pub foreground: bool,

@@ -8,6 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::archive::UnpackLimits;
 use crate::cli::ServeArgs;
+use crate::logging::{self, LogConfig};
 use crate::metrics::{MetricsConfig, MetricsMode};
 use crate::model::{usable_cores, ModelPresets, ScalingSettings};
 use crate::properties::Properties;
@@ -105,6 +106,8 @@ pub struct ServerConfig {
     pub cors: Cors,
     /// Per-model settings of the models loaded at start (`models`).
     pub models: ModelPresets,
+    /// The log files and levels: `--log-config` or vmargs' log4j2 XML, else the default.
+    pub logging: LogConfig,
 }
 
 /// TorchServe's CORS settings; all `None` turns CORS off.
@@ -196,7 +199,9 @@ impl ServerConfig {
         if default_workers_per_model > max_workers_per_model {
             bail!("default_workers_per_model ({default_workers_per_model}) is above max_workers_per_model ({max_workers_per_model})");
         }
+        let logging = logging::read(&props, args.log_config.as_deref(), cwd)?;
         let config = Self {
+            logging,
             inference_address: address("inference_address", "http://127.0.0.1:8080")?,
             management_address: address("management_address", "http://127.0.0.1:8081")?,
             metrics_address: address("metrics_address", "http://127.0.0.1:8082")?,

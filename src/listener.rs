@@ -4,11 +4,13 @@
 //! finish their requests.
 
 use std::io;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -21,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 /// File descriptors kept out of the connection budget: worker sockets and pipes, archives,
 /// downloads, logs. At least this many, or a quarter of the limit when that is more.
@@ -125,10 +128,10 @@ pub async fn serve(
             _ = stop.cancelled() => break,
             slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
         };
-        let stream = tokio::select! {
+        let (stream, client) = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     if !is_connection_error(&e) {
                         tracing::warn!("accept error: {e}");
@@ -149,10 +152,12 @@ pub async fn serve(
         tokio::spawn(async move {
             let _slot = slot;
             match tls {
-                None => serve_connection(stream, &http, router, watcher).await,
+                None => serve_connection(stream, client, &http, router, watcher).await,
                 Some(tls) => {
                     match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
-                        Ok(Ok(stream)) => serve_connection(stream, &http, router, watcher).await,
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, client, &http, router, watcher).await
+                        }
                         Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
@@ -164,12 +169,22 @@ pub async fn serve(
     graceful.shutdown().await;
 }
 
-/// Serves HTTP/1.1 on one accepted connection until it closes.
-async fn serve_connection<I>(io: I, http: &http1::Builder, router: Router, watcher: Watcher)
-where
+/// Serves HTTP/1.1 on one accepted connection until it closes; each request carries the
+/// client's address as `ConnectInfo<SocketAddr>`.
+async fn serve_connection<I>(
+    io: I,
+    client: SocketAddr,
+    http: &http1::Builder,
+    router: Router,
+    watcher: Watcher,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = http.serve_connection(TokioIo::new(io), TowerToHyperService::new(router));
+    let service = router.map_request(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(client));
+        request
+    });
+    let conn = http.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!("connection closed: {e}");
     }

@@ -17,6 +17,7 @@ mod job;
 mod kserve;
 mod launcher;
 mod listener;
+mod logging;
 mod metrics;
 mod model;
 mod properties;
@@ -35,7 +36,6 @@ mod workflow;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 /// mimalloc: a request allocates and frees many small buffers across two runtime threads,
 /// which glibc's allocator makes a fifth of the server's instructions (docs/performance.md).
@@ -43,17 +43,17 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let result = match cli::Cli::parse().command {
+    let (command, _flush) = match cli::Cli::parse().command {
         // TorchServe's launcher neither logs nor needs a runtime: it starts or stops a server.
         cli::Command::Torchserve(args) => return launcher::run(args),
-        cli::Command::Serve(args) => {
-            init_tracing();
-            serve(args)
-        }
+        command => (command, logging::init()),
+    };
+    let result = match command {
+        cli::Command::Serve(args) => serve(args),
         cli::Command::Archive(command) => {
-            init_tracing();
             archiver::run(command).map(|path| println!("{}", path.display()))
         }
+        cli::Command::Torchserve(_) => unreachable!("the launcher returned above"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -62,14 +62,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_tracing() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
 }
 
 #[tokio::main]

@@ -97,6 +97,11 @@ impl Properties {
         self.values.get(key).map(String::as_str)
     }
 
+    /// The value of `key`, if set, without marking it honoured.
+    pub fn peek(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+
     /// Whether `key` came from a `TS_*` environment variable.
     pub fn set_by_env(&self, key: &str) -> bool {
         self.from_env.contains(key)
@@ -139,9 +144,6 @@ fn why_ignored(key: &str) -> &'static str {
             "Java keystores are not read: set certificate_file and private_key_file (PEM)"
         }
         "initial_worker_port" => "workers talk to the server over Unix sockets, not ports",
-        "log_location" | "metrics_location" | "async_logging" => {
-            "torchyard writes its log to standard output, not to log4j files"
-        }
         "model_server_home" => "the worker package ships inside the torchyard binary",
         "grpc_inference_max_connection_age_ms"
         | "grpc_management_max_connection_age_ms"

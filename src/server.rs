@@ -20,6 +20,7 @@ use crate::config::ServerConfig;
 use crate::gpu::Gpus;
 use crate::grpc;
 use crate::listener::{self, ConnectionLimits};
+use crate::logging;
 use crate::metrics::Metrics;
 use crate::model::{register_archive, Autoscaler, RegisterOptions};
 use crate::python_env::PythonEnv;
@@ -32,6 +33,7 @@ use crate::workflow::{register_workflow, WorkflowOptions};
 /// Runs the server until a shutdown signal, then drains requests and stops the workers.
 pub async fn serve(args: ServeArgs) -> Result<()> {
     let config = ServerConfig::from_args(&args)?;
+    logging::install(&config.logging);
     let runtime_dir = runtime_dir::create()?;
     runtime_dir::remove_stale();
     let mut python = PythonEnv::prepare(runtime_dir.path(), config.python.as_deref())?;
@@ -105,7 +107,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         if let Some(cors) = api::cors::layer(&state.config.cors) {
             router = router.layer(cors);
         }
-        let router = api::count_responses(router, &state.metrics);
+        let router = api::count_responses(router, &state.metrics)
+            .layer(middleware::from_fn(logging::log_access));
         let serving = listener::serve(listener, router, tls.clone(), limits.clone(), stop.clone());
         tokio::spawn(serving)
     };
@@ -281,7 +284,8 @@ fn load_startup_archives(state: &Arc<AppState>, restored: Option<snapshot::Snaps
             }
         }
         state.started();
-        println!("{}", banner::STARTED);
+        // After the lines logged so far, which the console's writer may still hold.
+        logging::print(banner::STARTED);
         state.snapshots.save_startup(&state).await;
     });
 }

@@ -122,10 +122,10 @@ def test_scaling_up_forks_workers_that_answer_and_log_under_their_label(server):
     assert set(children(fork_server_pid(server))) == {w["pid"] for w in listed}
     assert_doubles(server)
     log = server.log_text()
-    assert "[double:4]" in log and "loaded model double" in log
+    assert "W-9004-double_1.0-stdout MODEL_LOG" in log and "loaded model double" in log
     # Each worker runs in its model's directory, as a fresh worker does; its stdout reaches
     # the log too.
-    printed = log.split("[double:4] loaded in ", 1)[1].splitlines()[0]
+    printed = log.split("W-9004-double_1.0-stdout MODEL_LOG - loaded in ", 1)[1].splitlines()[0]
     assert (Path(printed) / "MAR-INF" / "MANIFEST.json").is_file()
     # The fork server reaps the workers that stop.
     scale(server, "double", 2)

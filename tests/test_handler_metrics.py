@@ -6,6 +6,7 @@ does not declare; log and legacy modes write TorchServe's metric lines to the lo
 
 import socket
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -249,10 +250,14 @@ def test_metrics_config_declares_trims_and_logs(start_server, tmp_path):
     for name in ("Requests2XX", "ts_queue_latency_microseconds", "CPUUtilization"):
         assert name not in families, name
     assert any(name.startswith("torchyard_") for name in families)
-    # Log mode writes TorchServe's model_metrics lines.
-    log = server.log_text()
-    assert f"InferenceCount.count:1|#Route:predict,ModelName:m,Level:Model|#hostname:{HOST}," in log
-    assert "InferenceTime.ms:2.5|#ModelName:m,Level:Model" in log
+    # Log mode writes TorchServe's model_metrics lines into logs/model_metrics.log.
+    lines = [f"InferenceCount.count:1.0|#Route:predict,ModelName:m,Level:Model|#hostname:{HOST},",
+             "InferenceTime.ms:2.5|#ModelName:m,Level:Model"]
+    log = server.workdir / "logs" / "model_metrics.log"
+    deadline = time.monotonic() + 10
+    while not all(line in log.read_text() for line in lines):
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("name, reason", [

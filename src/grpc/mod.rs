@@ -91,7 +91,7 @@ pub async fn serve(
     tls: Option<ServerTlsConfig>,
     stop: CancellationToken,
 ) -> Result<()> {
-    let mut server = Server::builder();
+    let mut server = Server::builder().layer(crate::logging::GrpcAccessLog);
     if let Some(tls) = tls {
         server = server
             .tls_config(tls)

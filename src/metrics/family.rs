@@ -217,6 +217,11 @@ impl<S: Series> Family<S> {
         }))
     }
 
+    /// The family's help text.
+    pub fn help(&self) -> &str {
+        &self.0.help
+    }
+
     /// The series with these label values (in the family's label order), created if new.
     pub fn get_or_create(&self, values: &[&str]) -> Arc<S> {
         debug_assert_eq!(values.len(), self.0.label_names.len());

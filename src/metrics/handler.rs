@@ -4,12 +4,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
 use super::config::{is_label_name, is_metric_name, Declaration, MetricKind};
 use super::family::{Counter, Family, Histogram, Render, Value};
+use super::log::line;
 use super::reserved::ReservedNames;
 
 /// The label TorchServe adds to every handler metric.
@@ -243,24 +243,20 @@ impl HandlerMetrics {
 
     /// Writes one update as TorchServe's `model_metrics.log` does.
     fn log_sample(&self, sample: &HandlerSample) {
-        let dimensions: Vec<String> = sample
+        let dimensions: Vec<(&String, &String)> = sample
             .dimension_names
             .iter()
             .zip(&sample.dimension_values)
-            .map(|(name, value)| format!("{name}:{value}"))
             .collect();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
         for value in &sample.values {
-            tracing::info!(
-                target: "MODEL_METRICS",
-                "{}.{}:{value}|#{}|#hostname:{},{now}",
-                sample.name,
-                sample.unit,
-                dimensions.join(","),
-                self.hostname
+            let line = line(
+                &sample.name,
+                &sample.unit,
+                &dimensions,
+                &self.hostname,
+                *value,
             );
+            tracing::info!(target: "MODEL_METRICS", "{line}");
         }
     }
 

@@ -5,6 +5,7 @@
 mod config;
 mod family;
 mod handler;
+mod log;
 mod reserved;
 mod system;
 mod text;
@@ -20,6 +21,7 @@ pub use config::{Declaration, MetricsConfig};
 use family::{exponential_bounds, Counter, Family, Histogram, LazySeries, Render, Value};
 use handler::HandlerMetrics;
 pub use handler::HandlerSample;
+use log::MetricLog;
 use reserved::ReservedNames;
 use system::{HostSample, Sampler};
 use workflow::WorkflowFamilies;
@@ -33,8 +35,8 @@ pub enum MetricsMode {
     /// Only `ts_inference_requests_total`, `ts_inference_latency_microseconds` and
     /// `ts_queue_latency_microseconds`, as TorchServe ≤ 0.7.1.
     Legacy,
-    /// TorchServe's default, which writes metrics to log files; torchyard has none and serves
-    /// everything as in prometheus mode.
+    /// TorchServe's default: metrics are written to `ts_metrics.log` and `model_metrics.log` as
+    /// they change; the metrics API still serves everything as in prometheus mode.
     Log,
 }
 
@@ -150,9 +152,12 @@ impl HostFamilies {
         ]
     }
 
-    fn record(&self, hostname: &str, sample: &HostSample) {
+    fn record(&self, hostname: &str, sample: &HostSample, log: Option<&MetricLog>) {
         let host = [HOST, hostname];
-        let set = |family: &Family<Value>, value: f64| family.get_or_create(&host).set(value);
+        let set = |family: &Family<Value>, value: f64| {
+            family.get_or_create(&host).set(value);
+            log_update(log, family, &[("Level", HOST)], value);
+        };
         if let Some(cpu) = sample.cpu_utilization {
             set(&self.cpu, cpu);
         }
@@ -168,7 +173,11 @@ impl HostFamilies {
         }
         for gpu in &sample.gpus {
             let labels = [HOST, gpu.id.as_str(), hostname];
-            let set = |family: &Family<Value>, value: f64| family.get_or_create(&labels).set(value);
+            let set = |family: &Family<Value>, value: f64| {
+                family.get_or_create(&labels).set(value);
+                let dimensions = [("Level", HOST), ("DeviceId", gpu.id.as_str())];
+                log_update(log, family, &dimensions, value);
+            };
             set(&self.gpu_memory_utilization, gpu.memory_utilization);
             set(&self.gpu_memory_used, gpu.memory_used_mb);
             set(&self.gpu_utilization, gpu.utilization);
@@ -176,9 +185,29 @@ impl HostFamilies {
     }
 }
 
+/// Logs an update of one of the server's families in log mode, in the family's unit.
+fn log_update<S: family::Series>(
+    log: Option<&MetricLog>,
+    family: &Family<S>,
+    dimensions: &[(&str, &str)],
+    value: f64,
+) {
+    if let Some(log) = log {
+        // The unit `ts_help` wrote into the family's help.
+        let unit = family
+            .help()
+            .rsplit_once("unit: ")
+            .map_or("", |(_, unit)| unit);
+        log.update(family.name(), unit, dimensions, value);
+    }
+}
+
 /// Counts answers by status class: TorchServe's `Requests2XX`, `Requests4XX`, `Requests5XX`.
 #[derive(Clone)]
-pub struct ResponseCounter(Arc<[LazySeries<Counter>; 3]>);
+pub struct ResponseCounter {
+    series: Arc<[LazySeries<Counter>; 3]>,
+    log: Option<MetricLog>,
+}
 
 impl ResponseCounter {
     /// Counts one answer; 1xx and 3xx are not counted, as in TorchServe.
@@ -189,7 +218,11 @@ impl ResponseCounter {
             500.. => 2,
             _ => return,
         };
-        self.0[class].get().add(1.0);
+        self.series[class].get().add(1.0);
+        if let Some(log) = &self.log {
+            let name = ["Requests2XX", "Requests4XX", "Requests5XX"][class];
+            log.update(name, "Count", &[("Level", HOST)], 1.0);
+        }
     }
 }
 
@@ -326,6 +359,8 @@ pub struct Metrics {
     queue_time: Arc<LazySeries<Value>>,
     worker_thread_time: Arc<LazySeries<Value>>,
     server: ServerFamilies,
+    /// Writes `ts_metrics.log` lines in log mode.
+    log: Option<MetricLog>,
 }
 
 impl Default for Metrics {
@@ -340,18 +375,20 @@ impl Metrics {
     /// is not served as TorchServe serves it.
     pub fn new(mode: MetricsMode, config: MetricsConfig, auto_detect: bool) -> Self {
         match mode {
-            MetricsMode::Log => tracing::warn!(
-                "metrics_mode=log: torchyard writes no ts_metrics.log or model_metrics.log; \
-                 handler metrics are logged (target MODEL_METRICS) and the metrics API serves \
-                 every metric as in prometheus mode"
+            MetricsMode::Log => tracing::info!(
+                "metrics_mode=log: metrics are written to ts_metrics.log and \
+                 model_metrics.log; the metrics API still serves every metric as in prometheus \
+                 mode"
             ),
             MetricsMode::Legacy => tracing::warn!(
                 "metrics_mode=legacy: the metrics API serves only the ts_* request series; \
-                 handler metrics are logged (target MODEL_METRICS), the others are not"
+                 handler metrics are written to model_metrics.log, the others nowhere"
             ),
             MetricsMode::Prometheus => {}
         }
         let hostname: Arc<str> = hostname().into();
+        let log = (mode == MetricsMode::Log)
+            .then(|| MetricLog::new(hostname.clone(), config.frontend.clone()));
         let server = ServerFamilies::new();
         let families = server.renders();
         let handler = Arc::new(HandlerMetrics::new(
@@ -365,11 +402,11 @@ impl Metrics {
         let [ok, client, server_error] = &server.responses;
         Self {
             mode,
-            responses: ResponseCounter(Arc::new([
-                ok.lazy(&host),
-                client.lazy(&host),
-                server_error.lazy(&host),
-            ])),
+            responses: ResponseCounter {
+                series: Arc::new([ok.lazy(&host), client.lazy(&host), server_error.lazy(&host)]),
+                log: log.clone(),
+            },
+            log,
             queue_time: Arc::new(server.queue_time.lazy(&host)),
             worker_thread_time: Arc::new(server.worker_thread_time.lazy(&host)),
             server,
@@ -385,6 +422,7 @@ impl Metrics {
     pub fn collect_host_metrics(&self, every: Option<Duration>) {
         let Some(every) = every else { return };
         let (host, hostname) = (self.server.host.clone(), self.hostname.clone());
+        let log = self.log.clone();
         tokio::spawn(async move {
             let mut sampler = Sampler::new();
             let mut ticks = tokio::time::interval(every);
@@ -400,7 +438,7 @@ impl Metrics {
                     return;
                 };
                 sampler = back;
-                host.record(&hostname, &sample);
+                host.record(&hostname, &sample, log.as_ref());
             }
         });
     }
@@ -438,6 +476,7 @@ impl Metrics {
                 .handler
                 .model_gauge("PredictionTime", &labels.model_name),
             handler: self.handler.clone(),
+            log: self.log.clone(),
             labels,
         }
     }
@@ -511,7 +550,7 @@ impl Metrics {
 }
 
 /// TorchServe's name for worker `id` of a model: `W-9000-resnet18_1.0` for the first.
-fn worker_name(id: usize, labels: &ModelLabels) -> String {
+pub fn worker_name(id: usize, labels: &ModelLabels) -> String {
     format!(
         "W-{}-{}_{}",
         9000 + id,
@@ -569,6 +608,7 @@ pub struct ModelMetrics {
     /// TorchServe's `PredictionTime` gauge of this model, when declared.
     prediction_time: Option<Arc<Value>>,
     handler: Arc<HandlerMetrics>,
+    log: Option<MetricLog>,
 }
 
 impl ModelMetrics {
@@ -580,15 +620,40 @@ impl ModelMetrics {
         }
     }
 
+    /// Logs an update of TorchServe's per-request metric `name` in log mode.
+    fn log_request(&self, name: &str, unit: &str, version_named: bool, value: f64) {
+        if let Some(log) = &self.log {
+            let version = match version_named {
+                true => self.labels.model_version.as_str(),
+                false => DEFAULT_VERSION,
+            };
+            let model = [
+                ("model_name", self.labels.model_name.as_str()),
+                ("model_version", version),
+            ];
+            log.update(name, unit, &model, value);
+        }
+    }
+
+    /// Logs an update of a metric in milliseconds in log mode.
+    fn log_millis(&self, name: &str, dimensions: &[(&str, &str)], value: f64) {
+        if let Some(log) = &self.log {
+            log.update(name, "Milliseconds", dimensions, value);
+        }
+    }
+
     /// Counts a request received; `version_named` says whether its path named the version.
     pub fn record_received(&self, version_named: bool) {
         self.series(version_named).requests.get().add(1.0);
+        self.log_request("ts_inference_requests_total", "Count", version_named, 1.0);
     }
 
     /// Adds the latency of a request a worker answered (TorchServe counts no other).
     pub fn record_answered(&self, version_named: bool, elapsed: Duration) {
         let series = self.series(version_named);
         series.latency_us.get().add(micros(elapsed));
+        let name = "ts_inference_latency_microseconds";
+        self.log_request(name, "Microseconds", version_named, micros(elapsed));
     }
 
     /// Records one request answered, by a worker or with an error.
@@ -610,20 +675,29 @@ impl ModelMetrics {
     pub fn record_queue_wait(&self, version_named: bool, waited: Duration) {
         let series = self.series(version_named);
         series.queue_us.get().add(micros(waited));
-        self.queue_time.get().set(waited.as_millis() as f64);
+        let name = "ts_queue_latency_microseconds";
+        self.log_request(name, "Microseconds", version_named, micros(waited));
+        let millis = waited.as_millis() as f64;
+        self.queue_time.get().set(millis);
+        self.log_millis("QueueTime", &[("Level", HOST)], millis);
     }
 
     /// Records the time a worker task spent on a batch besides the worker's round trip.
     pub fn record_worker_thread(&self, took: Duration) {
-        self.worker_thread_time.get().set(took.as_millis() as f64);
+        let millis = took.as_millis() as f64;
+        self.worker_thread_time.get().set(millis);
+        self.log_millis("WorkerThreadTime", &[("Level", HOST)], millis);
     }
 
     /// Records how long worker `id` took to start and load the handler.
     pub fn record_worker_load(&self, id: usize, took: Duration) {
         let name = worker_name(id, &self.labels);
+        let millis = took.as_millis() as f64;
         self.worker_load
             .get_or_create(&[&name, HOST, &self.hostname])
-            .set(took.as_millis() as f64);
+            .set(millis);
+        let dimensions = [("WorkerName", name.as_str()), ("Level", HOST)];
+        self.log_millis("WorkerLoadTime", &dimensions, millis);
     }
 
     /// Records what the handler put into `context.metrics` during a batch or its load.

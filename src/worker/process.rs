@@ -78,8 +78,8 @@ impl WorkerProcess {
         if let (Some(fork_server), None) = (&env.fork_server, deps_dir) {
             let listener = bind(socket_path)?;
             if let Some(forked) = fork_server.fork(socket_path, work_dir).await {
-                forward_logs(Some(forked.stdout), label.to_string());
-                forward_logs(Some(forked.stderr), label.to_string());
+                forward_logs(Some(forked.stdout), label, Stream::Stdout);
+                forward_logs(Some(forked.stderr), label, Stream::Stderr);
                 let mut process = Process::Forked(forked.process);
                 let stream = accept(listener, socket_path, process.exited()).await?;
                 return Ok(Self::connected(process, stream));
@@ -199,8 +199,8 @@ pub(super) async fn spawn_connected(
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     let mut child = spawn_dying_with_server(command).await?;
-    forward_logs(child.stdout.take(), label.to_string());
-    forward_logs(child.stderr.take(), label.to_string());
+    forward_logs(child.stdout.take(), label, Stream::Stdout);
+    forward_logs(child.stderr.take(), label, Stream::Stderr);
     let stream = accept(listener, socket_path, exit_of(&mut child)).await?;
     Ok((child, stream))
 }
@@ -303,13 +303,33 @@ fn start_spawner() -> std::io::Result<std::sync::mpsc::Sender<SpawnRequest>> {
     Ok(sender)
 }
 
-/// Copies a worker's output lines into the server log.
-fn forward_logs(pipe: Option<impl AsyncRead + Unpin + Send + 'static>, label: String) {
+/// One of a worker's output streams.
+#[derive(Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Copies a worker's output lines into TorchServe's `MODEL_LOG`, as logged by the thread
+/// `{label}-stdout` or `{label}-stderr`: standard output at INFO, standard error at WARN.
+fn forward_logs(
+    pipe: Option<impl AsyncRead + Unpin + Send + 'static>,
+    label: &str,
+    stream: Stream,
+) {
     let Some(pipe) = pipe else { return };
+    let thread = match stream {
+        Stream::Stdout => format!("{label}-stdout"),
+        Stream::Stderr => format!("{label}-stderr"),
+    };
     tokio::spawn(async move {
         let mut lines = BufReader::new(pipe).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            tracing::info!(target: "torchyard::worker_log", "[{label}] {line}");
+            let thread = thread.as_str();
+            match stream {
+                Stream::Stdout => tracing::info!(target: "MODEL_LOG", thread, "{line}"),
+                Stream::Stderr => tracing::warn!(target: "MODEL_LOG", thread, "{line}"),
+            }
         }
     });
 }

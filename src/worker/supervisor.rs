@@ -106,7 +106,7 @@ impl Backoff {
 
 async fn supervise(spec: Arc<WorkerSpec>, status: Arc<WorkerStatus>, cancel: CancellationToken) {
     static SOCKETS: AtomicUsize = AtomicUsize::new(0);
-    let label = format!("{}:{}", spec.model_name, status.id);
+    let label = crate::metrics::worker_name(status.id, &spec.metrics.labels);
     let mut backoff = Backoff(Backoff::FIRST);
     while !cancel.is_cancelled() {
         status.set_state(WorkerState::Starting);
