@@ -98,6 +98,8 @@ def test_streaming_answers_in_chunks_with_torchserves_package_installed(server):
                       ask["n"])
         assert headers["x-ts-package"] == str(REFERENCE / "ts" / "__init__.py")
         assert "ts_stream_next" not in headers
+        # The chunks are TorchServe's encoding of str: no content type, as TorchServe sends.
+        assert "content-type" not in headers, headers
 
 
 def test_chunks_sent_back_to_back_all_arrive(server):
