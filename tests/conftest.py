@@ -3,6 +3,7 @@
 import pytest
 
 from support.server import OPEN_FLAGS, Server
+from support.ts_packages import PACKAGES, REFERENCE
 
 #: Servers started and not yet stopped: a failing test's report shows their logs.
 LIVE = []
@@ -50,3 +51,12 @@ def start_server(tmp_path_factory):
 def start_module_server(tmp_path_factory):
     """A server factory whose servers live for the whole test module."""
     yield from _servers(tmp_path_factory)
+
+
+@pytest.fixture(scope="module", params=PACKAGES)
+def ts_package(request):
+    """Which `ts` package the module's workers import: "stand-in" (torchyard's) or
+    "torchserve" (TorchServe's own); pass `worker_env(ts_package)` as the server's `env`."""
+    if request.param == "torchserve" and not (REFERENCE / "ts").is_dir():
+        pytest.skip(f"TorchServe's ts package is absent from {REFERENCE}: run scripts/setup.sh")
+    return request.param

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from support.api import register
 from support.archives import archive, build_mar, manifest, torchscript_scale, write_files
+from support.ts_packages import worker_env
 
 HOST = socket.gethostname()
 REQUESTS = 5
@@ -144,8 +145,10 @@ def sample(families, name, suffix="", **labels):
 
 
 @pytest.fixture(scope="module")
-def default_server(start_module_server):
-    server = start_module_server()
+def default_server(start_module_server, ts_package):
+    """Runs with torchyard's stand-in `ts` and with TorchServe's own package in the workers'
+    Python."""
+    server = start_module_server(env=worker_env(ts_package))
     served(server)
     return server
 

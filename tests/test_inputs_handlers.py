@@ -1,27 +1,30 @@
 """Inputs as TorchServe hands them to handlers (raw bytes with `decode_input_request=false`,
-form values byte for byte, `x-request-id` on every response) and the stand-in built-in handlers
-answering exactly what TorchServe's own handlers answer for the same model and input.
+form values byte for byte, `x-request-id` on every response); what a handler reads and sets on
+its context (request headers, response status and headers, system properties, manifest,
+model-config YAML, request ids, metrics), the same with torchyard's stand-in `ts` and with
+TorchServe's own package in the workers' Python (the `server` fixture runs once with each); and
+the stand-in built-in handlers answering exactly what TorchServe's own handlers answer for the
+same model and input.
 
 The reference is TorchServe 0.12's `ts` package, which scripts/setup.sh installs into
-`.venv/torchserve-ref`: a folder beside the venv's site-packages, on no import path. The
-server's workers therefore import torchyard's stand-in `ts` (the `torchserve` fixture checks
-this), while this test process puts the folder on its own `sys.path` and runs TorchServe's
-handler class in-process on the same files the archive holds."""
+`.venv/torchserve-ref`: a folder beside the venv's site-packages, on no import path (the
+`torchserve` fixture checks this). This test process puts the folder on its own `sys.path` and
+runs TorchServe's handler class in-process, with TorchServe's context, on the same files the
+archive holds; the server's workers run the stand-in's built-in handlers, and then TorchServe's
+own with torchyard's context."""
 
 import importlib.util
 import io
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import requests
 
 from support.archives import build_mar, manifest
 from support.server import PYTHON
-
-REFERENCE = Path(sys.prefix) / "torchserve-ref"
+from support.ts_packages import REFERENCE, worker_env
 
 INSPECT = '''
 def handle(data, context):
@@ -33,6 +36,48 @@ def handle(data, context):
                         for name, value in row.items()}}
             for idx, row in enumerate(data)]
 '''
+
+
+#: Reports what its context says of each request, and answers the status and header the request
+#: asks for (`x-ask-status`, `x-echo`); records a metric per request.
+CONTEXT = '''
+import os
+
+import ts
+from ts.metrics.dimension import Dimension
+from ts.metrics.metric_type_enum import MetricTypes
+
+
+class ContextHandler:
+    def initialize(self, context):
+        self.manifest = context.manifest
+
+    def handle(self, data, context):
+        out = []
+        for idx, row in enumerate(data):
+            ask = context.get_request_header(idx, "x-ask-status")
+            if ask:
+                context.set_response_status(int(ask), "Asked", idx)
+            context.set_response_header(idx, "x-echo", context.get_request_header(idx, "x-echo"))
+            context.metrics.add_metric("ContextCalls", 1, "count",
+                                       dimensions=[Dimension("Package", ts.__name__)],
+                                       metric_type=MetricTypes.COUNTER)
+            properties = context.system_properties
+            out.append({
+                "id": context.get_request_id(idx),
+                "headers": {k: v for k, v in context.get_all_request_header(idx).items()
+                            if k.startswith("x-")},
+                "system": {k: properties[k] for k in ("batch_size", "server_name",
+                                                      "limit_max_image_pixels")},
+                "model_dir": sorted(os.listdir(properties["model_dir"])),
+                "manifest": self.manifest["model"]["modelName"],
+                "yaml": context.model_yaml_config,
+                "ts": ts.__file__,
+            })
+        return out
+'''
+
+CONTEXT_YAML = "minWorkers: 1\nhandler:\n  greeting: hello\n  sizes: [1, 2]\n"
 
 
 def register(server, name, **params):
@@ -52,12 +97,36 @@ def raw_server(start_module_server):
 
 
 @pytest.fixture(scope="module")
-def server(start_module_server):
-    """A server with TorchServe's default settings and the inspecting handler as `inspect`."""
-    server = start_module_server()
+def server(start_module_server, ts_package):
+    """A server with TorchServe's default settings, the inspecting handler as `inspect` and
+    the context handler as `context`; its workers import `ts_package`."""
+    server = start_module_server(env=worker_env(ts_package))
     build_mar(server.store, "inspect", {"inspect.py": INSPECT}, manifest("inspect", "inspect.py"))
     register(server, "inspect")
+    build_mar(server.store, "context", {"context.py": CONTEXT, "config.yaml": CONTEXT_YAML},
+              manifest("context", "context.py", configFile="config.yaml"))
+    register(server, "context")
     return server
+
+
+def test_handlers_read_and_set_their_context(server, ts_package):
+    url = f"{server.inference}/predictions/context"
+    answer = requests.post(url, data=b"x", headers={"X-Echo": "ping", "X-Ask-Status": "202"})
+    assert answer.status_code == 202, answer.text
+    assert answer.headers["x-echo"] == "ping"
+    seen = answer.json()
+    assert seen["id"] == answer.headers["x-request-id"]
+    assert seen["headers"]["x-echo"] == "ping" and seen["headers"]["x-ask-status"] == "202"
+    assert seen["system"] == {"batch_size": 1, "server_name": "torchyard",
+                              "limit_max_image_pixels": True}
+    assert {"context.py", "config.yaml"} <= set(seen["model_dir"]), seen["model_dir"]
+    assert seen["manifest"] == "context"
+    assert seen["yaml"]["handler"] == {"greeting": "hello", "sizes": [1, 2]}
+    assert (str(REFERENCE) in seen["ts"]) == (ts_package == "torchserve"), seen["ts"]
+    plain = requests.post(url, data=b"x", headers={"X-Echo": "again"})
+    assert plain.status_code == 200 and plain.headers["x-echo"] == "again"
+    metrics = requests.get(f"{server.metrics}/metrics", params={"name[]": "ContextCalls"}).text
+    assert 'ContextCalls{Package="ts",ModelName="context",Level="Model"' in metrics, metrics
 
 
 def test_decode_input_request_false_hands_json_and_text_over_as_bytes(raw_server, server):
@@ -144,8 +213,10 @@ def torchserve():
 
 
 @pytest.fixture(scope="module")
-def builtin_server(start_module_server):
-    return start_module_server()
+def builtin_server(start_module_server, ts_package):
+    """Serves the built-in handlers of `ts_package`: the stand-in's, or TorchServe's own run
+    with torchyard's context."""
+    return start_module_server(env=worker_env(ts_package))
 
 
 def serve_and_compare(server, torchserve, tmp_path, name, handler, files, request, expected_of,

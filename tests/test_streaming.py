@@ -1,7 +1,8 @@
 """Handlers that stream (TorchServe's send_intermediate_predict_response): each partial result
 reaches the client as it is sent, as HTTP/1.1 chunks and as gRPC stream messages; a client
-that goes away mid-stream stops nothing else; a workflow whose leaf streams streams too. One
-server for the module."""
+that goes away mid-stream stops nothing else; a workflow whose leaf streams streams too. Each
+test runs with torchyard's stand-in `ts` and with TorchServe's own package in the workers'
+Python, one server for each."""
 
 import json
 import sys
@@ -13,27 +14,34 @@ import requests
 from support import grpc_stubs
 from support.archives import build_mar, manifest, scale_mar, war
 from support.server import OPEN_FLAGS
+from support.ts_packages import REFERENCE, worker_env
 
 #: How long the handler sleeps after each partial result.
 GAP = 0.4
 
 #: Sends `n` partial results `tok{i} ` GAP (or `gap`) apart, then returns `end` (or raises with
-#: `fail`).
+#: `fail`); the response header `x-ts-package` names the `ts` package it imported. It sends
+#: with `ts.protocol`'s helper, or with `ts.handler_utils`' when asked `via_utils`.
 STREAMER = f"""
 import json
 import time
 
+import ts
+from ts.handler_utils import utils
 from ts.protocol.otf_message_handler import send_intermediate_predict_response
 
 
 def handle(data, context):
     if data is None:
         return None
+    context.set_response_header(0, "x-ts-package", ts.__file__)
     body = data[0].get("body") or data[0].get("data")
     ask = json.loads(body) if isinstance(body, (bytes, bytearray)) else body
+    send = (utils.send_intermediate_predict_response if ask.get("via_utils")
+            else send_intermediate_predict_response)
     for i in range(ask["n"]):
-        send_intermediate_predict_response([f"tok{{i}} "], context.request_ids,
-                                           "Intermediate Prediction success", 200, context)
+        send([f"tok{{i}} "], context.request_ids, "Intermediate Prediction success", 200,
+             context)
         time.sleep(ask.get("gap", {GAP}))
     if ask.get("fail"):
         raise ValueError("failed after the partial results")
@@ -46,21 +54,24 @@ SPEC = "models:\n  streamer:\n    url: streamer.mar\ndag:\n  pre: [streamer]\n"
 
 
 @pytest.fixture(scope="module")
-def server(start_module_server, tmp_path_factory):
+def server(start_module_server, tmp_path_factory, ts_package):
     store = tmp_path_factory.mktemp("store")
     build_mar(store, "streamer", {"streamer.py": STREAMER}, manifest("streamer", "streamer.py"))
     scale_mar(store, "double", 2.0)
     war(store, "streamflow", SPEC, PRE)
     return start_module_server({"default_workers_per_model": 1}, store=store, args=(
         *OPEN_FLAGS, "--models", "streamer=streamer.mar", "double=double.mar",
-        "--workflows", "streamflow.war"))
+        "--workflows", "streamflow.war"), env=worker_env(ts_package))
 
 
-def stream(url, ask):
-    """POSTs `ask` and returns the response's chunks with the time each arrived."""
+def stream(url, ask, headers=None):
+    """POSTs `ask` and returns the response's chunks with the time each arrived; `headers`, a
+    dict, gets the response's headers."""
     with requests.post(url, json=ask, stream=True, timeout=30) as answer:
         assert answer.status_code == 200, answer.text
         assert answer.headers["transfer-encoding"] == "chunked"
+        if headers is not None:
+            headers.update(answer.headers)
         return [(chunk.decode(), time.monotonic())
                 for chunk in answer.iter_content(chunk_size=None) if chunk]
 
@@ -74,6 +85,21 @@ def assert_spaced(chunks, n):
 
 def test_http_chunks_arrive_as_the_handler_sends_them(server):
     assert_spaced(stream(f"{server.inference}/predictions/streamer", {"n": 3}), 3)
+
+
+@pytest.mark.parametrize("ts_package", ["torchserve"], indirect=True)
+def test_streaming_answers_in_chunks_with_torchserves_package_installed(server):
+    # TorchServe's own send_intermediate_predict_response writes its encoded frame to
+    # context.cl_socket: each partial result still goes out as it is sent, with the headers
+    # the handler set and without TorchServe's internal `ts_stream_next` marker.
+    for ask in ({"n": 3}, {"n": 2, "via_utils": True}):
+        headers = {}
+        assert_spaced(stream(f"{server.inference}/predictions/streamer", ask, headers),
+                      ask["n"])
+        assert headers["x-ts-package"] == str(REFERENCE / "ts" / "__init__.py")
+        assert "ts_stream_next" not in headers
+        # The chunks are TorchServe's encoding of str: no content type, as TorchServe sends.
+        assert "content-type" not in headers, headers
 
 
 def test_chunks_sent_back_to_back_all_arrive(server):

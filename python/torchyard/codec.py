@@ -13,6 +13,11 @@ BINARY = "application/octet-stream"
 Blob = Union[bytes, bytearray, memoryview]
 
 
+class Encoded(bytes):
+    """A body TorchServe's own package already encoded: sent as it is, with no content type of
+    its own (TorchServe's frontend sends none unless the handler set one)."""
+
+
 def decode(value: bytearray, content_type: Optional[str]) -> Any:
     """A parameter as TorchServe hands it to handlers: `application/json` parsed (the raw
     bytearray if it does not parse), `text/*` as str (in its `charset`, UTF-8 by default; the raw
@@ -56,9 +61,12 @@ def _charset(params: str) -> str:
     return "utf-8"
 
 
-def encode(output: Any) -> Tuple[Blob, str]:
+def encode(output: Any) -> Tuple[Blob, Optional[str]]:
     """(body, content type) of one handler output: str as UTF-8 text, bytes-like as is, anything
-    else as JSON, with numpy arrays and scalars and torch tensors turned into plain values."""
+    else as JSON, with numpy arrays and scalars and torch tensors turned into plain values;
+    `Encoded` bodies as they are, with no content type."""
+    if isinstance(output, Encoded):
+        return output, None
     if isinstance(output, str):
         return output.encode("utf-8"), TEXT
     if isinstance(output, (bytes, bytearray)):

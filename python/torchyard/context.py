@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .metrics import Metrics
+from .ts_frames import FrameSocket
 
 
 class RequestProcessor:
@@ -79,6 +80,8 @@ class Context:
         self.request_processor: List[RequestProcessor] = []
         #: Sends partial results `(outputs, req_id_map)` to the server; the worker sets it.
         self.intermediate_sink: Optional[Callable[[Sequence[Any], Dict[int, str]], None]] = None
+        #: Where TorchServe's own `send_intermediate_predict_response` writes partial results.
+        self.cl_socket = FrameSocket(self)
 
     @property
     def system_properties(self) -> Dict[str, Any]:
