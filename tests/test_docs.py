@@ -52,7 +52,7 @@ def test_every_key_the_server_reads_is_documented():
 
 
 #: A valid value for each documented key; the listener addresses and gRPC ports are the test
-#: server's own, `certificate_file` and `private_key_file` are made by the test.
+#: server's own; `certificate_file`, `private_key_file` and `keystore` are made by the test.
 VALUES = {
     "grpc_inference_address": "127.0.0.1",
     "grpc_management_address": "127.0.0.1",
@@ -68,6 +68,7 @@ VALUES = {
     "max_workers_per_model": "128",
     "job_queue_size": "100",
     "default_response_timeout": "120",
+    "default_startup_timeout": "120",
     "unregister_model_timeout": "120",
     "fork_workers": "false",
     "install_py_dep_per_model": "false",
@@ -87,6 +88,9 @@ VALUES = {
     "cors_allowed_methods": "GET,POST",
     "cors_allowed_headers": "*",
     "disable_token_authorization": "true",
+    "token_expiration_min": "60",
+    "keystore_pass": "changeit",
+    "keystore_type": "PKCS12",
     "enable_model_api": "true",
     "allowed_urls": "",
     "use_env_allowed_urls": "false",
@@ -114,6 +118,11 @@ def test_every_documented_key_is_honoured(start_server, tmp_path):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                     "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    # The same certificate as a PKCS12 keystore, which wins over the PEM files.
+    keystore = tmp_path / "keystore.p12"
+    subprocess.run(["openssl", "pkcs12", "-export", "-in", str(cert), "-inkey", str(key),
+                    "-passout", "pass:changeit", "-out", str(keystore)],
+                   check=True, capture_output=True)
     metrics = tmp_path / "metrics.yaml"
     metrics.write_text("model_metrics:\n  counter:\n    - name: DocsCounter\n"
                        "      unit: count\n      dimensions: []\n")
@@ -124,11 +133,13 @@ def test_every_documented_key_is_honoured(start_server, tmp_path):
     log4j = tmp_path / "log4j2.xml"
     log4j.write_text('<Configuration><Loggers><Root level="info"/></Loggers></Configuration>')
     values = {**VALUES, "certificate_file": str(cert), "private_key_file": str(key),
+              "keystore": str(keystore),
               "metrics_config": str(metrics), "vmargs": f"-Dlog4j.configurationFile={log4j}"}
     missing = documented - own - values.keys()
     assert not missing, f"give tests/test_docs.py VALUES for {sorted(missing)}"
     properties = {k: values[k] for k in sorted(documented - own)}
-    server = start_server(properties={**properties, "not_a_documented_key": "1"})
+    # No --disable-token-auth or --enable-model-api: the keys alone open the server.
+    server = start_server(properties={**properties, "not_a_documented_key": "1"}, args=())
     log = server.log_text()
     # The warning names a key that is not read, so the check below can see one.
     assert "config key not_a_documented_key is ignored" in log, log
