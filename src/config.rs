@@ -201,13 +201,20 @@ impl ServerConfig {
         let flag = |key: &str| get(key).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
         // `--disable-token-auth` and `--enable-model-api` set their key over the file's, and a
         // `TS_*` variable sets it over both (TorchServe's order).
-        let switch = |key: &str, cli: bool| (cli && !props.set_by_env(key)) || flag(key);
+        let switch = |key: &str, cli: bool| {
+            // Read the key even when the flag decides, so it is not reported as ignored.
+            let file = flag(key);
+            (cli && !props.set_by_env(key)) || file
+        };
         let unless_false =
             |key: &str| !get(key).is_some_and(|v| v.trim().eq_ignore_ascii_case("false"));
         // A flag wins over the file, a `TS_*` variable over both (TorchServe's order).
-        let path = |key: &str, flag: &Option<PathBuf>| match flag {
-            Some(flag) if !props.set_by_env(key) => Some(resolve(flag)),
-            _ => get(key).map(|p| resolve(Path::new(p))),
+        let path = |key: &str, flag: &Option<PathBuf>| {
+            let file = get(key).map(|p| resolve(Path::new(p)));
+            match flag {
+                Some(flag) if !props.set_by_env(key) => Some(resolve(flag)),
+                _ => file,
+            }
         };
         // `--models` over `load_models`, `--workflows` over `load_workflows`, unless a `TS_*`
         // variable set the key.

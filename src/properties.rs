@@ -156,9 +156,6 @@ fn why_ignored(key: &str) -> &'static str {
         "vmargs" | "number_of_netty_threads" | "netty_client_threads" | "prefer_direct_buffer" => {
             "a JVM/Netty setting, and torchyard has no JVM"
         }
-        "keystore" | "keystore_pass" | "keystore_type" => {
-            "Java keystores are not read: set certificate_file and private_key_file (PEM)"
-        }
         "initial_worker_port" => "workers talk to the server over Unix sockets, not ports",
         "model_server_home" => "the worker package ships inside the torchyard binary",
         "grpc_inference_max_connection_age_ms"

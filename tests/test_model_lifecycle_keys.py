@@ -6,6 +6,7 @@ test registers models of its own."""
 
 import concurrent.futures
 import json
+import re
 import subprocess
 import time
 import zipfile
@@ -161,7 +162,7 @@ def test_a_worker_failing_past_max_retry_timeout_gives_up(server):
     # It stays given up: no more restarts.
     time.sleep(1.5)
     assert describe(server, "broken")["workers"][0]["status"] == "FAILED"
-    assert "worker broken:1: worker gave up" in server.log_text()
+    assert re.search(r"worker W-\d+-broken_1\.0: worker gave up", server.log_text())
     ts_error(predict(server, "broken"), 503, kind="ServiceUnavailableException")
     assert requests.delete(f"{server.management}/models/broken").ok
 
