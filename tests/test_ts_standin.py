@@ -238,3 +238,16 @@ def test_profiler_writes_a_trace_per_request_and_explaining_needs_captum(profile
     failed = requests.post(f"{server.inference}/explanations/{name}",
                            **image_request(mnist_digit()))
     assert failed.status_code == 500 and "explanations need Captum" in failed.text, failed.text
+
+
+def test_an_uncovered_ts_module_says_to_install_torchserve(server):
+    handler = "from ts.metrics.metric import Metric\n\n\ndef handle(data, context):\n    return data\n"
+    build_mar(server.store, "uncovered", {"uncovered.py": handler},
+              manifest("uncovered", "uncovered.py"))
+    answer = requests.post(f"{server.management}/models",
+                           params={"url": "uncovered.mar", "initial_workers": 1,
+                                   "synchronous": "true"})
+    assert answer.status_code == 500, answer.text
+    message = answer.json()["message"]
+    assert "ts.metrics.metric is not part of torchyard's stand-in" in message
+    assert "pip install torchserve==0.12.0" in message
