@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from ts.handler_utils.text_utils import ngrams_iterator
 from ts.utils.util import map_class_to_label
 
-from .captum_support import captum_attr
+from ._captum import captum_attr
 from .text_handler import TextHandler
 
 logger = logging.getLogger(__name__)

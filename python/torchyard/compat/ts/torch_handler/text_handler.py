@@ -15,7 +15,7 @@ from ts.handler_utils.text_utils import get_tokenizer
 from ts.utils.util import CLEANUP_REGEX
 
 from .base_handler import BaseHandler
-from .captum_support import captum_attr
+from ._captum import captum_attr
 
 logger = logging.getLogger(__name__)
 

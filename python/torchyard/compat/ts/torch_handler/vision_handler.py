@@ -11,7 +11,7 @@ import torch
 from ts.handler_utils.timer import timed
 
 from .base_handler import BaseHandler
-from .captum_support import captum_attr
+from ._captum import captum_attr
 
 logger = logging.getLogger(__name__)
 
