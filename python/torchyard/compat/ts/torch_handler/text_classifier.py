@@ -39,8 +39,7 @@ class TextClassifier(TextHandler):
 
     def inference(self, data, *args, **kwargs):
         text, offsets = data
-        with torch.inference_mode():
-            return self.model(text.to(self.device), offsets.to(self.device))
+        return super().inference(text, offsets.to(self.device))
 
     def postprocess(self, data):
         probs = F.softmax(data, dim=1).tolist()
