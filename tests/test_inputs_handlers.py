@@ -190,12 +190,13 @@ def torchserve():
     metrics = MetricsCacheYamlImpl(config_file_path=str(REFERENCE / "ts/configs/metrics.yaml"))
     metrics.initialize_cache()
 
-    def run(handler, model_dir, model_manifest, data):
-        """`handler`: a built-in name, or a handler file of `model_dir`."""
+    def run(handler, model_dir, model_manifest, data, headers=None):
+        """`handler`: a built-in name, or a handler file of `model_dir`; `headers`: the
+        request's (`{"explain": "True"}` asks for explanations)."""
         context = Context(model_manifest["model"]["modelName"], str(model_dir), model_manifest,
                           1, None, "0.12.0", metrics=metrics, model_yaml_config={})
         context.request_ids = {0: "reference"}
-        context.request_processor = [RequestProcessor({})]
+        context.request_processor = [RequestProcessor(headers or {})]
         sys.path.insert(0, str(model_dir))
         try:
             module = (handler[:-3] if handler.endswith(".py") else f"ts.torch_handler.{handler}")
@@ -311,6 +312,58 @@ def test_image_classifier_subclass_keeps_its_transforms(builtin_server, torchser
         {"body": bytearray(image)}, serializedFile="digits.pt")
     assert list(got) == list(expected) and len(got) == 3
     assert list(got.values()) == pytest.approx(list(expected.values()), rel=1e-4)
+
+
+#: TorchServe's MNIST example handler: grey digits, its own transforms, no Grayscale step;
+#: it answers the shape of the batch its preprocess made besides the digit.
+MNIST_HANDLER = '''
+from torchvision import transforms
+from ts.torch_handler.image_classifier import ImageClassifier
+
+
+class MNISTDigitClassifier(ImageClassifier):
+    image_processing = transforms.Compose([
+        transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+
+    def preprocess(self, data):
+        batch = super().preprocess(data)
+        self.shape = list(batch.shape)
+        return batch
+
+    def postprocess(self, data):
+        return [{"digit": row.argmax().item(), "shape": self.shape} for row in data]
+'''
+
+
+def mnist_digit():
+    """A grey (mode L) 28x28 PNG of a bar, as MNIST's test images are."""
+    from PIL import Image
+
+    image = Image.new("L", (28, 28))
+    image.paste(255, (12, 4, 16, 24))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def mnist_model(path):
+    """A TorchScript digit classifier over one-channel 28x28 images."""
+    import torch
+
+    torch.manual_seed(0)
+    return scripted(torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(4 * 26 * 26, 10)), path)
+
+
+def test_grey_mnist_image_stays_one_channel(builtin_server, torchserve, tmp_path):
+    digit = mnist_digit()
+    got, expected = serve_and_compare(
+        builtin_server, torchserve, tmp_path, "mnist", "mnist_handler.py",
+        {"mnist.pt": mnist_model(tmp_path / "mnist.pt"), "mnist_handler.py": MNIST_HANDLER},
+        image_request(digit), {"body": bytearray(digit)}, serializedFile="mnist.pt")
+    assert got == expected
+    assert got["shape"] == [1, 1, 28, 28]
 
 
 def test_image_segmenter_matches_torchserve(builtin_server, torchserve, tmp_path):

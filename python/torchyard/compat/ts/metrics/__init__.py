@@ -1,1 +1,3 @@
-"""TorchServe's `ts.metrics` names that handlers import: Dimension and MetricTypes."""
+"""TorchServe's `ts.metrics` names that handlers import: Dimension, MetricTypes and Units.
+Handlers record metrics through `context.metrics`; TorchServe's metric cache and system
+metrics modules are not part of the stand-in."""

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from torchvision import transforms
 
+from ts.handler_utils.timer import timed
 from ts.utils.util import map_class_to_label
 
 from .vision_handler import VisionHandler
@@ -27,6 +28,7 @@ class ImageClassifier(VisionHandler):
     def get_max_result_classes(self):
         return self.topk
 
+    @timed
     def postprocess(self, data):
         ps = F.softmax(data, dim=1)
         probs, classes = torch.topk(ps, min(self.topk, ps.shape[1]), dim=1)

@@ -3,6 +3,8 @@
 import torch
 from torchvision import transforms
 
+from ts.handler_utils.timer import timed
+
 from .vision_handler import VisionHandler
 
 
@@ -12,6 +14,7 @@ class ObjectDetector(VisionHandler):
     threshold = 0.5
     image_processing = transforms.Compose([transforms.ToTensor()])
 
+    @timed
     def inference(self, data, *args, **kwargs):
         with torch.inference_mode():
             return self.model(list(data.to(self.device)), *args, **kwargs)
