@@ -28,10 +28,16 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/ping", get(ping))
         .route("/predictions/{model}", any(predict))
         .route("/predictions/{model}/{version}", any(predict_version))
-        .route("/predictions/{model}/{version}/{*url_path}", any(predict_sub_path))
+        .route(
+            "/predictions/{model}/{version}/{*url_path}",
+            any(predict_sub_path),
+        )
         .route("/explanations/{model}", any(explain))
         .route("/explanations/{model}/{version}", any(explain_version))
-        .route("/explanations/{model}/{version}/{*url_path}", any(explain_sub_path))
+        .route(
+            "/explanations/{model}/{version}/{*url_path}",
+            any(explain_sub_path),
+        )
         .route("/invocations", post(invocations))
         .route("/models/{model}/invoke", post(invoke))
         .route("/{model}/predict", get(invoke).post(invoke))
@@ -107,19 +113,31 @@ struct Target {
 
 impl From<String> for Target {
     fn from(model: String) -> Self {
-        Self { model, version: None, url_path: Some(String::new()) }
+        Self {
+            model,
+            version: None,
+            url_path: Some(String::new()),
+        }
     }
 }
 
 impl From<(String, String)> for Target {
     fn from((model, version): (String, String)) -> Self {
-        Self { model, version: Some(version), url_path: Some(String::new()) }
+        Self {
+            model,
+            version: Some(version),
+            url_path: Some(String::new()),
+        }
     }
 }
 
 impl From<(String, String, String)> for Target {
     fn from((model, version, url_path): (String, String, String)) -> Self {
-        Self { model, version: Some(version), url_path: Some(url_path) }
+        Self {
+            model,
+            version: Some(version),
+            url_path: Some(url_path),
+        }
     }
 }
 
@@ -184,7 +202,11 @@ async fn invoke(
     Path(model): Path<String>,
     incoming: Incoming,
 ) -> ApiResult<Response> {
-    let target = Target { model, version: None, url_path: None };
+    let target = Target {
+        model,
+        version: None,
+        url_path: None,
+    };
     run(&state, &Method::POST, target, Action::Predict, incoming).await
 }
 
