@@ -56,7 +56,8 @@ def test_sub_paths_reach_the_handler_in_one_batch(server):
     assert [(a.status_code, a.text) for a in answers] == [(200, p) for p in paths]
 
 
-@pytest.mark.parametrize("path", ["/predictions/some_model", "/predictions/some_model/1.0"])
+@pytest.mark.parametrize("path", ["/predictions/some_model", "/predictions/some_model/1.0",
+                                  "/predictions/some_model/1.0/"])
 def test_url_path_is_empty_without_a_sub_path(server, path):
     answer = requests.post(server.inference + path, json={"prompt": "Hello world"})
     assert (answer.status_code, answer.text) == (200, "")

@@ -28,12 +28,14 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/ping", get(ping))
         .route("/predictions/{model}", any(predict))
         .route("/predictions/{model}/{version}", any(predict_version))
+        .route("/predictions/{model}/{version}/", any(predict_version))
         .route(
             "/predictions/{model}/{version}/{*url_path}",
             any(predict_sub_path),
         )
         .route("/explanations/{model}", any(explain))
         .route("/explanations/{model}/{version}", any(explain_version))
+        .route("/explanations/{model}/{version}/", any(explain_version))
         .route(
             "/explanations/{model}/{version}/{*url_path}",
             any(explain_sub_path),
