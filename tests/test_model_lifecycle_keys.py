@@ -250,11 +250,11 @@ def test_use_venv_runs_workers_in_an_environment_of_the_models_own(server, tmp_p
 
 
 def test_unsupported_frontend_keys_are_named_in_a_warning(server):
-    config = "minWorkers: 1\nsequenceBatching: true\ntorchrun:\n  nproc-per-node: 2\n"
+    config = "minWorkers: 1\nsequenceTimeoutMSec: 9\ntorchrun:\n  nproc-per-node: 2\n"
     mar(server.store, "stateful", SLOW_PREDICT, config)
     assert ts_status(register(server, url="stateful.mar"))
     log = server.log_text()
-    for key in ("sequenceBatching", "torchrun"):
+    for key in ("sequenceTimeoutMSec", "torchrun"):
         assert (f"model stateful: model-config key {key} is not supported by torchyard and is "
                 "ignored") in log
     assert "key minWorkers" not in log

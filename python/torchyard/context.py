@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .metrics import Metrics
@@ -82,6 +83,13 @@ class Context:
         self.intermediate_sink: Optional[Callable[[Sequence[Any], Dict[int, str]], None]] = None
         #: Where TorchServe's own `send_intermediate_predict_response` writes partial results.
         self.cl_socket = FrameSocket(self)
+        #: The request headers of a stateful model's sequences (TorchServe's names and
+        #: environment variables): its id, and "true" on its first and its last request.
+        self.header_key_sequence_id = os.getenv("TS_REQUEST_SEQUENCE_ID", "ts_request_sequence_id")
+        self.header_key_sequence_start = os.getenv("TS_REQUEST_SEQUENCE_START",
+                                                   "ts_request_sequence_start")
+        self.header_key_sequence_end = os.getenv("TS_REQUEST_SEQUENCE_END",
+                                                 "ts_request_sequence_end")
 
     @property
     def system_properties(self) -> Dict[str, Any]:
@@ -100,6 +108,10 @@ class Context:
     def get_request_header(self, idx: int, key: str) -> Optional[str]:
         """Request `idx`'s header `key` (case-insensitive), or None."""
         return self.request_processor[idx].get_request_property(key)
+
+    def get_sequence_id(self, idx: int) -> Optional[str]:
+        """The sequence id of request `idx` of a stateful model (`sequenceBatching`)."""
+        return self.get_request_header(idx, self.header_key_sequence_id)
 
     def get_all_request_header(self, idx: int) -> Dict[str, str]:
         return self.request_processor[idx].get_request_properties()

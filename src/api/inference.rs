@@ -28,8 +28,18 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/ping", get(ping))
         .route("/predictions/{model}", any(predict))
         .route("/predictions/{model}/{version}", any(predict_version))
+        .route("/predictions/{model}/{version}/", any(predict_version))
+        .route(
+            "/predictions/{model}/{version}/{*url_path}",
+            any(predict_sub_path),
+        )
         .route("/explanations/{model}", any(explain))
         .route("/explanations/{model}/{version}", any(explain_version))
+        .route("/explanations/{model}/{version}/", any(explain_version))
+        .route(
+            "/explanations/{model}/{version}/{*url_path}",
+            any(explain_sub_path),
+        )
         .route("/invocations", post(invocations))
         .route("/models/{model}/invoke", post(invoke))
         .route("/{model}/predict", get(invoke).post(invoke))
@@ -93,30 +103,71 @@ impl<S: Send + Sync> FromRequest<S> for Incoming {
     }
 }
 
+/// Where a `/predictions` or `/explanations` request goes: the model, its version when the
+/// path names one, and whatever the path has after the version, which the handler reads as the
+/// request header `url_path` (TorchServe's way of passing, say, `v1/chat/completions`; empty
+/// when there is nothing after the version, absent on the SageMaker and legacy paths).
+struct Target {
+    model: String,
+    version: Option<String>,
+    url_path: Option<String>,
+}
+
+impl From<String> for Target {
+    fn from(model: String) -> Self {
+        Self {
+            model,
+            version: None,
+            url_path: Some(String::new()),
+        }
+    }
+}
+
+impl From<(String, String)> for Target {
+    fn from((model, version): (String, String)) -> Self {
+        Self {
+            model,
+            version: Some(version),
+            url_path: Some(String::new()),
+        }
+    }
+}
+
+impl From<(String, String, String)> for Target {
+    fn from((model, version, url_path): (String, String, String)) -> Self {
+        Self {
+            model,
+            version: Some(version),
+            url_path: Some(url_path),
+        }
+    }
+}
+
 async fn predict(
     State(state): State<Arc<AppState>>,
     method: Method,
     Path(model): Path<String>,
     incoming: Incoming,
 ) -> ApiResult<Response> {
-    run(&state, &method, &model, None, Action::Predict, incoming).await
+    run(&state, &method, model.into(), Action::Predict, incoming).await
 }
 
 async fn predict_version(
     State(state): State<Arc<AppState>>,
     method: Method,
-    Path((model, version)): Path<(String, String)>,
+    Path(path): Path<(String, String)>,
     incoming: Incoming,
 ) -> ApiResult<Response> {
-    run(
-        &state,
-        &method,
-        &model,
-        Some(&version),
-        Action::Predict,
-        incoming,
-    )
-    .await
+    run(&state, &method, path.into(), Action::Predict, incoming).await
+}
+
+async fn predict_sub_path(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    Path(path): Path<(String, String, String)>,
+    incoming: Incoming,
+) -> ApiResult<Response> {
+    run(&state, &method, path.into(), Action::Predict, incoming).await
 }
 
 async fn explain(
@@ -125,24 +176,25 @@ async fn explain(
     Path(model): Path<String>,
     incoming: Incoming,
 ) -> ApiResult<Response> {
-    run(&state, &method, &model, None, Action::Explain, incoming).await
+    run(&state, &method, model.into(), Action::Explain, incoming).await
 }
 
 async fn explain_version(
     State(state): State<Arc<AppState>>,
     method: Method,
-    Path((model, version)): Path<(String, String)>,
+    Path(path): Path<(String, String)>,
     incoming: Incoming,
 ) -> ApiResult<Response> {
-    run(
-        &state,
-        &method,
-        &model,
-        Some(&version),
-        Action::Explain,
-        incoming,
-    )
-    .await
+    run(&state, &method, path.into(), Action::Explain, incoming).await
+}
+
+async fn explain_sub_path(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    Path(path): Path<(String, String, String)>,
+    incoming: Incoming,
+) -> ApiResult<Response> {
+    run(&state, &method, path.into(), Action::Explain, incoming).await
 }
 
 /// `POST /models/{model}/invoke` (SageMaker) and `GET|POST /{model}/predict` (TorchServe's
@@ -152,8 +204,12 @@ async fn invoke(
     Path(model): Path<String>,
     incoming: Incoming,
 ) -> ApiResult<Response> {
-    let action = Action::Predict;
-    run(&state, &Method::POST, &model, None, action, incoming).await
+    let target = Target {
+        model,
+        version: None,
+        url_path: None,
+    };
+    run(&state, &Method::POST, target, Action::Predict, incoming).await
 }
 
 /// `POST /invocations` (SageMaker): the model is named by the `model_name` query parameter or
@@ -193,17 +249,19 @@ fn only_startup_model(state: &AppState) -> ApiResult<Arc<crate::model::ServedMod
 async fn run(
     state: &AppState,
     method: &Method,
-    model: &str,
-    version: Option<&str>,
+    target: Target,
     action: Action,
     request: Incoming,
 ) -> ApiResult<Response> {
-    let name = model;
-    let model = state.registry.get(name, version)?;
+    let version = target.version.as_deref();
+    let model = state.registry.get(&target.model, version)?;
     if method == Method::OPTIONS {
-        return Ok(openapi::answer(openapi::model_inference(name)));
+        return Ok(openapi::answer(openapi::model_inference(&target.model)));
     }
     let mut request = decode(state, request).await?;
+    if let Some(url_path) = target.url_path {
+        request.headers.push(("url_path".into(), url_path));
+    }
     if action == Action::Explain {
         request.headers.push(("explain".into(), "True".into()));
     }

@@ -46,15 +46,11 @@ struct Known {
 
 /// TorchServe's frontend keys of `model-config.yaml` that torchyard does not act on: a model
 /// naming one is registered with a warning, so that the setting is never dropped unseen.
-pub const UNSUPPORTED_KEYS: [&str; 10] = [
+pub const UNSUPPORTED_KEYS: [&str; 6] = [
     "parallelType",
     "parallelLevel",
     "torchrun",
-    "sequenceBatching",
-    "sequenceMaxIdleMSec",
     "sequenceTimeoutMSec",
-    "maxSequenceJobQueueSize",
-    "maxNumSequence",
     "continuousBatching",
     "asyncCommunication",
 ];
@@ -139,10 +135,10 @@ mod tests {
     #[test]
     fn names_the_keys_torchyard_ignores() {
         let c =
-            ModelConfig::parse("torchrun:\n  nproc-per-node: 2\nsequenceBatching: true\n").unwrap();
+            ModelConfig::parse("torchrun:\n  nproc-per-node: 2\nsequenceTimeoutMSec: 9\n").unwrap();
         assert_eq!(
             c.unsupported_keys().collect::<Vec<_>>(),
-            ["torchrun", "sequenceBatching"]
+            ["torchrun", "sequenceTimeoutMSec"]
         );
         assert_eq!(
             ModelConfig::parse("minWorkers: 1\n")

@@ -7,6 +7,7 @@ mod dependencies;
 mod loader;
 mod presets;
 mod scaling_policy;
+mod sequences;
 mod served_model;
 
 pub use autoscaler::{usable_cores, Autoscaler};

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use super::definition::ModelDefinition;
 use super::dependencies::venv_python;
 use super::scaling_policy::ModelSample;
+use super::sequences::{self, SequenceSettings, Sequences};
 use crate::error::{ApiError, ApiResult};
 use crate::gpu::{Gpus, ModelGpus};
 use crate::job::{InferenceRequest, Job, JobResult};
@@ -35,6 +36,8 @@ pub struct ServedModel {
     scale_calls: AtomicU64,
     /// The autoscaler's view of this model, for describe.
     autoscaling: Mutex<Value>,
+    /// A stateful model's open sequences (`sequenceBatching`).
+    sequences: Option<Sequences>,
 }
 
 struct Pool {
@@ -167,6 +170,12 @@ impl ServedModel {
             max: def.settings.max_workers,
             next_id: 1,
         };
+        let sequences = SequenceSettings::from_yaml(
+            &def.yaml_config,
+            def.settings.batch_size,
+            def.settings.max_workers,
+        )
+        .map(Sequences::new);
         Self {
             def,
             queue,
@@ -176,6 +185,7 @@ impl ServedModel {
             target_workers: AtomicUsize::new(0),
             scale_calls: AtomicU64::new(0),
             autoscaling: Mutex::new(Value::Null),
+            sequences,
         }
     }
 
@@ -232,6 +242,11 @@ impl ServedModel {
                 self.def.name
             )));
         }
+        if let Some(sequences) = &self.sequences {
+            return self
+                .run_in_sequence(sequences, request, version_named)
+                .await;
+        }
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = Job {
             request,
@@ -263,6 +278,64 @@ impl ServedModel {
             Err(ApiError::internal(
                 "the request was dropped before a worker answered",
             ))
+        })
+    }
+
+    /// Runs a request of a stateful model on the worker its sequence is pinned to, and
+    /// answers with the sequence's id in the header `ts_request_sequence_id`.
+    async fn run_in_sequence(
+        &self,
+        sequences: &Sequences,
+        mut request: InferenceRequest,
+        version_named: bool,
+    ) -> JobResult {
+        let refused = || {
+            let version = if version_named {
+                format!("\" Version {}", self.def.version)
+            } else {
+                String::new()
+            };
+            ApiError::unavailable(format!(
+                "Model \"{}{version}\" has no worker to serve inference request. Please use scale workers API to add workers. If this is a sequence inference, please check if it is closed, or expired; or exceeds maxSequenceJobQueueSize",
+                self.def.name
+            ))
+        };
+        let (admitted, pinned) = {
+            let pool = self.pool.lock().expect("pool lock");
+            let ids: Vec<usize> = pool.workers.iter().map(|w| w.status.id).collect();
+            let admitted = sequences.enter(&mut request, &ids, refused)?;
+            let worker = pool.workers.iter().find(|w| w.status.id == admitted.worker);
+            let pinned = worker.expect("a pool worker").pinned.clone();
+            (admitted, pinned)
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = Job {
+            request,
+            reply,
+            enqueued: Instant::now(),
+            version_named,
+            segment: false,
+        };
+        let result = match pinned.try_send(job) {
+            Ok(()) => answer.await.unwrap_or_else(|_| {
+                Err(ApiError::internal(
+                    "the request was dropped before a worker answered",
+                ))
+            }),
+            Err(_) => Err(refused()),
+        };
+        sequences.leave(&admitted);
+        result.map(|mut response| {
+            if !response
+                .headers
+                .iter()
+                .any(|(name, _)| name.eq_ignore_ascii_case(sequences::ID_HEADER))
+            {
+                response
+                    .headers
+                    .push((sequences::ID_HEADER.into(), admitted.id));
+            }
+            response
         })
     }
 

@@ -89,6 +89,9 @@ impl JobTickets {
 /// A running worker task.
 pub struct WorkerHandle {
     pub status: Arc<WorkerStatus>,
+    /// This worker's own queue: the requests of the stateful sequences pinned to it, served
+    /// before the model's queue.
+    pub pinned: async_channel::Sender<Job>,
     cancel: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -109,9 +112,11 @@ impl WorkerHandle {
 pub fn spawn_worker(spec: Arc<WorkerSpec>, id: usize) -> WorkerHandle {
     let status = Arc::new(WorkerStatus::new(id, spec.gpus.next()));
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(supervise(spec, status.clone(), cancel.clone()));
+    let (pinned, pinned_rx) = async_channel::unbounded();
+    let task = tokio::spawn(supervise(spec, status.clone(), cancel.clone(), pinned_rx));
     WorkerHandle {
         status,
+        pinned,
         cancel,
         task,
     }
@@ -137,7 +142,12 @@ impl Backoff {
     }
 }
 
-async fn supervise(spec: Arc<WorkerSpec>, status: Arc<WorkerStatus>, cancel: CancellationToken) {
+async fn supervise(
+    spec: Arc<WorkerSpec>,
+    status: Arc<WorkerStatus>,
+    cancel: CancellationToken,
+    pinned: Receiver<Job>,
+) {
     static SOCKETS: AtomicUsize = AtomicUsize::new(0);
     let label = crate::metrics::worker_name(status.id, &spec.metrics.labels);
     let mut backoff = Backoff(Backoff::FIRST);
@@ -162,7 +172,7 @@ async fn supervise(spec: Arc<WorkerSpec>, status: Arc<WorkerStatus>, cancel: Can
                 failing_since = None;
                 spec.ready_workers.fetch_add(1, Ordering::SeqCst);
                 status.set_state(WorkerState::Ready);
-                let exit = serve(&spec, &mut process, &cancel).await;
+                let exit = serve(&spec, &mut process, &cancel, &pinned).await;
                 spec.ready_workers.fetch_sub(1, Ordering::SeqCst);
                 match exit {
                     Exit::Cancelled => process.stop().await,
@@ -183,6 +193,7 @@ async fn supervise(spec: Arc<WorkerSpec>, status: Arc<WorkerStatus>, cancel: Can
         let Exit::Crashed(reason) = exit else { break };
         let since = *failing_since.get_or_insert_with(Instant::now);
         if since.elapsed() >= spec.max_retry_timeout {
+            fail_queued(&pinned, &reason);
             retire(&spec, &status, &label, &reason, &cancel).await;
             return;
         }
@@ -193,6 +204,7 @@ async fn supervise(spec: Arc<WorkerSpec>, status: Arc<WorkerStatus>, cancel: Can
             _ = cancel.cancelled() => break,
         }
     }
+    fail_queued(&pinned, "the worker stopped");
     status.set_state(WorkerState::Stopped);
 }
 
@@ -310,9 +322,14 @@ const SEND_AHEAD_LIMIT: usize = 64 * 1024;
 
 /// Feeds batches to a loaded worker until it is cancelled or breaks (see [`serve_batches`]);
 /// with job tickets, withdraws the ticket it offered while it waited, if no request took it.
-async fn serve(spec: &WorkerSpec, process: &mut WorkerProcess, cancel: &CancellationToken) -> Exit {
+async fn serve(
+    spec: &WorkerSpec,
+    process: &mut WorkerProcess,
+    cancel: &CancellationToken,
+    pinned: &Receiver<Job>,
+) -> Exit {
     let mut offered = false;
-    let exit = serve_batches(spec, process, cancel, &mut offered).await;
+    let exit = serve_batches(spec, process, cancel, pinned, &mut offered).await;
     if let (Some(tickets), true) = (&spec.tickets, offered) {
         tickets.take();
     }
@@ -323,11 +340,13 @@ async fn serve(spec: &WorkerSpec, process: &mut WorkerProcess, cancel: &Cancella
 /// next is sent ahead when it can be formed at once: with batch size 1, greedy batching
 /// (`max_batch_delay` 0), or a full batch already queued; never with job tickets, where a
 /// worker takes work only when it is free, nor with a client timeout, checked as a job
-/// starts. `offered`: whether the worker offers a job ticket.
+/// starts. Requests of the sequences pinned to this worker (`pinned`) go first, batched among
+/// themselves. `offered`: whether the worker offers a job ticket.
 async fn serve_batches(
     spec: &WorkerSpec,
     process: &mut WorkerProcess,
     cancel: &CancellationToken,
+    pinned: &Receiver<Job>,
     offered: &mut bool,
 ) -> Exit {
     let mut flights: VecDeque<Flight> = VecDeque::with_capacity(PIPELINE_DEPTH);
@@ -370,7 +389,7 @@ async fn serve_batches(
             tickets.offer();
             *offered = true;
         }
-        tokio::select! {
+        let (first, source) = tokio::select! {
             biased;
             frame = process.receive(), if !flights.is_empty() => {
                 let frame = match frame {
@@ -386,6 +405,7 @@ async fn serve_batches(
                 if let Err(message) = head.finish(spec, outcome) {
                     return crash(spec, flights, held, message);
                 }
+                continue;
             }
             () = &mut deadline, if !flights.is_empty() => {
                 let message = format!(
@@ -394,33 +414,39 @@ async fn serve_batches(
                 );
                 return crash(spec, flights, held, message);
             }
-            () = cancel.cancelled(), if !stopping => {}
+            () = cancel.cancelled(), if !stopping => continue,
+            Ok(job) = pinned.recv(), if send_ahead => (job, pinned),
             job = spec.queue.recv(), if send_ahead => {
-                let Ok(first) = job else {
+                let Ok(job) = job else {
                     queue_done = true;
                     continue;
                 };
-                *offered = false;
-                let delay = if flights.is_empty() { spec.max_batch_delay } else { Duration::ZERO };
-                let mut batch = batcher::collect(&spec.queue, first, spec.batch_size, delay).await;
-                batch.retain(|job| !job.reply.is_closed());
-                if let Some(limit) = spec.client_timeout {
-                    drop_expired(spec, &mut batch, limit);
-                }
-                if batch.is_empty() {
-                    continue;
-                }
-                if !flights.is_empty() && body_bytes(&batch) > SEND_AHEAD_LIMIT {
-                    held = Some(batch);
-                    continue;
-                }
-                if flights.is_empty() {
-                    rearm(deadline.as_mut());
-                }
-                if let Err(message) = send(spec, process, batch, &mut flights).await {
-                    return crash(spec, flights, None, message);
-                }
+                (job, &spec.queue)
             }
+        };
+        *offered = false;
+        let delay = if flights.is_empty() {
+            spec.max_batch_delay
+        } else {
+            Duration::ZERO
+        };
+        let mut batch = batcher::collect(source, first, spec.batch_size, delay).await;
+        batch.retain(|job| !job.reply.is_closed());
+        if let Some(limit) = spec.client_timeout {
+            drop_expired(spec, &mut batch, limit);
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        if !flights.is_empty() && body_bytes(&batch) > SEND_AHEAD_LIMIT {
+            held = Some(batch);
+            continue;
+        }
+        if flights.is_empty() {
+            rearm(deadline.as_mut());
+        }
+        if let Err(message) = send(spec, process, batch, &mut flights).await {
+            return crash(spec, flights, None, message);
         }
     }
 }
