@@ -160,9 +160,9 @@ impl ServerConfig {
             .then(|| {
                 let dir = args
                     .snapshot_dir
-                    .as_deref()
-                    .unwrap_or(Path::new("logs/config"));
-                crate::snapshot_file::latest(&resolve(dir))
+                    .clone()
+                    .unwrap_or_else(|| default_snapshot_dir(None));
+                crate::snapshot_file::latest(&resolve(&dir))
             })
             .flatten();
         let props = Properties::load(
@@ -351,12 +351,11 @@ impl ServerConfig {
                 .transpose()?
                 .flatten(),
             snapshot_dir: (!args.ncs).then(|| {
-                resolve(
-                    args.snapshot_dir
-                        .as_deref()
-                        .or_else(|| get("snapshot_dir").map(Path::new))
-                        .unwrap_or(Path::new("logs/config")),
-                )
+                let dir = args
+                    .snapshot_dir
+                    .clone()
+                    .or_else(|| get("snapshot_dir").map(PathBuf::from));
+                resolve(&dir.unwrap_or_else(|| default_snapshot_dir(get("log_location"))))
             }),
             archive_limits: UnpackLimits {
                 max_bytes: limit(
@@ -439,6 +438,17 @@ impl ServerConfig {
             self.default_workers_per_model = per_device.min(self.max_workers_per_model);
         }
     }
+}
+
+/// Where snapshots go when `snapshot_dir` is not set: `config/` under the log location, as
+/// TorchServe writes them (`$LOG_LOCATION`, else the `log_location` key, else `logs`).
+fn default_snapshot_dir(log_location_key: Option<&str>) -> PathBuf {
+    let location = std::env::var("LOG_LOCATION")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .or_else(|| log_location_key.map(|v| v.trim().to_string()))
+        .unwrap_or_else(|| "logs".into());
+    Path::new(&location).join("config")
 }
 
 /// A program to run: a bare name (`python3`) stays a `PATH` lookup, any other relative path is
@@ -661,6 +671,17 @@ mod tests {
                 key: PathBuf::from("/etc/key.pem")
             })
         );
+    }
+
+    #[test]
+    fn snapshots_go_under_the_log_location_unless_set() {
+        let under_logs = config("log_location=/var/log/ts\n").unwrap();
+        assert_eq!(
+            under_logs.snapshot_dir,
+            Some(PathBuf::from("/var/log/ts/config"))
+        );
+        let own = config("log_location=/var/log/ts\nsnapshot_dir=/srv/snapshots\n").unwrap();
+        assert_eq!(own.snapshot_dir, Some(PathBuf::from("/srv/snapshots")));
     }
 
     #[test]
