@@ -94,6 +94,19 @@ struct Located {
     store_as: Option<String>,
 }
 
+/// As TorchServe: a url holding `..` anywhere, whatever its kind, is refused before anything
+/// else looks at it (a 404 of the `kind`'s not-found type).
+pub fn refuse_parent_paths(url: &str, kind: &str) -> ApiResult<()> {
+    if !url.contains("..") {
+        return Ok(());
+    }
+    let message = format!("Relative path is not allowed in url: {url}");
+    Err(match kind {
+        "workflow" => ApiError::workflow_not_found(message),
+        _ => ApiError::model_not_found(message),
+    })
+}
+
 /// Finds an archive on disk: a relative path looked up in `dirs` in order, an absolute path
 /// (inside a store, or matching `allowed_urls`) or `file://` URL, or an http(s) URL downloaded
 /// into the runtime directory.
@@ -101,14 +114,7 @@ async fn locate(state: &AppState, url: &str, dirs: &[&Path], kind: &str) -> ApiR
     if url.is_empty() {
         return Err(ApiError::bad_request("Parameter url is required."));
     }
-    // As TorchServe: any `..` at all, whatever the kind of url, before it is looked at.
-    if url.contains("..") {
-        let message = format!("Relative path is not allowed in url: {url}");
-        return Err(match kind {
-            "workflow" => ApiError::workflow_not_found(message),
-            _ => ApiError::model_not_found(message),
-        });
-    }
+    refuse_parent_paths(url, kind)?;
     let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
     let file_name = || stored_name(url);
     if lower.starts_with("http://") || lower.starts_with("https://") {

@@ -342,10 +342,18 @@ def test_a_second_registration_from_a_url_downloads_nothing(server, tmp_path):
               "InternalServerException")
         error(register(server, url, "twice_again"), 500,
               "Model file already exists noop_twice.mar", "InternalServerException")
+        # A model registered from the store's own archive of that name counts too.
+        shutil.copy(server.store / "noop.mar", server.store / "local_twice.mar")
+        shutil.copy(server.store / "noop.mar", tmp_path / "local_twice.mar")
+        assert status(register(server, "local_twice.mar", "local_twice"))
+        error(register(server, f"http://127.0.0.1:{site.server_port}/local_twice.mar",
+                       "local_again"), 500, "Model file already exists local_twice.mar",
+              "InternalServerException")
     finally:
         site.shutdown()
     assert fetched == ["/noop_twice.mar"]
     assert status(requests.delete(f"{server.management}/models/twice"))
+    assert status(requests.delete(f"{server.management}/models/local_twice"))
 
 
 def test_the_model_api_off_answers_torchserves_405(start_server):

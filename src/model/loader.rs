@@ -63,6 +63,7 @@ pub async fn prepare_model(
     if opts.batch_size == Some(0) {
         return Err(ApiError::bad_request("batch_size must be at least 1"));
     }
+    crate::fetch::refuse_parent_paths(&opts.url, "model")?;
     check_not_fetched(state, &opts.url)?;
     let dirs: Vec<&Path> = state
         .config
@@ -110,14 +111,21 @@ pub async fn prepare_model(
 }
 
 /// Refuses, before anything is downloaded, an http(s) or `file://` url whose archive a
-/// registered model was fetched from already (same url, or a copy of that name in the store):
-/// TorchServe's 500 "Model file already exists NAME".
+/// registered model came from already (same url, a copy of that name in the store, or the
+/// store's own archive of that name): TorchServe's 500 "Model file already exists NAME".
 fn check_not_fetched(state: &AppState, url: &str) -> ApiResult<()> {
     let Some(name) = stored_name(url) else {
         return Ok(());
     };
+    let store_archive = |registered: &str| {
+        !registered.contains("://")
+            && Path::new(registered)
+                .file_name()
+                .is_some_and(|n| n == name.as_str())
+    };
     let fetched = state.registry.all().iter().any(|m| {
         m.def.url == url
+            || store_archive(&m.def.url)
             || m.def
                 .stored_copy
                 .as_ref()
