@@ -85,8 +85,9 @@ def access_lines(server):
 
 
 def test_the_five_files_are_where_the_variables_say(server):
+    # Snapshots go to config/ under the log location, as TorchServe writes them.
     assert sorted(p.name for p in logs(server).iterdir()) == [
-        "access_log.log", "model_log.log", "ts_log.log"]
+        "access_log.log", "config", "model_log.log", "ts_log.log"]
     assert sorted(p.name for p in metrics(server).iterdir()) == [
         "model_metrics.log", "ts_metrics.log"]
     assert not (server.workdir / "logs" / "ts_log.log").exists()
@@ -289,7 +290,7 @@ def test_config_keys_place_the_files_when_the_variables_are_unset(start_server, 
     assert requests.get(f"{server.inference}/ping").status_code == 200
     keyed = tmp_path / "keyed"
     assert sorted(p.name for p in (keyed / "logs").iterdir()) == [
-        "access_log.log", "model_log.log", "ts_log.log"]
+        "access_log.log", "config", "model_log.log", "ts_log.log"]
     assert sorted(p.name for p in (keyed / "metrics").iterdir()) == [
         "model_metrics.log", "ts_metrics.log"]
     wait_for(lambda: '"GET /ping HTTP/1.1" 200' in read_log(keyed / "logs", "access_log.log"))

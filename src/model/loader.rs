@@ -111,14 +111,20 @@ pub async fn prepare_model(
 }
 
 /// Refuses, before anything is downloaded, an http(s) or `file://` url whose archive a
-/// registered model came from already (same url, a copy of that name in the store, or the
-/// store's own archive of that name): TorchServe's 500 "Model file already exists NAME".
+/// registered model came from already (same url, a copy of that name in the store, or, for
+/// http(s), the store's own archive of that name): TorchServe's 500 "Model file already exists
+/// NAME".
 fn check_not_fetched(state: &AppState, url: &str) -> ApiResult<()> {
     let Some(name) = stored_name(url) else {
         return Ok(());
     };
+    let downloaded = ["http://", "https://"].iter().any(|scheme| {
+        url.get(..scheme.len())
+            .is_some_and(|u| u.eq_ignore_ascii_case(scheme))
+    });
     let store_archive = |registered: &str| {
-        !registered.contains("://")
+        downloaded
+            && !registered.contains("://")
             && Path::new(registered)
                 .file_name()
                 .is_some_and(|n| n == name.as_str())
