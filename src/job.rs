@@ -108,6 +108,23 @@ pub struct Job {
 }
 
 impl Job {
+    /// A job queued now, and the receiver of its answer.
+    pub fn new(
+        request: InferenceRequest,
+        version_named: bool,
+        segment: bool,
+    ) -> (Self, oneshot::Receiver<JobResult>) {
+        let (reply, answer) = oneshot::channel();
+        let job = Self {
+            request,
+            reply,
+            enqueued: Instant::now(),
+            version_named,
+            segment,
+        };
+        (job, answer)
+    }
+
     /// Answers the job; a submitter that went away is ignored.
     pub fn finish(self, result: JobResult) {
         let _ = self.reply.send(result);

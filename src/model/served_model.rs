@@ -247,14 +247,7 @@ impl ServedModel {
                 .run_in_sequence(sequences, request, version_named)
                 .await;
         }
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let job = Job {
-            request,
-            reply,
-            enqueued: Instant::now(),
-            version_named,
-            segment,
-        };
+        let (job, answer) = Job::new(request, version_named, segment);
         let sent = self.queue.try_send(job);
         if let (Err(_), Some(tickets)) = (&sent, &self.spec.tickets) {
             tickets.give_back();
@@ -308,14 +301,7 @@ impl ServedModel {
             let pinned = worker.expect("a pool worker").pinned.clone();
             (admitted, pinned)
         };
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let job = Job {
-            request,
-            reply,
-            enqueued: Instant::now(),
-            version_named,
-            segment: false,
-        };
+        let (job, answer) = Job::new(request, version_named, false);
         let result = match pinned.try_send(job) {
             Ok(()) => answer.await.unwrap_or_else(|_| {
                 Err(ApiError::internal(
