@@ -11,12 +11,11 @@ import uuid
 import pytest
 import requests
 
-from support.reference import REFERENCE
+from support.reference import KSERVE_CONFIG, kserve_config_on_ports
 from support.server import BINARY, PYTHON, REPO, free_port, listening_hosts
 
 SCRIPT = REPO / "scripts" / "container-test.sh"
 IMAGE = os.environ.get("TORCHYARD_IMAGE", "localhost/torchyard:test")
-KSERVE_CONFIG = REFERENCE / "kubernetes" / "kserve" / "config.properties"
 #: podman's default runtime, crun, fails on these machines' cgroups (v1); podman's default
 #: limits are above their hard limits, which runc may not raise there, so containers get lower
 #: ones.
@@ -174,11 +173,7 @@ def test_kserve_layout_and_arguments(image, tmp_path):
     subprocess.run([str(PYTHON), str(REPO / "examples" / "double" / "make_model.py"),
                     str(mnt / "model-store"), "mnist=2"], check=True, capture_output=True)
     http, metrics, grpc_inference, grpc_management = (free_port() for _ in range(4))
-    text = KSERVE_CONFIG.read_text()
-    for old, new in ((":8085", f":{http}"), (":8082", f":{metrics}"),
-                     ("=7070", f"={grpc_inference}"), ("=7071", f"={grpc_management}")):
-        assert old in text
-        text = text.replace(old, new)
+    text = kserve_config_on_ports(http, metrics, grpc_inference, grpc_management)
     (mnt / "config").mkdir()
     (mnt / "config" / "config.properties").write_text(text)
     _readable(mnt)

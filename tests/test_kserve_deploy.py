@@ -12,10 +12,9 @@ import pytest
 import requests
 
 from support.archives import scale_mar
-from support.reference import REFERENCE
+from support.reference import KSERVE_CONFIG, kserve_config_on_ports
 from support.server import BINARY, PYTHON, REPO, Server, free_port, listening_hosts
 
-KSERVE_CONFIG = REFERENCE / "kubernetes" / "kserve" / "config.properties"
 ENTRYPOINT = REPO / "docker" / "entrypoint.sh"
 
 pytestmark = pytest.mark.skipif(not KSERVE_CONFIG.is_file(), reason="no TorchServe reference")
@@ -34,11 +33,7 @@ class KServeLayout(Server):
 
     def _pick_ports(self):
         http, metrics, grpc_inference, grpc_management = (free_port() for _ in range(4))
-        text = KSERVE_CONFIG.read_text()
-        for old, new in ((":8085", f":{http}"), (":8082", f":{metrics}"),
-                         ("=7070", f"={grpc_inference}"), ("=7071", f"={grpc_management}")):
-            assert old in text
-            text = text.replace(old, new)
+        text = kserve_config_on_ports(http, metrics, grpc_inference, grpc_management)
         config = self.workdir / "config"
         config.mkdir(exist_ok=True)
         (config / "config.properties").write_text(text)
