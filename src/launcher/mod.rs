@@ -135,16 +135,14 @@ fn serve_command(args: &TorchServeArgs) -> Result<Command, String> {
             return Err(format!("--ts-config file not found: {}", config.display()));
         }
     }
+    // Read as the server reads it (Java properties); an unreadable file is the server's to
+    // report, so the launcher goes on without its keys.
     let properties = ts_config
         .as_deref()
-        .map(read_properties)
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .and_then(|text| crate::properties::parse(&text).ok())
         .unwrap_or_default();
-    let property = |key: &str| {
-        properties
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    };
+    let property = |key: &str| properties.get(key).map(|v| v.trim());
     let model_store = args
         .model_store
         .clone()
@@ -212,17 +210,4 @@ fn serve_command(args: &TorchServeArgs) -> Result<Command, String> {
             .map(|(_, flag)| OsString::from(flag)),
     );
     Ok(serve)
-}
-
-/// `key=value` lines of a properties file, as TorchServe's launcher reads them (it needs only
-/// `model_store` and `plugins_path`; the server reads the file in full).
-fn read_properties(path: &Path) -> Vec<(String, String)> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| line.split_once('='))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect()
 }
