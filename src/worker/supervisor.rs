@@ -164,6 +164,7 @@ async fn supervise(
             started = start(&spec, &label, &socket, &status) => started,
             _ = cancel.cancelled() => break,
         };
+        let mut traceback_logged = false;
         let exit = match started {
             Ok(mut process) => {
                 spec.metrics
@@ -180,13 +181,14 @@ async fn supervise(
                 }
                 exit
             }
-            Err((code, message)) => {
-                status.set_failure(code, message.clone());
+            Err(failure) => {
+                status.set_failure(failure.status, failure.message.clone());
                 status.set_state(WorkerState::Failed);
                 if spec.ready_workers.load(Ordering::SeqCst) == 0 {
-                    fail_queued(&spec.queue, &message);
+                    fail_queued(&spec.queue, &failure.message);
                 }
-                Exit::Crashed(message)
+                traceback_logged = failure.traceback_logged;
+                Exit::Crashed(failure.message)
             }
         };
         status.set_pid(0);
@@ -198,7 +200,14 @@ async fn supervise(
             return;
         }
         let delay = backoff.next();
-        tracing::warn!("worker {label} stopped ({reason}); restarting in {delay:?}");
+        // A load failure's last model-log line is its exception; repeating it here would split
+        // the traceback for readers that key on that line (TorchServe's tests do).
+        let shown = if traceback_logged {
+            "the handler failed to load; its traceback is in the model log"
+        } else {
+            reason.as_str()
+        };
+        tracing::warn!("worker {label} stopped ({shown}); restarting in {delay:?}");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = cancel.cancelled() => break,
@@ -236,13 +245,33 @@ async fn retire(
     status.set_state(WorkerState::Stopped);
 }
 
+/// Why a worker did not start.
+struct StartFailure {
+    /// The status a registration waiting on the worker answers.
+    status: u16,
+    message: String,
+    /// The worker logged the handler's traceback before it answered.
+    traceback_logged: bool,
+}
+
+impl StartFailure {
+    /// A failure of the server's side: starting the process or talking to it.
+    fn server(message: String) -> Self {
+        Self {
+            status: 500,
+            message,
+            traceback_logged: false,
+        }
+    }
+}
+
 /// Starts the process and loads the handler; the error says why not.
 async fn start(
     spec: &WorkerSpec,
     label: &str,
     socket: &std::path::Path,
     status: &WorkerStatus,
-) -> Result<WorkerProcess, (u16, String)> {
+) -> Result<WorkerProcess, StartFailure> {
     let mut process = WorkerProcess::start(
         &spec.python,
         spec.deps_dir.as_deref(),
@@ -251,7 +280,7 @@ async fn start(
         &spec.model_dir,
     )
     .await
-    .map_err(|e| (500, format!("cannot start worker: {e}")))?;
+    .map_err(|e| StartFailure::server(format!("cannot start worker: {e}")))?;
     status.set_start_mode(process.start_mode());
     let load = ToWorker::Load(LoadMessage {
         model_name: &spec.model_name,
@@ -273,14 +302,19 @@ async fn start(
     let loaded = tokio::time::timeout(spec.startup_timeout, process.call(&load, &[])).await;
     let Ok(reply) = loaded else {
         process.kill().await;
-        return Err((
-            500,
-            format!(
-                "Backend worker did not respond in given time: the handler did not load within \
-                 startupTimeout ({}s)",
-                spec.startup_timeout.as_secs()
-            ),
-        ));
+        // TorchServe's two lines (its WorkerThread's error and the exception's first line),
+        // which log readers of TorchServe wait for.
+        tracing::error!(
+            "worker {label}: Backend worker error\n\
+             org.pytorch.serve.wlm.WorkerInitializationException: Backend worker did not respond \
+             in given time (startupTimeout {}s)",
+            spec.startup_timeout.as_secs()
+        );
+        return Err(StartFailure::server(format!(
+            "Backend worker did not respond in given time: the handler did not load within \
+             startupTimeout ({}s)",
+            spec.startup_timeout.as_secs()
+        )));
     };
     match reply.and_then(|frame| frame.message::<FromWorker>()) {
         Ok(FromWorker::Loaded { pid, metrics }) => {
@@ -296,18 +330,23 @@ async fn start(
         }) => {
             spec.metrics.record_handler_metrics(&metrics);
             process.kill().await;
-            Err((
-                status.unwrap_or(500),
-                format!("handler failed to load: {message}"),
-            ))
+            Err(StartFailure {
+                status: status.unwrap_or(500),
+                message: format!("handler failed to load: {message}"),
+                traceback_logged: true,
+            })
         }
         Ok(other) => {
             process.kill().await;
-            Err((500, format!("unexpected reply to load: {other:?}")))
+            Err(StartFailure::server(format!(
+                "unexpected reply to load: {other:?}"
+            )))
         }
         Err(e) => {
             process.kill().await;
-            Err((500, format!("worker died while loading: {e}")))
+            Err(StartFailure::server(format!(
+                "worker died while loading: {e}"
+            )))
         }
     }
 }
