@@ -61,6 +61,8 @@ pub struct WorkerSpec {
     pub ready_workers: AtomicUsize,
     /// Workers that gave up restarting (past `max_retry_timeout`) and serve no more.
     pub retired_workers: AtomicUsize,
+    /// Batches in a row that got no answer within `response_timeout` (TorchServe logs the count).
+    pub unanswered_in_a_row: AtomicUsize,
 }
 
 /// TorchServe's job tickets: a worker waiting for work offers one, a request takes one to be
@@ -170,14 +172,21 @@ async fn supervise(
                 spec.metrics
                     .record_worker_load(status.id, loading.elapsed());
                 backoff = Backoff(Backoff::FIRST);
-                failing_since = None;
+                if failing_since.take().is_some() {
+                    tracing::info!(
+                        "worker {label}: Auto recovery succeeded, reset recoveryStartTS"
+                    );
+                }
                 spec.ready_workers.fetch_add(1, Ordering::SeqCst);
                 status.set_state(WorkerState::Ready);
                 let exit = serve(&spec, &mut process, &cancel, &pinned).await;
                 spec.ready_workers.fetch_sub(1, Ordering::SeqCst);
                 match exit {
                     Exit::Cancelled => process.stop().await,
-                    Exit::Crashed(_) => process.kill().await,
+                    Exit::Crashed(_) => {
+                        process.kill().await;
+                        tracing::info!("{label} Worker disconnected. WORKER_MODEL_LOADED");
+                    }
                 }
                 exit
             }
@@ -193,7 +202,21 @@ async fn supervise(
         };
         status.set_pid(0);
         let Exit::Crashed(reason) = exit else { break };
-        let since = *failing_since.get_or_insert_with(Instant::now);
+        let since = match failing_since {
+            Some(since) => {
+                tracing::warn!("worker {label}: Auto recovery failed again");
+                since
+            }
+            None => {
+                tracing::info!(
+                    "worker {label}: Auto recovery start timestamp: {}",
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |since| since.as_millis())
+                );
+                *failing_since.insert(Instant::now())
+            }
+        };
         if since.elapsed() >= spec.max_retry_timeout {
             fail_queued(&pinned, &reason);
             retire(&spec, &status, &label, &reason, &cancel).await;
@@ -207,7 +230,7 @@ async fn supervise(
         } else {
             reason.as_str()
         };
-        tracing::warn!("worker {label} stopped ({shown}); restarting in {delay:?}");
+        tracing::warn!("worker {label} stopped ({shown}). Retry worker: {label} in {delay:?}.");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = cancel.cancelled() => break,
@@ -447,6 +470,11 @@ async fn serve_batches(
                 continue;
             }
             () = &mut deadline, if !flights.is_empty() => {
+                let failed = spec.unanswered_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::error!(
+                    "model {}: Number or consecutive unsuccessful inference {failed}",
+                    spec.model_name
+                );
                 let message = format!(
                     "no response within {}s",
                     spec.response_timeout.as_secs_f64()
@@ -689,6 +717,9 @@ impl Flight {
         let answering = Instant::now();
         match outcome {
             Ok(responses) => {
+                if spec.unanswered_in_a_row.load(Ordering::Relaxed) != 0 {
+                    spec.unanswered_in_a_row.store(0, Ordering::Relaxed);
+                }
                 let handled = answering - self.scheduled;
                 for ((job, answer), mut response) in
                     self.batch.iter().zip(self.answers).zip(responses)
