@@ -64,8 +64,7 @@ impl ConnectionLimits {
         listeners: u64,
     ) -> Self {
         let fd_limit = raise_fd_limit();
-        let max_connections =
-            max_connections.unwrap_or_else(|| default_cap(fd_limit, listeners));
+        let max_connections = max_connections.unwrap_or_else(|| default_cap(fd_limit, listeners));
         tracing::info!(
             "open-file limit {fd_limit}: at most {max_connections} connections per listener"
         );
@@ -125,12 +124,12 @@ pub async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
     let connection = move |io: Connection, client: SocketAddr, stop: CancellationToken| {
-        let service = router
-            .clone()
-            .map_request(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        let service = router.clone().map_request(
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(ConnectInfo(client));
                 request
-            });
+            },
+        );
         let conn = http.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
         async move {
             tokio::pin!(conn);

@@ -76,13 +76,9 @@ impl IdleMark<'_> {
     pub fn set(&mut self, idle: bool) {
         if idle != self.idle {
             self.idle = idle;
-            self.dispatch.idle.send_modify(|n| {
-                if idle {
-                    *n += 1
-                } else {
-                    *n -= 1
-                }
-            });
+            self.dispatch
+                .idle
+                .send_modify(|n| if idle { *n += 1 } else { *n -= 1 });
         }
     }
 }

@@ -377,8 +377,7 @@ async fn serve_batches(
         deadline.reset(tokio::time::Instant::now() + spec.response_timeout)
     };
     loop {
-        let stopping =
-            cancel.is_cancelled() || (queue_done && spec.dispatch.retried.is_empty());
+        let stopping = cancel.is_cancelled() || (queue_done && spec.dispatch.retried.is_empty());
         if flights.is_empty() {
             if let Some((batch, from_pinned)) = held.take() {
                 rearm(deadline.as_mut());
