@@ -106,9 +106,12 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let stop = CancellationToken::new();
     tokio::spawn(wait_for_signal(stop.clone()));
     let acceptor = identity.as_ref().map(Identity::acceptor);
+    // The HTTP listeners (inference and management may share one), metrics, and two gRPC.
+    let listeners = if management.is_some() { 5 } else { 4 };
     let limits = ConnectionLimits::new(
         state.config.connection_header_read_timeout,
         state.config.max_connections,
+        listeners,
     );
     let serve = |listener: TcpListener, router: axum::Router, https: bool| {
         // Outermost, so token refusals carry a request id and count too, and preflight
@@ -178,7 +181,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let grpc_tls = identity
         .as_ref()
         .filter(|_| state.config.grpc_tls)
-        .map(Identity::grpc);
+        .map(Identity::grpc_acceptor);
     let serve_grpc = |which, listener| {
         let serving = grpc::serve(
             which,
@@ -186,13 +189,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             state.clone(),
             auth.cloned(),
             grpc_tls.clone(),
+            limits.clone(),
             stop.clone(),
         );
-        tokio::spawn(async move {
-            if let Err(e) = serving.await {
-                tracing::error!("{e:#}");
-            }
-        })
+        tokio::spawn(serving)
     };
     let servers = http_servers.into_iter().chain([
         serve(metrics, api::metrics_router(state.clone()), https.metrics),

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use base64::Engine;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::TlsAcceptor;
@@ -25,10 +24,8 @@ pub enum CertificateSource {
     Pem { cert: PathBuf, key: PathBuf },
 }
 
-/// A certificate chain, leaf first, and its private key, checked to work with rustls.
+/// A certificate chain and its private key, checked to work with rustls.
 pub struct Identity {
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
     server: Arc<rustls::ServerConfig>,
 }
 
@@ -44,12 +41,10 @@ impl Identity {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut server = rustls::ServerConfig::builder()
             .with_no_client_auth()
-            .with_single_cert(chain.clone(), key.clone_key())
+            .with_single_cert(chain.clone(), key)
             .map_err(|e| unusable(&chain, e))?;
         server.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
-            chain,
-            key,
             server: Arc::new(server),
         })
     }
@@ -59,17 +54,11 @@ impl Identity {
         TlsAcceptor::from(self.server.clone())
     }
 
-    /// The TLS settings of the gRPC listeners (tonic takes the identity as PEM).
-    pub fn grpc(&self) -> tonic::transport::ServerTlsConfig {
-        let certs: String = self.chain.iter().map(|c| pem("CERTIFICATE", c)).collect();
-        let label = match &self.key {
-            PrivateKeyDer::Pkcs1(_) => "RSA PRIVATE KEY",
-            PrivateKeyDer::Sec1(_) => "EC PRIVATE KEY",
-            _ => "PRIVATE KEY",
-        };
-        let key = pem(label, self.key.secret_der());
-        tonic::transport::ServerTlsConfig::new()
-            .identity(tonic::transport::Identity::from_pem(certs, key))
+    /// The acceptor of the gRPC listeners; speaks HTTP/2 only.
+    pub fn grpc_acceptor(&self) -> TlsAcceptor {
+        let mut server = (*self.server).clone();
+        server.alpn_protocols = vec![b"h2".to_vec()];
+        TlsAcceptor::from(Arc::new(server))
     }
 }
 
@@ -134,33 +123,5 @@ fn rsa_bits(cert: &CertificateDer) -> Option<u32> {
     match cert.public_key().parsed().ok()? {
         PublicKey::RSA(rsa) => Some(rsa.key_size() as u32),
         _ => None,
-    }
-}
-
-/// `der` as a PEM block, in lines of 64 characters.
-fn pem(label: &str, der: &[u8]) -> String {
-    let body = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> = body
-        .as_bytes()
-        .chunks(64)
-        .map(|line| std::str::from_utf8(line).expect("base64 is ASCII"))
-        .collect();
-    format!(
-        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
-        lines.join("\n")
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pem_blocks_read_back_as_what_was_encoded() {
-        let der: Vec<u8> = (0..=255).cycle().take(1000).collect();
-        let text = pem("CERTIFICATE", &der);
-        assert!(text.lines().all(|line| line.len() <= 64), "{text}");
-        let back = CertificateDer::from_pem_slice(text.as_bytes()).unwrap();
-        assert_eq!(back.as_ref(), der.as_slice());
     }
 }

@@ -18,7 +18,7 @@ use super::replies::{self, gate_first, status};
 use crate::error::{ApiError, ApiResult};
 use crate::facade::{workflows, Scale};
 use crate::state::AppState;
-use crate::workflow::{dot, mermaid, svg, WorkflowOptions};
+use crate::workflow::{budget, dot, mermaid, svg, WorkflowOptions};
 
 /// Workflow routes, merged into the management listener.
 pub fn routes() -> Router<Arc<AppState>> {
@@ -60,7 +60,7 @@ async fn describe(
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
-    describe_or_draw(&state, &name, None, raw.as_deref())
+    describe_or_draw(&state, &name, None, raw.as_deref()).await
 }
 
 async fn describe_version(
@@ -68,7 +68,7 @@ async fn describe_version(
     Path((name, version)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
-    describe_or_draw(&state, &name, Some(&version), raw.as_deref())
+    describe_or_draw(&state, &name, Some(&version), raw.as_deref()).await
 }
 
 /// Query of `GET /workflows/{name}[/{version}]`: `format` draws the DAG instead of the
@@ -87,8 +87,9 @@ const PICTURE_FORMATS: [(&str, &str); 3] = [
     ("svg", "image/svg+xml"),
 ];
 
-/// The describe JSON (TorchServe's answer), or the drawing `?format=` asks for.
-fn describe_or_draw(
+/// The describe JSON (TorchServe's answer), or the drawing `?format=` asks for; an SVG is laid
+/// out within the drawing [`budget`].
+async fn describe_or_draw(
     state: &AppState,
     name: &str,
     version: Option<&str>,
@@ -108,7 +109,7 @@ fn describe_or_draw(
     let picture = workflows::picture(state, name, version, q.stats)?;
     let text = match format.as_str() {
         "dot" => dot::render(&picture),
-        "svg" => svg::render(&picture),
+        "svg" => budget::draw(picture, svg::render).await?,
         _ => mermaid::render(&picture),
     };
     Ok(([(header::CONTENT_TYPE, content_type)], text).into_response())

@@ -1,7 +1,8 @@
 //! The gRPC front doors: TorchServe's `InferenceAPIsService` and `ManagementAPIsService`
 //! (wire-compatible with TorchServe's protos), and torchyard's workflow services, served on
 //! `grpc_inference_port` and `grpc_management_port` with TorchServe's token authorization
-//! and, with `enable_grpc_ssl`, TLS. Every call decodes its message, makes one call to
+//! and, with `enable_grpc_ssl`, TLS, through the same accept policy as the HTTP listeners
+//! ([`crate::listener`]). Every call decodes its message, makes one call to
 //! [`crate::facade`] and encodes the answer; errors become TorchServe's gRPC codes
 //! ([`status`]).
 
@@ -14,16 +15,14 @@ mod workflows;
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
-use futures::StreamExt;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
-use tonic::service::Interceptor;
-use tonic::transport::{Server, ServerTlsConfig};
+use tonic::service::{Interceptor, Routes};
 
 use crate::auth::{KeyKind, TokenAuth};
+use crate::listener::{self, ConnectionLimits};
 
 use crate::state::AppState;
 
@@ -74,68 +73,53 @@ pub enum Listener {
     Management,
 }
 
-/// Serves the gRPC services of `which` on `listener` until `stop` is cancelled, then lets
-/// the calls in progress finish. With `auth`, every call must carry the listener's key as a
-/// Bearer token.
+/// Serves the gRPC services of `which` on `listener` (over TLS with `tls`, which must offer
+/// ALPN `h2`) until `stop` is cancelled, then lets the calls in progress finish. With `auth`,
+/// every call must carry the listener's key as a Bearer token.
 pub async fn serve(
     which: Listener,
     listener: TcpListener,
     state: Arc<AppState>,
     auth: Option<Arc<TokenAuth>>,
-    tls: Option<ServerTlsConfig>,
+    tls: Option<TlsAcceptor>,
+    limits: ConnectionLimits,
     stop: CancellationToken,
-) -> Result<()> {
-    let mut server = Server::builder().layer(crate::logging::GrpcAccessLog);
-    if let Some(tls) = tls {
-        server = server
-            .tls_config(tls)
-            .context("invalid gRPC TLS settings")?;
-    }
+) {
     let kind = match which {
         Listener::Inference => KeyKind::Inference,
         Listener::Management => KeyKind::Management,
     };
     let auth = Authorization(auth.map(|auth| (auth, kind)));
     let limit = state.config.max_request_size;
-    let router = match which {
-        Listener::Inference => server
-            .add_service(InterceptedService::new(
-                InferenceApIsServiceServer::new(inference::Inference::new(state.clone()))
-                    .max_decoding_message_size(limit),
-                auth.clone(),
-            ))
-            .add_service(InterceptedService::new(
-                WorkflowInferenceServiceServer::new(workflows::Inference::new(state.clone()))
-                    .max_decoding_message_size(limit),
-                auth.clone(),
-            ))
-            .add_service(InterceptedService::new(
-                GrpcInferenceServiceServer::new(crate::kserve::grpc::Inference::new(state))
-                    .max_decoding_message_size(limit),
-                auth,
-            )),
-        Listener::Management => server
-            .add_service(InterceptedService::new(
-                ManagementApIsServiceServer::new(management::Management::new(state.clone()))
-                    .max_decoding_message_size(limit),
-                auth.clone(),
-            ))
-            .add_service(InterceptedService::new(
-                WorkflowManagementServiceServer::new(workflows::Management::new(state))
-                    .max_decoding_message_size(limit),
-                auth,
-            )),
+    let routes = match which {
+        Listener::Inference => Routes::new(InterceptedService::new(
+            InferenceApIsServiceServer::new(inference::Inference::new(state.clone()))
+                .max_decoding_message_size(limit),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            WorkflowInferenceServiceServer::new(workflows::Inference::new(state.clone()))
+                .max_decoding_message_size(limit),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            GrpcInferenceServiceServer::new(crate::kserve::grpc::Inference::new(state))
+                .max_decoding_message_size(limit),
+            auth,
+        )),
+        Listener::Management => Routes::new(InterceptedService::new(
+            ManagementApIsServiceServer::new(management::Management::new(state.clone()))
+                .max_decoding_message_size(limit),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            WorkflowManagementServiceServer::new(workflows::Management::new(state))
+                .max_decoding_message_size(limit),
+            auth,
+        )),
     };
-    // Replies go out at once: without this, small answers wait on Nagle's algorithm.
-    let incoming = TcpListenerStream::new(listener).inspect(|accepted| {
-        if let Ok(stream) = accepted {
-            let _ = stream.set_nodelay(true);
-        }
-    });
-    router
-        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-        .await
-        .context("gRPC server failed")
+    let routes = tower::Layer::layer(&crate::logging::GrpcAccessLog, routes.prepare());
+    listener::serve_grpc(listener, routes, tls, limits, stop).await
 }
 
 /// TorchServe's gRPC token check: with token authorization on, every call (`Ping`

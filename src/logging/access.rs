@@ -13,7 +13,6 @@ use axum::http;
 use axum::middleware::Next;
 use axum::response::Response;
 use http_body::{Body, Frame, SizeHint};
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 /// The access log middleware of every HTTP listener; the client's address is the
 /// `ConnectInfo<SocketAddr>` the listener puts into each request.
@@ -87,15 +86,8 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let call = tracing::enabled!(target: "ACCESS_LOG", tracing::Level::INFO).then(|| {
-            let extensions = request.extensions();
-            let client = extensions
-                .get::<TcpConnectInfo>()
-                .or_else(|| {
-                    extensions
-                        .get::<TlsConnectInfo<TcpConnectInfo>>()
-                        .map(TlsConnectInfo::get_ref)
-                })
-                .and_then(TcpConnectInfo::remote_addr);
+            let client = request.extensions().get::<ConnectInfo<SocketAddr>>();
+            let client = client.map(|c| c.0);
             Call {
                 client: Client(client),
                 method: request.uri().path().trim_start_matches('/').to_string(),

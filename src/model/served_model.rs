@@ -18,7 +18,7 @@ use crate::job::{InferenceRequest, Job, JobResult};
 use crate::metrics::ModelMetrics;
 use crate::python_env::PythonEnv;
 use crate::worker::{
-    fail_queued, spawn_worker, JobTickets, StartMode, WorkerHandle, WorkerSpec, WorkerState,
+    spawn_worker, Dispatch, JobTickets, StartMode, WorkerHandle, WorkerSpec, WorkerState,
     WorkerStatus,
 };
 
@@ -161,6 +161,7 @@ impl ServedModel {
             gpus: ModelGpus::new(gpus.clone(), &def.name, &def.yaml_config),
             metrics,
             queue: rx,
+            dispatch: Dispatch::default(),
             ready_workers: AtomicUsize::new(0),
             unanswered_in_a_row: AtomicUsize::new(0),
             retired_workers: AtomicUsize::new(0),
@@ -357,7 +358,7 @@ impl ServedModel {
                 worker.join().await;
             }
             if min == 0 {
-                fail_queued(&spec.queue, "the model has no workers");
+                spec.fail_queued("the model has no workers");
             }
         };
         if !synchronous {
@@ -398,7 +399,7 @@ impl ServedModel {
     pub async fn shutdown(&self) {
         self.queue.close();
         let deadline = Instant::now() + self.def.settings.response_timeout;
-        while !self.queue.is_empty()
+        while !(self.queue.is_empty() && self.spec.dispatch.retried.is_empty())
             && self.spec.ready_workers.load(Ordering::SeqCst) > 0
             && Instant::now() < deadline
         {

@@ -2,6 +2,7 @@
 //! started fresh), and the task that supervises one worker and feeds it batches.
 
 mod batcher;
+mod dispatch;
 mod fd_passing;
 mod fork_server;
 mod forked;
@@ -10,7 +11,8 @@ pub mod protocol;
 mod status;
 mod supervisor;
 
+pub use dispatch::Dispatch;
 pub use fork_server::ForkServer;
 pub use process::abort_all;
 pub use status::{StartMode, WorkerState, WorkerStatus};
-pub use supervisor::{fail_queued, spawn_worker, JobTickets, WorkerHandle, WorkerSpec};
+pub use supervisor::{spawn_worker, JobTickets, WorkerHandle, WorkerSpec};

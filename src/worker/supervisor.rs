@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::batcher;
+use super::dispatch::Dispatch;
 use super::process::WorkerProcess;
 use super::protocol::{
     Frame, FromWorker, LoadMessage, ParamMeta, RequestMeta, ResponseMeta, SegmentNode, ToWorker,
@@ -57,12 +58,23 @@ pub struct WorkerSpec {
     pub gpus: ModelGpus,
     pub metrics: ModelMetrics,
     pub queue: Receiver<Job>,
+    /// Which workers are idle, and the requests to retry ahead of `queue`.
+    pub dispatch: Dispatch,
     /// Workers of this model that have a loaded handler.
     pub ready_workers: AtomicUsize,
     /// Workers that gave up restarting (past `max_retry_timeout`) and serve no more.
     pub retired_workers: AtomicUsize,
     /// Batches in a row that got no answer within `response_timeout` (TorchServe logs the count).
     pub unanswered_in_a_row: AtomicUsize,
+}
+
+impl WorkerSpec {
+    /// Answers every job waiting for any worker (retried or queued) with an error: no worker
+    /// can serve them now.
+    pub fn fail_queued(&self, reason: &str) {
+        fail_queued(&self.dispatch.retried, reason);
+        fail_queued(&self.queue, reason);
+    }
 }
 
 /// TorchServe's job tickets: a worker waiting for work offers one, a request takes one to be
@@ -194,7 +206,7 @@ async fn supervise(
                 status.set_failure(failure.status, failure.message.clone());
                 status.set_state(WorkerState::Failed);
                 if spec.ready_workers.load(Ordering::SeqCst) == 0 {
-                    fail_queued(&spec.queue, &failure.message);
+                    spec.fail_queued(&failure.message);
                 }
                 traceback_logged = failure.traceback_logged;
                 Exit::Crashed(failure.message)
@@ -261,7 +273,7 @@ async fn retire(
     status.set_state(WorkerState::Failed);
     spec.retired_workers.fetch_add(1, Ordering::SeqCst);
     if spec.ready_workers.load(Ordering::SeqCst) == 0 {
-        fail_queued(&spec.queue, &message);
+        spec.fail_queued(&message);
     }
     cancel.cancelled().await;
     spec.retired_workers.fetch_sub(1, Ordering::SeqCst);
@@ -402,8 +414,10 @@ async fn serve(
 /// next is sent ahead when it can be formed at once: with batch size 1, greedy batching
 /// (`max_batch_delay` 0), or a full batch already queued; never with job tickets, where a
 /// worker takes work only when it is free, nor with a client timeout, checked as a job
-/// starts. Requests of the sequences pinned to this worker (`pinned`) go first, batched among
-/// themselves. `offered`: whether the worker offers a job ticket.
+/// starts; and the model's shared queue only while no other worker is idle, so a request never
+/// waits behind a busy worker while another could run it. Requests of the sequences pinned to
+/// this worker (`pinned`) go first, batched among themselves, then those a dying worker never
+/// started. `offered`: whether the worker offers a job ticket.
 async fn serve_batches(
     spec: &WorkerSpec,
     process: &mut WorkerProcess,
@@ -412,9 +426,11 @@ async fn serve_batches(
     offered: &mut bool,
 ) -> Exit {
     let mut flights: VecDeque<Flight> = VecDeque::with_capacity(PIPELINE_DEPTH);
-    // A batch formed while another ran, too large to send ahead.
-    let mut held: Option<Vec<Job>> = None;
+    // A batch formed while another ran, too large to send ahead, and whether it is pinned.
+    let mut held: Option<(Vec<Job>, bool)> = None;
     let mut queue_done = false;
+    let mut idle = spec.dispatch.idle_mark();
+    let mut idle_changes = spec.dispatch.watch_idle();
     // One timer for the worker's life, pushed later as batches go out: a timer made per batch
     // would, each time, wake the runtime thread parked on I/O to shorten its wait.
     let deadline = tokio::time::sleep(spec.response_timeout);
@@ -423,12 +439,12 @@ async fn serve_batches(
         deadline.reset(tokio::time::Instant::now() + spec.response_timeout)
     };
     loop {
-        let stopping = cancel.is_cancelled() || queue_done;
+        let stopping = cancel.is_cancelled() || (queue_done && spec.dispatch.retried.is_empty());
         if flights.is_empty() {
-            if let Some(batch) = held.take() {
+            if let Some((batch, from_pinned)) = held.take() {
                 rearm(deadline.as_mut());
-                if let Err(message) = send(spec, process, batch, &mut flights).await {
-                    return crash(spec, flights, None, message);
+                if let Err(message) = send(spec, process, batch, from_pinned, &mut flights).await {
+                    return crash(spec, flights, None, message, false);
                 }
                 continue;
             }
@@ -445,6 +461,9 @@ async fn serve_batches(
                     && (spec.batch_size == 1
                         || spec.max_batch_delay.is_zero()
                         || spec.queue.len() >= spec.batch_size)));
+        idle.set(flights.is_empty() && send_ahead);
+        let idle_now = spec.dispatch.idle_workers();
+        let shared = send_ahead && (flights.is_empty() || idle_now == 0);
         if let (Some(tickets), true, false) =
             (&spec.tickets, flights.is_empty() && send_ahead, *offered)
         {
@@ -457,7 +476,8 @@ async fn serve_batches(
                 let frame = match frame {
                     Ok(frame) => frame,
                     Err(e) => {
-                        return crash(spec, flights, held, format!("worker connection lost: {e}"))
+                        let message = format!("worker connection lost: {e}");
+                        return crash(spec, flights, held, message, true);
                     }
                 };
                 rearm(deadline.as_mut());
@@ -465,7 +485,7 @@ async fn serve_batches(
                 let Some(outcome) = head.take(frame, &spec.metrics) else { continue };
                 let head = flights.pop_front().expect("a batch in flight");
                 if let Err(message) = head.finish(spec, outcome) {
-                    return crash(spec, flights, held, message);
+                    return crash(spec, flights, held, message, false);
                 }
                 continue;
             }
@@ -479,19 +499,25 @@ async fn serve_batches(
                     "no response within {}s",
                     spec.response_timeout.as_secs_f64()
                 );
-                return crash(spec, flights, held, message);
+                return crash(spec, flights, held, message, true);
             }
             () = cancel.cancelled(), if !stopping => continue,
             Ok(job) = pinned.recv(), if send_ahead => (job, pinned),
-            job = spec.queue.recv(), if send_ahead => {
+            Ok(job) = spec.dispatch.retried.recv(), if shared => (job, &spec.dispatch.retried),
+            job = spec.queue.recv(), if shared && !queue_done => {
                 let Ok(job) = job else {
                     queue_done = true;
                     continue;
                 };
                 (job, &spec.queue)
             }
+            // A batch runs: whether the next may go ahead changes as other workers go idle.
+            _ = idle_changes.wait_for(|&n| (n == 0) != (idle_now == 0)),
+                if send_ahead && !flights.is_empty() => continue,
         };
+        idle.set(false);
         *offered = false;
+        let from_pinned = std::ptr::eq(source, pinned);
         let delay = if flights.is_empty() {
             spec.max_batch_delay
         } else {
@@ -506,14 +532,15 @@ async fn serve_batches(
             continue;
         }
         if !flights.is_empty() && body_bytes(&batch) > SEND_AHEAD_LIMIT {
-            held = Some(batch);
+            held = Some((batch, from_pinned));
             continue;
         }
         if flights.is_empty() {
             rearm(deadline.as_mut());
         }
-        if let Err(message) = send(spec, process, batch, &mut flights).await {
-            return crash(spec, flights, None, message);
+        if let Err(message) = send(spec, process, batch, from_pinned, &mut flights).await {
+            let head_started = flights.len() > 1;
+            return crash(spec, flights, None, message, head_started);
         }
     }
 }
@@ -548,11 +575,13 @@ fn body_bytes(batch: &[Job]) -> usize {
         .sum()
 }
 
-/// Sends a batch to the worker and puts it in flight; the error says why the worker broke.
+/// Sends a batch to the worker and puts it in flight; `pinned`: whether it holds the requests
+/// of sequences pinned to the worker. The error says why the worker broke.
 async fn send(
     spec: &WorkerSpec,
     process: &mut WorkerProcess,
     batch: Vec<Job>,
+    pinned: bool,
     flights: &mut VecDeque<Flight>,
 ) -> Result<(), String> {
     spec.metrics.record_batch(batch.len());
@@ -573,6 +602,7 @@ async fn send(
         batch,
         answers,
         scheduled: Instant::now(),
+        pinned,
     });
     let flight = flights.back().expect("just pushed");
     let mut blobs: Vec<&Bytes> = Vec::new();
@@ -601,21 +631,31 @@ async fn send(
         .map_err(|e| format!("worker connection lost: {e}"))
 }
 
-/// Answers every batch in flight, and a batch formed but not sent, with the worker's failure.
+/// Answers the batch the worker was running (the first in flight, with `head_started`) with
+/// the worker's failure; the batches it never started, sent behind that one or formed and not
+/// sent, go to another worker (see [`Dispatch::retry_unstarted`]).
 fn crash(
     spec: &WorkerSpec,
     flights: VecDeque<Flight>,
-    held: Option<Vec<Job>>,
+    held: Option<(Vec<Job>, bool)>,
     message: String,
+    head_started: bool,
 ) -> Exit {
-    let error = worker_failed(spec, &message);
-    for flight in flights {
-        for answer in flight.answers {
+    let mut flights = flights.into_iter();
+    if head_started {
+        let error = worker_failed(spec, &message);
+        for answer in flights.next().into_iter().flat_map(|f| f.answers) {
             answer.finish(Err(error.clone()));
         }
     }
-    for job in held.into_iter().flatten() {
-        job.finish(Err(error.clone()));
+    for flight in flights {
+        let pinned = flight.pinned;
+        spec.dispatch
+            .retry_unstarted(flight.into_jobs(), pinned, &spec.model_name);
+    }
+    if let Some((jobs, pinned)) = held {
+        spec.dispatch
+            .retry_unstarted(jobs, pinned, &spec.model_name);
     }
     Exit::Crashed(message)
 }
@@ -634,9 +674,29 @@ struct Flight {
     answers: Vec<Answer>,
     /// When the batch was sent.
     scheduled: Instant,
+    /// Whether it holds requests of sequences pinned to the worker.
+    pinned: bool,
 }
 
 impl Flight {
+    /// The batch's jobs back, for a batch the worker never started (no partial answer sent).
+    fn into_jobs(self) -> Vec<Job> {
+        self.batch
+            .into_iter()
+            .zip(self.answers)
+            .filter_map(|(job, answer)| match answer {
+                Answer::Reply(reply) => Some(Job {
+                    request: job.request,
+                    reply,
+                    enqueued: job.enqueued,
+                    version_named: job.version_named,
+                    segment: job.segment,
+                }),
+                Answer::Stream(_) | Answer::Gone => None,
+            })
+            .collect()
+    }
+
     /// Takes in one frame of the reply: forwards a streaming handler's chunks to their jobs
     /// and returns `None` until the final frame, whose outcome it returns; the handler's
     /// metrics and the worker's `PredictionTime` go to `metrics`.
@@ -830,7 +890,7 @@ fn chunk(response: ResponseMeta, bodies: &[Bytes]) -> Result<InferenceResponse, 
 }
 
 /// Answers every queued job with an error: no worker can serve them now.
-pub fn fail_queued(queue: &Receiver<Job>, reason: &str) {
+fn fail_queued(queue: &Receiver<Job>, reason: &str) {
     while let Ok(job) = queue.try_recv() {
         job.finish(Err(ApiError::unavailable(format!(
             "No worker is available to serve the request: {reason}"

@@ -18,5 +18,5 @@ pub use executor::execute;
 pub use loader::{
     register_workflow, scale_workflow, unregister_workflow, update_workflow, WorkflowOptions,
 };
-pub use picture::{dot, mermaid, svg, Picture};
+pub use picture::{budget, dot, mermaid, svg, Picture};
 pub use served_workflow::Workflow;
