@@ -75,10 +75,16 @@ mod tests {
         let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
         assert!(!nests_deeper(deep(128).as_bytes(), 128));
         assert!(nests_deeper(deep(129).as_bytes(), 128));
-        assert!(nests_deeper("[".repeat(5000).as_bytes(), 128), "unclosed still counts");
+        assert!(
+            nests_deeper("[".repeat(5000).as_bytes(), 128),
+            "unclosed still counts"
+        );
         let wide = format!("[{}]", vec!["[1]"; 1000].join(","));
         assert!(!nests_deeper(wide.as_bytes(), 2));
-        let strings = format!(r#"{{"a": "{}", "b": "\"[[[", "c": [{{}}]}}"#, "[".repeat(500));
+        let strings = format!(
+            r#"{{"a": "{}", "b": "\"[[[", "c": [{{}}]}}"#,
+            "[".repeat(500)
+        );
         assert!(!nests_deeper(strings.as_bytes(), 3));
         assert!(nests_deeper(br#"{"a": "\\", "b": [[[1]]]}"#, 2));
     }

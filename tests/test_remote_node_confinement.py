@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from support.archives import war
+from support.processes import PeakMemory
 from support.server import free_port
 
 FUNCTIONS = '''
@@ -161,22 +162,14 @@ def test_token_env_names_only_allowed_variables_and_reveals_nothing(local, remot
     assert (answer.status_code, answer.text) == (200, "auth=Bearer s3cret")
 
 
-def peak_rss_kib(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmHWM")
-
-
 @pytest.mark.parametrize("path", ["big", "stream"])
 def test_a_remote_answer_beyond_the_limit_is_a_502(local, remote, path):
     name = f"{path}_wf"
     assert register(local, name, spec(f"{remote}/{path}")).status_code == 200
-    before = peak_rss_kib(local.process.pid)
-    answer = requests.post(f"{local.inference}/wfpredict/{name}", data="hi", timeout=60)
+    with PeakMemory(local.process.pid) as memory:
+        answer = requests.post(f"{local.inference}/wfpredict/{name}", data="hi", timeout=60)
     assert answer.status_code == 502, answer.text[:300]
     body = answer.json()
     assert body["type"] == "BadGatewayException"
     assert f"answered more than {LIMIT} bytes (max_remote_response_size)" in body["message"]
-    grown_mib = (peak_rss_kib(local.process.pid) - before) / 1024
-    assert grown_mib < 24, grown_mib
+    assert memory.grown_mib < 24, memory.grown_mib

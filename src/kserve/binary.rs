@@ -169,8 +169,7 @@ mod tests {
         assert!(split(&body.slice(..body.len() - 1), head.len()).is_err());
         assert!(split(&Bytes::from([&body[..], &[0]].concat()), head.len()).is_err());
         assert!(split(&body, body.len() + 1).is_err());
-        let short = Bytes::from([&head[..], &7i32.to_le_bytes()].concat())
-            .slice(..head.len() + 4);
+        let short = Bytes::from([&head[..], &7i32.to_le_bytes()].concat()).slice(..head.len() + 4);
         let wrong_count = String::from_utf8_lossy(head).replace("8}", "4}");
         let body = Bytes::from([wrong_count.as_bytes(), &short[head.len()..]].concat());
         let err = split(&body, wrong_count.len()).unwrap_err().message;

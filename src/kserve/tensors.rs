@@ -7,9 +7,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+use super::binary::RawTensor;
 use super::pb::model_infer_response::InferOutputTensor;
 use super::pb::{InferTensorContents, ModelInferRequest, ModelInferResponse};
-use super::binary::RawTensor;
 use crate::error::{ApiError, ApiResult};
 
 /// A v2 datatype, with the size of one element in raw (binary) contents.
@@ -405,8 +405,7 @@ pub fn grpc_request_json(request: &ModelInferRequest) -> ApiResult<(Vec<u8>, Vec
             }
             (None, _) => {
                 let data = typed_data(datatype, input.contents.as_ref());
-                if let (Some((low, high)), false) =
-                    (datatype.int_range(), data.in_range(datatype))
+                if let (Some((low, high)), false) = (datatype.int_range(), data.in_range(datatype))
                 {
                     return Err(ApiError::bad_request(format!(
                         "Input {} holds integers out of the range of {} ({low} to {high})",
@@ -789,7 +788,10 @@ mod tests {
             br#"{"inputs":[{"name":"x","shape":[1],"datatype":"INT32","data":[1.5]}]}"#;
         assert!(check_request(float_ints, &[]).is_err());
         let unknown = br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP8","data":[1]}]}"#;
-        assert!(check_request(unknown, &[]).unwrap_err().message.contains("FP8"));
+        assert!(check_request(unknown, &[])
+            .unwrap_err()
+            .message
+            .contains("FP8"));
         let negative = br#"{"inputs":[{"name":"x","shape":[-1],"datatype":"FP32","data":[1]}]}"#;
         assert!(check_request(negative, &[]).is_err());
         let bytes = br#"{"inputs":[{"name":"t","shape":[1],"datatype":"BYTES","data":["a","b"]}]}"#;
@@ -815,7 +817,9 @@ mod tests {
         };
         let ragged = refused("[[1,2,3],[4]]", "[2,2]", "INT64").unwrap();
         assert!(ragged.contains("ragged"), "{ragged}");
-        assert!(refused("[[1,2],3,4]", "[3]", "INT64").unwrap().contains("ragged"));
+        assert!(refused("[[1,2],3,4]", "[3]", "INT64")
+            .unwrap()
+            .contains("ragged"));
         let deeper = refused("[[[1],[2]],[[3],[4]]]", "[2,2]", "INT64").unwrap();
         assert!(deeper.contains("nested as [2, 2, 1]"), "{deeper}");
         assert!(refused("[[1,2,3,4]]", "[2,2]", "INT64").is_some());
@@ -914,7 +918,11 @@ mod tests {
         request.inputs[0].datatype = "INT32".into();
         let (json, binary) = grpc_request_json(&request).unwrap();
         let json: Value = serde_json::from_slice(&json).unwrap();
-        assert_eq!(json["inputs"][0].get("data"), None, "raw numbers stay bytes");
+        assert_eq!(
+            json["inputs"][0].get("data"),
+            None,
+            "raw numbers stay bytes"
+        );
         assert_eq!(&binary[0].param().value[..], 7i32.to_le_bytes());
         request.inputs[0].shape = vec![2];
         assert!(grpc_request_json(&request).is_err());
