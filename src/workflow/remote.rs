@@ -196,9 +196,7 @@ impl RemoteTarget {
             more: None,
         })
     }
-}
 
-impl RemoteTarget {
     /// The body of `response`, read as it comes and given up as soon as it passes
     /// `max_answer` bytes (a declared length beyond it is refused before reading).
     async fn read_answer(&self, mut response: reqwest::Response) -> Result<Bytes, String> {
