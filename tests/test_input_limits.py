@@ -1,6 +1,7 @@
 """Inputs that pass a check and then break a worker, end to end on one server: JSON nested past
 the server's depth limit (a body, a KServe v2 `parameters` member) is refused with a 400 before
-it reaches a worker, whose pid stays the same while a concurrent client is served; KServe data
+it reaches a worker (of a model or a workflow), whose pid stays the same while a concurrent
+client is served; KServe data
 that does not fit its shape or datatype, or a v1 body without a list of instances, is a 400 from
 the server (REST and gRPC); a 6 MiB binary tensor reaches the worker as bytes, without the
 server's memory growing by a JSON value per element."""
@@ -13,7 +14,7 @@ import pytest
 import requests
 
 from support.api import assert_error, describe
-from support.archives import archive, scale_mar, write_files
+from support.archives import archive, scale_mar, war, write_files
 from support.processes import PeakMemory
 from support.server import OPEN_FLAGS
 
@@ -107,6 +108,28 @@ def test_deep_json_in_v2_parameters_is_refused(server):
     assert ok.status_code == 200, ok.text
     assert ok.json()["outputs"][0]["data"] == [3.0, 2]
     assert worker_pid(server, "stats") == pid
+
+
+ECHO_FUNCTIONS = """
+def pre(data, context):
+    return None if data is None else [row.get("data") or row.get("body") for row in data]
+
+
+def post(data, context):
+    return None if data is None else [row.get("body") for row in data]
+"""
+
+
+def test_deep_json_to_a_workflow_is_refused(server):
+    war(server.store, "echo_wf", "dag:\n  pre: [post]\n", ECHO_FUNCTIONS)
+    registered = requests.post(f"{server.management}/workflows", params={"url": "echo_wf.war"})
+    assert registered.status_code == 200, registered.text
+    url = f"{server.inference}/wfpredict/echo_wf"
+    answer = requests.post(url, data=deep(5000), headers={"content-type": "application/json"})
+    assert_error(answer, 400, "BadRequestException")
+    assert "nested deeper" in answer.json()["message"]
+    fine = requests.post(url, json=[[1]])
+    assert (fine.status_code, fine.json()) == (200, [[1]])
 
 
 def v2(data, shape, datatype):
