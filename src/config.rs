@@ -73,6 +73,11 @@ pub struct ServerConfig {
     pub model_api_enabled: bool,
     /// Regular expressions a registration url outside the stores must match in full.
     pub allowed_urls: Vec<String>,
+    /// The environment variables a workflow's remote node may name in `token-env`
+    /// (`remote_token_env_allowlist`, comma-separated; empty: none).
+    pub remote_token_env_allowlist: Vec<String>,
+    /// Largest answer a remote workflow node may send (`max_remote_response_size`, bytes).
+    pub max_remote_response_size: usize,
     /// The certificate of the HTTPS and gRPC TLS listeners: `keystore`, else
     /// `certificate_file` and `private_key_file`.
     pub certificate: Option<CertificateSource>,
@@ -344,6 +349,10 @@ impl ServerConfig {
             token_lifetime: token_lifetime(get("token_expiration_min"))?,
             model_api_enabled: switch("enable_model_api", args.enable_model_api),
             allowed_urls: get("allowed_urls").map(split_list).unwrap_or_default(),
+            remote_token_env_allowlist: get("remote_token_env_allowlist")
+                .map(split_list)
+                .unwrap_or_default(),
+            max_remote_response_size: limit("max_remote_response_size", 64 << 20)? as usize,
             install_py_dep_per_model: flag("install_py_dep_per_model"),
             decode_input_request: unless_false("decode_input_request"),
             service_envelope: get("service_envelope")

@@ -14,6 +14,7 @@ mod fetch;
 mod gpu;
 mod grpc;
 mod job;
+mod json_depth;
 mod kserve;
 mod launcher;
 mod listener;

@@ -94,6 +94,8 @@ VALUES = {
     "enable_model_api": "true",
     "allowed_urls": "",
     "use_env_allowed_urls": "false",
+    "remote_token_env_allowlist": "",
+    "max_remote_response_size": "67108864",
     "download_timeout": "300",
     "max_download_size": "10737418240",
     "max_archive_unpacked_bytes": "4294967296",

@@ -128,18 +128,19 @@ def open_inference():
 @pytest.fixture(scope="module")
 def local(start_module_server, remote, secure, open_inference):
     """The server the workflows run on; allowed_urls lets in the three remotes, and the
-    secure one's key is in its environment."""
+    secure one's key is in its environment, a variable token-env may name."""
     bases = (remote.inference, secure[0].inference, open_inference)
     allowed = "|".join(f"{re.escape(base)}/.*" for base in bases)
-    server = start_module_server(properties={"allowed_urls": allowed},
+    server = start_module_server(properties={"allowed_urls": allowed,
+                                             "remote_token_env_allowlist": "REMOTE_TOKEN"},
                                  env={"REMOTE_TOKEN": secure[2]})
     subprocess.run([str(REPO / "examples" / "dog_breed" / "build.sh"), str(server.store),
                     str(BINARY), str(PYTHON)], check=True, capture_output=True)
     return server
 
 
-def register(server, name, spec, handler=FUNCTIONS):
-    war(server.store, name, spec, handler)
+def register(server, name, spec, handler=FUNCTIONS, extra_files=()):
+    war(server.store, name, spec, handler, extra_files=extra_files)
     return requests.post(f"{server.management}/workflows", params={"url": f"{name}.war"})
 
 
@@ -189,14 +190,14 @@ def test_a_remote_node_speaks_the_open_inference_protocol(local, open_inference)
 def test_a_remote_over_https_with_a_token_from_the_environment(local, secure):
     server, ca, _ = secure
     url = f"{server.inference}/predictions/double"
-    spec = remote_spec(url, f"    token-env: REMOTE_TOKEN\n    ca-file: {ca}\n")
-    assert register(local, "secure_wf", spec).status_code == 200, spec
+    spec = remote_spec(url, "    token-env: REMOTE_TOKEN\n    ca-file: ca.pem\n")
+    assert register(local, "secure_wf", spec, extra_files=[ca]).status_code == 200, spec
     answer = predict(local, "secure_wf", 4)
     assert answer.status_code == 200, answer.text
     assert answer.json() == {"result": 8.0}
     # Without the token the remote refuses, and the node says so as a gateway would.
-    unauthorised = remote_spec(url, f"    ca-file: {ca}\n")
-    assert register(local, "no_token_wf", unauthorised).status_code == 200
+    unauthorised = remote_spec(url, "    ca-file: ca.pem\n")
+    assert register(local, "no_token_wf", unauthorised, extra_files=[ca]).status_code == 200
     answer = predict(local, "no_token_wf", 4)
     assert answer.status_code == 502, answer.text
     assert answer.json()["type"] == "BadGatewayException"
@@ -213,8 +214,9 @@ def test_a_remote_over_https_with_a_token_from_the_environment(local, secure):
      "http://10.9.8.7/predictions/m is not allowed: a remote model's URL must match allowed_urls"),
     ("    remote: ftp://h/predictions/m\n", 'remote "ftp://h/predictions/m" is not an http(s) URL'),
     ("    remote: http://h/predictions/m\n    token-env: NO_SUCH_VARIABLE\n",
-     "token-env names NO_SUCH_VARIABLE, which is not set"),
-    ("    remote: http://h/predictions/m\n    ca-file: missing.pem\n", "cannot read ca-file"),
+     "token-env NO_SUCH_VARIABLE is not available"),
+    ("    remote: http://h/predictions/m\n    ca-file: missing.pem\n",
+     'ca-file "missing.pem" is missing from the archive'),
 ])
 def test_remote_models_are_checked_at_registration(local, remote, model_lines, expected):
     model_lines = model_lines.replace("http://h", remote.inference)

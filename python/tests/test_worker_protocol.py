@@ -198,3 +198,25 @@ def test_frame_reader_keeps_what_follows_a_frame():
             framing.write_frame(right, {"kind": "q"})
             framing.write_frame(right, {"kind": "q"})
             framing.read_frame(left)
+
+
+def test_a_request_that_cannot_be_decoded_fails_alone(loaded):
+    # JSON nested past Python's recursion limit raises RecursionError in the worker's decode:
+    # that request answers 400, its batch-mate is served and the worker takes the next batch.
+    worker = loaded(ECHO)
+    deep = b"[" * 100_000 + b"]" * 100_000
+    reply, blobs = worker.predict(request(body(deep, "application/json"), request_id="deep"),
+                                  request(body(b"fine"), request_id="fine"))
+    assert reply["kind"] == "predicted", reply
+    first, second = reply["responses"]
+    assert (first["status"], first["content_type"], second["status"]) == (
+        400, "application/json", 200)
+    error = json.loads(blobs[first["blob"]])
+    assert error["code"] == 400 and error["type"] == "BadRequestException"
+    assert error["message"].startswith("RecursionError")
+    assert bytes(blobs[second["blob"]]) == b"fine"
+    reply, blobs = worker.predict(request(body(deep, "application/json")))
+    assert [r["status"] for r in reply["responses"]] == [400]
+    reply, blobs = worker.predict(request(body(b"again")))
+    assert reply["kind"] == "predicted" and bytes(blobs[0]) == b"again"
+    assert worker.process.poll() is None

@@ -4,8 +4,8 @@ server sets it on requests arriving through a KServe front door); one that names
 model's `service_envelope`, if the server has one (docs/kserve.md).
 
 An envelope unwraps a request into the items the handler sees (body: the request's body;
-json and v1: the `instances`; v2: the `inputs`, each `data` reshaped to its `shape`, a BYTES
-input's `data` its first element) and wraps the handler's outputs back (body: as they are;
+json and v1: the `instances`; v2: the `inputs`, each `data` reshaped to its `shape` (a binary
+tensor's read from its bytes, binary_tensors.py), a BYTES input's `data` its first element) and wraps the handler's outputs back (body: as they are;
 json: the JSON text of `{"predictions": ...}`; v1: `{"predictions": ...}` or
 `{"explanations": ...}`; v2: one output tensor per item, named after its input, datatype from
 numpy's dtype). The items of the requests of a batch are handed to the handler together; each
@@ -23,6 +23,8 @@ import json
 import math
 from base64 import b64decode
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from . import binary_tensors
 
 #: The request header naming a request's envelope.
 HEADER = "x-torchyard-envelope"
@@ -90,7 +92,12 @@ def unwrap(kind: str, mode: str, explain: bool, request: dict, row: dict) -> Unw
         raise ValueError(f"unknown envelope {kind!r}")
     inputs = body["inputs"]
     names = []
-    for tensor in inputs:
+    for index, tensor in enumerate(inputs):
+        binary = binary_tensors.data(row, index, tensor)
+        if binary is not None:
+            tensor["data"] = binary
+            names.append(tensor["name"])
+            continue
         data = tensor["data"]
         if tensor["datatype"] == "BYTES":
             tensor["data"] = data[0]

@@ -74,7 +74,7 @@ def _read(sock: socket.socket, rest: memoryview) -> Tuple[dict, List[bytearray],
     frame = _Frame(sock, rest[_PREFIX.size:])
     try:
         header = json.loads(frame.take(header_len))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise ProtocolError(f"frame header is not JSON: {exc}") from None
     if not isinstance(header, dict):
         raise ProtocolError("frame header is not a JSON object")

@@ -8,6 +8,7 @@ Logs go to stderr; TORCHYARD_WORKER_LOG sets their level (default INFO).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import socket
@@ -17,7 +18,7 @@ import traceback
 import uuid
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from .codec import Blob, decode
+from .codec import JSON, Blob, decode
 from . import envelopes
 from .context import Context
 from .metrics import Metric, Metrics, drain
@@ -110,15 +111,50 @@ class Worker:
         worker took from calling the handler to the reply being ready: TorchServe's
         `PredictionTime`, which the server exports."""
         requests = msg["requests"]
-        if self.decode_input_request:
-            data = [{p["name"]: decoded(p, blobs) for p in r["params"]} for r in requests]
-        else:
-            data = [{p["name"]: blobs[p["blob"]] for p in r["params"]} for r in requests]
+        data, refused = [], []
+        for i, request in enumerate(requests):
+            try:
+                data.append(self.row(request, blobs))
+            except Exception as exc:  # noqa: BLE001 - fails that request only
+                log.warning("cannot decode the parameters of request %s: %s: %s",
+                            request.get("id"), type(exc).__name__, exc)
+                refused.append((i, f"{type(exc).__name__}: {exc}"))
+        if refused:
+            return self.predict_decoded(requests, data, refused)
         started = time.perf_counter()
         self.batch = requests
         header, bodies = self.run(requests, data)
         if header["kind"] == "predicted":
             header["prediction_us"] = round((time.perf_counter() - started) * 1e6)
+        return header, bodies
+
+    def row(self, request: dict, blobs: List[bytearray]) -> dict:
+        """A request's parameters as the handler gets them."""
+        if self.decode_input_request:
+            return {p["name"]: decoded(p, blobs) for p in request["params"]}
+        return {p["name"]: blobs[p["blob"]] for p in request["params"]}
+
+    def predict_decoded(self, requests: List[dict], data: List[dict],
+                        refused: List[Tuple[int, str]]) -> Reply:
+        """The reply to a batch some of whose requests could not be decoded: each of those
+        answers 400 with its reason, the others run as a batch of their own."""
+        failed = {i for i, _ in refused}
+        kept = [i for i in range(len(requests)) if i not in failed]
+        errors = ({"kind": "predicted", "responses": [
+            {"status": 400, "reason": None, "content_type": JSON, "blob": n}
+            for n in range(len(refused))]},
+            [bad_request_body(reason) for _, reason in refused])
+        if not kept:
+            return errors
+        batch = [requests[i] for i in kept]
+        started = time.perf_counter()
+        self.batch = batch
+        reply = self.run(batch, data)
+        if reply[0]["kind"] != "predicted":
+            return reply
+        header, bodies = merge_replies(len(requests), [([i for i, _ in refused], errors),
+                                                        (kept, reply)])
+        header["prediction_us"] = round((time.perf_counter() - started) * 1e6)
         return header, bodies
 
     def run(self, requests: List[dict], data: List[dict]) -> Reply:
@@ -194,6 +230,12 @@ def decoded(param: dict, blobs: List[bytearray]) -> Any:
     if "json" in param:
         return param["json"]
     return decode(blobs[param["blob"]], param.get("content_type"))
+
+
+def bad_request_body(message: str) -> bytes:
+    """TorchServe's JSON error body of a 400."""
+    return json.dumps({"code": 400, "type": "BadRequestException",
+                       "message": message}).encode("utf-8")
 
 
 def merge_replies(count: int, parts: Sequence[Tuple[Sequence[int], Reply]]) -> Reply:

@@ -123,13 +123,19 @@ impl GrpcInferenceService for Inference {
         let r = request.into_inner();
         let answer = async {
             let target = self.target(&r.model_name, &r.model_version)?;
-            let body = Bytes::from(grpc_request_json(&r)?);
+            let (body, tensors) = grpc_request_json(&r)?;
+            let body = Bytes::from(body);
             let v2_id = (!r.id.is_empty()).then(|| r.id.clone());
             let names = r.inputs.iter().map(|i| i.name.clone()).collect();
             let request = Infer {
                 protocol: Protocol::V2,
                 explain: false,
-                payload: Payload::Checked { body, v2_id, names },
+                payload: Payload::Checked {
+                    body,
+                    v2_id,
+                    names,
+                    tensors,
+                },
                 id: uuid::Uuid::new_v4().to_string(),
                 headers: Vec::new(),
             };

@@ -6,6 +6,7 @@
 //! first, then as a workflow: a workflow's entry node gets the unwrapped input and its leaves'
 //! answers become the outputs (docs/kserve.md).
 
+mod binary;
 pub mod grpc;
 mod plain;
 pub mod rest;
@@ -15,6 +16,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::{json, Value};
+
+use binary::RawTensor;
 
 use crate::error::{ApiError, ApiResult};
 use crate::job::{InferenceRequest, InferenceResponse, Param};
@@ -141,12 +144,13 @@ pub enum Payload {
         body: Bytes,
         binary_after: Option<usize>,
     },
-    /// The v2 JSON a front door built and checked itself (gRPC), with the request's `id` and
-    /// its inputs' names.
+    /// The v2 JSON a front door built and checked itself (gRPC), with the request's `id`, its
+    /// inputs' names and its binary tensors (left out of the JSON).
     Checked {
         body: Bytes,
         v2_id: Option<String>,
         names: Vec<String>,
+        tensors: Vec<RawTensor>,
     },
 }
 
@@ -183,11 +187,13 @@ impl Answer {
     }
 }
 
-/// A request body as it goes to the worker, the v2 request's own `id` and its inputs' names.
-type Checked = (Bytes, Option<String>, Vec<String>);
+/// A request body as it goes to the worker, the v2 request's own `id`, its inputs' names and
+/// its binary tensors.
+type Checked = (Bytes, Option<String>, Vec<String>, Vec<RawTensor>);
 
 /// The JSON body the handler gets, the v2 request's own `id` and its inputs' names, from a
-/// REST body checked: v2 tensors against their shape and datatype, v1 as a JSON object.
+/// REST body checked: v2 tensors against their shape and datatype, v1 as a JSON object whose
+/// `instances` is a list.
 fn checked_rest(
     protocol: Protocol,
     body: Bytes,
@@ -195,18 +201,24 @@ fn checked_rest(
 ) -> ApiResult<Checked> {
     match protocol {
         Protocol::V2 => {
-            let body = match binary_after {
-                Some(json_length) => Bytes::from(tensors::inline_binary(&body, json_length)?),
-                None => body,
+            let (body, binary) = match binary_after {
+                Some(json_length) => binary::split(&body, json_length)?,
+                None => (body, Vec::new()),
             };
-            let request = tensors::check_request(&body)?;
+            let indices: Vec<usize> = binary.iter().map(|t| t.input).collect();
+            let request = tensors::check_request(&body, &indices)?;
             let names = request.inputs.into_iter().map(|i| i.name).collect();
-            Ok((body, request.id, names))
+            Ok((body, request.id, names, binary))
         }
         Protocol::V1 => {
-            serde_json::from_slice::<serde_json::Map<String, Value>>(&body)
+            let request = serde_json::from_slice::<serde_json::Map<String, Value>>(&body)
                 .map_err(|e| ApiError::bad_request(format!("Invalid v1 inference request: {e}")))?;
-            Ok((body, None, Vec::new()))
+            if !request.get("instances").is_some_and(Value::is_array) {
+                return Err(ApiError::bad_request(
+                    "Invalid v1 inference request: \"instances\" must be a list",
+                ));
+            }
+            Ok((body, None, Vec::new(), Vec::new()))
         }
     }
 }
@@ -214,9 +226,19 @@ fn checked_rest(
 /// Runs a KServe request on `target` and answers the envelope's answer (a model), or the
 /// workflow's leaves as the protocol's answer (a workflow).
 pub async fn infer(target: Target, version_named: bool, infer: Infer) -> ApiResult<Answer> {
-    let (body, request_id, names) = match infer.payload {
+    let (body, request_id, names, binary) = match infer.payload {
         Payload::Rest { body, binary_after } => checked_rest(infer.protocol, body, binary_after)?,
-        Payload::Checked { body, v2_id, names } => (body, v2_id, names),
+        Payload::Checked {
+            body,
+            v2_id,
+            names,
+            tensors,
+        } => (body, v2_id, names, tensors),
+    };
+    // A model's worker reads binary tensors as bytes; a workflow's entry node gets JSON.
+    let (body, binary) = match target {
+        Target::Workflow(_) => (binary::inline(&body, &binary)?, Vec::new()),
+        Target::Model(_) => (body, binary),
     };
     // The answer's `id`: the request's own, unless blank, else the server's request id.
     let answer_id = request_id
@@ -233,11 +255,13 @@ pub async fn infer(target: Target, version_named: bool, infer: Infer) -> ApiResu
         InferenceRequest {
             id: infer.id.clone(),
             headers,
-            params: vec![Param {
+            params: std::iter::once(Param {
                 name: "body".into(),
                 content_type: Some("application/json".into()),
                 value: body.clone(),
-            }],
+            })
+            .chain(binary.iter().map(RawTensor::param))
+            .collect(),
         }
     };
     match target {

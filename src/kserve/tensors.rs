@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+use super::binary::RawTensor;
 use super::pb::model_infer_response::InferOutputTensor;
 use super::pb::{InferTensorContents, ModelInferRequest, ModelInferResponse};
 use crate::error::{ApiError, ApiResult};
@@ -54,6 +55,18 @@ impl Datatype {
         })
     }
 
+    /// The size in bytes of one element in raw contents; None for BYTES, whose elements
+    /// each carry their length.
+    pub fn size(self) -> Option<usize> {
+        Some(match self {
+            Self::Bool | Self::U8 | Self::I8 => 1,
+            Self::U16 | Self::I16 | Self::F16 => 2,
+            Self::U32 | Self::I32 | Self::F32 => 4,
+            Self::U64 | Self::I64 | Self::F64 => 8,
+            Self::Bytes => return None,
+        })
+    }
+
     /// Whether elements of `kinds` (an [`Elements`] summary) fit this datatype.
     fn admits(self, kinds: u8) -> bool {
         let allowed = match self {
@@ -70,13 +83,25 @@ impl Datatype {
 }
 
 /// What the check of an input needs of its `data`, read without building it: how many
-/// elements the (nested) array holds, a lone value counting as one, and which kinds of JSON
-/// value they are.
+/// elements the (nested) array holds, a lone value counting as one, which kinds of JSON value
+/// they are, the range of its integers, and its nesting: the length of the arrays at each
+/// depth, and whether they all agree (every array at one depth as long, every element at the
+/// same depth).
 #[derive(Debug, Default)]
 struct Elements {
     count: usize,
     /// The kinds seen, a set of the flags below.
     kinds: u8,
+    /// The smallest and largest integers seen.
+    min: i128,
+    max: i128,
+    /// The length of the first array seen at each depth (an array is recorded once its
+    /// items are, after those deeper in it).
+    lengths: Vec<Option<usize>>,
+    /// The depth of the elements (0: a lone value); None while there are none.
+    element_depth: Option<usize>,
+    /// Arrays of one depth differ in length, or elements sit at different depths.
+    ragged: bool,
 }
 
 impl Elements {
@@ -89,22 +114,102 @@ impl Elements {
     /// A string, null or object.
     const OTHER: u8 = 16;
 
-    fn add(&mut self, kind: u8) {
+    fn add(&mut self, kind: u8, depth: usize) {
         self.count += 1;
         self.kinds |= kind;
+        match self.element_depth {
+            None => self.element_depth = Some(depth),
+            Some(d) => self.ragged |= d != depth,
+        }
+    }
+
+    fn add_int(&mut self, value: i128, depth: usize) {
+        if self.kinds & (Self::UINT | Self::NEGATIVE_INT) == 0 {
+            (self.min, self.max) = (value, value);
+        }
+        self.min = self.min.min(value);
+        self.max = self.max.max(value);
+        let kind = if value < 0 {
+            Self::NEGATIVE_INT
+        } else {
+            Self::UINT
+        };
+        self.add(kind, depth);
+    }
+
+    /// Records an array of `len` items at `depth`.
+    fn array(&mut self, depth: usize, len: usize) {
+        if self.lengths.len() <= depth {
+            self.lengths.resize(depth + 1, None);
+        }
+        match self.lengths[depth] {
+            Some(first) => self.ragged |= first != len,
+            None => self.lengths[depth] = Some(len),
+        }
+    }
+
+    /// Whether the data fits `shape` (of `expected` elements): flat, nested as the shape, or
+    /// a lone value for one element; else why not.
+    fn fits(&self, shape: &[i64], expected: usize) -> Result<(), String> {
+        // Every depth above the deepest array holds one: that array is in them.
+        let lengths: Vec<usize> = self.lengths.iter().flatten().copied().collect();
+        let depth = lengths.len();
+        let ragged = self.ragged || self.element_depth.is_some_and(|d| d != depth);
+        if ragged {
+            return Err("is ragged: its arrays differ in length or depth".into());
+        }
+        let nested =
+            depth == shape.len() && lengths.iter().zip(shape).all(|(&n, &d)| n as i64 == d);
+        if self.count != expected {
+            return Err(format!(
+                "has {} elements, but its shape {shape:?} holds {expected}",
+                self.count
+            ));
+        }
+        if depth <= 1 || nested {
+            Ok(())
+        } else {
+            Err(format!(
+                "is nested as {lengths:?}, which is neither flat nor its shape {shape:?}"
+            ))
+        }
+    }
+}
+
+impl Datatype {
+    /// The integers an element of this datatype holds; None for a non-integer type.
+    fn int_range(self) -> Option<(i128, i128)> {
+        let bits = |b: u32, signed: bool| {
+            if signed {
+                (-(1i128 << (b - 1)), (1i128 << (b - 1)) - 1)
+            } else {
+                (0, (1i128 << b) - 1)
+            }
+        };
+        Some(match self {
+            Self::U8 => bits(8, false),
+            Self::U16 => bits(16, false),
+            Self::U32 => bits(32, false),
+            Self::U64 => bits(64, false),
+            Self::I8 => bits(8, true),
+            Self::I16 => bits(16, true),
+            Self::I32 => bits(32, true),
+            Self::I64 => bits(64, true),
+            _ => return None,
+        })
     }
 }
 
 impl<'de> Deserialize<'de> for Elements {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let mut elements = Elements::default();
-        deserializer.deserialize_any(CountElements(&mut elements))?;
+        deserializer.deserialize_any(CountElements(&mut elements, 0))?;
         Ok(elements)
     }
 }
 
-/// Adds the elements of one JSON value to an [`Elements`] summary.
-struct CountElements<'a>(&'a mut Elements);
+/// Adds the elements of one JSON value at a depth to an [`Elements`] summary.
+struct CountElements<'a>(&'a mut Elements, usize);
 
 impl<'de> serde::de::DeserializeSeed<'de> for CountElements<'_> {
     type Value = ();
@@ -122,36 +227,32 @@ impl<'de> serde::de::Visitor<'de> for CountElements<'_> {
     }
 
     fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        self.0.add(Elements::BOOL);
+        self.0.add(Elements::BOOL, self.1);
         Ok(())
     }
 
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        self.0.add(Elements::UINT);
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        self.0.add_int(v.into(), self.1);
         Ok(())
     }
 
     fn visit_i64<E>(self, v: i64) -> Result<(), E> {
-        self.0.add(if v < 0 {
-            Elements::NEGATIVE_INT
-        } else {
-            Elements::UINT
-        });
+        self.0.add_int(v.into(), self.1);
         Ok(())
     }
 
     fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        self.0.add(Elements::FLOAT);
+        self.0.add(Elements::FLOAT, self.1);
         Ok(())
     }
 
     fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        self.0.add(Elements::OTHER);
+        self.0.add(Elements::OTHER, self.1);
         Ok(())
     }
 
     fn visit_unit<E>(self) -> Result<(), E> {
-        self.0.add(Elements::OTHER);
+        self.0.add(Elements::OTHER, self.1);
         Ok(())
     }
 
@@ -160,12 +261,20 @@ impl<'de> serde::de::Visitor<'de> for CountElements<'_> {
             .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
             .is_some()
         {}
-        self.0.add(Elements::OTHER);
+        self.0.add(Elements::OTHER, self.1);
         Ok(())
     }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(CountElements(self.0))?.is_some() {}
+        let (elements, depth) = (self.0, self.1);
+        let mut len = 0;
+        while seq
+            .next_element_seed(CountElements(elements, depth + 1))?
+            .is_some()
+        {
+            len += 1;
+        }
+        elements.array(depth, len);
         Ok(())
     }
 }
@@ -176,7 +285,9 @@ pub struct InputTensor {
     pub name: String,
     pub datatype: String,
     pub shape: Vec<i64>,
-    data: Elements,
+    /// None for a binary tensor, whose bytes travel beside the JSON.
+    #[serde(default)]
+    data: Option<Elements>,
 }
 
 /// The parts of a v2 JSON request torchyard checks.
@@ -189,14 +300,16 @@ pub struct InferRequest {
 
 /// Parses and checks a v2 JSON request: every input has a known datatype, a non-negative
 /// shape, and (but for BYTES, whose data the envelope takes as is) as many elements of that
-/// type as the shape holds. The body itself goes to the worker unchanged.
-pub fn check_request(body: &[u8]) -> ApiResult<InferRequest> {
+/// type as the shape holds, in range, flat or nested as the shape. The inputs `binary` lists
+/// (by index) have their bytes beside the JSON, checked already ([`super::binary`]); every
+/// other input has `data`. The body itself goes to the worker unchanged.
+pub fn check_request(body: &[u8], binary: &[usize]) -> ApiResult<InferRequest> {
     let request: InferRequest = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("Invalid v2 inference request: {e}")))?;
     if request.inputs.is_empty() {
         return Err(ApiError::bad_request("The request has no inputs"));
     }
-    for input in &request.inputs {
+    for (index, input) in request.inputs.iter().enumerate() {
         let datatype = Datatype::parse(&input.datatype)?;
         let expected = elements(&input.shape).ok_or_else(|| {
             ApiError::bad_request(format!(
@@ -204,79 +317,42 @@ pub fn check_request(body: &[u8]) -> ApiResult<InferRequest> {
                 input.shape, input.name
             ))
         })?;
+        let data = match &input.data {
+            None if binary.contains(&index) => continue,
+            None => {
+                return Err(ApiError::bad_request(format!(
+                    "Input {} has no data",
+                    input.name
+                )))
+            }
+            Some(data) => data,
+        };
         if datatype == Datatype::Bytes {
             continue;
         }
-        if !datatype.admits(input.data.kinds) {
+        if !datatype.admits(data.kinds) {
             return Err(ApiError::bad_request(format!(
                 "Input {} holds data that is not {}",
                 input.name, input.datatype
             )));
         }
-        let count = input.data.count;
-        if count != expected {
-            return Err(ApiError::bad_request(format!(
-                "Input {} has {count} elements, but its shape {:?} holds {expected}",
-                input.name, input.shape
-            )));
+        if let Some((low, high)) = datatype.int_range() {
+            if data.count > 0 && (data.min < low || data.max > high) {
+                return Err(ApiError::bad_request(format!(
+                    "Input {} holds integers out of the range of {} ({low} to {high})",
+                    input.name, input.datatype
+                )));
+            }
         }
+        data.fits(&input.shape, expected).map_err(|why| {
+            ApiError::bad_request(format!("The data of input {} {why}", input.name))
+        })?;
     }
     Ok(request)
 }
 
-/// A v2 REST request with the binary tensor extension (the JSON's first `json_length` bytes
-/// declared by `Inference-Header-Content-Length`, then the raw contents of each input with a
-/// `binary_data_size` parameter, in order) as plain JSON: each such input gets its elements as
-/// `data`, read as gRPC's raw contents are.
-pub fn inline_binary(body: &[u8], json_length: usize) -> ApiResult<Vec<u8>> {
-    let bad = |m: String| ApiError::bad_request(m);
-    let (head, mut rest) = body.split_at_checked(json_length).ok_or_else(|| {
-        bad(format!(
-            "Inference-Header-Content-Length {json_length} exceeds the body's {} bytes",
-            body.len()
-        ))
-    })?;
-    let mut request: Value = serde_json::from_slice(head)
-        .map_err(|e| bad(format!("Invalid v2 inference request: {e}")))?;
-    let inputs = request
-        .get_mut("inputs")
-        .and_then(Value::as_array_mut)
-        .ok_or_else(|| bad("The request has no inputs".into()))?;
-    for input in inputs {
-        let Some(params) = input.get_mut("parameters").and_then(Value::as_object_mut) else {
-            continue;
-        };
-        let Some(size) = params.remove("binary_data_size") else {
-            continue;
-        };
-        let size = size
-            .as_u64()
-            .and_then(|s| usize::try_from(s).ok())
-            .ok_or_else(|| bad("binary_data_size must be a byte count".into()))?;
-        let (chunk, after) = rest
-            .split_at_checked(size)
-            .ok_or_else(|| bad("Binary tensor data ends early".into()))?;
-        rest = after;
-        let datatype = Datatype::parse(input["datatype"].as_str().unwrap_or_default())?;
-        let data = raw_data(datatype, chunk).ok_or_else(|| {
-            bad(format!(
-                "Binary data of input {} is not whole elements",
-                input["name"]
-            ))
-        })?;
-        input["data"] = Value::Array(data);
-    }
-    if !rest.is_empty() {
-        return Err(bad(format!(
-            "{} bytes of binary data belong to no input",
-            rest.len()
-        )));
-    }
-    Ok(serde_json::to_vec(&request).expect("JSON values print"))
-}
-
 /// The number of elements of `shape`, or None for a negative dimension or an overflow.
-fn elements(shape: &[i64]) -> Option<usize> {
+pub fn elements(shape: &[i64]) -> Option<usize> {
     shape.iter().try_fold(1usize, |n, &d| {
         usize::try_from(d).ok().and_then(|d| n.checked_mul(d))
     })
@@ -293,8 +369,9 @@ fn for_each_element(value: &Value, f: &mut impl FnMut(&Value)) {
 /// The JSON request TorchServe builds of a gRPC `ModelInfer` (its `OpenInferenceProtocolImpl`):
 /// `id`, `model_name` and the inputs with their contents as `data`, BYTES base64-encoded, each
 /// checked against its shape. Raw contents (`raw_input_contents`, as tritonclient sends them)
-/// are read as little-endian elements of the input's datatype.
-pub fn grpc_request_json(request: &ModelInferRequest) -> ApiResult<Vec<u8>> {
+/// of numbers stay bytes, returned beside the JSON (their inputs without `data`); raw BYTES
+/// contents are read as their elements.
+pub fn grpc_request_json(request: &ModelInferRequest) -> ApiResult<(Vec<u8>, Vec<RawTensor>)> {
     let raw = &request.raw_input_contents;
     if !raw.is_empty() && raw.len() != request.inputs.len() {
         return Err(ApiError::bad_request(format!(
@@ -304,24 +381,46 @@ pub fn grpc_request_json(request: &ModelInferRequest) -> ApiResult<Vec<u8>> {
         )));
     }
     let mut inputs = Vec::with_capacity(request.inputs.len());
+    let mut binary = Vec::new();
     for (i, input) in request.inputs.iter().enumerate() {
         let datatype = Datatype::parse(&input.datatype)?;
-        let data = match raw.get(i) {
-            Some(bytes) => raw_data(datatype, bytes).map(Data::Values),
-            None => Some(typed_data(datatype, input.contents.as_ref())),
-        }
-        .ok_or_else(|| {
+        let not_whole = || {
             ApiError::bad_request(format!(
                 "Raw contents of input {} are not whole {} elements",
                 input.name, input.datatype
             ))
-        })?;
+        };
+        let (data, count) = match (raw.get(i), datatype.size()) {
+            // Raw numbers stay bytes, beside the JSON (super::binary).
+            (Some(bytes), Some(_)) => {
+                let tensor = RawTensor::new(i, datatype, bytes.clone()).ok_or_else(not_whole)?;
+                let count = tensor.count();
+                binary.push(tensor);
+                (None, count)
+            }
+            (Some(bytes), None) => {
+                let values = raw_data(datatype, bytes).ok_or_else(not_whole)?;
+                let count = values.len();
+                (Some(Data::Values(values)), count)
+            }
+            (None, _) => {
+                let data = typed_data(datatype, input.contents.as_ref());
+                if let (Some((low, high)), false) = (datatype.int_range(), data.in_range(datatype))
+                {
+                    return Err(ApiError::bad_request(format!(
+                        "Input {} holds integers out of the range of {} ({low} to {high})",
+                        input.name, input.datatype
+                    )));
+                }
+                let count = data.len();
+                (Some(data), count)
+            }
+        };
         let expected = elements(&input.shape);
-        if datatype != Datatype::Bytes && expected != Some(data.len()) {
+        if datatype != Datatype::Bytes && expected != Some(count) {
             return Err(ApiError::bad_request(format!(
-                "Input {} has {} elements, but its shape {:?} holds {}",
+                "Input {} has {count} elements, but its shape {:?} holds {}",
                 input.name,
-                data.len(),
                 input.shape,
                 expected.map_or("none".into(), |n| n.to_string())
             )));
@@ -338,7 +437,8 @@ pub fn grpc_request_json(request: &ModelInferRequest) -> ApiResult<Vec<u8>> {
         model_name: &request.model_name,
         inputs,
     };
-    Ok(serde_json::to_vec(&body).expect("JSON values print"))
+    let json = serde_json::to_vec(&body).expect("JSON values print");
+    Ok((json, binary))
 }
 
 /// The JSON of a gRPC request, borrowing its contents.
@@ -354,7 +454,9 @@ struct JsonInput<'a> {
     name: &'a str,
     shape: &'a [i64],
     datatype: &'a str,
-    data: Data<'a>,
+    /// None for a binary tensor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Data<'a>>,
 }
 
 /// An input's elements: typed contents as they are, raw or BYTES contents decoded.
@@ -372,6 +474,20 @@ enum Data<'a> {
 }
 
 impl Data<'_> {
+    /// Whether typed integer contents fit `datatype` (INT8 and INT16 travel as int32,
+    /// UINT8 and UINT16 as uint32).
+    fn in_range(&self, datatype: Datatype) -> bool {
+        let Some((low, high)) = datatype.int_range() else {
+            return true;
+        };
+        let fits = |v: i128| (low..=high).contains(&v);
+        match self {
+            Self::I32(v) => v.iter().all(|&x| fits(x.into())),
+            Self::U32(v) => v.iter().all(|&x| fits(x.into())),
+            _ => true,
+        }
+    }
+
     fn len(&self) -> usize {
         match self {
             Self::Bool(v) => v.len(),
@@ -662,49 +778,62 @@ mod tests {
     fn requests_are_checked_against_shape_and_datatype() {
         let ok =
             br#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2],[3.5,4]]}]}"#;
-        assert_eq!(check_request(ok).unwrap().inputs[0].name, "x");
+        assert_eq!(check_request(ok, &[]).unwrap().inputs[0].name, "x");
         let short = br#"{"inputs":[{"name":"x","shape":[3],"datatype":"INT64","data":[1,2]}]}"#;
-        assert!(check_request(short)
+        assert!(check_request(short, &[])
             .unwrap_err()
             .message
             .contains("holds 3"));
         let float_ints =
             br#"{"inputs":[{"name":"x","shape":[1],"datatype":"INT32","data":[1.5]}]}"#;
-        assert!(check_request(float_ints).is_err());
+        assert!(check_request(float_ints, &[]).is_err());
         let unknown = br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP8","data":[1]}]}"#;
-        assert!(check_request(unknown).unwrap_err().message.contains("FP8"));
+        assert!(check_request(unknown, &[])
+            .unwrap_err()
+            .message
+            .contains("FP8"));
         let negative = br#"{"inputs":[{"name":"x","shape":[-1],"datatype":"FP32","data":[1]}]}"#;
-        assert!(check_request(negative).is_err());
+        assert!(check_request(negative, &[]).is_err());
         let bytes = br#"{"inputs":[{"name":"t","shape":[1],"datatype":"BYTES","data":["a","b"]}]}"#;
-        assert!(check_request(bytes).is_ok());
+        assert!(check_request(bytes, &[]).is_ok());
         let negative_ints =
             br#"{"inputs":[{"name":"x","shape":[2,1],"datatype":"INT8","data":[[-1],[2]]}]}"#;
-        assert!(check_request(negative_ints).is_ok());
+        assert!(check_request(negative_ints, &[]).is_ok());
         let unsigned = br#"{"inputs":[{"name":"x","shape":[2],"datatype":"UINT8","data":[-1,2]}]}"#;
-        assert!(check_request(unsigned).is_err());
+        assert!(check_request(unsigned, &[]).is_err());
         let objects =
             br#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[{"a":[1]},null]}]}"#;
-        assert!(check_request(objects).is_err());
+        assert!(check_request(objects, &[]).is_err());
         let scalar = br#"{"inputs":[{"name":"x","shape":[1],"datatype":"BOOL","data":true}]}"#;
-        assert!(check_request(scalar).is_ok());
+        assert!(check_request(scalar, &[]).is_ok());
         let no_data = br#"{"inputs":[{"name":"x","shape":[1],"datatype":"BOOL"}]}"#;
-        assert!(check_request(no_data).is_err());
-        assert!(check_request(b"{not json").is_err());
-        assert!(check_request(br#"{"inputs":[]}"#).is_err());
-    }
-
-    #[test]
-    fn binary_extension_becomes_json_data() {
-        let head = br#"{"inputs":[{"name":"x","shape":[2],"datatype":"INT32","parameters":{"binary_data_size":8}},{"name":"y","shape":[1],"datatype":"BOOL","data":[true]}]}"#;
-        let body = [&head[..], &7i32.to_le_bytes(), &(-1i32).to_le_bytes()].concat();
-        let json = inline_binary(&body, head.len()).unwrap();
-        check_request(&json).unwrap();
-        let request: Value = serde_json::from_slice(&json).unwrap();
-        assert_eq!(request["inputs"][0]["data"], json!([7, -1]));
-        assert_eq!(request["inputs"][1]["data"], json!([true]));
-        assert!(inline_binary(&body[..body.len() - 1], head.len()).is_err());
-        assert!(inline_binary(&[&body[..], &[0]].concat(), head.len()).is_err());
-        assert!(inline_binary(&body, body.len() + 1).is_err());
+        assert!(check_request(no_data, &[]).is_err());
+        assert!(check_request(b"{not json", &[]).is_err());
+        let refused = |data: &str, shape: &str, datatype: &str| {
+            let body = format!(
+                r#"{{"inputs":[{{"name":"x","shape":{shape},"datatype":"{datatype}","data":{data}}}]}}"#
+            );
+            check_request(body.as_bytes(), &[]).err().map(|e| e.message)
+        };
+        let ragged = refused("[[1,2,3],[4]]", "[2,2]", "INT64").unwrap();
+        assert!(ragged.contains("ragged"), "{ragged}");
+        assert!(refused("[[1,2],3,4]", "[3]", "INT64")
+            .unwrap()
+            .contains("ragged"));
+        let deeper = refused("[[[1],[2]],[[3],[4]]]", "[2,2]", "INT64").unwrap();
+        assert!(deeper.contains("nested as [2, 2, 1]"), "{deeper}");
+        assert!(refused("[[1,2,3,4]]", "[2,2]", "INT64").is_some());
+        assert_eq!(refused("[[1,2],[3,4]]", "[2,2]", "INT64"), None);
+        assert_eq!(refused("[1,2,3,4]", "[2,2]", "INT64"), None);
+        assert_eq!(refused("[[]]", "[1,0]", "FP32"), None);
+        let range = refused("[300]", "[1]", "UINT8").unwrap();
+        assert!(range.contains("0 to 255"), "{range}");
+        assert_eq!(refused("[255, 0]", "[2]", "UINT8"), None);
+        assert!(refused("[-129]", "[1]", "INT8").is_some());
+        assert_eq!(refused("[-128, 127]", "[2]", "INT8"), None);
+        assert!(refused("[18446744073709551615]", "[1]", "INT64").is_some());
+        assert_eq!(refused("[18446744073709551615]", "[1]", "UINT64"), None);
+        assert!(check_request(br#"{"inputs":[]}"#, &[]).is_err());
     }
 
     #[test]
@@ -764,7 +893,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        let json: Value = serde_json::from_slice(&grpc_request_json(&request).unwrap()).unwrap();
+        let json: Value = serde_json::from_slice(&grpc_request_json(&request).unwrap().0).unwrap();
         assert_eq!(
             json,
             json!({"id": "r", "model_name": "m", "inputs": [
@@ -778,10 +907,25 @@ mod tests {
             .contains("holds 3"));
         request.inputs.truncate(1);
         request.inputs[0].shape = vec![1];
+        request.inputs[0].datatype = "UINT8".into();
+        request.inputs[0].contents = Some(InferTensorContents {
+            uint_contents: vec![300],
+            ..Default::default()
+        });
+        let range = grpc_request_json(&request).unwrap_err().message;
+        assert!(range.contains("0 to 255"), "{range}");
         request.raw_input_contents = vec![bytes::Bytes::from(7i32.to_le_bytes().to_vec())];
         request.inputs[0].datatype = "INT32".into();
-        let json: Value = serde_json::from_slice(&grpc_request_json(&request).unwrap()).unwrap();
-        assert_eq!(json["inputs"][0]["data"], json!([7]));
+        let (json, binary) = grpc_request_json(&request).unwrap();
+        let json: Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(
+            json["inputs"][0].get("data"),
+            None,
+            "raw numbers stay bytes"
+        );
+        assert_eq!(&binary[0].param().value[..], 7i32.to_le_bytes());
+        request.inputs[0].shape = vec![2];
+        assert!(grpc_request_json(&request).is_err());
     }
 
     #[test]

@@ -213,6 +213,7 @@ impl ServedModel {
         version_named: bool,
         segment: bool,
     ) -> JobResult {
+        crate::json_depth::check_request(&request, self.spec.envelope.is_some())?;
         let started = Instant::now();
         self.spec.metrics.record_received(version_named);
         let result = self.enqueue_and_wait(request, version_named, segment).await;

@@ -125,7 +125,7 @@ impl<'a> ParamMeta<'a> {
 
 /// Whether a content type is `application/json` (in any case, with any parameters), which the
 /// worker parses.
-fn is_json(content_type: &str) -> bool {
+pub fn is_json(content_type: &str) -> bool {
     let mime = content_type.split(';').next().unwrap_or_default();
     mime.trim().eq_ignore_ascii_case("application/json")
 }

@@ -25,11 +25,13 @@ type Ran = Option<(Arc<InferenceResponse>, Option<Arc<[usize]>>)>;
 type StageFuture<'a> = Shared<futures::future::BoxFuture<'a, ApiResult<Ran>>>;
 
 /// Runs `request` through `workflow` and returns the leaf's output (an object keyed by leaf
-/// name when there are several leaves).
+/// name when there are several leaves). JSON nested too deep for a worker is refused first
+/// (400), as a model refuses it, not retried as a node's failure.
 pub async fn execute(
     workflow: &Workflow,
     request: InferenceRequest,
 ) -> ApiResult<InferenceResponse> {
+    crate::json_depth::check_request(&request, false)?;
     let _in_flight = workflow.in_flight.enter();
     let started = Instant::now();
     let answer = run(&workflow.plan, &workflow.stages, request).await;

@@ -18,6 +18,7 @@ use reqwest::{redirect, Client, Url};
 use super::open_inference;
 use super::spec::{NodeProps, RemoteProtocol, RemoteSpec, TokenSource};
 use super::stage::{with_retries, Failure, Stage, StageResult, Timings};
+use crate::archive::{read_member, ArchiveError};
 use crate::error::{ApiError, ApiResult};
 use crate::fetch::{allowed, not_allowed};
 use crate::job::{InferenceRequest, InferenceResponse};
@@ -31,6 +32,35 @@ pub struct RemoteTarget {
     /// `Bearer …`, when the spec names a token.
     authorization: Option<String>,
     client: Client,
+    /// The largest answer read (`max_remote_response_size`).
+    max_answer: usize,
+}
+
+/// The value of environment variable `name` when the configuration's
+/// `remote_token_env_allowlist` names it and it is set (and Unicode); None otherwise, the
+/// same None whichever it is.
+fn env_token(state: &AppState, name: &str) -> Option<String> {
+    let allowed = &state.config.remote_token_env_allowlist;
+    allowed
+        .iter()
+        .any(|a| a == name)
+        .then(|| std::env::var(name).ok())
+        .flatten()
+}
+
+/// The PEM text of a remote node's `ca-file`, confined as every file an archive names is: a
+/// regular file inside the unpacked workflow archive, no `..`, no symbolic link, at most
+/// 1 MiB. The error says why, naming the file as the spec gives it.
+async fn read_ca_file(archive_dir: &Path, file: &str) -> Result<Vec<u8>, String> {
+    let (dir, name) = (archive_dir.to_path_buf(), file.to_string());
+    let read = tokio::task::spawn_blocking(move || read_member(&dir, &name))
+        .await
+        .map_err(|e| format!("cannot read ca-file {file}: {e}"))?;
+    match read {
+        Ok(text) => Ok(text.into_bytes()),
+        Err(ArchiveError::Invalid(why)) => Err(format!("ca-file {why}")),
+        Err(e) => Err(format!("cannot read ca-file {file:?}: {e}")),
+    }
 }
 
 /// The client every remote node without a CA file of its own shares: one connection pool,
@@ -79,19 +109,19 @@ impl RemoteTarget {
         let token = match &spec.token {
             None => None,
             Some(TokenSource::Literal(token)) => Some(token.clone()),
-            Some(TokenSource::Env(name)) => Some(std::env::var(name).map_err(|_| {
+            Some(TokenSource::Env(name)) => Some(env_token(state, name).ok_or_else(|| {
+                // One answer for a name the configuration does not allow and for an allowed
+                // one that is unset: registration says nothing of the server's environment.
                 bad(format!(
-                    "token-env names {name}, which is not set in the server's environment"
+                    "token-env {name} is not available: the variable must be named in the \
+                     server's remote_token_env_allowlist and set in its environment"
                 ))
             })?),
         };
         let client = match &spec.ca_file {
             None => shared_client()?,
             Some(file) => {
-                let path = archive_dir.join(file);
-                let pem = tokio::fs::read(&path)
-                    .await
-                    .map_err(|e| bad(format!("cannot read ca-file {file}: {e}")))?;
+                let pem = read_ca_file(archive_dir, file).await.map_err(bad)?;
                 let certificate = reqwest::Certificate::from_pem(&pem)
                     .map_err(|e| bad(format!("ca-file {file} is not a PEM certificate: {e}")))?;
                 builder()
@@ -105,6 +135,7 @@ impl RemoteTarget {
             protocol: spec.protocol,
             authorization: token.map(|t| format!("Bearer {t}")),
             client,
+            max_answer: state.config.max_remote_response_size,
         })
     }
 
@@ -132,10 +163,7 @@ impl RemoteTarget {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| gateway(format!("{} broke off its answer: {}", self.url, chain(&e))))?;
+        let body = self.read_answer(response).await.map_err(gateway)?;
         if !status.is_success() {
             return Err(Failure {
                 status: if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -167,6 +195,33 @@ impl RemoteTarget {
             trace: None,
             more: None,
         })
+    }
+
+    /// The body of `response`, read as it comes and given up as soon as it passes
+    /// `max_answer` bytes (a declared length beyond it is refused before reading).
+    async fn read_answer(&self, mut response: reqwest::Response) -> Result<Bytes, String> {
+        let limit = self.max_answer;
+        let too_big = || {
+            format!(
+                "{} answered more than {limit} bytes (max_remote_response_size)",
+                self.url
+            )
+        };
+        if response.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(too_big());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| format!("{} broke off its answer: {}", self.url, chain(&e)))?
+        {
+            if body.len() + chunk.len() > limit {
+                return Err(too_big());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(body))
     }
 }
 

@@ -69,14 +69,17 @@ def write_files(directory: Path, files: dict) -> None:
         path.write_text(textwrap.dedent(text))
 
 
-def war(store: Path, name: str, spec: str, handler: str, version: str = "1.0") -> Path:
-    """A .war in `store` from a spec and a handler source."""
+def war(store: Path, name: str, spec: str, handler: str, version: str = "1.0",
+        extra_files=()) -> Path:
+    """A .war in `store` from a spec and a handler source, with `extra_files` (paths) added
+    at the archive's top level."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         write_files(tmp, {"spec.yaml": spec, "handler.py": handler})
+        extra = ("--extra-files", ",".join(map(str, extra_files))) if extra_files else ()
         return archive("workflow", "--workflow-name", name, "--spec-file",
                        str(tmp / "spec.yaml"), "--handler", str(tmp / "handler.py"),
-                       "--export-path", str(store), "-f", "--version", version)
+                       "--export-path", str(store), "-f", "--version", version, *extra)
 
 
 def save_eager_affine(directory: Path, weight, bias: float) -> tuple:

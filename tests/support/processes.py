@@ -40,3 +40,27 @@ def children(pid: int, zombies: bool = False) -> dict:
             except FileNotFoundError:
                 continue
     return {child: cmdline.decode(errors="replace") for child, cmdline in found.items()}
+
+
+class PeakMemory:
+    """How much a process's peak resident memory (VmHWM) grows over a `with` block, in MiB
+    (`grown_mib`): the peak is reset to the current size on entry (/proc/PID/clear_refs)."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.grown_mib = None
+
+    def _peak_kib(self) -> int:
+        for line in open(f"/proc/{self.pid}/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        raise RuntimeError(f"no VmHWM for process {self.pid}")
+
+    def __enter__(self):
+        with open(f"/proc/{self.pid}/clear_refs", "w") as refs:
+            refs.write("5")
+        self.start = self._peak_kib()
+        return self
+
+    def __exit__(self, *exc):
+        self.grown_mib = (self._peak_kib() - self.start) / 1024
