@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::batcher;
 use super::process::WorkerProcess;
+use super::rank_group::Parallelism;
 use super::protocol::{
     Frame, FromWorker, LoadMessage, ParamMeta, RequestMeta, ResponseMeta, SegmentNode, ToWorker,
 };
@@ -55,6 +56,8 @@ pub struct WorkerSpec {
     pub python: PythonEnv,
     /// Which GPU each new worker gets.
     pub gpus: ModelGpus,
+    /// torchrun workers: each worker is this many ranks (`parallelType`, `torchrun:`).
+    pub parallel: Option<Parallelism>,
     pub metrics: ModelMetrics,
     pub queue: Receiver<Job>,
     /// Workers of this model that have a loaded handler.
@@ -110,7 +113,7 @@ impl WorkerHandle {
 
 /// Starts worker `id` of the model described by `spec`, on the next GPU it gets.
 pub fn spawn_worker(spec: Arc<WorkerSpec>, id: usize) -> WorkerHandle {
-    let status = Arc::new(WorkerStatus::new(id, spec.gpus.next()));
+    let status = Arc::new(WorkerStatus::new(id, spec.gpus.next_ids()));
     let cancel = CancellationToken::new();
     let (pinned, pinned_rx) = async_channel::unbounded();
     let task = tokio::spawn(supervise(spec, status.clone(), cancel.clone(), pinned_rx));
@@ -153,6 +156,7 @@ async fn supervise(
     let mut backoff = Backoff(Backoff::FIRST);
     // When the worker last went from working to failing; `None` while it works.
     let mut failing_since: Option<Instant> = None;
+    let mut restarts = 0;
     while !cancel.is_cancelled() {
         status.set_state(WorkerState::Starting);
         let socket = spec
@@ -161,7 +165,7 @@ async fn supervise(
             .join(format!("w{}.sock", SOCKETS.fetch_add(1, Ordering::Relaxed)));
         let loading = Instant::now();
         let started = tokio::select! {
-            started = start(&spec, &label, &socket, &status) => started,
+            started = start(&spec, &label, &socket, &status, restarts) => started,
             _ = cancel.cancelled() => break,
         };
         let exit = match started {
@@ -191,6 +195,7 @@ async fn supervise(
         };
         status.set_pid(0);
         let Exit::Crashed(reason) = exit else { break };
+        restarts += 1;
         let since = *failing_since.get_or_insert_with(Instant::now);
         if since.elapsed() >= spec.max_retry_timeout {
             fail_queued(&pinned, &reason);
@@ -236,22 +241,26 @@ async fn retire(
     status.set_state(WorkerState::Stopped);
 }
 
-/// Starts the process and loads the handler; the error says why not.
+/// Starts the process (a torchrun worker's ranks, its `restarts`-th time) and loads the
+/// handler; the error says why not.
 async fn start(
     spec: &WorkerSpec,
     label: &str,
     socket: &std::path::Path,
     status: &WorkerStatus,
+    restarts: usize,
 ) -> Result<WorkerProcess, (u16, String)> {
-    let mut process = WorkerProcess::start(
-        &spec.python,
-        spec.deps_dir.as_deref(),
-        label,
-        socket,
-        &spec.model_dir,
-    )
-    .await
-    .map_err(|e| (500, format!("cannot start worker: {e}")))?;
+    let (python, deps, dir) = (&spec.python, spec.deps_dir.as_deref(), &spec.model_dir);
+    let process = match &spec.parallel {
+        Some(parallel) => {
+            let devices = spec.gpus.cuda_names(&status.gpu_ids);
+            parallel
+                .start(python, deps, label, socket, dir, &devices, restarts)
+                .await
+        }
+        None => WorkerProcess::start(python, deps, label, socket, dir).await,
+    };
+    let mut process = process.map_err(|e| (500, format!("cannot start worker: {e}")))?;
     status.set_start_mode(process.start_mode());
     let load = ToWorker::Load(LoadMessage {
         model_name: &spec.model_name,
@@ -391,7 +400,7 @@ async fn serve_batches(
         }
         let (first, source) = tokio::select! {
             biased;
-            frame = process.receive(), if !flights.is_empty() => {
+            frame = process.receive_or_break(!flights.is_empty()) => {
                 let frame = match frame {
                     Ok(frame) => frame,
                     Err(e) => {
