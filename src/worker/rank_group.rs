@@ -105,7 +105,15 @@ impl Parallelism {
         if let Some(nodes) = number("torchrun.nnodes", setting("nnodes")).filter(|&n| n > 1) {
             tracing::warn!("model {name}: torchrun.nnodes {nodes} is ignored: a worker runs on one node");
         }
-        let kind = kind?;
+        let Some(kind) = kind else {
+            if torchrun.is_some() || config.get("parallelLevel").is_some() {
+                tracing::warn!(
+                    "model {name}: torchrun and parallelLevel are ignored without a parallelType \
+                     of pp, tp, pptp or custom"
+                );
+            }
+            return None;
+        };
         if level == 0 {
             return None;
         }
