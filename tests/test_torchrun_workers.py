@@ -195,3 +195,19 @@ def test_a_request_in_flight_when_a_rank_dies_gets_an_error(server):
     wait_restarted(server, before[0]["pid"])
     x = [2.0, 0.0, 1.0, 0.0]
     assert predict(server, "split", {"x": x}).json() == expected(x)
+
+
+def test_a_rank_that_fails_to_load_fails_the_worker(server):
+    # Rank 1 fails before joining the process group, where rank 0 would wait for it.
+    broken = HANDLER.replace('        dist.init_process_group("gloo")',
+                             '        if os.environ["RANK"] == "1":\n'
+                             '            raise RuntimeError("no weights for rank 1")\n'
+                             '        dist.init_process_group("gloo")')
+    build_mar(server.store, "half", {"handler.py": broken, "model-config.yaml": CPU_CONFIG},
+              manifest("half", "handler.py", configFile="model-config.yaml"))
+    started = time.monotonic()
+    answer = register(server, url="half.mar", initial_workers="1")
+    assert answer.status_code == 500, answer.text
+    assert time.monotonic() - started < 60
+    assert "rank 1 failed to load: RuntimeError: no weights for rank 1" in answer.json()["message"]
+    requests.delete(f"{server.management}/models/half", timeout=60)
