@@ -18,6 +18,7 @@ import requests
 
 from support.api import describe, register
 from support.archives import build_mar, manifest
+from support.ts_packages import PACKAGES, REFERENCE, worker_env
 
 #: Each rank builds only its own half of the weight rows (rank r: rows 2r and 2r+1 of
 #: `weights(r)`), computes its half of W @ x, and all ranks gather the halves: rank 0's answer
@@ -66,6 +67,42 @@ class SplitModel:
                                                context.request_ids, "", 200, context)
         return answers
 '''
+
+#: TorchServe's model and handler of its test_parallelism.py: BaseHandler loading the model
+#: file, an all-reduce over the ranks and a partial result before the answer.
+TS_PARALLELISM_MODEL = """
+import torch
+import torch.nn as nn
+
+
+class Foo(nn.Module):
+    def forward(self, x):
+        torch.distributed.all_reduce(x)
+        return x
+"""
+
+TS_PARALLELISM_HANDLER = """
+import torch
+from ts.handler_utils.utils import send_intermediate_predict_response
+from ts.torch_handler.base_handler import BaseHandler
+
+
+class FooHandler(BaseHandler):
+    def initialize(self, ctx):
+        if not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("gloo")
+        torch.set_default_device("cpu")
+        self.context = ctx
+        super().initialize(ctx)
+
+    def preprocess(self, data):
+        send_intermediate_predict_response(["0"], self.context.request_ids,
+                                           "Intermediate Prediction success", 200, self.context)
+        return torch.as_tensor(int(data[0].get("body").decode("utf-8")), device=self.device)
+
+    def postprocess(self, x):
+        return [x.item()]
+"""
 
 CPU_CONFIG = "parallelType: tp\ndeviceType: cpu\ntorchrun:\n  nproc-per-node: 2\n"
 GPU_CONFIG = "parallelType: pp\nparallelLevel: 2\n"
@@ -211,3 +248,28 @@ def test_a_rank_that_fails_to_load_fails_the_worker(server):
     assert time.monotonic() - started < 60
     assert "rank 1 failed to load: RuntimeError: no weights for rank 1" in answer.json()["message"]
     requests.delete(f"{server.management}/models/half", timeout=60)
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_torchserves_parallelism_example_with_either_ts_package(server, start_server, package):
+    """TorchServe's test_parallelism.py with 2 ranks: rank 0's partial "0", then the sum of
+    what every rank got."""
+    if package == "torchserve":
+        if not (REFERENCE / "ts").is_dir():
+            pytest.skip(f"TorchServe's ts package is absent from {REFERENCE}")
+        server = start_server(env=worker_env(package))
+    files = {"handler.py": TS_PARALLELISM_HANDLER, "model.py": TS_PARALLELISM_MODEL,
+             "model-config.yaml": CPU_CONFIG}
+    build_mar(server.store, "tp_model", files,
+              manifest("tp_model", "handler.py", modelFile="model.py",
+                       configFile="model-config.yaml"))
+    answer = register(server, url="tp_model.mar", initial_workers="1", batch_size="1")
+    assert answer.status_code == 200, answer.text
+    try:
+        answer = requests.post(f"{server.inference}/predictions/tp_model", data=json.dumps(42),
+                               stream=True, timeout=60)
+        assert answer.status_code == 200
+        assert answer.headers["Transfer-Encoding"] == "chunked"
+        assert b"".join(answer.iter_content(chunk_size=None)).decode() == "0" + str(2 * 42)
+    finally:
+        requests.delete(f"{server.management}/models/tp_model", timeout=60)
