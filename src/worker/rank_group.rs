@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::process::{Process, WorkerProcess};
 use super::protocol::{write_frame, FromWorker};
-use crate::python_env::PythonEnv;
+use super::supervisor::WorkerSpec;
 
 /// TorchServe's `parallelType`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +76,9 @@ impl Parallelism {
         let kind = match config.get("parallelType") {
             None => None,
             Some(Value::String(kind)) => ParallelType::parse(kind).or_else(|| {
-                tracing::warn!("model {name}: parallelType {kind} is ignored: it is pp, tp, pptp or custom");
+                tracing::warn!(
+                    "model {name}: parallelType {kind} is ignored: it is pp, tp, pptp or custom"
+                );
                 None
             }),
             Some(other) => {
@@ -103,7 +105,9 @@ impl Parallelism {
             .or_else(|| number("parallelLevel", config.get("parallelLevel")))
             .unwrap_or(0);
         if let Some(nodes) = number("torchrun.nnodes", setting("nnodes")).filter(|&n| n > 1) {
-            tracing::warn!("model {name}: torchrun.nnodes {nodes} is ignored: a worker runs on one node");
+            tracing::warn!(
+                "model {name}: torchrun.nnodes {nodes} is ignored: a worker runs on one node"
+            );
         }
         let Some(kind) = kind else {
             if torchrun.is_some() || config.get("parallelLevel").is_some() {
@@ -123,8 +127,8 @@ impl Parallelism {
         };
         let master_port = number("torchrun.master-port", setting("master-port"))
             .and_then(|p| u16::try_from(p).ok());
-        let omp_threads = number("torchrun.OMP_NUMBER_THREADS", setting("OMP_NUMBER_THREADS"))
-            .unwrap_or(1);
+        let omp_threads =
+            number("torchrun.OMP_NUMBER_THREADS", setting("OMP_NUMBER_THREADS")).unwrap_or(1);
         Some(Self {
             kind,
             level: level as usize,
@@ -142,21 +146,21 @@ impl Parallelism {
         }
     }
 
-    /// Starts a worker's ranks, each `python -m torchyard.worker` on a socket of its own
-    /// derived from `socket`, with torchrun's environment and, when the worker has GPUs
-    /// (`cuda_devices`, CUDA's names of them), `CUDA_VISIBLE_DEVICES` listing them all. The
-    /// worker returned is rank 0, leading the others. `restarts` is torchrun's
+    /// Starts the ranks of a worker of `spec` (logging as `label`, on the GPUs `gpu_ids`),
+    /// each `python -m torchyard.worker` on a socket of its own derived from `socket`, with
+    /// torchrun's environment and, when the worker has GPUs, `CUDA_VISIBLE_DEVICES` listing
+    /// them all. The worker returned is rank 0, leading the others. `restarts` is torchrun's
     /// `TORCHELASTIC_RESTART_COUNT`.
-    pub async fn start(
+    pub(super) async fn start(
         &self,
-        env: &PythonEnv,
-        deps_dir: Option<&Path>,
+        spec: &WorkerSpec,
         label: &str,
         socket: &Path,
-        work_dir: &Path,
-        cuda_devices: &[String],
+        gpu_ids: &[u32],
         restarts: usize,
     ) -> std::io::Result<WorkerProcess> {
+        let (env, deps_dir, work_dir) = (&spec.python, spec.deps_dir.as_deref(), &spec.model_dir);
+        let cuda_devices = spec.gpus.cuda_names(gpu_ids);
         let world = self.ranks();
         let port = match self.master_port {
             Some(port) => port,
@@ -214,7 +218,9 @@ impl Parallelism {
 
 /// A port no one listens on now, for a worker's `MASTER_PORT`.
 fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
 }
 
 /// The ranks of a torchrun worker after rank 0: their sockets' write halves and processes,
@@ -357,7 +363,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.level, 2);
-        assert_eq!((p.master_addr.as_str(), p.master_port), ("10.0.0.1", Some(29600)));
+        assert_eq!(
+            (p.master_addr.as_str(), p.master_port),
+            ("10.0.0.1", Some(29600))
+        );
         assert_eq!(p.omp_threads, 3);
     }
 

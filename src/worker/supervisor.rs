@@ -15,10 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::batcher;
 use super::process::WorkerProcess;
-use super::rank_group::Parallelism;
 use super::protocol::{
     Frame, FromWorker, LoadMessage, ParamMeta, RequestMeta, ResponseMeta, SegmentNode, ToWorker,
 };
+use super::rank_group::Parallelism;
 use super::status::{WorkerState, WorkerStatus};
 use crate::error::ApiError;
 use crate::gpu::ModelGpus;
@@ -250,15 +250,22 @@ async fn start(
     status: &WorkerStatus,
     restarts: usize,
 ) -> Result<WorkerProcess, (u16, String)> {
-    let (python, deps, dir) = (&spec.python, spec.deps_dir.as_deref(), &spec.model_dir);
     let process = match &spec.parallel {
         Some(parallel) => {
-            let devices = spec.gpus.cuda_names(&status.gpu_ids);
             parallel
-                .start(python, deps, label, socket, dir, &devices, restarts)
+                .start(spec, label, socket, &status.gpu_ids, restarts)
                 .await
         }
-        None => WorkerProcess::start(python, deps, label, socket, dir).await,
+        None => {
+            WorkerProcess::start(
+                &spec.python,
+                spec.deps_dir.as_deref(),
+                label,
+                socket,
+                &spec.model_dir,
+            )
+            .await
+        }
     };
     let mut process = process.map_err(|e| (500, format!("cannot start worker: {e}")))?;
     status.set_start_mode(process.start_mode());
