@@ -297,9 +297,10 @@ fn load_startup_archives(state: &Arc<AppState>, restored: Option<snapshot::Snaps
             }
         }
         state.started();
+        // The startup snapshot is on disk when a launcher reads the line below.
+        state.snapshots.save_startup(&state).await;
         // After the lines logged so far, which the console's writer may still hold.
         logging::print(banner::STARTED);
-        state.snapshots.save_startup(&state).await;
     });
 }
 

@@ -139,6 +139,15 @@ def test_worker_hanging_past_response_timeout_is_killed(server):
     assert time.monotonic() - started < 30
     wait_ready(server, "hangs", 1)
     assert call(server, "hangs", {"id": 1}).json()["pid"] != pid
+    # TorchServe's log lines for the recovery, in its order, which its tests wait for.
+    log = server.log_text()
+    lines = [log.index(line, log.index("model hangs: Number or consecutive unsuccessful inference 1"))
+             for line in ("Number or consecutive unsuccessful inference 1",
+                          "hangs_1.0 Worker disconnected.",
+                          "hangs_1.0: Auto recovery start timestamp: ",
+                          "Retry worker: W-",
+                          "hangs_1.0: Auto recovery succeeded, reset recoveryStartTS")]
+    assert lines == sorted(lines), lines
 
 
 SOAK_FUNCTIONS = '''

@@ -124,6 +124,12 @@ def test_a_handler_loading_past_the_startup_timeout_fails_the_registration(serve
     assert "Backend worker did not respond in given time" in message
     assert "startupTimeout (2s)" in message
     assert 2 <= took < 15, took
+    # TorchServe's log lines for it, consecutive, which its tests wait for.
+    lines = server.log_text().splitlines()
+    errors = [i for i, line in enumerate(lines) if "Backend worker error" in line]
+    assert errors and any(
+        "org.pytorch.serve.wlm.WorkerInitializationException: Backend worker did not respond "
+        "in given time" in lines[i + 1] for i in errors if i + 1 < len(lines)), errors
     assert requests.get(f"{server.management}/models/{name}").status_code == 404
     healthy(server)
 
@@ -162,7 +168,15 @@ def test_a_worker_failing_past_max_retry_timeout_gives_up(server):
     # It stays given up: no more restarts.
     time.sleep(1.5)
     assert describe(server, "broken")["workers"][0]["status"] == "FAILED"
-    assert re.search(r"worker W-\d+-broken_1\.0: worker gave up", server.log_text())
+    log = server.log_text()
+    assert re.search(r"worker W-\d+-broken_1\.0: worker gave up", log)
+    # Each attempt's traceback ends the log lines naming the exception, as TorchServe's do:
+    # the server's own lines about the restart do not repeat it.
+    attempts = log[:log.index("worker gave up")].split("RuntimeError: this handler never loads")
+    assert len(attempts) > 2, attempts
+    for attempt in attempts[:-1]:
+        assert "Traceback (most recent call last)" in attempt
+        assert 'raise RuntimeError("this handler never loads")' in attempt
     ts_error(predict(server, "broken"), 503, kind="ServiceUnavailableException")
     assert requests.delete(f"{server.management}/models/broken").ok
 

@@ -194,6 +194,23 @@ def test_stop_foreground_waits_and_removes_the_key_file(store, tmp_path):
         command.cleanup()
 
 
+def test_startup_snapshot_is_written_before_the_started_line(store, tmp_path):
+    """TorchServe's tests count `logs/config/*startup.cfg` as soon as `ts/launcher.py` has read
+    "Model server started": the file must be there by then, and `--ncs` adds none."""
+    command = Command(RELEASE / "torchserve", tmp_path)
+    conf = config(tmp_path)
+    startups = lambda: list((tmp_path / "logs" / "config").glob("*-startup.cfg"))  # noqa: E731
+    try:
+        command.start("--model-store", str(store), "--ts-config", str(conf))
+        assert len(startups()) == 1
+        assert command.run("--stop", "--foreground").returncode == 0
+        command.start("--model-store", str(store), "--ts-config", str(conf), "--ncs")
+        assert len(startups()) == 1
+        assert command.run("--stop", "--foreground").returncode == 0
+    finally:
+        command.cleanup()
+
+
 def test_foreground_start_runs_in_place(store, tmp_path):
     """`torchserve --start --foreground` is the server itself: the pid file names the command's
     own process, which answers until it is stopped."""

@@ -143,8 +143,8 @@ class Metrics:
 
     def _add(self, name: str, value: Any, unit: str, in_batch: bool, dimensions: Any,
              kind: str) -> None:
-        """Records with TorchServe's default dimensions: `ModelName` and `Level: Model` while a
-        batch is served, `Level: Error` outside one."""
+        """Records with TorchServe's default dimensions: `ModelName` and `Level: Model` while the
+        handler loads or serves a batch (both have request ids), `Level: Error` without one."""
         default_names, default_values = self._in_batch if in_batch else _OUTSIDE_BATCH
         if dimensions:
             names = [d.name for d in dimensions]

@@ -14,6 +14,7 @@ import socket
 import sys
 import time
 import traceback
+import uuid
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .codec import Blob, decode
@@ -68,6 +69,10 @@ class Worker:
 
     def load(self, msg: dict) -> Reply:
         def context(model_name: str, manifest: Optional[dict], model_dir: str) -> Context:
+            metrics = Metrics(model_name, self.pending_metrics, msg.get("metrics") or ())
+            # As TorchServe's loader: the load has a request id of its own, so metrics the
+            # handler's `initialize` records get the model's dimensions, not `Level: Error`.
+            metrics.set_request_ids({0: str(uuid.uuid4())})
             return Context(
                 model_name,
                 model_dir,
@@ -78,7 +83,7 @@ class Worker:
                 limit_max_image_pixels=msg.get("limit_max_image_pixels", True),
                 model_yaml_config=msg.get("model_yaml_config"),
                 server_name=msg.get("server_name", "torchyard"),
-                metrics=Metrics(model_name, self.pending_metrics, msg.get("metrics") or ()),
+                metrics=metrics,
             )
 
         self.context = context(msg["model_name"], msg.get("manifest"), msg["model_dir"])

@@ -221,23 +221,32 @@ impl HandlerMetrics {
         }
     }
 
-    /// The gauge series `name{ModelName=model, Level="Model", Hostname}` when `name` is
-    /// declared as a gauge with dimensions `[ModelName, Level]`: TorchServe's `PredictionTime`.
+    /// The gauge series `name{ModelName=model, Level="Model", Hostname}` of a metric shaped as
+    /// TorchServe's `PredictionTime`: declared as a gauge with dimensions `[ModelName, Level]`,
+    /// or, with auto-detection, declared nowhere (then registered so, as TorchServe's frontend
+    /// registers the backend's undeclared metrics).
     pub fn model_gauge(&self, name: &str, model: &str) -> Option<Arc<Value>> {
-        let declared = self.declared.iter().any(|d| {
-            d.name == name && d.kind == MetricKind::Gauge && d.dimensions == ["ModelName", "Level"]
-        });
-        if !declared {
+        let dimensions = ["ModelName".to_string(), "Level".to_string()];
+        let fits = match self.declared.iter().find(|d| d.name == name) {
+            Some(d) => d.kind == MetricKind::Gauge && d.dimensions == dimensions,
+            None => self.auto_detect && self.reserved.clash(MetricKind::Gauge, name).is_none(),
+        };
+        if !fits {
             return None;
         }
-        match self
-            .entries
-            .read()
-            .expect("handler metrics lock")
-            .get(name)?
-        {
-            Entry::Metric { family, .. } => family.gauge(&[model, "Model", &self.hostname]),
-            Entry::Refused => None,
+        let mut entries = self.entries.write().expect("handler metrics lock");
+        let entry = entries
+            .entry(name.to_string())
+            .or_insert_with(|| Entry::Metric {
+                family: HandlerFamily::new(MetricKind::Gauge, name, "ms", &dimensions),
+                dimensions: dimensions.len(),
+            });
+        match entry {
+            Entry::Metric {
+                family,
+                dimensions: 2,
+            } => family.gauge(&[model, "Model", &self.hostname]),
+            _ => None,
         }
     }
 
@@ -294,6 +303,28 @@ mod tests {
     }
 
     const MODEL: [(&str, &str); 2] = [("ModelName", "m"), ("Level", "Model")];
+
+    #[test]
+    fn prediction_time_is_registered_undeclared_only_with_auto_detection() {
+        for auto_detect in [true, false] {
+            let metrics = HandlerMetrics::new(
+                "h".into(),
+                vec![],
+                auto_detect,
+                false,
+                ReservedNames::default(),
+            );
+            let gauge = metrics.model_gauge("PredictionTime", "m");
+            assert_eq!(gauge.is_some(), auto_detect);
+            if let Some(gauge) = gauge {
+                gauge.set(12.5);
+                let text = rendered(&metrics);
+                assert!(text.contains(
+                    "PredictionTime{ModelName=\"m\",Level=\"Model\",Hostname=\"h\",} 12.5\n"
+                ));
+            }
+        }
+    }
 
     #[test]
     fn updates_reach_their_kind_of_series_with_the_host_label() {

@@ -174,6 +174,7 @@ impl ServedModel {
             metrics,
             queue: rx,
             ready_workers: AtomicUsize::new(0),
+            unanswered_in_a_row: AtomicUsize::new(0),
             retired_workers: AtomicUsize::new(0),
         });
         let pool = Pool {

@@ -64,6 +64,8 @@ pub struct WorkerSpec {
     pub ready_workers: AtomicUsize,
     /// Workers that gave up restarting (past `max_retry_timeout`) and serve no more.
     pub retired_workers: AtomicUsize,
+    /// Batches in a row that got no answer within `response_timeout` (TorchServe logs the count).
+    pub unanswered_in_a_row: AtomicUsize,
 }
 
 /// TorchServe's job tickets: a worker waiting for work offers one, a request takes one to be
@@ -168,42 +170,72 @@ async fn supervise(
             started = start(&spec, &label, &socket, &status, restarts) => started,
             _ = cancel.cancelled() => break,
         };
+        let mut traceback_logged = false;
         let exit = match started {
             Ok(mut process) => {
                 spec.metrics
                     .record_worker_load(status.id, loading.elapsed());
                 backoff = Backoff(Backoff::FIRST);
-                failing_since = None;
+                if failing_since.take().is_some() {
+                    tracing::info!(
+                        "worker {label}: Auto recovery succeeded, reset recoveryStartTS"
+                    );
+                }
                 spec.ready_workers.fetch_add(1, Ordering::SeqCst);
                 status.set_state(WorkerState::Ready);
                 let exit = serve(&spec, &mut process, &cancel, &pinned).await;
                 spec.ready_workers.fetch_sub(1, Ordering::SeqCst);
                 match exit {
                     Exit::Cancelled => process.stop().await,
-                    Exit::Crashed(_) => process.kill().await,
+                    Exit::Crashed(_) => {
+                        process.kill().await;
+                        tracing::info!("{label} Worker disconnected. WORKER_MODEL_LOADED");
+                    }
                 }
                 exit
             }
-            Err((code, message)) => {
-                status.set_failure(code, message.clone());
+            Err(failure) => {
+                status.set_failure(failure.status, failure.message.clone());
                 status.set_state(WorkerState::Failed);
                 if spec.ready_workers.load(Ordering::SeqCst) == 0 {
-                    fail_queued(&spec.queue, &message);
+                    fail_queued(&spec.queue, &failure.message);
                 }
-                Exit::Crashed(message)
+                traceback_logged = failure.traceback_logged;
+                Exit::Crashed(failure.message)
             }
         };
         status.set_pid(0);
         let Exit::Crashed(reason) = exit else { break };
         restarts += 1;
-        let since = *failing_since.get_or_insert_with(Instant::now);
+        let since = match failing_since {
+            Some(since) => {
+                tracing::warn!("worker {label}: Auto recovery failed again");
+                since
+            }
+            None => {
+                tracing::info!(
+                    "worker {label}: Auto recovery start timestamp: {}",
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |since| since.as_millis())
+                );
+                *failing_since.insert(Instant::now())
+            }
+        };
         if since.elapsed() >= spec.max_retry_timeout {
             fail_queued(&pinned, &reason);
             retire(&spec, &status, &label, &reason, &cancel).await;
             return;
         }
         let delay = backoff.next();
-        tracing::warn!("worker {label} stopped ({reason}); restarting in {delay:?}");
+        // A load failure's last model-log line is its exception; repeating it here would split
+        // the traceback for readers that key on that line (TorchServe's tests do).
+        let shown = if traceback_logged {
+            "the handler failed to load; its traceback is in the model log"
+        } else {
+            reason.as_str()
+        };
+        tracing::warn!("worker {label} stopped ({shown}). Retry worker: {label} in {delay:?}.");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = cancel.cancelled() => break,
@@ -241,6 +273,26 @@ async fn retire(
     status.set_state(WorkerState::Stopped);
 }
 
+/// Why a worker did not start.
+struct StartFailure {
+    /// The status a registration waiting on the worker answers.
+    status: u16,
+    message: String,
+    /// The worker logged the handler's traceback before it answered.
+    traceback_logged: bool,
+}
+
+impl StartFailure {
+    /// A failure of the server's side: starting the process or talking to it.
+    fn server(message: String) -> Self {
+        Self {
+            status: 500,
+            message,
+            traceback_logged: false,
+        }
+    }
+}
+
 /// Starts the process (a torchrun worker's ranks, its `restarts`-th time) and loads the
 /// handler; the error says why not.
 async fn start(
@@ -249,7 +301,7 @@ async fn start(
     socket: &std::path::Path,
     status: &WorkerStatus,
     restarts: usize,
-) -> Result<WorkerProcess, (u16, String)> {
+) -> Result<WorkerProcess, StartFailure> {
     let process = match &spec.parallel {
         Some(parallel) => {
             parallel
@@ -267,7 +319,8 @@ async fn start(
             .await
         }
     };
-    let mut process = process.map_err(|e| (500, format!("cannot start worker: {e}")))?;
+    let mut process =
+        process.map_err(|e| StartFailure::server(format!("cannot start worker: {e}")))?;
     status.set_start_mode(process.start_mode());
     let load = ToWorker::Load(LoadMessage {
         model_name: &spec.model_name,
@@ -289,14 +342,19 @@ async fn start(
     let loaded = tokio::time::timeout(spec.startup_timeout, process.call(&load, &[])).await;
     let Ok(reply) = loaded else {
         process.kill().await;
-        return Err((
-            500,
-            format!(
-                "Backend worker did not respond in given time: the handler did not load within \
-                 startupTimeout ({}s)",
-                spec.startup_timeout.as_secs()
-            ),
-        ));
+        // TorchServe's two lines (its WorkerThread's error and the exception's first line),
+        // which log readers of TorchServe wait for.
+        tracing::error!(
+            "worker {label}: Backend worker error\n\
+             org.pytorch.serve.wlm.WorkerInitializationException: Backend worker did not respond \
+             in given time (startupTimeout {}s)",
+            spec.startup_timeout.as_secs()
+        );
+        return Err(StartFailure::server(format!(
+            "Backend worker did not respond in given time: the handler did not load within \
+             startupTimeout ({}s)",
+            spec.startup_timeout.as_secs()
+        )));
     };
     match reply.and_then(|frame| frame.message::<FromWorker>()) {
         Ok(FromWorker::Loaded { pid, metrics }) => {
@@ -312,18 +370,23 @@ async fn start(
         }) => {
             spec.metrics.record_handler_metrics(&metrics);
             process.kill().await;
-            Err((
-                status.unwrap_or(500),
-                format!("handler failed to load: {message}"),
-            ))
+            Err(StartFailure {
+                status: status.unwrap_or(500),
+                message: format!("handler failed to load: {message}"),
+                traceback_logged: true,
+            })
         }
         Ok(other) => {
             process.kill().await;
-            Err((500, format!("unexpected reply to load: {other:?}")))
+            Err(StartFailure::server(format!(
+                "unexpected reply to load: {other:?}"
+            )))
         }
         Err(e) => {
             process.kill().await;
-            Err((500, format!("worker died while loading: {e}")))
+            Err(StartFailure::server(format!(
+                "worker died while loading: {e}"
+            )))
         }
     }
 }
@@ -424,6 +487,11 @@ async fn serve_batches(
                 continue;
             }
             () = &mut deadline, if !flights.is_empty() => {
+                let failed = spec.unanswered_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::error!(
+                    "model {}: Number or consecutive unsuccessful inference {failed}",
+                    spec.model_name
+                );
                 let message = format!(
                     "no response within {}s",
                     spec.response_timeout.as_secs_f64()
@@ -666,6 +734,9 @@ impl Flight {
         let answering = Instant::now();
         match outcome {
             Ok(responses) => {
+                if spec.unanswered_in_a_row.load(Ordering::Relaxed) != 0 {
+                    spec.unanswered_in_a_row.store(0, Ordering::Relaxed);
+                }
                 let handled = answering - self.scheduled;
                 for ((job, answer), mut response) in
                     self.batch.iter().zip(self.answers).zip(responses)
