@@ -46,10 +46,7 @@ struct Known {
 
 /// TorchServe's frontend keys of `model-config.yaml` that torchyard does not act on: a model
 /// naming one is registered with a warning, so that the setting is never dropped unseen.
-pub const UNSUPPORTED_KEYS: [&str; 6] = [
-    "parallelType",
-    "parallelLevel",
-    "torchrun",
+pub const UNSUPPORTED_KEYS: [&str; 3] = [
     "sequenceTimeoutMSec",
     "continuousBatching",
     "asyncCommunication",
@@ -138,7 +135,7 @@ mod tests {
             ModelConfig::parse("torchrun:\n  nproc-per-node: 2\nsequenceTimeoutMSec: 9\n").unwrap();
         assert_eq!(
             c.unsupported_keys().collect::<Vec<_>>(),
-            ["torchrun", "sequenceTimeoutMSec"]
+            ["sequenceTimeoutMSec"]
         );
         assert_eq!(
             ModelConfig::parse("minWorkers: 1\n")

@@ -21,6 +21,10 @@ use super::Gpus;
 pub struct ModelGpus {
     gpus: Arc<Gpus>,
     plan: Plan,
+    /// GPUs per worker of a torchrun model (`parallelLevel`), 0 otherwise.
+    group: usize,
+    /// TorchServe's `Model.gpuCounter` for such a model: where the next worker's GPUs start.
+    group_start: AtomicUsize,
 }
 
 enum Plan {
@@ -57,7 +61,46 @@ impl ModelGpus {
             },
             None => Plan::Shared,
         };
-        Self { gpus, plan }
+        Self {
+            gpus,
+            plan,
+            group: 0,
+            group_start: AtomicUsize::new(0),
+        }
+    }
+
+    /// Gives each worker `level` GPUs, as TorchServe does for `parallelLevel` (0: one).
+    pub fn in_groups_of(mut self, level: usize) -> Self {
+        self.group = level;
+        self
+    }
+
+    /// The GPUs of the next worker started: none on the CPU, one, or a torchrun worker's
+    /// `parallelLevel` of them. Such a group takes the next `parallelLevel` GPUs (of the
+    /// model's `deviceIds` when it has them, else of all) from the model's own counter,
+    /// wrapping around, as TorchServe's `WorkLoadManager` steps it by `parallelLevel`.
+    pub fn next_ids(&self) -> Vec<u32> {
+        if self.group == 0 {
+            return self.next().into_iter().collect();
+        }
+        let all: Vec<u32> = match &self.plan {
+            Plan::Cpu => return Vec::new(),
+            Plan::Shared => (0..self.gpus.count() as u32).collect(),
+            Plan::Listed { ids, .. } => ids.clone(),
+        };
+        let (n, level) = (all.len(), self.group);
+        let start = self
+            .group_start
+            .fetch_update(SeqCst, SeqCst, |i| Some((i + level) % n))
+            .unwrap_or(0);
+        (0..level).map(|i| all[(start + i) % n]).collect()
+    }
+
+    /// CUDA's names of the GPUs `ids` (as `CUDA_VISIBLE_DEVICES` lists them).
+    pub fn cuda_names(&self, ids: &[u32]) -> Vec<String> {
+        ids.iter()
+            .filter_map(|&id| self.gpus.devices.get(id as usize).cloned())
+            .collect()
     }
 
     /// The GPU of the next worker started, if any.
@@ -179,6 +222,23 @@ mod tests {
         assert_eq!(take(&again, 4), [Some(1), Some(1), Some(0), Some(1)]);
         // The shared counter did not move.
         assert_eq!(take(&shared, 1), [Some(2)]);
+    }
+
+    #[test]
+    fn torchrun_workers_take_parallel_level_gpus_from_the_models_counter() {
+        let gpus = gpus(4);
+        let shared = model(&gpus, json!({}));
+        let grouped = model(&gpus, json!({})).in_groups_of(2);
+        let ids = |m: &ModelGpus| (0..3).map(|_| m.next_ids()).collect::<Vec<_>>();
+        assert_eq!(ids(&grouped), [vec![0, 1], vec![2, 3], vec![0, 1]]);
+        // The shared round robin did not move.
+        assert_eq!(take(&shared, 1), [Some(1)]);
+        let listed = model(&gpus, json!({"deviceIds": [3, 1, 2]})).in_groups_of(2);
+        assert_eq!(ids(&listed), [vec![3, 1], vec![2, 3], vec![1, 2]]);
+        assert_eq!(grouped.cuda_names(&[2, 3]), ["2", "3"]);
+        let cpu = model(&gpus, json!({"deviceType": "cpu"})).in_groups_of(2);
+        assert_eq!(cpu.next_ids(), Vec::<u32>::new());
+        assert_eq!(model(&gpus, json!({})).next_ids(), [2]);
     }
 
     #[test]

@@ -18,8 +18,8 @@ use crate::job::{InferenceRequest, Job, JobResult};
 use crate::metrics::ModelMetrics;
 use crate::python_env::PythonEnv;
 use crate::worker::{
-    spawn_worker, Dispatch, JobTickets, StartMode, WorkerHandle, WorkerSpec, WorkerState,
-    WorkerStatus,
+    spawn_worker, Dispatch, JobTickets, Parallelism, StartMode, WorkerHandle, WorkerSpec,
+    WorkerState, WorkerStatus,
 };
 
 /// A model version being served.
@@ -76,6 +76,9 @@ impl crate::versioned::Versioned for ServedModel {
                     "gpu": w.status.gpu_id.is_some(),
                     "gpuUsage": self.spec.gpus.usage(w.status.gpu_id),
                 });
+                if self.spec.parallel.is_some() {
+                    worker["gpuIds"] = json!(w.status.gpu_ids);
+                }
                 if let (WorkerState::Failed, Some((_, cause))) = (state, w.status.failure()) {
                     worker["failure"] = json!(cause);
                 }
@@ -83,7 +86,7 @@ impl crate::versioned::Versioned for ServedModel {
             })
             .collect();
         let settings = &self.def.settings;
-        json!({
+        let mut model = json!({
             "modelName": self.def.name,
             "modelVersion": self.def.version,
             "modelUrl": self.def.url,
@@ -105,7 +108,13 @@ impl crate::versioned::Versioned for ServedModel {
                 "pendingRequests": self.queue.len(),
             },
             "autoscaling": self.autoscaling(),
-        })
+        });
+        if let Some(parallel) = &self.spec.parallel {
+            model["parallelType"] = json!(parallel.kind.as_str());
+            model["parallelLevel"] = json!(parallel.level);
+            model["ranksPerWorker"] = json!(parallel.ranks());
+        }
+        model
     }
 
     fn summary(&self) -> Value {
@@ -137,6 +146,7 @@ impl ServedModel {
             },
             None => python,
         };
+        let parallel = Parallelism::from_yaml(&def.name, &def.yaml_config);
         let spec = Arc::new(WorkerSpec {
             model_name: def.name.clone(),
             model_version: def.version.clone(),
@@ -158,7 +168,9 @@ impl ServedModel {
                 .map(String::from),
             segment: def.segment.clone(),
             python,
-            gpus: ModelGpus::new(gpus.clone(), &def.name, &def.yaml_config),
+            gpus: ModelGpus::new(gpus.clone(), &def.name, &def.yaml_config)
+                .in_groups_of(parallel.as_ref().map_or(0, |p| p.level)),
+            parallel,
             metrics,
             queue: rx,
             dispatch: Dispatch::default(),

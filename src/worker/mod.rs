@@ -8,11 +8,13 @@ mod fork_server;
 mod forked;
 mod process;
 pub mod protocol;
+mod rank_group;
 mod status;
 mod supervisor;
 
 pub use dispatch::Dispatch;
 pub use fork_server::ForkServer;
 pub use process::abort_all;
+pub use rank_group::Parallelism;
 pub use status::{StartMode, WorkerState, WorkerStatus};
 pub use supervisor::{spawn_worker, JobTickets, WorkerHandle, WorkerSpec};

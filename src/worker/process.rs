@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::forked::ForkedProcess;
 use super::protocol::{write_frame, Frame, FrameReader};
+use super::rank_group::OtherRanks;
 use super::status::StartMode;
 use crate::python_env::PythonEnv;
 
@@ -27,10 +28,12 @@ pub struct WorkerProcess {
     process: Process,
     frames: FrameReader<OwnedReadHalf>,
     out: OwnedWriteHalf,
+    /// A torchrun worker's ranks after the first, which this process (rank 0) speaks for.
+    ranks: Option<OtherRanks>,
 }
 
 /// A worker's process, as the server holds it.
-enum Process {
+pub(super) enum Process {
     /// A fresh interpreter: the server's own child.
     Spawned(Child),
     /// Forked by the fork server.
@@ -39,7 +42,7 @@ enum Process {
 
 impl Process {
     /// Waits until the process has exited; says how it ended.
-    async fn exited(&mut self) -> String {
+    pub(super) async fn exited(&mut self) -> String {
         match self {
             Self::Spawned(child) => exit_of(child).await,
             Self::Forked(process) => match process.wait().await {
@@ -49,7 +52,7 @@ impl Process {
         }
     }
 
-    async fn kill(&mut self) {
+    pub(super) async fn kill(&mut self) {
         match self {
             Self::Spawned(child) => {
                 let _ = child.start_kill();
@@ -91,13 +94,46 @@ impl WorkerProcess {
         Ok(Self::connected(Process::Spawned(child), stream))
     }
 
+    /// Starts `python -m torchyard.worker` with the extra environment `vars` (never forked:
+    /// the fork server's children inherit its environment), as [`WorkerProcess::start`] does
+    /// otherwise.
+    pub(super) async fn spawn_with(
+        env: &PythonEnv,
+        deps_dir: Option<&Path>,
+        label: &str,
+        socket_path: &Path,
+        work_dir: &Path,
+        vars: &[(String, String)],
+    ) -> std::io::Result<Self> {
+        if ABORT.is_cancelled() {
+            return Err(aborted());
+        }
+        let module = "torchyard.worker";
+        let (child, stream) =
+            spawn_connected_with(env, deps_dir, module, label, socket_path, work_dir, vars).await?;
+        Ok(Self::connected(Process::Spawned(child), stream))
+    }
+
     fn connected(process: Process, stream: UnixStream) -> Self {
         let (input, out) = stream.into_split();
         Self {
             process,
             frames: FrameReader::new(input),
             out,
+            ranks: None,
         }
+    }
+
+    /// Makes this process rank 0 of a torchrun worker: every message goes to `ranks` too, and
+    /// a rank that dies breaks the whole worker.
+    pub(super) fn lead(mut self, ranks: OtherRanks) -> Self {
+        self.ranks = Some(ranks);
+        self
+    }
+
+    /// The process, its frames and its socket's write half.
+    pub(super) fn into_parts(self) -> (Process, FrameReader<OwnedReadHalf>, OwnedWriteHalf) {
+        (self.process, self.frames, self.out)
     }
 
     /// Whether the process was forked or started fresh.
@@ -124,40 +160,82 @@ impl WorkerProcess {
         header: &impl serde::Serialize,
         blobs: &[&bytes::Bytes],
     ) -> std::io::Result<()> {
+        let sent = async {
+            write_frame(&mut self.out, header, blobs).await?;
+            match &mut self.ranks {
+                Some(ranks) => ranks.send(header, blobs).await,
+                None => Ok(()),
+            }
+        };
         tokio::select! {
-            sent = write_frame(&mut self.out, header, blobs) => sent,
+            sent = sent => sent,
             () = ABORT.cancelled() => Err(aborted()),
         }
     }
 
-    /// Reads the next frame from the worker: a reply, or a streaming handler's chunk. Cancel
-    /// safe: a frame partly read when the future is dropped is read on by the next call.
+    /// Reads the next frame from the worker: a reply, or a streaming handler's chunk (rank 0's,
+    /// for a torchrun worker, which fails when another rank dies). Cancel safe: a frame partly
+    /// read when the future is dropped is read on by the next call.
     pub async fn receive(&mut self) -> std::io::Result<Frame> {
+        let ranks = self.ranks.as_ref();
         tokio::select! {
             frame = self.frames.next() => frame,
             () = ABORT.cancelled() => Err(aborted()),
+            reason = OtherRanks::broken_in(ranks) => Err(std::io::Error::other(reason)),
         }
     }
 
-    /// Closes the socket, lets the worker exit for a moment, then kills it.
+    /// With a message unanswered (`busy`), [`WorkerProcess::receive`]; idle, an error once a
+    /// torchrun worker broke (any of its ranks died or spoke out of turn), so that it is
+    /// restarted before it gets work, and never for a worker of one process, whose death is
+    /// noticed when it next gets work. Cancel safe.
+    pub async fn receive_or_break(&mut self, busy: bool) -> std::io::Result<Frame> {
+        if busy {
+            return self.receive().await;
+        }
+        let Some(ranks) = &self.ranks else {
+            return std::future::pending().await;
+        };
+        let reason = tokio::select! {
+            frame = self.frames.next() => match frame {
+                Ok(_) => "rank 0 sent a frame while idle".to_string(),
+                Err(e) => format!("rank 0 is gone: {e}"),
+            },
+            reason = ranks.broken() => reason,
+        };
+        Err(std::io::Error::other(reason))
+    }
+
+    /// Closes the socket, lets the worker exit for a moment, then kills it (every rank of a
+    /// torchrun worker).
     pub async fn stop(self) {
         let Self {
             mut process,
             frames,
             out,
+            ranks,
         } = self;
         drop((frames, out));
-        if tokio::time::timeout(Duration::from_secs(5), process.exited())
-            .await
-            .is_err()
-        {
-            process.kill().await;
+        let first = async {
+            if tokio::time::timeout(Duration::from_secs(5), process.exited())
+                .await
+                .is_err()
+            {
+                process.kill().await;
+            }
+        };
+        match ranks {
+            Some(ranks) => drop(tokio::join!(first, ranks.stop())),
+            None => first.await,
         }
     }
 
-    /// Kills the process at once.
+    /// Kills the process at once (every rank of a torchrun worker).
     pub async fn kill(mut self) {
-        self.process.kill().await;
+        match self.ranks.take() {
+            Some(ranks) => drop(tokio::join!(self.process.kill(), ranks.kill())),
+            None => self.process.kill().await,
+        }
     }
 }
 
@@ -178,6 +256,19 @@ pub(super) async fn spawn_connected(
     socket_path: &Path,
     work_dir: &Path,
 ) -> std::io::Result<(Child, UnixStream)> {
+    spawn_connected_with(env, deps_dir, module, label, socket_path, work_dir, &[]).await
+}
+
+/// [`spawn_connected`] with the extra environment `vars`.
+async fn spawn_connected_with(
+    env: &PythonEnv,
+    deps_dir: Option<&Path>,
+    module: &str,
+    label: &str,
+    socket_path: &Path,
+    work_dir: &Path,
+    vars: &[(String, String)],
+) -> std::io::Result<(Child, UnixStream)> {
     let listener = bind(socket_path)?;
     let mut import_path = env.import_path.clone().into_os_string();
     if let Some(deps) = deps_dir {
@@ -193,6 +284,7 @@ pub(super) async fn spawn_connected(
         .arg(socket_path)
         .env("PYTHONPATH", import_path)
         .env("PYTHONUNBUFFERED", "1")
+        .envs(vars.iter().map(|(k, v)| (k, v)))
         .current_dir(work_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

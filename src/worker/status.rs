@@ -50,8 +50,11 @@ impl StartMode {
 #[derive(Debug)]
 pub struct WorkerStatus {
     pub id: usize,
-    /// The GPU the worker runs on, for all its restarts; `None`: the CPU.
+    /// The GPU the worker runs on, for all its restarts; `None`: the CPU. A torchrun
+    /// worker's first GPU.
     pub gpu_id: Option<u32>,
+    /// Every GPU of the worker: one, a torchrun worker's one per rank, or none.
+    pub gpu_ids: Vec<u32>,
     pub started: DateTime<Utc>,
     pid: AtomicU32,
     start_mode: Mutex<Option<StartMode>>,
@@ -60,10 +63,12 @@ pub struct WorkerStatus {
 }
 
 impl WorkerStatus {
-    pub fn new(id: usize, gpu_id: Option<u32>) -> Self {
+    /// Worker `id` on the GPUs `gpu_ids` (none: the CPU).
+    pub fn new(id: usize, gpu_ids: Vec<u32>) -> Self {
         Self {
             id,
-            gpu_id,
+            gpu_id: gpu_ids.first().copied(),
+            gpu_ids,
             started: Utc::now(),
             pid: AtomicU32::new(0),
             start_mode: Mutex::new(None),

@@ -19,6 +19,7 @@ use super::process::WorkerProcess;
 use super::protocol::{
     Frame, FromWorker, LoadMessage, ParamMeta, RequestMeta, ResponseMeta, SegmentNode, ToWorker,
 };
+use super::rank_group::Parallelism;
 use super::status::{WorkerState, WorkerStatus};
 use crate::error::ApiError;
 use crate::gpu::ModelGpus;
@@ -56,6 +57,8 @@ pub struct WorkerSpec {
     pub python: PythonEnv,
     /// Which GPU each new worker gets.
     pub gpus: ModelGpus,
+    /// torchrun workers: each worker is this many ranks (`parallelType`, `torchrun:`).
+    pub parallel: Option<Parallelism>,
     pub metrics: ModelMetrics,
     pub queue: Receiver<Job>,
     /// Which workers are idle, and the requests to retry ahead of `queue`.
@@ -124,7 +127,7 @@ impl WorkerHandle {
 
 /// Starts worker `id` of the model described by `spec`, on the next GPU it gets.
 pub fn spawn_worker(spec: Arc<WorkerSpec>, id: usize) -> WorkerHandle {
-    let status = Arc::new(WorkerStatus::new(id, spec.gpus.next()));
+    let status = Arc::new(WorkerStatus::new(id, spec.gpus.next_ids()));
     let cancel = CancellationToken::new();
     let (pinned, pinned_rx) = async_channel::unbounded();
     let task = tokio::spawn(supervise(spec, status.clone(), cancel.clone(), pinned_rx));
@@ -167,6 +170,7 @@ async fn supervise(
     let mut backoff = Backoff(Backoff::FIRST);
     // When the worker last went from working to failing; `None` while it works.
     let mut failing_since: Option<Instant> = None;
+    let mut restarts = 0;
     while !cancel.is_cancelled() {
         status.set_state(WorkerState::Starting);
         let socket = spec
@@ -175,7 +179,7 @@ async fn supervise(
             .join(format!("w{}.sock", SOCKETS.fetch_add(1, Ordering::Relaxed)));
         let loading = Instant::now();
         let started = tokio::select! {
-            started = start(&spec, &label, &socket, &status) => started,
+            started = start(&spec, &label, &socket, &status, restarts) => started,
             _ = cancel.cancelled() => break,
         };
         let mut traceback_logged = false;
@@ -214,6 +218,7 @@ async fn supervise(
         };
         status.set_pid(0);
         let Exit::Crashed(reason) = exit else { break };
+        restarts += 1;
         let since = match failing_since {
             Some(since) => {
                 tracing::warn!("worker {label}: Auto recovery failed again");
@@ -300,22 +305,34 @@ impl StartFailure {
     }
 }
 
-/// Starts the process and loads the handler; the error says why not.
+/// Starts the process (a torchrun worker's ranks, its `restarts`-th time) and loads the
+/// handler; the error says why not.
 async fn start(
     spec: &WorkerSpec,
     label: &str,
     socket: &std::path::Path,
     status: &WorkerStatus,
+    restarts: usize,
 ) -> Result<WorkerProcess, StartFailure> {
-    let mut process = WorkerProcess::start(
-        &spec.python,
-        spec.deps_dir.as_deref(),
-        label,
-        socket,
-        &spec.model_dir,
-    )
-    .await
-    .map_err(|e| StartFailure::server(format!("cannot start worker: {e}")))?;
+    let process = match &spec.parallel {
+        Some(parallel) => {
+            parallel
+                .start(spec, label, socket, &status.gpu_ids, restarts)
+                .await
+        }
+        None => {
+            WorkerProcess::start(
+                &spec.python,
+                spec.deps_dir.as_deref(),
+                label,
+                socket,
+                &spec.model_dir,
+            )
+            .await
+        }
+    };
+    let mut process =
+        process.map_err(|e| StartFailure::server(format!("cannot start worker: {e}")))?;
     status.set_start_mode(process.start_mode());
     let load = ToWorker::Load(LoadMessage {
         model_name: &spec.model_name,
@@ -472,7 +489,7 @@ async fn serve_batches(
         }
         let (first, source) = tokio::select! {
             biased;
-            frame = process.receive(), if !flights.is_empty() => {
+            frame = process.receive_or_break(!flights.is_empty()) => {
                 let frame = match frame {
                     Ok(frame) => frame,
                     Err(e) => {
