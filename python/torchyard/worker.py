@@ -17,7 +17,7 @@ import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .codec import Blob, decode
-from . import envelopes
+from . import continuous, envelopes
 from .context import Context
 from .metrics import Metric, Metrics, drain
 from .framing import FrameReader, ProtocolError, write_frame
@@ -54,6 +54,8 @@ class Worker:
         self.pending_metrics: List[Metric] = []
         #: The requests of the batch being served, as the frame lists them.
         self.batch: Sequence[dict] = ()
+        #: `continuousBatching`: each answer says whether its request goes on.
+        self.continuous = False
 
     def handle(self, msg: dict, blobs: List[bytearray]) -> Reply:
         """The reply to one message."""
@@ -84,6 +86,7 @@ class Worker:
         self.context = context(msg["model_name"], msg.get("manifest"), msg["model_dir"])
         self.decode_input_request = msg.get("decode_input_request", True)
         self.envelope = msg.get("envelope")
+        self.continuous = continuous.enabled(msg.get("model_yaml_config"))
         self.context.intermediate_sink = self.send_intermediate
         segment = msg.get("segment")
         try:
@@ -151,6 +154,8 @@ class Worker:
             return error_reply(problem)
         responses, bodies = [], []
         try:
+            if self.continuous:
+                continuous.mark_continuing(context, outputs)
             for idx, output in enumerate(outputs):
                 response, body = response_entry(idx, output, context.request_processor[idx])
                 responses.append(response)

@@ -2,6 +2,7 @@
 //! started fresh), and the task that supervises one worker and feeds it batches.
 
 mod batcher;
+mod continuous;
 mod fd_passing;
 mod fork_server;
 mod forked;

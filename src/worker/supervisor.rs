@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::batcher;
+use super::continuous;
 use super::process::WorkerProcess;
 use super::protocol::{
     Frame, FromWorker, LoadMessage, ParamMeta, RequestMeta, ResponseMeta, SegmentNode, ToWorker,
@@ -81,7 +82,7 @@ impl JobTickets {
         self.offer();
     }
 
-    fn offer(&self) {
+    pub(super) fn offer(&self) {
         self.0.fetch_add(1, Ordering::SeqCst);
     }
 }
@@ -123,7 +124,7 @@ pub fn spawn_worker(spec: Arc<WorkerSpec>, id: usize) -> WorkerHandle {
 }
 
 /// Why a worker stopped serving.
-enum Exit {
+pub(super) enum Exit {
     Cancelled,
     Crashed(String),
 }
@@ -328,6 +329,9 @@ async fn serve(
     cancel: &CancellationToken,
     pinned: &Receiver<Job>,
 ) -> Exit {
+    if continuous::enabled(spec) {
+        return continuous::serve(spec, process, cancel, pinned).await;
+    }
     let mut offered = false;
     let exit = serve_batches(spec, process, cancel, pinned, &mut offered).await;
     if let (Some(tickets), true) = (&spec.tickets, offered) {
@@ -453,7 +457,7 @@ async fn serve_batches(
 
 /// Answers and removes the jobs of `batch` that waited in the queue longer than `limit`
 /// (`clientTimeoutInMills`).
-fn drop_expired(spec: &WorkerSpec, batch: &mut Vec<Job>, limit: Duration) {
+pub(super) fn drop_expired(spec: &WorkerSpec, batch: &mut Vec<Job>, limit: Duration) {
     let (fresh, expired): (Vec<Job>, Vec<Job>) = std::mem::take(batch)
         .into_iter()
         .partition(|job| job.enqueued.elapsed() < limit);
@@ -489,25 +493,16 @@ async fn send(
     flights: &mut VecDeque<Flight>,
 ) -> Result<(), String> {
     spec.metrics.record_batch(batch.len());
-    let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
-    let batch: Vec<Batched> = batch
-        .into_iter()
-        .map(|job| {
-            answers.push(Answer::Reply(job.reply));
-            Batched {
-                request: job.request,
-                enqueued: job.enqueued,
-                version_named: job.version_named,
-                segment: job.segment,
-            }
-        })
-        .collect();
-    flights.push_back(Flight {
-        batch,
-        answers,
-        scheduled: Instant::now(),
-    });
-    let flight = flights.back().expect("just pushed");
+    flights.push_back(Flight::new(batch));
+    dispatch(spec, process, flights.back().expect("just pushed")).await
+}
+
+/// Sends a flight's batch to the worker as a `predict` message.
+pub(super) async fn dispatch(
+    spec: &WorkerSpec,
+    process: &mut WorkerProcess,
+    flight: &Flight,
+) -> Result<(), String> {
     let mut blobs: Vec<&Bytes> = Vec::new();
     let requests: Vec<RequestMeta<'_>> = flight
         .batch
@@ -535,7 +530,7 @@ async fn send(
 }
 
 /// Answers every batch in flight, and a batch formed but not sent, with the worker's failure.
-fn crash(
+pub(super) fn crash(
     spec: &WorkerSpec,
     flights: VecDeque<Flight>,
     held: Option<Vec<Job>>,
@@ -554,7 +549,7 @@ fn crash(
 }
 
 /// The error a job gets when its worker broke.
-fn worker_failed(spec: &WorkerSpec, message: &str) -> ApiError {
+pub(super) fn worker_failed(spec: &WorkerSpec, message: &str) -> ApiError {
     ApiError::internal(format!(
         "Worker for model {} failed: {message}",
         spec.model_name
@@ -562,18 +557,28 @@ fn worker_failed(spec: &WorkerSpec, message: &str) -> ApiError {
 }
 
 /// A batch sent to the worker whose reply has not all come.
-struct Flight {
-    batch: Vec<Batched>,
-    answers: Vec<Answer>,
+pub(super) struct Flight {
+    pub(super) batch: Vec<Batched>,
+    pub(super) answers: Vec<Answer>,
     /// When the batch was sent.
-    scheduled: Instant,
+    pub(super) scheduled: Instant,
 }
 
 impl Flight {
+    /// A batch of queued jobs, sent now.
+    pub(super) fn new(jobs: Vec<Job>) -> Self {
+        let (batch, answers) = jobs.into_iter().map(Batched::from_job).unzip();
+        Self {
+            batch,
+            answers,
+            scheduled: Instant::now(),
+        }
+    }
+
     /// Takes in one frame of the reply: forwards a streaming handler's chunks to their jobs
     /// and returns `None` until the final frame, whose outcome it returns; the handler's
     /// metrics and the worker's `PredictionTime` go to `metrics`.
-    fn take(
+    pub(super) fn take(
         &mut self,
         frame: Frame,
         metrics: &ModelMetrics,
@@ -642,7 +647,7 @@ impl Flight {
     }
 
     /// Answers the batch's jobs with its outcome; `Err` with the reason when the worker broke.
-    fn finish(
+    pub(super) fn finish(
         self,
         spec: &WorkerSpec,
         outcome: Result<Vec<InferenceResponse>, Failure>,
@@ -687,25 +692,47 @@ impl Flight {
 }
 
 /// A job of the batch in flight, without its reply (which its [`Answer`] holds).
-struct Batched {
-    request: InferenceRequest,
-    enqueued: Instant,
-    version_named: bool,
+pub(super) struct Batched {
+    pub(super) request: InferenceRequest,
+    pub(super) enqueued: Instant,
+    pub(super) version_named: bool,
     segment: bool,
+}
+
+impl Batched {
+    /// Splits a job into the request and where its answer goes.
+    fn from_job(job: Job) -> (Self, Answer) {
+        let batched = Self {
+            request: job.request,
+            enqueued: job.enqueued,
+            version_named: job.version_named,
+            segment: job.segment,
+        };
+        (batched, Answer::Reply(job.reply))
+    }
 }
 
 /// Where a job's answer goes: its reply, until the handler sends a partial result; then the
 /// stream that the reply's first chunk opened.
-enum Answer {
+pub(super) enum Answer {
     Reply(oneshot::Sender<JobResult>),
     Stream(mpsc::UnboundedSender<JobResult>),
     Gone,
 }
 
 impl Answer {
+    /// Whether the client went away (or the answer is complete): nothing more reaches it.
+    pub(super) fn is_gone(&self) -> bool {
+        match self {
+            Answer::Reply(reply) => reply.is_closed(),
+            Answer::Stream(more) => more.is_closed(),
+            Answer::Gone => true,
+        }
+    }
+
     /// Sends a partial result at once: the first opens the stream. A client that went away
     /// drops it.
-    fn partial(&mut self, mut chunk: InferenceResponse) {
+    pub(super) fn partial(&mut self, mut chunk: InferenceResponse) {
         match std::mem::replace(self, Answer::Gone) {
             Answer::Reply(reply) => {
                 let (more, rest) = MoreChunks::channel();
@@ -724,7 +751,7 @@ impl Answer {
     }
 
     /// Sends the last chunk, or the only one.
-    fn finish(self, result: JobResult) {
+    pub(super) fn finish(self, result: JobResult) {
         match self {
             Answer::Reply(reply) => {
                 let _ = reply.send(result);
@@ -738,7 +765,7 @@ impl Answer {
 }
 
 /// How a batch failed: the handler raised (the worker lives on) or the worker itself broke.
-enum Failure {
+pub(super) enum Failure {
     Handler(ApiError),
     Worker(String),
 }
