@@ -46,12 +46,11 @@ struct Known {
 
 /// TorchServe's frontend keys of `model-config.yaml` that torchyard does not act on: a model
 /// naming one is registered with a warning, so that the setting is never dropped unseen.
-pub const UNSUPPORTED_KEYS: [&str; 5] = [
+pub const UNSUPPORTED_KEYS: [&str; 4] = [
     "parallelType",
     "parallelLevel",
     "torchrun",
     "sequenceTimeoutMSec",
-    "asyncCommunication",
 ];
 
 impl ModelConfig {

@@ -102,7 +102,7 @@ pub(super) async fn serve(
             scheduled: Instant::now(),
         };
         spec.metrics.record_batch(flight.batch.len());
-        if let Err(message) = supervisor::dispatch(spec, process, &flight).await {
+        if let Err(message) = supervisor::dispatch(spec, process, &flight, None).await {
             return supervisor::crash(spec, VecDeque::from([flight]), None, message);
         }
         let outcome = loop {

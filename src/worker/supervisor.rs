@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::batcher;
-use super::continuous;
+use super::{async_worker, continuous};
 use super::process::WorkerProcess;
 use super::protocol::{
     Frame, FromWorker, LoadMessage, ParamMeta, RequestMeta, ResponseMeta, SegmentNode, ToWorker,
@@ -332,6 +332,9 @@ async fn serve(
     if continuous::enabled(spec) {
         return continuous::serve(spec, process, cancel, pinned).await;
     }
+    if async_worker::enabled(spec) {
+        return async_worker::serve(spec, process, cancel, pinned).await;
+    }
     let mut offered = false;
     let exit = serve_batches(spec, process, cancel, pinned, &mut offered).await;
     if let (Some(tickets), true) = (&spec.tickets, offered) {
@@ -494,14 +497,16 @@ async fn send(
 ) -> Result<(), String> {
     spec.metrics.record_batch(batch.len());
     flights.push_back(Flight::new(batch));
-    dispatch(spec, process, flights.back().expect("just pushed")).await
+    dispatch(spec, process, flights.back().expect("just pushed"), None).await
 }
 
-/// Sends a flight's batch to the worker as a `predict` message.
+/// Sends a flight's batch to the worker as a `predict` message; an async worker's replies name
+/// the batch by `number`.
 pub(super) async fn dispatch(
     spec: &WorkerSpec,
     process: &mut WorkerProcess,
     flight: &Flight,
+    number: Option<u64>,
 ) -> Result<(), String> {
     let mut blobs: Vec<&Bytes> = Vec::new();
     let requests: Vec<RequestMeta<'_>> = flight
@@ -522,6 +527,7 @@ pub(super) async fn dispatch(
     let message = ToWorker::Predict {
         requests,
         blobs: blobs.iter().map(|b| b.len()).collect(),
+        batch: number,
     };
     process
         .send(&message, &blobs)
