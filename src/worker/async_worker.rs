@@ -57,7 +57,12 @@ pub(super) async fn serve(
     let deadline = tokio::time::sleep(spec.response_timeout);
     tokio::pin!(deadline);
     let crash = |flights: HashMap<u64, Flight>, message: String| {
-        supervisor::crash(spec, flights.into_values().collect::<VecDeque<_>>(), None, message)
+        supervisor::crash(
+            spec,
+            flights.into_values().collect::<VecDeque<_>>(),
+            None,
+            message,
+        )
     };
     loop {
         let taking = !cancel.is_cancelled() && !queue_done;
@@ -105,7 +110,8 @@ pub(super) async fn serve(
             },
         };
         offered = false;
-        let mut batch = batcher::collect(source, first, spec.batch_size, spec.max_batch_delay).await;
+        let mut batch =
+            batcher::collect(source, first, spec.batch_size, spec.max_batch_delay).await;
         batch.retain(|job| !job.reply.is_closed());
         if let Some(limit) = spec.client_timeout {
             supervisor::drop_expired(spec, &mut batch, limit);
@@ -115,7 +121,9 @@ pub(super) async fn serve(
         }
         spec.metrics.record_batch(batch.len());
         if flights.is_empty() {
-            deadline.as_mut().reset(tokio::time::Instant::now() + spec.response_timeout);
+            deadline
+                .as_mut()
+                .reset(tokio::time::Instant::now() + spec.response_timeout);
         }
         let number = next;
         next += 1;

@@ -47,8 +47,8 @@ pub(super) async fn serve(
     cancel: &CancellationToken,
     pinned: &Receiver<Job>,
 ) -> Exit {
-    let sequences = spec.model_yaml_config.get("sequenceBatching")
-        == Some(&serde_json::Value::Bool(true));
+    let sequences =
+        spec.model_yaml_config.get("sequenceBatching") == Some(&serde_json::Value::Bool(true));
     let capacity = spec.batch_size.max(1) * if sequences { 2 } else { 1 };
     let mut running: Vec<Running> = Vec::new();
     loop {

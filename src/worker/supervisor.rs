@@ -14,12 +14,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::batcher;
-use super::{async_worker, continuous};
 use super::process::WorkerProcess;
 use super::protocol::{
     Frame, FromWorker, LoadMessage, ParamMeta, RequestMeta, ResponseMeta, SegmentNode, ToWorker,
 };
 use super::status::{WorkerState, WorkerStatus};
+use super::{async_worker, continuous};
 use crate::error::ApiError;
 use crate::gpu::ModelGpus;
 use crate::job::{InferenceRequest, InferenceResponse, Job, JobResult, MoreChunks};
