@@ -20,7 +20,9 @@ STEP = 0.15
 
 #: Counts from 0 to n-1 per request, one token `{tag}{i}/{requests in the step} ` a step;
 #: a running request must come back without its body; `fail` raises on the request's first
-#: step.
+#: step. A request of a stateful sequence adds its `add` to the sequence's sum and is tagged
+#: `{sequence id}:{sum}:`; `end` closes the sequence by the response header
+#: `ts_request_sequence_end` (TorchServe's SequenceContinuousBatching).
 HANDLER = f"""
 import json
 import time
@@ -32,11 +34,12 @@ class Counter(BaseHandler):
     def initialize(self, context):
         self.context = context
         self.state = {{}}
+        self.sums = {{}}
         self.initialized = True
 
     def preprocess(self, data):
         ids = list(self.context.request_ids.values())
-        for req_id, row in zip(ids, data):
+        for idx, (req_id, row) in enumerate(zip(ids, data)):
             if req_id in self.state:
                 assert not row, f"running request {{req_id}} came back with {{row!r}}"
                 continue
@@ -44,7 +47,14 @@ class Counter(BaseHandler):
             ask = json.loads(body) if isinstance(body, (bytes, bytearray)) else body
             if ask.get("fail"):
                 raise ValueError("asked to fail")
-            self.state[req_id] = {{"tag": ask["tag"], "n": ask["n"], "i": 0}}
+            tag = ask.get("tag")
+            sequence = self.context.get_sequence_id(idx)
+            if sequence:
+                self.sums[sequence] = self.sums.get(sequence, 0) + ask["add"]
+                tag = f"{{sequence}}:{{self.sums[sequence]}}:"
+                if ask.get("end"):
+                    self.context.set_response_header(idx, "ts_request_sequence_end", sequence)
+            self.state[req_id] = {{"tag": tag, "n": ask["n"], "i": 0}}
         return ids
 
     def inference(self, ids, *args, **kwargs):
@@ -78,16 +88,31 @@ continuousBatching: true
 """
 
 
+SEQUENCE_CONFIG = CONFIG + """sequenceBatching: true
+maxNumSequence: 2
+maxSequenceJobQueueSize: 2
+"""
+
+
 @pytest.fixture(scope="module")
-def url(start_module_server, tmp_path_factory, ts_package):
+def server(start_module_server, tmp_path_factory, ts_package):
     store = tmp_path_factory.mktemp("continuous") / "store"
     build_mar(store, "counter", {"handler.py": HANDLER, "model-config.yaml": CONFIG},
               manifest("counter", "handler.py", configFile="model-config.yaml"))
+    build_mar(store, "summer", {"handler.py": HANDLER,
+                                "model-config.yaml": SEQUENCE_CONFIG},
+              manifest("summer", "handler.py", configFile="model-config.yaml"))
     server = start_module_server(store=store, env=worker_env(ts_package))
-    answer = requests.post(f"{server.management}/models",
-                           params={"url": "counter.mar", "synchronous": "true"})
-    assert answer.status_code == 200, answer.text
+    for name in ("counter", "summer"):
+        answer = requests.post(f"{server.management}/models",
+                               params={"url": f"{name}.mar", "synchronous": "true"})
+        assert answer.status_code == 200, answer.text
     assert "continuousBatching" not in server.log_text()  # no "not supported" warning
+    return server
+
+
+@pytest.fixture(scope="module")
+def url(server):
     return f"{server.inference}/predictions/counter"
 
 
@@ -172,3 +197,24 @@ def test_a_failing_step_fails_every_request_in_it(url):
     assert running.cut and 1 <= len(running.chunks) < 50
     # The worker goes on serving.
     assert requests.post(url, json={"tag": "t", "n": 1}, timeout=30).text == "t0/1 "
+
+
+def test_sequences_stream_with_continuous_batching(server):
+    url = f"{server.inference}/predictions/summer"
+    first = Stream(url, {"add": 2, "n": 3})
+    assert first.first.wait(10)
+    other = Stream(url, {"add": 5, "n": 1})  # another sequence joins the running batch
+    chunks, joined = first.texts(), other.texts()
+    sequence = first.headers["ts_request_sequence_id"]
+    assert [c.split("/")[0] for c in chunks] == [f"{sequence}:2:{i}" for i in range(3)]
+    assert joined[0].endswith("/2 ") and other.headers["ts_request_sequence_id"] != sequence
+    # The sequence's next request finds its state; the handler's end header closes it, which
+    # frees its place (maxNumSequence 2): two new sequences open after it.
+    more = requests.post(url, json={"add": 1, "n": 1, "end": True}, timeout=30,
+                         headers={"ts_request_sequence_id": sequence})
+    assert more.status_code == 200 and more.text.startswith(f"{sequence}:3:0"), more.text
+    requests.post(url, json={"add": 0, "n": 1, "end": True}, timeout=30,
+                  headers={"ts_request_sequence_id": other.headers["ts_request_sequence_id"]})
+    for _ in range(2):
+        answer = requests.post(url, json={"add": 1, "n": 1}, timeout=30)
+        assert answer.status_code == 200, answer.text
