@@ -6,12 +6,14 @@ step's answer streams out to its client, and a client that leaves is dropped fro
 Each test runs with torchyard's stand-in `ts` and with TorchServe's own package."""
 
 import json
+import sys
 import threading
 import time
 
 import pytest
 import requests
 
+from support import grpc_stubs
 from support.archives import build_mar, manifest
 from support.ts_packages import worker_env
 
@@ -218,3 +220,25 @@ def test_sequences_stream_with_continuous_batching(server):
     for _ in range(2):
         answer = requests.post(url, json={"add": 1, "n": 1}, timeout=30)
         assert answer.status_code == 200, answer.text
+
+
+@pytest.fixture(scope="module")
+def inference_pb(tmp_path_factory):
+    pytest.importorskip("grpc_tools")
+    out = tmp_path_factory.mktemp("stubs")
+    yield grpc_stubs.generate(out)
+    sys.path.remove(str(out))
+
+
+def test_grpc_stream_predictions2_carries_each_step(server, inference_pb):
+    import grpc
+
+    ip = inference_pb["inference_pb2"]
+    stub = inference_pb["inference_pb2_grpc"].InferenceAPIsServiceStub(
+        grpc.insecure_channel(server.grpc_inference))
+    asks = [ip.PredictionsRequest(model_name="counter",
+                                  input={"data": json.dumps({"tag": t, "n": n}).encode()})
+            for t, n in (("g", 3), ("h", 1))]
+    answers = [m.prediction.decode() for m in stub.StreamPredictions2(iter(asks))]
+    # A message per step of each request, the requests in turn.
+    assert answers == ["g0/1 ", "g1/1 ", "g2/1 ", "h0/1 "]
