@@ -81,6 +81,9 @@ class Context:
         self.request_processor: List[RequestProcessor] = []
         #: Sends partial results `(outputs, req_id_map)` to the server; the worker sets it.
         self.intermediate_sink: Optional[Callable[[Sequence[Any], Dict[int, str]], None]] = None
+        #: Continuous batching: per batch index, a callable that gets the request's output of
+        #: a step and answers False while the request goes on (TorchServe's name).
+        self.stopping_criteria: Optional[Sequence[Callable[[Any], Optional[bool]]]] = None
         #: Where TorchServe's own `send_intermediate_predict_response` writes partial results.
         self.cl_socket = FrameSocket(self)
         #: The request headers of a stateful model's sequences (TorchServe's names and

@@ -3,10 +3,15 @@ output."""
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple
+import logging
+import traceback
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from .codec import Blob, encode
-from .context import RequestProcessor
+from .context import Context as RequestContext, RequestProcessor
+from .continuous import mark_continuing
+
+log = logging.getLogger("torchyard.worker")
 
 Reply = Tuple[dict, Sequence[Blob]]
 
@@ -62,3 +67,45 @@ def response_entry(idx: int, output: Any, processor: RequestProcessor) -> Tuple[
     if headers:
         response["headers"] = headers
     return response, body
+
+
+def encode_outputs(outputs: Any, context: RequestContext, count: int, continuous: bool) -> Reply:
+    """The `predicted` reply to a batch of `count` from the handler's outputs; with
+    continuous batching, each response says whether its request goes on."""
+    problem = outputs_problem(outputs, count)
+    if problem:
+        return error_reply(problem)
+    responses, bodies = [], []
+    try:
+        if continuous:
+            mark_continuing(context, outputs)
+        for idx, output in enumerate(outputs):
+            response, body = response_entry(idx, output, context.request_processor[idx])
+            responses.append(response)
+            bodies.append(body)
+    except Exception as exc:  # noqa: BLE001 - an unserialisable output fails its batch
+        log.error("cannot encode the handler's output:\n%s", traceback.format_exc())
+        return exception_reply(exc, "PredictionException")
+    return {"kind": "predicted", "responses": responses}, bodies
+
+
+def intermediate_frame(context: RequestContext, batch: Sequence[dict], outputs: Sequence[Any],
+                       req_id_map: Dict[int, str],
+                       traces: Optional[Dict[int, dict]] = None) -> Reply:
+    """The `intermediate` frame of partial results `outputs` for the requests of `req_id_map`
+    (batch indices of the handler's `context`), in a frame for `batch`."""
+    processors = context.request_processor
+    ids = context.request_ids
+    whole = len(processors) == len(batch)
+    places = None if whole else {r["id"]: i for i, r in enumerate(batch)}
+    responses, bodies = [], []
+    for idx in req_id_map:
+        if not isinstance(idx, int) or not 0 <= idx < len(processors):
+            raise ValueError(f"no request {idx!r} in a batch of {len(processors)}")
+        response, body = response_entry(idx, outputs[idx], processors[idx])
+        index = idx if places is None else places[ids[idx]]
+        responses.append({**response, "index": index, "blob": len(bodies)})
+        if traces and idx in traces:
+            responses[-1]["trace"] = traces[idx]
+        bodies.append(body)
+    return {"kind": "intermediate", "responses": responses}, bodies

@@ -19,12 +19,12 @@ import uuid
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .codec import JSON, Blob, decode
-from . import envelopes
+from . import async_loop, continuous as continuous_batching, envelopes
 from .context import Context
 from .metrics import Metric, Metrics, drain
 from .framing import FrameReader, ProtocolError, write_frame
 from .handler_loader import Entry, load_entry_point
-from .replies import Reply, error_reply, exception_reply, outputs_problem, response_entry
+from .replies import Reply, encode_outputs, error_reply, exception_reply, intermediate_frame
 from .segment import Segment
 
 log = logging.getLogger("torchyard.worker")
@@ -56,6 +56,10 @@ class Worker:
         self.pending_metrics: List[Metric] = []
         #: The requests of the batch being served, as the frame lists them.
         self.batch: Sequence[dict] = ()
+        #: `continuousBatching`: each answer says whether its request goes on.
+        self.continuous = False
+        #: `asyncCommunication`: batches run concurrently on an asyncio loop (async_loop.py).
+        self.asynchronous = False
 
     def handle(self, msg: dict, blobs: List[bytearray]) -> Reply:
         """The reply to one message."""
@@ -90,6 +94,8 @@ class Worker:
         self.context = context(msg["model_name"], msg.get("manifest"), msg["model_dir"])
         self.decode_input_request = msg.get("decode_input_request", True)
         self.envelope = msg.get("envelope")
+        self.continuous = continuous_batching.enabled(msg.get("model_yaml_config"))
+        self.asynchronous = async_loop.enabled(msg.get("model_yaml_config"), msg.get("segment"))
         self.context.intermediate_sink = self.send_intermediate
         segment = msg.get("segment")
         try:
@@ -157,6 +163,10 @@ class Worker:
         header["prediction_us"] = round((time.perf_counter() - started) * 1e6)
         return header, bodies
 
+    def decode_batch(self, requests: List[dict], blobs: List[bytearray]) -> List[dict]:
+        """The handler's `data`: one dict of parameters per request."""
+        return [self.row(request, blobs) for request in requests]
+
     def run(self, requests: List[dict], data: List[dict]) -> Reply:
         """Runs a decoded batch: through the fused segment (all of it when the worker holds
         only functions, else the requests that ask for it), the handler for the rest."""
@@ -187,19 +197,7 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - a handler failure fails its batch only
             log.error("handler failed:\n%s", traceback.format_exc())
             return exception_reply(exc, "PredictionException")
-        problem = outputs_problem(outputs, len(requests))
-        if problem:
-            return error_reply(problem)
-        responses, bodies = [], []
-        try:
-            for idx, output in enumerate(outputs):
-                response, body = response_entry(idx, output, context.request_processor[idx])
-                responses.append(response)
-                bodies.append(body)
-        except Exception as exc:  # noqa: BLE001 - an unserialisable output fails its batch
-            log.error("cannot encode the handler's output:\n%s", traceback.format_exc())
-            return exception_reply(exc, "PredictionException")
-        return {"kind": "predicted", "responses": responses}, bodies
+        return encode_outputs(outputs, context, len(requests), self.continuous)
 
     def send_intermediate(self, outputs: Sequence[Any], req_id_map: Dict[int, str],
                           traces: Optional[Dict[int, dict]] = None) -> None:
@@ -207,21 +205,7 @@ class Worker:
         with the segment trace `traces` holds for it. The handler may serve part of the frame's
         batch (the rest runs a fused segment, or left it): a request's index is then its place
         in the frame, found by its id."""
-        processors = self.context.request_processor
-        ids = self.context.request_ids
-        whole = len(processors) == len(self.batch)
-        places = None if whole else {r["id"]: i for i, r in enumerate(self.batch)}
-        responses, bodies = [], []
-        for idx in req_id_map:
-            if not isinstance(idx, int) or not 0 <= idx < len(processors):
-                raise ValueError(f"no request {idx!r} in a batch of {len(processors)}")
-            response, body = response_entry(idx, outputs[idx], processors[idx])
-            index = idx if places is None else places[ids[idx]]
-            responses.append({**response, "index": index, "blob": len(bodies)})
-            if traces and idx in traces:
-                responses[-1]["trace"] = traces[idx]
-            bodies.append(body)
-        self.send({"kind": "intermediate", "responses": responses}, bodies)
+        self.send(*intermediate_frame(self.context, self.batch, outputs, req_id_map, traces))
 
 
 def decoded(param: dict, blobs: List[bytearray]) -> Any:
@@ -271,6 +255,9 @@ def serve(sock: socket.socket, worker: Worker) -> None:
             except ProtocolError as exc:  # too large to send; nothing went out
                 log.error("%s", exc)
                 write_frame(sock, *error_reply(f"{type(exc).__name__}: {exc}"))
+            if worker.asynchronous and header.get("kind") == "loaded":
+                async_loop.serve(sock, frames, worker)
+                return
             del header, bodies
         except (EOFError, ConnectionError):
             log.info("the server closed the connection; exiting")

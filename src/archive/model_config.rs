@@ -46,11 +46,7 @@ struct Known {
 
 /// TorchServe's frontend keys of `model-config.yaml` that torchyard does not act on: a model
 /// naming one is registered with a warning, so that the setting is never dropped unseen.
-pub const UNSUPPORTED_KEYS: [&str; 3] = [
-    "sequenceTimeoutMSec",
-    "continuousBatching",
-    "asyncCommunication",
-];
+pub const UNSUPPORTED_KEYS: [&str; 1] = ["sequenceTimeoutMSec"];
 
 impl ModelConfig {
     /// Parses and validates the text of a model-config.yaml.

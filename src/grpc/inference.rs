@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use futures::stream::{BoxStream, StreamExt};
+use futures::future;
+use futures::stream::{self, BoxStream, StreamExt};
 use serde_json::json;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
@@ -65,28 +66,35 @@ fn answer(output: InferenceResponse) -> PredictionResponse {
     }
 }
 
-/// One StreamPredictions2 request's answer: the prediction, or its error in `status`; the
-/// sequence id is echoed either way.
-async fn answer_in_stream(
+/// One StreamPredictions2 request's answers: a message per chunk of a streamed (or
+/// continuously batched) answer, one for a handler that answers once, or its error in
+/// `status`; each echoes the request's sequence id.
+fn answers_in_stream(
     state: &AppState,
     message: PredictionsRequest,
     metadata: &MetadataMap,
-) -> PredictionResponse {
+) -> Answers {
     let sequence_id = message.sequence_id.clone();
-    let result = match decode(message, metadata) {
-        Ok(d) => predict::model(state, &d.model, d.version.as_deref(), d.request).await,
-        Err(e) => Err(e),
+    let failed = |sequence_id: Option<String>, e| PredictionResponse {
+        sequence_id,
+        status: Some(in_stream_error(e)),
+        ..Default::default()
     };
-    match result {
-        Ok(output) => PredictionResponse {
-            sequence_id,
-            ..answer(output)
-        },
-        Err(e) => PredictionResponse {
-            sequence_id,
-            status: Some(in_stream_error(e)),
-            ..Default::default()
-        },
+    let chunks = decode(message, metadata)
+        .and_then(|d| predict::model_stream(state, &d.model, d.version.as_deref(), d.request));
+    match chunks {
+        Ok(chunks) => chunks
+            .map(move |chunk| {
+                Ok(match chunk {
+                    Ok(output) => PredictionResponse {
+                        sequence_id: sequence_id.clone(),
+                        ..answer(output)
+                    },
+                    Err(e) => failed(sequence_id.clone(), e),
+                })
+            })
+            .boxed(),
+        Err(e) => stream::once(future::ready(Ok(failed(sequence_id, e)))).boxed(),
     }
 }
 
@@ -137,8 +145,8 @@ impl InferenceApIsService for Inference {
 
     type StreamPredictions2Stream = Answers;
 
-    /// One answer per request, in the order of the requests; a failed request is answered
-    /// with its error in `status` and the stream goes on.
+    /// The answers of each request in turn, in the order of the requests (a message per
+    /// chunk); a failed request is answered with its error in `status` and the stream goes on.
     async fn stream_predictions2(
         &self,
         request: Request<Streaming<PredictionsRequest>>,
@@ -146,14 +154,9 @@ impl InferenceApIsService for Inference {
         let state = self.state.clone();
         let (metadata, _, messages) = request.into_parts();
         let metadata = Arc::new(metadata);
-        let answers = messages.then(move |message| {
-            let (state, metadata) = (state.clone(), metadata.clone());
-            async move {
-                match message {
-                    Ok(message) => Ok(answer_in_stream(&state, message, &metadata).await),
-                    Err(status) => Err(status),
-                }
-            }
+        let answers = messages.flat_map(move |message| match message {
+            Ok(message) => answers_in_stream(&state, message, &metadata),
+            Err(status) => stream::once(future::ready(Err(status))).boxed(),
         });
         Ok(Response::new(answers.boxed()))
     }

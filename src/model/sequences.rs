@@ -135,10 +135,11 @@ impl Sequences {
     }
 
     /// Records that an admitted request was answered; its sequence closes when the request
-    /// carried the end header.
-    pub fn leave(&self, admitted: &Admitted) {
+    /// carried the end header or the handler's answer did (`handler_ended`, as TorchServe's
+    /// sequence continuous batching reads it).
+    pub fn leave(&self, admitted: &Admitted, handler_ended: bool) {
         let mut open = self.open.lock().expect("sequences lock");
-        if admitted.ends {
+        if admitted.ends || handler_ended {
             open.remove(&admitted.id);
         } else if let Some(sequence) = open.get_mut(&admitted.id) {
             sequence.pending = sequence.pending.saturating_sub(1);
@@ -228,13 +229,18 @@ mod tests {
         assert!(sequences
             .enter(&mut request(Some("b")), &[1], refused)
             .is_err());
-        sequences.leave(&a);
+        sequences.leave(&a, false);
         let mut last = request(Some("a"));
         last.headers.push((END_HEADER.into(), "true".into()));
         let a = sequences.enter(&mut last, &[1], refused).unwrap();
-        sequences.leave(&a);
-        assert!(sequences
+        sequences.leave(&a, false);
+        let b = sequences
             .enter(&mut request(Some("b")), &[1], refused)
+            .unwrap();
+        // The handler's answer may end its sequence too.
+        sequences.leave(&b, true);
+        assert!(sequences
+            .enter(&mut request(Some("c")), &[1], refused)
             .is_ok());
     }
 }

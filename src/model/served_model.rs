@@ -325,7 +325,13 @@ impl ServedModel {
             }),
             Err(_) => Err(refused()),
         };
-        sequences.leave(&admitted);
+        let handler_ended = result.as_ref().is_ok_and(|response| {
+            response
+                .headers
+                .iter()
+                .any(|(name, _)| name.eq_ignore_ascii_case(sequences::END_HEADER))
+        });
+        sequences.leave(&admitted, handler_ended);
         result.map(|mut response| {
             if !response
                 .headers

@@ -1,7 +1,9 @@
 //! Python worker processes: the wire protocol, the process itself (forked by the fork server or
 //! started fresh), and the task that supervises one worker and feeds it batches.
 
+mod async_worker;
 mod batcher;
+mod continuous;
 mod dispatch;
 mod fd_passing;
 mod fork_server;

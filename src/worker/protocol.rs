@@ -19,6 +19,9 @@ pub enum ToWorker<'a> {
     Predict {
         requests: Vec<RequestMeta<'a>>,
         blobs: Vec<usize>,
+        /// An async worker's number for the batch, which its replies name.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        batch: Option<u64>,
     },
 }
 

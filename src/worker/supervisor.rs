@@ -21,6 +21,7 @@ use super::protocol::{
 };
 use super::rank_group::Parallelism;
 use super::status::{WorkerState, WorkerStatus};
+use super::{async_worker, continuous};
 use crate::error::ApiError;
 use crate::gpu::ModelGpus;
 use crate::job::{InferenceRequest, InferenceResponse, Job, JobResult, MoreChunks};
@@ -98,7 +99,7 @@ impl JobTickets {
         self.offer();
     }
 
-    fn offer(&self) {
+    pub(super) fn offer(&self) {
         self.0.fetch_add(1, Ordering::SeqCst);
     }
 }
@@ -140,7 +141,7 @@ pub fn spawn_worker(spec: Arc<WorkerSpec>, id: usize) -> WorkerHandle {
 }
 
 /// Why a worker stopped serving.
-enum Exit {
+pub(super) enum Exit {
     Cancelled,
     Crashed(String),
 }
@@ -419,6 +420,12 @@ async fn serve(
     cancel: &CancellationToken,
     pinned: &Receiver<Job>,
 ) -> Exit {
+    if continuous::enabled(spec) {
+        return continuous::serve(spec, process, cancel, pinned).await;
+    }
+    if async_worker::enabled(spec) {
+        return async_worker::serve(spec, process, cancel, pinned).await;
+    }
     let mut offered = false;
     let exit = serve_batches(spec, process, cancel, pinned, &mut offered).await;
     if let (Some(tickets), true) = (&spec.tickets, offered) {
@@ -564,7 +571,7 @@ async fn serve_batches(
 
 /// Answers and removes the jobs of `batch` that waited in the queue longer than `limit`
 /// (`clientTimeoutInMills`).
-fn drop_expired(spec: &WorkerSpec, batch: &mut Vec<Job>, limit: Duration) {
+pub(super) fn drop_expired(spec: &WorkerSpec, batch: &mut Vec<Job>, limit: Duration) {
     let (fresh, expired): (Vec<Job>, Vec<Job>) = std::mem::take(batch)
         .into_iter()
         .partition(|job| job.enqueued.elapsed() < limit);
@@ -602,26 +609,18 @@ async fn send(
     flights: &mut VecDeque<Flight>,
 ) -> Result<(), String> {
     spec.metrics.record_batch(batch.len());
-    let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
-    let batch: Vec<Batched> = batch
-        .into_iter()
-        .map(|job| {
-            answers.push(Answer::Reply(job.reply));
-            Batched {
-                request: job.request,
-                enqueued: job.enqueued,
-                version_named: job.version_named,
-                segment: job.segment,
-            }
-        })
-        .collect();
-    flights.push_back(Flight {
-        batch,
-        answers,
-        scheduled: Instant::now(),
-        pinned,
-    });
-    let flight = flights.back().expect("just pushed");
+    flights.push_back(Flight::new(batch, pinned));
+    dispatch(spec, process, flights.back().expect("just pushed"), None).await
+}
+
+/// Sends a flight's batch to the worker as a `predict` message; an async worker's replies name
+/// the batch by `number`.
+pub(super) async fn dispatch(
+    spec: &WorkerSpec,
+    process: &mut WorkerProcess,
+    flight: &Flight,
+    number: Option<u64>,
+) -> Result<(), String> {
     let mut blobs: Vec<&Bytes> = Vec::new();
     let requests: Vec<RequestMeta<'_>> = flight
         .batch
@@ -641,6 +640,7 @@ async fn send(
     let message = ToWorker::Predict {
         requests,
         blobs: blobs.iter().map(|b| b.len()).collect(),
+        batch: number,
     };
     process
         .send(&message, &blobs)
@@ -651,7 +651,7 @@ async fn send(
 /// Answers the batch the worker was running (the first in flight, with `head_started`) with
 /// the worker's failure; the batches it never started, sent behind that one or formed and not
 /// sent, go to another worker (see [`Dispatch::retry_unstarted`]).
-fn crash(
+pub(super) fn crash(
     spec: &WorkerSpec,
     flights: VecDeque<Flight>,
     held: Option<(Vec<Job>, bool)>,
@@ -677,8 +677,22 @@ fn crash(
     Exit::Crashed(message)
 }
 
+/// Answers every batch in flight with the worker's failure, for a worker that runs them all at
+/// once (an async worker): each had started.
+pub(super) fn crash_all(
+    spec: &WorkerSpec,
+    flights: impl IntoIterator<Item = Flight>,
+    message: String,
+) -> Exit {
+    let error = worker_failed(spec, &message);
+    for answer in flights.into_iter().flat_map(|flight| flight.answers) {
+        answer.finish(Err(error.clone()));
+    }
+    Exit::Crashed(message)
+}
+
 /// The error a job gets when its worker broke.
-fn worker_failed(spec: &WorkerSpec, message: &str) -> ApiError {
+pub(super) fn worker_failed(spec: &WorkerSpec, message: &str) -> ApiError {
     ApiError::internal(format!(
         "Worker for model {} failed: {message}",
         spec.model_name
@@ -686,16 +700,27 @@ fn worker_failed(spec: &WorkerSpec, message: &str) -> ApiError {
 }
 
 /// A batch sent to the worker whose reply has not all come.
-struct Flight {
-    batch: Vec<Batched>,
-    answers: Vec<Answer>,
+pub(super) struct Flight {
+    pub(super) batch: Vec<Batched>,
+    pub(super) answers: Vec<Answer>,
     /// When the batch was sent.
-    scheduled: Instant,
+    pub(super) scheduled: Instant,
     /// Whether it holds requests of sequences pinned to the worker.
-    pinned: bool,
+    pub(super) pinned: bool,
 }
 
 impl Flight {
+    /// A batch of queued jobs, sent now; `pinned` as the field.
+    pub(super) fn new(jobs: Vec<Job>, pinned: bool) -> Self {
+        let (batch, answers) = jobs.into_iter().map(Batched::from_job).unzip();
+        Self {
+            batch,
+            answers,
+            scheduled: Instant::now(),
+            pinned,
+        }
+    }
+
     /// The batch's jobs back, for a batch the worker never started (no partial answer sent).
     fn into_jobs(self) -> Vec<Job> {
         self.batch
@@ -717,7 +742,7 @@ impl Flight {
     /// Takes in one frame of the reply: forwards a streaming handler's chunks to their jobs
     /// and returns `None` until the final frame, whose outcome it returns; the handler's
     /// metrics and the worker's `PredictionTime` go to `metrics`.
-    fn take(
+    pub(super) fn take(
         &mut self,
         frame: Frame,
         metrics: &ModelMetrics,
@@ -786,7 +811,7 @@ impl Flight {
     }
 
     /// Answers the batch's jobs with its outcome; `Err` with the reason when the worker broke.
-    fn finish(
+    pub(super) fn finish(
         self,
         spec: &WorkerSpec,
         outcome: Result<Vec<InferenceResponse>, Failure>,
@@ -834,25 +859,47 @@ impl Flight {
 }
 
 /// A job of the batch in flight, without its reply (which its [`Answer`] holds).
-struct Batched {
-    request: InferenceRequest,
-    enqueued: Instant,
-    version_named: bool,
+pub(super) struct Batched {
+    pub(super) request: InferenceRequest,
+    pub(super) enqueued: Instant,
+    pub(super) version_named: bool,
     segment: bool,
+}
+
+impl Batched {
+    /// Splits a job into the request and where its answer goes.
+    fn from_job(job: Job) -> (Self, Answer) {
+        let batched = Self {
+            request: job.request,
+            enqueued: job.enqueued,
+            version_named: job.version_named,
+            segment: job.segment,
+        };
+        (batched, Answer::Reply(job.reply))
+    }
 }
 
 /// Where a job's answer goes: its reply, until the handler sends a partial result; then the
 /// stream that the reply's first chunk opened.
-enum Answer {
+pub(super) enum Answer {
     Reply(oneshot::Sender<JobResult>),
     Stream(mpsc::UnboundedSender<JobResult>),
     Gone,
 }
 
 impl Answer {
+    /// Whether the client went away (or the answer is complete): nothing more reaches it.
+    pub(super) fn is_gone(&self) -> bool {
+        match self {
+            Answer::Reply(reply) => reply.is_closed(),
+            Answer::Stream(more) => more.is_closed(),
+            Answer::Gone => true,
+        }
+    }
+
     /// Sends a partial result at once: the first opens the stream. A client that went away
     /// drops it.
-    fn partial(&mut self, mut chunk: InferenceResponse) {
+    pub(super) fn partial(&mut self, mut chunk: InferenceResponse) {
         match std::mem::replace(self, Answer::Gone) {
             Answer::Reply(reply) => {
                 let (more, rest) = MoreChunks::channel();
@@ -871,7 +918,7 @@ impl Answer {
     }
 
     /// Sends the last chunk, or the only one.
-    fn finish(self, result: JobResult) {
+    pub(super) fn finish(self, result: JobResult) {
         match self {
             Answer::Reply(reply) => {
                 let _ = reply.send(result);
@@ -885,7 +932,7 @@ impl Answer {
 }
 
 /// How a batch failed: the handler raised (the worker lives on) or the worker itself broke.
-enum Failure {
+pub(super) enum Failure {
     Handler(ApiError),
     Worker(String),
 }
