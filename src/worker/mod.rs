@@ -9,6 +9,7 @@ mod process;
 pub mod protocol;
 mod status;
 mod supervisor;
+mod template;
 
 pub use fork_server::ForkServer;
 pub use process::abort_all;

@@ -19,6 +19,7 @@ use super::protocol::{
     Frame, FromWorker, LoadMessage, ParamMeta, RequestMeta, ResponseMeta, SegmentNode, ToWorker,
 };
 use super::status::{WorkerState, WorkerStatus};
+use super::template::ModelTemplate;
 use crate::error::ApiError;
 use crate::gpu::ModelGpus;
 use crate::job::{InferenceRequest, InferenceResponse, Job, JobResult, MoreChunks};
@@ -59,6 +60,8 @@ pub struct WorkerSpec {
     pub queue: Receiver<Job>,
     /// Workers of this model that have a loaded handler.
     pub ready_workers: AtomicUsize,
+    /// The process that loads the handler once and forks the workers (template.rs).
+    pub template: ModelTemplate,
     /// Workers that gave up restarting (past `max_retry_timeout`) and serve no more.
     pub retired_workers: AtomicUsize,
     /// Batches in a row that got no answer within `response_timeout` (TorchServe logs the count).
@@ -295,16 +298,6 @@ async fn start(
     socket: &std::path::Path,
     status: &WorkerStatus,
 ) -> Result<WorkerProcess, StartFailure> {
-    let mut process = WorkerProcess::start(
-        &spec.python,
-        spec.deps_dir.as_deref(),
-        label,
-        socket,
-        &spec.model_dir,
-    )
-    .await
-    .map_err(|e| StartFailure::server(format!("cannot start worker: {e}")))?;
-    status.set_start_mode(process.start_mode());
     let load = ToWorker::Load(LoadMessage {
         model_name: &spec.model_name,
         model_version: &spec.model_version,
@@ -322,6 +315,23 @@ async fn start(
         server_version: env!("CARGO_PKG_VERSION"),
         segment: spec.segment.as_deref(),
     });
+    let templated = spec
+        .template
+        .fork_worker(spec, &load, socket, label, status.gpu_id)
+        .await;
+    let mut process = match templated {
+        Some(process) => process,
+        None => WorkerProcess::start(
+            &spec.python,
+            spec.deps_dir.as_deref(),
+            label,
+            socket,
+            &spec.model_dir,
+        )
+        .await
+        .map_err(|e| StartFailure::server(format!("cannot start worker: {e}")))?,
+    };
+    status.set_start_mode(process.start_mode());
     let loaded = tokio::time::timeout(spec.startup_timeout, process.call(&load, &[])).await;
     let Ok(reply) = loaded else {
         process.kill().await;
