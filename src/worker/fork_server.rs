@@ -55,12 +55,23 @@ pub struct ForkedWorker {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub(super) enum FromForkServer {
-    Ready { pid: u32, preloaded: Vec<String> },
+    Ready {
+        pid: u32,
+        preloaded: Vec<String>,
+    },
     /// A template's handler loaded.
-    Loaded { pid: u32 },
-    Unsafe { reason: String },
-    Forked { pid: u32 },
-    Error { message: String },
+    Loaded {
+        pid: u32,
+    },
+    Unsafe {
+        reason: String,
+    },
+    Forked {
+        pid: u32,
+    },
+    Error {
+        message: String,
+    },
 }
 
 /// Why a fork server stopped.
@@ -102,7 +113,8 @@ impl ForkServer {
         socket: &Path,
         work_dir: &Path,
     ) -> Option<ForkedWorker> {
-        let request = json!({"kind": "fork", "role": "template", "socket": socket, "cwd": work_dir});
+        let request =
+            json!({"kind": "fork", "role": "template", "socket": socket, "cwd": work_dir});
         self.fork_as(request).await
     }
 

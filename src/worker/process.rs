@@ -76,8 +76,12 @@ impl WorkerProcess {
         if let (Some(fork_server), None) = (&env.fork_server, deps_dir) {
             let listener = bind(socket_path)?;
             if let Some(forked) = fork_server.fork(socket_path, work_dir).await {
-                let (process, stream) = connect_forked(forked, label, listener, socket_path).await?;
-                return Ok(Self::connected(Process::Forked(process, StartMode::Fork), stream));
+                let (process, stream) =
+                    connect_forked(forked, label, listener, socket_path).await?;
+                return Ok(Self::connected(
+                    Process::Forked(process, StartMode::Fork),
+                    stream,
+                ));
             }
         }
         let module = "torchyard.worker";

@@ -117,13 +117,15 @@ impl ModelTemplate {
                 State::Running { stream, .. } => {
                     let listener = bind(socket).ok()?;
                     let request = json!({"kind": "fork", "socket": socket, "cwd": spec.model_dir});
-                    let failure =
-                        match tokio::time::timeout(FORK_TIMEOUT, exchange(stream, &request)).await
-                        {
-                            Ok(Ok(Ok(forked))) => {
-                                let connected =
-                                    connect_forked(forked, label, listener, socket).await;
-                                return connected
+                    let failure = match tokio::time::timeout(
+                        FORK_TIMEOUT,
+                        exchange(stream, &request),
+                    )
+                    .await
+                    {
+                        Ok(Ok(Ok(forked))) => {
+                            let connected = connect_forked(forked, label, listener, socket).await;
+                            return connected
                                     .map(|(process, stream)| {
                                         WorkerProcess::from_template(process, stream)
                                     })
@@ -131,11 +133,11 @@ impl ModelTemplate {
                                         tracing::warn!("worker {label}: forked from its model's template, it did not connect: {e}")
                                     })
                                     .ok();
-                            }
-                            Ok(Ok(Err(refusal))) => format!("it refused: {refusal}"),
-                            Ok(Err(e)) => e.to_string(),
-                            Err(_) => format!("no answer within {FORK_TIMEOUT:?}"),
-                        };
+                        }
+                        Ok(Ok(Err(refusal))) => format!("it refused: {refusal}"),
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => format!("no answer within {FORK_TIMEOUT:?}"),
+                    };
                     tracing::warn!(
                         "model {}: its template failed to fork a worker ({failure}); it is \
                          started again",
