@@ -28,6 +28,7 @@ from typing import List, Optional, Sequence, Tuple  # noqa: E402
 
 from . import worker  # noqa: E402
 from .framing import ProtocolError, read_frame, write_frame  # noqa: E402
+from .metrics import drain  # noqa: E402
 
 #: Linux's F_SETSIG, which Python's fcntl module does not name.
 F_SETSIG = getattr(fcntl, "F_SETSIG", 10)
@@ -224,7 +225,8 @@ def become_template(control: socket.socket, start_dir: str, request: dict,
     if reason is not None:
         send(template, {"kind": "unsafe", "reason": f"after the handler's initialize, {reason}"})
         return 1
-    loaded.pending_metrics.clear()  # sent with this reply; the workers start with none
+    if loaded.pending_metrics:  # what `initialize` recorded; the workers start with none
+        reply["metrics"] = drain(loaded.pending_metrics)
     gc.disable()
     gc.freeze()
     send(template, reply)

@@ -59,9 +59,11 @@ pub(super) enum FromForkServer {
         pid: u32,
         preloaded: Vec<String>,
     },
-    /// A template's handler loaded.
+    /// A template's handler loaded; `metrics`: what its `initialize` recorded.
     Loaded {
         pid: u32,
+        #[serde(default)]
+        metrics: Vec<crate::metrics::HandlerSample>,
     },
     Unsafe {
         reason: String,

@@ -185,7 +185,8 @@ async fn launch(spec: &WorkerSpec, load: &ToWorker<'_>) -> Result<State, Launch>
         how = process.exited() => return Err(Launch::Failed(format!("it exited: {how}"))),
     };
     match reply {
-        Ok(Ok((FromForkServer::Loaded { pid }, _))) => {
+        Ok(Ok((FromForkServer::Loaded { pid, metrics }, _))) => {
+            spec.metrics.record_handler_metrics(&metrics);
             tracing::info!(
                 "model {}: template loaded the handler (pid {pid}); workers fork from it",
                 spec.model_name
