@@ -60,9 +60,14 @@ READY = "fork server ready"
 def server(start_module_server, tmp_path_factory):
     server = start_module_server({"install_py_dep_per_model": "true"})
     pt = torchscript_scale(tmp_path_factory.mktemp("model") / "double.pt", 2.0)
-    build_mar(server.store, "double", {"double.pt": pt, "h.py": HANDLER},
-              manifest("double", "h.py", serializedFile="double.pt"))
-    build_mar(server.store, "stuck", {"h.py": STUCK}, manifest("stuck", "h.py"))
+    # These models opt out of model templates (test_shared_weights.py): each worker is forked
+    # from the fork server itself.
+    own = {"model-config.yaml": "forkAfterInitialize: false\n"}
+    build_mar(server.store, "double", {"double.pt": pt, "h.py": HANDLER, **own},
+              manifest("double", "h.py", serializedFile="double.pt",
+                       configFile="model-config.yaml"))
+    build_mar(server.store, "stuck", {"h.py": STUCK, **own},
+              manifest("stuck", "h.py", configFile="model-config.yaml"))
     build_mar(server.store, "deps", {"h.py": QUICK, "requirements.txt": "# nothing to install\n"},
               manifest("deps", "h.py", requirementsFile="requirements.txt"))
     wait_for_log(server, READY)

@@ -2,7 +2,9 @@
 
 Imports torch and the worker's modules once, then forks a worker for each request of the server
 (docs/protocol.md, "Fork server"): the child is ready in milliseconds and shares the imported
-modules' memory with the fork server and its siblings. The fork server starts no threads and never
+modules' memory with the fork server and its siblings. A fork request with `"role": "template"`
+makes the child a model's template instead, which loads the handler once and forks that model's
+workers in turn (`become_template`). The fork server starts no threads and never
 initialises CUDA; it refuses to fork once either has happened, and the server then starts a fresh
 process instead. It reaps its children and exits when the server closes the control socket.
 """
@@ -26,6 +28,7 @@ from typing import List, Optional, Sequence, Tuple  # noqa: E402
 
 from . import worker  # noqa: E402
 from .framing import ProtocolError, read_frame, write_frame  # noqa: E402
+from .metrics import drain  # noqa: E402
 
 #: Linux's F_SETSIG, which Python's fcntl module does not name.
 F_SETSIG = getattr(fcntl, "F_SETSIG", 10)
@@ -161,9 +164,9 @@ def hold_lifeline(fd: int) -> None:
         os._exit(1)
 
 
-def become_worker(control: socket.socket, start_dir: str, request: dict, fds: List[int]) -> int:
-    """In a forked child: turns into the worker `python -m torchyard.worker` would be, started
-    in the request's directory with its output on the request's pipes; returns its exit code."""
+def become_child(control: socket.socket, start_dir: str, request: dict, fds: List[int]) -> None:
+    """In a forked child: takes the request's pipes as stdout and stderr, holds its lifeline and
+    moves to its directory (which then heads `sys.path`, as `python -m` would have put it)."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])
     control.close()
@@ -181,9 +184,57 @@ def become_worker(control: socket.socket, start_dir: str, request: dict, fds: Li
     if numpy is not None:  # its global generator would repeat the fork server's sequence
         numpy.random.seed()
     gc.enable()
+
+
+def become_worker(control: socket.socket, start_dir: str, request: dict, fds: List[int],
+                  loaded: Optional[worker.Worker] = None) -> int:
+    """In a forked child: turns into the worker `python -m torchyard.worker` would be, started
+    in the request's directory with its output on the request's pipes; returns its exit code.
+    `loaded`: the model template's worker, whose handler is initialised already."""
+    become_child(control, start_dir, request, fds)
     argv = ["--socket", request["socket"]]
     sys.argv = [worker.__file__, *argv]
-    return worker.main(argv)
+    return worker.main(argv, loaded)
+
+
+def become_template(control: socket.socket, start_dir: str, request: dict,
+                    fds: List[int]) -> int:
+    """In a forked child: becomes a model's template (docs/protocol.md, "Model templates").
+    Connects to the request's socket, loads the handler the `load` message names, and, when
+    forking is still safe, forks that model's workers on request as the fork server does; the
+    forked workers share the handler's memory (its weights) copy-on-write."""
+    become_child(control, start_dir, request, fds)
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(line_buffering=True)
+    sys.path.append(worker.COMPAT_PATH)
+    template = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    template.connect(request["socket"])
+    try:
+        msg, extra = receive(template)
+    except (EOFError, ConnectionError, ProtocolError):
+        return 1
+    for fd in extra:
+        os.close(fd)
+    loaded = worker.Worker()
+    reply, _ = loaded.handle(msg, [])
+    if reply.get("kind") != "loaded":
+        send(template, reply)
+        return 1
+    gc.collect()
+    reason = unsafe_reason()
+    if reason is not None:
+        send(template, {"kind": "unsafe", "reason": f"after the handler's initialize, {reason}"})
+        return 1
+    if loaded.pending_metrics:  # what `initialize` recorded; the workers start with none
+        reply["metrics"] = drain(loaded.pending_metrics)
+    gc.disable()
+    gc.freeze()
+    send(template, reply)
+    forked = serve(template)
+    if forked is None:
+        return 0
+    loaded.forked = True
+    return become_worker(template, start_dir, *forked, loaded=loaded)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -210,6 +261,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     forked = serve(control)
     if forked is None:
         return 0
+    if forked[0].get("role") == "template":
+        return become_template(control, start_dir, *forked)
     return become_worker(control, start_dir, *forked)
 
 

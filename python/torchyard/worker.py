@@ -60,12 +60,17 @@ class Worker:
         self.continuous = False
         #: `asyncCommunication`: batches run concurrently on an asyncio loop (async_loop.py).
         self.asynchronous = False
+        #: Forked from the model's template: the handler is loaded already, and `load` only
+        #: gives this worker its own identity (see `adopt`).
+        self.forked = False
 
     def handle(self, msg: dict, blobs: List[bytearray]) -> Reply:
         """The reply to one message."""
         kind = msg.get("kind")
         if kind == "load" and self.entry is None:
             return self.load(msg)
+        if kind == "load" and self.forked:
+            return self.adopt(msg)
         if kind == "predict" and self.entry is not None:
             return self.predict(msg, blobs)
         state = "loaded" if self.entry is not None else "not loaded"
@@ -110,6 +115,16 @@ class Worker:
             log.error("loading handler %s failed:\n%s", msg["handler"], traceback.format_exc())
             return exception_reply(exc, "InternalServerException")
         log.info("loaded model %s with handler %s", msg["model_name"], msg["handler"])
+        return {"kind": "loaded", "pid": os.getpid()}, ()
+
+    def adopt(self, msg: dict) -> Reply:
+        """The reply to `load` in a worker forked from its model's template: the handler stays
+        as the template initialised it; the context takes what differs per worker."""
+        self.forked = False
+        self.context.system_properties["gpu_id"] = msg.get("gpu_id")
+        self.context.metrics.set_request_ids({0: str(uuid.uuid4())})
+        log.info("forked from the template of model %s, handler %s already initialised",
+                 msg["model_name"], msg["handler"])
         return {"kind": "loaded", "pid": os.getpid()}, ()
 
     def predict(self, msg: dict, blobs: List[bytearray]) -> Reply:
@@ -264,8 +279,9 @@ def serve(sock: socket.socket, worker: Worker) -> None:
             return
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Runs a worker; returns 0 once the server closes the socket."""
+def main(argv: Optional[Sequence[str]] = None, loaded: Optional[Worker] = None) -> int:
+    """Runs a worker (`loaded`: one whose handler a model template initialised); returns 0
+    once the server closes the socket."""
     parser = argparse.ArgumentParser(prog="python -m torchyard.worker",
                                      description="A torchyard model worker.")
     parser.add_argument("--socket", required=True, help="the server's Unix socket path")
@@ -283,7 +299,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(args.socket)
         try:
-            serve(sock, Worker())
+            serve(sock, loaded or Worker())
         except ProtocolError as exc:
             log.error("protocol error, exiting: %s", exc)
             return 1

@@ -42,6 +42,9 @@ struct Known {
     use_job_ticket: bool,
     #[serde(default)]
     use_venv: bool,
+    /// Only checked to be a boolean here; the worker's model template reads it from `raw`.
+    #[serde(default, rename = "forkAfterInitialize")]
+    _fork_after_initialize: Option<bool>,
 }
 
 /// TorchServe's frontend keys of `model-config.yaml` that torchyard does not act on: a model
@@ -147,6 +150,8 @@ mod tests {
         assert!(ModelConfig::parse("batchSize: many\n").is_err());
         assert!(ModelConfig::parse("startupTimeout: soon\n").is_err());
         assert!(ModelConfig::parse("useJobTicket: maybe\n").is_err());
+        assert!(ModelConfig::parse("forkAfterInitialize: never\n").is_err());
+        assert!(ModelConfig::parse("forkAfterInitialize: false\n").is_ok());
         assert!(ModelConfig::parse("[unclosed\n").is_err());
         let deep = ModelConfig::parse(&"a: [".repeat(50_000)).unwrap_err();
         assert!(deep.to_string().contains("nested deeper"), "{deep}");

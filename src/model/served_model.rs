@@ -177,6 +177,7 @@ impl ServedModel {
             ready_workers: AtomicUsize::new(0),
             unanswered_in_a_row: AtomicUsize::new(0),
             retired_workers: AtomicUsize::new(0),
+            template: Default::default(),
         });
         let pool = Pool {
             workers: Vec::new(),

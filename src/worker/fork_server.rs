@@ -51,14 +51,29 @@ pub struct ForkedWorker {
     pub stderr: pipe::Receiver,
 }
 
-/// Messages from the fork server.
+/// Messages from the fork server, and from a model template.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-enum FromForkServer {
-    Ready { pid: u32, preloaded: Vec<String> },
-    Unsafe { reason: String },
-    Forked { pid: u32 },
-    Error { message: String },
+pub(super) enum FromForkServer {
+    Ready {
+        pid: u32,
+        preloaded: Vec<String>,
+    },
+    /// A template's handler loaded; `metrics`: what its `initialize` recorded.
+    Loaded {
+        pid: u32,
+        #[serde(default)]
+        metrics: Vec<crate::metrics::HandlerSample>,
+    },
+    Unsafe {
+        reason: String,
+    },
+    Forked {
+        pid: u32,
+    },
+    Error {
+        message: String,
+    },
 }
 
 /// Why a fork server stopped.
@@ -89,7 +104,23 @@ impl ForkServer {
     /// Forks a worker that connects to `socket` from `work_dir`; `None` when no fork server is
     /// ready or the fork failed, and the worker should start as a fresh process.
     pub async fn fork(self: &Arc<Self>, socket: &Path, work_dir: &Path) -> Option<ForkedWorker> {
-        let request = json!({"kind": "fork", "socket": socket, "cwd": work_dir});
+        self.fork_as(json!({"kind": "fork", "socket": socket, "cwd": work_dir}))
+            .await
+    }
+
+    /// Forks a model template (template.rs) that connects to `socket` from `work_dir`; `None`
+    /// as for [`ForkServer::fork`].
+    pub(super) async fn fork_template(
+        self: &Arc<Self>,
+        socket: &Path,
+        work_dir: &Path,
+    ) -> Option<ForkedWorker> {
+        let request =
+            json!({"kind": "fork", "role": "template", "socket": socket, "cwd": work_dir});
+        self.fork_as(request).await
+    }
+
+    async fn fork_as(self: &Arc<Self>, request: Value) -> Option<ForkedWorker> {
         // In a task of its own: a caller that gives up mid-request leaves no reply unread.
         let server = self.clone();
         let forking = tokio::spawn(async move { server.fork_now(&request).await });
@@ -192,7 +223,7 @@ impl ForkServer {
 }
 
 /// Receives one message and the descriptors that came with it.
-async fn receive(
+pub(super) async fn receive(
     stream: &mut UnixStream,
 ) -> io::Result<(FromForkServer, Vec<std::os::fd::OwnedFd>)> {
     let fds = fd_passing::receive(stream, 1).await?;
@@ -201,7 +232,7 @@ async fn receive(
 }
 
 /// One fork request and its reply: the worker, or why the fork server refused to fork.
-async fn exchange(
+pub(super) async fn exchange(
     stream: &mut UnixStream,
     request: &Value,
 ) -> io::Result<Result<ForkedWorker, String>> {

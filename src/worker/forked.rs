@@ -33,6 +33,14 @@ impl ForkedProcess {
         self.pidfd.readable().await.map(|_| ())
     }
 
+    /// Waits until the process has exited; says how it ended, as far as a pidfd tells.
+    pub async fn exited(&self) -> String {
+        match self.wait().await {
+            Ok(()) => "it exited".to_string(),
+            Err(e) => e.to_string(),
+        }
+    }
+
     /// Kills the process and waits until it is gone.
     pub async fn kill(&self) {
         // SAFETY: pidfd_send_signal reads only its arguments; the pidfd is open.

@@ -13,6 +13,7 @@ pub mod protocol;
 mod rank_group;
 mod status;
 mod supervisor;
+mod template;
 
 pub use dispatch::Dispatch;
 pub use fork_server::ForkServer;

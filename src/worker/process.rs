@@ -14,6 +14,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use super::fork_server::ForkedWorker;
 use super::forked::ForkedProcess;
 use super::protocol::{write_frame, Frame, FrameReader};
 use super::rank_group::OtherRanks;
@@ -36,8 +37,8 @@ pub struct WorkerProcess {
 pub(super) enum Process {
     /// A fresh interpreter: the server's own child.
     Spawned(Child),
-    /// Forked by the fork server.
-    Forked(ForkedProcess),
+    /// Forked by the fork server (`Fork`) or by its model's template (`Template`).
+    Forked(ForkedProcess, StartMode),
 }
 
 impl Process {
@@ -45,10 +46,7 @@ impl Process {
     pub(super) async fn exited(&mut self) -> String {
         match self {
             Self::Spawned(child) => exit_of(child).await,
-            Self::Forked(process) => match process.wait().await {
-                Ok(()) => "it exited".to_string(),
-                Err(e) => e.to_string(),
-            },
+            Self::Forked(process, _) => process.exited().await,
         }
     }
 
@@ -58,7 +56,7 @@ impl Process {
                 let _ = child.start_kill();
                 let _ = child.wait().await;
             }
-            Self::Forked(process) => process.kill().await,
+            Self::Forked(process, _) => process.kill().await,
         }
     }
 }
@@ -81,11 +79,12 @@ impl WorkerProcess {
         if let (Some(fork_server), None) = (&env.fork_server, deps_dir) {
             let listener = bind(socket_path)?;
             if let Some(forked) = fork_server.fork(socket_path, work_dir).await {
-                forward_logs(Some(forked.stdout), label, Stream::Stdout);
-                forward_logs(Some(forked.stderr), label, Stream::Stderr);
-                let mut process = Process::Forked(forked.process);
-                let stream = accept(listener, socket_path, process.exited()).await?;
-                return Ok(Self::connected(process, stream));
+                let (process, stream) =
+                    connect_forked(forked, label, listener, socket_path).await?;
+                return Ok(Self::connected(
+                    Process::Forked(process, StartMode::Fork),
+                    stream,
+                ));
             }
         }
         let module = "torchyard.worker";
@@ -114,6 +113,11 @@ impl WorkerProcess {
         Ok(Self::connected(Process::Spawned(child), stream))
     }
 
+    /// A worker its model's template forked, connected on `stream`.
+    pub(super) fn from_template(process: ForkedProcess, stream: UnixStream) -> Self {
+        Self::connected(Process::Forked(process, StartMode::Template), stream)
+    }
+
     fn connected(process: Process, stream: UnixStream) -> Self {
         let (input, out) = stream.into_split();
         Self {
@@ -140,7 +144,7 @@ impl WorkerProcess {
     pub fn start_mode(&self) -> StartMode {
         match self.process {
             Process::Spawned(_) => StartMode::Spawn,
-            Process::Forked(_) => StartMode::Fork,
+            Process::Forked(_, mode) => mode,
         }
     }
 
@@ -239,8 +243,23 @@ impl WorkerProcess {
     }
 }
 
+/// Forwards the output of a process just forked to the server log under `label` and waits
+/// for it to connect to `listener`, bound at `socket_path` before the fork.
+pub(super) async fn connect_forked(
+    forked: ForkedWorker,
+    label: &str,
+    listener: UnixListener,
+    socket_path: &Path,
+) -> std::io::Result<(ForkedProcess, UnixStream)> {
+    forward_logs(Some(forked.stdout), label, Stream::Stdout);
+    forward_logs(Some(forked.stderr), label, Stream::Stderr);
+    let process = forked.process;
+    let stream = accept(listener, socket_path, process.exited()).await?;
+    Ok((process, stream))
+}
+
 /// Binds a fresh listener at `path`.
-fn bind(path: &Path) -> std::io::Result<UnixListener> {
+pub(super) fn bind(path: &Path) -> std::io::Result<UnixListener> {
     let _ = std::fs::remove_file(path);
     UnixListener::bind(path)
 }

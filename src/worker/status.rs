@@ -34,6 +34,9 @@ pub enum StartMode {
     Fork,
     /// A fresh interpreter.
     Spawn,
+    /// Forked from its model's template, whose handler was initialised already: it shares the
+    /// weights' memory with its siblings.
+    Template,
 }
 
 impl StartMode {
@@ -42,6 +45,7 @@ impl StartMode {
         match self {
             Self::Fork => "fork",
             Self::Spawn => "spawn",
+            Self::Template => "template",
         }
     }
 }

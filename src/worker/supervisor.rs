@@ -21,6 +21,7 @@ use super::protocol::{
 };
 use super::rank_group::Parallelism;
 use super::status::{WorkerState, WorkerStatus};
+use super::template::ModelTemplate;
 use super::{async_worker, continuous};
 use crate::error::ApiError;
 use crate::gpu::ModelGpus;
@@ -66,6 +67,8 @@ pub struct WorkerSpec {
     pub dispatch: Dispatch,
     /// Workers of this model that have a loaded handler.
     pub ready_workers: AtomicUsize,
+    /// The process that loads the handler once and forks the workers (template.rs).
+    pub template: ModelTemplate,
     /// Workers that gave up restarting (past `max_retry_timeout`) and serve no more.
     pub retired_workers: AtomicUsize,
     /// Batches in a row that got no answer within `response_timeout` (TorchServe logs the count).
@@ -315,26 +318,6 @@ async fn start(
     status: &WorkerStatus,
     restarts: usize,
 ) -> Result<WorkerProcess, StartFailure> {
-    let process = match &spec.parallel {
-        Some(parallel) => {
-            parallel
-                .start(spec, label, socket, &status.gpu_ids, restarts)
-                .await
-        }
-        None => {
-            WorkerProcess::start(
-                &spec.python,
-                spec.deps_dir.as_deref(),
-                label,
-                socket,
-                &spec.model_dir,
-            )
-            .await
-        }
-    };
-    let mut process =
-        process.map_err(|e| StartFailure::server(format!("cannot start worker: {e}")))?;
-    status.set_start_mode(process.start_mode());
     let load = ToWorker::Load(LoadMessage {
         model_name: &spec.model_name,
         model_version: &spec.model_version,
@@ -352,6 +335,33 @@ async fn start(
         server_version: env!("CARGO_PKG_VERSION"),
         segment: spec.segment.as_deref(),
     });
+    let process = match &spec.parallel {
+        Some(parallel) => {
+            parallel
+                .start(spec, label, socket, &status.gpu_ids, restarts)
+                .await
+        }
+        None => match spec
+            .template
+            .fork_worker(spec, &load, socket, label, status.gpu_id)
+            .await
+        {
+            Some(process) => Ok(process),
+            None => {
+                WorkerProcess::start(
+                    &spec.python,
+                    spec.deps_dir.as_deref(),
+                    label,
+                    socket,
+                    &spec.model_dir,
+                )
+                .await
+            }
+        },
+    };
+    let mut process =
+        process.map_err(|e| StartFailure::server(format!("cannot start worker: {e}")))?;
+    status.set_start_mode(process.start_mode());
     let loaded = tokio::time::timeout(spec.startup_timeout, process.call(&load, &[])).await;
     let Ok(reply) = loaded else {
         process.kill().await;
