@@ -76,9 +76,11 @@ pub fn venv_python(dir: &Path) -> PathBuf {
     dir.join("bin").join("python")
 }
 
-/// Creates the environment named by `sys.argv[1]`, with pip, and lists the creating
-/// interpreter's site-packages in a `.pth` file of its own site-packages (as TorchServe's
+/// Creates the environment named by `sys.argv[1]`, with pip, and adds the creating
+/// interpreter's site-packages through a `.pth` file of its own site-packages (as TorchServe's
 /// `setup_model_venv.py` does), so the model's packages come first and the server's after.
+/// They are added as site directories, so their own `.pth` files (editable installs, a venv
+/// that extends another) count too.
 const MAKE_VENV: &str = r#"
 import glob, os, site, sys, venv
 venv.create(sys.argv[1], clear=True, with_pip=True)
@@ -86,7 +88,7 @@ venv.create(sys.argv[1], clear=True, with_pip=True)
 with open(os.path.join(own, "inherited-site-packages.pth"), "w") as f:
     for d in site.getsitepackages() + [site.getusersitepackages()]:
         if os.path.isdir(d):
-            f.write(d + "\n")
+            f.write("import site; site.addsitedir(%r)\n" % d)
 "#;
 
 /// A fresh directory for one model under the runtime directory's `kind`.
