@@ -224,3 +224,21 @@ def test_binary_tensors_keep_their_values(server, datatype, dtype):
                             headers={"inference-header-content-length": str(len(wrong))})
     assert_error(refused, 400, "BadRequestException")
     assert "12 elements of binary data, but its shape [4,4] holds 16" in refused.json()["message"]
+
+
+@pytest.mark.parametrize("param, value", [("response_timeout", "10000000000000000000"),
+                                          ("response_timeout", "2147483648"),
+                                          ("startup_timeout", "18446744073709551615"),
+                                          ("max_batch_delay", "18446744073709551615")])
+def test_times_beyond_torchserves_range_are_a_400_and_the_server_goes_on(server, param, value):
+    """A time that fits no deadline (TorchServe reads them as Java ints) is refused at
+    registration; it used to panic the model's supervisor, hanging its requests."""
+    answer = requests.post(f"{server.management}/models",
+                           params={"url": "double.mar", "model_name": f"huge_{param}",
+                                   param: value, "synchronous": "true"})
+    body = assert_error(answer, 400, "BadRequestException")
+    assert param in body["message"] and "2147483647" in body["message"]
+    assert requests.get(f"{server.management}/models/huge_{param}").status_code == 404
+    answer = requests.post(f"{server.inference}/predictions/double", data="2",
+                           headers={"content-type": "text/plain"})
+    assert answer.status_code == 200 and float(answer.text) == 4.0

@@ -171,6 +171,18 @@ async fn install_packages(
     Ok(())
 }
 
+/// A time a client gave in `unit`s (made a duration by `unit`), refused with a 400 beyond
+/// TorchServe's range (a Java `int`), so no deadline computed from it can overflow.
+fn bounded(name: &str, value: u64, unit: fn(u64) -> Duration) -> ApiResult<Duration> {
+    const MAX: u64 = i32::MAX as u64;
+    if value > MAX {
+        return Err(ApiError::bad_request(format!(
+            "Invalid {name} {value}: at most {MAX}"
+        )));
+    }
+    Ok(unit(value))
+}
+
 /// Builds the definition from the archive and the request's overrides.
 fn definition(
     state: &AppState,
@@ -229,28 +241,39 @@ fn definition(
             .or(preset.batch_size)
             .unwrap_or(1)
             .max(1),
-        max_batch_delay: Duration::from_millis(
+        max_batch_delay: bounded(
+            "max_batch_delay",
             opts.max_batch_delay
                 .or(config.max_batch_delay)
                 .or(preset.max_batch_delay)
                 .unwrap_or(100),
-        ),
+            Duration::from_millis,
+        )?,
         response_timeout: opts
             .response_timeout
             .or(config.response_timeout)
             .or(preset.response_timeout)
-            .map_or(defaults.response_timeout, Duration::from_secs),
+            .map_or(Ok(defaults.response_timeout), |s| {
+                bounded("response_timeout", s, Duration::from_secs)
+            })?,
         startup_timeout: opts
             .startup_timeout
             .filter(|&s| s > 0)
             .or(config.startup_timeout)
             .or(preset.startup_timeout.filter(|&s| s > 0))
-            .map_or(defaults.startup_timeout, Duration::from_secs),
+            .map_or(Ok(defaults.startup_timeout), |s| {
+                bounded("startup_timeout", s, Duration::from_secs)
+            })?,
         job_queue_size: config.job_queue_size.unwrap_or(defaults.job_queue_size),
         max_retry_timeout: config
             .max_retry_timeout
-            .map_or(defaults.max_retry_timeout, Duration::from_secs),
-        client_timeout: config.client_timeout_ms.map(Duration::from_millis),
+            .map_or(Ok(defaults.max_retry_timeout), |s| {
+                bounded("maxRetryTimeoutInSec", s, Duration::from_secs)
+            })?,
+        client_timeout: config
+            .client_timeout_ms
+            .map(|ms| bounded("clientTimeoutInMills", ms, Duration::from_millis))
+            .transpose()?,
         use_job_ticket: config.use_job_ticket,
     };
     for key in config.unsupported_keys() {

@@ -197,9 +197,11 @@ async fn launch(spec: &WorkerSpec, load: &ToWorker<'_>) -> Result<State, Launch>
             })
         }
         Ok(Ok((FromForkServer::Unsafe { reason }, _))) => Err(Launch::Off(reason)),
-        Ok(Ok((FromForkServer::Error { message }, _))) => Err(Launch::Off(format!(
-            "the handler failed to load in the template: {message}"
-        ))),
+        // Not the exception's text: the model log ends with its traceback, which a repeat of
+        // its last line would split (TorchServe's log readers key on that line).
+        Ok(Ok((FromForkServer::Error { .. }, _))) => Err(Launch::Off(
+            "the handler failed to load in the template (its traceback is in the model log)".into(),
+        )),
         Ok(Ok((other, _))) => Err(Launch::Failed(format!("it said {other:?}"))),
         Ok(Err(e)) => Err(Launch::Failed(e.to_string())),
         Err(_) => Err(Launch::Off(format!(
