@@ -263,13 +263,11 @@ def test_use_venv_runs_workers_in_an_environment_of_the_models_own(server, tmp_p
     wait_for(lambda: not prefix.exists())
 
 
-def test_unsupported_frontend_keys_are_named_in_a_warning(server):
-    config = "minWorkers: 1\nsequenceTimeoutMSec: 9\ntorchrun:\n  nproc-per-node: 2\n"
+def test_torchrun_without_a_parallel_type_is_named_in_a_warning(server):
+    config = "minWorkers: 1\ntorchrun:\n  nproc-per-node: 2\n"
     mar(server.store, "stateful", SLOW_PREDICT, config)
     assert ts_status(register(server, url="stateful.mar"))
     log = server.log_text()
-    assert ("model stateful: model-config key sequenceTimeoutMSec is not supported by torchyard "
-            "and is ignored") in log
     # torchrun without a parallelType does nothing, in TorchServe as here.
     assert "model stateful: torchrun and parallelLevel are ignored without a parallelType" in log
     assert "key minWorkers" not in log

@@ -138,3 +138,7 @@ def test_idle_sequences_expire_after_sequence_max_idle_msec(url):
     assert infer(url, 1, "idle_c").status_code == 503
     time.sleep(3.5)
     assert infer(url, 1, "idle_c", end=True).status_code == 200
+    # An expired sequence is not reopened: its handler state may be gone.
+    expired = infer(url, 1, "idle_a")
+    assert expired.status_code == 400 and expired.json()["type"] == "BadRequestException"
+    assert "idle_a has expired" in expired.json()["message"]

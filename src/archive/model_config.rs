@@ -47,10 +47,6 @@ struct Known {
     _fork_after_initialize: Option<bool>,
 }
 
-/// TorchServe's frontend keys of `model-config.yaml` that torchyard does not act on: a model
-/// naming one is registered with a warning, so that the setting is never dropped unseen.
-pub const UNSUPPORTED_KEYS: [&str; 1] = ["sequenceTimeoutMSec"];
-
 impl ModelConfig {
     /// Parses and validates the text of a model-config.yaml.
     pub fn parse(text: &str) -> Result<Self, ArchiveError> {
@@ -79,13 +75,6 @@ impl ModelConfig {
             use_venv: known.use_venv,
             raw,
         })
-    }
-
-    /// The keys of [`UNSUPPORTED_KEYS`] this configuration sets.
-    pub fn unsupported_keys(&self) -> impl Iterator<Item = &'static str> + '_ {
-        UNSUPPORTED_KEYS
-            .into_iter()
-            .filter(|key| self.raw.get(key).is_some())
     }
 }
 
@@ -125,23 +114,6 @@ mod tests {
                 zero.job_queue_size
             ),
             (None, None, None)
-        );
-    }
-
-    #[test]
-    fn names_the_keys_torchyard_ignores() {
-        let c =
-            ModelConfig::parse("torchrun:\n  nproc-per-node: 2\nsequenceTimeoutMSec: 9\n").unwrap();
-        assert_eq!(
-            c.unsupported_keys().collect::<Vec<_>>(),
-            ["sequenceTimeoutMSec"]
-        );
-        assert_eq!(
-            ModelConfig::parse("minWorkers: 1\n")
-                .unwrap()
-                .unsupported_keys()
-                .count(),
-            0
         );
     }
 

@@ -276,11 +276,6 @@ fn definition(
             .transpose()?,
         use_job_ticket: config.use_job_ticket,
     };
-    for key in config.unsupported_keys() {
-        tracing::warn!(
-            "model {name}: model-config key {key} is not supported by torchyard and is ignored"
-        );
-    }
     Ok(ModelDefinition {
         version,
         url: opts.url.clone(),

@@ -2,7 +2,7 @@
 //! batching: each sequence is pinned to one worker, whose handler keeps its state, and its
 //! requests reach that worker in the order they came.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,8 @@ pub const END_HEADER: &str = "ts_request_sequence_end";
 pub struct SequenceSettings {
     /// How long a sequence may be idle before it is closed (`sequenceMaxIdleMSec`; 0: never).
     pub max_idle: Option<Duration>,
+    /// How long a sequence may stay open in all (`sequenceTimeoutMSec`; 0: for ever).
+    pub max_life: Option<Duration>,
     /// Requests of one sequence that may wait at once (`maxSequenceJobQueueSize`).
     pub max_queued: usize,
     /// Sequences open at once (`maxNumSequence`, at least `batchSize` × `maxWorkers`).
@@ -42,6 +44,9 @@ impl SequenceSettings {
             max_idle: number("sequenceMaxIdleMSec")
                 .filter(|&ms| ms > 0)
                 .map(Duration::from_millis),
+            max_life: number("sequenceTimeoutMSec")
+                .filter(|&ms| ms > 0)
+                .map(Duration::from_millis),
             max_queued: at_least_one("maxSequenceJobQueueSize"),
             max_open: at_least_one("maxNumSequence").max(batch_size * max_workers),
         })
@@ -51,7 +56,54 @@ impl SequenceSettings {
 /// The open sequences of one model.
 pub struct Sequences {
     pub settings: SequenceSettings,
-    open: Mutex<HashMap<String, Open>>,
+    open: Mutex<Book>,
+}
+
+/// The open sequences, and the ids of the latest that expired (idle or past their lifetime),
+/// which later requests may not reopen: the handler's state for them may be gone.
+#[derive(Default)]
+struct Book {
+    open: HashMap<String, Open>,
+    expired: HashSet<String>,
+    expired_order: VecDeque<String>,
+}
+
+/// Expired ids remembered at most, oldest forgotten first.
+const EXPIRED_REMEMBERED: usize = 4096;
+
+impl Book {
+    /// Closes the sequences past `settings`' idle time or lifetime and remembers their ids.
+    fn expire(&mut self, settings: &SequenceSettings) {
+        let now = Instant::now();
+        let idle = |s: &Open| {
+            s.pending == 0
+                && settings
+                    .max_idle
+                    .is_some_and(|limit| now.duration_since(s.last_used) >= limit)
+        };
+        let old = |s: &Open| {
+            settings
+                .max_life
+                .is_some_and(|limit| now.duration_since(s.opened) >= limit)
+        };
+        let gone: Vec<String> = self
+            .open
+            .iter()
+            .filter(|(_, s)| idle(s) || old(s))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            self.open.remove(&id);
+            if self.expired.insert(id.clone()) {
+                self.expired_order.push_back(id);
+            }
+            if self.expired_order.len() > EXPIRED_REMEMBERED {
+                if let Some(oldest) = self.expired_order.pop_front() {
+                    self.expired.remove(&oldest);
+                }
+            }
+        }
+    }
 }
 
 /// An open sequence: the worker it is pinned to, its requests not yet answered, and when it
@@ -60,6 +112,7 @@ struct Open {
     worker: usize,
     pending: usize,
     last_used: Instant,
+    opened: Instant,
 }
 
 /// A request admitted to a sequence; give it back with [`Sequences::leave`] once answered.
@@ -74,13 +127,14 @@ impl Sequences {
     pub fn new(settings: SequenceSettings) -> Self {
         Self {
             settings,
-            open: Mutex::new(HashMap::new()),
+            open: Mutex::new(Book::default()),
         }
     }
 
     /// Admits `request` to its sequence, issuing an id (and marking the start) when it names
     /// none, and opening the sequence on the least busy of `workers` (ids) when it is not
-    /// open. `refused` is the error for a request over the limits.
+    /// open. `refused` is the error for a request over the limits; a request naming a sequence
+    /// that expired (`sequenceMaxIdleMSec`, `sequenceTimeoutMSec`) is a 400.
     pub fn enter(
         &self,
         request: &mut InferenceRequest,
@@ -99,10 +153,14 @@ impl Sequences {
             }
         };
         let ends = header(request, END_HEADER).is_some_and(|v| v.eq_ignore_ascii_case("true"));
-        let mut open = self.open.lock().expect("sequences lock");
-        if let Some(limit) = self.settings.max_idle {
-            open.retain(|_, s| s.pending > 0 || s.last_used.elapsed() < limit);
+        let mut book = self.open.lock().expect("sequences lock");
+        book.expire(&self.settings);
+        if book.expired.contains(&id) {
+            return Err(ApiError::bad_request(format!(
+                "Sequence {id} has expired: start a new one"
+            )));
         }
+        let open = &mut book.open;
         // A sequence whose worker is gone starts again on another.
         open.retain(|_, s| workers.contains(&s.worker));
         if !open.contains_key(&id) {
@@ -112,13 +170,14 @@ impl Sequences {
             let load = |worker: &usize| open.values().filter(|s| s.worker == *worker).count();
             let least_busy = workers.iter().copied().min_by_key(|w| load(w));
             let worker = least_busy.ok_or_else(&refused)?;
-            let last_used = Instant::now();
+            let now = Instant::now();
             open.insert(
                 id.clone(),
                 Open {
                     worker,
                     pending: 0,
-                    last_used,
+                    last_used: now,
+                    opened: now,
                 },
             );
         }
@@ -138,7 +197,7 @@ impl Sequences {
     /// carried the end header or the handler's answer did (`handler_ended`, as TorchServe's
     /// sequence continuous batching reads it).
     pub fn leave(&self, admitted: &Admitted, handler_ended: bool) {
-        let mut open = self.open.lock().expect("sequences lock");
+        let open = &mut self.open.lock().expect("sequences lock").open;
         if admitted.ends || handler_ended {
             open.remove(&admitted.id);
         } else if let Some(sequence) = open.get_mut(&admitted.id) {
@@ -164,6 +223,7 @@ mod tests {
     fn settings(max_idle_ms: u64, max_open: usize) -> SequenceSettings {
         SequenceSettings {
             max_idle: (max_idle_ms > 0).then(|| Duration::from_millis(max_idle_ms)),
+            max_life: None,
             max_queued: 1,
             max_open,
         }
@@ -180,11 +240,13 @@ mod tests {
     #[test]
     fn reads_torchserve_keys_and_defaults() {
         let yaml = serde_json::json!({"sequenceBatching": true, "sequenceMaxIdleMSec": 500,
+                                      "sequenceTimeoutMSec": 900,
                                       "maxNumSequence": 4, "maxSequenceJobQueueSize": 10});
         assert_eq!(
             SequenceSettings::from_yaml(&yaml, 1, 2),
             Some(SequenceSettings {
                 max_idle: Some(Duration::from_millis(500)),
+                max_life: Some(Duration::from_millis(900)),
                 max_queued: 10,
                 max_open: 4
             })
@@ -242,5 +304,34 @@ mod tests {
         assert!(sequences
             .enter(&mut request(Some("c")), &[1], refused)
             .is_ok());
+    }
+
+    #[test]
+    fn expired_sequences_are_refused_and_others_go_on() {
+        let mut with_life = settings(40, 4);
+        with_life.max_life = Some(Duration::from_millis(120));
+        let sequences = Sequences::new(with_life);
+        let refused = || ApiError::unavailable("full");
+        let enter = |id: &str| sequences.enter(&mut request(Some(id)), &[1], refused);
+        let idle = enter("idle").unwrap();
+        sequences.leave(&idle, false);
+        let busy = enter("busy").unwrap();
+        std::thread::sleep(Duration::from_millis(60));
+        // Idle past sequenceMaxIdleMSec: closed, and its id is not reopened.
+        let error = enter("idle").err().expect("expired");
+        assert_eq!(error.status, axum::http::StatusCode::BAD_REQUEST);
+        // A request still waiting keeps its sequence open however long it takes...
+        sequences.leave(&busy, false);
+        let busy = enter("busy").unwrap();
+        sequences.leave(&busy, false);
+        // ...but not past sequenceTimeoutMSec.
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_millis(30));
+            if let Ok(again) = enter("busy") {
+                sequences.leave(&again, false);
+            }
+        }
+        assert!(enter("busy").is_err());
+        assert!(enter("fresh").is_ok());
     }
 }
