@@ -70,6 +70,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let state = Arc::new(AppState {
         registry: Default::default(),
         workflows: Default::default(),
+        workflow_claims: Default::default(),
         metrics: Metrics::new(
             config.metrics_mode,
             config.metrics_config.clone(),

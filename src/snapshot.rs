@@ -455,6 +455,7 @@ mod tests {
             config,
             registry: Default::default(),
             workflows: Default::default(),
+            workflow_claims: Default::default(),
             metrics: Default::default(),
             python: crate::python_env::PythonEnv {
                 interpreter: "python3".into(),

@@ -11,13 +11,15 @@ use crate::model::{Autoscaler, ModelDefinition, ServedModel};
 use crate::python_env::PythonEnv;
 use crate::snapshot::Snapshotter;
 use crate::versioned::VersionedRegistry;
-use crate::workflow::Workflow;
+use crate::workflow::{Claims, Workflow};
 
 /// The server's models, metrics, settings and Python environment.
 pub struct AppState {
     pub config: ServerConfig,
     pub registry: VersionedRegistry<ServedModel>,
     pub workflows: VersionedRegistry<Workflow>,
+    /// Workflow names whose registration is under way.
+    pub workflow_claims: Claims,
     pub metrics: Metrics,
     pub python: PythonEnv,
     /// The GPUs workers are placed on.

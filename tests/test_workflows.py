@@ -631,3 +631,21 @@ def test_a_failing_prelude_model_or_postlude_node_fails_the_request_naming_it(se
     assert node_series(server, "fusefail", *nodes, name="errors") == [1, 1, 1]
     assert node_series(server, "fusefail", *nodes, name="retries") == [1, 1, 1]
     assert worker_pids(server, "fusefail__double") == pids
+
+
+def test_concurrent_registrations_of_one_name_give_one_200_and_409s(server):
+    """Registrations racing for one name: one registers, the others get TorchServe's 409 for a
+    registered workflow (not a 500 from a node model the winner holds)."""
+    war(server.store, "racer", SEQUENTIAL, FUNCTIONS)
+    url = f"{server.management}/workflows"
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: requests.post(url, params={"url": "racer.war"}),
+                                range(4)))
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [200, 409, 409, 409], [a.text for a in answers]
+    for answer in answers:
+        if answer.status_code == 409:
+            assert answer.json() == {"code": 409, "type": "ConflictStatusException",
+                                     "message": "Workflow racer is already registered."}
+    assert predict(server, "racer", 5).json() == {"result": 30.0}
+    assert requests.delete(f"{url}/racer").status_code == 200

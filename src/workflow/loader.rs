@@ -69,6 +69,11 @@ pub async fn register_workflow(
     let version = archive.version.clone().unwrap_or_else(|| "1.0".into());
     let dir = archive.dir.clone();
     let registered = async {
+        let Some(_claim) = state.workflow_claims.claim(&name) else {
+            return Err(ApiError::conflict(format!(
+                "Workflow {name} is already registered."
+            )));
+        };
         let mut workflow = build(state, &opts.url, name, version, archive, owns_dir).await?;
         workflow.stored_copy = stored_copy.clone();
         let workflow = Arc::new(workflow);

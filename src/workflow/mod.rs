@@ -1,6 +1,7 @@
 //! Workflows: `.war` archives, the spec and its DAG, the node models, and the executor.
 
 mod archive;
+mod claims;
 mod dag;
 mod executor;
 mod handler_scan;
@@ -14,6 +15,7 @@ mod served_workflow;
 mod spec;
 mod stage;
 
+pub use claims::Claims;
 pub use executor::execute;
 pub use loader::{
     register_workflow, scale_workflow, unregister_workflow, update_workflow, WorkflowOptions,

@@ -5,9 +5,12 @@ use std::fmt::Write;
 use super::super::dag::NodeKind;
 use super::graph::{style, Picture};
 
-/// Text safe inside a Mermaid `"…"` label (quotes become `#quot;`).
+/// Text safe inside a Mermaid `"…"` label: quotes and angle brackets become entity codes, so a
+/// name or route case cannot close the label or open HTML of its own.
 fn escaped(s: &str) -> String {
     s.replace('"', "#quot;")
+        .replace('<', "#lt;")
+        .replace('>', "#gt;")
 }
 
 /// The picture as a `flowchart TD`: nodes `n0…` labelled with name, kind and details,
@@ -61,5 +64,10 @@ mod tests {
         assert_eq!(lines[7], "  n1 --> n3");
         assert_eq!(text.matches("classDef").count(), 3);
         assert!(text.contains("class n3 function"));
+    }
+
+    #[test]
+    fn labels_cannot_close_themselves_or_open_html() {
+        assert_eq!(escaped(r#"a"b<img src=x>"#), "a#quot;b#lt;img src=x#gt;");
     }
 }
