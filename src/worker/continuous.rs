@@ -151,16 +151,12 @@ fn route(
             .retain(|(name, value)| !(name.eq_ignore_ascii_case(STREAM_NEXT) && value == "true"));
         let goes_on = response.headers.len() < before;
         if i >= joined {
-            let waited = flight.scheduled - job.enqueued;
-            spec.metrics.record_queue_wait(job.version_named, waited);
-            response.headers.push((
-                crate::timing::SERVER_TIMING.into(),
-                format!(
-                    "{}, {}",
-                    crate::timing::entry("queue", waited),
-                    crate::timing::entry("handler", answering - flight.scheduled)
-                ),
-            ));
+            job.record_answered(
+                spec,
+                flight.scheduled,
+                answering - flight.scheduled,
+                &mut response,
+            );
         }
         if goes_on {
             answer.partial(response);

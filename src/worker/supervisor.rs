@@ -836,17 +836,7 @@ impl Flight {
                 for ((job, answer), mut response) in
                     self.batch.iter().zip(self.answers).zip(responses)
                 {
-                    // As in TorchServe, only answered requests count their wait.
-                    let waited = self.scheduled - job.enqueued;
-                    spec.metrics.record_queue_wait(job.version_named, waited);
-                    response.headers.push((
-                        crate::timing::SERVER_TIMING.into(),
-                        format!(
-                            "{}, {}",
-                            crate::timing::entry("queue", waited),
-                            crate::timing::entry("handler", handled)
-                        ),
-                    ));
+                    job.record_answered(spec, self.scheduled, handled, &mut response);
                     answer.finish(Ok(response));
                 }
             }
@@ -878,6 +868,28 @@ pub(super) struct Batched {
 
 impl Batched {
     /// Splits a job into the request and where its answer goes.
+    /// Records the wait of a job answered from a batch `scheduled` then, which the handler took
+    /// `handled` over, and puts both on its answer's `Server-Timing` header. As in TorchServe,
+    /// only answered requests count their wait.
+    pub(super) fn record_answered(
+        &self,
+        spec: &WorkerSpec,
+        scheduled: Instant,
+        handled: Duration,
+        response: &mut InferenceResponse,
+    ) {
+        let waited = scheduled - self.enqueued;
+        spec.metrics.record_queue_wait(self.version_named, waited);
+        response.headers.push((
+            crate::timing::SERVER_TIMING.into(),
+            format!(
+                "{}, {}",
+                crate::timing::entry("queue", waited),
+                crate::timing::entry("handler", handled)
+            ),
+        ));
+    }
+
     fn from_job(job: Job) -> (Self, Answer) {
         let batched = Self {
             request: job.request,
