@@ -1,7 +1,10 @@
 """Fixtures that start the real server binary with real Python workers."""
 
+import sys
+
 import pytest
 
+from support import grpc_stubs
 from support.server import OPEN_FLAGS, Server
 from support.ts_packages import PACKAGES, REFERENCE
 
@@ -60,3 +63,12 @@ def ts_package(request):
     if request.param == "torchserve" and not (REFERENCE / "ts").is_dir():
         pytest.skip(f"TorchServe's ts package is absent from {REFERENCE}: run scripts/setup.sh")
     return request.param
+
+
+@pytest.fixture(scope="module")
+def inference_pb(tmp_path_factory):
+    """Python stubs of TorchServe's inference.proto, generated for one test module."""
+    pytest.importorskip("grpc_tools")
+    out = tmp_path_factory.mktemp("stubs")
+    yield grpc_stubs.generate(out)
+    sys.path.remove(str(out))

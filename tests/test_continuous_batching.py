@@ -6,14 +6,12 @@ step's answer streams out to its client, and a client that leaves is dropped fro
 Each test runs with torchyard's stand-in `ts` and with TorchServe's own package."""
 
 import json
-import sys
 import threading
 import time
 
 import pytest
 import requests
 
-from support import grpc_stubs
 from support.archives import build_mar, manifest
 from support.ts_packages import worker_env
 
@@ -220,14 +218,6 @@ def test_sequences_stream_with_continuous_batching(server):
     for _ in range(2):
         answer = requests.post(url, json={"add": 1, "n": 1}, timeout=30)
         assert answer.status_code == 200, answer.text
-
-
-@pytest.fixture(scope="module")
-def inference_pb(tmp_path_factory):
-    pytest.importorskip("grpc_tools")
-    out = tmp_path_factory.mktemp("stubs")
-    yield grpc_stubs.generate(out)
-    sys.path.remove(str(out))
 
 
 def test_grpc_stream_predictions2_carries_each_step(server, inference_pb):

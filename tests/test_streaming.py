@@ -5,13 +5,11 @@ test runs with torchyard's stand-in `ts` and with TorchServe's own package in th
 Python, one server for each."""
 
 import json
-import sys
 import time
 
 import pytest
 import requests
 
-from support import grpc_stubs
 from support.archives import build_mar, manifest, scale_mar, war
 from support.server import OPEN_FLAGS
 from support.ts_packages import REFERENCE, worker_env
@@ -140,14 +138,6 @@ def test_a_client_leaving_mid_stream_stops_nothing_else(server):
     assert float(requests.post(f"{server.inference}/predictions/double", data="1").text) == 2.0
     assert time.monotonic() - started < 5 * GAP
     assert_spaced(stream(f"{server.inference}/predictions/streamer", {"n": 1}), 1)
-
-
-@pytest.fixture(scope="module")
-def inference_pb(tmp_path_factory):
-    pytest.importorskip("grpc_tools")
-    out = tmp_path_factory.mktemp("stubs")
-    yield grpc_stubs.generate(out)
-    sys.path.remove(str(out))
 
 
 def test_grpc_stream_predictions_yields_each_chunk(server, inference_pb):
