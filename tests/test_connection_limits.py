@@ -13,6 +13,7 @@ import requests
 from support import grpc_stubs
 from support.api import register
 from support.archives import scale_mar
+from support.sockets import closed_by_server
 
 grpc = pytest.importorskip("grpc")
 pytest.importorskip("grpc_tools")
@@ -60,18 +61,6 @@ def open_silent(host_port, count):
             s.sendall(PREFACE)
         sockets.append(s)
     return sockets
-
-
-def closed_by_server(s):
-    """Whether the server closed `s` (EOF or reset) before its timeout."""
-    try:
-        while s.recv(65536):
-            pass
-    except ConnectionResetError:
-        pass
-    except TimeoutError:
-        return False
-    return True
 
 
 def test_idle_grpc_connections_do_not_starve_rest_or_grpc_clients(server, stubs):

@@ -14,6 +14,7 @@ import requests
 
 from support.api import register
 from support.archives import scale_mar
+from support.sockets import closed_by_server
 
 #: Short timeouts so that the tests see them act; a small body limit.
 LIMITS = {
@@ -50,18 +51,6 @@ def open_idle(url, count):
             s.sendall(b"POST /predictions/double HTTP/1.1\r\n")
         sockets.append(s)
     return sockets
-
-
-def closed_by_server(s):
-    """Whether the server closed `s` (EOF or reset) rather than leaving it waiting."""
-    try:
-        while s.recv(65536):
-            pass
-    except (ConnectionResetError, ssl.SSLError):
-        pass
-    except TimeoutError:
-        return False
-    return True
 
 
 def seconds_until_closed(s, timeout=10):
