@@ -447,10 +447,10 @@ def run_server(name: str, command: list, env: dict, frontend_pid, seconds: int,
         wait_ports_free()
 
 
-def wait_ports_free(timeout=60.0):
-    """Waits until nothing listens on the benchmark's ports any more."""
+def wait_ports_free(ports=(*PORTS.values(), *GRPC_PORTS.values()), timeout=60.0):
+    """Waits until nothing listens on `ports` (the benchmark's own by default) any more."""
     deadline = time.monotonic() + timeout
-    for port in [*PORTS.values(), *GRPC_PORTS.values()]:
+    for port in ports:
         while time.monotonic() < deadline:
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) != 0:

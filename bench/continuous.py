@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import threading
@@ -20,6 +19,8 @@ import zipfile
 from pathlib import Path
 
 import requests
+
+from compare import wait_ports_free
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out" / "continuous"
@@ -145,16 +146,6 @@ def wait_ready(url: str, timeout: float = 120):
     raise RuntimeError(f"{url} did not answer within {timeout}s")
 
 
-def wait_ports_free(timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    for port in [*PORTS.values(), *GRPC_PORTS.values()]:
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) != 0:
-                    break
-            time.sleep(0.2)
-
-
 def generate(url: str) -> tuple:
     """One request: (seconds to its first token, tokens received)."""
     sent = time.monotonic()
@@ -219,7 +210,7 @@ def run(name: str, command: list, env: dict) -> dict:
             process.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
-        wait_ports_free()
+        wait_ports_free([*PORTS.values(), *GRPC_PORTS.values()])
 
 
 def main():
