@@ -26,7 +26,7 @@ def pre(data, context):
 
 #: The stand-in remote's answer size for /big (with a length) and /stream (chunked).
 BIG = 3 << 20
-STREAMED = 64 << 20
+STREAMED = 256 << 20
 #: The server's max_remote_response_size in these tests.
 LIMIT = 1 << 20
 
@@ -172,4 +172,6 @@ def test_a_remote_answer_beyond_the_limit_is_a_502(local, remote, path):
     body = answer.json()
     assert body["type"] == "BadGatewayException"
     assert f"answered more than {LIMIT} bytes (max_remote_response_size)" in body["message"]
-    assert memory.grown_mib < 24, memory.grown_mib
+    # Reading a chunked answer costs a fixed 12-26 MiB of peak (hyper's and the allocator's
+    # buffers) whatever its size; buffering it whole would cost at least the 256 MiB it sends.
+    assert memory.grown_mib < STREAMED / 4 / (1 << 20), memory.grown_mib
