@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap};
 use axum::response::Response;
 use axum::routing::{get, options, put};
 use axum::{Json, Router};
-use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -15,6 +15,7 @@ use super::path::Path;
 use super::replies::{self, gate_first, status};
 use super::{openapi, query};
 use crate::error::ApiResult;
+use crate::request::read_body;
 use crate::facade::models;
 use crate::model::RegisterOptions;
 use crate::state::AppState;
@@ -67,13 +68,22 @@ async fn model_description(
 }
 
 /// `POST /models`: the options come from the query, or from a JSON body (TorchServe reads
-/// one leniently: single quotes and quoted numbers are fine).
+/// one leniently: single quotes and quoted numbers are fine). The body is read as a
+/// prediction's is: within `max_request_size` and the idle timeout.
 async fn register(
     State(state): State<Arc<AppState>>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<Response> {
+    let config = &state.config;
+    let body = read_body(
+        &headers,
+        body,
+        config.max_request_size,
+        config.connection_idle_timeout,
+    )
+    .await?;
     let json_body = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
