@@ -7,6 +7,7 @@ closed connection for transport-level abuse), never a 5xx; no worker is replaced
 never panics, and its memory stays bounded."""
 
 import concurrent.futures
+import json
 import re
 import socket
 import threading
@@ -239,7 +240,8 @@ def raw_exchange(server, listener, head: bytes, timeout=10.0) -> bytes:
     ("garbage-request-line", b"\x00\xff GARBAGE \x01\r\n\r\n"),
     ("control-characters-in-a-header", b"GET /ping HTTP/1.1\r\nHost: x\r\n"
      b"Content-Type: \x01\x7f\r\nConnection: close\r\n\r\n"),
-    ("bad-utf8-path", b"GET /predictions/\xff\xfe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    ("bad-utf8-path", b"GET /predictions/\xff\xfe HTTP/1.1\r\nHost: x\r\n"
+     b"Connection: close\r\n\r\n"),
     ("bad-content-length", b"POST /predictions/echo HTTP/1.1\r\nHost: x\r\n"
      b"Content-Length: -5\r\nConnection: close\r\n\r\n"),
     ("content-length-past-u64", b"POST /predictions/echo HTTP/1.1\r\nHost: x\r\n"
@@ -454,3 +456,49 @@ def test_abuse_under_load_leaves_memory_bounded_and_clients_served(server):
     assert served and set(served) == {200}
     assert peak.grown_mib < 150, f"peak memory grew {peak.grown_mib:.0f} MiB"
     assert rss_kib(server.process.pid) - server.rss_before < 150 * 1024
+
+
+@pytest.mark.parametrize("kind, head", [
+    ("http1-request", b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ("garbage", b"\x16\x03\x01\x00\xff" + b"\xff" * 64),
+    ("bad-frames", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+     + b"\x00\x00\x04\x09\xff\xff\xff\xff\xff" * 8),
+])
+@pytest.mark.parametrize("listener", ["grpc_inference", "grpc_management"])
+def test_grpc_listeners_close_what_is_not_http2(server, listener, kind, head):
+    with socket.create_connection(address(server, listener), timeout=HEADER_TIMEOUT_S + 4) as s:
+        s.sendall(head)
+        assert closed_by_server(s), f"{kind} stayed open"
+    assert requests.get(f"{server.inference}/ping", timeout=5).status_code == 200
+
+
+#: Authorization values no key matches: huge, not UTF-8, other schemes, empty.
+BAD_AUTHORIZATIONS = [b"Bearer " + b"k" * 100_000, b"Bearer \xff\xfe\xc0\xaf", b"Bearer",
+                      b"bearer  ", b"Basic dXNlcjpwYXNz", b"Bearer a b c", b""]
+
+
+def test_malformed_tokens_are_refused_and_change_no_key(start_server):
+    """With tokens on, every malformed Authorization value on every listener's routes (and
+    `/token` with malformed types, with and without the API key) is a 400
+    InvalidKeyException, and key_file.json is unchanged."""
+    secured = start_server(args=("--enable-model-api",))
+    key_file = secured.workdir / "key_file.json"
+    keys = key_file.read_text()
+    api_key = json.loads(keys)["API"]["key"]
+    routes = [(secured.inference, "/predictions/echo"), (secured.inference, "/v2/models/x/infer"),
+              (secured.inference, "/wfpredict/wf"), (secured.management, "/models"),
+              (secured.management, "/workflows"), (secured.management, "/token?type=inference")]
+    for base, path in routes:
+        for value in BAD_AUTHORIZATIONS:
+            answer = requests.post(f"{base}{path}", headers={"Authorization": value},
+                                   timeout=10)
+            assert answer.status_code == 400, (path, value[:20], answer.text)
+            assert answer.json()["type"] == "InvalidKeyException", answer.text
+    for query in ("type=%ff", "type=management%00", "type=%zz", "type=management;",
+                  "type=" + "m" * 10_000, "type=", ""):
+        for value in (f"Bearer {api_key}".encode(), *BAD_AUTHORIZATIONS[1:3]):
+            answer = requests.get(f"{secured.management}/token?{query}",
+                                  headers={"Authorization": value}, timeout=10)
+            assert answer.status_code == 400 and answer.json()["type"] == "InvalidKeyException"
+    assert key_file.read_text() == keys
+    assert "panicked" not in secured.log_text()
