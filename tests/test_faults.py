@@ -1,4 +1,5 @@
-"""The standing fault suite: workers SIGKILLed mid-batch and mid-stream under concurrent load,
+"""The standing fault suite: workers SIGKILLed mid-batch and mid-stream (HTTP chunks and gRPC
+`StreamPredictions`) under concurrent load,
 and the fork server and a model's template killed under load. Each run asserts that every
 request gets exactly one answer, its own (unique ids in request and answer, none run twice,
 none hangs past the client's timeout), that an unrelated model answers throughout, that the
@@ -6,6 +7,7 @@ killed model recovers, and that the server's memory stays bounded."""
 
 import concurrent.futures
 import itertools
+import json
 import os
 import random
 import signal
@@ -15,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import requests
+
+grpc = pytest.importorskip("grpc")
 
 from support.archives import build_mar, manifest
 from support.processes import PeakMemory, alive, children
@@ -103,20 +107,21 @@ def parent(pid):
 
 
 class Load:
-    """Concurrent clients of `victim` (batches) and `streamer` (streams), half each, and one of
-    `bystander`, each request with a unique id, until stopped; `outcomes` maps every id sent
-    to its one outcome."""
+    """Concurrent clients of `victim` (batches) and `streamer` (HTTP and gRPC streams), and
+    one of `bystander`, each request with a unique id, until stopped; `outcomes` maps every id
+    sent to its one outcome: "ok", "failed" (a 500 naming the model) or "cut" (a stream that
+    ended early)."""
 
-    def __init__(self, server, clients=8, stream_share=0.5):
+    def __init__(self, server, pb, clients=("batch",) * 4 + ("stream",) * 3 + ("grpc",) * 2):
         self.server = server
+        self.pb = pb
         self.ids = itertools.count()
         self.outcomes = {}
         self.bystander = []
         self.stop = threading.Event()
         self.lock = threading.Lock()
-        self.pool = concurrent.futures.ThreadPoolExecutor(clients + 1)
-        self.clients = [self.pool.submit(self._client, n < clients * stream_share)
-                        for n in range(clients)]
+        self.pool = concurrent.futures.ThreadPoolExecutor(len(clients) + 1)
+        self.clients = [self.pool.submit(self._client, kind) for kind in clients]
         self.clients.append(self.pool.submit(self._bystander))
 
     def _record(self, request_id, outcome):
@@ -124,12 +129,29 @@ class Load:
             assert request_id not in self.outcomes, f"request {request_id} answered twice"
             self.outcomes[request_id] = outcome
 
-    def _client(self, streaming):
-        url = f"{self.server.inference}/predictions/{'streamer' if streaming else 'victim'}"
+    def _client(self, kind):
+        url = f"{self.server.inference}/predictions/{'victim' if kind == 'batch' else 'streamer'}"
         while not self.stop.is_set():
             request_id = next(self.ids)
-            ask = {"id": request_id, **({"stream": 4} if streaming else {"sleep": 0.02})}
-            self._record(request_id, self._send(url, ask, streaming))
+            ask = {"id": request_id, **({"sleep": 0.02} if kind == "batch" else {"stream": 4})}
+            self._record(request_id, (kind, self._send_grpc(ask) if kind == "grpc"
+                                      else self._send(url, ask, kind == "stream")))
+
+    def _send_grpc(self, ask):
+        """A `StreamPredictions` call of `streamer`."""
+        request = self.pb["inference_pb2"].PredictionsRequest(
+            model_name="streamer", input={"body": json.dumps(ask).encode()})
+        chunks = []
+        with grpc.insecure_channel(self.server.grpc_inference) as channel:
+            stub = self.pb["inference_pb2_grpc"].InferenceAPIsServiceStub(channel)
+            try:
+                for message in stub.StreamPredictions(request, timeout=CLIENT_TIMEOUT):
+                    chunks.append(message.prediction.decode())
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.INTERNAL, (error.code(), error.details())
+                assert "streamer" in error.details(), error.details()
+                return "cut" if chunks else "failed"
+        return self._check_stream(ask["id"], "".join(chunks))
 
     def _send(self, url, ask, streaming):
         request_id = ask["id"]
@@ -150,6 +172,11 @@ class Load:
             return "cut"  # the worker died mid-stream: the answer ends early
         except requests.exceptions.ReadTimeout as error:
             raise AssertionError(f"request {request_id} hung") from error
+        return self._check_stream(request_id, chunks)
+
+    @staticmethod
+    def _check_stream(request_id, chunks):
+        """A stream's outcome: "ok" when whole, "cut" when it is the start of its answer."""
         expected = "".join(f"{request_id}:{i} " for i in range(4)) + f"end:{request_id}"
         assert chunks == expected or expected.startswith(chunks), (request_id, chunks)
         return "ok" if chunks == expected else "cut"
@@ -170,9 +197,11 @@ class Load:
             client.result(timeout=CLIENT_TIMEOUT * 2)
         self.pool.shutdown()
         sent = next(self.ids)
-        counts = {}
-        for outcome in self.outcomes.values():
+        counts, ok_by_kind = {}, {}
+        for kind, outcome in self.outcomes.values():
             counts[outcome] = counts.get(outcome, 0) + 1
+            ok_by_kind[kind] = ok_by_kind.get(kind, 0) + (outcome == "ok")
+        assert all(ok >= 5 for ok in ok_by_kind.values()), ok_by_kind
         bystanders = len(self.bystander)
         # Every id drawn was a request, and every request has exactly one outcome.
         assert len(self.outcomes) + bystanders == sent, (len(self.outcomes), bystanders, sent)
@@ -186,10 +215,10 @@ def assert_none_finished_twice(server):
     assert not repeated, f"requests run twice: {sorted(repeated)[:10]}"
 
 
-def test_workers_killed_mid_batch_and_mid_stream_lose_and_repeat_nothing(server):
+def test_workers_killed_mid_batch_and_mid_stream_lose_and_repeat_nothing(server, inference_pb):
     killed = []
     with PeakMemory(server.process.pid) as peak:
-        load = Load(server)
+        load = Load(server, inference_pb)
         time.sleep(0.5)
         for model in ("victim", "streamer") * 3:
             pids = ready_pids(server, model)
@@ -221,7 +250,7 @@ def fork_server_pid(server):
     return pid
 
 
-def test_fork_server_and_template_killed_under_load_lose_nothing(server):
+def test_fork_server_and_template_killed_under_load_lose_nothing(server, inference_pb):
     """Killing the fork server and the victim's template fails no request (the workers live
     on); the model scales up and down meanwhile, and afterwards new workers come from a new
     fork server and template."""
@@ -229,7 +258,7 @@ def test_fork_server_and_template_killed_under_load_lose_nothing(server):
     [template] = {parent(pid) for pid in ready_pids(server, "victim")}
     assert parent(template) == fork_server
     with PeakMemory(server.process.pid) as peak:
-        load = Load(server)
+        load = Load(server, inference_pb)
         time.sleep(0.5)
         os.kill(template, signal.SIGKILL)
         os.kill(fork_server, signal.SIGKILL)
