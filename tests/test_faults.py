@@ -1,9 +1,9 @@
 """The standing fault suite: workers SIGKILLed mid-batch and mid-stream (HTTP chunks and gRPC
-`StreamPredictions`) under concurrent load,
-and the fork server and a model's template killed under load. Each run asserts that every
-request gets exactly one answer, its own (unique ids in request and answer, none run twice,
-none hangs past the client's timeout), that an unrelated model answers throughout, that the
-killed model recovers, and that the server's memory stays bounded."""
+`StreamPredictions`) under concurrent load, and the fork server and a model's template killed
+under load. Each run asserts that every request gets exactly one answer, its own (unique ids
+in request and answer, none run twice, none hangs past the client's timeout), that an
+unrelated model answers throughout, that the killed model recovers, and that the server's
+memory stays bounded."""
 
 import concurrent.futures
 import itertools
