@@ -502,3 +502,63 @@ def test_malformed_tokens_are_refused_and_change_no_key(start_server):
             assert answer.status_code == 400 and answer.json()["type"] == "InvalidKeyException"
     assert key_file.read_text() == keys
     assert "panicked" not in secured.log_text()
+
+
+def v2_input(**fields):
+    return {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1], **fields}]}
+
+
+#: KServe v2 bodies whose shapes, datatypes and binary sizes do not add up.
+BAD_V2 = {
+    "shape-past-u64": v2_input(shape=[2**62, 2**62, 16]),
+    "negative-shape": v2_input(shape=[-1]),
+    "float-shape": v2_input(shape=[1.5]),
+    "huge-number-shape": v2_input(shape=[10**40]),
+    "unknown-datatype": v2_input(datatype="NOPE"),
+    "bytes-of-numbers": v2_input(datatype="BYTES", data=[[1, 2]]),
+    "data-not-a-list": v2_input(data={"a": 1}),
+    "no-inputs": {"inputs": []},
+    "inputs-not-a-list": {"inputs": "x"},
+    "input-not-an-object": {"inputs": [5]},
+    "binary-size-past-u64": v2_input(parameters={"binary_data_size": 2**70}),
+    "negative-binary-size": v2_input(parameters={"binary_data_size": -1}),
+    "outputs-not-a-list": {**v2_input(), "outputs": 5},
+}
+
+
+@pytest.mark.parametrize("kind", BAD_V2)
+def test_kserve_v2_bodies_that_do_not_add_up_are_a_400(server, kind):
+    body = json.dumps(BAD_V2[kind]).encode()
+    for headers in ({}, {"Inference-Header-Content-Length": str(len(body))},
+                    {"Inference-Header-Content-Length": str(2**64)}):
+        answer = requests.post(f"{server.inference}/v2/models/echo/infer", data=body,
+                               headers={"Content-Type": "application/json", **headers},
+                               timeout=30)
+        assert_refused_cleanly(answer, kind)
+
+
+def test_kserve_grpc_tensors_that_do_not_add_up_are_refused(server):
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    tensor = service_pb2.ModelInferRequest.InferInputTensor
+    requests_ = [
+        service_pb2.ModelInferRequest(model_name="echo", inputs=[tensor(
+            name="x", datatype="FP32", shape=[2**62, 2**62, 16])], raw_input_contents=[b"1234"]),
+        service_pb2.ModelInferRequest(model_name="echo", inputs=[tensor(
+            name="x", datatype="FP32", shape=[-1])], raw_input_contents=[b"1234"]),
+        service_pb2.ModelInferRequest(model_name="echo", inputs=[tensor(
+            name="x", datatype="NOPE", shape=[1])], raw_input_contents=[b"1234"]),
+        service_pb2.ModelInferRequest(model_name="echo", inputs=[tensor(
+            name="x", datatype="FP32", shape=[1])], raw_input_contents=[b"1234", b"5678"]),
+        service_pb2.ModelInferRequest(model_name="echo", inputs=[tensor(
+            name="x", datatype="FP32", shape=[2**40], contents=service_pb2.InferTensorContents(
+                fp32_contents=[1.0]))]),
+        service_pb2.ModelInferRequest(model_name="echo", inputs=[]),
+    ]
+    with grpc.insecure_channel(server.grpc_inference) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for request in requests_:
+            try:
+                stub.ModelInfer(request, timeout=30)
+            except grpc.RpcError as error:
+                assert error.code() not in SERVER_FAULTS, (request, error.details())
