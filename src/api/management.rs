@@ -15,9 +15,9 @@ use super::path::Path;
 use super::replies::{self, gate_first, status};
 use super::{openapi, query};
 use crate::error::ApiResult;
-use crate::request::read_body;
 use crate::facade::models;
 use crate::model::RegisterOptions;
+use crate::request::read_body;
 use crate::state::AppState;
 
 /// Routes of the management API, without its description. Each handler decodes the request,
