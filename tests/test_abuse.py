@@ -18,7 +18,7 @@ import requests
 
 from support import grpc_stubs
 from support.archives import archive, war, write_files
-from support.processes import PeakMemory
+from support.processes import PeakMemory, rss_kib
 from support.server import OPEN_FLAGS, REPO
 from support.sockets import closed_by_server
 
@@ -163,11 +163,6 @@ def worker_pids(server):
     return {m["modelName"]: sorted(w["pid"] for w in requests.get(
         f"{server.management}/models/{m['modelName']}", timeout=10).json()[0]["workers"])
             for m in models}
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as status:
-        return int(next(line for line in status if line.startswith("VmRSS")).split()[1])
 
 
 @pytest.fixture(autouse=True)

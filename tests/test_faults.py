@@ -13,16 +13,16 @@ import random
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
 grpc = pytest.importorskip("grpc")
 
+from support.api import describe, ready_pids, wait_ready
 from support.archives import build_mar, manifest
-from support.processes import PeakMemory, alive, children
-from support.server import OPEN_FLAGS
+from support.processes import PeakMemory, alive, fork_server_pid, parent
+from support.server import OPEN_FLAGS, wait_for_log
 
 #: Answers each request with its own id and worker pid after `sleep` seconds; with `stream: n`
 #: sends n partial results `ID:i` 50 ms apart first. Every finished id is logged, so
@@ -69,10 +69,7 @@ def server(start_module_server, tmp_path_factory):
     server = start_module_server({"default_workers_per_model": 1}, store=store, workdir=workdir,
                                  args=(*OPEN_FLAGS, "--ncs", "--models", "bystander.mar"))
     # The victims' workers are forked from their templates, forked from the fork server.
-    deadline = time.monotonic() + 120
-    while "fork server ready" not in server.log_text():
-        assert time.monotonic() < deadline, "the fork server did not start"
-        time.sleep(0.2)
+    wait_for_log(server, "fork server ready")
     for name, batch_size in (("victim", 4), ("streamer", 1)):
         answer = requests.post(f"{server.management}/models", params={
             "url": f"{name}.mar", "initial_workers": 2, "batch_size": batch_size,
@@ -80,30 +77,6 @@ def server(start_module_server, tmp_path_factory):
         assert answer.status_code == 200, answer.text
     server.finished_log = workdir / "finished.log"
     return server
-
-
-def workers(server, model):
-    answer = requests.get(f"{server.management}/models/{model}", timeout=10)
-    return answer.json()[0]["workers"]
-
-
-def ready_pids(server, model):
-    return [w["pid"] for w in workers(server, model) if w["status"] == "READY" and w["pid"]]
-
-
-def wait_ready(server, model, count, not_in=(), timeout=60):
-    """Waits for `count` READY workers of `model`, none of them a pid in `not_in`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pids = ready_pids(server, model)
-        if len(pids) == count and not set(pids) & set(not_in):
-            return pids
-        time.sleep(0.1)
-    raise AssertionError(f"{model}: no {count} new READY workers: {workers(server, model)}")
-
-
-def parent(pid):
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 class Load:
@@ -244,12 +217,6 @@ def test_workers_killed_mid_batch_and_mid_stream_lose_and_repeat_nothing(server,
     assert peak.grown_mib < 100, f"peak memory grew {peak.grown_mib:.0f} MiB"
 
 
-def fork_server_pid(server):
-    [pid] = [pid for pid, cmd in children(server.process.pid).items()
-             if "torchyard.forkserver" in cmd]
-    return pid
-
-
 def test_fork_server_and_template_killed_under_load_lose_nothing(server, inference_pb):
     """Killing the fork server and the victim's template fails no request (the workers live
     on); the model scales up and down meanwhile, and afterwards new workers come from a new
@@ -271,17 +238,14 @@ def test_fork_server_and_template_killed_under_load_lose_nothing(server, inferen
     assert counts.get("ok", 0) > 50 and set(counts) == {"ok"}, counts
     assert_none_finished_twice(server)
     assert not alive(fork_server) and not alive(template)
-    deadline = time.monotonic() + 120
-    while server.log_text().count("fork server ready") < 2:
-        assert time.monotonic() < deadline, "no new fork server"
-        time.sleep(0.2)
+    wait_for_log(server, "fork server ready", count=2)
     assert fork_server_pid(server) != fork_server
     before = set(ready_pids(server, "victim"))
     answer = requests.put(f"{server.management}/models/victim", params={
         "min_worker": 4, "max_worker": 4, "synchronous": "true"}, timeout=120)
     assert answer.status_code == 200, answer.text
     wait_ready(server, "victim", 4)
-    added = [w for w in workers(server, "victim") if w["pid"] not in before]
+    added = [w for w in describe(server, "victim")["workers"] if w["pid"] not in before]
     assert added and all(w["startMode"] in ("template", "fork") for w in added), added
     for n in range(8):
         answer = requests.post(f"{server.inference}/predictions/victim", json={"id": n},
