@@ -323,6 +323,29 @@ def test_slowloris_on_every_listener_is_closed_while_others_are_served(server):
                 assert answered.startswith(b"HTTP/1.1 408"), (name, answered[:200])
 
 
+def test_bodies_trickling_in_are_cut_at_the_body_deadline_and_free_their_connections(
+        start_server):
+    """As many clients as the listener takes at once, each sending a body byte every 0.5 s
+    (within the idle timeout), are answered 408 at the body deadline, and a client waiting
+    behind them to be accepted is served then, not when their bodies would end (50 s)."""
+    capped = start_server({"max_connections": 2, "connection_idle_timeout_ms": 1000,
+                           "connection_body_timeout_ms": 2000})
+    head = (b"POST /models HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        trickles = [pool.submit(drip, capped, "management", head, b" " * 100, 0.5)
+                    for _ in range(2)]
+        time.sleep(0.5)
+        started = time.monotonic()
+        listed = requests.get(f"{capped.management}/models", timeout=30)
+        waited = time.monotonic() - started
+        for trickle in trickles:
+            seconds, answered = trickle.result()
+            assert answered.startswith(b"HTTP/1.1 408"), answered[:200]
+            assert b"did not arrive within 2000 ms" in answered and seconds < 6
+    assert listed.status_code == 200 and waited < 6
+
+
 @pytest.fixture(scope="module")
 def pb(tmp_path_factory):
     return grpc_stubs.generate(tmp_path_factory.mktemp("stubs"))

@@ -85,6 +85,7 @@ VALUES = {
     "max_request_size": "6553500",
     "connection_header_read_timeout_ms": "10000",
     "connection_idle_timeout_ms": "60000",
+    "connection_body_timeout_ms": "300000",
     "max_connections": "100",
     "cors_allowed_origin": "*",
     "cors_allowed_methods": "GET,POST",

@@ -17,7 +17,7 @@ use super::{openapi, query};
 use crate::error::ApiResult;
 use crate::facade::models;
 use crate::model::RegisterOptions;
-use crate::request::read_body;
+use crate::request::{read_body, BodyLimits};
 use crate::state::AppState;
 
 /// Routes of the management API, without its description. Each handler decodes the request,
@@ -69,21 +69,14 @@ async fn model_description(
 
 /// `POST /models`: the options come from the query, or from a JSON body (TorchServe reads
 /// one leniently: single quotes and quoted numbers are fine). The body is read as a
-/// prediction's is: within `max_request_size` and the idle timeout.
+/// prediction's is, within the [`BodyLimits`].
 async fn register(
     State(state): State<Arc<AppState>>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let config = &state.config;
-    let body = read_body(
-        &headers,
-        body,
-        config.max_request_size,
-        config.connection_idle_timeout,
-    )
-    .await?;
+    let body = read_body(&headers, body, BodyLimits::of(&state.config)).await?;
     let json_body = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
