@@ -547,7 +547,7 @@ async fn serve_batches(
                 // After a wait for a client to read, the worker's time counts from now.
                 rearm(deadline.as_mut());
                 let Some(outcome) = outcome else {
-                    if let Err(message) = head.cancel_ended(process).await {
+                    if let Err(message) = head.cancel_ended(spec, process).await {
                         return crash(spec, flights, held, message, true);
                     }
                     continue;
@@ -746,9 +746,15 @@ impl Flight {
     }
 
     /// Tells the worker to stop the requests whose answer ended early (see `cancel` in
-    /// docs/protocol.md); the error says why the worker broke.
-    pub(super) async fn cancel_ended(&mut self, process: &mut WorkerProcess) -> Result<(), String> {
-        if self.ended.is_empty() {
+    /// docs/protocol.md); not torchrun workers, whose ranks could stop at different points of
+    /// the handler's collectives. The error says why the worker broke.
+    pub(super) async fn cancel_ended(
+        &mut self,
+        spec: &WorkerSpec,
+        process: &mut WorkerProcess,
+    ) -> Result<(), String> {
+        if self.ended.is_empty() || spec.parallel.is_some() {
+            self.ended.clear();
             return Ok(());
         }
         let ids = self
