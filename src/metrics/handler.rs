@@ -62,19 +62,29 @@ impl HandlerFamily {
     fn update(&self, values: &[&str], value: f64, max: usize) -> Option<bool> {
         match self {
             Self::Counter(_) if value < 0.0 => Some(false),
-            Self::Counter(family) => family.get_or_create_within(values, max).map(|(series, made)| {
-                series.add(value);
-                made
-            }),
-            Self::Gauge(family) => family.get_or_create_within(values, max).map(|(series, made)| {
-                series.set(value);
-                made
-            }),
+            Self::Counter(family) => {
+                family
+                    .get_or_create_within(values, max)
+                    .map(|(series, made)| {
+                        series.add(value);
+                        made
+                    })
+            }
+            Self::Gauge(family) => {
+                family
+                    .get_or_create_within(values, max)
+                    .map(|(series, made)| {
+                        series.set(value);
+                        made
+                    })
+            }
             Self::Histogram(family) => {
-                family.get_or_create_within(values, max).map(|(series, made)| {
-                    series.observe(value);
-                    made
-                })
+                family
+                    .get_or_create_within(values, max)
+                    .map(|(series, made)| {
+                        series.observe(value);
+                        made
+                    })
             }
         }
     }
@@ -141,6 +151,9 @@ pub struct SeriesLimit {
 /// A model version: (name, version).
 type Owner = (String, String);
 
+/// The series a model version made: per metric, their label values.
+type Made = HashMap<String, HashSet<Vec<String>>>;
+
 /// Every handler metric of the server.
 pub struct HandlerMetrics {
     hostname: Arc<str>,
@@ -154,7 +167,7 @@ pub struct HandlerMetrics {
     entries: RwLock<BTreeMap<String, Entry>>,
     limit: SeriesLimit,
     /// The series each model version made, per metric: they go when it is unregistered.
-    made_by: Mutex<HashMap<Owner, HashMap<String, HashSet<Vec<String>>>>>,
+    made_by: Mutex<HashMap<Owner, Made>>,
 }
 
 impl HandlerMetrics {
@@ -349,12 +362,10 @@ impl HandlerMetrics {
             return None;
         }
         let mut entries = self.entries.write().expect("handler metrics lock");
-        let entry = entries
-            .entry(name.to_string())
-            .or_insert_with(|| {
-                let family = HandlerFamily::new(MetricKind::Gauge, name, "ms", &dimensions);
-                Entry::metric(family, dimensions.len())
-            });
+        let entry = entries.entry(name.to_string()).or_insert_with(|| {
+            let family = HandlerFamily::new(MetricKind::Gauge, name, "ms", &dimensions);
+            Entry::metric(family, dimensions.len())
+        });
         match entry {
             Entry::Metric {
                 family,
@@ -456,12 +467,22 @@ mod tests {
 
     #[test]
     fn updates_reach_their_kind_of_series_with_the_host_label() {
-        let metrics =
-            HandlerMetrics::new("h".into(), vec![], true, false, ReservedNames::default(), limit(1000));
+        let metrics = HandlerMetrics::new(
+            "h".into(),
+            vec![],
+            true,
+            false,
+            ReservedNames::default(),
+            limit(1000),
+        );
         let calls = sample(MetricKind::Counter, "CallCount", &MODEL, 2.0);
         metrics.record("m", "1", &[calls.clone(), calls]);
         metrics.record("m", "1", &[sample(MetricKind::Gauge, "Temp", &MODEL, 3.5)]);
-        metrics.record("m", "1", &[sample(MetricKind::Histogram, "Size", &MODEL, 0.3)]);
+        metrics.record(
+            "m",
+            "1",
+            &[sample(MetricKind::Histogram, "Size", &MODEL, 0.3)],
+        );
         let text = rendered(&metrics);
         assert!(text.contains("# TYPE CallCount counter\n"), "{text}");
         assert!(text.contains("CallCount{ModelName=\"m\",Level=\"Model\",Hostname=\"h\",} 4.0\n"));
@@ -480,12 +501,30 @@ mod tests {
             unit: "ms".into(),
             dimensions: vec!["ModelName".into(), "Level".into()],
         }];
-        let metrics =
-            HandlerMetrics::new("h".into(), declared, false, false, ReservedNames::default(), limit(1000));
+        let metrics = HandlerMetrics::new(
+            "h".into(),
+            declared,
+            false,
+            false,
+            ReservedNames::default(),
+            limit(1000),
+        );
         assert!(rendered(&metrics).contains("# TYPE Declared gauge\n"));
-        metrics.record("m", "1", &[sample(MetricKind::Counter, "Declared", &MODEL, 1.0)]);
-        metrics.record("m", "1", &[sample(MetricKind::Counter, "Declared", &MODEL, 5.0)]);
-        metrics.record("m", "1", &[sample(MetricKind::Counter, "Other", &MODEL, 1.0)]);
+        metrics.record(
+            "m",
+            "1",
+            &[sample(MetricKind::Counter, "Declared", &MODEL, 1.0)],
+        );
+        metrics.record(
+            "m",
+            "1",
+            &[sample(MetricKind::Counter, "Declared", &MODEL, 5.0)],
+        );
+        metrics.record(
+            "m",
+            "1",
+            &[sample(MetricKind::Counter, "Other", &MODEL, 1.0)],
+        );
         let text = rendered(&metrics);
         assert!(text.contains("Declared{ModelName=\"m\",Level=\"Model\",Hostname=\"h\",} 5.0\n"));
         assert!(!text.contains("Other"), "{text}");
@@ -494,16 +533,30 @@ mod tests {
 
     #[test]
     fn bad_updates_are_dropped() {
-        let metrics =
-            HandlerMetrics::new("h".into(), vec![], true, false, ReservedNames::default(), limit(1000));
-        metrics.record("m", "1", &[sample(MetricKind::Counter, "bad name", &MODEL, 1.0)]);
+        let metrics = HandlerMetrics::new(
+            "h".into(),
+            vec![],
+            true,
+            false,
+            ReservedNames::default(),
+            limit(1000),
+        );
+        metrics.record(
+            "m",
+            "1",
+            &[sample(MetricKind::Counter, "bad name", &MODEL, 1.0)],
+        );
         metrics.record(
             "m",
             "1",
             &[sample(MetricKind::Counter, "C", &[("Hostname", "x")], 1.0)],
         );
         metrics.record("m", "1", &[sample(MetricKind::Counter, "D", &MODEL, -1.0)]);
-        metrics.record("m", "1", &[sample(MetricKind::Counter, "D", &MODEL[..1], 1.0)]);
+        metrics.record(
+            "m",
+            "1",
+            &[sample(MetricKind::Counter, "D", &MODEL[..1], 1.0)],
+        );
         let text = rendered(&metrics);
         assert!(!text.contains("bad name") && !text.contains("C{"), "{text}");
         assert!(
@@ -514,15 +567,27 @@ mod tests {
 
     #[test]
     fn series_past_the_limit_are_dropped_and_counted_and_go_with_their_model() {
-        let metrics =
-            HandlerMetrics::new("h".into(), vec![], true, false, ReservedNames::default(), limit(2));
+        let metrics = HandlerMetrics::new(
+            "h".into(),
+            vec![],
+            true,
+            false,
+            ReservedNames::default(),
+            limit(2),
+        );
         let key = |k: &str| sample(MetricKind::Counter, "Flood", &[("Key", k)], 1.0);
         metrics.record("m", "1", &[key("a"), key("b"), key("c"), key("a")]);
         metrics.record("other", "1", &[key("d")]);
         let text = rendered(&metrics);
-        assert!(text.contains("Flood{Key=\"a\",Hostname=\"h\",} 2.0\n"), "{text}");
+        assert!(
+            text.contains("Flood{Key=\"a\",Hostname=\"h\",} 2.0\n"),
+            "{text}"
+        );
         assert!(text.contains("Flood{Key=\"b\","), "{text}");
-        assert!(!text.contains("Key=\"c\"") && !text.contains("Key=\"d\""), "{text}");
+        assert!(
+            !text.contains("Key=\"c\"") && !text.contains("Key=\"d\""),
+            "{text}"
+        );
         let mut dropped = String::new();
         metrics.limit.dropped.render(&mut dropped);
         assert!(dropped.contains("dropped{model_name=\"m\",model_version=\"1\",} 1.0\n"));

@@ -24,7 +24,9 @@ pub enum ToWorker<'a> {
         batch: Option<u64>,
     },
     /// Stop the running batch's requests `ids`: their clients went away. No reply.
-    Cancel { ids: Vec<&'a str> },
+    Cancel {
+        ids: Vec<&'a str>,
+    },
 }
 
 /// What a worker needs to load its handler.

@@ -1040,3 +1040,68 @@ fn fail_queued(queue: &Receiver<Job>, reason: &str) {
         ))));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+    use crate::job::STREAM_BUFFER;
+
+    fn chunk(body: &'static str) -> InferenceResponse {
+        InferenceResponse {
+            status: 200,
+            content_type: None,
+            headers: Vec::new(),
+            body: Bytes::from_static(body.as_bytes()),
+            trace: None,
+            more: None,
+        }
+    }
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_nobody_reads_waits_then_ends_with_an_error() {
+        let (reply, first) = oneshot::channel();
+        let mut answer = Answer::Reply(reply);
+        assert!(!answer.partial(chunk("a"), WAIT).await);
+        // Chunks fit while a place stays free for the last one.
+        for _ in 1..STREAM_BUFFER {
+            assert!(!answer.partial(chunk("b"), WAIT).await);
+        }
+        let started = tokio::time::Instant::now();
+        assert!(answer.partial(chunk("c"), WAIT).await);
+        assert_eq!(started.elapsed(), WAIT);
+        let received: Vec<JobResult> = first.await.unwrap().unwrap().chunks().collect().await;
+        assert_eq!(received.len(), STREAM_BUFFER + 1);
+        let error = received.last().unwrap().as_ref().unwrap_err();
+        assert!(error.message.contains("did not read"), "{}", error.message);
+        // The answer is over: a later chunk is not another ending.
+        assert!(!answer.partial(chunk("d"), WAIT).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_makes_room_and_a_client_that_left_ends_the_answer() {
+        let (reply, first) = oneshot::channel();
+        let mut answer = Answer::Reply(reply);
+        assert!(!answer.partial(chunk("a"), WAIT).await);
+        let mut chunks = first.await.unwrap().unwrap().chunks();
+        for _ in 1..STREAM_BUFFER {
+            assert!(!answer.partial(chunk("b"), WAIT).await);
+        }
+        let reader = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            // The first chunk, then one that held a place.
+            chunks.next().await;
+            chunks.next().await;
+            chunks
+        });
+        let started = tokio::time::Instant::now();
+        assert!(!answer.partial(chunk("c"), WAIT).await);
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        drop(reader.await.unwrap());
+        assert!(answer.partial(chunk("d"), WAIT).await);
+        assert!(answer.is_gone());
+    }
+}
