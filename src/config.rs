@@ -106,6 +106,9 @@ pub struct ServerConfig {
     /// Whether handler metrics nobody declared are exported (`model_metrics_auto_detect`,
     /// true unless set to false).
     pub model_metrics_auto_detect: bool,
+    /// How many series (label value sets) one handler metric may have
+    /// (`handler_metric_max_series`); updates that would make more are dropped and counted.
+    pub handler_metric_max_series: usize,
     /// How often host metrics are read (`metric_time_interval`, seconds); `None` when
     /// `disable_system_metrics` is true.
     pub system_metrics_interval: Option<Duration>,
@@ -335,6 +338,10 @@ impl ServerConfig {
             )?,
             model_metrics_auto_detect: get("model_metrics_auto_detect")
                 .is_none_or(|v| !v.trim().eq_ignore_ascii_case("false")),
+            handler_metric_max_series: number(
+                "handler_metric_max_series",
+                crate::metrics::DEFAULT_MAX_SERIES,
+            )?,
             system_metrics_interval: (!flag("disable_system_metrics")).then_some(
                 Duration::from_secs(number("metric_time_interval", 60)?.max(1) as u64),
             ),

@@ -45,21 +45,26 @@ pub struct InferenceResponse {
 /// What a job's submitter gets back.
 pub type JobResult = Result<InferenceResponse, ApiError>;
 
+/// How many chunks of a streamed answer wait for a client that has not read them: past that,
+/// the worker's reader waits for the client (docs/security.md, "Streams").
+pub const STREAM_BUFFER: usize = 4;
+
 /// The chunks after the first of a streamed answer, in the order the handler sent them: the
 /// last is its return value, and an error ends them. Clones share one receiver, which the
 /// first [`MoreChunks::take`] gets.
 #[derive(Debug, Clone)]
-pub struct MoreChunks(Arc<Mutex<Option<mpsc::UnboundedReceiver<JobResult>>>>);
+pub struct MoreChunks(Arc<Mutex<Option<mpsc::Receiver<JobResult>>>>);
 
 impl MoreChunks {
-    /// A stream of chunks and the sender that feeds it.
-    pub fn channel() -> (mpsc::UnboundedSender<JobResult>, Self) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    /// A stream of chunks, holding up to [`STREAM_BUFFER`] unread, and the sender that feeds
+    /// it.
+    pub fn channel() -> (mpsc::Sender<JobResult>, Self) {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         (tx, Self(Arc::new(Mutex::new(Some(rx)))))
     }
 
     /// The receiver, once.
-    fn take(&self) -> Option<mpsc::UnboundedReceiver<JobResult>> {
+    fn take(&self) -> Option<mpsc::Receiver<JobResult>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
@@ -150,7 +155,7 @@ mod tests {
     fn streamed(rest: Vec<JobResult>) -> InferenceResponse {
         let (more, chunks) = MoreChunks::channel();
         for item in rest {
-            more.send(item).unwrap();
+            more.try_send(item).unwrap();
         }
         InferenceResponse {
             more: Some(chunks),

@@ -75,6 +75,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             config.metrics_mode,
             config.metrics_config.clone(),
             config.model_metrics_auto_detect,
+            config.handler_metric_max_series,
         ),
         python,
         gpus: Arc::new(gpus),

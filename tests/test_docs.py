@@ -105,6 +105,7 @@ VALUES = {
     "max_archive_entries": "10000",
     "metrics_mode": "prometheus",
     "model_metrics_auto_detect": "true",
+    "handler_metric_max_series": "1000",
     "metric_time_interval": "60",
     "disable_system_metrics": "false",
     "enable_envvars_config": "false",

@@ -16,6 +16,7 @@ import sys
 import time
 import traceback
 import uuid
+from collections import deque
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .codec import JSON, Blob, decode
@@ -35,6 +36,12 @@ METRICS_EVERY_S = 0.1
 
 #: Where torchyard's stand-in for TorchServe's `ts` package lives.
 COMPAT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "compat")
+
+
+class RequestCancelled(BaseException):
+    """Raised by a partial-result send once the server cancelled every request it is for (their
+    clients went away): it ends the handler's batch. A BaseException, so that a handler's
+    `except Exception` does not swallow it and go on producing for nobody."""
 
 
 class Worker:
@@ -63,6 +70,12 @@ class Worker:
         #: Forked from the model's template: the handler is loaded already, and `load` only
         #: gives this worker its own identity (see `adopt`).
         self.forked = False
+        #: The server's messages, once `serve` runs.
+        self.frames: Optional[FrameReader] = None
+        #: Messages read while a batch ran (to see its cancels), served before the socket's.
+        self.early: "deque[Tuple[dict, List[bytearray]]]" = deque()
+        #: Ids of the running batch's requests that the server cancelled.
+        self.cancelled: set = set()
 
     def handle(self, msg: dict, blobs: List[bytearray]) -> Reply:
         """The reply to one message."""
@@ -72,7 +85,13 @@ class Worker:
         if kind == "load" and self.forked:
             return self.adopt(msg)
         if kind == "predict" and self.entry is not None:
-            return self.predict(msg, blobs)
+            self.cancelled = set()
+            try:
+                return self.predict(msg, blobs)
+            except RequestCancelled:
+                log.info("the server cancelled the batch's requests (their clients went away)")
+                return error_reply("cancelled: the client went away", 503,
+                                   "ServiceUnavailableException")
         state = "loaded" if self.entry is not None else "not loaded"
         return error_reply(f"unexpected message {kind!r}: the handler is {state}", 500,
                            "InternalServerException")
@@ -219,8 +238,35 @@ class Worker:
         """Sends an `intermediate` frame: the partial result of each request in `req_id_map`,
         with the segment trace `traces` holds for it. The handler may serve part of the frame's
         batch (the rest runs a fused segment, or left it): a request's index is then its place
-        in the frame, found by its id."""
+        in the frame, found by its id. Requests the server cancelled are left out; when that
+        leaves none, RequestCancelled ends the batch."""
+        self.read_early()
+        if self.cancelled and req_id_map:
+            ids = self.context.request_ids or {}
+            req_id_map = {idx: rid for idx, rid in req_id_map.items()
+                          if ids.get(idx, rid) not in self.cancelled}
+            if not req_id_map:
+                raise RequestCancelled()
         self.send(*intermediate_frame(self.context, self.batch, outputs, req_id_map, traces))
+
+    def read_early(self) -> None:
+        """Reads the messages that came while the batch runs: `cancel`s of its requests are
+        noted, anything else waits its turn in `early`."""
+        while self.frames is not None and self.frames.waiting():
+            msg, blobs = self.frames.read()
+            if msg.get("kind") == "cancel":
+                running = {request.get("id") for request in self.batch}
+                self.cancelled.update(i for i in msg.get("ids") or () if i in running)
+            else:
+                self.early.append((msg, blobs))
+
+    def next_message(self) -> Tuple[dict, List[bytearray]]:
+        """The next message to answer: one read early, else the socket's. A `cancel` that
+        comes between batches names requests already answered and is skipped."""
+        while True:
+            msg, blobs = self.early.popleft() if self.early else self.frames.read()
+            if msg.get("kind") != "cancel":
+                return msg, blobs
 
 
 def decoded(param: dict, blobs: List[bytearray]) -> Any:
@@ -252,16 +298,17 @@ def merge_replies(count: int, parts: Sequence[Tuple[Sequence[int], Reply]]) -> R
 def serve(sock: socket.socket, worker: Worker) -> None:
     """Answers messages until the server closes the socket."""
     worker.send = lambda header, bodies: write_frame(sock, header, bodies)
-    frames = FrameReader(sock)
+    frames = worker.frames = FrameReader(sock)
     metrics_sent = 0.0
     while True:
         try:
-            msg, blobs = frames.read()
+            msg, blobs = worker.next_message()
             header, bodies = worker.handle(msg, blobs)
             del msg, blobs  # free the request bodies before waiting for the next frame
             if worker.pending_metrics:
                 now = time.monotonic()
-                if now - metrics_sent >= METRICS_EVERY_S or not frames.waiting() \
+                waiting = worker.early or frames.waiting()
+                if now - metrics_sent >= METRICS_EVERY_S or not waiting \
                         or header.get("kind") != "predicted":
                     header["metrics"] = drain(worker.pending_metrics)
                     metrics_sent = now

@@ -224,15 +224,29 @@ impl<S: Series> Family<S> {
 
     /// The series with these label values (in the family's label order), created if new.
     pub fn get_or_create(&self, values: &[&str]) -> Arc<S> {
+        self.get_or_create_within(values, usize::MAX)
+            .expect("no limit")
+            .0
+    }
+
+    /// The series with these label values, created if new while the family holds fewer than
+    /// `max` series: `None` when it is full. The flag says whether the series was made now.
+    pub fn get_or_create_within(&self, values: &[&str], max: usize) -> Option<(Arc<S>, bool)> {
         debug_assert_eq!(values.len(), self.0.label_names.len());
         let key: Vec<String> = values.iter().map(|v| v.to_string()).collect();
         if let Some(series) = self.0.series.read().expect("family lock").get(&key) {
-            return series.clone();
+            return Some((series.clone(), false));
         }
         let mut all = self.0.series.write().expect("family lock");
-        all.entry(key)
-            .or_insert_with(|| Arc::new((self.0.new)()))
-            .clone()
+        if let Some(series) = all.get(&key) {
+            return Some((series.clone(), false));
+        }
+        if all.len() >= max {
+            return None;
+        }
+        let series = Arc::new((self.0.new)());
+        all.insert(key, series.clone());
+        Some((series, true))
     }
 
     /// Drops the series whose label values satisfy `remove`.
@@ -345,5 +359,15 @@ mod tests {
         out.clear();
         family.render(&mut out);
         assert!(out.ends_with("c{m=\"a\",} 3.0\n"), "{out}");
+    }
+
+    #[test]
+    fn a_full_family_makes_no_new_series_but_serves_its_own() {
+        let family = Family::<Counter>::new("c", "C", &["m"]);
+        assert!(family.get_or_create_within(&["a"], 1).unwrap().1);
+        assert!(!family.get_or_create_within(&["a"], 1).unwrap().1);
+        assert!(family.get_or_create_within(&["b"], 1).is_none());
+        family.remove_where(|values| values[0] == "a");
+        assert!(family.get_or_create_within(&["b"], 1).is_some());
     }
 }

@@ -2,8 +2,9 @@
 //! worker sends each batch's updates with its reply; they land in families named as the handler
 //! named them, labelled with its dimensions plus `Hostname`, as TorchServe exports them.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::Deserialize;
 
@@ -55,13 +56,46 @@ impl HandlerFamily {
         }
     }
 
-    /// Applies one update to the series of `values` (dimension values, then the host).
-    fn update(&self, values: &[&str], value: f64) {
+    /// Applies one update to the series of `values` (dimension values, then the host), made
+    /// if new while the family holds fewer than `max` series. `None`: the family is full and
+    /// the update is dropped; `Some(true)`: the series was made now.
+    fn update(&self, values: &[&str], value: f64, max: usize) -> Option<bool> {
         match self {
-            Self::Counter(family) if value >= 0.0 => family.get_or_create(values).add(value),
-            Self::Counter(_) => {}
-            Self::Gauge(family) => family.get_or_create(values).set(value),
-            Self::Histogram(family) => family.get_or_create(values).observe(value),
+            Self::Counter(_) if value < 0.0 => Some(false),
+            Self::Counter(family) => {
+                family
+                    .get_or_create_within(values, max)
+                    .map(|(series, made)| {
+                        series.add(value);
+                        made
+                    })
+            }
+            Self::Gauge(family) => {
+                family
+                    .get_or_create_within(values, max)
+                    .map(|(series, made)| {
+                        series.set(value);
+                        made
+                    })
+            }
+            Self::Histogram(family) => {
+                family
+                    .get_or_create_within(values, max)
+                    .map(|(series, made)| {
+                        series.observe(value);
+                        made
+                    })
+            }
+        }
+    }
+
+    /// Drops the series of `keys`.
+    fn remove(&self, keys: &HashSet<Vec<String>>) {
+        let made = |values: &[String]| keys.contains(values);
+        match self {
+            Self::Counter(family) => family.remove_where(made),
+            Self::Gauge(family) => family.remove_where(made),
+            Self::Histogram(family) => family.remove_where(made),
         }
     }
 
@@ -88,9 +122,37 @@ enum Entry {
     Metric {
         family: HandlerFamily,
         dimensions: usize,
+        /// Whether a warning said that the metric is full.
+        full_warned: Arc<AtomicBool>,
     },
     Refused,
 }
+
+impl Entry {
+    fn metric(family: HandlerFamily, dimensions: usize) -> Self {
+        Self::Metric {
+            family,
+            dimensions,
+            full_warned: Arc::default(),
+        }
+    }
+}
+
+/// `handler_metric_max_series` when the configuration does not set it.
+pub const DEFAULT_MAX_SERIES: usize = 1000;
+
+/// How many series one handler metric may have (`handler_metric_max_series`), and the counter
+/// of the updates dropped past that, per model.
+pub struct SeriesLimit {
+    pub max: usize,
+    pub dropped: Family<Counter>,
+}
+
+/// A model version: (name, version).
+type Owner = (String, String);
+
+/// The series a model version made: per metric, their label values.
+type Made = HashMap<String, HashSet<Vec<String>>>;
 
 /// Every handler metric of the server.
 pub struct HandlerMetrics {
@@ -103,24 +165,28 @@ pub struct HandlerMetrics {
     /// The server's own names, which handler metrics may not take.
     reserved: ReservedNames,
     entries: RwLock<BTreeMap<String, Entry>>,
+    limit: SeriesLimit,
+    /// The series each model version made, per metric: they go when it is unregistered.
+    made_by: Mutex<HashMap<Owner, Made>>,
 }
 
 impl HandlerMetrics {
     /// The metrics of `declared`, with those handlers add when `auto_detect` is set; none of
-    /// them may take a `reserved` name (a `metrics_config` declaring one is refused on load).
+    /// them may take a `reserved` name (a `metrics_config` declaring one is refused on load),
+    /// nor have more series than `limit` allows.
     pub fn new(
         hostname: Arc<str>,
         declared: Vec<Declaration>,
         auto_detect: bool,
         log: bool,
         reserved: ReservedNames,
+        limit: SeriesLimit,
     ) -> Self {
         let entries = declared
             .iter()
             .map(|d| {
                 let family = HandlerFamily::new(d.kind, &d.name, &d.unit, &d.dimensions);
-                let dimensions = d.dimensions.len();
-                (d.name.clone(), Entry::Metric { family, dimensions })
+                (d.name.clone(), Entry::metric(family, d.dimensions.len()))
             })
             .collect();
         Self {
@@ -130,6 +196,8 @@ impl HandlerMetrics {
             declared: declared.into(),
             reserved,
             entries: RwLock::new(entries),
+            limit,
+            made_by: Mutex::default(),
         }
     }
 
@@ -138,11 +206,14 @@ impl HandlerMetrics {
         &self.declared
     }
 
-    /// Applies a batch's updates. An update whose metric is unknown (without auto-detection),
-    /// badly named, named as one of the server's own metrics, or given the wrong number of
-    /// dimension values is dropped with a warning: a refused metric is warned about once, a
-    /// misfit update each time.
-    pub fn record(&self, model: &str, samples: &[HandlerSample]) {
+    /// Applies a batch's updates from a handler of `model` version `version`. An update whose
+    /// metric is unknown (without auto-detection), badly named, named as one of the server's
+    /// own metrics, or given the wrong number of dimension values is dropped with a warning: a
+    /// refused metric is warned about once, a misfit update each time. An update that would
+    /// make a series past the metric's limit is dropped and counted (warned once per metric).
+    pub fn record(&self, model: &str, version: &str, samples: &[HandlerSample]) {
+        let mut made: Vec<(&str, Vec<String>)> = Vec::new();
+        let mut dropped = 0;
         for sample in samples {
             if self.log {
                 self.log_sample(sample);
@@ -157,7 +228,12 @@ impl HandlerMetrics {
                 Some(entry) => entry,
                 None => self.register(model, sample),
             };
-            let Entry::Metric { family, dimensions } = entry else {
+            let Entry::Metric {
+                family,
+                dimensions,
+                full_warned,
+            } = entry
+            else {
                 continue;
             };
             if sample.dimension_values.len() != dimensions {
@@ -172,9 +248,60 @@ impl HandlerMetrics {
                 sample.dimension_values.iter().map(String::as_str).collect();
             values.push(&self.hostname);
             for value in &sample.values {
-                family.update(&values, *value);
+                match family.update(&values, *value, self.limit.max) {
+                    Some(true) => made.push((&sample.name, owned(&values))),
+                    Some(false) => {}
+                    None => {
+                        dropped += 1;
+                        if !full_warned.swap(true, Ordering::Relaxed) {
+                            tracing::warn!(
+                                "model {model}: metric {} has handler_metric_max_series ({}) \
+                                 series; updates of new label values are dropped",
+                                sample.name,
+                                self.limit.max
+                            );
+                        }
+                    }
+                }
             }
         }
+        if dropped > 0 {
+            self.limit
+                .dropped
+                .get_or_create(&[model, version])
+                .add(dropped as f64);
+        }
+        if !made.is_empty() {
+            let mut made_by = self.made_by.lock().expect("handler metrics owners");
+            let series = made_by
+                .entry((model.to_string(), version.to_string()))
+                .or_default();
+            for (name, key) in made {
+                series.entry(name.to_string()).or_default().insert(key);
+            }
+        }
+    }
+
+    /// Drops the series that model `model` version `version` made, when it is unregistered.
+    pub fn remove_model(&self, model: &str, version: &str) {
+        let owner = (model.to_string(), version.to_string());
+        let Some(made) = self
+            .made_by
+            .lock()
+            .expect("handler metrics owners")
+            .remove(&owner)
+        else {
+            return;
+        };
+        let entries = self.entries.read().expect("handler metrics lock");
+        for (name, keys) in made {
+            if let Some(Entry::Metric { family, .. }) = entries.get(&name) {
+                family.remove(&keys);
+            }
+        }
+        self.limit
+            .dropped
+            .remove_where(|values| values[0] == model && values[1] == version);
     }
 
     /// Registers the metric of a first update, or refuses it (once, with a warning).
@@ -191,15 +318,15 @@ impl HandlerMetrics {
                     tracing::warn!("model {model}: metric {:?} is dropped: {why}", sample.name);
                     Entry::Refused
                 }
-                None => Entry::Metric {
-                    family: HandlerFamily::new(
+                None => Entry::metric(
+                    HandlerFamily::new(
                         sample.kind,
                         &sample.name,
                         &sample.unit,
                         &sample.dimension_names,
                     ),
-                    dimensions: sample.dimension_names.len(),
-                },
+                    sample.dimension_names.len(),
+                ),
             })
             .clone()
     }
@@ -235,16 +362,15 @@ impl HandlerMetrics {
             return None;
         }
         let mut entries = self.entries.write().expect("handler metrics lock");
-        let entry = entries
-            .entry(name.to_string())
-            .or_insert_with(|| Entry::Metric {
-                family: HandlerFamily::new(MetricKind::Gauge, name, "ms", &dimensions),
-                dimensions: dimensions.len(),
-            });
+        let entry = entries.entry(name.to_string()).or_insert_with(|| {
+            let family = HandlerFamily::new(MetricKind::Gauge, name, "ms", &dimensions);
+            Entry::metric(family, dimensions.len())
+        });
         match entry {
             Entry::Metric {
                 family,
                 dimensions: 2,
+                ..
             } => family.gauge(&[model, "Model", &self.hostname]),
             _ => None,
         }
@@ -281,6 +407,11 @@ impl HandlerMetrics {
     }
 }
 
+/// Label values as a series key.
+fn owned(values: &[&str]) -> Vec<String> {
+    values.iter().map(|v| v.to_string()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,6 +433,13 @@ mod tests {
         out
     }
 
+    fn limit(max: usize) -> SeriesLimit {
+        SeriesLimit {
+            max,
+            dropped: Family::new("dropped", "Dropped", &["model_name", "model_version"]),
+        }
+    }
+
     const MODEL: [(&str, &str); 2] = [("ModelName", "m"), ("Level", "Model")];
 
     #[test]
@@ -313,6 +451,7 @@ mod tests {
                 auto_detect,
                 false,
                 ReservedNames::default(),
+                limit(1000),
             );
             let gauge = metrics.model_gauge("PredictionTime", "m");
             assert_eq!(gauge.is_some(), auto_detect);
@@ -328,12 +467,22 @@ mod tests {
 
     #[test]
     fn updates_reach_their_kind_of_series_with_the_host_label() {
-        let metrics =
-            HandlerMetrics::new("h".into(), vec![], true, false, ReservedNames::default());
+        let metrics = HandlerMetrics::new(
+            "h".into(),
+            vec![],
+            true,
+            false,
+            ReservedNames::default(),
+            limit(1000),
+        );
         let calls = sample(MetricKind::Counter, "CallCount", &MODEL, 2.0);
-        metrics.record("m", &[calls.clone(), calls]);
-        metrics.record("m", &[sample(MetricKind::Gauge, "Temp", &MODEL, 3.5)]);
-        metrics.record("m", &[sample(MetricKind::Histogram, "Size", &MODEL, 0.3)]);
+        metrics.record("m", "1", &[calls.clone(), calls]);
+        metrics.record("m", "1", &[sample(MetricKind::Gauge, "Temp", &MODEL, 3.5)]);
+        metrics.record(
+            "m",
+            "1",
+            &[sample(MetricKind::Histogram, "Size", &MODEL, 0.3)],
+        );
         let text = rendered(&metrics);
         assert!(text.contains("# TYPE CallCount counter\n"), "{text}");
         assert!(text.contains("CallCount{ModelName=\"m\",Level=\"Model\",Hostname=\"h\",} 4.0\n"));
@@ -352,12 +501,30 @@ mod tests {
             unit: "ms".into(),
             dimensions: vec!["ModelName".into(), "Level".into()],
         }];
-        let metrics =
-            HandlerMetrics::new("h".into(), declared, false, false, ReservedNames::default());
+        let metrics = HandlerMetrics::new(
+            "h".into(),
+            declared,
+            false,
+            false,
+            ReservedNames::default(),
+            limit(1000),
+        );
         assert!(rendered(&metrics).contains("# TYPE Declared gauge\n"));
-        metrics.record("m", &[sample(MetricKind::Counter, "Declared", &MODEL, 1.0)]);
-        metrics.record("m", &[sample(MetricKind::Counter, "Declared", &MODEL, 5.0)]);
-        metrics.record("m", &[sample(MetricKind::Counter, "Other", &MODEL, 1.0)]);
+        metrics.record(
+            "m",
+            "1",
+            &[sample(MetricKind::Counter, "Declared", &MODEL, 1.0)],
+        );
+        metrics.record(
+            "m",
+            "1",
+            &[sample(MetricKind::Counter, "Declared", &MODEL, 5.0)],
+        );
+        metrics.record(
+            "m",
+            "1",
+            &[sample(MetricKind::Counter, "Other", &MODEL, 1.0)],
+        );
         let text = rendered(&metrics);
         assert!(text.contains("Declared{ModelName=\"m\",Level=\"Model\",Hostname=\"h\",} 5.0\n"));
         assert!(!text.contains("Other"), "{text}");
@@ -366,20 +533,69 @@ mod tests {
 
     #[test]
     fn bad_updates_are_dropped() {
-        let metrics =
-            HandlerMetrics::new("h".into(), vec![], true, false, ReservedNames::default());
-        metrics.record("m", &[sample(MetricKind::Counter, "bad name", &MODEL, 1.0)]);
+        let metrics = HandlerMetrics::new(
+            "h".into(),
+            vec![],
+            true,
+            false,
+            ReservedNames::default(),
+            limit(1000),
+        );
         metrics.record(
             "m",
+            "1",
+            &[sample(MetricKind::Counter, "bad name", &MODEL, 1.0)],
+        );
+        metrics.record(
+            "m",
+            "1",
             &[sample(MetricKind::Counter, "C", &[("Hostname", "x")], 1.0)],
         );
-        metrics.record("m", &[sample(MetricKind::Counter, "D", &MODEL, -1.0)]);
-        metrics.record("m", &[sample(MetricKind::Counter, "D", &MODEL[..1], 1.0)]);
+        metrics.record("m", "1", &[sample(MetricKind::Counter, "D", &MODEL, -1.0)]);
+        metrics.record(
+            "m",
+            "1",
+            &[sample(MetricKind::Counter, "D", &MODEL[..1], 1.0)],
+        );
         let text = rendered(&metrics);
         assert!(!text.contains("bad name") && !text.contains("C{"), "{text}");
         assert!(
             text.contains("# TYPE D counter\n") && !text.contains("D{"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn series_past_the_limit_are_dropped_and_counted_and_go_with_their_model() {
+        let metrics = HandlerMetrics::new(
+            "h".into(),
+            vec![],
+            true,
+            false,
+            ReservedNames::default(),
+            limit(2),
+        );
+        let key = |k: &str| sample(MetricKind::Counter, "Flood", &[("Key", k)], 1.0);
+        metrics.record("m", "1", &[key("a"), key("b"), key("c"), key("a")]);
+        metrics.record("other", "1", &[key("d")]);
+        let text = rendered(&metrics);
+        assert!(
+            text.contains("Flood{Key=\"a\",Hostname=\"h\",} 2.0\n"),
+            "{text}"
+        );
+        assert!(text.contains("Flood{Key=\"b\","), "{text}");
+        assert!(
+            !text.contains("Key=\"c\"") && !text.contains("Key=\"d\""),
+            "{text}"
+        );
+        let mut dropped = String::new();
+        metrics.limit.dropped.render(&mut dropped);
+        assert!(dropped.contains("dropped{model_name=\"m\",model_version=\"1\",} 1.0\n"));
+        assert!(dropped.contains("dropped{model_name=\"other\",model_version=\"1\",} 1.0\n"));
+        metrics.remove_model("m", "1");
+        let text = rendered(&metrics);
+        assert!(!text.contains("Flood{"), "{text}");
+        metrics.record("other", "1", &[key("d")]);
+        assert!(rendered(&metrics).contains("Flood{Key=\"d\","));
     }
 }

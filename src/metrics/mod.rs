@@ -19,8 +19,8 @@ use axum::http::StatusCode;
 
 pub use config::{Declaration, MetricsConfig};
 use family::{exponential_bounds, Counter, Family, Histogram, LazySeries, Render, Value};
-use handler::HandlerMetrics;
-pub use handler::HandlerSample;
+use handler::{HandlerMetrics, SeriesLimit};
+pub use handler::{HandlerSample, DEFAULT_MAX_SERIES};
 use log::MetricLog;
 use reserved::ReservedNames;
 use system::{HostSample, Sampler};
@@ -241,6 +241,8 @@ struct ServerFamilies {
     queue_depth: Family<Value>,
     workers: Family<Value>,
     workers_ready: Family<Value>,
+    /// Handler metric updates dropped past `handler_metric_max_series`.
+    handler_dropped: Family<Counter>,
     workflows: WorkflowFamilies,
 }
 
@@ -308,6 +310,12 @@ impl ServerFamilies {
                 "Workers with a loaded handler",
                 MODEL_LABELS,
             ),
+            handler_dropped: Family::new(
+                "torchyard_handler_metric_updates_dropped_total",
+                "Handler metric updates dropped: their metric had handler_metric_max_series \
+                 series and they would have made another",
+                MODEL_LABELS,
+            ),
             workflows: WorkflowFamilies::new(move || Histogram::new(latency_bounds.clone())),
         }
     }
@@ -335,6 +343,7 @@ impl ServerFamilies {
             boxed(&self.queue_depth),
             boxed(&self.workers),
             boxed(&self.workers_ready),
+            boxed(&self.handler_dropped),
         ]);
         families.extend(self.workflows.renders());
         families
@@ -365,15 +374,25 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self::new(MetricsMode::Prometheus, MetricsConfig::defaults(), true)
+        Self::new(
+            MetricsMode::Prometheus,
+            MetricsConfig::defaults(),
+            true,
+            handler::DEFAULT_MAX_SERIES,
+        )
     }
 }
 
 impl Metrics {
     /// The families of `mode` and `config`, labelled with this host's name; handler metrics
-    /// nobody declared are registered on first use when `auto_detect` is set. Warns when a mode
-    /// is not served as TorchServe serves it.
-    pub fn new(mode: MetricsMode, config: MetricsConfig, auto_detect: bool) -> Self {
+    /// nobody declared are registered on first use when `auto_detect` is set, and each may
+    /// have up to `max_series` series. Warns when a mode is not served as TorchServe serves it.
+    pub fn new(
+        mode: MetricsMode,
+        config: MetricsConfig,
+        auto_detect: bool,
+        max_series: usize,
+    ) -> Self {
         match mode {
             MetricsMode::Log => tracing::info!(
                 "metrics_mode=log: metrics are written to ts_metrics.log and \
@@ -397,6 +416,10 @@ impl Metrics {
             auto_detect,
             mode != MetricsMode::Prometheus,
             ReservedNames::of(&families),
+            SeriesLimit {
+                max: max_series,
+                dropped: server.handler_dropped.clone(),
+            },
         ));
         let host = [HOST, &*hostname];
         let [ok, client, server_error] = &server.responses;
@@ -481,8 +504,9 @@ impl Metrics {
         }
     }
 
-    /// Drops a model's own series and its workers' load times when it is unregistered; the
-    /// `ts_*` request counters stay, as in TorchServe.
+    /// Drops a model's own series, its workers' load times and the handler metric series its
+    /// handler made when it is unregistered; the `ts_*` request counters stay, as in
+    /// TorchServe.
     pub fn remove_model(&self, labels: &ModelLabels) {
         let model =
             |values: &[String]| values[0] == labels.model_name && values[1] == labels.model_version;
@@ -495,6 +519,8 @@ impl Metrics {
         self.server
             .worker_load
             .remove_where(|values| worker_of(&values[0], labels));
+        self.handler
+            .remove_model(&labels.model_name, &labels.model_version);
     }
 
     /// Handles on one workflow's series.
@@ -703,7 +729,8 @@ impl ModelMetrics {
     /// Records what the handler put into `context.metrics` during a batch or its load.
     pub fn record_handler_metrics(&self, samples: &[HandlerSample]) {
         if !samples.is_empty() {
-            self.handler.record(&self.labels.model_name, samples);
+            self.handler
+                .record(&self.labels.model_name, &self.labels.model_version, samples);
         }
     }
 
@@ -794,11 +821,11 @@ mod tests {
         );
         assert_eq!(
             family_names(
-                &Metrics::new(MetricsMode::Legacy, MetricsConfig::defaults(), true).render(&[])
+                &Metrics::new(MetricsMode::Legacy, MetricsConfig::defaults(), true, 10).render(&[])
             ),
             LEGACY
         );
-        let all = Metrics::new(MetricsMode::Log, MetricsConfig::defaults(), true).render(&[]);
+        let all = Metrics::new(MetricsMode::Log, MetricsConfig::defaults(), true, 10).render(&[]);
         assert!(family_names(&all).contains(&"CPUUtilization"));
     }
 

@@ -83,7 +83,7 @@ pub(super) async fn serve(
                 let Some(flight) = flights.get_mut(&number) else {
                     return crash(flights, format!("a reply to batch {number}, which is not in flight"));
                 };
-                let Some(outcome) = flight.take(frame, &spec.metrics) else { continue };
+                let Some(outcome) = flight.take(frame, spec).await else { continue };
                 let flight = flights.remove(&number).expect("in flight");
                 if let Err(message) = flight.finish(spec, outcome) {
                     return crash(flights, message);

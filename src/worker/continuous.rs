@@ -101,6 +101,7 @@ pub(super) async fn serve(
             answers,
             scheduled: Instant::now(),
             pinned: false,
+            ended: Vec::new(),
         };
         spec.metrics.record_batch(flight.batch.len());
         if let Err(message) = supervisor::dispatch(spec, process, &flight, None).await {
@@ -109,7 +110,7 @@ pub(super) async fn serve(
         let outcome = loop {
             let failed = match tokio::time::timeout(spec.response_timeout, process.receive()).await
             {
-                Ok(Ok(frame)) => match flight.take(frame, &spec.metrics) {
+                Ok(Ok(frame)) => match flight.take(frame, spec).await {
                     Some(outcome) => break outcome,
                     None => continue,
                 },
@@ -122,7 +123,7 @@ pub(super) async fn serve(
             return supervisor::crash(spec, VecDeque::from([flight]), None, failed, true);
         };
         match outcome {
-            Ok(responses) => running = route(spec, flight, joined, responses),
+            Ok(responses) => running = route(spec, flight, joined, responses).await,
             Err(failure) => {
                 if let Err(message) = flight.finish(spec, Err(failure)) {
                     return Exit::Crashed(message);
@@ -135,7 +136,7 @@ pub(super) async fn serve(
 /// Sends each request its step's answer: the last one for a request that ends, a partial one
 /// for a request that goes on, which is returned to stay in the running batch. The requests
 /// from `joined` on ran their first step: their answer carries their queue and handler time.
-fn route(
+async fn route(
     spec: &WorkerSpec,
     flight: Flight,
     joined: usize,
@@ -159,7 +160,7 @@ fn route(
             );
         }
         if goes_on {
-            answer.partial(response);
+            answer.partial(response, spec.response_timeout).await;
             job.request.params = Vec::new();
             running.push(Running { job, answer });
         } else {

@@ -23,6 +23,10 @@ pub enum ToWorker<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         batch: Option<u64>,
     },
+    /// Stop the running batch's requests `ids`: their clients went away. No reply.
+    Cancel {
+        ids: Vec<&'a str>,
+    },
 }
 
 /// What a worker needs to load its handler.

@@ -504,25 +504,9 @@ async fn serve_batches(
             tickets.offer();
             *offered = true;
         }
-        let (first, source) = tokio::select! {
+        let (first, source) = match tokio::select! {
             biased;
-            frame = process.receive_or_break(!flights.is_empty()) => {
-                let frame = match frame {
-                    Ok(frame) => frame,
-                    Err(e) => {
-                        let message = format!("worker connection lost: {e}");
-                        return crash(spec, flights, held, message, true);
-                    }
-                };
-                rearm(deadline.as_mut());
-                let head = flights.front_mut().expect("a batch in flight");
-                let Some(outcome) = head.take(frame, &spec.metrics) else { continue };
-                let head = flights.pop_front().expect("a batch in flight");
-                if let Err(message) = head.finish(spec, outcome) {
-                    return crash(spec, flights, held, message, false);
-                }
-                continue;
-            }
+            frame = process.receive_or_break(!flights.is_empty()) => Err(frame),
             () = &mut deadline, if !flights.is_empty() => {
                 let failed = spec.unanswered_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::error!(
@@ -536,18 +520,44 @@ async fn serve_batches(
                 return crash(spec, flights, held, message, true);
             }
             () = cancel.cancelled(), if !stopping => continue,
-            Ok(job) = pinned.recv(), if send_ahead => (job, pinned),
-            Ok(job) = spec.dispatch.retried.recv(), if shared => (job, &spec.dispatch.retried),
+            Ok(job) = pinned.recv(), if send_ahead => Ok((job, pinned)),
+            Ok(job) = spec.dispatch.retried.recv(), if shared => Ok((job, &spec.dispatch.retried)),
             job = spec.queue.recv(), if shared && !queue_done => {
                 let Ok(job) = job else {
                     queue_done = true;
                     continue;
                 };
-                (job, &spec.queue)
+                Ok((job, &spec.queue))
             }
             // A batch runs: whether the next may go ahead changes as other workers go idle.
             _ = idle_changes.wait_for(|&n| (n == 0) != (idle_now == 0)),
                 if send_ahead && !flights.is_empty() => continue,
+        } {
+            Ok(job) => job,
+            Err(frame) => {
+                let frame = match frame {
+                    Ok(frame) => frame,
+                    Err(e) => {
+                        let message = format!("worker connection lost: {e}");
+                        return crash(spec, flights, held, message, true);
+                    }
+                };
+                let head = flights.front_mut().expect("a batch in flight");
+                let outcome = head.take(frame, spec).await;
+                // After a wait for a client to read, the worker's time counts from now.
+                rearm(deadline.as_mut());
+                let Some(outcome) = outcome else {
+                    if let Err(message) = head.cancel_ended(spec, process).await {
+                        return crash(spec, flights, held, message, true);
+                    }
+                    continue;
+                };
+                let head = flights.pop_front().expect("a batch in flight");
+                if let Err(message) = head.finish(spec, outcome) {
+                    return crash(spec, flights, held, message, false);
+                }
+                continue;
+            }
         };
         idle.set(false);
         *offered = false;
@@ -717,6 +727,9 @@ pub(super) struct Flight {
     pub(super) scheduled: Instant,
     /// Whether it holds requests of sequences pinned to the worker.
     pub(super) pinned: bool,
+    /// The requests whose streamed answer ended early (the client went away or stopped
+    /// reading), which the worker is yet to be told to stop.
+    pub(super) ended: Vec<usize>,
 }
 
 impl Flight {
@@ -728,7 +741,33 @@ impl Flight {
             answers,
             scheduled: Instant::now(),
             pinned,
+            ended: Vec::new(),
         }
+    }
+
+    /// Tells the worker to stop the requests whose answer ended early (see `cancel` in
+    /// docs/protocol.md); not torchrun workers, whose ranks could stop at different points of
+    /// the handler's collectives. The error says why the worker broke.
+    pub(super) async fn cancel_ended(
+        &mut self,
+        spec: &WorkerSpec,
+        process: &mut WorkerProcess,
+    ) -> Result<(), String> {
+        if self.ended.is_empty() || spec.parallel.is_some() {
+            self.ended.clear();
+            return Ok(());
+        }
+        let ids = self
+            .ended
+            .drain(..)
+            .filter_map(|index| self.batch.get(index))
+            .map(|job| job.request.id.as_str())
+            .collect::<Vec<_>>();
+        tracing::info!("cancelling requests {ids:?}: their clients went away or stopped reading");
+        process
+            .send(&ToWorker::Cancel { ids }, &[])
+            .await
+            .map_err(|e| format!("worker connection lost: {e}"))
     }
 
     /// The batch's jobs back, for a batch the worker never started (no partial answer sent).
@@ -750,13 +789,15 @@ impl Flight {
     }
 
     /// Takes in one frame of the reply: forwards a streaming handler's chunks to their jobs
-    /// and returns `None` until the final frame, whose outcome it returns; the handler's
-    /// metrics and the worker's `PredictionTime` go to `metrics`.
-    pub(super) fn take(
+    /// (waiting up to `spec.response_timeout` for a client that does not read them, see
+    /// [`Answer::partial`]) and returns `None` until the final frame, whose outcome it returns;
+    /// the handler's metrics and the worker's `PredictionTime` go to the model's metrics.
+    pub(super) async fn take(
         &mut self,
         frame: Frame,
-        metrics: &ModelMetrics,
+        spec: &WorkerSpec,
     ) -> Option<Result<Vec<InferenceResponse>, Failure>> {
+        let metrics = &spec.metrics;
         let broken = |e: std::io::Error| Failure::Worker(format!("bad reply: {e}"));
         let message = match frame.message::<FromWorker>() {
             Ok(message) => message,
@@ -775,7 +816,9 @@ impl Flight {
                         Err(failure) => return Some(Err(failure)),
                     };
                     if let Some(answer) = self.answers.get_mut(index) {
-                        answer.partial(chunk);
+                        if answer.partial(chunk, spec.response_timeout).await {
+                            self.ended.push(index);
+                        }
                     }
                 }
                 return None;
@@ -905,7 +948,7 @@ impl Batched {
 /// stream that the reply's first chunk opened.
 pub(super) enum Answer {
     Reply(oneshot::Sender<JobResult>),
-    Stream(mpsc::UnboundedSender<JobResult>),
+    Stream(mpsc::Sender<JobResult>),
     Gone,
 }
 
@@ -919,9 +962,11 @@ impl Answer {
         }
     }
 
-    /// Sends a partial result at once: the first opens the stream. A client that went away
-    /// drops it.
-    pub(super) fn partial(&mut self, mut chunk: InferenceResponse) {
+    /// Sends a partial result: the first opens the stream. While the client has not read the
+    /// chunks buffered before this one, waits up to `wait` for it to (leaving room in the
+    /// stream for the last chunk or an error); past that, the answer ends with an error. True
+    /// when the answer ended now: the client went away or did not read in time.
+    pub(super) async fn partial(&mut self, mut chunk: InferenceResponse, wait: Duration) -> bool {
         match std::mem::replace(self, Answer::Gone) {
             Answer::Reply(reply) => {
                 let (more, rest) = MoreChunks::channel();
@@ -931,22 +976,34 @@ impl Answer {
                 }
             }
             Answer::Stream(more) => {
-                if more.send(Ok(chunk)).is_ok() {
-                    *self = Answer::Stream(more);
+                match tokio::time::timeout(wait, more.reserve_many(2)).await {
+                    Ok(Ok(mut room)) => room.next().expect("two permits").send(Ok(chunk)),
+                    Ok(Err(_)) => return true,
+                    Err(_) => {
+                        let _ = more.try_send(Err(ApiError::unavailable(format!(
+                            "The client did not read the streamed answer for {}s \
+                             (responseTimeout): the request is cancelled",
+                            wait.as_secs_f64()
+                        ))));
+                        return true;
+                    }
                 }
+                *self = Answer::Stream(more);
             }
-            Answer::Gone => {}
+            Answer::Gone => return false,
         }
+        matches!(self, Answer::Gone)
     }
 
-    /// Sends the last chunk, or the only one.
+    /// Sends the last chunk, or the only one. A stream always has room for it: a partial
+    /// result leaves one place free.
     pub(super) fn finish(self, result: JobResult) {
         match self {
             Answer::Reply(reply) => {
                 let _ = reply.send(result);
             }
             Answer::Stream(more) => {
-                let _ = more.send(result);
+                let _ = more.try_send(result);
             }
             Answer::Gone => {}
         }
@@ -981,5 +1038,70 @@ fn fail_queued(queue: &Receiver<Job>, reason: &str) {
         job.finish(Err(ApiError::unavailable(format!(
             "No worker is available to serve the request: {reason}"
         ))));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+    use crate::job::STREAM_BUFFER;
+
+    fn chunk(body: &'static str) -> InferenceResponse {
+        InferenceResponse {
+            status: 200,
+            content_type: None,
+            headers: Vec::new(),
+            body: Bytes::from_static(body.as_bytes()),
+            trace: None,
+            more: None,
+        }
+    }
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_nobody_reads_waits_then_ends_with_an_error() {
+        let (reply, first) = oneshot::channel();
+        let mut answer = Answer::Reply(reply);
+        assert!(!answer.partial(chunk("a"), WAIT).await);
+        // Chunks fit while a place stays free for the last one.
+        for _ in 1..STREAM_BUFFER {
+            assert!(!answer.partial(chunk("b"), WAIT).await);
+        }
+        let started = tokio::time::Instant::now();
+        assert!(answer.partial(chunk("c"), WAIT).await);
+        assert_eq!(started.elapsed(), WAIT);
+        let received: Vec<JobResult> = first.await.unwrap().unwrap().chunks().collect().await;
+        assert_eq!(received.len(), STREAM_BUFFER + 1);
+        let error = received.last().unwrap().as_ref().unwrap_err();
+        assert!(error.message.contains("did not read"), "{}", error.message);
+        // The answer is over: a later chunk is not another ending.
+        assert!(!answer.partial(chunk("d"), WAIT).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_makes_room_and_a_client_that_left_ends_the_answer() {
+        let (reply, first) = oneshot::channel();
+        let mut answer = Answer::Reply(reply);
+        assert!(!answer.partial(chunk("a"), WAIT).await);
+        let mut chunks = first.await.unwrap().unwrap().chunks();
+        for _ in 1..STREAM_BUFFER {
+            assert!(!answer.partial(chunk("b"), WAIT).await);
+        }
+        let reader = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            // The first chunk, then one that held a place.
+            chunks.next().await;
+            chunks.next().await;
+            chunks
+        });
+        let started = tokio::time::Instant::now();
+        assert!(!answer.partial(chunk("c"), WAIT).await);
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        drop(reader.await.unwrap());
+        assert!(answer.partial(chunk("d"), WAIT).await);
+        assert!(answer.is_gone());
     }
 }
