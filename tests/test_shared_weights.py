@@ -2,8 +2,9 @@
 model's workers, whose weights stay shared copy-on-write (PSS measured from /proc); they answer
 as the model does, scale up in milliseconds, say `startMode: template`, are replaced by new forks
 when killed, survive a killed template (which the next worker starts again), and a model that
-opts out (`forkAfterInitialize: false`) gets workers that load the handler themselves. The tests
-share one server and run in order."""
+opts out (`forkAfterInitialize: false`) gets workers that load the handler themselves. A handler
+whose `initialize` would start torch's thread pool (as loading ResNet-152 does) still gets
+forked workers, with torch's thread count. The tests share one server and run in order."""
 
 import os
 import signal
@@ -39,6 +40,22 @@ class Handler:
         rows = torch.tensor([[float(row.get("data") or row.get("body"))] * 2048 for row in data])
         with torch.inference_mode():
             return [float(out.sum()) for out in self.model(rows)]
+'''
+
+
+#: Runs torch's intra-op threads in `initialize` and `handle` (a multiply too large for one
+#: thread); answers with torch's thread count and the weights' sum.
+POOLED = '''
+import torch
+
+
+class Handler:
+    def initialize(self, context):
+        self.weight = torch.ones(4096, 4096).mul_(2)
+        print(f"initialized {context.manifest['model']['modelName']}")
+
+    def handle(self, data, context):
+        return [[torch.get_num_threads(), float(self.weight.mul(1).sum())] for _ in data]
 '''
 
 
@@ -232,3 +249,14 @@ def test_a_killed_template_is_started_again_by_the_next_worker(server, model):
         f"/proc/{fresh}/cmdline").read_text()
     assert server.log_text().count("initialized stack in") == 2
     assert_answers(server, "stack", model)
+
+
+def test_a_handler_that_starts_torchs_threads_in_initialize_still_gets_forked_workers(server):
+    build_mar(server.store, "pooled", {"h.py": POOLED}, manifest("pooled", "h.py"))
+    register(server, "pooled", 2)
+    assert [w["startMode"] for w in workers(server, "pooled")] == ["template"] * 2
+    assert server.log_text().count("initialized pooled") == 1
+    for _ in range(4):
+        answer = requests.post(f"{server.inference}/predictions/pooled", data="1", timeout=60)
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == [torch.get_num_threads(), 2.0 * 4096 * 4096]
