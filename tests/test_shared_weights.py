@@ -4,7 +4,9 @@ as the model does, scale up in milliseconds, say `startMode: template`, are repl
 when killed, survive a killed template (which the next worker starts again), and a model that
 opts out (`forkAfterInitialize: false`) gets workers that load the handler themselves. A handler
 whose `initialize` would start torch's thread pool (as loading ResNet-152 does) still gets
-forked workers, with torch's thread count. The tests share one server and run in order."""
+forked workers, with torch's thread count, and a model registered while the fork server starts
+waits for it to get its template. The tests share one server and run in order (the last starts
+its own)."""
 
 import os
 import signal
@@ -260,3 +262,17 @@ def test_a_handler_that_starts_torchs_threads_in_initialize_still_gets_forked_wo
         answer = requests.post(f"{server.inference}/predictions/pooled", data="1", timeout=60)
         assert answer.status_code == 200, answer.text
         assert answer.json() == [torch.get_num_threads(), 2.0 * 4096 * 4096]
+
+
+def test_a_model_registered_while_the_fork_server_starts_waits_for_its_template(start_server,
+                                                                                tmp_path):
+    # A sitecustomize that sleeps keeps the fork server from being ready for 5 s.
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text("import time\ntime.sleep(5)\n")
+    started = start_server({}, env={"PYTHONPATH": str(slow)})
+    build_mar(started.store, "early", {"h.py": POOLED}, manifest("early", "h.py"))
+    assert "fork server ready" not in started.log_text()
+    register(started, "early", 2)
+    assert [w["startMode"] for w in workers(started, "early")] == ["template"] * 2
+    assert started.log_text().count("initialized early") == 1
