@@ -53,6 +53,10 @@ pub struct ServeArgs {
     /// Do not restore or write snapshots.
     #[arg(long, visible_alias = "no-snapshot")]
     pub ncs: bool,
+    /// Restore the newest snapshot only when no configuration file is given (`--config` or
+    /// $TS_CONFIG_FILE), as TorchServe does; the `torchserve` command passes it.
+    #[arg(long)]
+    pub restore_only_without_config: bool,
     /// Serve the APIs without token authorization (keys are otherwise written to
     /// key_file.json at start).
     #[arg(long)]

@@ -98,7 +98,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .collect_host_metrics(state.config.system_metrics_interval);
     let restored = match snapshot::from_config(&state.config)? {
         Some(carried) => Some(carried),
-        None => state.snapshots.load(&state.config)?,
+        None if restores_newest_snapshot(&args) => state.snapshots.load(&state.config)?,
+        None => None,
     };
     if let Some(snapshot) = &restored {
         snapshot::check_archives(snapshot, state.config.model_store.as_deref())?;
@@ -236,6 +237,14 @@ async fn drain(
         tracing::warn!("exiting with requests still open");
     }
     Ok(())
+}
+
+/// Whether a start whose configuration carries no `model_snapshot` restores the newest snapshot
+/// file: always, unless `--restore-only-without-config` asks for TorchServe's rule (only when
+/// no configuration file is given).
+fn restores_newest_snapshot(args: &ServeArgs) -> bool {
+    !args.restore_only_without_config
+        || (args.config.is_none() && std::env::var_os("TS_CONFIG_FILE").is_none())
 }
 
 /// In the background: restores the snapshot (the configuration's `model_snapshot`, else the

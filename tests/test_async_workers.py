@@ -1,8 +1,10 @@
 """Async workers (`asyncCommunication: true` in model-config.yaml), as TorchServe's async
 worker communication: one worker takes many requests at once, runs its `async def handle` on
 an asyncio loop, and answers each when it is done, in any order; a worker that dies fails
-every request in flight instead of leaving them hanging (test_async_worker_comm.py). Each test
-runs with torchyard's stand-in `ts` and with TorchServe's own package."""
+every request in flight instead of leaving them hanging (test_async_worker_comm.py). KServe's
+envelopes wrap an `async def handle` as any other, and a plain `def handle` runs on the worker's
+thread pool, so that its batches overlap too. Each test runs with torchyard's stand-in `ts` and
+with TorchServe's own package."""
 
 import json
 import os
@@ -43,6 +45,39 @@ class Sleeper:
                             "pid": os.getpid()})]
 """
 
+#: An `async def handle` under KServe's envelopes: twice the sum of each item's data.
+DOUBLER = """
+import asyncio
+
+
+class Doubler:
+    async def handle(self, data, context):
+        await asyncio.sleep(0.05)
+        return [2 * sum(item["data"]) for item in data]
+"""
+
+#: A plain `def handle` that blocks for `sleep` seconds, after `chunks` partial results;
+#: answers with its tag and the thread it ran on.
+BLOCKING = """
+import json
+import threading
+import time
+
+from ts.protocol.otf_message_handler import send_intermediate_predict_response
+
+
+def handle(data, context):
+    if data is None:
+        return None
+    body = data[0].get("body") or data[0].get("data")
+    ask = json.loads(body) if isinstance(body, (bytes, bytearray)) else body
+    for i in range(ask.get("chunks", 0)):
+        send_intermediate_predict_response([f"{ask['tag']}{i} "], context.request_ids,
+                                           "Intermediate", 200, context)
+    time.sleep(ask["sleep"])
+    return [json.dumps({"tag": ask["tag"], "thread": threading.current_thread().name})]
+"""
+
 CONFIG = """
 minWorkers: 1
 maxWorkers: 1
@@ -52,15 +87,23 @@ asyncCommunication: true
 
 
 @pytest.fixture(scope="module")
-def url(start_module_server, tmp_path_factory, ts_package):
+def server(start_module_server, tmp_path_factory, ts_package):
+    """A server with three async models: `sleeper` (HANDLER), `doubler` and `blocking`."""
     store = tmp_path_factory.mktemp("async") / "store"
-    build_mar(store, "sleeper", {"handler.py": HANDLER, "model-config.yaml": CONFIG},
-              manifest("sleeper", "handler.py", configFile="model-config.yaml"))
+    for name, handler in [("sleeper", HANDLER), ("doubler", DOUBLER), ("blocking", BLOCKING)]:
+        build_mar(store, name, {"handler.py": handler, "model-config.yaml": CONFIG},
+                  manifest(name, "handler.py", configFile="model-config.yaml"))
     server = start_module_server(store=store, env=worker_env(ts_package))
-    answer = requests.post(f"{server.management}/models",
-                           params={"url": "sleeper.mar", "synchronous": "true"})
-    assert answer.status_code == 200, answer.text
+    for name in ("sleeper", "doubler", "blocking"):
+        answer = requests.post(f"{server.management}/models",
+                               params={"url": f"{name}.mar", "synchronous": "true"})
+        assert answer.status_code == 200, answer.text
     assert "asyncCommunication" not in server.log_text()  # no "not supported" warning
+    return server
+
+
+@pytest.fixture(scope="module")
+def url(server):
     return f"{server.inference}/predictions/sleeper"
 
 
@@ -122,3 +165,41 @@ def test_a_crashing_worker_fails_every_request_in_flight(url):
             break
         time.sleep(0.5)
     assert answer.status_code == 200 and answer.json()["tag"] == "again"
+
+
+def test_kserve_envelopes_wrap_an_async_handler(server):
+    v1 = {"instances": [{"data": [1.0, 2.0]}, {"data": [0.5]}]}
+    for action, key in [("predict", "predictions"), ("explain", "explanations")]:
+        answer = requests.post(f"{server.inference}/v1/models/doubler:{action}", json=v1,
+                               timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {key: [6.0, 1.0]}
+    v2 = {"id": "r1", "inputs": [
+        {"name": "a", "shape": [2], "datatype": "FP32", "data": [1.5, 2]},
+        {"name": "b", "shape": [1], "datatype": "INT64", "data": [3]}]}
+    answer = requests.post(f"{server.inference}/v2/models/doubler/infer", json=v2, timeout=30)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert (body["id"], body["model_name"]) == ("r1", "doubler")
+    assert [(o["name"], o["data"]) for o in body["outputs"]] == [("a", [7.0]), ("b", [6])]
+
+
+def test_a_plain_handler_runs_on_a_pool_so_its_batches_overlap(server):
+    blocking = f"{server.inference}/predictions/blocking"
+    started = time.monotonic()
+    with ThreadPoolExecutor(5) as pool:
+        answers = list(pool.map(lambda i: ask(blocking, tag=f"b{i}", sleep=1.5)[0], range(5)))
+    # One worker, batch size 1: five 1.5 s handler calls overlap instead of taking 7.5 s.
+    assert time.monotonic() - started < 5
+    assert [a.status_code for a in answers] == [200] * 5, [a.text for a in answers]
+    bodies = [a.json() for a in answers]
+    assert [b["tag"] for b in bodies] == [f"b{i}" for i in range(5)]
+    assert all(b["thread"] != "MainThread" for b in bodies)
+
+
+def test_a_plain_handlers_partial_results_come_before_its_answer(server):
+    with requests.post(f"{server.inference}/predictions/blocking",
+                       json={"tag": "p", "chunks": 3, "sleep": 0}, stream=True,
+                       timeout=30) as answer:
+        chunks = [c.decode() for c in answer.iter_content(chunk_size=None) if c]
+    assert chunks[:3] == ["p0 ", "p1 ", "p2 "] and json.loads(chunks[3])["tag"] == "p"

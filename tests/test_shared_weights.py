@@ -2,8 +2,11 @@
 model's workers, whose weights stay shared copy-on-write (PSS measured from /proc); they answer
 as the model does, scale up in milliseconds, say `startMode: template`, are replaced by new forks
 when killed, survive a killed template (which the next worker starts again), and a model that
-opts out (`forkAfterInitialize: false`) gets workers that load the handler themselves. The tests
-share one server and run in order."""
+opts out (`forkAfterInitialize: false`) gets workers that load the handler themselves. A handler
+whose `initialize` would start torch's thread pool (as loading ResNet-152 does) still gets
+forked workers, with torch's thread count, and a model registered while the fork server starts
+waits for it to get its template. The tests share one server and run in order (the last starts
+its own)."""
 
 import os
 import signal
@@ -39,6 +42,22 @@ class Handler:
         rows = torch.tensor([[float(row.get("data") or row.get("body"))] * 2048 for row in data])
         with torch.inference_mode():
             return [float(out.sum()) for out in self.model(rows)]
+'''
+
+
+#: Runs torch's intra-op threads in `initialize` and `handle` (a multiply too large for one
+#: thread); answers with torch's thread count and the weights' sum.
+POOLED = '''
+import torch
+
+
+class Handler:
+    def initialize(self, context):
+        self.weight = torch.ones(4096, 4096).mul_(2)
+        print(f"initialized {context.manifest['model']['modelName']}")
+
+    def handle(self, data, context):
+        return [[torch.get_num_threads(), float(self.weight.mul(1).sum())] for _ in data]
 '''
 
 
@@ -228,3 +247,28 @@ def test_a_killed_template_is_started_again_by_the_next_worker(server, model):
         f"/proc/{fresh}/cmdline").read_text()
     assert server.log_text().count("initialized stack in") == 2
     assert_answers(server, "stack", model)
+
+
+def test_a_handler_that_starts_torchs_threads_in_initialize_still_gets_forked_workers(server):
+    build_mar(server.store, "pooled", {"h.py": POOLED}, manifest("pooled", "h.py"))
+    register(server, "pooled", 2)
+    assert [w["startMode"] for w in workers(server, "pooled")] == ["template"] * 2
+    assert server.log_text().count("initialized pooled") == 1
+    for _ in range(4):
+        answer = requests.post(f"{server.inference}/predictions/pooled", data="1", timeout=60)
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == [torch.get_num_threads(), 2.0 * 4096 * 4096]
+
+
+def test_a_model_registered_while_the_fork_server_starts_waits_for_its_template(start_server,
+                                                                                tmp_path):
+    # A sitecustomize that sleeps keeps the fork server from being ready for 5 s.
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text("import time\ntime.sleep(5)\n")
+    started = start_server({}, env={"PYTHONPATH": str(slow)})
+    build_mar(started.store, "early", {"h.py": POOLED}, manifest("early", "h.py"))
+    assert "fork server ready" not in started.log_text()
+    register(started, "early", 2)
+    assert [w["startMode"] for w in workers(started, "early")] == ["template"] * 2
+    assert started.log_text().count("initialized early") == 1

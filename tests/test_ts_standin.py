@@ -240,6 +240,39 @@ def test_profiler_writes_a_trace_per_request_and_explaining_needs_captum(profile
     assert failed.status_code == 500 and "explanations need Captum" in failed.text, failed.text
 
 
+def profiler_override_handler(output: Path) -> str:
+    """MNIST_HANDLER with its own `profiler_args`, traces written to `output`, as
+    test_pytorch_profiler.py's `resnet_profiler_override.py`."""
+    return ("from torch.profiler import ProfilerActivity, tensorboard_trace_handler\n"
+            + MNIST_HANDLER.replace("    def preprocess", f"""    def __init__(self):
+        super().__init__()
+        self.profiler_args = {{"activities": [ProfilerActivity.CPU], "record_shapes": True,
+                              "on_trace_ready": tensorboard_trace_handler({str(output)!r})}}
+
+    def preprocess""", 1))
+
+
+def test_the_handlers_profiler_arguments_and_one_trace_per_batch_of_three_workers(profiled,
+                                                                                   tmp_path):
+    """test_pytorch_profiler.py's test_batch_input: three workers, batches of up to 4 within
+    5 s, two requests at once: one batch, so one trace, where the handler's arguments say."""
+    server, _, _ = profiled
+    output = tmp_path / "traces"
+    build_mar(server.store, "override",
+              {"mnist.pt": mnist_model(tmp_path / "mnist.pt"),
+               "h.py": profiler_override_handler(output)},
+              manifest("override", "h.py", serializedFile="mnist.pt"))
+    register(server, "override", initial_workers=3, batch_size=4, max_batch_delay=5000)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(
+            lambda _: requests.post(f"{server.inference}/predictions/override",
+                                    **image_request(mnist_digit()), timeout=60), range(2)))
+    assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+    assert [a.json()["shape"] for a in answers] == [[2, 1, 28, 28]] * 2
+    assert len(list(output.glob("*.pt.trace.json"))) == 1
+    assert not (Path("/tmp/pytorch_profiler") / "override").exists()
+
+
 def test_an_uncovered_ts_module_says_to_install_torchserve(server):
     handler = "from ts.metrics.metric import Metric\n\n\ndef handle(data, context):\n    return data\n"
     build_mar(server.store, "uncovered", {"uncovered.py": handler},

@@ -1,9 +1,11 @@
 """Async workers (`asyncCommunication: true` in model-config.yaml), as TorchServe's
 `AsyncService`: once the handler is loaded, the worker reads every `predict` as it arrives and
 runs it as a task on an asyncio loop, so that many batches are in flight at once and each is
-answered when it is done, in any order. Each batch gets a copy of the context; an `async def`
-handler (or one returning an awaitable) is awaited; every reply names its batch by the
-`batch` number of its `predict` (docs/protocol.md)."""
+answered when it is done, in any order. Each batch gets a copy of the context and goes through
+its envelope (`service_envelope`, KServe's routes) around the call; an `async def` handler is
+awaited, a plain one runs on the loop's thread pool (so it must be thread-safe), an awaitable it
+returns awaited in turn; every reply names its batch by the `batch` number of its `predict`
+(docs/protocol.md)."""
 
 from __future__ import annotations
 
@@ -97,14 +99,23 @@ async def _run(worker: Any, msg: dict, blobs: list, number: Optional[int], send)
     # The batch's own context: concurrent batches must not share request ids and statuses.
     context = copy.copy(worker.context)
     context.cl_socket = FrameSocket(context)
-    context.intermediate_sink = lambda outputs, req_id_map: send(
-        *intermediate_frame(context, requests, outputs, req_id_map), number)
+    loop = asyncio.get_running_loop()
+    loop_thread = threading.get_ident()
+
+    def sink(outputs, req_id_map) -> None:
+        frame = intermediate_frame(context, requests, outputs, req_id_map)
+        if threading.get_ident() == loop_thread:
+            send(*frame, number)
+        else:  # a plain handler on the pool: the loop writes it, before the batch's reply
+            loop.call_soon_threadsafe(send, *frame, number)
+
+    context.intermediate_sink = sink
     context.start_batch(requests)
     started = time.perf_counter()
     try:
-        outputs = envelopes.call(worker.entry, requests, data, context, worker.envelope)
-        if inspect.isawaitable(outputs):
-            outputs = await outputs
+        items, finish = envelopes.plan(requests, data, context, worker.envelope)
+        outputs = None if items is None else await _call(worker.entry, items, context)
+        outputs = finish(outputs)
     except Exception as exc:  # noqa: BLE001 - a handler failure fails its batch only
         log.error("handler failed:\n%s", traceback.format_exc())
         return exception_reply(exc, "PredictionException")
@@ -112,3 +123,15 @@ async def _run(worker: Any, msg: dict, blobs: list, number: Optional[int], send)
     if header["kind"] == "predicted":
         header["prediction_us"] = round((time.perf_counter() - started) * 1e6)
     return header, bodies
+
+
+async def _call(entry: Any, items: list, context: Any) -> Any:
+    """The handler's outputs: an `async def handle` is awaited on the loop; a plain one runs on
+    the loop's thread pool, so that other batches go on meanwhile (an awaitable it returns is
+    awaited in turn)."""
+    if inspect.iscoroutinefunction(entry):
+        return await entry(items, context)
+    outputs = await asyncio.get_running_loop().run_in_executor(None, entry, items, context)
+    if inspect.isawaitable(outputs):
+        outputs = await outputs
+    return outputs

@@ -237,11 +237,17 @@ def split(outputs: Sequence[Any], unwrapped: Sequence[Optional[Unwrapped]]) -> L
     return answers
 
 
-def call(entry: Callable[[Any, Any], Any], requests: Sequence[dict], data: List[dict],
-         context: Any, default: Optional[str] = None) -> Any:
-    """The handler `entry`'s outputs for a batch, a request that names no envelope having
-    `default`: called as is when no request is enveloped (under `body`, on the bodies), else on
-    the joined items of the requests, its outputs cut and wrapped per request. (One loop, not a
+#: What the handler is called on (None: it is not called, no request having items) and what
+#: turns its outputs into the batch's answers.
+Plan = Tuple[Optional[List[Any]], Callable[[Any], Any]]
+
+
+def plan(requests: Sequence[dict], data: List[dict], context: Any,
+         default: Optional[str] = None) -> Plan:
+    """How a batch goes through its envelopes, a request that names none having `default`: the
+    handler gets the bodies as they are when no request is enveloped (under `body`, the bodies),
+    else the joined items of the requests, its outputs cut and wrapped per request. Separate
+    from the call, so that an async worker can await the handler in between. (One loop, not a
     comprehension per step: this runs for every batch of a KServe route.)"""
     unwrapped: List[Optional[Unwrapped]] = []
     wraps = False
@@ -256,10 +262,10 @@ def call(entry: Callable[[Any, Any], Any], requests: Sequence[dict], data: List[
     if len(unwrapped) == 1:  # the batch of one: the handler gets that request's items as they are
         u = unwrapped[0]
         if u is None:
-            return entry(data, context)
+            return data, _as_is
         if not wraps:
-            return entry(u.items, context)
-        return [wrap(u, entry(u.items, context) if u.items else None, context.manifest)]
+            return u.items, _as_is
+        return u.items or None, lambda outputs: [wrap(u, outputs, context.manifest)]
     items: List[Any] = []
     for u, row in zip(unwrapped, data):
         if u is None:
@@ -267,8 +273,22 @@ def call(entry: Callable[[Any, Any], Any], requests: Sequence[dict], data: List[
         elif u.items:
             items.extend(u.items)
     if not wraps:
-        return entry(items, context)
-    outputs = entry(items, context) if items else None
-    answers = [outputs] if outputs is None else split(outputs, unwrapped)
-    manifest = context.manifest
-    return [a if u is None else wrap(u, a, manifest) for u, a in zip(unwrapped, answers)]
+        return items, _as_is
+
+    def finish(outputs: Any) -> List[Any]:
+        answers = [outputs] if outputs is None else split(outputs, unwrapped)
+        manifest = context.manifest
+        return [a if u is None else wrap(u, a, manifest) for u, a in zip(unwrapped, answers)]
+
+    return items or None, finish
+
+
+def _as_is(outputs: Any) -> Any:
+    return outputs
+
+
+def call(entry: Callable[[Any, Any], Any], requests: Sequence[dict], data: List[dict],
+         context: Any, default: Optional[str] = None) -> Any:
+    """The handler `entry`'s outputs for a batch, through its requests' envelopes (`plan`)."""
+    items, finish = plan(requests, data, context, default)
+    return finish(None if items is None else entry(items, context))

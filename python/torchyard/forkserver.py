@@ -24,7 +24,7 @@ import select  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
-from typing import List, Optional, Sequence, Tuple  # noqa: E402
+from typing import Callable, List, Optional, Sequence, Tuple  # noqa: E402
 
 from . import worker  # noqa: E402
 from .framing import ProtocolError, read_frame, write_frame  # noqa: E402
@@ -197,6 +197,24 @@ def become_worker(control: socket.socket, start_dir: str, request: dict, fds: Li
     return worker.main(argv, loaded)
 
 
+def single_threaded_torch() -> Callable[[], None]:
+    """Has torch run its intra-op work on the calling thread only, so that a handler's
+    `initialize` (loading a large state dict, say) starts no OpenMP pool: a pool's threads make
+    forking unsafe, and the template would then be given up. Returns what a forked worker calls
+    to get torch's thread count back: the default, or the count `initialize` chose itself."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return lambda: None
+    default = torch.get_num_threads()
+    torch.set_num_threads(1)
+
+    def restore() -> None:
+        chosen = torch.get_num_threads()
+        torch.set_num_threads(default if chosen == 1 else chosen)
+
+    return restore
+
+
 def become_template(control: socket.socket, start_dir: str, request: dict,
                     fds: List[int]) -> int:
     """In a forked child: becomes a model's template (docs/protocol.md, "Model templates").
@@ -216,6 +234,7 @@ def become_template(control: socket.socket, start_dir: str, request: dict,
     for fd in extra:
         os.close(fd)
     loaded = worker.Worker()
+    restore_threads = single_threaded_torch()
     reply, _ = loaded.handle(msg, [])
     if reply.get("kind") != "loaded":
         send(template, reply)
@@ -234,6 +253,7 @@ def become_template(control: socket.socket, start_dir: str, request: dict,
     if forked is None:
         return 0
     loaded.forked = True
+    restore_threads()
     return become_worker(template, start_dir, *forked, loaded=loaded)
 
 

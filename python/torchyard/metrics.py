@@ -5,6 +5,7 @@ sends them to the server with its reply; the server exports them on `/metrics`."
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 log = logging.getLogger("torchyard.metrics")
@@ -17,6 +18,10 @@ Sample = Tuple[str, str, str, List[str], List[str], List[float]]
 COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
 
 _KINDS = frozenset((COUNTER, GAUGE, HISTOGRAM))
+
+#: Held while updates are recorded or drained: an async worker's plain handlers record them on
+#: pool threads while its loop drains them.
+_LOCK = threading.Lock()
 
 #: TorchServe's default dimensions of an update made outside a batch.
 _OUTSIDE_BATCH = (["Level"], ("Error",))
@@ -69,17 +74,18 @@ class Metric:
             log.error("[METRICS]Failed to update metric with name:%s with value: %r: %s",
                       self.metric_name, value, exc)
             return
-        updates = self._updates
-        if updates is None:
-            updates = self._updates = {}
-            self._pending.append(self)
         key = (tuple(self.dimension_names), values)
-        if self.metric_type == COUNTER:
-            updates[key] = updates.get(key, 0.0) + number
-        elif self.metric_type == GAUGE:
-            updates[key] = number
-        else:
-            updates.setdefault(key, []).append(number)
+        with _LOCK:
+            updates = self._updates
+            if updates is None:
+                updates = self._updates = {}
+                self._pending.append(self)
+            if self.metric_type == COUNTER:
+                updates[key] = updates.get(key, 0.0) + number
+            elif self.metric_type == GAUGE:
+                updates[key] = number
+            else:
+                updates.setdefault(key, []).append(number)
 
     def update(self, value: Any, request_id: str = "", dimensions: Sequence[Any] = ()) -> None:
         """TorchServe's older spelling: `dimensions` are Dimension objects and replace the
@@ -99,8 +105,9 @@ class Metric:
 
 def drain(pending: List[Metric]) -> List[Sample]:
     """Every update of the metrics in `pending`, which is emptied."""
-    samples = [sample for metric in pending for sample in metric.drain()]
-    pending.clear()
+    with _LOCK:
+        samples = [sample for metric in pending for sample in metric.drain()]
+        pending.clear()
     return samples
 
 

@@ -198,6 +198,8 @@ fn serve_command(args: &TorchServeArgs) -> Result<Command, String> {
     if let Some(log_config) = log_config {
         serve.arg("--log-config").arg(log_config);
     }
+    // TorchServe reads the newest snapshot only when no configuration file is given.
+    serve.arg("--restore-only-without-config");
     let flags: [(bool, &str); 3] = [
         (args.no_config_snapshots, "--ncs"),
         (args.disable_token_auth, "--disable-token-auth"),

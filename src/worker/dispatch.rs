@@ -1,9 +1,10 @@
 //! How a model's workers share its queue fairly: which of them wait idle for work (a busy
-//! worker sends a next batch ahead only while none does), and the requests that a dying worker
-//! never started, retried by the others before anything newer.
+//! worker sends a next batch ahead only while none does), which of them forms the next batch,
+//! and the requests that a dying worker never started, retried by the others before anything
+//! newer.
 
-use async_channel::{Receiver, Sender};
-use tokio::sync::watch;
+use async_channel::{Receiver, RecvError, Sender};
+use tokio::sync::{watch, Mutex, MutexGuard};
 
 use crate::error::ApiError;
 use crate::job::Job;
@@ -15,6 +16,10 @@ pub struct Dispatch {
     retry: Sender<Job>,
     /// Requests to run again: a worker took them, then died before it started them.
     pub retried: Receiver<Job>,
+    /// Held by the worker that waits for the queue's next request and then for its batch to
+    /// fill, as TorchServe's model lock: requests that come meanwhile join that batch instead
+    /// of going to another idle worker.
+    forming: Mutex<()>,
 }
 
 impl Default for Dispatch {
@@ -24,11 +29,22 @@ impl Default for Dispatch {
             idle: watch::Sender::new(0),
             retry,
             retried,
+            forming: Mutex::new(()),
         }
     }
 }
 
 impl Dispatch {
+    /// The next request of `queue`, taken once this worker is the one that forms a batch; the
+    /// guard is held until the batch is formed.
+    pub async fn next_to_form(
+        &self,
+        queue: &Receiver<Job>,
+    ) -> (MutexGuard<'_, ()>, Result<Job, RecvError>) {
+        let forming = self.forming.lock().await;
+        (forming, queue.recv().await)
+    }
+
     /// How many workers wait idle now.
     pub fn idle_workers(&self) -> usize {
         *self.idle.borrow()

@@ -2,7 +2,7 @@
 //! modules, and forks each new worker on request (docs/protocol.md, "Fork server"). A forked
 //! worker is ready in milliseconds and shares those modules' memory with its siblings. It is
 //! started in the background when the server starts and again whenever it dies; while none is
-//! ready, workers start as fresh processes.
+//! ready, workers start as fresh processes (a model template waits for one that is starting).
 
 use std::io;
 use std::os::fd::AsFd;
@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::net::unix::pipe;
 use tokio::net::UnixStream;
-use tokio::sync::Mutex;
+use tokio::sync::{watch, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use super::fd_passing;
@@ -36,6 +36,8 @@ const RESTART_MAX: Duration = Duration::from_secs(60);
 pub struct ForkServer {
     /// The ready fork server's control connection; `None` while none is ready.
     control: Mutex<Option<Control>>,
+    /// True while a fork server starts, until it is ready or has failed to start.
+    starting: watch::Sender<bool>,
 }
 
 struct Control {
@@ -96,6 +98,7 @@ impl ForkServer {
     pub fn launch(env: PythonEnv) -> Arc<Self> {
         let server = Arc::new(Self {
             control: Mutex::new(None),
+            starting: watch::Sender::new(false),
         });
         tokio::spawn(server.clone().keep_running(env));
         server
@@ -108,13 +111,21 @@ impl ForkServer {
             .await
     }
 
-    /// Forks a model template (template.rs) that connects to `socket` from `work_dir`; `None`
-    /// as for [`ForkServer::fork`].
+    /// Forks a model template (template.rs) that connects to `socket` from `work_dir`, once a
+    /// fork server that is starting is ready: the template spares every worker of the model
+    /// loading the handler, which costs more than the wait; `None` as for
+    /// [`ForkServer::fork`].
     pub(super) async fn fork_template(
         self: &Arc<Self>,
         socket: &Path,
         work_dir: &Path,
     ) -> Option<ForkedWorker> {
+        // An error only means the fork server is gone.
+        let _ = self
+            .starting
+            .subscribe()
+            .wait_for(|starting| !starting)
+            .await;
         let request =
             json!({"kind": "fork", "role": "template", "socket": socket, "cwd": work_dir});
         self.fork_as(request).await
@@ -151,7 +162,9 @@ impl ForkServer {
         let mut delay = RESTART_FIRST;
         loop {
             let started = Instant::now();
-            let reason = match self.run(&env).await {
+            let stopped = self.run(&env).await;
+            self.starting.send_replace(false);
+            let reason = match stopped {
                 Stopped::Failed(reason) => reason,
                 Stopped::Aborted => return,
                 Stopped::Unsafe(reason) => {
@@ -179,6 +192,7 @@ impl ForkServer {
         if ABORT.is_cancelled() {
             return Stopped::Aborted;
         }
+        self.starting.send_replace(true);
         let started = Instant::now();
         let socket = env.runtime_dir.join("fork-server.sock");
         let module = "torchyard.forkserver";
@@ -212,6 +226,7 @@ impl ForkServer {
             stream,
             broken: broken.clone(),
         });
+        self.starting.send_replace(false);
         let stopped = tokio::select! {
             how = exit_of(&mut child) => Stopped::Failed(format!("it exited: {how}")),
             () = broken.cancelled() => Stopped::Failed("it failed a fork".into()),

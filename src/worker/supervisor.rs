@@ -504,7 +504,10 @@ async fn serve_batches(
             tickets.offer();
             *offered = true;
         }
-        let (first, source) = match tokio::select! {
+        // A batch that waits to fill is formed by one worker at a time (TorchServe's model lock).
+        let forms_alone =
+            flights.is_empty() && spec.batch_size > 1 && !spec.max_batch_delay.is_zero();
+        let (first, source, forming) = match tokio::select! {
             biased;
             frame = process.receive_or_break(!flights.is_empty()) => Err(frame),
             () = &mut deadline, if !flights.is_empty() => {
@@ -520,14 +523,24 @@ async fn serve_batches(
                 return crash(spec, flights, held, message, true);
             }
             () = cancel.cancelled(), if !stopping => continue,
-            Ok(job) = pinned.recv(), if send_ahead => Ok((job, pinned)),
-            Ok(job) = spec.dispatch.retried.recv(), if shared => Ok((job, &spec.dispatch.retried)),
-            job = spec.queue.recv(), if shared && !queue_done => {
+            Ok(job) = pinned.recv(), if send_ahead => Ok((job, pinned, None)),
+            Ok(job) = spec.dispatch.retried.recv(), if shared => {
+                Ok((job, &spec.dispatch.retried, None))
+            }
+            (forming, job) = spec.dispatch.next_to_form(&spec.queue),
+                if shared && !queue_done && forms_alone => {
                 let Ok(job) = job else {
                     queue_done = true;
                     continue;
                 };
-                Ok((job, &spec.queue))
+                Ok((job, &spec.queue, Some(forming)))
+            }
+            job = spec.queue.recv(), if shared && !queue_done && !forms_alone => {
+                let Ok(job) = job else {
+                    queue_done = true;
+                    continue;
+                };
+                Ok((job, &spec.queue, None))
             }
             // A batch runs: whether the next may go ahead changes as other workers go idle.
             _ = idle_changes.wait_for(|&n| (n == 0) != (idle_now == 0)),
@@ -568,6 +581,7 @@ async fn serve_batches(
             Duration::ZERO
         };
         let mut batch = batcher::collect(source, first, spec.batch_size, delay).await;
+        drop(forming);
         batch.retain(|job| !job.reply.is_closed());
         if let Some(limit) = spec.client_timeout {
             drop_expired(spec, &mut batch, limit);
