@@ -1,8 +1,9 @@
 //! The fork server: one Python process per interpreter that has imported torch and the worker's
 //! modules, and forks each new worker on request (docs/protocol.md, "Fork server"). A forked
 //! worker is ready in milliseconds and shares those modules' memory with its siblings. It is
-//! started in the background when the server starts and again whenever it dies; while none is
-//! ready, workers start as fresh processes.
+//! started in the background when the server starts and again whenever it dies. A worker asked
+//! for while it starts waits for it (at most [`START_WAIT`]); while none is ready otherwise
+//! (between restarts, or never where forking is unsafe), workers start as fresh processes.
 
 use std::io;
 use std::os::fd::AsFd;
@@ -14,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::net::unix::pipe;
 use tokio::net::UnixStream;
-use tokio::sync::Mutex;
+use tokio::sync::{watch, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use super::fd_passing;
@@ -25,6 +26,10 @@ use crate::python_env::PythonEnv;
 
 /// How long the fork server may take to import torch and say it is ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a fork request waits for a fork server that is starting before the worker starts
+/// as a fresh process instead (which would import torch itself, competing with the fork server
+/// for the same cores).
+const START_WAIT: Duration = Duration::from_secs(120);
 /// How long one fork may take before the fork server counts as broken.
 const FORK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Restart delays: 1 s, doubling up to 60 s; a fork server that ran longer than that starts
@@ -36,6 +41,8 @@ const RESTART_MAX: Duration = Duration::from_secs(60);
 pub struct ForkServer {
     /// The ready fork server's control connection; `None` while none is ready.
     control: Mutex<Option<Control>>,
+    /// True while a fork server is being started and has not said whether it is ready.
+    starting: watch::Sender<bool>,
 }
 
 struct Control {
@@ -96,6 +103,7 @@ impl ForkServer {
     pub fn launch(env: PythonEnv) -> Arc<Self> {
         let server = Arc::new(Self {
             control: Mutex::new(None),
+            starting: watch::Sender::new(true),
         });
         tokio::spawn(server.clone().keep_running(env));
         server
@@ -121,10 +129,26 @@ impl ForkServer {
     }
 
     async fn fork_as(self: &Arc<Self>, request: Value) -> Option<ForkedWorker> {
+        self.started().await;
         // In a task of its own: a caller that gives up mid-request leaves no reply unread.
         let server = self.clone();
         let forking = tokio::spawn(async move { server.fork_now(&request).await });
         forking.await.ok().flatten()
+    }
+
+    /// Waits, at most [`START_WAIT`], while a fork server is starting.
+    async fn started(&self) {
+        let mut starting = self.starting.subscribe();
+        let settled = async { drop(starting.wait_for(|starting| !starting).await) };
+        tokio::select! {
+            settled = tokio::time::timeout(START_WAIT, settled) => if settled.is_err() {
+                tracing::warn!(
+                    "the fork server is not ready after {START_WAIT:?}: a worker starts as a \
+                     fresh process"
+                );
+            },
+            () = ABORT.cancelled() => {}
+        }
     }
 
     async fn fork_now(&self, request: &Value) -> Option<ForkedWorker> {
@@ -180,6 +204,8 @@ impl ForkServer {
             return Stopped::Aborted;
         }
         let started = Instant::now();
+        // Fork requests wait until this is dropped: the fork server is ready, or it failed.
+        let starting = Starting::new(&self.starting);
         let socket = env.runtime_dir.join("fork-server.sock");
         let module = "torchyard.forkserver";
         let label = "fork-server";
@@ -212,6 +238,7 @@ impl ForkServer {
             stream,
             broken: broken.clone(),
         });
+        drop(starting);
         let stopped = tokio::select! {
             how = exit_of(&mut child) => Stopped::Failed(format!("it exited: {how}")),
             () = broken.cancelled() => Stopped::Failed("it failed a fork".into()),
@@ -219,6 +246,22 @@ impl ForkServer {
         };
         self.control.lock().await.take();
         stopped
+    }
+}
+
+/// Marks a fork server as starting for as long as it lives.
+struct Starting<'a>(&'a watch::Sender<bool>);
+
+impl<'a> Starting<'a> {
+    fn new(starting: &'a watch::Sender<bool>) -> Self {
+        starting.send_replace(true);
+        Self(starting)
+    }
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        self.0.send_replace(false);
     }
 }
 
