@@ -99,6 +99,18 @@ def pss_mib(pids) -> float:
     return total / 1024
 
 
+def cpu_seconds(pids) -> float:
+    """User and system time of `pids` and of their children they reaped."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(n) for n in fields[11:15])  # utime stime cutime cstime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def all_ready(management: str, names) -> bool:
     for name in names:
         try:
@@ -133,6 +145,7 @@ def measure(name: str, command: list, env: dict, names: list) -> dict:
                 raise RuntimeError(f"{name}: models not ready after 600 s")
             time.sleep(0.05)
         ready_s = time.monotonic() - started
+        cpu_s = cpu_seconds(tree(process.pid))
         for model in names:
             answer = requests.post(f"{base}/predictions/{model}", data="1", timeout=60)
             answer.raise_for_status()
@@ -141,7 +154,8 @@ def measure(name: str, command: list, env: dict, names: list) -> dict:
         described = [requests.get(f"{management}/models/{m}", timeout=5).json()[0]
                      for m in names]
         modes = sorted({w.get("startMode", "spawn") for d in described for w in d["workers"]})
-        result = {"ready_s": ready_s, "pss_mib": pss_mib(pids), "processes": len(pids),
+        result = {"ready_s": ready_s, "cpu_s": cpu_s, "pss_mib": pss_mib(pids),
+                  "processes": len(pids),
                   "modes": modes}
         print(name, result, flush=True)
         return result
@@ -163,15 +177,20 @@ def section(count: int, torchserve: dict, torchyard: dict) -> str:
     rows = [f"| {label} | {ts} | {ty} | {ratio:.2f}× |" for label, ts, ty, ratio in (
         ("ready after start (every worker READY)", f"{torchserve['ready_s']:.1f} s",
          f"{torchyard['ready_s']:.1f} s", torchyard["ready_s"] / torchserve["ready_s"]),
+        ("CPU time of the server's processes until then", f"{torchserve['cpu_s']:.1f} s",
+         f"{torchyard['cpu_s']:.1f} s", torchyard["cpu_s"] / torchserve["cpu_s"]),
         ("total PSS, server and all its processes", f"{torchserve['pss_mib']:.0f} MiB",
          f"{torchyard['pss_mib']:.0f} MiB", torchyard["pss_mib"] / torchserve["pss_mib"]))]
+    load = os.getloadavg()[0]
     return (f"{HEADING}\n\n`bench/many_models.py` on {os.cpu_count()} cores shared with other "
-            f"engineers' builds: a server started with {count} small TorchScript models "
+            f"engineers' builds (load average {load:.0f} at the end): a server started with {count} small TorchScript models "
             f"(`--models all`, `default_workers_per_model=1`; a 64 → 64 → 10 MLP whose handler "
             f"imports torch), the same archives for both; PSS summed over the server's whole "
             f"process tree ({torchserve['processes']} processes for TorchServe, "
             f"{torchyard['processes']} for torchyard, whose workers started as "
-            f"{', '.join(torchyard['modes'])}) after each model answered once. Targets for "
+            f"{', '.join(torchyard['modes'])}) after each model answered once; CPU time is "
+            f"user + system time of that tree (with the children it reaped) when the last "
+            f"worker turned READY, what the start costs on a machine of its own. Targets for "
             f"torchyard: ≤ 5 s, ≤ 1 GB.\n\n"
             "| measured | TorchServe | torchyard | ratio |\n|---|---|---|---|\n"
             + "\n".join(rows) + "\n")

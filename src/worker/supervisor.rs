@@ -205,7 +205,10 @@ async fn supervise(
                     Exit::Cancelled => process.stop().await,
                     Exit::Crashed(reason) => {
                         // Describe shows it down, with why, until its successor starts.
-                        status.set_failure(500, format!("the worker broke ({reason}); it is restarted"));
+                        status.set_failure(
+                            500,
+                            format!("the worker broke ({reason}); it is restarted"),
+                        );
                         status.set_state(WorkerState::Failed);
                         process.kill().await;
                         tracing::info!("{label} Worker disconnected. WORKER_MODEL_LOADED");
