@@ -53,6 +53,8 @@ pub struct ServerConfig {
     pub connection_header_read_timeout: Duration,
     /// The longest the server waits for the next bytes of a request body.
     pub connection_idle_timeout: Duration,
+    /// The longest the server waits for a whole request body, however it trickles in.
+    pub connection_body_timeout: Duration,
     /// Connections open at once per listener; `None`: derived from the open-file limit.
     pub max_connections: Option<usize>,
     /// At most this many of the visible GPUs get workers (`number_of_gpu`); `None`: all.
@@ -314,6 +316,9 @@ impl ServerConfig {
             ),
             connection_idle_timeout: Duration::from_millis(
                 number("connection_idle_timeout_ms", 60_000)?.max(1) as u64,
+            ),
+            connection_body_timeout: Duration::from_millis(
+                number("connection_body_timeout_ms", 300_000)?.max(1) as u64,
             ),
             max_connections: get("max_connections")
                 .map(|_| number("max_connections", 0))
@@ -603,6 +608,7 @@ mod tests {
             Duration::from_secs(10)
         );
         assert_eq!(defaults.connection_idle_timeout, Duration::from_secs(60));
+        assert_eq!(defaults.connection_body_timeout, Duration::from_secs(300));
         assert_eq!(defaults.max_connections, None);
         assert!(defaults.fork_workers);
         let set = config(

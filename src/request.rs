@@ -8,7 +8,9 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
+use tokio::time::Instant;
 
+use crate::config::ServerConfig;
 use crate::error::{ApiError, ApiResult};
 use crate::job::{InferenceRequest, InferenceResponse, Param};
 
@@ -16,15 +18,35 @@ use crate::job::{InferenceRequest, InferenceResponse, Param};
 /// this many bytes before the 413, so that a client still sending sees the answer, not a reset.
 const DISCARD_LIMIT: usize = 64 << 20;
 
-/// Reads the body (at most `limit` bytes, each part within `idle` of the last) and splits it
-/// into parameters by content type.
+/// How a request body is read: at most `max` bytes, each part within `idle` of the last, and
+/// the whole within `total`, so that a client sending a byte now and then cannot hold its
+/// connection for ever.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    pub max: usize,
+    pub idle: Duration,
+    pub total: Duration,
+}
+
+impl BodyLimits {
+    /// The configured limits: `max_request_size`, `connection_idle_timeout_ms` and
+    /// `connection_body_timeout_ms`.
+    pub fn of(config: &ServerConfig) -> Self {
+        Self {
+            max: config.max_request_size,
+            idle: config.connection_idle_timeout,
+            total: config.connection_body_timeout,
+        }
+    }
+}
+
+/// Reads the body within `limits` and splits it into parameters by content type.
 pub async fn read_request(
     headers: &HeaderMap,
     body: Body,
-    limit: usize,
-    idle: Duration,
+    limits: BodyLimits,
 ) -> ApiResult<InferenceRequest> {
-    let bytes = read_body(headers, body, limit, idle).await?;
+    let bytes = read_body(headers, body, limits).await?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -57,32 +79,29 @@ pub fn handler_headers(headers: &HeaderMap) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The whole body, or a 413 once it is known to be over `limit` (a 408 when it stalls).
-pub async fn read_body(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-    idle: Duration,
-) -> ApiResult<Bytes> {
+/// The whole body, or a 413 once it is known to be over `limits.max` (a 408 when it stalls
+/// or takes longer than `limits.total`).
+pub async fn read_body(headers: &HeaderMap, body: Body, limits: BodyLimits) -> ApiResult<Bytes> {
+    let deadline = Instant::now() + limits.total;
     let mut chunks = body.into_data_stream();
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > limit) {
+    if declared.is_some_and(|len| len > limits.max) {
         // A client waiting for `100 Continue` has sent nothing yet: answer it at once.
         if !headers.contains_key(header::EXPECT) {
-            discard(chunks, idle).await;
+            discard(chunks, limits, deadline).await;
         }
-        return Err(ApiError::too_large(limit));
+        return Err(ApiError::too_large(limits.max));
     }
     // One part (the usual case) is kept as it came; more are joined.
     let (mut first, mut joined, mut size) = (Bytes::new(), BytesMut::new(), 0);
-    while let Some(chunk) = next_chunk(&mut chunks, idle).await? {
+    while let Some(chunk) = next_chunk(&mut chunks, limits, deadline).await? {
         size += chunk.len();
-        if size > limit {
-            discard(chunks, idle).await;
-            return Err(ApiError::too_large(limit));
+        if size > limits.max {
+            discard(chunks, limits, deadline).await;
+            return Err(ApiError::too_large(limits.max));
         }
         if size == chunk.len() {
             first = chunk;
@@ -99,9 +118,9 @@ pub async fn read_body(
 }
 
 /// Reads and drops what is left of a body, up to `DISCARD_LIMIT` bytes.
-async fn discard(mut chunks: BodyDataStream, idle: Duration) {
+async fn discard(mut chunks: BodyDataStream, limits: BodyLimits, deadline: Instant) {
     let mut left = DISCARD_LIMIT;
-    while let Ok(Some(chunk)) = next_chunk(&mut chunks, idle).await {
+    while let Ok(Some(chunk)) = next_chunk(&mut chunks, limits, deadline).await {
         left = left.saturating_sub(chunk.len());
         if left == 0 {
             break;
@@ -109,9 +128,14 @@ async fn discard(mut chunks: BodyDataStream, idle: Duration) {
     }
 }
 
-/// The next part of a body; a 408 when none comes within `idle`.
-async fn next_chunk(chunks: &mut BodyDataStream, idle: Duration) -> ApiResult<Option<Bytes>> {
-    match tokio::time::timeout(idle, chunks.next()).await {
+/// The next part of a body; a 408 when none comes within `limits.idle`, or by `deadline`.
+async fn next_chunk(
+    chunks: &mut BodyDataStream,
+    limits: BodyLimits,
+    deadline: Instant,
+) -> ApiResult<Option<Bytes>> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    match tokio::time::timeout(limits.idle.min(left), chunks.next()).await {
         Ok(Some(Ok(chunk))) => Ok(Some(chunk)),
         Ok(None) => Ok(None),
         Ok(Some(Err(e))) => Err(ApiError::bad_request(format!(
@@ -120,7 +144,14 @@ async fn next_chunk(chunks: &mut BodyDataStream, idle: Duration) -> ApiResult<Op
         Err(_) => Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             "RequestTimeoutException",
-            format!("No request body data for {} ms", idle.as_millis()),
+            if left <= limits.idle {
+                format!(
+                    "The request body did not arrive within {} ms",
+                    limits.total.as_millis()
+                )
+            } else {
+                format!("No request body data for {} ms", limits.idle.as_millis())
+            },
         )),
     }
 }
@@ -236,14 +267,18 @@ mod tests {
         Body::from_stream(futures::stream::iter(parts))
     }
 
-    const IDLE: Duration = Duration::from_secs(1);
+    const LIMITS: BodyLimits = BodyLimits {
+        max: 5,
+        idle: Duration::from_secs(1),
+        total: Duration::from_secs(3),
+    };
 
     #[tokio::test]
     async fn body_parts_are_joined_up_to_the_limit() {
         let body = streamed(&[b"ab", b"", b"cd", b"e"]);
-        let bytes = read_body(&HeaderMap::new(), body, 5, IDLE).await.unwrap();
+        let bytes = read_body(&HeaderMap::new(), body, LIMITS).await.unwrap();
         assert_eq!(bytes, "abcde");
-        let err = read_body(&HeaderMap::new(), streamed(&[b"abc", b"def"]), 5, IDLE)
+        let err = read_body(&HeaderMap::new(), streamed(&[b"abc", b"def"]), LIMITS)
             .await
             .unwrap_err();
         assert_eq!(err.status, StatusCode::PAYLOAD_TOO_LARGE);
@@ -253,7 +288,7 @@ mod tests {
     async fn declared_oversize_body_is_refused() {
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("6"));
-        let err = read_body(&headers, streamed(&[b"abcdef"]), 5, IDLE)
+        let err = read_body(&headers, streamed(&[b"abcdef"]), LIMITS)
             .await
             .unwrap_err();
         assert_eq!(err.status, StatusCode::PAYLOAD_TOO_LARGE);
@@ -263,10 +298,25 @@ mod tests {
     async fn stalled_body_is_a_timeout() {
         let stalled = futures::stream::once(async { Ok::<_, std::io::Error>(Bytes::new()) })
             .chain(futures::stream::pending());
-        let err = read_body(&HeaderMap::new(), Body::from_stream(stalled), 5, IDLE)
+        let err = read_body(&HeaderMap::new(), Body::from_stream(stalled), LIMITS)
             .await
             .unwrap_err();
         assert_eq!(err.status, StatusCode::REQUEST_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_trickling_in_is_cut_at_the_total_deadline() {
+        let trickle = futures::stream::unfold((), |()| async {
+            tokio::time::sleep(Duration::from_millis(900)).await;
+            Some((Ok::<_, std::io::Error>(Bytes::new()), ()))
+        });
+        let started = Instant::now();
+        let err = read_body(&HeaderMap::new(), Body::from_stream(trickle), LIMITS)
+            .await
+            .unwrap_err();
+        assert_eq!(err.status, StatusCode::REQUEST_TIMEOUT);
+        assert!(err.message.contains("within 3000 ms"), "{}", err.message);
+        assert_eq!(started.elapsed(), LIMITS.total);
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 """The reference documentation stays true: docs/configuration.md names every config.properties
 key the server reads and only keys it honours (a real server starts with every documented key
-set and warns about none of them), and the links of the README and docs/ lead somewhere."""
+set and warns about none of them), the links of the README and docs/ lead somewhere, and every
+test docs/security.md names as the check of a promise exists."""
 
 import re
 import subprocess
@@ -8,6 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGURATION = ROOT / "docs" / "configuration.md"
+SECURITY = ROOT / "docs" / "security.md"
 
 
 def documented_keys() -> set[str]:
@@ -83,6 +85,7 @@ VALUES = {
     "max_request_size": "6553500",
     "connection_header_read_timeout_ms": "10000",
     "connection_idle_timeout_ms": "60000",
+    "connection_body_timeout_ms": "300000",
     "max_connections": "100",
     "cors_allowed_origin": "*",
     "cors_allowed_methods": "GET,POST",
@@ -171,3 +174,20 @@ def test_links_of_the_readme_and_docs_lead_somewhere():
             elif anchor and target.suffix == ".md" and anchor not in heading_anchors(target):
                 broken.append(f"{page.name}: {link} (no such heading)")
     assert not broken, broken
+
+
+def test_every_test_security_md_names_exists():
+    """Each `tests/FILE.py::NAME` (or `python/tests/...`) in docs/security.md is a test function
+    of that file; a NAME ending in `*` must start at least one."""
+    named = re.findall(r"`((?:python/)?tests/[\w/]+\.py)::(\w+\*?)`", SECURITY.read_text())
+    assert len(named) >= 20, "security.md names the test of each promise"
+    missing = []
+    for file, name in named:
+        path = ROOT / file
+        functions = re.findall(r"^(?:async )?def (test_\w+)", path.read_text(), re.M) \
+            if path.exists() else []
+        found = (any(f.startswith(name[:-1]) for f in functions) if name.endswith("*")
+                 else name in functions)
+        if not found:
+            missing.append(f"{file}::{name}")
+    assert not missing, missing

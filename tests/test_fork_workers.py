@@ -14,7 +14,8 @@ import pytest
 import requests
 
 from support.archives import build_mar, manifest, torchscript_scale
-from support.processes import children, wait_gone
+from support.processes import children, fork_server_pid, wait_gone
+from support.server import wait_for_log
 
 #: A TorchScript model's handler that prints its working directory to stdout at load.
 HANDLER = '''
@@ -72,20 +73,6 @@ def server(start_module_server, tmp_path_factory):
               manifest("deps", "h.py", requirementsFile="requirements.txt"))
     wait_for_log(server, READY)
     return server
-
-
-def wait_for_log(server, text, count=1, seconds=120):
-    deadline = time.monotonic() + seconds
-    while server.log_text().count(text) < count:
-        assert time.monotonic() < deadline, f"{text!r} did not appear {count} times in the log"
-        time.sleep(0.1)
-
-
-def fork_server_pid(server) -> int:
-    found = [pid for pid, cmd in children(server.process.pid).items()
-             if "torchyard.forkserver" in cmd]
-    assert len(found) == 1, found
-    return found[0]
 
 
 def workers(server, model):

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from support.api import ready_pids, wait_ready
 from support.archives import archive, scale_mar, war, write_files
+from support.processes import rss_kib
 
 CHAOS = '''
 import ctypes
@@ -54,20 +56,6 @@ def server(start_module_server):
 
 def call(server, model, body, timeout=60):
     return requests.post(f"{server.inference}/predictions/{model}", json=body, timeout=timeout)
-
-
-def ready_pids(server, model):
-    workers = requests.get(f"{server.management}/models/{model}").json()[0]["workers"]
-    return [w["pid"] for w in workers if w["status"] == "READY" and w["pid"]]
-
-
-def wait_ready(server, model, count, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if len(ready_pids(server, model)) == count:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{model} did not get {count} ready workers")
 
 
 def test_workers_killed_mid_batch_under_load(server):
@@ -155,11 +143,6 @@ def pre(data, context):
     if data:
         return [row.get("data") or row.get("body") for row in data]
 '''
-
-
-def rss_kib(pid):
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1])
 
 
 def test_soak_mixed_traffic_with_registrations_keeps_memory_flat(server):

@@ -19,7 +19,7 @@ import requests
 import torch
 
 from support.archives import build_mar, manifest
-from support.processes import alive, children, wait_gone
+from support.processes import alive, children, parent, wait_gone
 from support.server import OPEN_FLAGS
 
 #: Four 2048 x 2048 layers: 64 MiB of float32 weights.
@@ -110,10 +110,6 @@ def scale(server, name, count):
     answer = requests.put(f"{server.management}/models/{name}", params={
         "min_worker": count, "max_worker": count, "synchronous": "true"}, timeout=300)
     assert answer.status_code == 200, answer.text
-
-
-def parent(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def memory(pid: int) -> dict:

@@ -19,7 +19,7 @@ use super::path::Path;
 use super::{openapi, query};
 use crate::error::{ApiError, ApiResult};
 use crate::job::{InferenceRequest, Param};
-use crate::request::{into_http, read_request};
+use crate::request::{into_http, read_request, BodyLimits};
 use crate::state::AppState;
 
 /// Routes of the inference API, without its description.
@@ -281,8 +281,7 @@ async fn decode(state: &AppState, incoming: Incoming) -> ApiResult<InferenceRequ
     let mut request = read_request(
         &incoming.headers,
         incoming.body,
-        state.config.max_request_size,
-        state.config.connection_idle_timeout,
+        BodyLimits::of(&state.config),
     )
     .await?;
     if !pairs.is_empty() {
@@ -322,13 +321,7 @@ async fn run_workflow(
     body: Body,
 ) -> ApiResult<Response> {
     let workflow = state.workflows.get(workflow, version)?;
-    let request = read_request(
-        &headers,
-        body,
-        state.config.max_request_size,
-        state.config.connection_idle_timeout,
-    )
-    .await?;
+    let request = read_request(&headers, body, BodyLimits::of(&state.config)).await?;
     let output = crate::workflow::execute(&workflow, request).await?;
     Ok(into_http(output))
 }

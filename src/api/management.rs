@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap};
 use axum::response::Response;
 use axum::routing::{get, options, put};
 use axum::{Json, Router};
-use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -17,6 +17,7 @@ use super::{openapi, query};
 use crate::error::ApiResult;
 use crate::facade::models;
 use crate::model::RegisterOptions;
+use crate::request::{read_body, BodyLimits};
 use crate::state::AppState;
 
 /// Routes of the management API, without its description. Each handler decodes the request,
@@ -67,13 +68,15 @@ async fn model_description(
 }
 
 /// `POST /models`: the options come from the query, or from a JSON body (TorchServe reads
-/// one leniently: single quotes and quoted numbers are fine).
+/// one leniently: single quotes and quoted numbers are fine). The body is read as a
+/// prediction's is, within the [`BodyLimits`].
 async fn register(
     State(state): State<Arc<AppState>>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<Response> {
+    let body = read_body(&headers, body, BodyLimits::of(&state.config)).await?;
     let json_body = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -15,7 +15,7 @@ use serde_json::json;
 use super::{infer, lookup, Infer, Payload, Protocol, Target};
 use crate::api::path::Path;
 use crate::error::ApiError;
-use crate::request::into_http;
+use crate::request::{into_http, BodyLimits};
 use crate::state::AppState;
 
 /// The header of v2's binary tensor extension: the length of the JSON before the tensors.
@@ -238,13 +238,7 @@ async fn run(
                 .ok_or_else(|| ApiError::bad_request("Invalid Inference-Header-Content-Length"))?,
         ),
     };
-    let body = crate::request::read_body(
-        &headers,
-        body,
-        state.config.max_request_size,
-        state.config.connection_idle_timeout,
-    )
-    .await?;
+    let body = crate::request::read_body(&headers, body, BodyLimits::of(&state.config)).await?;
     let request = Infer {
         protocol,
         explain,

@@ -307,7 +307,7 @@ pub fn check_request(body: &[u8], binary: &[usize]) -> ApiResult<InferRequest> {
     let request: InferRequest = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("Invalid v2 inference request: {e}")))?;
     if request.inputs.is_empty() {
-        return Err(ApiError::bad_request("The request has no inputs"));
+        return Err(no_inputs());
     }
     for (index, input) in request.inputs.iter().enumerate() {
         let datatype = Datatype::parse(&input.datatype)?;
@@ -351,6 +351,11 @@ pub fn check_request(body: &[u8], binary: &[usize]) -> ApiResult<InferRequest> {
     Ok(request)
 }
 
+/// A request without inputs: nothing for the envelope to hand the handler.
+fn no_inputs() -> ApiError {
+    ApiError::bad_request("The request has no inputs")
+}
+
 /// The number of elements of `shape`, or None for a negative dimension or an overflow.
 pub fn elements(shape: &[i64]) -> Option<usize> {
     shape.iter().try_fold(1usize, |n, &d| {
@@ -372,6 +377,9 @@ fn for_each_element(value: &Value, f: &mut impl FnMut(&Value)) {
 /// of numbers stay bytes, returned beside the JSON (their inputs without `data`); raw BYTES
 /// contents are read as their elements.
 pub fn grpc_request_json(request: &ModelInferRequest) -> ApiResult<(Vec<u8>, Vec<RawTensor>)> {
+    if request.inputs.is_empty() {
+        return Err(no_inputs());
+    }
     let raw = &request.raw_input_contents;
     if !raw.is_empty() && raw.len() != request.inputs.len() {
         return Err(ApiError::bad_request(format!(

@@ -1,5 +1,7 @@
 """Small clients of the management API and the JSON error check the model tests share."""
 
+import time
+
 import requests
 
 
@@ -14,6 +16,23 @@ def register(server, **params):
 def describe(server, name):
     """The description of the default version of model `name`."""
     return requests.get(f"{server.management}/models/{name}").json()[0]
+
+
+def ready_pids(server, model):
+    """The pids of the READY workers of model `model`'s default version."""
+    workers = requests.get(f"{server.management}/models/{model}", timeout=10).json()[0]["workers"]
+    return [w["pid"] for w in workers if w["status"] == "READY" and w["pid"]]
+
+
+def wait_ready(server, model, count, not_in=(), timeout=60):
+    """Waits for `count` READY workers of `model`, none of them a pid in `not_in`; their pids."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = ready_pids(server, model)
+        if len(pids) == count and not set(pids) & set(not_in):
+            return pids
+        time.sleep(0.1)
+    raise AssertionError(f"{model} did not get {count} new READY workers")
 
 
 def assert_error(answer, code, kind):

@@ -28,6 +28,17 @@ def wait_gone(pid: int, seconds: float) -> bool:
     return False
 
 
+def parent(pid: int) -> int:
+    """The pid of process `pid`'s parent."""
+    return int(_stat(pid)[1])
+
+
+def rss_kib(pid: int) -> int:
+    """Process `pid`'s resident memory (VmRSS) in KiB."""
+    with open(f"/proc/{pid}/status") as status:
+        return int(next(line for line in status if line.startswith("VmRSS:")).split()[1])
+
+
 def children(pid: int, zombies: bool = False) -> dict:
     """{pid: command line} of the running children of process `pid`, or of those that have
     exited and wait to be reaped (`zombies`)."""
@@ -40,6 +51,14 @@ def children(pid: int, zombies: bool = False) -> dict:
             except FileNotFoundError:
                 continue
     return {child: cmdline.decode(errors="replace") for child, cmdline in found.items()}
+
+
+def fork_server_pid(server) -> int:
+    """The pid of a running `Server`'s one fork server."""
+    found = [pid for pid, cmd in children(server.process.pid).items()
+             if "torchyard.forkserver" in cmd]
+    assert len(found) == 1, found
+    return found[0]
 
 
 class PeakMemory:

@@ -52,6 +52,14 @@ def listening_hosts(port):
     return hosts
 
 
+def wait_for_log(server, text, count=1, seconds=120):
+    """Waits until `text` appears `count` times in `server`'s log."""
+    deadline = time.monotonic() + seconds
+    while server.log_text().count(text) < count:
+        assert time.monotonic() < deadline, f"{text!r} did not appear {count} times in the log"
+        time.sleep(0.1)
+
+
 class PortTaken(RuntimeError):
     """The server could not bind a port that was free when it was picked."""
 
