@@ -359,6 +359,17 @@ def worker_start(base: str, management: str, workers: int = 4) -> dict:
             "modes": sorted({w.get("startMode", "spawn") for w in new})}
 
 
+def worker_rounds_of(base: str, management: str, rounds: int) -> list:
+    """The worker start row `rounds` times, scaling back to one worker after each."""
+    runs = []
+    for _ in range(rounds):
+        runs.append(worker_start(base, management))
+        print("workers", runs[-1], flush=True)
+        requests.put(f"{management}/models/double", timeout=300, params={
+            "min_worker": 1, "max_worker": 1, "synchronous": "true"}).raise_for_status()
+    return runs
+
+
 def run_kserve(results: dict, base: str, seconds: int, rounds: int = 5):
     """torchyard's KServe v2 rows on `double` (wrk with v2.lua, h2load with ModelInfer), each
     measured in turns with its native row, `rounds` times: the medians, so that both see the
@@ -398,7 +409,7 @@ def kserve_table(ty: dict) -> str:
 
 
 def run_server(name: str, command: list, env: dict, frontend_pid, seconds: int,
-               extras_only=False, kserve_only=False) -> dict:
+               extras_only=False, kserve_only=False, worker_rounds=0) -> dict:
     log = open(OUT / f"{name}.log", "w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                cwd=OUT)
@@ -406,12 +417,14 @@ def run_server(name: str, command: list, env: dict, frontend_pid, seconds: int,
     management = f"http://127.0.0.1:{PORTS['management']}"
     try:
         ready = wait_ready(f"{base}/ping", 120)
-        if extras_only or kserve_only:
+        if extras_only or kserve_only or worker_rounds:
             requests.post(f"{management}/models?url=double.mar&initial_workers=1&synchronous="
                           "true&batch_size=8&max_batch_delay=0", timeout=300).raise_for_status()
         else:
             register(management)
         results = {"ready_ms": ready * 1000}
+        if worker_rounds:
+            return {"worker_runs": worker_rounds_of(base, management, worker_rounds)}
         if name == "torchyard" and not kserve_only:
             results["extras"] = extras(base, management, seconds)
         if extras_only:
@@ -527,14 +540,17 @@ def main():
                         help="run only torchyard's own rows (remote node, route, handler metrics) and print them")
     parser.add_argument("--kserve-only", action="store_true",
                         help="run only torchyard's KServe v2 rows (each in turns with its native row)")
+    parser.add_argument("--worker-rounds", type=int, default=0, metavar="N",
+                        help="run only torchyard's worker start row (scale 1→4), N times")
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--reuse-torchserve", action="store_true",
                         help="reuse TorchServe's numbers from the last run")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    alone = args.extras_only or args.kserve_only
+    alone = args.extras_only or args.kserve_only or args.worker_rounds
     if not alone and args.ts_venv is None:
-        parser.error("--ts-venv is required unless --extras-only or --kserve-only")
+        parser.error("--ts-venv is required unless --extras-only, --kserve-only or "
+                     "--worker-rounds")
     ts_bin = None if alone else args.ts_venv.resolve() / "bin"
     store = build_store(ts_bin)
     config = write_config(OUT / "config.properties", store)
@@ -550,6 +566,12 @@ def main():
         rows = run_server("torchyard", torchyard_command, env, lambda p: p.pid, args.seconds,
                           extras_only=True)["extras"]
         print(extras_table(rows))
+        return 0
+    if args.worker_rounds:
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(OUT)}
+        runs = run_server("torchyard", torchyard_command, env, lambda p: p.pid, args.seconds,
+                          worker_rounds=args.worker_rounds)["worker_runs"]
+        print("scale 1→4, ms until all READY:", ", ".join(f"{r['start_ms']:.0f}" for r in runs))
         return 0
     if args.kserve_only:
         env = {"PATH": "/usr/bin:/bin", "HOME": str(OUT)}
@@ -593,7 +615,11 @@ def main():
               f"worker, timed until describe shows all four READY; private memory is "
               f"Private_Clean + Private_Dirty (smaps_rollup) of each added worker after a second "
               f"of load, the memory it does not share.\n\n")
-    (REPO / "bench" / "results.md").write_text(header + result)
+    results = REPO / "bench" / "results.md"
+    # Sections other benches wrote (`## ...`, e.g. many_models.py's) stay.
+    old = results.read_text() if results.exists() else ""
+    kept = old[old.find("\n## "):] if "\n## " in old else ""
+    results.write_text(header + result + kept)
     print(result)
 
 

@@ -140,7 +140,8 @@ def test_workers_outlive_a_killed_fork_server_and_a_new_one_takes_over(server):
     os.kill(fork_server_pid(server), signal.SIGKILL)
     assert_doubles(server)
     assert [(w["pid"], w["status"]) for w in workers(server, "double")] == serving
-    # Until the new fork server is ready, a new worker starts fresh.
+    # A new worker starts fresh or waits for the new fork server, whether it is asked for
+    # during the pause before the restart or while the new fork server starts.
     scale(server, "double", 3)
     wait_for_log(server, READY, count=2)
     newest = scale(server, "double", 4)[-1]

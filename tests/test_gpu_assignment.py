@@ -164,7 +164,7 @@ def test_a_restarted_worker_keeps_its_gpu(three):
     deadline = time.monotonic() + 30
     with ThreadPoolExecutor(2) as pool:
         while time.monotonic() < deadline:
-            # The server notices the death when it next hands the worker a request.
+            # The server notices the death by itself; the requests keep both workers busy.
             list(pool.map(lambda _: requests.post(
                 f"{three.inference}/predictions/restarted", data="x", timeout=30), range(2)))
             worker = describe(three, "restarted")["workers"][1]

@@ -4,14 +4,15 @@ as the model does, scale up in milliseconds, say `startMode: template`, are repl
 when killed, survive a killed template (which the next worker starts again), and a model that
 opts out (`forkAfterInitialize: false`) gets workers that load the handler themselves. A handler
 whose `initialize` would start torch's thread pool (as loading ResNet-152 does) still gets
-forked workers, with torch's thread count, and a model registered while the fork server starts
-waits for it to get its template. The tests share one server and run in order (the last starts
-its own)."""
+forked workers, with torch's thread count. A worker that dies while idle shows as down until its
+successor is READY. The tests share one server and run in order; models loaded at start, whose
+workers wait for the fork server, get a server of their own."""
 
 import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ import torch
 
 from support.archives import build_mar, manifest
 from support.processes import alive, children, parent, wait_gone
+from support.server import OPEN_FLAGS
 
 #: Four 2048 x 2048 layers: 64 MiB of float32 weights.
 LAYERS, WIDTH = 4, 2048
@@ -67,6 +69,24 @@ def stack() -> torch.nn.Module:
     return torch.nn.Sequential(*[m for layer in layers for m in (layer, torch.nn.Tanh())])
 
 
+#: Loads nothing; `initialize` takes 3 s from its second run on (a restarted worker).
+FRAIL = '''
+import os
+import time
+
+
+class Handler:
+    def initialize(self, context):
+        marker = os.path.join(context.system_properties["model_dir"], "initialized-once")
+        if os.path.exists(marker):
+            time.sleep(3)
+        open(marker, "w").close()
+
+    def handle(self, data, context):
+        return [os.getpid() for _ in data]
+'''
+
+
 @pytest.fixture(scope="module")
 def model():
     return torch.jit.script(stack().eval())
@@ -82,6 +102,8 @@ def server(start_module_server, model, tmp_path_factory):
     build_mar(server.store, "twins", files, manifest("twins", "h.py", serializedFile="stack.pt"))
     build_mar(server.store, "own", {**files, "model-config.yaml": "forkAfterInitialize: false\n"},
               manifest("own", "h.py", serializedFile="stack.pt", configFile="model-config.yaml"))
+    build_mar(server.store, "frail", {"h.py": FRAIL, "model-config.yaml": "forkAfterInitialize: "
+              "false\n"}, manifest("frail", "h.py", configFile="model-config.yaml"))
     deadline = time.monotonic() + 120
     while "fork server ready" not in server.log_text():
         assert time.monotonic() < deadline, "the fork server did not start"
@@ -260,15 +282,63 @@ def test_a_handler_that_starts_torchs_threads_in_initialize_still_gets_forked_wo
         assert answer.json() == [torch.get_num_threads(), 2.0 * 4096 * 4096]
 
 
-def test_a_model_registered_while_the_fork_server_starts_waits_for_its_template(start_server,
-                                                                                tmp_path):
-    # A sitecustomize that sleeps keeps the fork server from being ready for 5 s.
-    slow = tmp_path / "slow"
-    slow.mkdir()
-    (slow / "sitecustomize.py").write_text("import time\ntime.sleep(5)\n")
-    started = start_server({}, env={"PYTHONPATH": str(slow)})
-    build_mar(started.store, "early", {"h.py": POOLED}, manifest("early", "h.py"))
-    assert "fork server ready" not in started.log_text()
-    register(started, "early", 2)
-    assert [w["startMode"] for w in workers(started, "early")] == ["template"] * 2
-    assert started.log_text().count("initialized early") == 1
+def test_a_worker_that_dies_while_idle_shows_down_until_its_successor_is_ready(server):
+    register(server, "frail", 1)
+    [before] = workers(server, "frail")
+    os.kill(before["pid"], signal.SIGKILL)
+    # No request is sent: the server notices the death itself, and describe never shows the
+    # worker READY without a live process.
+    seen = []
+    deadline = time.monotonic() + 60
+    while True:
+        [now] = workers(server, "frail")
+        seen.append(now)
+        if now["status"] == "READY" and now["pid"] != before["pid"]:
+            break
+        assert time.monotonic() < deadline, seen[-5:]
+        time.sleep(0.01)
+    down = [w for w in seen if w["status"] != "READY"]
+    assert down, "the worker never showed as down"
+    assert all(w["status"] == "READY" for w in seen[:seen.index(down[0])]), seen
+    assert all(w["status"] != "READY" for w in seen[seen.index(down[0]):-1]), seen
+    assert {w["status"] for w in down} <= {"FAILED", "STARTING"}, down
+    assert any(w["status"] == "STARTING" and w["pid"] == 0 for w in down), down
+    for w in down:
+        if w["status"] == "FAILED":
+            assert "it is restarted" in w["failure"], w
+    assert alive(seen[-1]["pid"])
+    assert "the worker is gone" in server.log_text()
+
+
+def test_workers_of_models_loaded_at_start_wait_for_the_fork_server(
+        start_server, model, tmp_path):
+    """Models named at start (`--models`) get their workers while the fork server is still
+    importing torch: they wait for it and come from their templates, instead of each
+    importing torch itself."""
+    store = tmp_path / "store"
+    store.mkdir()
+    saved = tmp_path / "stack.pt"
+    model.save(str(saved))
+    names = ["first", "second", "third"]
+    for name in names:
+        build_mar(store, name, {"stack.pt": saved, "h.py": HANDLER},
+                  manifest(name, "h.py", serializedFile="stack.pt"))
+    server = start_server({"default_workers_per_model": 1}, store=store, healthy=False,
+                          args=(*OPEN_FLAGS, "--models", ",".join(f"{n}.mar" for n in names)))
+    deadline = time.monotonic() + 180
+    while server.ping() != 200:
+        assert time.monotonic() < deadline, "the models loaded at start are not ready"
+        time.sleep(0.1)
+    log = server.log_text()
+    [ready_line] = [line for line in log.splitlines() if "fork server ready" in line]
+    ready = datetime.strptime(ready_line.split(" ", 1)[0], "%Y-%m-%dT%H:%M:%S,%f")
+    for name in names:
+        [worker] = workers(server, name)
+        # The worker was asked for before the fork server was ready.
+        asked = datetime.strptime(worker["startTime"], "%Y-%m-%dT%H:%M:%S.%fZ")
+        assert asked < ready, (worker, ready_line)
+        assert worker["startMode"] == "template", (name, worker)
+        assert "torchyard.forkserver" in Path(f"/proc/{parent(worker['pid'])}/cmdline").read_text()
+        assert_answers(server, name, model, count=2)
+    assert "its template did not start" not in log
+    assert "starts as a fresh process" not in log

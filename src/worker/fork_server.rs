@@ -1,8 +1,9 @@
 //! The fork server: one Python process per interpreter that has imported torch and the worker's
 //! modules, and forks each new worker on request (docs/protocol.md, "Fork server"). A forked
 //! worker is ready in milliseconds and shares those modules' memory with its siblings. It is
-//! started in the background when the server starts and again whenever it dies; while none is
-//! ready, workers start as fresh processes (a model template waits for one that is starting).
+//! started in the background when the server starts and again whenever it dies. A worker asked
+//! for while it starts waits for it (at most [`START_WAIT`]); while none is ready otherwise
+//! (between restarts, or never where forking is unsafe), workers start as fresh processes.
 
 use std::io;
 use std::os::fd::AsFd;
@@ -25,6 +26,10 @@ use crate::python_env::PythonEnv;
 
 /// How long the fork server may take to import torch and say it is ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a fork request waits for a fork server that is starting before the worker starts
+/// as a fresh process instead (which would import torch itself, competing with the fork server
+/// for the same cores).
+const START_WAIT: Duration = Duration::from_secs(120);
 /// How long one fork may take before the fork server counts as broken.
 const FORK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Restart delays: 1 s, doubling up to 60 s; a fork server that ran longer than that starts
@@ -36,7 +41,7 @@ const RESTART_MAX: Duration = Duration::from_secs(60);
 pub struct ForkServer {
     /// The ready fork server's control connection; `None` while none is ready.
     control: Mutex<Option<Control>>,
-    /// True while a fork server starts, until it is ready or has failed to start.
+    /// True while a fork server is being started and has not said whether it is ready.
     starting: watch::Sender<bool>,
 }
 
@@ -98,7 +103,7 @@ impl ForkServer {
     pub fn launch(env: PythonEnv) -> Arc<Self> {
         let server = Arc::new(Self {
             control: Mutex::new(None),
-            starting: watch::Sender::new(false),
+            starting: watch::Sender::new(true),
         });
         tokio::spawn(server.clone().keep_running(env));
         server
@@ -111,31 +116,39 @@ impl ForkServer {
             .await
     }
 
-    /// Forks a model template (template.rs) that connects to `socket` from `work_dir`, once a
-    /// fork server that is starting is ready: the template spares every worker of the model
-    /// loading the handler, which costs more than the wait; `None` as for
-    /// [`ForkServer::fork`].
+    /// Forks a model template (template.rs) that connects to `socket` from `work_dir`; `None`
+    /// as for [`ForkServer::fork`].
     pub(super) async fn fork_template(
         self: &Arc<Self>,
         socket: &Path,
         work_dir: &Path,
     ) -> Option<ForkedWorker> {
-        // An error only means the fork server is gone.
-        let _ = self
-            .starting
-            .subscribe()
-            .wait_for(|starting| !starting)
-            .await;
         let request =
             json!({"kind": "fork", "role": "template", "socket": socket, "cwd": work_dir});
         self.fork_as(request).await
     }
 
     async fn fork_as(self: &Arc<Self>, request: Value) -> Option<ForkedWorker> {
+        self.started().await;
         // In a task of its own: a caller that gives up mid-request leaves no reply unread.
         let server = self.clone();
         let forking = tokio::spawn(async move { server.fork_now(&request).await });
         forking.await.ok().flatten()
+    }
+
+    /// Waits, at most [`START_WAIT`], while a fork server is starting.
+    async fn started(&self) {
+        let mut starting = self.starting.subscribe();
+        let settled = async { drop(starting.wait_for(|starting| !starting).await) };
+        tokio::select! {
+            settled = tokio::time::timeout(START_WAIT, settled) => if settled.is_err() {
+                tracing::warn!(
+                    "the fork server is not ready after {START_WAIT:?}: a worker starts as a \
+                     fresh process"
+                );
+            },
+            () = ABORT.cancelled() => {}
+        }
     }
 
     async fn fork_now(&self, request: &Value) -> Option<ForkedWorker> {
@@ -162,9 +175,7 @@ impl ForkServer {
         let mut delay = RESTART_FIRST;
         loop {
             let started = Instant::now();
-            let stopped = self.run(&env).await;
-            self.starting.send_replace(false);
-            let reason = match stopped {
+            let reason = match self.run(&env).await {
                 Stopped::Failed(reason) => reason,
                 Stopped::Aborted => return,
                 Stopped::Unsafe(reason) => {
@@ -192,8 +203,9 @@ impl ForkServer {
         if ABORT.is_cancelled() {
             return Stopped::Aborted;
         }
-        self.starting.send_replace(true);
         let started = Instant::now();
+        // Fork requests wait until this is dropped: the fork server is ready, or it failed.
+        let starting = Starting::new(&self.starting);
         let socket = env.runtime_dir.join("fork-server.sock");
         let module = "torchyard.forkserver";
         let label = "fork-server";
@@ -226,7 +238,7 @@ impl ForkServer {
             stream,
             broken: broken.clone(),
         });
-        self.starting.send_replace(false);
+        drop(starting);
         let stopped = tokio::select! {
             how = exit_of(&mut child) => Stopped::Failed(format!("it exited: {how}")),
             () = broken.cancelled() => Stopped::Failed("it failed a fork".into()),
@@ -234,6 +246,22 @@ impl ForkServer {
         };
         self.control.lock().await.take();
         stopped
+    }
+}
+
+/// Marks a fork server as starting for as long as it lives.
+struct Starting<'a>(&'a watch::Sender<bool>);
+
+impl<'a> Starting<'a> {
+    fn new(starting: &'a watch::Sender<bool>) -> Self {
+        starting.send_replace(true);
+        Self(starting)
+    }
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        self.0.send_replace(false);
     }
 }
 

@@ -189,23 +189,24 @@ impl WorkerProcess {
         }
     }
 
-    /// With a message unanswered (`busy`), [`WorkerProcess::receive`]; idle, an error once a
-    /// torchrun worker broke (any of its ranks died or spoke out of turn), so that it is
-    /// restarted before it gets work, and never for a worker of one process, whose death is
-    /// noticed when it next gets work. Cancel safe.
+    /// With a message unanswered (`busy`), [`WorkerProcess::receive`]; idle, an error once the
+    /// worker broke (its socket closed because its process died, it spoke out of turn, or, for a
+    /// torchrun worker, any of its ranks did), so that it is restarted before it gets work and
+    /// describe never shows a dead worker `READY`. Cancel safe.
     pub async fn receive_or_break(&mut self, busy: bool) -> std::io::Result<Frame> {
         if busy {
             return self.receive().await;
         }
-        let Some(ranks) = &self.ranks else {
-            return std::future::pending().await;
+        let idle_frame = |frame: std::io::Result<Frame>| match frame {
+            Ok(_) => "the worker sent a frame while idle".to_string(),
+            Err(e) => format!("the worker is gone: {e}"),
         };
-        let reason = tokio::select! {
-            frame = self.frames.next() => match frame {
-                Ok(_) => "rank 0 sent a frame while idle".to_string(),
-                Err(e) => format!("rank 0 is gone: {e}"),
+        let reason = match &self.ranks {
+            None => idle_frame(self.frames.next().await),
+            Some(ranks) => tokio::select! {
+                frame = self.frames.next() => format!("rank 0: {}", idle_frame(frame)),
+                reason = ranks.broken() => reason,
             },
-            reason = ranks.broken() => reason,
         };
         Err(std::io::Error::other(reason))
     }

@@ -201,9 +201,15 @@ async fn supervise(
                 status.set_state(WorkerState::Ready);
                 let exit = serve(&spec, &mut process, &cancel, &pinned).await;
                 spec.ready_workers.fetch_sub(1, Ordering::SeqCst);
-                match exit {
+                match &exit {
                     Exit::Cancelled => process.stop().await,
-                    Exit::Crashed(_) => {
+                    Exit::Crashed(reason) => {
+                        // Describe shows it down, with why, until its successor starts.
+                        status.set_failure(
+                            500,
+                            format!("the worker broke ({reason}); it is restarted"),
+                        );
+                        status.set_state(WorkerState::Failed);
                         process.kill().await;
                         tracing::info!("{label} Worker disconnected. WORKER_MODEL_LOADED");
                     }

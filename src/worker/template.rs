@@ -27,7 +27,8 @@ const FORK_TIMEOUT: Duration = Duration::from_secs(10);
 /// The template of one model, started by its first worker.
 #[derive(Default)]
 pub struct ModelTemplate {
-    /// Locked while a template starts or forks: workers asked for meanwhile wait their turn.
+    /// Locked while a template starts or forks (until it replied, not until the worker
+    /// connected): workers asked for meanwhile wait their turn.
     state: Mutex<State>,
 }
 
@@ -124,6 +125,8 @@ impl ModelTemplate {
                     .await
                     {
                         Ok(Ok(Ok(forked))) => {
+                            // The next worker's fork need not wait until this one connects.
+                            drop(state);
                             let connected = connect_forked(forked, label, listener, socket).await;
                             return connected
                                     .map(|(process, stream)| {
