@@ -8,6 +8,7 @@ use async_channel::{Sender, TrySendError};
 use axum::http::StatusCode;
 use serde_json::{json, Value};
 
+use super::autoscaler::usable_cores;
 use super::definition::ModelDefinition;
 use super::dependencies::venv_python;
 use super::scaling_policy::ModelSample;
@@ -21,7 +22,6 @@ use crate::worker::{
     spawn_worker, Dispatch, JobTickets, Parallelism, StartMode, TorchThreads, WorkerHandle,
     WorkerSpec, WorkerState, WorkerStatus,
 };
-use super::autoscaler::usable_cores;
 
 /// A model version being served.
 pub struct ServedModel {

@@ -321,10 +321,7 @@ async fn start(
     status: &WorkerStatus,
     restarts: usize,
 ) -> Result<WorkerProcess, StartFailure> {
-    let threads = spec
-        .parallel
-        .is_none()
-        .then(|| spec.threads.per_worker());
+    let threads = spec.parallel.is_none().then(|| spec.threads.per_worker());
     let load = ToWorker::Load(LoadMessage {
         model_name: &spec.model_name,
         model_version: &spec.model_version,
