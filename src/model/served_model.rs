@@ -110,14 +110,16 @@ impl crate::versioned::Versioned for ServedModel {
             },
             "autoscaling": self.autoscaling(),
         });
-        if self.spec.parallel.is_none() {
-            model["threadsPerWorker"] = json!(self.spec.threads.per_worker());
-            model["threadsConfigured"] = json!(self.spec.threads.configured());
-        }
-        if let Some(parallel) = &self.spec.parallel {
-            model["parallelType"] = json!(parallel.kind.as_str());
-            model["parallelLevel"] = json!(parallel.level);
-            model["ranksPerWorker"] = json!(parallel.ranks());
+        match &self.spec.parallel {
+            Some(parallel) => {
+                model["parallelType"] = json!(parallel.kind.as_str());
+                model["parallelLevel"] = json!(parallel.level);
+                model["ranksPerWorker"] = json!(parallel.ranks());
+            }
+            None => {
+                model["threadsPerWorker"] = json!(self.spec.threads.per_worker());
+                model["threadsConfigured"] = json!(self.spec.threads.configured());
+            }
         }
         model
     }
