@@ -65,6 +65,9 @@ pub struct ServerConfig {
     /// Whether workers are forked from a fork server that has imported torch already
     /// (`fork_workers`, default true), rather than each started as a fresh interpreter.
     pub fork_workers: bool,
+    /// Torch threads of each worker (`threads_per_worker`, else the server's `OMP_NUM_THREADS`);
+    /// `None`: the cores shared among a model's workers (src/worker/threads.rs).
+    pub threads_per_worker: Option<usize>,
     /// Whether an archive's requirements.txt is installed for its model.
     pub install_py_dep_per_model: bool,
     /// Whether the APIs require the Bearer keys of key_file.json.
@@ -357,6 +360,13 @@ impl ServerConfig {
                 scale_down_idle: Duration::from_millis(number("scale_down_idle_ms", 10_000)? as u64),
             },
             fork_workers: unless_false("fork_workers"),
+            threads_per_worker: match get("threads_per_worker") {
+                Some(_) => Some(limit("threads_per_worker", 1)? as usize),
+                None => std::env::var("OMP_NUM_THREADS")
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                    .filter(|&n: &usize| n > 0),
+            },
             token_auth: !switch("disable_token_authorization", args.disable_token_auth),
             token_lifetime: token_lifetime(get("token_expiration_min"))?,
             model_api_enabled: switch("enable_model_api", args.enable_model_api),

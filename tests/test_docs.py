@@ -67,6 +67,7 @@ VALUES = {
     "model_snapshot": '{"models": {}}',
     "workflow_snapshot": '{"workflows": []}',
     "default_workers_per_model": "1",
+    "threads_per_worker": "1",
     "max_workers_per_model": "128",
     "job_queue_size": "100",
     "default_response_timeout": "120",

@@ -19,7 +19,7 @@ import time
 import traceback
 from typing import Any, Optional, Sequence
 
-from . import envelopes
+from . import envelopes, threads
 from .codec import Blob
 from .framing import FrameReader, ProtocolError, write_frame
 from .metrics import drain
@@ -87,6 +87,7 @@ async def _answer(worker: Any, msg: dict, blobs: list, send) -> None:
         header, bodies = error_reply(f"unexpected message {msg.get('kind')!r}: the handler is "
                                      "loaded", 500, "InternalServerException")
     else:
+        threads.apply(msg.get("threads"))
         header, bodies = await _run(worker, msg, blobs, number, send)
     if worker.pending_metrics:
         header["metrics"] = drain(worker.pending_metrics)

@@ -234,6 +234,9 @@ def become_template(control: socket.socket, start_dir: str, request: dict,
     for fd in extra:
         os.close(fd)
     loaded = worker.Worker()
+    # Each forked worker sets its own torch threads: setting them here would start a thread
+    # pool (pthreadpool's) that makes forking unsafe.
+    msg.pop("threads", None)
     restore_threads = single_threaded_torch()
     reply, _ = loaded.handle(msg, [])
     if reply.get("kind") != "loaded":

@@ -20,7 +20,7 @@ from collections import deque
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .codec import JSON, Blob, decode
-from . import async_loop, continuous as continuous_batching, envelopes
+from . import async_loop, continuous as continuous_batching, envelopes, threads
 from .context import Context
 from .metrics import Metric, Metrics, drain
 from .framing import FrameReader, ProtocolError, write_frame
@@ -122,6 +122,7 @@ class Worker:
         self.asynchronous = async_loop.enabled(msg.get("model_yaml_config"), msg.get("segment"))
         self.context.intermediate_sink = self.send_intermediate
         segment = msg.get("segment")
+        threads.apply(msg.get("threads"))
         try:
             if segment and not any(node.get("model") for node in segment):
                 self.entry = Segment.load(segment, msg["model_dir"], context)
@@ -133,6 +134,7 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - the server reports the failed load
             log.error("loading handler %s failed:\n%s", msg["handler"], traceback.format_exc())
             return exception_reply(exc, "InternalServerException")
+        threads.apply(msg.get("threads"))  # torch, if the handler imported it, is told now
         log.info("loaded model %s with handler %s", msg["model_name"], msg["handler"])
         return {"kind": "loaded", "pid": os.getpid()}, ()
 
@@ -142,6 +144,7 @@ class Worker:
         self.forked = False
         self.context.system_properties["gpu_id"] = msg.get("gpu_id")
         self.context.metrics.set_request_ids({0: str(uuid.uuid4())})
+        threads.apply(msg.get("threads"))
         log.info("forked from the template of model %s, handler %s already initialised",
                  msg["model_name"], msg["handler"])
         return {"kind": "loaded", "pid": os.getpid()}, ()
@@ -150,6 +153,7 @@ class Worker:
         """The reply to a batch; a `predicted` one says in `prediction_us` how long the
         worker took from calling the handler to the reply being ready: TorchServe's
         `PredictionTime`, which the server exports."""
+        threads.apply(msg.get("threads"))
         requests = msg["requests"]
         data, refused = [], []
         for i, request in enumerate(requests):

@@ -23,6 +23,8 @@ pub struct ModelConfig {
     pub job_queue_size: Option<usize>,
     pub use_job_ticket: bool,
     pub use_venv: bool,
+    /// Torch threads of each worker (`threadsPerWorker`, at least 1).
+    pub threads_per_worker: Option<usize>,
     pub raw: serde_json::Value,
 }
 
@@ -42,6 +44,7 @@ struct Known {
     use_job_ticket: bool,
     #[serde(default)]
     use_venv: bool,
+    threads_per_worker: Option<usize>,
     /// Only checked to be a boolean here; the worker's model template reads it from `raw`.
     #[serde(default, rename = "forkAfterInitialize")]
     _fork_after_initialize: Option<bool>,
@@ -73,6 +76,7 @@ impl ModelConfig {
             job_queue_size: known.job_queue_size.filter(|&n| n > 0),
             use_job_ticket: known.use_job_ticket,
             use_venv: known.use_venv,
+            threads_per_worker: known.threads_per_worker.filter(|&n| n > 0),
             raw,
         })
     }

@@ -25,6 +25,9 @@ pub struct ModelSettings {
     pub client_timeout: Option<Duration>,
     /// Whether a request is refused at once unless a worker is free to take it.
     pub use_job_ticket: bool,
+    /// Torch threads of each worker when configured (`threadsPerWorker`, the server's
+    /// `threads_per_worker`); `None`: the cores shared among the workers.
+    pub threads_per_worker: Option<usize>,
 }
 
 impl ModelSettings {
@@ -45,6 +48,7 @@ impl ModelSettings {
             max_retry_timeout: Self::DEFAULT_MAX_RETRY_TIMEOUT,
             client_timeout: None,
             use_job_ticket: false,
+            threads_per_worker: config.threads_per_worker,
         }
     }
 

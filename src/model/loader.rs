@@ -275,6 +275,7 @@ fn definition(
             .map(|ms| bounded("clientTimeoutInMills", ms, Duration::from_millis))
             .transpose()?,
         use_job_ticket: config.use_job_ticket,
+        threads_per_worker: config.threads_per_worker.or(defaults.threads_per_worker),
     };
     Ok(ModelDefinition {
         version,

@@ -8,6 +8,7 @@ use async_channel::{Sender, TrySendError};
 use axum::http::StatusCode;
 use serde_json::{json, Value};
 
+use super::autoscaler::usable_cores;
 use super::definition::ModelDefinition;
 use super::dependencies::venv_python;
 use super::scaling_policy::ModelSample;
@@ -18,8 +19,8 @@ use crate::job::{InferenceRequest, Job, JobResult};
 use crate::metrics::ModelMetrics;
 use crate::python_env::PythonEnv;
 use crate::worker::{
-    spawn_worker, Dispatch, JobTickets, Parallelism, StartMode, WorkerHandle, WorkerSpec,
-    WorkerState, WorkerStatus,
+    spawn_worker, Dispatch, JobTickets, Parallelism, StartMode, TorchThreads, WorkerHandle,
+    WorkerSpec, WorkerState, WorkerStatus,
 };
 
 /// A model version being served.
@@ -109,10 +110,16 @@ impl crate::versioned::Versioned for ServedModel {
             },
             "autoscaling": self.autoscaling(),
         });
-        if let Some(parallel) = &self.spec.parallel {
-            model["parallelType"] = json!(parallel.kind.as_str());
-            model["parallelLevel"] = json!(parallel.level);
-            model["ranksPerWorker"] = json!(parallel.ranks());
+        match &self.spec.parallel {
+            Some(parallel) => {
+                model["parallelType"] = json!(parallel.kind.as_str());
+                model["parallelLevel"] = json!(parallel.level);
+                model["ranksPerWorker"] = json!(parallel.ranks());
+            }
+            None => {
+                model["threadsPerWorker"] = json!(self.spec.threads.per_worker());
+                model["threadsConfigured"] = json!(self.spec.threads.configured());
+            }
         }
         model
     }
@@ -177,6 +184,7 @@ impl ServedModel {
             ready_workers: AtomicUsize::new(0),
             unanswered_in_a_row: AtomicUsize::new(0),
             retired_workers: AtomicUsize::new(0),
+            threads: TorchThreads::new(def.settings.threads_per_worker, usable_cores()),
             template: Default::default(),
         });
         let pool = Pool {
@@ -356,6 +364,7 @@ impl ServedModel {
             let mut pool = self.pool.lock().expect("pool lock");
             pool.min = min;
             pool.max = max.max(min);
+            self.set_target(min);
             let mut started = Vec::new();
             while pool.workers.len() < min {
                 let id = pool.next_id;
@@ -368,7 +377,6 @@ impl ServedModel {
             let stopped = pool.workers.split_off(keep);
             (started, stopped)
         };
-        self.target_workers.store(min, Ordering::SeqCst);
         for worker in &stopped {
             worker.stop();
         }
@@ -487,8 +495,8 @@ impl ServedModel {
         }
         let id = pool.next_id;
         pool.next_id += 1;
+        self.set_target(count + 1);
         pool.workers.push(spawn_worker(self.spec.clone(), id));
-        self.target_workers.store(count + 1, Ordering::SeqCst);
         true
     }
 
@@ -507,9 +515,15 @@ impl ServedModel {
             return false;
         };
         worker.stop();
-        self.target_workers.store(count - 1, Ordering::SeqCst);
+        self.set_target(count - 1);
         tokio::spawn(worker.join());
         true
+    }
+
+    /// Sets the workers wanted now, and shares the cores among them.
+    fn set_target(&self, workers: usize) {
+        self.spec.threads.resize(workers);
+        self.target_workers.store(workers, Ordering::SeqCst);
     }
 
     /// The autoscaler's view of the model, as describe shows it.

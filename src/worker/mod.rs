@@ -14,6 +14,7 @@ mod rank_group;
 mod status;
 mod supervisor;
 mod template;
+mod threads;
 
 pub use dispatch::Dispatch;
 pub use fork_server::ForkServer;
@@ -21,3 +22,4 @@ pub use process::abort_all;
 pub use rank_group::Parallelism;
 pub use status::{StartMode, WorkerState, WorkerStatus};
 pub use supervisor::{spawn_worker, JobTickets, WorkerHandle, WorkerSpec};
+pub use threads::TorchThreads;

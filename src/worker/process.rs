@@ -31,6 +31,9 @@ pub struct WorkerProcess {
     out: OwnedWriteHalf,
     /// A torchrun worker's ranks after the first, which this process (rank 0) speaks for.
     ranks: Option<OtherRanks>,
+    /// The torch threads per worker the worker was last told; `None`: it is not told (a
+    /// torchrun worker, whose ranks take `OMP_NUM_THREADS`).
+    pub(super) threads: Option<usize>,
 }
 
 /// A worker's process, as the server holds it.
@@ -125,6 +128,7 @@ impl WorkerProcess {
             frames: FrameReader::new(input),
             out,
             ranks: None,
+            threads: None,
         }
     }
 
@@ -219,6 +223,7 @@ impl WorkerProcess {
             frames,
             out,
             ranks,
+            ..
         } = self;
         drop((frames, out));
         let first = async {

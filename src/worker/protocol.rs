@@ -22,6 +22,9 @@ pub enum ToWorker<'a> {
         /// An async worker's number for the batch, which its replies name.
         #[serde(skip_serializing_if = "Option::is_none")]
         batch: Option<u64>,
+        /// Torch threads the worker is to run from this batch on, when they changed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        threads: Option<usize>,
     },
     /// Stop the running batch's requests `ids`: their clients went away. No reply.
     Cancel {
@@ -50,6 +53,9 @@ pub struct LoadMessage<'a> {
     pub metrics: &'a [Declaration],
     pub server_name: &'a str,
     pub server_version: &'a str,
+    /// Torch intra-op and inter-op threads the worker runs (src/worker/threads.rs); `None`:
+    /// torch's default (a torchrun worker's ranks take `OMP_NUM_THREADS`).
+    pub threads: Option<usize>,
     /// Set for a fused workflow segment: the worker runs these nodes in turn on a request
     /// that asks for it (`segment` in `predict`), and on every request when none of them is
     /// the model's own `handler`.

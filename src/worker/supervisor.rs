@@ -22,6 +22,7 @@ use super::protocol::{
 use super::rank_group::Parallelism;
 use super::status::{WorkerState, WorkerStatus};
 use super::template::ModelTemplate;
+use super::threads::TorchThreads;
 use super::{async_worker, continuous};
 use crate::error::ApiError;
 use crate::gpu::ModelGpus;
@@ -69,6 +70,8 @@ pub struct WorkerSpec {
     pub ready_workers: AtomicUsize,
     /// The process that loads the handler once and forks the workers (template.rs).
     pub template: ModelTemplate,
+    /// Torch threads each worker runs.
+    pub threads: TorchThreads,
     /// Workers that gave up restarting (past `max_retry_timeout`) and serve no more.
     pub retired_workers: AtomicUsize,
     /// Batches in a row that got no answer within `response_timeout` (TorchServe logs the count).
@@ -324,6 +327,7 @@ async fn start(
     status: &WorkerStatus,
     restarts: usize,
 ) -> Result<WorkerProcess, StartFailure> {
+    let threads = spec.parallel.is_none().then(|| spec.threads.per_worker());
     let load = ToWorker::Load(LoadMessage {
         model_name: &spec.model_name,
         model_version: &spec.model_version,
@@ -339,6 +343,7 @@ async fn start(
         metrics: spec.metrics.declared_handler_metrics(),
         server_name: "torchyard",
         server_version: env!("CARGO_PKG_VERSION"),
+        threads,
         segment: spec.segment.as_deref(),
     });
     let process = match &spec.parallel {
@@ -367,6 +372,7 @@ async fn start(
     };
     let mut process =
         process.map_err(|e| StartFailure::server(format!("cannot start worker: {e}")))?;
+    process.threads = threads;
     status.set_start_mode(process.start_mode());
     let loaded = tokio::time::timeout(spec.startup_timeout, process.call(&load, &[])).await;
     let Ok(reply) = loaded else {
@@ -677,11 +683,19 @@ pub(super) async fn dispatch(
                 .collect(),
         })
         .collect();
+    let threads = process
+        .threads
+        .map(|_| spec.threads.per_worker())
+        .filter(|&wanted| process.threads != Some(wanted));
     let message = ToWorker::Predict {
         requests,
         blobs: blobs.iter().map(|b| b.len()).collect(),
         batch: number,
+        threads,
     };
+    if threads.is_some() {
+        process.threads = threads;
+    }
     process
         .send(&message, &blobs)
         .await

@@ -1,0 +1,359 @@
+"""Real models through TorchServe 0.12 and torchyard, against the ceiling: ResNet-18
+(TorchScript, built-in `image_classifier`, JPEG bodies), a BERT-style text classifier (a
+`transformers` model built from a small config, random weights, its own handler) and a detector
+(torchvision's Faster R-CNN MobileNetV3-320, random weights, built-in `object_detector`).
+
+The ceiling is the same handler's preprocess, inference and postprocess called in a loop in
+bare Python processes, no server: every processes x threads x batch size that fits the cores,
+the best one counted. Each server then runs each model at the ceiling's best worker count and
+batch size (`batch_size` and enough clients for every worker to have a full batch queued),
+driven by wrk with the same body; torchyard's workers get their torch threads from the server
+(cores / workers), TorchServe's run torch's default. Writes the "Real models" section of
+bench/results.md."""
+
+import argparse
+import importlib
+import json
+import multiprocessing
+import os
+import queue
+import re
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import requests
+
+import compare
+from compare import OUT, PORTS, REPO
+
+WORK = OUT / "real"
+STORE = WORK / "store"
+CORES = len(os.sched_getaffinity(0))
+#: A BERT-mini-sized encoder: BERT-base (12 layers, hidden 768) answers a few sequences per
+#: second on 2 cores, too few to measure in seconds.
+BERT = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
+        "intermediate_size": 1024, "num_labels": 2, "max_position_embeddings": 512}
+SEQUENCE = 128
+
+BERT_HANDLER = '''
+import os
+
+import torch
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+from ts.torch_handler.base_handler import BaseHandler
+
+
+class BertClassifier(BaseHandler):
+    """A text classifier: texts in, {label, score} out; padded to 128 tokens."""
+
+    def initialize(self, context):
+        model_dir = context.system_properties["model_dir"]
+        config = BertConfig.from_json_file(os.path.join(model_dir, "bert_config.json"))
+        self.model = BertForSequenceClassification(config).eval()
+        self.model.load_state_dict(torch.load(os.path.join(model_dir, "bert.pt")))
+        self.tokenizer = BertTokenizerFast(vocab_file=os.path.join(model_dir, "vocab.txt"))
+        self.initialized = True
+
+    def preprocess(self, data):
+        texts = [row.get("data") or row.get("body") for row in data]
+        texts = [bytes(t).decode() if isinstance(t, (bytes, bytearray)) else str(t) for t in texts]
+        return self.tokenizer(texts, padding="max_length", truncation=True, max_length=128,
+                              return_tensors="pt")
+
+    def inference(self, inputs):
+        with torch.inference_mode():
+            return self.model(**inputs).logits
+
+    def postprocess(self, logits):
+        scores, labels = logits.softmax(-1).max(-1)
+        return [{"label": int(l), "score": float(s)} for s, l in zip(scores, labels)]
+'''
+
+DETECTOR = '''
+import torch
+from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
+
+
+class Detector(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.model = fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None)
+
+    def forward(self, images):
+        return self.model(images)
+'''
+
+#: name: (what the bench calls an item, body file, content type, batch sizes the ceiling tries)
+MODELS = {"resnet18": ("images", "photo.jpg", "image/jpeg", (1, 4, 8)),
+          "bert": ("sequences", "text.txt", "text/plain", (1, 4, 8)),
+          "detector": ("images", "photo.jpg", "image/jpeg", (1, 2, 4))}
+
+
+def jpeg(path: Path):
+    """A 640 x 480 photo-like JPEG: gradients, shapes and noise, about 100 KB."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:480, 0:640]
+    pixels = np.stack([x / 640 * 255, y / 480 * 255, (x + y) % 256], -1)
+    pixels += rng.normal(0, 18, pixels.shape)
+    image = Image.fromarray(pixels.clip(0, 255).astype("uint8"))
+    draw = ImageDraw.Draw(image)
+    for _ in range(12):
+        x0, y0 = rng.integers(0, 560), rng.integers(0, 400)
+        draw.ellipse([x0, y0, x0 + rng.integers(20, 80), y0 + rng.integers(20, 80)],
+                     fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+    image.save(path, quality=90)
+
+
+def build(archiver: Path):
+    """The three models as .mar files made with TorchServe's archiver, and the bodies."""
+    import torch
+    import torchvision
+    from transformers import BertConfig, BertForSequenceClassification
+
+    src = WORK / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    STORE.mkdir(parents=True, exist_ok=True)
+    jpeg(WORK / "photo.jpg")
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet18(weights=None).eval()
+    torch.jit.script(resnet).save(str(src / "resnet18.pt"))
+    # A vocabulary of made-up words, and a text of 100 of them (truncated to 128 tokens).
+    syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "pa"]
+    words = [a + b + c for a in syllables for b in syllables for c in syllables]
+    (src / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]))
+    (WORK / "text.txt").write_text(" ".join(words[i * 37 % len(words)] for i in range(100)))
+    config = BertConfig(vocab_size=len(words) + 5, **BERT)
+    (src / "bert_config.json").write_text(config.to_json_string())
+    torch.save(BertForSequenceClassification(config).state_dict(), src / "bert.pt")
+    (src / "bert_handler.py").write_text(BERT_HANDLER)
+    (src / "detector.py").write_text(DETECTOR)
+    torch.save(_detector_state(src), src / "detector.pth")
+    arguments = {
+        "resnet18": ["--serialized-file", src / "resnet18.pt", "--handler", "image_classifier"],
+        "bert": ["--serialized-file", src / "bert.pt", "--handler", src / "bert_handler.py",
+                 "--extra-files", f"{src / 'bert_config.json'},{src / 'vocab.txt'}"],
+        "detector": ["--serialized-file", src / "detector.pth", "--model-file",
+                     src / "detector.py", "--handler", "object_detector"],
+    }
+    for name, args in arguments.items():
+        subprocess.run([archiver, "--model-name", name, "-v", "1.0", *args, "--export-path",
+                        STORE, "-f"], check=True)
+
+
+def _detector_state(src: Path) -> dict:
+    sys.path.insert(0, str(src))
+    try:
+        return importlib.import_module("detector").Detector().state_dict()
+    finally:
+        sys.path.remove(str(src))
+
+
+def unpacked(name: str) -> Path:
+    """The model's archive unpacked, for the ceiling's processes."""
+    where = WORK / "unpacked" / name
+    if not where.exists():
+        with zipfile.ZipFile(STORE / f"{name}.mar") as archive:
+            archive.extractall(where)
+    return where
+
+
+def ceiling_process(name, threads, batch, seconds, barrier, results):
+    """One bare process: the handler TorchServe would load, called in a loop on `batch` bodies
+    after one warm-up call; puts (items, seconds, per-call latencies in ms)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.set_num_interop_threads(threads)
+    from ts.context import Context
+    from ts.utils.util import list_classes_from_module
+
+    model_dir = unpacked(name)
+    manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
+    handler = manifest["model"]["handler"]
+    sys.path.insert(0, str(model_dir))
+    module = importlib.import_module(handler[:-3] if handler.endswith(".py")
+                                     else f"ts.torch_handler.{handler}")
+    service = list_classes_from_module(module)[-1]()
+    service.initialize(Context(name, str(model_dir), manifest, batch, None, "0.12.0",
+                                model_yaml_config={}))
+    body = (WORK / MODELS[name][1]).read_bytes()
+    rows = [{"body": bytearray(body)} for _ in range(batch)]
+
+    def call():
+        return service.postprocess(service.inference(service.preprocess(rows)))
+
+    call()
+    barrier.wait()
+    latencies, started = [], time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        began = time.perf_counter()
+        call()
+        latencies.append((time.perf_counter() - began) * 1000)
+    results.put((len(latencies) * batch, time.perf_counter() - started, latencies))
+
+
+def percentile(values, share):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * share))]
+
+
+def ceiling(name: str, seconds: float) -> list:
+    """Every processes x threads (filling the cores) x batch size the model lists, measured."""
+    spawn = multiprocessing.get_context("spawn")
+    rows = []
+    placements = sorted({(p, CORES // p) for p in (1, 2, 4) if p <= CORES})
+    for processes, threads in placements:
+        for batch in MODELS[name][3]:
+            barrier, results = spawn.Barrier(processes), spawn.Queue()
+            workers = [spawn.Process(target=ceiling_process,
+                                     args=(name, threads, batch, seconds, barrier, results))
+                       for _ in range(processes)]
+            for worker in workers:
+                worker.start()
+            done = []
+            while len(done) < processes:
+                try:
+                    done.append(results.get(timeout=1))
+                except queue.Empty:
+                    if any(w.exitcode not in (None, 0) for w in workers):
+                        for worker in workers:
+                            worker.kill()
+                        raise RuntimeError(f"a ceiling process of {name} failed")
+            for worker in workers:
+                worker.join()
+            latencies = [ms for _, _, each in done for ms in each]
+            row = {"processes": processes, "threads": threads, "batch": batch,
+                   "rate": sum(items / took for items, took, _ in done),
+                   "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99)}
+            print("ceiling", name, row, flush=True)
+            rows.append(row)
+    return rows
+
+
+def serve(server: str, command: list, env: dict, plans: dict, seconds: int) -> dict:
+    """Starts one server, runs every model at its plan (workers, batch size) in turn, each
+    registered alone, and stops the server."""
+    base = f"http://127.0.0.1:{PORTS['inference']}"
+    management = f"http://127.0.0.1:{PORTS['management']}"
+    log = open(OUT / f"real-{server}.log", "w")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=OUT)
+    results = {}
+    try:
+        compare.wait_ready(f"{base}/ping", 120)
+        for name, plan in plans.items():
+            workers, batch = plan["processes"], plan["batch"]
+            requests.post(f"{management}/models", timeout=600, params={
+                "url": f"{name}.mar", "initial_workers": workers, "batch_size": batch,
+                "max_batch_delay": 50, "synchronous": "true"}).raise_for_status()
+            os.environ["BODY_FILE"] = str(WORK / MODELS[name][1])
+            os.environ["BODY_TYPE"] = MODELS[name][2]
+            clients = 2 * workers * batch
+            url = f"{base}/predictions/{name}"
+            compare.wrk(url, clients, 3, "body.lua")
+            row = compare.wrk(url, clients, seconds, "body.lua")
+            described = requests.get(f"{management}/models/{name}", timeout=10).json()[0]
+            row.update(clients=clients, threads=described.get("threadsPerWorker"))
+            results[name] = row
+            print(server, name, row, flush=True)
+            requests.delete(f"{management}/models/{name}", timeout=120).raise_for_status()
+    finally:
+        process.terminate()
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        subprocess.run(["pkill", "-f", "org.pytorch.serve.ModelServer"], check=False)
+        compare.wait_ports_free()
+    return results
+
+
+def table(ceilings: dict, plans: dict, ts: dict, ty: dict) -> str:
+    lines = ["| model | ceiling: processes × threads, batch | ceiling items/s | ceiling p50 / p99 "
+             "ms per batch | TorchServe items/s | TorchServe p50 / p99 ms | torchyard items/s "
+             "(threads per worker) | torchyard p50 / p99 ms | torchyard / ceiling | torchyard / "
+             "TorchServe | errors (TS / ty) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, plan in plans.items():
+        a, b = ts[name], ty[name]
+        vs_torchserve = f"{b['rps'] / a['rps']:.2f}×" if a["rps"] else "n/a (TorchServe stalled)"
+        lines.append(
+            f"| {name} ({MODELS[name][0]}) | {plan['processes']} × {plan['threads']}, "
+            f"{plan['batch']} | {plan['rate']:.1f} | {plan['p50']:.0f} / {plan['p99']:.0f} | "
+            f"{a['rps']:.1f} | {a['p50']:.0f} / {a['p99']:.0f} | {b['rps']:.1f} ({b['threads']}) "
+            f"| {b['p50']:.0f} / {b['p99']:.0f} | {b['rps'] / plan['rate']:.2f}× | "
+            f"{vs_torchserve} | {a['errors']} / {b['errors']} |")
+    lines += ["", "Every ceiling configuration (items/s; p50 / p99 ms per batch call):", "",
+              "| model | processes × threads | batch | items/s | p50 / p99 ms |",
+              "|---|---|---|---|---|"]
+    for name, rows in ceilings.items():
+        for r in rows:
+            lines.append(f"| {name} | {r['processes']} × {r['threads']} | {r['batch']} | "
+                         f"{r['rate']:.1f} | {r['p50']:.0f} / {r['p99']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_section(text: str):
+    """Replaces the "Real models" section of bench/results.md (appends it the first time)."""
+    path = REPO / "bench" / "results.md"
+    current = path.read_text() if path.exists() else ""
+    head, found, rest = current.partition("\n## Real models")
+    tail = rest.split("\n## ", 1)[1] if found and "\n## " in rest else ""
+    path.write_text(head.rstrip("\n") + "\n\n" + text + ("\n## " + tail if tail else ""))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--venv", type=Path, required=True,
+                        help="the venv with TorchServe, torchvision and transformers")
+    parser.add_argument("--seconds", type=int, default=10, help="per server measurement")
+    parser.add_argument("--ceiling-seconds", type=float, default=4.0,
+                        help="per ceiling configuration")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--rebuild", action="store_true",
+                        help="remake the archives and bodies even when they exist")
+    args = parser.parse_args()
+    venv = args.venv.resolve()
+    names = [n for n in args.models.split(",") if n]
+    if args.rebuild or not all((STORE / f"{name}.mar").exists() for name in MODELS):
+        build(OUT / "ts-venv" / "bin" / "torch-model-archiver")
+    ceilings = {name: ceiling(name, args.ceiling_seconds) for name in names}
+    plans = {name: max(rows, key=lambda r: r["rate"]) for name, rows in ceilings.items()}
+    python = str(venv / "bin" / "python")
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(OUT)}
+    config = compare.write_config(OUT / "real.properties", STORE)
+    torchserve = serve("torchserve", [python, "-c", "from ts.model_server import start; start()",
+                                      "--start", "--foreground", "--ncs", "--model-store",
+                                      str(STORE), "--ts-config", str(config),
+                                      "--disable-token-auth", "--enable-model-api"],
+                       env, plans, args.seconds)
+    torchyard = serve("torchyard", [str(REPO / "target" / "release" / "torchyard"), "serve",
+                                    "--ncs", "--disable-token-auth", "--enable-model-api",
+                                    "--model-store", str(STORE), "--config", str(config),
+                                    "--python", python], env, plans, args.seconds)
+    cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
+    header = (f"## Real models (`bench/realmodels.sh`, {CORES} cores, "
+              f"{cpu.group(1) if cpu else 'unknown CPU'})\n\n"
+              f"One run: the ceiling ({args.ceiling_seconds:g} s per configuration, bare "
+              f"processes calling the handler's preprocess, inference and postprocess), then "
+              f"TorchServe 0.12 and torchyard one after the other at the ceiling's best "
+              f"processes (as workers) and batch size, max batch delay 50 ms, "
+              f"2 × workers × batch wrk clients, {args.seconds} s after a 3 s warm-up, the same "
+              f"archives (TorchServe's archiver), handlers and venv. The cores were shared with "
+              f"other engineers' builds. BERT is BERT-mini sized ({BERT['num_hidden_layers']} "
+              f"layers, hidden {BERT['hidden_size']}), {SEQUENCE} tokens; the detector is "
+              f"Faster R-CNN MobileNetV3-Large 320 FPN; all weights random; images are one "
+              f"{(WORK / 'photo.jpg').stat().st_size // 1024} KB 640 × 480 JPEG.\n\n")
+    result = header + table(ceilings, plans, torchserve, torchyard)
+    write_section(result)
+    (OUT / "realmodels.json").write_text(json.dumps(
+        {"ceilings": ceilings, "torchserve": torchserve, "torchyard": torchyard}, indent=1))
+    print(result)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
