@@ -63,10 +63,14 @@ class Worker:
         #: Forked from the model's template: the handler is loaded already, and `load` only
         #: gives this worker its own identity (see `adopt`).
         self.forked = False
+        #: Outputs of at least this many bytes go back in shared memory (0: never).
+        self.share_above = 0
 
     def handle(self, msg: dict, blobs: List[bytearray]) -> Reply:
         """The reply to one message."""
         kind = msg.get("kind")
+        if kind == "load":
+            self.share_above = msg.get("shared_memory_threshold") or 0
         if kind == "load" and self.entry is None:
             return self.load(msg)
         if kind == "load" and self.forked:
@@ -251,7 +255,7 @@ def merge_replies(count: int, parts: Sequence[Tuple[Sequence[int], Reply]]) -> R
 
 def serve(sock: socket.socket, worker: Worker) -> None:
     """Answers messages until the server closes the socket."""
-    worker.send = lambda header, bodies: write_frame(sock, header, bodies)
+    worker.send = lambda header, bodies: write_frame(sock, header, bodies, worker.share_above)
     frames = FrameReader(sock)
     metrics_sent = 0.0
     while True:
@@ -266,7 +270,7 @@ def serve(sock: socket.socket, worker: Worker) -> None:
                     header["metrics"] = drain(worker.pending_metrics)
                     metrics_sent = now
             try:
-                write_frame(sock, header, bodies)
+                write_frame(sock, header, bodies, worker.share_above)
             except ProtocolError as exc:  # too large to send; nothing went out
                 log.error("%s", exc)
                 write_frame(sock, *error_reply(f"{type(exc).__name__}: {exc}"))
