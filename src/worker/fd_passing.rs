@@ -45,7 +45,12 @@ pub async fn receive(stream: &UnixStream, max: usize) -> io::Result<Vec<OwnedFd>
     let mut fds = Vec::new();
     let received = stream
         .async_io(Interest::READABLE, || {
-            receive_with(stream.as_raw_fd(), &mut [MaybeUninit::new(0)], max, &mut fds)
+            receive_with(
+                stream.as_raw_fd(),
+                &mut [MaybeUninit::new(0)],
+                max,
+                &mut fds,
+            )
         })
         .await?;
     if received == 0 {

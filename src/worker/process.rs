@@ -138,9 +138,7 @@ impl WorkerProcess {
     }
 
     /// The process, its frames and its socket's write half.
-    pub(super) fn into_parts(
-        self,
-    ) -> (Process, FrameReader<DescriptorReader>, OwnedWriteHalf) {
+    pub(super) fn into_parts(self) -> (Process, FrameReader<DescriptorReader>, OwnedWriteHalf) {
         (self.process, self.frames, self.out)
     }
 
