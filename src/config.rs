@@ -64,8 +64,7 @@ pub struct ServerConfig {
     /// (`fork_workers`, default true), rather than each started as a fresh interpreter.
     pub fork_workers: bool,
     /// Request bodies and handler outputs of at least this many bytes travel between server
-    /// and workers in shared memory (`shared_memory_threshold`, default 256 KiB; 0 or less:
-    /// never).
+    /// and workers in shared memory (`shared_memory_threshold`, default 0; 0 or less: never).
     pub shared_memory_threshold: usize,
     /// Whether an archive's requirements.txt is installed for its model.
     pub install_py_dep_per_model: bool,
@@ -485,8 +484,9 @@ fn program_path(cwd: &Path, program: PathBuf) -> PathBuf {
 
 /// TorchServe's request envelopes (ts/torch_handler/request_envelope/), which the worker
 /// implements (python/torchyard/envelopes.py).
-/// `shared_memory_threshold` unless set: 256 KiB, past the bodies a socket write takes at once.
-const DEFAULT_SHARED_MEMORY_THRESHOLD: usize = 256 * 1024;
+/// `shared_memory_threshold` unless set: off. A memfd per message measured slower than the
+/// socket for 1 and 8 MB echoes (docs/performance.md, "Big bodies").
+const DEFAULT_SHARED_MEMORY_THRESHOLD: usize = 0;
 
 pub const ENVELOPES: [&str; 4] = ["body", "json", "kserve", "kservev2"];
 
@@ -621,7 +621,7 @@ mod tests {
         assert_eq!(defaults.connection_idle_timeout, Duration::from_secs(60));
         assert_eq!(defaults.max_connections, None);
         assert!(defaults.fork_workers);
-        assert_eq!(defaults.shared_memory_threshold, 256 * 1024);
+        assert_eq!(defaults.shared_memory_threshold, 0);
         let set = config(
             "connection_header_read_timeout_ms=1000\nmax_connections=50\nfork_workers=False\n",
         );

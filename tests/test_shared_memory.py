@@ -134,7 +134,7 @@ def test_a_multipart_part_above_the_threshold_comes_in_shared_memory(server):
 
 def test_a_large_answer_is_sent_from_the_mapped_reply(server):
     """The server holds the worker's memfd mapped while a slow client reads the answer."""
-    body = body_of(48 * MB)
+    body = body_of(60 * MB)
     answer = requests.post(f"{server.inference}/predictions/echo", data=body, timeout=60,
                            headers={"content-type": "application/octet-stream"}, stream=True)
     assert answer.status_code == 200
