@@ -68,6 +68,9 @@ pub struct ServerConfig {
     /// Torch threads of each worker (`threads_per_worker`, else the server's `OMP_NUM_THREADS`);
     /// `None`: the cores shared among a model's workers (src/worker/threads.rs).
     pub threads_per_worker: Option<usize>,
+    /// Request bodies and handler outputs of at least this many bytes travel between server
+    /// and workers in shared memory (`shared_memory_threshold`, default 0; 0 or less: never).
+    pub shared_memory_threshold: usize,
     /// Whether an archive's requirements.txt is installed for its model.
     pub install_py_dep_per_model: bool,
     /// Whether the APIs require the Bearer keys of key_file.json.
@@ -367,6 +370,15 @@ impl ServerConfig {
                     .and_then(|v| v.trim().parse().ok())
                     .filter(|&n: &usize| n > 0),
             },
+            shared_memory_threshold: get("shared_memory_threshold").map_or(
+                Ok(DEFAULT_SHARED_MEMORY_THRESHOLD),
+                |v| {
+                    v.trim()
+                        .parse::<i64>()
+                        .map(|n| usize::try_from(n).unwrap_or(0))
+                        .with_context(|| format!("invalid shared_memory_threshold: {v:?}"))
+                },
+            )?,
             token_auth: !switch("disable_token_authorization", args.disable_token_auth),
             token_lifetime: token_lifetime(get("token_expiration_min"))?,
             model_api_enabled: switch("enable_model_api", args.enable_model_api),
@@ -494,6 +506,10 @@ fn program_path(cwd: &Path, program: PathBuf) -> PathBuf {
 
 /// TorchServe's request envelopes (ts/torch_handler/request_envelope/), which the worker
 /// implements (python/torchyard/envelopes.py).
+/// `shared_memory_threshold` unless set: off. A memfd per message measured slower than the
+/// socket for 1 and 8 MB echoes (docs/performance.md, "Big bodies").
+const DEFAULT_SHARED_MEMORY_THRESHOLD: usize = 0;
+
 pub const ENVELOPES: [&str; 4] = ["body", "json", "kserve", "kservev2"];
 
 /// A `service_envelope` value: one of [`ENVELOPES`], or `None` when empty (KServe's runtime
@@ -628,12 +644,23 @@ mod tests {
         assert_eq!(defaults.connection_body_timeout, Duration::from_secs(300));
         assert_eq!(defaults.max_connections, None);
         assert!(defaults.fork_workers);
+        assert_eq!(defaults.shared_memory_threshold, 0);
         let set = config(
             "connection_header_read_timeout_ms=1000\nmax_connections=50\nfork_workers=False\n",
         );
         assert_eq!(set.connection_header_read_timeout, Duration::from_secs(1));
         assert_eq!(set.max_connections, Some(50));
         assert!(!set.fork_workers);
+    }
+
+    #[test]
+    fn shared_memory_threshold_zero_or_less_is_off() {
+        for (text, threshold) in [("0", 0), ("-1", 0), (" 1000 ", 1000)] {
+            let set = config(&format!("shared_memory_threshold={text}\n")).unwrap();
+            assert_eq!(set.shared_memory_threshold, threshold);
+        }
+        let bad = config("shared_memory_threshold=big").unwrap_err();
+        assert!(bad.to_string().contains("shared_memory_threshold"), "{bad}");
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub struct PythonEnv {
     pub runtime_dir: PathBuf,
     /// Where workers are forked from when they can be; `None`: every worker starts fresh.
     pub fork_server: Option<Arc<ForkServer>>,
+    /// Request bodies and handler outputs of at least this many bytes travel between server
+    /// and workers in shared memory (`shared_memory_threshold`; 0: never).
+    pub shared_memory_threshold: usize,
 }
 
 impl PythonEnv {
@@ -33,6 +36,7 @@ impl PythonEnv {
             import_path,
             runtime_dir: runtime_dir.to_path_buf(),
             fork_server: None,
+            shared_memory_threshold: 0,
         })
     }
 

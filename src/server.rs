@@ -46,6 +46,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let runtime_dir = runtime_dir::create()?;
     runtime_dir::remove_stale();
     let mut python = PythonEnv::prepare(runtime_dir.path(), config.python.as_deref())?;
+    python.shared_memory_threshold = config.shared_memory_threshold;
     if config.fork_workers {
         python = python.with_fork_server();
     }

@@ -462,6 +462,7 @@ mod tests {
                 import_path: dir.into(),
                 runtime_dir: dir.into(),
                 fork_server: None,
+                shared_memory_threshold: 0,
             },
             gpus: std::sync::Arc::new(crate::gpu::Gpus::new(Vec::new())),
             snapshots: Snapshotter::new(Some(dir), Vec::new()),

@@ -74,6 +74,7 @@ VALUES = {
     "default_startup_timeout": "120",
     "unregister_model_timeout": "120",
     "fork_workers": "false",
+    "shared_memory_threshold": "1048576",
     "install_py_dep_per_model": "false",
     "decode_input_request": "true",
     "service_envelope": "",

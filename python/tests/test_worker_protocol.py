@@ -1,5 +1,6 @@
 """The wire: frame layout, large bodies, message order, malformed frames and shutdown."""
 
+import fcntl
 import json
 import os
 import socket
@@ -220,3 +221,50 @@ def test_a_request_that_cannot_be_decoded_fails_alone(loaded):
     reply, blobs = worker.predict(request(body(b"again")))
     assert reply["kind"] == "predicted" and bytes(blobs[0]) == b"again"
     assert worker.process.poll() is None
+
+
+def test_large_blobs_travel_in_a_sealed_memfd_held_until_the_next_read():
+    left, right = socket.socketpair()
+    with left, right:
+        blobs = [b"small", os.urandom(300_000), b"", os.urandom(1000)]
+        framing.write_frame(left, {"kind": "p"}, blobs, share_above=1000)
+        framing.write_frame(left, {"kind": "q"}, blobs)  # 0: nothing shared
+        frames = framing.FrameReader(right)
+        header, received = frames.read()
+        assert header == {"kind": "p", "blobs": [5, 300_000, 0, 1000], "shared": [1, 3]}
+        assert received == blobs and all(type(b) is bytearray for b in received)
+        held = frames._held
+        assert os.readlink(f"/proc/self/fd/{held}").startswith("/memfd:torchyard-reply")
+        seals = fcntl.fcntl(held, fcntl.F_GET_SEALS)
+        assert seals & fcntl.F_SEAL_SHRINK and seals & fcntl.F_SEAL_WRITE
+        header, received = frames.read()
+        assert "shared" not in header and received == blobs
+        with pytest.raises(OSError):
+            os.fstat(held)  # closed by the read that followed
+
+
+def test_a_frame_naming_shared_blobs_without_a_descriptor_is_refused():
+    left, right = socket.socketpair()
+    with left, right:
+        left.sendall(_hand_frame({"kind": "p", "blobs": [5], "shared": [0]}))
+        with pytest.raises(framing.ProtocolError, match="without a descriptor"):
+            framing.read_frame(right)
+        left.sendall(_hand_frame({"kind": "p", "blobs": [5], "shared": [1]}))
+        with pytest.raises(framing.ProtocolError, match="bad shared blob indices"):
+            framing.read_frame(right)
+
+
+def test_a_worker_takes_and_gives_large_blobs_in_shared_memory(loaded):
+    worker = loaded(ECHO, shared_memory_threshold=1000)
+    big = os.urandom(2 * 1024 * 1024)
+    # The request's body in the frame, the echo back in shared memory.
+    reply, blobs = worker.predict(request(body(big)), request(body(b"small")))
+    assert reply["shared"] == [0]
+    assert blobs == [big, b"small"]
+    # The request's body in shared memory too.
+    predict = {"kind": "predict", "requests": [
+        {"id": "r", "headers": [], "params": [{"name": "body", "content_type": None, "blob": 0}]}]}
+    framing.write_frame(worker.sock, predict, [big], share_above=1000)
+    reply, blobs = framing.read_frame(worker.sock)
+    assert reply["kind"] == "predicted" and reply["shared"] == [0]
+    assert blobs == [big]

@@ -1,12 +1,17 @@
-"""Frames of the worker protocol (docs/protocol.md): u32 lengths, a JSON header, raw blobs."""
+"""Frames of the worker protocol (docs/protocol.md): u32 lengths, a JSON header, raw blobs,
+and large blobs in a memfd that comes with the frame (Shared memory)."""
 
 from __future__ import annotations
 
+import array
+import collections
+import fcntl
 import json
+import os
 import select
 import socket
 import struct
-from typing import Any, Iterable, List, Tuple
+from typing import Any, Deque, Iterable, List, Optional, Tuple
 
 #: Largest value of a frame's leading length (the bytes after it) either side may send.
 MAX_FRAME = 2 << 30
@@ -23,10 +28,29 @@ class ProtocolError(ValueError):
 READ_AHEAD = 4096
 
 
-def _recv_into(sock: socket.socket, view: memoryview, got: int) -> None:
+#: Room for the descriptors one receive may bring: a frame carries at most one, and the
+#: kernel ends a receive at the bytes that carry descriptors.
+_FDS_MAX = 8
+_ANCILLARY = socket.CMSG_SPACE(_FDS_MAX * 4)
+#: Seals of a shared-memory file: its size and bytes can no longer change.
+_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
+
+
+def _recv(sock: socket.socket, view: memoryview, fds: Deque[int]) -> int:
+    """One receive into `view`; descriptors that come with the bytes go to `fds`."""
+    n, ancillary, flags, _ = sock.recvmsg_into([view], _ANCILLARY, socket.MSG_CMSG_CLOEXEC)
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.extend(array.array("i", data[:len(data) - len(data) % 4]))
+    if flags & socket.MSG_CTRUNC:
+        raise ProtocolError(f"more than {_FDS_MAX} descriptors came with one receive")
+    return n
+
+
+def _recv_into(sock: socket.socket, view: memoryview, got: int, fds: Deque[int]) -> None:
     """Fills `view` from `got` on; EOFError if the peer closes first."""
     while got < len(view):
-        n = sock.recv_into(view[got:])
+        n = _recv(sock, view[got:], fds)
         if n == 0:
             raise EOFError("socket closed" if got == 0 else "socket closed inside a frame")
         got += n
@@ -36,8 +60,8 @@ class _Frame:
     """The bytes of one frame: those already received, then the socket's. What was received
     past the frame's end stays in `first` after `pos`."""
 
-    def __init__(self, sock: socket.socket, first: memoryview):
-        self.sock, self.first, self.pos = sock, first, 0
+    def __init__(self, sock: socket.socket, first: memoryview, fds: Deque[int]):
+        self.sock, self.first, self.pos, self.fds = sock, first, 0, fds
 
     def take(self, size: int) -> bytearray:
         """The next `size` bytes, in a bytearray of their own."""
@@ -45,25 +69,28 @@ class _Frame:
         ready = min(size, len(self.first) - self.pos)
         buf[:ready] = self.first[self.pos:self.pos + ready]
         self.pos += ready
-        _recv_into(self.sock, memoryview(buf), ready)
+        _recv_into(self.sock, memoryview(buf), ready, self.fds)
         return buf
 
     def rest(self) -> memoryview:
         return self.first[self.pos:]
 
 
-def _read(sock: socket.socket, rest: memoryview) -> Tuple[dict, List[bytearray], memoryview]:
+def _read(sock: socket.socket, rest: memoryview, fds: Deque[int]
+          ) -> Tuple[dict, List[bytearray], memoryview, Optional[int]]:
     """Reads one frame that may begin in `rest` (bytes already received): (header dict, its
-    blobs, the bytes received past its end). A receive asks for READ_AHEAD bytes, so a small
-    frame takes one system call; the rest of a larger blob is received straight into its own
-    bytearray. EOFError when the socket closes."""
+    blobs, the bytes received past its end, the frame's shared-memory descriptor or None).
+    A receive asks for READ_AHEAD bytes, so a small frame takes one system call; the rest of a
+    larger blob is received straight into its own bytearray, a shared blob read from the
+    memfd into its own. Descriptors received go to `fds`, the frame's own taken from there.
+    EOFError when the socket closes."""
     got = len(rest)
     if got < _PREFIX.size:
         ahead = bytearray(READ_AHEAD)
         ahead[:got] = rest
         view = memoryview(ahead)
         while got < _PREFIX.size:
-            n = sock.recv_into(view[got:])
+            n = _recv(sock, view[got:], fds)
             if n == 0:
                 raise EOFError("socket closed" if got == 0 else "socket closed inside a frame")
             got += n
@@ -71,7 +98,7 @@ def _read(sock: socket.socket, rest: memoryview) -> Tuple[dict, List[bytearray],
     total, header_len = _PREFIX.unpack_from(rest)
     if not 4 <= total <= MAX_FRAME or header_len > total - 4:
         raise ProtocolError(f"bad frame lengths: frame {total}, header {header_len}")
-    frame = _Frame(sock, rest[_PREFIX.size:])
+    frame = _Frame(sock, rest[_PREFIX.size:], fds)
     try:
         header = json.loads(frame.take(header_len))
     except (ValueError, RecursionError) as exc:
@@ -81,21 +108,55 @@ def _read(sock: socket.socket, rest: memoryview) -> Tuple[dict, List[bytearray],
     lengths = header.get("blobs", [])
     if not isinstance(lengths, list) or any(not isinstance(n, int) or n < 0 for n in lengths):
         raise ProtocolError(f"bad blob lengths {lengths!r}")
-    if sum(lengths) != total - 4 - header_len:
+    shared = header.get("shared", [])
+    if not isinstance(shared, list) or any(not isinstance(i, int) for i in shared) \
+            or shared != sorted(set(shared)) or (shared and not 0 <= shared[0] <= shared[-1]
+                                                   < len(lengths)):
+        raise ProtocolError(f"bad shared blob indices {shared!r}")
+    inline = sum(lengths) - sum(lengths[i] for i in shared)
+    if inline != total - 4 - header_len:
         raise ProtocolError(
-            f"blob lengths add up to {sum(lengths)}, the frame holds {total - 4 - header_len}"
+            f"inline blob lengths add up to {inline}, the frame holds {total - 4 - header_len}"
         )
-    blobs = [frame.take(n) for n in lengths]
-    return header, blobs, frame.rest()
+    if not shared:
+        return header, [frame.take(n) for n in lengths], frame.rest(), None
+    if not fds:
+        raise ProtocolError("a frame with shared blobs came without a descriptor")
+    fd = fds.popleft()
+    try:
+        blobs, offset, in_memfd = [], 0, set(shared)
+        for i, n in enumerate(lengths):
+            if i not in in_memfd:
+                blobs.append(frame.take(n))
+                continue
+            blobs.append(bytearray(n))
+            if os.preadv(fd, [blobs[i]], offset) != n:
+                raise ProtocolError("the shared memory is shorter than its blobs")
+            offset += n
+    except BaseException:
+        os.close(fd)
+        raise
+    return header, blobs, frame.rest(), fd
 
 
 def read_frame(sock: socket.socket) -> Tuple[dict, List[bytearray]]:
     """Reads the one frame of a lock-step exchange (one message, one reply): (header dict, its
     blobs). ProtocolError if more bytes than the frame came; EOFError when the socket closes."""
-    header, blobs, rest = _read(sock, memoryview(b""))
+    fds: Deque[int] = collections.deque()
+    try:
+        header, blobs, rest, fd = _read(sock, memoryview(b""), fds)
+    finally:
+        _close_all(fds)
+    if fd is not None:
+        os.close(fd)
     if rest:
         raise ProtocolError("bytes after the end of a frame")
     return header, blobs
+
+
+def _close_all(fds: Deque[int]) -> None:
+    while fds:
+        os.close(fds.popleft())
 
 
 class FrameReader:
@@ -108,10 +169,20 @@ class FrameReader:
         self._rest = memoryview(b"")
         self._poll = select.poll()
         self._poll.register(sock, select.POLLIN)
+        #: Descriptors received and not yet taken by their frame.
+        self._fds: Deque[int] = collections.deque()
+        #: The last frame's shared memory, open until the next read (it shows in
+        #: /proc/PID/fd while the handler runs).
+        self._held: Optional[int] = None
 
     def read(self) -> Tuple[dict, List[bytearray]]:
         """The next frame: (header dict, its blobs). EOFError when the socket closes."""
-        header, blobs, self._rest = _read(self.sock, self._rest)
+        if self._held is not None:
+            os.close(self._held)
+            self._held = None
+        if len(self._fds) > _FDS_MAX:
+            raise ProtocolError("descriptors came that no frame claims")
+        header, blobs, self._rest, self._held = _read(self.sock, self._rest, self._fds)
         return header, blobs
 
     def waiting(self) -> bool:
@@ -124,29 +195,68 @@ class FrameReader:
 _HEADER_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
-def write_frame(sock: socket.socket, header: dict, blobs: Iterable[Any] = ()) -> None:
+def write_frame(sock: socket.socket, header: dict, blobs: Iterable[Any] = (),
+                share_above: int = 0) -> None:
     """Sends one frame with a single gathering write where possible. `blobs` are bytes-like
-    (C-contiguous); their lengths are added to the header as `blobs`. Raises ProtocolError,
-    before sending anything, if the frame would exceed MAX_FRAME."""
+    (C-contiguous); their lengths are added to the header as `blobs`. With `share_above` > 0,
+    blobs of at least that many bytes go in a sealed memfd sent with the frame instead (listed
+    as `shared`). Raises ProtocolError, before sending anything, if the frame with its shared
+    blobs would exceed MAX_FRAME."""
     views = [memoryview(b).cast("B") for b in blobs]
+    shared = [i for i, v in enumerate(views) if 0 < share_above <= v.nbytes]
     if views:
         header = {**header, "blobs": [v.nbytes for v in views]}
+    if shared:
+        header["shared"] = shared
     head = _HEADER_ENCODER.encode(header).encode("utf-8")
-    total = 4 + len(head) + sum(v.nbytes for v in views)
-    if total > MAX_FRAME:
-        raise ProtocolError(f"a frame of {total} bytes exceeds the limit of {MAX_FRAME}")
-    _send_all(sock, [memoryview(_PREFIX.pack(total, len(head)) + head), *views])
+    size = 4 + len(head) + sum(v.nbytes for v in views)
+    if size > MAX_FRAME:
+        raise ProtocolError(f"a frame of {size} bytes exceeds the limit of {MAX_FRAME}")
+    in_memfd = set(shared)
+    inline = [v for i, v in enumerate(views) if i not in in_memfd]
+    total = 4 + len(head) + sum(v.nbytes for v in inline)
+    first = memoryview(_PREFIX.pack(total, len(head)) + head)
+    if not shared:
+        _send_all(sock, [first, *inline])
+        return
+    fd = _shared_memory([views[i] for i in shared])
+    try:
+        _send_all(sock, [first, *inline], fd)
+    finally:
+        os.close(fd)
 
 
-def _send_all(sock: socket.socket, views: List[memoryview]) -> None:
-    pending = [v for v in views if v.nbytes]
+def _shared_memory(views: List[memoryview]) -> int:
+    """A sealed memfd holding `views` end to end."""
+    fd = os.memfd_create("torchyard-reply", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        pending = [v for v in views if v.nbytes]
+        while pending:
+            written = os.writev(fd, pending[:_IOV_MAX])
+            pending = _advance(pending, written)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _advance(views: List[memoryview], done: int) -> List[memoryview]:
+    """`views` without their first `done` bytes."""
     start = 0
-    while start < len(pending):
-        sent = sock.sendmsg(pending[start : start + _IOV_MAX])
-        while sent:
-            first = pending[start]
-            if sent < first.nbytes:
-                pending[start] = first[sent:]
-                break
-            sent -= first.nbytes
-            start += 1
+    while done:
+        if done < views[start].nbytes:
+            views[start] = views[start][done:]
+            break
+        done -= views[start].nbytes
+        start += 1
+    return views[start:]
+
+
+def _send_all(sock: socket.socket, views: List[memoryview], fd: Optional[int] = None) -> None:
+    """Sends `views`; `fd` goes with the first bytes (the frame's prefix, never empty)."""
+    pending = [v for v in views if v.nbytes]
+    rights = [] if fd is None else [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
+    while pending:
+        pending = _advance(pending, sock.sendmsg(pending[:_IOV_MAX], rights))
+        rights = []

@@ -76,10 +76,14 @@ class Worker:
         self.early: "deque[Tuple[dict, List[bytearray]]]" = deque()
         #: Ids of the running batch's requests that the server cancelled.
         self.cancelled: set = set()
+        #: Outputs of at least this many bytes go back in shared memory (0: never).
+        self.share_above = 0
 
     def handle(self, msg: dict, blobs: List[bytearray]) -> Reply:
         """The reply to one message."""
         kind = msg.get("kind")
+        if kind == "load":
+            self.share_above = msg.get("shared_memory_threshold") or 0
         if kind == "load" and self.entry is None:
             return self.load(msg)
         if kind == "load" and self.forked:
@@ -301,7 +305,7 @@ def merge_replies(count: int, parts: Sequence[Tuple[Sequence[int], Reply]]) -> R
 
 def serve(sock: socket.socket, worker: Worker) -> None:
     """Answers messages until the server closes the socket."""
-    worker.send = lambda header, bodies: write_frame(sock, header, bodies)
+    worker.send = lambda header, bodies: write_frame(sock, header, bodies, worker.share_above)
     frames = worker.frames = FrameReader(sock)
     metrics_sent = 0.0
     while True:
@@ -317,7 +321,7 @@ def serve(sock: socket.socket, worker: Worker) -> None:
                     header["metrics"] = drain(worker.pending_metrics)
                     metrics_sent = now
             try:
-                write_frame(sock, header, bodies)
+                write_frame(sock, header, bodies, worker.share_above)
             except ProtocolError as exc:  # too large to send; nothing went out
                 log.error("%s", exc)
                 write_frame(sock, *error_reply(f"{type(exc).__name__}: {exc}"))

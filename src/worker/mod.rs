@@ -11,6 +11,7 @@ mod forked;
 mod process;
 pub mod protocol;
 mod rank_group;
+mod shared_memory;
 mod status;
 mod supervisor;
 mod template;

@@ -8,16 +8,18 @@ use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use super::fd_passing::DescriptorReader;
 use super::fork_server::ForkedWorker;
 use super::forked::ForkedProcess;
-use super::protocol::{write_frame, Frame, FrameReader};
+use super::protocol::{Frame, FrameReader};
 use super::rank_group::OtherRanks;
+use super::shared_memory::write_shared_frame;
 use super::status::StartMode;
 use crate::python_env::PythonEnv;
 
@@ -27,7 +29,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(120);
 /// A running worker process connected to the server.
 pub struct WorkerProcess {
     process: Process,
-    frames: FrameReader<OwnedReadHalf>,
+    frames: FrameReader<DescriptorReader>,
     out: OwnedWriteHalf,
     /// A torchrun worker's ranks after the first, which this process (rank 0) speaks for.
     ranks: Option<OtherRanks>,
@@ -125,7 +127,7 @@ impl WorkerProcess {
         let (input, out) = stream.into_split();
         Self {
             process,
-            frames: FrameReader::new(input),
+            frames: FrameReader::new(DescriptorReader::new(input)),
             out,
             ranks: None,
             threads: None,
@@ -140,7 +142,7 @@ impl WorkerProcess {
     }
 
     /// The process, its frames and its socket's write half.
-    pub(super) fn into_parts(self) -> (Process, FrameReader<OwnedReadHalf>, OwnedWriteHalf) {
+    pub(super) fn into_parts(self) -> (Process, FrameReader<DescriptorReader>, OwnedWriteHalf) {
         (self.process, self.frames, self.out)
     }
 
@@ -158,18 +160,21 @@ impl WorkerProcess {
         header: &impl serde::Serialize,
         blobs: &[&bytes::Bytes],
     ) -> std::io::Result<Frame> {
-        self.send(header, blobs).await?;
+        self.send(header, blobs, 0).await?;
         self.receive().await
     }
 
-    /// Sends one message without waiting for a reply; fails at once after [`abort_all`].
+    /// Sends one message without waiting for a reply, blobs of at least `share_above` bytes
+    /// (0: none) in shared memory (other ranks of a torchrun worker get them in the frame);
+    /// fails at once after [`abort_all`].
     pub async fn send(
         &mut self,
         header: &impl serde::Serialize,
         blobs: &[&bytes::Bytes],
+        share_above: usize,
     ) -> std::io::Result<()> {
         let sent = async {
-            write_frame(&mut self.out, header, blobs).await?;
+            write_shared_frame(&mut self.out, header, blobs, share_above).await?;
             match &mut self.ranks {
                 Some(ranks) => ranks.send(header, blobs).await,
                 None => Ok(()),

@@ -1,15 +1,18 @@
 //! The framed protocol between server and worker (see `docs/protocol.md`).
 
+use std::os::fd::OwnedFd;
+
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::shared_memory;
 use crate::job::Param;
 use crate::metrics::{Declaration, HandlerSample};
 
-/// Largest frame either side may send.
-const MAX_FRAME: usize = 2 << 30;
+/// Largest frame either side may send, its shared blobs included.
+pub(super) const MAX_FRAME: usize = 2 << 30;
 
 /// Messages from the server to a worker.
 #[derive(Debug, Serialize)]
@@ -56,6 +59,8 @@ pub struct LoadMessage<'a> {
     /// Torch intra-op and inter-op threads the worker runs (src/worker/threads.rs); `None`:
     /// torch's default (a torchrun worker's ranks take `OMP_NUM_THREADS`).
     pub threads: Option<usize>,
+    /// Outputs of at least this many bytes come back in shared memory (0: never).
+    pub shared_memory_threshold: usize,
     /// Set for a fused workflow segment: the worker runs these nodes in turn on a request
     /// that asks for it (`segment` in `predict`), and on every request when none of them is
     /// the model's own `handler`.
@@ -277,27 +282,9 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     header: &impl Serialize,
     blobs: &[&Bytes],
 ) -> std::io::Result<()> {
-    let header = serde_json::to_vec(header)?;
-    let body_len: usize = blobs.iter().map(|b| b.len()).sum();
-    let total = 4 + header.len() + body_len;
-    if total > MAX_FRAME {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "frame too large",
-        ));
-    }
-    let gather = total <= GATHER_LIMIT;
-    let mut head = Vec::with_capacity(if gather { 4 + total } else { 8 + header.len() });
-    head.extend_from_slice(&(total as u32).to_be_bytes());
-    head.extend_from_slice(&(header.len() as u32).to_be_bytes());
-    head.extend_from_slice(&header);
-    if gather {
-        for blob in blobs {
-            head.extend_from_slice(blob);
-        }
-        out.write_all(&head).await?;
-    } else {
-        out.write_all(&head).await?;
+    let (head, gathered) = frame_head(header, blobs, &[])?;
+    out.write_all(&head).await?;
+    if !gathered {
         for blob in blobs {
             out.write_all(blob).await?;
         }
@@ -305,11 +292,94 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     out.flush().await
 }
 
-/// A received frame: its JSON header and its blobs, which share one buffer.
+/// The start of a frame of `blobs` but those at the indices `shared` (ascending), which travel
+/// in shared memory: lengths and JSON header (with `shared` added), followed by the other blobs
+/// when the frame is small enough to go out in one write (then `true`).
+pub(super) fn frame_head(
+    header: &impl Serialize,
+    blobs: &[&Bytes],
+    shared: &[usize],
+) -> std::io::Result<(Vec<u8>, bool)> {
+    let mut header = serde_json::to_vec(header)?;
+    if !shared.is_empty() {
+        if header.pop() != Some(b'}') {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a frame header is not a JSON object",
+            ));
+        }
+        if header.last() != Some(&b'{') {
+            header.push(b',');
+        }
+        header.extend_from_slice(b"\"shared\":");
+        serde_json::to_writer(&mut header, shared)?;
+        header.push(b'}');
+    }
+    let all: usize = blobs.iter().map(|b| b.len()).sum();
+    let in_memory: usize = shared.iter().map(|&i| blobs[i].len()).sum();
+    if 4 + header.len() + all > MAX_FRAME {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "frame too large",
+        ));
+    }
+    let total = 4 + header.len() + all - in_memory;
+    let gather = total <= GATHER_LIMIT;
+    let mut head = Vec::with_capacity(if gather { 4 + total } else { 8 + header.len() });
+    head.extend_from_slice(&(total as u32).to_be_bytes());
+    head.extend_from_slice(&(header.len() as u32).to_be_bytes());
+    head.extend_from_slice(&header);
+    if gather {
+        for blob in inline_blobs(blobs, shared) {
+            head.extend_from_slice(blob);
+        }
+    }
+    Ok((head, gather))
+}
+
+/// The blobs that travel in the frame itself: all but those at the indices `shared`.
+pub(super) fn inline_blobs<'a>(
+    blobs: &'a [&'a Bytes],
+    shared: &'a [usize],
+) -> impl Iterator<Item = &'a Bytes> {
+    let mut shared = shared.iter().peekable();
+    blobs
+        .iter()
+        .enumerate()
+        .filter(move |(i, _)| shared.next_if_eq(&i).is_none())
+        .map(|(_, blob)| *blob)
+}
+
+/// A frame header's account of its blobs: the length of each, and which of them (ascending
+/// indices) are in the frame's shared memory, laid end to end.
+#[derive(Deserialize)]
+struct Layout {
+    #[serde(default)]
+    blobs: Vec<usize>,
+    #[serde(default)]
+    shared: Vec<usize>,
+}
+
+impl Layout {
+    /// Bytes of the shared blobs.
+    fn shared_len(&self) -> std::io::Result<usize> {
+        self.shared.iter().try_fold(0usize, |sum, &i| {
+            self.blobs
+                .get(i)
+                .and_then(|len| sum.checked_add(*len))
+                .filter(|&sum| sum <= MAX_FRAME)
+                .ok_or_else(|| invalid(format!("bad shared blob indices {:?}", self.shared)))
+        })
+    }
+}
+
+/// A received frame: its JSON header and its blobs, which share one buffer, and the blobs
+/// that came in shared memory, mapped.
 #[derive(Debug)]
 pub struct Frame {
     pub header: Bytes,
     pub blobs: Bytes,
+    pub shared: Bytes,
 }
 
 impl Frame {
@@ -318,31 +388,69 @@ impl Frame {
         serde_json::from_slice(&self.header).map_err(|e| invalid(format!("bad header: {e}")))
     }
 
-    /// Splits the blob section by the header's `blobs` lengths, without copying.
+    /// Splits the blob section and the shared memory by the header's `blobs` lengths and
+    /// `shared` indices, without copying.
     pub fn split_blobs(&self) -> std::io::Result<Vec<Bytes>> {
-        #[derive(Deserialize)]
-        struct Lengths {
-            #[serde(default)]
-            blobs: Vec<usize>,
-        }
-        let lengths: Lengths = self.message()?;
-        let mut offset = 0;
-        let mut out = Vec::with_capacity(lengths.blobs.len());
-        for len in lengths.blobs {
-            let end = offset + len;
-            if end > self.blobs.len() {
+        let layout: Layout = self.message()?;
+        let mut shared = layout.shared.iter().peekable();
+        let (mut inline_at, mut shared_at) = (0, 0);
+        let mut out = Vec::with_capacity(layout.blobs.len());
+        for (i, len) in layout.blobs.iter().enumerate() {
+            let (source, offset) = match shared.next_if_eq(&&i) {
+                Some(_) => (&self.shared, &mut shared_at),
+                None => (&self.blobs, &mut inline_at),
+            };
+            let end = *offset + len;
+            if end > source.len() {
                 return Err(invalid("blob lengths exceed the frame".into()));
             }
-            out.push(self.blobs.slice(offset..end));
-            offset = end;
+            out.push(source.slice(*offset..end));
+            *offset = end;
+        }
+        if shared.next().is_some() {
+            return Err(invalid(format!(
+                "bad shared blob indices {:?}",
+                layout.shared
+            )));
         }
         Ok(out)
     }
 }
 
+/// A stream frames are read from, which may also bring descriptors (a worker's socket).
+pub trait FrameInput: AsyncRead + Unpin {
+    /// How many descriptors came and wait for their frames.
+    fn pending_descriptors(&self) -> usize {
+        0
+    }
+
+    /// The oldest descriptor that came and that no frame has taken.
+    fn take_descriptor(&mut self) -> Option<OwnedFd> {
+        None
+    }
+}
+
+impl FrameInput for tokio::net::UnixStream {}
+
+impl FrameInput for tokio::io::DuplexStream {}
+
+impl<T: FrameInput + ?Sized> FrameInput for &mut T {
+    fn pending_descriptors(&self) -> usize {
+        (**self).pending_descriptors()
+    }
+
+    fn take_descriptor(&mut self) -> Option<OwnedFd> {
+        (**self).take_descriptor()
+    }
+}
+
+/// The most descriptors that may wait for their frames: a frame brings at most one, and the
+/// frames read ahead of the one read are few.
+const MAX_PENDING_DESCRIPTORS: usize = 8;
+
 /// Reads one frame off a lock-step exchange (one message, one reply): `UnexpectedEof` when
 /// the peer closed the socket, and an error if more bytes than the frame came.
-pub async fn read_frame<R: AsyncRead + Unpin>(input: &mut R) -> std::io::Result<Frame> {
+pub async fn read_frame<R: FrameInput>(input: &mut R) -> std::io::Result<Frame> {
     let mut reader = FrameReader::new(input);
     let frame = reader.next().await?;
     if !reader.buffer.is_empty() {
@@ -360,7 +468,7 @@ pub struct FrameReader<R> {
     buffer: BytesMut,
 }
 
-impl<R: AsyncRead + Unpin> FrameReader<R> {
+impl<R: FrameInput> FrameReader<R> {
     pub fn new(input: R) -> Self {
         Self {
             input,
@@ -383,7 +491,25 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         let mut header = buf.split_off(4);
         let blobs = header.split_off(header_len);
-        Ok(Frame { header, blobs })
+        let mut frame = Frame {
+            header,
+            blobs,
+            shared: Bytes::new(),
+        };
+        // A frame's descriptor comes with its first bytes: when none is waiting, it has none.
+        let pending = self.input.pending_descriptors();
+        if pending > MAX_PENDING_DESCRIPTORS {
+            return Err(invalid("descriptors came that no frame claims".into()));
+        }
+        if pending > 0 {
+            let layout: Layout = frame.message()?;
+            if !layout.shared.is_empty() {
+                let len = layout.shared_len()?;
+                let fd = self.input.take_descriptor().expect("a descriptor waits");
+                frame.shared = shared_memory::map(fd, len)?;
+            }
+        }
+        Ok(frame)
     }
 
     /// Reads until the buffer holds `len` bytes, asking for `ahead` more in a read when the

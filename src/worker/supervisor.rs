@@ -344,6 +344,7 @@ async fn start(
         server_name: "torchyard",
         server_version: env!("CARGO_PKG_VERSION"),
         threads,
+        shared_memory_threshold: spec.python.shared_memory_threshold,
         segment: spec.segment.as_deref(),
     });
     let process = match &spec.parallel {
@@ -430,8 +431,9 @@ async fn start(
 /// finds its next batch waiting when it finishes instead of a round trip through the server.
 const PIPELINE_DEPTH: usize = 2;
 
-/// A batch goes out ahead only up to this many bytes of request bodies: it then fits in the
-/// socket's buffer, so sending it never waits on the worker, which may be writing its reply.
+/// A batch goes out ahead only up to this many bytes of request bodies in its frame (bodies in
+/// shared memory do not count): it then fits in the socket's buffer, so sending it never waits
+/// on the worker, which may be writing its reply.
 const SEND_AHEAD_LIMIT: usize = 64 * 1024;
 
 /// Feeds batches to a loaded worker until it is cancelled or breaks (see [`serve_batches`]);
@@ -601,7 +603,8 @@ async fn serve_batches(
         if batch.is_empty() {
             continue;
         }
-        if !flights.is_empty() && body_bytes(&batch) > SEND_AHEAD_LIMIT {
+        let share_above = spec.python.shared_memory_threshold;
+        if !flights.is_empty() && framed_body_bytes(&batch, share_above) > SEND_AHEAD_LIMIT {
             held = Some((batch, from_pinned));
             continue;
         }
@@ -636,12 +639,14 @@ pub(super) fn drop_expired(spec: &WorkerSpec, batch: &mut Vec<Job>, limit: Durat
     }
 }
 
-/// Bytes of request bodies in a batch.
-fn body_bytes(batch: &[Job]) -> usize {
+/// Bytes of request bodies that travel in a batch's frame: all but those of at least
+/// `share_above` bytes (0: none), which go in shared memory.
+fn framed_body_bytes(batch: &[Job], share_above: usize) -> usize {
     batch
         .iter()
         .flat_map(|job| &job.request.params)
         .map(|param| param.value.len())
+        .filter(|&len| share_above == 0 || len < share_above)
         .sum()
 }
 
@@ -697,7 +702,7 @@ pub(super) async fn dispatch(
         process.threads = threads;
     }
     process
-        .send(&message, &blobs)
+        .send(&message, &blobs, spec.python.shared_memory_threshold)
         .await
         .map_err(|e| format!("worker connection lost: {e}"))
 }
@@ -799,7 +804,7 @@ impl Flight {
             .collect::<Vec<_>>();
         tracing::info!("cancelling requests {ids:?}: their clients went away or stopped reading");
         process
-            .send(&ToWorker::Cancel { ids }, &[])
+            .send(&ToWorker::Cancel { ids }, &[], 0)
             .await
             .map_err(|e| format!("worker connection lost: {e}"))
     }

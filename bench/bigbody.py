@@ -1,0 +1,137 @@
+"""Big bodies (issue 27 item 4): a 1 MB body POSTed to an echo handler, which answers the same
+bytes, at 1 and 8 connections (wrk), one worker, batch size 1: TorchServe 0.12, torchyard as it comes
+(every body through the worker's socket) and torchyard with `shared_memory_threshold=262144`
+(bodies and answers in a memfd), one after the other in one run. Each server's echo is checked byte for byte first. Prints a markdown table.
+
+Run by bench/bigbody.sh (under `flock /tmp/bench.lock`)."""
+
+import argparse
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import requests
+
+from compare import OUT as BENCH_OUT, wait_ports_free, wait_ready, wrk
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = BENCH_OUT / "bigbody"
+PORTS = {"inference": 18480, "management": 18481, "metrics": 18482}
+GRPC_PORTS = {"grpc_inference": 18483, "grpc_management": 18484}
+SIZE = 1 << 20
+CONNECTIONS = (1, 8)
+ECHO = '''
+def handle(data, context):
+    if data is None:
+        return None
+    return [row.get("data") or row.get("body") for row in data]
+'''
+#: wrk: POST SIZE bytes as application/octet-stream.
+LUA = f'''wrk.method = "POST"
+wrk.body = string.rep("y", {SIZE})
+wrk.headers["Content-Type"] = "application/octet-stream"
+'''
+
+
+def build_store(ts_bin: Path) -> Path:
+    store = OUT / "store"
+    store.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        handler = Path(tmp) / "echo.py"
+        handler.write_text(ECHO)
+        subprocess.run([ts_bin / "torch-model-archiver", "--model-name", "echo", "-v", "1.0",
+                        "--handler", handler, "--export-path", store, "-f"], check=True)
+    return store
+
+
+def write_config(path: Path, store: Path, *extra: str) -> Path:
+    lines = [f"{k}_address=http://127.0.0.1:{p}" for k, p in PORTS.items()]
+    lines += [f"{k}_port={p}" for k, p in GRPC_PORTS.items()]
+    lines += [f"model_store={store}", "disable_token_authorization=true",
+              "enable_model_api=true", *extra]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def children(pid: int) -> list:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def measure(name: str, command: list, env: dict, seconds: int) -> dict:
+    """Starts a server, registers the echo model (one worker), checks the echo, runs wrk."""
+    log = open(OUT / f"{name}.log", "w")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=OUT)
+    base = f"http://127.0.0.1:{PORTS['inference']}"
+    try:
+        wait_ready(f"{base}/ping", 120)
+        requests.post(f"http://127.0.0.1:{PORTS['management']}/models?url=echo.mar"
+                      "&initial_workers=1&synchronous=true&batch_size=1",
+                      timeout=300).raise_for_status()
+        body = os.urandom(SIZE)
+        echoed = requests.post(f"{base}/predictions/echo", data=body, timeout=60,
+                               headers={"content-type": "application/octet-stream"})
+        assert echoed.status_code == 200 and echoed.content == body, (name, echoed.status_code)
+        results = {}
+        for c in CONNECTIONS:
+            wrk(f"{base}/predictions/echo", c, 2, "out/bigbody/post.lua")
+            results[c] = wrk(f"{base}/predictions/echo", c, seconds, "out/bigbody/post.lua")
+            print(name, c, results[c], flush=True)
+        return results
+    finally:
+        java = children(process.pid) if name == "TorchServe" else []
+        process.terminate()
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        for pid in java:  # `torchserve --foreground` leaves its JVM behind
+            try:
+                os.kill(pid, 15)
+            except ProcessLookupError:
+                pass
+        wait_ports_free((*PORTS.values(), *GRPC_PORTS.values()))
+
+
+def table(rows: dict) -> str:
+    ts = rows["TorchServe"]
+    lines = ["| server | c | req/s | p50 ms | p99 ms | p99/p50 | req/s vs TorchServe | errors |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, results in rows.items():
+        for c, r in results.items():
+            lines.append(f"| {name} | {c} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
+                         f"{r['p99'] / r['p50']:.1f} | {r['rps'] / ts[c]['rps']:.1f}× | "
+                         f"{r['errors']} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--ts-venv", type=Path, required=True)
+    parser.add_argument("--seconds", type=int, default=5)
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "post.lua").write_text(LUA)
+    ts_bin = args.ts_venv.resolve() / "bin"
+    store = build_store(ts_bin)
+    env = {"PATH": f"{ts_bin}:/usr/bin:/bin", "HOME": str(OUT)}
+    torchyard = [str(REPO / "target" / "release" / "torchyard"), "serve", "--ncs",
+                 "--disable-token-auth", "--enable-model-api", "--model-store", str(store),
+                 "--python", str(REPO / ".venv" / "bin" / "python"), "--config"]
+    rows = {
+        "TorchServe": measure("TorchServe", [
+            str(ts_bin / "torchserve"), "--start", "--foreground", "--ncs", "--model-store",
+            str(store), "--ts-config", str(write_config(OUT / "ts.properties", store)),
+            "--disable-token-auth", "--enable-model-api"], env, args.seconds),
+        "torchyard": measure("torchyard", [
+            *torchyard, str(write_config(OUT / "ty.properties", store))], env, args.seconds),
+        "torchyard, shared memory": measure("torchyard-shared", [
+            *torchyard, str(write_config(OUT / "ty-shm.properties", store,
+                                         "shared_memory_threshold=262144"))], env, args.seconds),
+    }
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
