@@ -249,6 +249,21 @@ impl<S: Series> Family<S> {
         Some((series, true))
     }
 
+    /// Applies `update` to the series of `values` as [`Family::get_or_create_within`] finds
+    /// or makes it: `None` when the family is full, else whether the series was made now.
+    pub fn update_within(
+        &self,
+        values: &[&str],
+        max: usize,
+        update: impl FnOnce(&S),
+    ) -> Option<bool> {
+        self.get_or_create_within(values, max)
+            .map(|(series, made)| {
+                update(&series);
+                made
+            })
+    }
+
     /// Drops the series whose label values satisfy `remove`.
     pub fn remove_where(&self, remove: impl Fn(&[String]) -> bool) {
         self.0

@@ -62,30 +62,9 @@ impl HandlerFamily {
     fn update(&self, values: &[&str], value: f64, max: usize) -> Option<bool> {
         match self {
             Self::Counter(_) if value < 0.0 => Some(false),
-            Self::Counter(family) => {
-                family
-                    .get_or_create_within(values, max)
-                    .map(|(series, made)| {
-                        series.add(value);
-                        made
-                    })
-            }
-            Self::Gauge(family) => {
-                family
-                    .get_or_create_within(values, max)
-                    .map(|(series, made)| {
-                        series.set(value);
-                        made
-                    })
-            }
-            Self::Histogram(family) => {
-                family
-                    .get_or_create_within(values, max)
-                    .map(|(series, made)| {
-                        series.observe(value);
-                        made
-                    })
-            }
+            Self::Counter(family) => family.update_within(values, max, |s| s.add(value)),
+            Self::Gauge(family) => family.update_within(values, max, |s| s.set(value)),
+            Self::Histogram(family) => family.update_within(values, max, |s| s.observe(value)),
         }
     }
 
