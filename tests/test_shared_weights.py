@@ -19,6 +19,7 @@ import pytest
 import requests
 import torch
 
+from support.api import register_archive as register, scale
 from support.archives import build_mar, manifest
 from support.processes import alive, children, parent, wait_gone
 from support.server import OPEN_FLAGS
@@ -117,16 +118,6 @@ def workers(server, name):
     return described.json()[0]["workers"]
 
 
-def register(server, name, count):
-    answer = requests.post(f"{server.management}/models", params={
-        "url": f"{name}.mar", "initial_workers": count, "synchronous": "true"}, timeout=300)
-    assert answer.status_code == 200, answer.text
-
-
-def scale(server, name, count):
-    answer = requests.put(f"{server.management}/models/{name}", params={
-        "min_worker": count, "max_worker": count, "synchronous": "true"}, timeout=300)
-    assert answer.status_code == 200, answer.text
 
 
 def memory(pid: int) -> dict:

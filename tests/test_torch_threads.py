@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from support.api import register_archive as register, scale
 from support.archives import build_mar, manifest
 
 #: Answers each request with its worker's pid and torch's intra-op and inter-op thread counts.
@@ -49,16 +50,6 @@ def server(start_module_server):
     return server
 
 
-def register(server, name, workers=1):
-    answer = requests.post(f"{server.management}/models", params={
-        "url": f"{name}.mar", "initial_workers": workers, "synchronous": "true"}, timeout=300)
-    assert answer.status_code == 200, answer.text
-
-
-def scale(server, name, workers):
-    answer = requests.put(f"{server.management}/models/{name}", params={
-        "min_worker": workers, "max_worker": workers, "synchronous": "true"}, timeout=300)
-    assert answer.status_code == 200, answer.text
 
 
 def described(server, name):

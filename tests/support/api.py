@@ -13,6 +13,20 @@ def register(server, **params):
     return requests.post(f"{server.management}/models", params=params)
 
 
+def register_archive(server, name, workers=1):
+    """Registers `NAME.mar` from the store with `workers` workers, synchronously; asserts a 200."""
+    answer = requests.post(f"{server.management}/models", params={
+        "url": f"{name}.mar", "initial_workers": workers, "synchronous": "true"}, timeout=300)
+    assert answer.status_code == 200, answer.text
+
+
+def scale(server, name, workers, timeout=300):
+    """Scales model `name` to exactly `workers` workers, synchronously; asserts a 200."""
+    answer = requests.put(f"{server.management}/models/{name}", params={
+        "min_worker": workers, "max_worker": workers, "synchronous": "true"}, timeout=timeout)
+    assert answer.status_code == 200, answer.text
+
+
 def describe(server, name):
     """The description of the default version of model `name`."""
     return requests.get(f"{server.management}/models/{name}").json()[0]
