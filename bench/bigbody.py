@@ -13,7 +13,7 @@ from pathlib import Path
 
 import requests
 
-from compare import OUT as BENCH_OUT, wait_ports_free, wait_ready, wrk
+from compare import OUT as BENCH_OUT, stop_server, wait_ready, wrk
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = BENCH_OUT / "bigbody"
@@ -54,11 +54,6 @@ def write_config(path: Path, store: Path, *extra: str) -> Path:
     return path
 
 
-def children(pid: int) -> list:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
-
-
 def measure(name: str, command: list, env: dict, seconds: int) -> dict:
     """Starts a server, registers the echo model (one worker), checks the echo, runs wrk."""
     log = open(OUT / f"{name}.log", "w")
@@ -80,18 +75,7 @@ def measure(name: str, command: list, env: dict, seconds: int) -> dict:
             print(name, c, results[c], flush=True)
         return results
     finally:
-        java = children(process.pid) if name == "TorchServe" else []
-        process.terminate()
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        for pid in java:  # `torchserve --foreground` leaves its JVM behind
-            try:
-                os.kill(pid, 15)
-            except ProcessLookupError:
-                pass
-        wait_ports_free((*PORTS.values(), *GRPC_PORTS.values()))
+        stop_server(process)
 
 
 def table(rows: dict) -> str:

@@ -7,6 +7,7 @@ Predictions measured in turns with it; `--kserve-only` runs just those rows."""
 
 import argparse
 import json
+import os
 import re
 import socket
 import struct
@@ -451,13 +452,25 @@ def run_server(name: str, command: list, env: dict, frontend_pid, seconds: int,
         print(name, "workers", results["workers"], flush=True)
         return results
     finally:
-        process.terminate()
+        stop_server(process)
+
+
+def stop_server(process, ports=(*PORTS.values(), *GRPC_PORTS.values())):
+    """Stops a server the benchmark started, and the processes it started itself (TorchServe's
+    `--foreground` leaves its JVM behind), then waits until nothing listens on `ports`."""
+    out = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True)
+    children = [int(pid) for pid in out.stdout.split()]
+    process.terminate()
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    for pid in children:
         try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        subprocess.run(["pkill", "-f", "org.pytorch.serve.ModelServer"], check=False)
-        wait_ports_free()
+            os.kill(pid, 15)
+        except ProcessLookupError:
+            pass
+    wait_ports_free(ports)
 
 
 def wait_ports_free(ports=(*PORTS.values(), *GRPC_PORTS.values()), timeout=60.0):

@@ -263,13 +263,7 @@ def serve(server: str, command: list, env: dict, plans: dict, seconds: int) -> d
             print(server, name, row, flush=True)
             requests.delete(f"{management}/models/{name}", timeout=120).raise_for_status()
     finally:
-        process.terminate()
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        subprocess.run(["pkill", "-f", "org.pytorch.serve.ModelServer"], check=False)
-        compare.wait_ports_free()
+        compare.stop_server(process)
     return results
 
 
