@@ -65,9 +65,10 @@ def _import_handler_module(spec: str, model_dir: str, fresh: bool) -> ModuleType
 
 
 def _import_handler_file(path: str, fresh: bool) -> ModuleType:
-    """Imports a handler file by its module name, its folder first on sys.path; `fresh`
-    executes it again when it was imported already, and also when another file was imported
-    under its name (a workflow's `handler.py` beside a model's): that one keeps the name."""
+    """Imports a handler file by its module name, its folder first on sys.path. When another
+    module holds that name already (the standard library's `inspect` for an `inspect.py`, a
+    workflow's `handler.py` beside a model's), the file is executed anyway and the other module
+    keeps the name; `fresh` executes the file again when it was imported already."""
     if not os.path.isfile(path):
         raise HandlerLoadError(f"handler file {path} does not exist")
     folder, file_name = os.path.split(path)
@@ -75,13 +76,14 @@ def _import_handler_file(path: str, fresh: bool) -> ModuleType:
         sys.path.insert(0, folder)
     name = file_name[:-3]
     found = sys.modules.get(name)
-    if fresh and found is not None:
+    other = getattr(found, "__file__", None)
+    itself = other is not None and os.path.samefile(other, path)
+    if found is not None and (fresh or not itself):
         del sys.modules[name]
         try:
             module = importlib.import_module(name)
         finally:
-            other = getattr(found, "__file__", None)
-            if other and not os.path.samefile(other, path):
+            if not itself:
                 sys.modules[name] = found
     else:
         module = importlib.import_module(name)
