@@ -78,9 +78,10 @@ def test_a_flood_of_label_values_is_capped_and_reported(server):
     _, families = scrape(server)
     first = [s.value for s in families["Flood"].samples if s.labels["Key"] == "0"]
     assert first == [2.0]
-    # 100k series cost 56 MB and 7.9 MB a scrape.
+    # 100k series cost 56 MB and 7.9 MB a scrape (peak +48 MiB); capped, the peak grows 12-14
+    # MiB (parsing the worker's replies), in the allocator's 4 MiB steps: 32 leaves room.
     assert len(text) < 512 * 1024, len(text)
-    assert memory.grown_mib < 24, memory.grown_mib
+    assert memory.grown_mib < 32, memory.grown_mib
 
 
 def test_a_models_handler_metric_series_go_when_it_is_unregistered(server):
