@@ -210,7 +210,7 @@ impl ForkServer {
         let module = "torchyard.forkserver";
         let label = "fork-server";
         let (mut child, mut stream) =
-            match spawn_connected(env, None, module, label, &socket, &env.runtime_dir).await {
+            match spawn_connected(env, None, module, label, &socket, &env.runtime_dir, &[]).await {
                 Ok(connected) => connected,
                 Err(e) => return Stopped::Failed(format!("cannot start it: {e}")),
             };

@@ -92,10 +92,7 @@ impl WorkerProcess {
                 ));
             }
         }
-        let module = "torchyard.worker";
-        let (child, stream) =
-            spawn_connected(env, deps_dir, module, label, socket_path, work_dir).await?;
-        Ok(Self::connected(Process::Spawned(child), stream))
+        Self::spawn_with(env, deps_dir, label, socket_path, work_dir, &[]).await
     }
 
     /// Starts `python -m torchyard.worker` with the extra environment `vars` (never forked:
@@ -114,7 +111,7 @@ impl WorkerProcess {
         }
         let module = "torchyard.worker";
         let (child, stream) =
-            spawn_connected_with(env, deps_dir, module, label, socket_path, work_dir, vars).await?;
+            spawn_connected(env, deps_dir, module, label, socket_path, work_dir, vars).await?;
         Ok(Self::connected(Process::Spawned(child), stream))
     }
 
@@ -276,21 +273,9 @@ pub(super) fn bind(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 /// Starts `python -m {module} --socket {socket_path}` in `work_dir` (packages of `deps_dir`
-/// first on its import path, its output in the server log under `label`), dying with the
-/// server, and waits for it to connect.
+/// first on its import path, the extra environment `vars`, its output in the server log under
+/// `label`), dying with the server, and waits for it to connect.
 pub(super) async fn spawn_connected(
-    env: &PythonEnv,
-    deps_dir: Option<&Path>,
-    module: &str,
-    label: &str,
-    socket_path: &Path,
-    work_dir: &Path,
-) -> std::io::Result<(Child, UnixStream)> {
-    spawn_connected_with(env, deps_dir, module, label, socket_path, work_dir, &[]).await
-}
-
-/// [`spawn_connected`] with the extra environment `vars`.
-async fn spawn_connected_with(
     env: &PythonEnv,
     deps_dir: Option<&Path>,
     module: &str,
