@@ -412,6 +412,18 @@ mod tests {
         out
     }
 
+    /// Metrics of host `h` that take every handler metric, at most `max` series each.
+    fn auto_detecting(max: usize) -> HandlerMetrics {
+        HandlerMetrics::new(
+            "h".into(),
+            vec![],
+            true,
+            false,
+            ReservedNames::default(),
+            limit(max),
+        )
+    }
+
     fn limit(max: usize) -> SeriesLimit {
         SeriesLimit {
             max,
@@ -446,14 +458,7 @@ mod tests {
 
     #[test]
     fn updates_reach_their_kind_of_series_with_the_host_label() {
-        let metrics = HandlerMetrics::new(
-            "h".into(),
-            vec![],
-            true,
-            false,
-            ReservedNames::default(),
-            limit(1000),
-        );
+        let metrics = auto_detecting(1000);
         let calls = sample(MetricKind::Counter, "CallCount", &MODEL, 2.0);
         metrics.record("m", "1", &[calls.clone(), calls]);
         metrics.record("m", "1", &[sample(MetricKind::Gauge, "Temp", &MODEL, 3.5)]);
@@ -512,14 +517,7 @@ mod tests {
 
     #[test]
     fn bad_updates_are_dropped() {
-        let metrics = HandlerMetrics::new(
-            "h".into(),
-            vec![],
-            true,
-            false,
-            ReservedNames::default(),
-            limit(1000),
-        );
+        let metrics = auto_detecting(1000);
         metrics.record(
             "m",
             "1",
@@ -546,14 +544,7 @@ mod tests {
 
     #[test]
     fn series_past_the_limit_are_dropped_and_counted_and_go_with_their_model() {
-        let metrics = HandlerMetrics::new(
-            "h".into(),
-            vec![],
-            true,
-            false,
-            ReservedNames::default(),
-            limit(2),
-        );
+        let metrics = auto_detecting(2);
         let key = |k: &str| sample(MetricKind::Counter, "Flood", &[("Key", k)], 1.0);
         metrics.record("m", "1", &[key("a"), key("b"), key("c"), key("a")]);
         metrics.record("other", "1", &[key("d")]);
