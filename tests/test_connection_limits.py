@@ -13,7 +13,7 @@ import requests
 from support import grpc_stubs
 from support.api import register
 from support.archives import scale_mar
-from support.sockets import closed_by_server
+from support.sockets import closed_by_server, served_within
 
 grpc = pytest.importorskip("grpc")
 pytest.importorskip("grpc_tools")
@@ -67,7 +67,7 @@ def test_idle_grpc_connections_do_not_starve_rest_or_grpc_clients(server, stubs)
     half = IDLE_CONNECTIONS // 2
     idle = open_silent(server.grpc_management, half) + open_silent(server.grpc_inference, half)
     try:
-        served, deadline = set(), time.monotonic() + 25
+        deadline = time.monotonic() + 25
         checks = {
             "ping": lambda: requests.get(f"{server.inference}/ping", timeout=5).json()
             == {"status": "Healthy"},
@@ -75,13 +75,7 @@ def test_idle_grpc_connections_do_not_starve_rest_or_grpc_clients(server, stubs)
                                              data={"data": "4"}, timeout=5).json() == 8.0,
             "grpc predict": lambda: grpc_predict(server, stubs) == b"8.0",
         }
-        while len(served) < len(checks) and time.monotonic() < deadline:
-            for name, check in checks.items():
-                try:
-                    if name not in served and check():
-                        served.add(name)
-                except (requests.RequestException, grpc.RpcError):
-                    pass
+        served = served_within(checks, deadline, (requests.RequestException, grpc.RpcError))
         assert served == set(checks), f"only {served} answered within 25 s"
     finally:
         for s in idle:

@@ -14,7 +14,7 @@ import requests
 
 from support.api import register
 from support.archives import scale_mar
-from support.sockets import closed_by_server
+from support.sockets import closed_by_server, served_within
 
 #: Short timeouts so that the tests see them act; a small body limit.
 LIMITS = {
@@ -72,7 +72,7 @@ def test_idle_connections_do_not_starve_other_clients(start_server, extra):
     idle = (open_idle(server.inference, 400) + open_idle(server.management, 400)
             + open_idle(server.metrics, IDLE_CONNECTIONS - 800))
     try:
-        served, deadline = set(), time.monotonic() + 25
+        deadline = time.monotonic() + 25
         checks = {
             "ping": lambda: requests.get(f"{server.inference}/ping", timeout=5).json()
             == {"status": "Healthy"},
@@ -82,13 +82,7 @@ def test_idle_connections_do_not_starve_other_clients(start_server, extra):
             ["models"][0]["modelName"] == "double",
             "metrics": lambda: requests.get(f"{server.metrics}/metrics", timeout=5).ok,
         }
-        while len(served) < len(checks) and time.monotonic() < deadline:
-            for name, check in checks.items():
-                try:
-                    if name not in served and check():
-                        served.add(name)
-                except requests.RequestException:
-                    pass
+        served = served_within(checks, deadline, requests.RequestException)
         assert served == set(checks), f"only {served} answered within 25 s"
         for s in idle:
             s.settimeout(max(0.1, deadline + 5 - time.monotonic()))
