@@ -266,8 +266,11 @@ def test_a_log4j2_config_sets_levels_files_and_warns_about_the_rest(start_server
     for _ in range(30):
         assert requests.get(f"{server.inference}/ping").status_code == 200
     logs = tmp_path / "logs"
-    # The access log is where the XML says, rotated at its 1 KB into one older file.
-    wait_for(lambda: (logs / "http" / "requests.log.1").exists())
+    # The access log is where the XML says, rotated at its 1 KB into one older file. A rotation
+    # renames .1 to .2 before it deletes the surplus, so the count is read once writes settle.
+    wait_for(lambda: (logs / "http" / "requests.log.1").exists()
+             and not (logs / "http" / "requests.log.2").exists())
+    time.sleep(0.5)
     assert not (logs / "http" / "requests.log.2").exists()
     assert '"GET /ping HTTP/1.1" 200' in read_log(logs / "http", "requests.log")
     assert not (logs / "access_log.log").exists() and not (logs / "ts_log.log").exists()
