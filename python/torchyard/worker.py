@@ -34,6 +34,10 @@ log = logging.getLogger("torchyard.worker")
 #: this often; otherwise with the reply they were recorded for.
 METRICS_EVERY_S = 0.1
 
+#: Send and receive buffer of the worker's socket (the server's end asks the same): a megabyte
+#: answer crosses in one write.
+SOCKET_BUFFER = 4 << 20
+
 #: Where torchyard's stand-in for TorchServe's `ts` package lives.
 COMPAT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "compat")
 
@@ -353,6 +357,9 @@ def main(argv: Optional[Sequence[str]] = None, loaded: Optional[Worker] = None) 
     sys.path.append(COMPAT_PATH)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(args.socket)
+        # As the server's end (process.rs, SOCKET_BUFFER): a large answer in one write.
+        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
         try:
             serve(sock, loaded or Worker())
         except ProtocolError as exc:
