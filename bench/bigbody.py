@@ -1,7 +1,9 @@
 """Big bodies (issue 27 item 4): a 1 MB body POSTed to an echo handler, which answers the same
 bytes, at 1 and 8 connections (wrk), one worker, batch size 1: TorchServe 0.12, torchyard as it comes
 (every body through the worker's socket) and torchyard with `shared_memory_threshold=262144`
-(bodies and answers in a memfd), one after the other in one run. Each server's echo is checked byte for byte first. Prints a markdown table.
+(bodies and answers in a memfd), one after the other in one run, beside the floor: an axum server
+that echoes the body itself (bench/echo_floor.rs), what wrk, loopback TCP and HTTP cost before any
+worker does. Each server's echo is checked byte for byte first. Prints a markdown table.
 
 Run by bench/bigbody.sh (under `flock /tmp/bench.lock`)."""
 
@@ -13,13 +15,13 @@ from pathlib import Path
 
 import requests
 
-from compare import OUT as BENCH_OUT, stop_server, wait_ready, wrk
+from compare import GRPC_PORTS, OUT as BENCH_OUT, PORTS, stop_server, wait_ready, wrk
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = BENCH_OUT / "bigbody"
-PORTS = {"inference": 18480, "management": 18481, "metrics": 18482}
-GRPC_PORTS = {"grpc_inference": 18483, "grpc_management": 18484}
 SIZE = 1 << 20
+#: The row of bench/echo_floor.rs: an axum server answering the body itself, no worker.
+FLOOR = "floor: axum echo, no worker"
 CONNECTIONS = (1, 8)
 ECHO = '''
 def handle(data, context):
@@ -54,24 +56,27 @@ def write_config(path: Path, store: Path, *extra: str) -> Path:
     return path
 
 
-def measure(name: str, command: list, env: dict, seconds: int) -> dict:
-    """Starts a server, registers the echo model (one worker), checks the echo, runs wrk."""
+def measure(name: str, command: list, env: dict, seconds: int, model: bool = True) -> dict:
+    """Starts a server, registers the echo model (one worker) unless `model` is False (the
+    floor, which echoes at /echo itself), checks the echo byte for byte, runs wrk."""
     log = open(OUT / f"{name}.log", "w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=OUT)
     base = f"http://127.0.0.1:{PORTS['inference']}"
+    url = f"{base}/predictions/echo" if model else f"{base}/echo"
     try:
         wait_ready(f"{base}/ping", 120)
-        requests.post(f"http://127.0.0.1:{PORTS['management']}/models?url=echo.mar"
-                      "&initial_workers=1&synchronous=true&batch_size=1",
-                      timeout=300).raise_for_status()
+        if model:
+            requests.post(f"http://127.0.0.1:{PORTS['management']}/models?url=echo.mar"
+                          "&initial_workers=1&synchronous=true&batch_size=1",
+                          timeout=300).raise_for_status()
         body = os.urandom(SIZE)
-        echoed = requests.post(f"{base}/predictions/echo", data=body, timeout=60,
+        echoed = requests.post(url, data=body, timeout=60,
                                headers={"content-type": "application/octet-stream"})
         assert echoed.status_code == 200 and echoed.content == body, (name, echoed.status_code)
         results = {}
         for c in CONNECTIONS:
-            wrk(f"{base}/predictions/echo", c, 2, "out/bigbody/post.lua")
-            results[c] = wrk(f"{base}/predictions/echo", c, seconds, "out/bigbody/post.lua")
+            wrk(url, c, 2, "out/bigbody/post.lua")
+            results[c] = wrk(url, c, seconds, "out/bigbody/post.lua")
             print(name, c, results[c], flush=True)
         return results
     finally:
@@ -79,14 +84,15 @@ def measure(name: str, command: list, env: dict, seconds: int) -> dict:
 
 
 def table(rows: dict) -> str:
-    ts = rows["TorchServe"]
-    lines = ["| server | c | req/s | p50 ms | p99 ms | p99/p50 | req/s vs TorchServe | errors |",
-             "|---|---|---|---|---|---|---|---|"]
+    ts, floor = rows["TorchServe"], rows[FLOOR]
+    lines = ["| server | c | req/s | p50 ms | p99 ms | p99/p50 | req/s vs TorchServe | "
+             "req/s vs the floor | errors |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, results in rows.items():
         for c, r in results.items():
             lines.append(f"| {name} | {c} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
                          f"{r['p99'] / r['p50']:.1f} | {r['rps'] / ts[c]['rps']:.1f}× | "
-                         f"{r['errors']} |")
+                         f"{r['rps'] / floor[c]['rps']:.2f}× | {r['errors']} |")
     return "\n".join(lines)
 
 
@@ -104,6 +110,8 @@ def main():
                  "--disable-token-auth", "--enable-model-api", "--model-store", str(store),
                  "--python", str(REPO / ".venv" / "bin" / "python"), "--config"]
     rows = {
+        FLOOR: measure("floor", [str(REPO / "target" / "release" / "examples" / "echo_floor"),
+                                 str(PORTS["inference"])], env, args.seconds, model=False),
         "TorchServe": measure("TorchServe", [
             str(ts_bin / "torchserve"), "--start", "--foreground", "--ncs", "--model-store",
             str(store), "--ts-config", str(write_config(OUT / "ts.properties", store)),

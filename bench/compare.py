@@ -181,6 +181,42 @@ def write_config(path: Path, store: Path, *extra: str) -> Path:
     return path
 
 
+def parents() -> dict:
+    """{pid: parent pid} of every process."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            found[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return found
+
+
+def tree(root: int) -> list:
+    """`root` and all its descendants."""
+    links = parents()
+    found, frontier = [root], [root]
+    while frontier:
+        frontier = [pid for pid, parent in links.items() if parent in frontier]
+        found += frontier
+    return found
+
+
+def cpu_seconds(pids, reaped: bool = True) -> float:
+    """User and system time of `pids`, and of the children they reaped unless `reaped` is
+    False."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(n) for n in fields[11:15 if reaped else 13])  # utime stime cutime cstime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def wait_ready(url: str, timeout: float) -> float:
     """Seconds until `url` answers 200."""
     started = time.monotonic()
@@ -465,23 +501,29 @@ def stop_server(process, ports=(*PORTS.values(), *GRPC_PORTS.values())):
         process.wait(60)
     except subprocess.TimeoutExpired:
         process.kill()
-    for pid in children:
-        try:
-            os.kill(pid, 15)
-        except ProcessLookupError:
-            pass
-    wait_ports_free(ports)
+    for signal in (15, 9):
+        for pid in children:
+            try:
+                os.kill(pid, signal)
+            except ProcessLookupError:
+                pass
+        if wait_ports_free(ports):
+            return
 
 
-def wait_ports_free(ports=(*PORTS.values(), *GRPC_PORTS.values()), timeout=60.0):
-    """Waits until nothing listens on `ports` (the benchmark's own by default) any more."""
+def wait_ports_free(ports=(*PORTS.values(), *GRPC_PORTS.values()), timeout=60.0) -> bool:
+    """Waits until nothing listens on `ports` (the benchmark's own by default) any more; says
+    whether that happened within `timeout` seconds."""
     deadline = time.monotonic() + timeout
     for port in ports:
-        while time.monotonic() < deadline:
+        while True:
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) != 0:
                     break
+            if time.monotonic() > deadline:
+                return False
             time.sleep(0.2)
+    return True
 
 
 def java_pid(_process) -> int:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import requests
 
-from compare import OUT, PORTS, REPO, archivers, wait_ports_free, write_config
+from compare import (OUT, PORTS, REPO, archivers, cpu_seconds, tree, wait_ports_free,
+                     write_config)
 
 #: The handler of every model: loads its TorchScript model in `initialize` (so each worker
 #: imports torch) and answers a number n with the sum of the model's output for a row of n.
@@ -65,29 +66,6 @@ def build_store(ts_bin, count: int) -> Path:
     return store
 
 
-def parents() -> dict:
-    """{pid: parent pid} of every process."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            found[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    return found
-
-
-def tree(root: int) -> list:
-    """`root` and all its descendants."""
-    links = parents()
-    found, frontier = [root], [root]
-    while frontier:
-        frontier = [pid for pid, parent in links.items() if parent in frontier]
-        found += frontier
-    return found
-
-
 def pss_mib(pids) -> float:
     total = 0
     for pid in pids:
@@ -97,18 +75,6 @@ def pss_mib(pids) -> float:
             continue
         total += int(re.search(r"^Pss:\s+(\d+)", text, re.M).group(1))
     return total / 1024
-
-
-def cpu_seconds(pids) -> float:
-    """User and system time of `pids` and of their children they reaped."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += sum(int(n) for n in fields[11:15])  # utime stime cutime cstime
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def all_ready(management: str, names) -> bool:
@@ -182,8 +148,8 @@ def section(count: int, torchserve: dict, torchyard: dict) -> str:
         ("total PSS, server and all its processes", f"{torchserve['pss_mib']:.0f} MiB",
          f"{torchyard['pss_mib']:.0f} MiB", torchyard["pss_mib"] / torchserve["pss_mib"]))]
     load = os.getloadavg()[0]
-    return (f"{HEADING}\n\n`bench/many_models.py` on {os.cpu_count()} cores shared with other "
-            f"engineers' builds (load average {load:.0f} at the end): a server started with {count} small TorchScript models "
+    return (f"{HEADING}\n\n`bench/many_models.py` on {os.cpu_count()} cores (load average "
+            f"{load:.1f} at the end): a server started with {count} small TorchScript models "
             f"(`--models all`, `default_workers_per_model=1`; a 64 → 64 → 10 MLP whose handler "
             f"imports torch), the same archives for both; PSS summed over the server's whole "
             f"process tree ({torchserve['processes']} processes for TorchServe, "

@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import queue
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -236,6 +237,32 @@ def ceiling(name: str, seconds: float) -> list:
     return rows
 
 
+def cpu_split(root: int) -> dict:
+    """CPU seconds so far of the server's frontend (its processes that are not Python: the
+    torchyard binary, TorchServe's JVM), of its Python workers, and of the load generators this
+    process ran and reaped (wrk), with the time they were read."""
+    frontend = workers = 0.0
+    for pid in compare.tree(root):
+        try:
+            python = Path(f"/proc/{pid}/comm").read_text().startswith("python")
+        except OSError:
+            continue
+        seconds = compare.cpu_seconds([pid], reaped=False)
+        if python:
+            workers += seconds
+        else:
+            frontend += seconds
+    clients = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"at": time.monotonic(), "frontend": frontend, "workers": workers,
+            "wrk": clients.ru_utime + clients.ru_stime}
+
+
+def cores_used(before: dict, after: dict) -> dict:
+    """Cores each part used on average between two `cpu_split` readings."""
+    took = after["at"] - before["at"]
+    return {part: (after[part] - before[part]) / took for part in ("frontend", "workers", "wrk")}
+
+
 def serve(server: str, command: list, env: dict, plans: dict, seconds: int) -> dict:
     """Starts one server, runs every model at its plan (workers, batch size) in turn, each
     registered alone, and stops the server."""
@@ -256,7 +283,9 @@ def serve(server: str, command: list, env: dict, plans: dict, seconds: int) -> d
             clients = 2 * workers * batch
             url = f"{base}/predictions/{name}"
             compare.wrk(url, clients, 3, "body.lua")
+            before = cpu_split(process.pid)
             row = compare.wrk(url, clients, seconds, "body.lua")
+            row.update(cores_used(before, cpu_split(process.pid)))
             described = requests.get(f"{management}/models/{name}", timeout=10).json()[0]
             row.update(clients=clients, threads=described.get("threadsPerWorker"))
             results[name] = row
@@ -267,11 +296,16 @@ def serve(server: str, command: list, env: dict, plans: dict, seconds: int) -> d
     return results
 
 
+def cores(row: dict) -> str:
+    return " / ".join(f"{row[part]:.2f}" for part in ("frontend", "workers", "wrk"))
+
+
 def table(ceilings: dict, plans: dict, ts: dict, ty: dict) -> str:
     lines = ["| model | ceiling: processes × threads, batch | ceiling items/s | ceiling p50 / p99 "
              "ms per batch | TorchServe items/s | TorchServe p50 / p99 ms | torchyard items/s "
              "(threads per worker) | torchyard p50 / p99 ms | torchyard / ceiling | torchyard / "
-             "TorchServe | errors (TS / ty) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "TorchServe | errors (TS / ty) | cores used by frontend / workers / wrk (TS; ty) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, plan in plans.items():
         a, b = ts[name], ty[name]
         vs_torchserve = f"{b['rps'] / a['rps']:.2f}×" if a["rps"] else "n/a (TorchServe stalled)"
@@ -280,7 +314,7 @@ def table(ceilings: dict, plans: dict, ts: dict, ty: dict) -> str:
             f"{plan['batch']} | {plan['rate']:.1f} | {plan['p50']:.0f} / {plan['p99']:.0f} | "
             f"{a['rps']:.1f} | {a['p50']:.0f} / {a['p99']:.0f} | {b['rps']:.1f} ({b['threads']}) "
             f"| {b['p50']:.0f} / {b['p99']:.0f} | {b['rps'] / plan['rate']:.2f}× | "
-            f"{vs_torchserve} | {a['errors']} / {b['errors']} |")
+            f"{vs_torchserve} | {a['errors']} / {b['errors']} | {cores(a)}; {cores(b)} |")
     lines += ["", "Every ceiling configuration (items/s; p50 / p99 ms per batch call):", "",
               "| model | processes × threads | batch | items/s | p50 / p99 ms |",
               "|---|---|---|---|---|"]
@@ -315,6 +349,7 @@ def main():
     names = [n for n in args.models.split(",") if n]
     if args.rebuild or not all((STORE / f"{name}.mar").exists() for name in MODELS):
         build(OUT / "ts-venv" / "bin" / "torch-model-archiver")
+    started_load = os.getloadavg()[0]
     ceilings = {name: ceiling(name, args.ceiling_seconds) for name in names}
     plans = {name: max(rows, key=lambda r: r["rate"]) for name, rows in ceilings.items()}
     python = str(venv / "bin" / "python")
@@ -337,8 +372,8 @@ def main():
               f"TorchServe 0.12 and torchyard one after the other at the ceiling's best "
               f"processes (as workers) and batch size, max batch delay 50 ms, "
               f"2 × workers × batch wrk clients, {args.seconds} s after a 3 s warm-up, the same "
-              f"archives (TorchServe's archiver), handlers and venv. The cores were shared with "
-              f"other engineers' builds. BERT is BERT-mini sized ({BERT['num_hidden_layers']} "
+              f"archives (TorchServe's archiver), handlers and venv. Load average (1 min) at the "
+              f"start and end: {started_load:.1f} / {os.getloadavg()[0]:.1f}. BERT is BERT-mini sized ({BERT['num_hidden_layers']} "
               f"layers, hidden {BERT['hidden_size']}), {SEQUENCE} tokens; the detector is "
               f"Faster R-CNN MobileNetV3-Large 320 FPN; all weights random; images are one "
               f"{(WORK / 'photo.jpg').stat().st_size // 1024} KB 640 × 480 JPEG.\n\n")
