@@ -548,9 +548,7 @@ impl ServedModel {
             return;
         };
         for (rank, worker) in workers.iter().enumerate() {
-            worker
-                .status
-                .set_cores(pinning.slice(rank, workers.len()));
+            worker.status.set_cores(pinning.slice(rank, workers.len()));
         }
     }
 
