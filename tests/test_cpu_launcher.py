@@ -14,17 +14,21 @@ from support.api import describe, register_archive as register, scale
 from support.archives import build_mar, manifest
 from support.server import wait_for_log
 
-#: Answers each request with its worker's pid and torch's intra-op thread count.
+#: Answers each request with its worker's pid, torch's intra-op thread count, and the CPUs the
+#: handler was imported on.
 HANDLER = '''
 import os
 
 import torch
 
+LOADED_ON = sorted(os.sched_getaffinity(0))
+
 
 def handle(data, context):
     if data is None:
         return None
-    return [{"pid": os.getpid(), "threads": torch.get_num_threads()} for _ in data]
+    return [{"pid": os.getpid(), "threads": torch.get_num_threads(), "loaded_on": LOADED_ON}
+            for _ in data]
 '''
 
 
@@ -152,6 +156,9 @@ def test_env_var_pins_fresh_interpreters_with_a_fixed_slice(start_server):
     assert allowed_cores(pid) == affinity == str(CORES[0])
     assert describe(server, "one")["workers"][0]["startMode"] == "spawn"
     assert threads_by_pid(server, "one", 4) == {pid: {1}}
+    # A fresh interpreter loads its handler on its own cores already.
+    answer = requests.post(f"{server.inference}/predictions/one", data="1", timeout=60)
+    assert answer.json()["loaded_on"] == [CORES[0]], answer.text
 
 
 def test_without_the_key_a_worker_may_use_every_core(start_server):
