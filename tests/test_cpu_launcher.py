@@ -4,13 +4,14 @@ the pool grows or shrinks the live workers are pinned again in place, and descri
 worker's cores."""
 
 import os
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import requests
 
-from support.api import describe, register_archive as register, scale
+from support.api import describe, register_archive as register, scale, wait_ready
 from support.archives import build_mar, manifest
 from support.server import wait_for_log
 
@@ -142,6 +143,14 @@ def test_scaling_pins_the_live_workers_again_in_place(server):
     [newcomer] = set(shown) - {survivor}
     assert allowed_cores(newcomer) == shown[newcomer] != before
     assert threads_by_pid(server, "pinned") == {pid: {len(CORES) // 2} for pid in shown}
+
+
+def test_a_restarted_worker_gets_its_slice_again(server):
+    before = workers(server, "pinned")
+    killed = next(iter(before))
+    os.kill(killed, signal.SIGKILL)
+    [successor] = set(wait_ready(server, "pinned", 2, not_in=[killed])) - set(before)
+    assert allowed_cores(successor) == workers(server, "pinned")[successor] == before[killed]
 
 
 def test_env_var_pins_fresh_interpreters_with_a_fixed_slice(start_server):
