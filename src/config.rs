@@ -376,9 +376,15 @@ impl ServerConfig {
             },
             cpu_pinning: {
                 // Read even when off, so the key is not reported as unsupported.
-                let args = get("cpu_launcher_args").unwrap_or_default();
-                flag("cpu_launcher_enable")
-                    .then(|| CorePinning::from_args(args))
+                let args = get("cpu_launcher_args");
+                let enabled = flag("cpu_launcher_enable");
+                if args.is_some() && !enabled {
+                    tracing::warn!(
+                        "cpu_launcher_args has no effect without cpu_launcher_enable=true"
+                    );
+                }
+                enabled
+                    .then(|| CorePinning::from_args(args.unwrap_or_default()))
                     .transpose()?
             },
             shared_memory_threshold: get("shared_memory_threshold").map_or(

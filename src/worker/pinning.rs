@@ -161,13 +161,14 @@ impl LauncherArgs {
             };
             match flag.trim_start_matches('-').replace('-', "_").as_str() {
                 "use_logical_core" => args.logical = true,
-                "ncores_per_instance" => {
-                    let n = number(value(true)?)?;
-                    if n == 0 {
-                        bail!("cpu_launcher_args: {flag} must be at least 1");
-                    }
-                    args.per_worker = Some(n);
-                }
+                "ncores_per_instance" => match value(true)? {
+                    // run_cpu's default, -1, is the cores ÷ the workers.
+                    "-1" => args.per_worker = None,
+                    n => match number(n)? {
+                        0 => bail!("cpu_launcher_args: {flag} must be at least 1"),
+                        n => args.per_worker = Some(n),
+                    },
+                },
                 "node_id" => {
                     let node = value(true)?;
                     // run_cpu's default, -1, is every node.
@@ -331,6 +332,7 @@ mod tests {
             slices(&pinning("--ncores-per-instance=9"), 2),
             ["0-3", "0-3"]
         );
+        assert_eq!(pinning("--ncores_per_instance -1").fixed_slice(), None);
     }
 
     #[test]
