@@ -13,6 +13,7 @@ use crate::metrics::{MetricsConfig, MetricsMode};
 use crate::model::{usable_cores, ModelPresets, ScalingSettings};
 use crate::properties::Properties;
 use crate::tls::CertificateSource;
+use crate::worker::CorePinning;
 
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
@@ -68,6 +69,9 @@ pub struct ServerConfig {
     /// Torch threads of each worker (`threads_per_worker`, else the server's `OMP_NUM_THREADS`);
     /// `None`: the cores shared among a model's workers (src/worker/threads.rs).
     pub threads_per_worker: Option<usize>,
+    /// How workers are pinned to cores: `cpu_launcher_enable` with `cpu_launcher_args`;
+    /// `None`: they are not.
+    pub cpu_pinning: Option<CorePinning>,
     /// Request bodies and handler outputs of at least this many bytes travel between server
     /// and workers in shared memory (`shared_memory_threshold`, default 0; 0 or less: never).
     pub shared_memory_threshold: usize,
@@ -369,6 +373,19 @@ impl ServerConfig {
                     .ok()
                     .and_then(|v| v.trim().parse().ok())
                     .filter(|&n: &usize| n > 0),
+            },
+            cpu_pinning: {
+                // Read even when off, so the key is not reported as unsupported.
+                let args = get("cpu_launcher_args");
+                let enabled = flag("cpu_launcher_enable");
+                if args.is_some() && !enabled {
+                    tracing::warn!(
+                        "cpu_launcher_args has no effect without cpu_launcher_enable=true"
+                    );
+                }
+                enabled
+                    .then(|| CorePinning::from_args(args.unwrap_or_default()))
+                    .transpose()?
             },
             shared_memory_threshold: get("shared_memory_threshold").map_or(
                 Ok(DEFAULT_SHARED_MEMORY_THRESHOLD),

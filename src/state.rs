@@ -76,6 +76,7 @@ impl AppState {
             self.config.decode_input_request,
             self.config.service_envelope.as_deref(),
             &self.gpus,
+            self.config.cpu_pinning.as_ref(),
         ));
         if let Err(e) = self.registry.insert(model.clone()) {
             model.shutdown().await;

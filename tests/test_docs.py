@@ -74,6 +74,8 @@ VALUES = {
     "default_startup_timeout": "120",
     "unregister_model_timeout": "120",
     "fork_workers": "false",
+    "cpu_launcher_enable": "true",
+    "cpu_launcher_args": "--use_logical_core",
     "shared_memory_threshold": "1048576",
     "install_py_dep_per_model": "false",
     "decode_input_request": "true",

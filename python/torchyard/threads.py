@@ -1,11 +1,26 @@
 """Torch threads of a worker: the intra-op and inter-op thread counts the server asks for in
-`load` and, when the model's pool changed size, in a `predict` (docs/protocol.md)."""
+`load` and, when the model's pool changed size, in a `predict`, and the cores `load` pins the
+handler's loading to (docs/protocol.md)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
-from typing import Optional
+from typing import List, Optional
+
+log = logging.getLogger(__name__)
+
+
+def pin(cores: Optional[List[int]]) -> None:
+    """Runs this thread, and the threads it starts from now on (torch's pools among them), on
+    `cores` (nothing when None). The server pins every thread of the process once it loaded."""
+    if not cores:
+        return
+    try:
+        os.sched_setaffinity(0, cores)
+    except OSError as exc:  # cores gone from the machine's cpuset: the server's pinning reports it
+        log.warning("cannot run on cores %s: %s", cores, exc)
 
 
 def apply(threads: Optional[int]) -> None:

@@ -130,6 +130,7 @@ class Worker:
         self.asynchronous = async_loop.enabled(msg.get("model_yaml_config"), msg.get("segment"))
         self.context.intermediate_sink = self.send_intermediate
         segment = msg.get("segment")
+        threads.pin(msg.get("cores"))
         threads.apply(msg.get("threads"))
         try:
             if segment and not any(node.get("model") for node in segment):

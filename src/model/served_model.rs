@@ -19,8 +19,8 @@ use crate::job::{InferenceRequest, Job, JobResult};
 use crate::metrics::ModelMetrics;
 use crate::python_env::PythonEnv;
 use crate::worker::{
-    spawn_worker, Dispatch, JobTickets, Parallelism, StartMode, TorchThreads, WorkerHandle,
-    WorkerSpec, WorkerState, WorkerStatus,
+    cpu_list, spawn_worker, CorePinning, Dispatch, JobTickets, Parallelism, StartMode,
+    TorchThreads, WorkerHandle, WorkerSpec, WorkerState, WorkerStatus,
 };
 
 /// A model version being served.
@@ -39,6 +39,8 @@ pub struct ServedModel {
     autoscaling: Mutex<Value>,
     /// A stateful model's open sequences (`sequenceBatching`).
     sequences: Option<Sequences>,
+    /// How its workers are pinned to cores (`cpu_launcher_enable`; never torchrun workers).
+    pinning: Option<CorePinning>,
 }
 
 struct Pool {
@@ -79,6 +81,9 @@ impl crate::versioned::Versioned for ServedModel {
                 });
                 if self.spec.parallel.is_some() {
                     worker["gpuIds"] = json!(w.status.gpu_ids);
+                }
+                if self.pinning.is_some() {
+                    worker["cpuAffinity"] = json!(cpu_list(&w.status.cores()));
                 }
                 if let (WorkerState::Failed, Some((_, cause))) = (state, w.status.failure()) {
                     worker["failure"] = json!(cause);
@@ -134,7 +139,8 @@ impl ServedModel {
     /// `decode_input_request`: whether its workers decode JSON and text parameters;
     /// `service_envelope`: the envelope its handler is wrapped in, unless it is a workflow
     /// node (whose input is the workflow's, not a client's); `gpus`: the server's, on which
-    /// workers are placed as the model's configuration says.
+    /// workers are placed as the model's configuration says; `pinning`: how workers are
+    /// pinned to cores, if they are.
     pub fn new(
         def: ModelDefinition,
         python: PythonEnv,
@@ -142,6 +148,7 @@ impl ServedModel {
         decode_input_request: bool,
         service_envelope: Option<&str>,
         gpus: &Arc<Gpus>,
+        pinning: Option<&CorePinning>,
     ) -> Self {
         let (queue, rx) = async_channel::bounded(def.settings.job_queue_size);
         // A model with its own environment runs its interpreter, never forked from the server's.
@@ -154,6 +161,15 @@ impl ServedModel {
             None => python,
         };
         let parallel = Parallelism::from_yaml(&def.name, &def.yaml_config);
+        // A torchrun worker's ranks run `OMP_NUM_THREADS` threads each, unpinned.
+        let pinning = pinning.filter(|_| parallel.is_none()).cloned();
+        let threads = match &pinning {
+            Some(pinning) => TorchThreads::new(
+                def.settings.threads_per_worker.or(pinning.fixed_slice()),
+                pinning.cores(),
+            ),
+            None => TorchThreads::new(def.settings.threads_per_worker, usable_cores()),
+        };
         let spec = Arc::new(WorkerSpec {
             model_name: def.name.clone(),
             model_version: def.version.clone(),
@@ -184,7 +200,7 @@ impl ServedModel {
             ready_workers: AtomicUsize::new(0),
             unanswered_in_a_row: AtomicUsize::new(0),
             retired_workers: AtomicUsize::new(0),
-            threads: TorchThreads::new(def.settings.threads_per_worker, usable_cores()),
+            threads,
             template: Default::default(),
         });
         let pool = Pool {
@@ -209,6 +225,7 @@ impl ServedModel {
             scale_calls: AtomicU64::new(0),
             autoscaling: Mutex::new(Value::Null),
             sequences,
+            pinning,
         }
     }
 
@@ -375,6 +392,7 @@ impl ServedModel {
             }
             let keep = min.min(pool.workers.len());
             let stopped = pool.workers.split_off(keep);
+            self.share_cores(&pool.workers);
             (started, stopped)
         };
         for worker in &stopped {
@@ -497,6 +515,7 @@ impl ServedModel {
         pool.next_id += 1;
         self.set_target(count + 1);
         pool.workers.push(spawn_worker(self.spec.clone(), id));
+        self.share_cores(&pool.workers);
         true
     }
 
@@ -516,8 +535,21 @@ impl ServedModel {
         };
         worker.stop();
         self.set_target(count - 1);
+        self.share_cores(&pool.workers);
         tokio::spawn(worker.join());
         true
+    }
+
+    /// With core pinning, deals each worker the slice of the cores of its place in the pool;
+    /// running workers are pinned again in place (the thread count follows with their next
+    /// batch, see [`ServedModel::set_target`]).
+    fn share_cores(&self, workers: &[WorkerHandle]) {
+        let Some(pinning) = &self.pinning else {
+            return;
+        };
+        for (rank, worker) in workers.iter().enumerate() {
+            worker.status.set_cores(pinning.slice(rank, workers.len()));
+        }
     }
 
     /// Sets the workers wanted now, and shares the cores among them.

@@ -8,6 +8,7 @@ mod dispatch;
 mod fd_passing;
 mod fork_server;
 mod forked;
+mod pinning;
 mod process;
 pub mod protocol;
 mod rank_group;
@@ -19,6 +20,7 @@ mod threads;
 
 pub use dispatch::Dispatch;
 pub use fork_server::ForkServer;
+pub use pinning::{cpu_list, CorePinning};
 pub use process::abort_all;
 pub use rank_group::Parallelism;
 pub use status::{StartMode, WorkerState, WorkerStatus};

@@ -59,6 +59,10 @@ pub struct LoadMessage<'a> {
     /// Torch intra-op and inter-op threads the worker runs (src/worker/threads.rs); `None`:
     /// torch's default (a torchrun worker's ranks take `OMP_NUM_THREADS`).
     pub threads: Option<usize>,
+    /// The cores the worker is pinned to (`cpu_launcher_enable`): it runs its handler's
+    /// loading on them; absent: every core.
+    #[serde(skip_serializing_if = "<[usize]>::is_empty")]
+    pub cores: &'a [usize],
     /// Outputs of at least this many bytes come back in shared memory (0: never).
     pub shared_memory_threshold: usize,
     /// Set for a fused workflow segment: the worker runs these nodes in turn on a request

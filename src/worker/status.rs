@@ -6,6 +6,8 @@ use std::sync::Mutex;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
+use super::pinning;
+
 /// Life-cycle state of a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkerState {
@@ -64,6 +66,8 @@ pub struct WorkerStatus {
     start_mode: Mutex<Option<StartMode>>,
     state: watch::Sender<WorkerState>,
     failure: Mutex<Option<(u16, String)>>,
+    /// The cores its processes are pinned to (`cpu_launcher_enable`); empty: not pinned.
+    cores: Mutex<Vec<usize>>,
 }
 
 impl WorkerStatus {
@@ -78,6 +82,7 @@ impl WorkerStatus {
             start_mode: Mutex::new(None),
             state: watch::Sender::new(WorkerState::Starting),
             failure: Mutex::new(None),
+            cores: Mutex::new(Vec::new()),
         }
     }
 
@@ -94,8 +99,49 @@ impl WorkerStatus {
         self.pid.load(Ordering::Relaxed)
     }
 
+    /// Records the current process (0: none), and pins it to the worker's cores if it has
+    /// some.
     pub fn set_pid(&self, pid: u32) {
         self.pid.store(pid, Ordering::Relaxed);
+        if pid != 0 {
+            self.pin(&self.cores.lock().expect("cores lock"));
+        }
+    }
+
+    /// The cores the worker is pinned to; empty when it is not.
+    pub fn cores(&self) -> Vec<usize> {
+        self.cores.lock().expect("cores lock").clone()
+    }
+
+    /// Pins the worker to `cores`: its running process now, every thread of it, and each
+    /// process it restarts with.
+    pub fn set_cores(&self, cores: Vec<usize>) {
+        let mut pinned = self.cores.lock().expect("cores lock");
+        if *pinned != cores {
+            *pinned = cores;
+            self.pin(&pinned);
+        }
+    }
+
+    /// Pins the current process to `cores`, under the cores lock: the last pin of a process
+    /// is always its latest cores, whichever of `set_pid` and `set_cores` comes last.
+    fn pin(&self, cores: &[usize]) {
+        let pid = self.pid();
+        if pid == 0 || cores.is_empty() {
+            return;
+        }
+        match pinning::pin(pid, cores) {
+            Ok(()) => tracing::debug!(
+                "worker {} (pid {pid}) pinned to cores {}",
+                self.id,
+                pinning::cpu_list(cores)
+            ),
+            Err(e) => tracing::warn!(
+                "cannot pin worker {} (pid {pid}) to cores {}: {e}",
+                self.id,
+                pinning::cpu_list(cores)
+            ),
+        }
     }
 
     /// How the current (or last) process started; `None` before the first one connected.

@@ -328,6 +328,7 @@ async fn start(
     restarts: usize,
 ) -> Result<WorkerProcess, StartFailure> {
     let threads = spec.parallel.is_none().then(|| spec.threads.per_worker());
+    let cores = status.cores();
     let load = ToWorker::Load(LoadMessage {
         model_name: &spec.model_name,
         model_version: &spec.model_version,
@@ -344,6 +345,7 @@ async fn start(
         server_name: "torchyard",
         server_version: env!("CARGO_PKG_VERSION"),
         threads,
+        cores: &cores,
         shared_memory_threshold: spec.python.shared_memory_threshold,
         segment: spec.segment.as_deref(),
     });
