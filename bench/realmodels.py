@@ -8,8 +8,10 @@ bare Python processes, no server: every processes x threads x batch size that fi
 the best one counted. Each server then runs each model at the ceiling's best worker count and
 batch size (`batch_size` and enough clients for every worker to have a full batch queued),
 driven by wrk with the same body; torchyard's workers get their torch threads from the server
-(cores / workers), TorchServe's run torch's default. Writes the "Real models" section of
-bench/results.md."""
+(cores / workers), TorchServe's run torch's default. The ceiling's best configuration is
+measured again right before and right after each torchyard row (the machine drifts by several
+percent within minutes), and torchyard is compared with their mean. Writes the "Real models"
+section of bench/results.md."""
 
 import argparse
 import importlib
@@ -240,6 +242,14 @@ def ceiling_row(name: str, processes: int, threads: int, batch: int, seconds: fl
     return row
 
 
+def ceiling_beside(name: str, plan: dict, seconds: float):
+    """The plan's ceiling once more, noted in `plan["beside"]`: the machine drifts by several
+    percent within minutes, so torchyard's row is compared with the ceiling measured right
+    before and right after it."""
+    row = ceiling_row(name, plan["processes"], plan["threads"], plan["batch"], seconds)
+    plan.setdefault("beside", []).append(row["rate"])
+
+
 def cpu_split(root: int) -> dict:
     """CPU seconds so far of the server's frontend (its processes that are not Python: the
     torchyard binary, TorchServe's JVM), of its Python workers, and of the load generators this
@@ -266,9 +276,11 @@ def cores_used(before: dict, after: dict) -> dict:
     return {part: (after[part] - before[part]) / took for part in ("frontend", "workers", "wrk")}
 
 
-def serve(server: str, command: list, env: dict, plans: dict, seconds: int) -> dict:
+def serve(server: str, command: list, env: dict, plans: dict, seconds: int,
+          beside=None) -> dict:
     """Starts one server, runs every model at its plan (workers, batch size) in turn, each
-    registered alone, and stops the server."""
+    registered alone, and stops the server. `beside(name, plan)`, when given, runs right before
+    and right after each model's measured window (the server idle meanwhile)."""
     base = f"http://127.0.0.1:{PORTS['inference']}"
     management = f"http://127.0.0.1:{PORTS['management']}"
     log = open(OUT / f"real-{server}.log", "w")
@@ -286,9 +298,13 @@ def serve(server: str, command: list, env: dict, plans: dict, seconds: int) -> d
             clients = 2 * workers * batch
             url = f"{base}/predictions/{name}"
             compare.wrk(url, clients, 3, "body.lua")
+            if beside:
+                beside(name, plan)
             before = cpu_split(process.pid)
             row = compare.wrk(url, clients, seconds, "body.lua")
             row.update(cores_used(before, cpu_split(process.pid)))
+            if beside:
+                beside(name, plan)
             described = requests.get(f"{management}/models/{name}", timeout=10).json()[0]
             row.update(clients=clients, threads=described.get("threadsPerWorker"))
             results[name] = row
@@ -304,19 +320,20 @@ def cores(row: dict) -> str:
 
 
 def table(ceilings: dict, plans: dict, ts: dict, ty: dict) -> str:
-    lines = ["| model | ceiling: processes × threads, batch | ceiling items/s (first, again at "
-             "the end) | ceiling p50 / p99 ms per batch | TorchServe items/s | TorchServe p50 / "
+    lines = ["| model | ceiling: processes × threads, batch | ceiling items/s (first pass; right "
+             "before and after torchyard's row) | ceiling p50 / p99 ms per batch | TorchServe items/s | TorchServe p50 / "
              "p99 ms | torchyard items/s (threads per worker) | torchyard p50 / p99 ms | "
-             "torchyard / ceiling (their mean) | torchyard / TorchServe | errors (TS / ty) | "
+             "torchyard / ceiling (before and after, their mean) | torchyard / TorchServe | errors (TS / ty) | "
              "cores used by frontend / workers / wrk (TS; ty) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, plan in plans.items():
         a, b = ts[name], ty[name]
         vs_torchserve = f"{b['rps'] / a['rps']:.2f}×" if a["rps"] else "n/a (TorchServe stalled)"
-        ceiling_mean = (plan["rate"] + plan["again"]) / 2
+        beside = plan["beside"]
+        ceiling_mean = sum(beside) / len(beside)
         lines.append(
             f"| {name} ({MODELS[name][0]}) | {plan['processes']} × {plan['threads']}, "
-            f"{plan['batch']} | {plan['rate']:.1f}, {plan['again']:.1f} | "
+            f"{plan['batch']} | {plan['rate']:.1f}; {', '.join(f'{r:.1f}' for r in beside)} | "
             f"{plan['p50']:.0f} / {plan['p99']:.0f} | "
             f"{a['rps']:.1f} | {a['p50']:.0f} / {a['p99']:.0f} | {b['rps']:.1f} ({b['threads']}) "
             f"| {b['p50']:.0f} / {b['p99']:.0f} | {b['rps'] / ceiling_mean:.2f}× | "
@@ -369,19 +386,16 @@ def main():
     torchyard = serve("torchyard", [str(REPO / "target" / "release" / "torchyard"), "serve",
                                     "--ncs", "--disable-token-auth", "--enable-model-api",
                                     "--model-store", str(STORE), "--config", str(config),
-                                    "--python", python], env, plans, args.seconds)
-    # The best configuration once more, after both servers: how much the machine itself drifted
-    # over the run, next to the ratios.
-    for name, plan in plans.items():
-        plan["again"] = ceiling_row(name, plan["processes"], plan["threads"], plan["batch"],
-                                    args.ceiling_seconds)["rate"]
+                                    "--python", python], env, plans, args.seconds,
+                      beside=lambda name, plan: ceiling_beside(name, plan, args.ceiling_seconds))
     cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
     header = (f"## Real models (`bench/realmodels.sh`, {CORES} cores, "
               f"{cpu.group(1) if cpu else 'unknown CPU'})\n\n"
               f"One run: the ceiling ({args.ceiling_seconds:g} s per configuration, bare "
               f"processes calling the handler's preprocess, inference and postprocess), then "
               f"TorchServe 0.12 and torchyard one after the other at the ceiling's best "
-              f"processes (as workers) and batch size, max batch delay 50 ms, "
+              f"processes (as workers) and batch size, max batch delay 50 ms, the ceiling's "
+              f"best measured again right before and after each torchyard row, "
               f"2 × workers × batch wrk clients, {args.seconds} s after a 3 s warm-up, the same "
               f"archives (TorchServe's archiver), handlers and venv. Load average (1 min) at the "
               f"start and end: {started_load:.1f} / {os.getloadavg()[0]:.1f}. BERT is BERT-mini sized ({BERT['num_hidden_layers']} "
