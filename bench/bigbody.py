@@ -1,6 +1,6 @@
 """Big bodies (issue 27 item 4): a 1 MB body POSTed to an echo handler, which answers the same
-bytes, at 1 and 8 connections (wrk), one worker, batch size 1: TorchServe 0.12, torchyard as it comes
-(every body through the worker's socket) and torchyard with `shared_memory_threshold=262144`
+bytes, at 1 and 8 connections (wrk), one worker, batch size 1: TorchServe 0.12, torchyard as it
+comes (every body through the worker's socket) and torchyard with `shared_memory_threshold=262144`
 (bodies and answers in a memfd), one after the other in one run, beside the floor: an axum server
 that echoes the body itself (bench/echo_floor.rs), what wrk, loopback TCP and HTTP cost before any
 worker does. Each server's echo is checked byte for byte first. Prints a markdown table.

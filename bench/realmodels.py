@@ -129,7 +129,8 @@ def build(archiver: Path):
     # A vocabulary of made-up words, and a text of 100 of them (truncated to 128 tokens).
     syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "pa"]
     words = [a + b + c for a in syllables for b in syllables for c in syllables]
-    (src / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]))
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    (src / "vocab.txt").write_text("\n".join([*special, *words]))
     (WORK / "text.txt").write_text(" ".join(words[i * 37 % len(words)] for i in range(100)))
     config = BertConfig(vocab_size=len(words) + 5, **BERT)
     (src / "bert_config.json").write_text(config.to_json_string())
@@ -320,12 +321,13 @@ def cores(row: dict) -> str:
 
 
 def table(ceilings: dict, plans: dict, ts: dict, ty: dict) -> str:
-    lines = ["| model | ceiling: processes × threads, batch | ceiling items/s (first pass; right "
-             "before and after torchyard's row) | ceiling p50 / p99 ms per batch | TorchServe items/s | TorchServe p50 / "
-             "p99 ms | torchyard items/s (threads per worker) | torchyard p50 / p99 ms | "
-             "torchyard / ceiling (before and after, their mean) | torchyard / TorchServe | errors (TS / ty) | "
-             "cores used by frontend / workers / wrk (TS; ty) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    columns = ["model", "ceiling: processes × threads, batch",
+               "ceiling items/s (first pass; right before and after torchyard's row)",
+               "ceiling p50 / p99 ms per batch", "TorchServe items/s", "TorchServe p50 / p99 ms",
+               "torchyard items/s (threads per worker)", "torchyard p50 / p99 ms",
+               "torchyard / ceiling (before and after, their mean)", "torchyard / TorchServe",
+               "errors (TS / ty)", "cores used by frontend / workers / wrk (TS; ty)"]
+    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for name, plan in plans.items():
         a, b = ts[name], ty[name]
         vs_torchserve = f"{b['rps'] / a['rps']:.2f}×" if a["rps"] else "n/a (TorchServe stalled)"
@@ -398,8 +400,9 @@ def main():
               f"best measured again right before and after each torchyard row, "
               f"2 × workers × batch wrk clients, {args.seconds} s after a 3 s warm-up, the same "
               f"archives (TorchServe's archiver), handlers and venv. Load average (1 min) at the "
-              f"start and end: {started_load:.1f} / {os.getloadavg()[0]:.1f}. BERT is BERT-mini sized ({BERT['num_hidden_layers']} "
-              f"layers, hidden {BERT['hidden_size']}), {SEQUENCE} tokens; the detector is "
+              f"start and end: {started_load:.1f} / {os.getloadavg()[0]:.1f}. BERT is "
+              f"BERT-mini sized ({BERT['num_hidden_layers']} layers, hidden "
+              f"{BERT['hidden_size']}), {SEQUENCE} tokens; the detector is "
               f"Faster R-CNN MobileNetV3-Large 320 FPN; all weights random; images are one "
               f"{(WORK / 'photo.jpg').stat().st_size // 1024} KB 640 × 480 JPEG.\n\n")
     result = header + table(ceilings, plans, torchserve, torchyard)
