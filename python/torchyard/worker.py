@@ -20,7 +20,7 @@ from collections import deque
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .codec import JSON, Blob, decode
-from . import async_loop, continuous as continuous_batching, envelopes, threads
+from . import async_loop, continuous as continuous_batching, envelopes, heap, threads
 from .context import Context
 from .metrics import Metric, Metrics, drain
 from .framing import FrameReader, ProtocolError, write_frame
@@ -356,6 +356,8 @@ def main(argv: Optional[Sequence[str]] = None, loaded: Optional[Worker] = None) 
     )
     # TorchServe's `ts` package, when installed, wins over torchyard's stand-in.
     sys.path.append(COMPAT_PATH)
+    if not heap.keep_while_busy():
+        log.info("the C heap is left as the environment sets it")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(args.socket)
         # As the server's end (process.rs, SOCKET_BUFFER): a large answer in one write.
