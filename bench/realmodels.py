@@ -8,10 +8,13 @@ bare Python processes, no server: every processes x threads x batch size that fi
 the best one counted. Each server then runs each model at the ceiling's best worker count and
 batch size (`batch_size` and enough clients for every worker to have a full batch queued),
 driven by wrk with the same body; torchyard's workers get their torch threads from the server
-(cores / workers), TorchServe's run torch's default. The ceiling's best configuration is
-measured again right before and right after each torchyard row (the machine drifts by several
-percent within minutes), and torchyard is compared with their mean. Writes the "Real models"
-section of bench/results.md."""
+(cores / workers), TorchServe's run torch's default. The machine drifts by several percent
+within minutes, so torchyard's row is measured in rounds, the ceiling's best configuration
+measured again before the first and after each (the server idle meanwhile), and each round
+compared with the ceiling right before and after it. The ceiling is measured there twice: as
+bare PyTorch runs (glibc's heap as it comes) and with the heap set up as torchyard's workers set
+it (python/torchyard/heap.py), so the server's own cost shows apart from the heap's. Writes the
+"Real models" section of bench/results.md."""
 
 import argparse
 import importlib
@@ -167,9 +170,15 @@ def unpacked(name: str) -> Path:
     return where
 
 
-def ceiling_process(name, threads, batch, seconds, barrier, results):
+def ceiling_process(name, threads, batch, seconds, keep_heap, barrier, results):
     """One bare process: the handler TorchServe would load, called in a loop on `batch` bodies
-    after one warm-up call; puts (items, seconds, per-call latencies in ms)."""
+    after one warm-up call; puts (items, seconds, per-call latencies in ms). `keep_heap`: the
+    heap set up as a torchyard worker sets it."""
+    if keep_heap:
+        sys.path.insert(0, str(REPO / "python"))
+        from torchyard import heap
+
+        assert heap.keep_while_busy(), "the environment sets the allocator up"
     import torch
 
     torch.set_num_threads(threads)
@@ -214,13 +223,15 @@ def ceiling(name: str, seconds: float) -> list:
             for processes, threads in placements for batch in MODELS[name][3]]
 
 
-def ceiling_row(name: str, processes: int, threads: int, batch: int, seconds: float) -> dict:
+def ceiling_row(name: str, processes: int, threads: int, batch: int, seconds: float,
+                keep_heap: bool = False) -> dict:
     """One configuration of the ceiling: `processes` bare processes of `threads` threads each
-    calling the handler on `batch` bodies side by side for `seconds`."""
+    calling the handler on `batch` bodies side by side for `seconds` (`keep_heap`: as in
+    `ceiling_process`)."""
     spawn = multiprocessing.get_context("spawn")
     barrier, results = spawn.Barrier(processes), spawn.Queue()
     workers = [spawn.Process(target=ceiling_process,
-                             args=(name, threads, batch, seconds, barrier, results))
+                             args=(name, threads, batch, seconds, keep_heap, barrier, results))
                for _ in range(processes)]
     for worker in workers:
         worker.start()
@@ -236,7 +247,7 @@ def ceiling_row(name: str, processes: int, threads: int, batch: int, seconds: fl
     for worker in workers:
         worker.join()
     latencies = [ms for _, _, each in done for ms in each]
-    row = {"processes": processes, "threads": threads, "batch": batch,
+    row = {"processes": processes, "threads": threads, "batch": batch, "keep_heap": keep_heap,
            "rate": sum(items / took for items, took, _ in done),
            "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99)}
     print("ceiling", name, row, flush=True)
@@ -244,11 +255,23 @@ def ceiling_row(name: str, processes: int, threads: int, batch: int, seconds: fl
 
 
 def ceiling_beside(name: str, plan: dict, seconds: float):
-    """The plan's ceiling once more, noted in `plan["beside"]`: the machine drifts by several
-    percent within minutes, so torchyard's row is compared with the ceiling measured right
-    before and right after it."""
-    row = ceiling_row(name, plan["processes"], plan["threads"], plan["batch"], seconds)
-    plan.setdefault("beside", []).append(row["rate"])
+    """The plan's ceiling once more, bare and with the workers' heap, appended to
+    `plan["beside"]` and `plan["beside_heap"]`."""
+    for key, keep_heap in (("beside", False), ("beside_heap", True)):
+        row = ceiling_row(name, plan["processes"], plan["threads"], plan["batch"], seconds,
+                          keep_heap)
+        plan.setdefault(key, []).append(row["rate"])
+
+
+def round_ratios(rates: list, ceilings: list) -> list:
+    """Each round's rate over the mean of the ceilings measured right before and after it."""
+    return [rate / ((before + after) / 2)
+            for rate, before, after in zip(rates, ceilings, ceilings[1:])]
+
+
+def mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
 
 
 def cpu_split(root: int) -> dict:
@@ -278,10 +301,12 @@ def cores_used(before: dict, after: dict) -> dict:
 
 
 def serve(server: str, command: list, env: dict, plans: dict, seconds: int,
-          beside=None) -> dict:
+          beside=None, rounds: int = 1) -> dict:
     """Starts one server, runs every model at its plan (workers, batch size) in turn, each
-    registered alone, and stops the server. `beside(name, plan)`, when given, runs right before
-    and right after each model's measured window (the server idle meanwhile)."""
+    registered alone, and stops the server. Each model is measured in `rounds` windows of
+    `seconds`; `beside(name, plan)`, when given, runs before the first and after each (the
+    server idle meanwhile). The row: the windows' mean rate and p50, their worst p99, each
+    window's rate in `rates`."""
     base = f"http://127.0.0.1:{PORTS['inference']}"
     management = f"http://127.0.0.1:{PORTS['management']}"
     log = open(OUT / f"real-{server}.log", "w")
@@ -301,11 +326,18 @@ def serve(server: str, command: list, env: dict, plans: dict, seconds: int,
             compare.wrk(url, clients, 3, "body.lua")
             if beside:
                 beside(name, plan)
-            before = cpu_split(process.pid)
-            row = compare.wrk(url, clients, seconds, "body.lua")
-            row.update(cores_used(before, cpu_split(process.pid)))
-            if beside:
-                beside(name, plan)
+            windows = []
+            for _ in range(rounds):
+                before = cpu_split(process.pid)
+                windows.append(compare.wrk(url, clients, seconds, "body.lua"))
+                windows[-1].update(cores_used(before, cpu_split(process.pid)))
+                if beside:
+                    beside(name, plan)
+            row = {key: mean(w[key] for w in windows)
+                   for key in ("rps", "p50", "frontend", "workers", "wrk")}
+            row.update(p99=max(w["p99"] for w in windows),
+                       errors=sum(w["errors"] for w in windows),
+                       rates=[w["rps"] for w in windows])
             described = requests.get(f"{management}/models/{name}", timeout=10).json()[0]
             row.update(clients=clients, threads=described.get("threadsPerWorker"))
             results[name] = row
@@ -320,25 +352,31 @@ def cores(row: dict) -> str:
     return " / ".join(f"{row[part]:.2f}" for part in ("frontend", "workers", "wrk"))
 
 
+def rates(values: list) -> str:
+    return ", ".join(f"{v:.1f}" for v in values)
+
+
 def table(ceilings: dict, plans: dict, ts: dict, ty: dict) -> str:
     columns = ["model", "ceiling: processes × threads, batch",
-               "ceiling items/s (first pass; right before and after torchyard's row)",
+               "ceiling items/s (first pass; around torchyard's rounds: bare; with the "
+               "workers' heap)",
                "ceiling p50 / p99 ms per batch", "TorchServe items/s", "TorchServe p50 / p99 ms",
-               "torchyard items/s (threads per worker)", "torchyard p50 / p99 ms",
-               "torchyard / ceiling (before and after, their mean)", "torchyard / TorchServe",
-               "errors (TS / ty)", "cores used by frontend / workers / wrk (TS; ty)"]
+               "torchyard items/s per round (threads per worker)", "torchyard p50 / p99 ms",
+               "torchyard / ceiling, mean of the rounds (bare; with the workers' heap)",
+               "torchyard / TorchServe", "errors (TS / ty)",
+               "cores used by frontend / workers / wrk (TS; ty)"]
     lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for name, plan in plans.items():
         a, b = ts[name], ty[name]
         vs_torchserve = f"{b['rps'] / a['rps']:.2f}×" if a["rps"] else "n/a (TorchServe stalled)"
-        beside = plan["beside"]
-        ceiling_mean = sum(beside) / len(beside)
+        bare, kept = (mean(round_ratios(b["rates"], plan[key]))
+                      for key in ("beside", "beside_heap"))
         lines.append(
             f"| {name} ({MODELS[name][0]}) | {plan['processes']} × {plan['threads']}, "
-            f"{plan['batch']} | {plan['rate']:.1f}; {', '.join(f'{r:.1f}' for r in beside)} | "
-            f"{plan['p50']:.0f} / {plan['p99']:.0f} | "
-            f"{a['rps']:.1f} | {a['p50']:.0f} / {a['p99']:.0f} | {b['rps']:.1f} ({b['threads']}) "
-            f"| {b['p50']:.0f} / {b['p99']:.0f} | {b['rps'] / ceiling_mean:.2f}× | "
+            f"{plan['batch']} | {plan['rate']:.1f}; {rates(plan['beside'])}; "
+            f"{rates(plan['beside_heap'])} | {plan['p50']:.0f} / {plan['p99']:.0f} | "
+            f"{a['rps']:.1f} | {a['p50']:.0f} / {a['p99']:.0f} | {rates(b['rates'])} "
+            f"({b['threads']}) | {b['p50']:.0f} / {b['p99']:.0f} | {bare:.2f}×; {kept:.2f}× | "
             f"{vs_torchserve} | {a['errors']} / {b['errors']} | {cores(a)}; {cores(b)} |")
     lines += ["", "Every ceiling configuration (items/s; p50 / p99 ms per batch call):", "",
               "| model | processes × threads | batch | items/s | p50 / p99 ms |",
@@ -366,6 +404,8 @@ def main():
     parser.add_argument("--seconds", type=int, default=10, help="per server measurement")
     parser.add_argument("--ceiling-seconds", type=float, default=4.0,
                         help="per ceiling configuration")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="torchyard's windows per model, each between two ceilings")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--rebuild", action="store_true",
                         help="remake the archives and bodies even when they exist")
@@ -389,16 +429,19 @@ def main():
                                     "--ncs", "--disable-token-auth", "--enable-model-api",
                                     "--model-store", str(STORE), "--config", str(config),
                                     "--python", python], env, plans, args.seconds,
-                      beside=lambda name, plan: ceiling_beside(name, plan, args.ceiling_seconds))
+                      beside=lambda name, plan: ceiling_beside(name, plan, args.ceiling_seconds),
+                      rounds=args.rounds)
     cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
     header = (f"## Real models (`bench/realmodels.sh`, {CORES} cores, "
               f"{cpu.group(1) if cpu else 'unknown CPU'})\n\n"
               f"One run: the ceiling ({args.ceiling_seconds:g} s per configuration, bare "
               f"processes calling the handler's preprocess, inference and postprocess), then "
               f"TorchServe 0.12 and torchyard one after the other at the ceiling's best "
-              f"processes (as workers) and batch size, max batch delay 50 ms, the ceiling's "
-              f"best measured again right before and after each torchyard row, "
-              f"2 × workers × batch wrk clients, {args.seconds} s after a 3 s warm-up, the same "
+              f"processes (as workers) and batch size, max batch delay 50 ms, torchyard in "
+              f"{args.rounds} rounds with the ceiling's best measured again before the first "
+              f"and after each, bare and with the workers' heap, "
+              f"2 × workers × batch wrk clients, {args.seconds} s per window after a 3 s "
+              f"warm-up, the same "
               f"archives (TorchServe's archiver), handlers and venv. Load average (1 min) at the "
               f"start and end: {started_load:.1f} / {os.getloadavg()[0]:.1f}. BERT is "
               f"BERT-mini sized ({BERT['num_hidden_layers']} layers, hidden "
