@@ -126,7 +126,8 @@ def main():
             str(store), "--ts-config", str(write_config(OUT / "ts.properties", store)),
             "--disable-token-auth", "--enable-model-api"], env, args.seconds, args.size),
         "torchyard": measure("torchyard", [
-            *torchyard, str(write_config(OUT / "ty.properties", store))], env, args.seconds,
+            *torchyard, str(write_config(OUT / "ty.properties", store,
+                                         "shared_memory_threshold=0"))], env, args.seconds,
             args.size),
         "torchyard, shared memory": measure("torchyard-shared", [
             *torchyard, str(write_config(OUT / "ty-shm.properties", store,

@@ -9,7 +9,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use memmap2::{Mmap, MmapMut, MmapOptions};
 use serde::Serialize;
 use tokio::io::{AsyncWriteExt, Interest};
@@ -172,6 +172,9 @@ fn create(size: usize) -> io::Result<(OwnedFd, MmapMut)> {
 pub struct ReplyRegions {
     maps: Vec<Option<Mmap>>,
     freed: Vec<u32>,
+    /// Where blobs are copied to: its allocation is reused once the last copy is dropped, so a
+    /// copy does not fault in fresh pages each time.
+    buffer: BytesMut,
 }
 
 impl ReplyRegions {
@@ -215,7 +218,9 @@ impl ReplyRegions {
         let bytes = map
             .get(..len)
             .ok_or_else(|| invalid(format!("shared blobs of {len} bytes exceed region {id}")))?;
-        let copy = Bytes::copy_from_slice(bytes);
+        self.buffer.reserve(len);
+        self.buffer.extend_from_slice(bytes);
+        let copy = self.buffer.split().freeze();
         if !self.freed.contains(&id) {
             self.freed.push(id);
         }
@@ -297,7 +302,11 @@ mod tests {
     use crate::worker::protocol::FrameReader;
 
     fn blob(len: usize, seed: u8) -> Bytes {
-        Bytes::from((0..len).map(|i| (i as u8).wrapping_add(seed)).collect::<Vec<u8>>())
+        Bytes::from(
+            (0..len)
+                .map(|i| (i as u8).wrapping_add(seed))
+                .collect::<Vec<u8>>(),
+        )
     }
 
     /// Regions are reused while free, a busy one is not written, a larger one replaces a free
@@ -307,7 +316,10 @@ mod tests {
         let mut regions = RequestRegions::default();
         let small = blob(1000, 1);
         let first = regions.write(&[&small]).await.unwrap().unwrap();
-        assert_eq!((first.id, first.new.as_ref().map(|n| n.1)), (0, Some(MIN_REGION_BYTES)));
+        assert_eq!(
+            (first.id, first.new.as_ref().map(|n| n.1)),
+            (0, Some(MIN_REGION_BYTES))
+        );
         // Busy: the next frame gets a region of its own.
         let second = regions.write(&[&small, &small]).await.unwrap().unwrap();
         assert_eq!(second.id, 1);
@@ -328,7 +340,10 @@ mod tests {
         assert!(regions.can_take(3 << 20));
         let big = blob(3 << 20, 7);
         let grown = regions.write(&[&big]).await.unwrap().unwrap();
-        assert_eq!((grown.id, grown.new.as_ref().map(|n| n.1)), (1, Some(4 << 20)));
+        assert_eq!(
+            (grown.id, grown.new.as_ref().map(|n| n.1)),
+            (1, Some(4 << 20))
+        );
         assert_eq!(&regions.regions[1].map[..big.len()], &big[..]);
         assert!(!regions.can_take(MAX_REGION_BYTES + 1));
         drop(held);
@@ -384,8 +399,7 @@ mod tests {
                 [&small, &big, &small, &big].map(Clone::clone)
             );
         }
-        let headers: Vec<serde_json::Value> =
-            frames.iter().map(|f| f.message().unwrap()).collect();
+        let headers: Vec<serde_json::Value> = frames.iter().map(|f| f.message().unwrap()).collect();
         assert_eq!(headers[0]["shared"], serde_json::json!([1, 3]));
         assert_eq!(headers[0]["region"], 0);
         assert_eq!(headers[0]["region_size"], MIN_REGION_BYTES);

@@ -671,7 +671,13 @@ async fn send(
 ) -> Result<(), String> {
     spec.metrics.record_batch(batch.len());
     flights.push_back(Flight::new(batch, pinned));
-    dispatch(spec, process, flights.back_mut().expect("just pushed"), None).await
+    dispatch(
+        spec,
+        process,
+        flights.back_mut().expect("just pushed"),
+        None,
+    )
+    .await
 }
 
 /// Sends a flight's batch to the worker as a `predict` message; an async worker's replies name
