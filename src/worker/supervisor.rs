@@ -607,7 +607,9 @@ async fn serve_batches(
             continue;
         }
         let share_above = spec.python.shared_memory_threshold;
-        if !flights.is_empty() && framed_body_bytes(&batch, share_above, process) > SEND_AHEAD_LIMIT
+        if !flights.is_empty()
+            && framed_body_bytes(&batch, share_above, |len| process.can_share(len))
+                > SEND_AHEAD_LIMIT
         {
             held = Some((batch, from_pinned));
             continue;
@@ -644,9 +646,13 @@ pub(super) fn drop_expired(spec: &WorkerSpec, batch: &mut Vec<Job>, limit: Durat
 }
 
 /// Bytes of request bodies that travel in a batch's frame: all but those of at least
-/// `share_above` bytes (0: none), which go in shared memory when a region of `process` can
-/// take them.
-fn framed_body_bytes(batch: &[Job], share_above: usize, process: &WorkerProcess) -> usize {
+/// `share_above` bytes (0: none), which go in shared memory when a region can take them all
+/// (`can_share` of their bytes, [`WorkerProcess::can_share`]).
+fn framed_body_bytes(
+    batch: &[Job],
+    share_above: usize,
+    can_share: impl Fn(usize) -> bool,
+) -> usize {
     let (mut shared, mut framed) = (0, 0);
     for param in batch.iter().flat_map(|job| &job.request.params) {
         match share_above > 0 && param.value.len() >= share_above {
@@ -654,7 +660,7 @@ fn framed_body_bytes(batch: &[Job], share_above: usize, process: &WorkerProcess)
             false => framed += param.value.len(),
         }
     }
-    match shared == 0 || process.can_share(shared) {
+    match shared == 0 || can_share(shared) {
         true => framed,
         false => framed + shared,
     }
@@ -1107,7 +1113,7 @@ mod tests {
     use futures::StreamExt;
 
     use super::*;
-    use crate::job::STREAM_BUFFER;
+    use crate::job::{Param, STREAM_BUFFER};
 
     fn chunk(body: &'static str) -> InferenceResponse {
         InferenceResponse {
@@ -1121,6 +1127,30 @@ mod tests {
     }
 
     const WAIT: Duration = Duration::from_secs(5);
+
+    /// Bodies at or above the threshold leave the frame only when a region can take them: a
+    /// batch sent ahead never puts more than it counts in the socket.
+    #[test]
+    fn bodies_count_in_the_frame_unless_a_region_takes_them() {
+        let job = |sizes: &[usize]| {
+            let params = sizes.iter().map(|&len| Param {
+                name: "body".into(),
+                content_type: None,
+                value: Bytes::from(vec![0; len]),
+            });
+            let request = InferenceRequest {
+                id: "r".into(),
+                headers: Vec::new(),
+                params: params.collect(),
+            };
+            Job::new(request, false, false).0
+        };
+        let batch = [job(&[10, 100]), job(&[200])];
+        assert_eq!(framed_body_bytes(&batch, 0, |_| true), 310);
+        assert_eq!(framed_body_bytes(&batch, 100, |len| len == 300), 10);
+        assert_eq!(framed_body_bytes(&batch, 100, |_| false), 310);
+        assert_eq!(framed_body_bytes(&batch, 1000, |_| false), 310);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_stream_nobody_reads_waits_then_ends_with_an_error() {
