@@ -1,9 +1,10 @@
-"""Big bodies (issue 27 item 4): a 1 MB body POSTed to an echo handler, which answers the same
-bytes, at 1 and 8 connections (wrk), one worker, batch size 1: TorchServe 0.12, torchyard as it
-comes (every body through the worker's socket) and torchyard with `shared_memory_threshold=262144`
-(bodies and answers in a memfd), one after the other in one run, beside the floor: an axum server
-that echoes the body itself (bench/echo_floor.rs), what wrk, loopback TCP and HTTP cost before any
-worker does. Each server's echo is checked byte for byte first. Prints a markdown table.
+"""Big bodies (issue 27 item 4): a 1 MB body (`--size`) POSTed to an echo handler, which answers
+the same bytes, at 1 and 8 connections (wrk), one worker, batch size 1: TorchServe 0.12,
+torchyard with every body through the worker's socket and with `shared_memory_threshold=262144`
+(`--threshold`: bodies and answers in shared memory), one after the other in one run, beside
+the floor: an axum server that echoes the body itself (bench/echo_floor.rs), what wrk, loopback
+TCP and HTTP cost before any worker does. Each server's echo is checked byte for byte first.
+Prints a markdown table.
 
 Run by bench/bigbody.sh (under `flock /tmp/bench.lock`)."""
 
@@ -29,9 +30,12 @@ def handle(data, context):
         return None
     return [row.get("data") or row.get("body") for row in data]
 '''
-#: wrk: POST SIZE bytes as application/octet-stream.
-LUA = f'''wrk.method = "POST"
-wrk.body = string.rep("y", {SIZE})
+
+
+def lua(size: int) -> str:
+    """wrk: POST `size` bytes as application/octet-stream."""
+    return f'''wrk.method = "POST"
+wrk.body = string.rep("y", {size})
 wrk.headers["Content-Type"] = "application/octet-stream"
 '''
 
@@ -56,7 +60,8 @@ def write_config(path: Path, store: Path, *extra: str) -> Path:
     return path
 
 
-def measure(name: str, command: list, env: dict, seconds: int, model: bool = True) -> dict:
+def measure(name: str, command: list, env: dict, seconds: int, size: int,
+            model: bool = True) -> dict:
     """Starts a server, registers the echo model (one worker) unless `model` is False (the
     floor, which echoes at /echo itself), checks the echo byte for byte, runs wrk."""
     log = open(OUT / f"{name}.log", "w")
@@ -69,7 +74,7 @@ def measure(name: str, command: list, env: dict, seconds: int, model: bool = Tru
             requests.post(f"http://127.0.0.1:{PORTS['management']}/models?url=echo.mar"
                           "&initial_workers=1&synchronous=true&batch_size=1",
                           timeout=300).raise_for_status()
-        body = os.urandom(SIZE)
+        body = os.urandom(size)
         echoed = requests.post(url, data=body, timeout=60,
                                headers={"content-type": "application/octet-stream"})
         assert echoed.status_code == 200 and echoed.content == body, (name, echoed.status_code)
@@ -100,9 +105,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ts-venv", type=Path, required=True)
     parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--size", type=int, default=SIZE, help="body bytes (default 1 MiB)")
+    parser.add_argument("--threshold", type=int, default=262144,
+                        help="shared_memory_threshold of the shared-memory row")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "post.lua").write_text(LUA)
+    (OUT / "post.lua").write_text(lua(args.size))
     ts_bin = args.ts_venv.resolve() / "bin"
     store = build_store(ts_bin)
     env = {"PATH": f"{ts_bin}:/usr/bin:/bin", "HOME": str(OUT)}
@@ -111,16 +119,20 @@ def main():
                  "--python", str(REPO / ".venv" / "bin" / "python"), "--config"]
     rows = {
         FLOOR: measure("floor", [str(REPO / "target" / "release" / "examples" / "echo_floor"),
-                                 str(PORTS["inference"])], env, args.seconds, model=False),
+                                 str(PORTS["inference"])], env, args.seconds, args.size,
+                        model=False),
         "TorchServe": measure("TorchServe", [
             str(ts_bin / "torchserve"), "--start", "--foreground", "--ncs", "--model-store",
             str(store), "--ts-config", str(write_config(OUT / "ts.properties", store)),
-            "--disable-token-auth", "--enable-model-api"], env, args.seconds),
+            "--disable-token-auth", "--enable-model-api"], env, args.seconds, args.size),
         "torchyard": measure("torchyard", [
-            *torchyard, str(write_config(OUT / "ty.properties", store))], env, args.seconds),
+            *torchyard, str(write_config(OUT / "ty.properties", store,
+                                         "shared_memory_threshold=0"))], env, args.seconds,
+            args.size),
         "torchyard, shared memory": measure("torchyard-shared", [
             *torchyard, str(write_config(OUT / "ty-shm.properties", store,
-                                         "shared_memory_threshold=262144"))], env, args.seconds),
+                                         f"shared_memory_threshold={args.threshold}"))],
+            env, args.seconds, args.size),
     }
     print(table(rows))
 

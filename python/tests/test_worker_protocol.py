@@ -10,7 +10,8 @@ import threading
 import pytest
 from worker_harness import body, request
 
-from torchyard import framing
+from torchyard import framing, regions
+from torchyard.regions import Regions
 
 ECHO = """
 def handle(data, context):
@@ -223,34 +224,68 @@ def test_a_request_that_cannot_be_decoded_fails_alone(loaded):
     assert worker.process.poll() is None
 
 
-def test_large_blobs_travel_in_a_sealed_memfd_held_until_the_next_read():
+def test_large_blobs_travel_in_a_region_sent_once_and_reused():
     left, right = socket.socketpair()
     with left, right:
+        sender, receiver = Regions(), Regions()
         blobs = [b"small", os.urandom(300_000), b"", os.urandom(1000)]
-        framing.write_frame(left, {"kind": "p"}, blobs, share_above=1000)
+        framing.write_frame(left, {"kind": "p"}, blobs, 1000, sender)
         # 0: nothing shared (a small frame: both must fit in the socket's buffer unread)
-        framing.write_frame(left, {"kind": "q"}, [b"next"])
-        frames = framing.FrameReader(right)
+        framing.write_frame(left, {"kind": "q"}, [b"next"], 1000, sender)
+        frames = framing.FrameReader(right, receiver)
         header, received = frames.read()
-        assert header == {"kind": "p", "blobs": [5, 300_000, 0, 1000], "shared": [1, 3]}
+        assert header == {"kind": "p", "blobs": [5, 300_000, 0, 1000], "shared": [1, 3],
+                          "region": 0, "region_size": 1 << 20}
         assert received == blobs and all(type(b) is bytearray for b in received)
-        held = frames._held
-        assert os.readlink(f"/proc/self/fd/{held}").startswith("/memfd:torchyard-reply")
-        seals = fcntl.fcntl(held, fcntl.F_GET_SEALS)
-        assert seals & fcntl.F_SEAL_SHRINK and seals & fcntl.F_SEAL_WRITE
         header, received = frames.read()
         assert "shared" not in header and received == [b"next"]
+        # Busy until the receiver frees it: the next frame gets a region of its own.
+        framing.write_frame(left, {"kind": "p"}, blobs[1:2], 1000, sender)
+        header, received = frames.read()
+        assert (header["region"], header["region_size"], received) == (1, 1 << 20, blobs[1:2])
+        # Freed (with any frame back), region 0 is reused: no descriptor, no size.
+        framing.write_frame(right, {"kind": "ack", "freed": [0, 1]}, (), 0, receiver)
+        assert framing.FrameReader(left, sender).read()[0]["freed"] == [0, 1]
+        framing.write_frame(left, {"kind": "p"}, blobs[3:], 1000, sender)
+        header, received = frames.read()
+        assert (header["region"], "region_size" in header, received) == (0, False, blobs[3:])
+        # Every region busy: the blobs travel in the frame.
+        for _ in range(regions.MAX_REGIONS - 1):
+            framing.write_frame(left, {"kind": "p"}, blobs[3:], 1000, sender)
+            assert frames.read()[0]["region"] in range(regions.MAX_REGIONS)
+        framing.write_frame(left, {"kind": "p"}, blobs[3:], 1000, sender)
+        header, received = frames.read()
+        assert "shared" not in header and received == blobs[3:]
+
+
+def test_the_workers_regions_are_sealed_against_shrinking():
+    own = Regions()
+    region, fd, size = own.write_own([memoryview(b"x" * 10)])
+    try:
+        assert os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:torchyard-reply")
+        assert fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK
+        assert os.fstat(fd).st_size == size == 1 << 20
         with pytest.raises(OSError):
-            os.fstat(held)  # closed by the read that followed
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
 
 
-def test_a_frame_naming_shared_blobs_without_a_descriptor_is_refused():
+def test_a_frame_naming_shared_memory_it_lacks_is_refused():
     left, right = socket.socketpair()
     with left, right:
-        left.sendall(_hand_frame({"kind": "p", "blobs": [5], "shared": [0]}))
-        with pytest.raises(framing.ProtocolError, match="without a descriptor"):
+        left.sendall(_hand_frame({"kind": "p", "blobs": [5], "shared": [0], "region": 0}))
+        with pytest.raises(framing.ProtocolError, match="without a region of this connection"):
             framing.read_frame(right)
-        left.sendall(_hand_frame({"kind": "p", "blobs": [5], "shared": [1]}))
+        frames = framing.FrameReader(right, Regions())
+        left.sendall(_hand_frame({"kind": "p", "blobs": [5], "shared": [0], "region": 0}))
+        with pytest.raises(framing.ProtocolError, match="region 0 was never sent"):
+            frames.read()
+        left.sendall(_hand_frame(
+            {"kind": "p", "blobs": [5], "shared": [0], "region": 0, "region_size": 4096}))
+        with pytest.raises(framing.ProtocolError, match="came without its descriptor"):
+            framing.FrameReader(right, Regions()).read()
+        left.sendall(_hand_frame({"kind": "p", "blobs": [5], "shared": [1], "region": 0}))
         with pytest.raises(framing.ProtocolError, match="bad shared blob indices"):
             framing.read_frame(right)
 
@@ -258,14 +293,14 @@ def test_a_frame_naming_shared_blobs_without_a_descriptor_is_refused():
 def test_a_worker_takes_and_gives_large_blobs_in_shared_memory(loaded):
     worker = loaded(ECHO, shared_memory_threshold=1000)
     big = os.urandom(2 * 1024 * 1024)
-    # The request's body in the frame, the echo back in shared memory.
+    # The request's body in the frame, the echo back in a region of the worker's.
     reply, blobs = worker.predict(request(body(big)), request(body(b"small")))
-    assert reply["shared"] == [0]
+    assert (reply["shared"], reply["region"], reply["region_size"]) == ([0], 0, 2 << 20)
     assert blobs == [big, b"small"]
-    # The request's body in shared memory too.
-    predict = {"kind": "predict", "requests": [
+    # The request's body in a region of the server's too; the worker's region 0 is freed.
+    predict = {"kind": "predict", "freed": [0], "requests": [
         {"id": "r", "headers": [], "params": [{"name": "body", "content_type": None, "blob": 0}]}]}
-    framing.write_frame(worker.sock, predict, [big], share_above=1000)
-    reply, blobs = framing.read_frame(worker.sock)
-    assert reply["kind"] == "predicted" and reply["shared"] == [0]
-    assert blobs == [big]
+    for _ in range(3):
+        reply, blobs = worker.call(predict, [big], share_above=1000)
+        assert reply["kind"] == "predicted" and reply["shared"] == [0] and blobs == [big]
+        assert reply["region"] == 0 and "region_size" not in reply

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from torchyard.framing import read_frame, write_frame
+from torchyard.framing import FrameReader, write_frame
+from torchyard.regions import Regions
 
 #: (name, content type or None, value) of one request parameter.
 Param = Tuple[str, Optional[str], bytes]
@@ -46,6 +47,9 @@ class WorkerConnection:
         self.process = process
         self.sock = sock
         self.log_path = log_path
+        #: The worker's regions, as the server maps them, and the server's own.
+        self.regions = Regions()
+        self.frames = FrameReader(sock, self.regions)
 
     @classmethod
     def start(cls, python_dir: Path, log_path: Path, timeout: float = 30) -> "WorkerConnection":
@@ -78,10 +82,11 @@ class WorkerConnection:
         sock.settimeout(60)
         return cls(process, sock, log_path)
 
-    def call(self, header: dict, blobs=()) -> Tuple[dict, List[bytearray]]:
-        """Sends one message and returns the reply (header, blobs)."""
-        write_frame(self.sock, header, blobs)
-        return read_frame(self.sock)
+    def call(self, header: dict, blobs=(), share_above: int = 0) -> Tuple[dict, List[bytearray]]:
+        """Sends one message (blobs of at least `share_above` bytes in a region of the
+        server's, when not 0) and returns the reply (header, blobs)."""
+        write_frame(self.sock, header, blobs, share_above, self.regions)
+        return self.frames.read()
 
     def load(self, handler: str, model_dir: Path, **fields) -> dict:
         """Sends `load` (fields override the defaults) and returns the reply header."""

@@ -52,7 +52,7 @@ async def _serve(sock: socket.socket, frames: FrameReader, worker: Any) -> BaseE
     def send(header: dict, bodies: Sequence[Blob], number: Optional[int]) -> None:
         header["batch"] = number
         try:
-            write_frame(sock, header, bodies, worker.share_above)
+            write_frame(sock, header, bodies, worker.share_above, worker.regions)
         except ProtocolError as exc:  # too large to send; nothing went out
             log.error("%s", exc)
             write_frame(sock, {**error_reply(f"{type(exc).__name__}: {exc}")[0],

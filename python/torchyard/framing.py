@@ -1,17 +1,18 @@
 """Frames of the worker protocol (docs/protocol.md): u32 lengths, a JSON header, raw blobs,
-and large blobs in a memfd that comes with the frame (Shared memory)."""
+and large blobs in a shared-memory region of the sender's (regions.py, Shared memory)."""
 
 from __future__ import annotations
 
 import array
 import collections
-import fcntl
 import json
 import os
 import select
 import socket
 import struct
 from typing import Any, Deque, Iterable, List, Optional, Tuple
+
+from .regions import RegionError, Regions
 
 #: Largest value of a frame's leading length (the bytes after it) either side may send.
 MAX_FRAME = 2 << 30
@@ -32,8 +33,6 @@ READ_AHEAD = 4096
 #: kernel ends a receive at the bytes that carry descriptors.
 _FDS_MAX = 8
 _ANCILLARY = socket.CMSG_SPACE(_FDS_MAX * 4)
-#: Seals of a shared-memory file: its size and bytes can no longer change.
-_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
 
 
 def _recv(sock: socket.socket, view: memoryview, fds: Deque[int]) -> int:
@@ -76,14 +75,14 @@ class _Frame:
         return self.first[self.pos:]
 
 
-def _read(sock: socket.socket, rest: memoryview, fds: Deque[int]
-          ) -> Tuple[dict, List[bytearray], memoryview, Optional[int]]:
+def _read(sock: socket.socket, rest: memoryview, fds: Deque[int],
+          regions: Optional[Regions]) -> Tuple[dict, List[bytearray], memoryview]:
     """Reads one frame that may begin in `rest` (bytes already received): (header dict, its
-    blobs, the bytes received past its end, the frame's shared-memory descriptor or None).
-    A receive asks for READ_AHEAD bytes, so a small frame takes one system call; the rest of a
-    larger blob is received straight into its own bytearray, a shared blob read from the
-    memfd into its own. Descriptors received go to `fds`, the frame's own taken from there.
-    EOFError when the socket closes."""
+    blobs, the bytes received past its end). A receive asks for READ_AHEAD bytes, so a small
+    frame takes one system call; the rest of a larger blob is received straight into its own
+    bytearray, a shared blob copied out of the server's region into its own. Descriptors
+    received go to `fds`, a frame's own taken from there; the worker's regions the header
+    names `freed` are free again. EOFError when the socket closes."""
     got = len(rest)
     if got < _PREFIX.size:
         ahead = bytearray(READ_AHEAD)
@@ -118,37 +117,38 @@ def _read(sock: socket.socket, rest: memoryview, fds: Deque[int]
         raise ProtocolError(
             f"inline blob lengths add up to {inline}, the frame holds {total - 4 - header_len}"
         )
-    if not shared:
-        return header, [frame.take(n) for n in lengths], frame.rest(), None
-    if not fds:
-        raise ProtocolError("a frame with shared blobs came without a descriptor")
-    fd = fds.popleft()
     try:
-        blobs, offset, in_memfd = [], 0, set(shared)
-        for i, n in enumerate(lengths):
-            if i not in in_memfd:
-                blobs.append(frame.take(n))
-                continue
-            blobs.append(bytearray(n))
-            if os.preadv(fd, [blobs[i]], offset) != n:
-                raise ProtocolError("the shared memory is shorter than its blobs")
-            offset += n
-    except BaseException:
-        os.close(fd)
-        raise
-    return header, blobs, frame.rest(), fd
+        if "freed" in header and regions is not None:
+            regions.free_own(header["freed"])
+        if not shared:
+            return header, [frame.take(n) for n in lengths], frame.rest()
+        region = header.get("region")
+        if regions is None or not isinstance(region, int):
+            raise ProtocolError("shared blobs without a region of this connection")
+        if "region_size" in header:
+            if not fds:
+                raise ProtocolError(f"region {region} came without its descriptor")
+            size = header["region_size"]
+            if not isinstance(size, int):
+                raise ProtocolError(f"bad region size {size!r}")
+            regions.map_peer(region, fds.popleft(), size)
+        copied = iter(regions.read_peer(region, [lengths[i] for i in shared]))
+    except (RegionError, OSError) as exc:
+        raise ProtocolError(f"shared memory: {exc}") from None
+    in_region = set(shared)
+    blobs = [next(copied) if i in in_region else frame.take(n) for i, n in enumerate(lengths)]
+    return header, blobs, frame.rest()
 
 
 def read_frame(sock: socket.socket) -> Tuple[dict, List[bytearray]]:
-    """Reads the one frame of a lock-step exchange (one message, one reply): (header dict, its
-    blobs). ProtocolError if more bytes than the frame came; EOFError when the socket closes."""
+    """Reads the one frame of a lock-step exchange (one message, one reply), which has no
+    shared memory: (header dict, its blobs). ProtocolError if more bytes than the frame came;
+    EOFError when the socket closes."""
     fds: Deque[int] = collections.deque()
     try:
-        header, blobs, rest, fd = _read(sock, memoryview(b""), fds)
+        header, blobs, rest = _read(sock, memoryview(b""), fds, None)
     finally:
         _close_all(fds)
-    if fd is not None:
-        os.close(fd)
     if rest:
         raise ProtocolError("bytes after the end of a frame")
     return header, blobs
@@ -164,25 +164,21 @@ class FrameReader:
     next batch while the worker still runs one): bytes received past the end of one frame
     stay for the next."""
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket, regions: Optional[Regions] = None):
         self.sock = sock
         self._rest = memoryview(b"")
         self._poll = select.poll()
         self._poll.register(sock, select.POLLIN)
         #: Descriptors received and not yet taken by their frame.
         self._fds: Deque[int] = collections.deque()
-        #: The last frame's shared memory, open until the next read (it shows in
-        #: /proc/PID/fd while the handler runs).
-        self._held: Optional[int] = None
+        #: The connection's shared memory; None: frames may not use any.
+        self.regions = regions
 
     def read(self) -> Tuple[dict, List[bytearray]]:
         """The next frame: (header dict, its blobs). EOFError when the socket closes."""
-        if self._held is not None:
-            os.close(self._held)
-            self._held = None
         if len(self._fds) > _FDS_MAX:
             raise ProtocolError("descriptors came that no frame claims")
-        header, blobs, self._rest, self._held = _read(self.sock, self._rest, self._fds)
+        header, blobs, self._rest = _read(self.sock, self._rest, self._fds, self.regions)
         return header, blobs
 
     def waiting(self) -> bool:
@@ -196,49 +192,41 @@ _HEADER_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 def write_frame(sock: socket.socket, header: dict, blobs: Iterable[Any] = (),
-                share_above: int = 0) -> None:
+                share_above: int = 0, regions: Optional[Regions] = None) -> None:
     """Sends one frame with a single gathering write where possible. `blobs` are bytes-like
     (C-contiguous); their lengths are added to the header as `blobs`. With `share_above` > 0,
-    blobs of at least that many bytes go in a sealed memfd sent with the frame instead (listed
-    as `shared`). Raises ProtocolError, before sending anything, if the frame with its shared
-    blobs would exceed MAX_FRAME."""
+    blobs of at least that many bytes go end to end into a free region of the worker's own in
+    `regions` instead (listed as `shared`, the region as `region`; a region new to the server
+    goes with the frame, its size as `region_size`), or in the frame when none is free. Raises
+    ProtocolError, before sending anything, if the frame with its shared blobs would exceed
+    MAX_FRAME."""
     views = [memoryview(b).cast("B") for b in blobs]
     shared = [i for i, v in enumerate(views) if 0 < share_above <= v.nbytes]
     if views:
         header = {**header, "blobs": [v.nbytes for v in views]}
-    if shared:
-        header["shared"] = shared
     head = _HEADER_ENCODER.encode(header).encode("utf-8")
     size = 4 + len(head) + sum(v.nbytes for v in views)
     if size > MAX_FRAME:
         raise ProtocolError(f"a frame of {size} bytes exceeds the limit of {MAX_FRAME}")
-    in_memfd = set(shared)
-    inline = [v for i, v in enumerate(views) if i not in in_memfd]
+    written = regions.write_own([views[i] for i in shared]) if shared and regions else None
+    fd = None
+    if written is None:
+        shared = []
+    else:
+        region, fd, region_size = written
+        header = {**header, "shared": shared, "region": region}
+        if fd is not None:
+            header["region_size"] = region_size
+        head = _HEADER_ENCODER.encode(header).encode("utf-8")
+    in_region = set(shared)
+    inline = [v for i, v in enumerate(views) if i not in in_region]
     total = 4 + len(head) + sum(v.nbytes for v in inline)
     first = memoryview(_PREFIX.pack(total, len(head)) + head)
-    if not shared:
-        _send_all(sock, [first, *inline])
-        return
-    fd = _shared_memory([views[i] for i in shared])
     try:
         _send_all(sock, [first, *inline], fd)
     finally:
-        os.close(fd)
-
-
-def _shared_memory(views: List[memoryview]) -> int:
-    """A sealed memfd holding `views` end to end."""
-    fd = os.memfd_create("torchyard-reply", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-    try:
-        pending = [v for v in views if v.nbytes]
-        while pending:
-            written = os.writev(fd, pending[:_IOV_MAX])
-            pending = _advance(pending, written)
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+        if fd is not None:
+            os.close(fd)
 
 
 def _advance(views: List[memoryview], done: int) -> List[memoryview]:

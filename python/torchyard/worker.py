@@ -24,6 +24,7 @@ from . import async_loop, continuous as continuous_batching, envelopes, heap, th
 from .context import Context
 from .metrics import Metric, Metrics, drain
 from .framing import FrameReader, ProtocolError, write_frame
+from .regions import Regions
 from .handler_loader import Entry, load_entry_point
 from .replies import Reply, encode_outputs, error_reply, exception_reply, intermediate_frame
 from .segment import Segment
@@ -82,6 +83,8 @@ class Worker:
         self.cancelled: set = set()
         #: Outputs of at least this many bytes go back in shared memory (0: never).
         self.share_above = 0
+        #: The connection's shared-memory regions, once `serve` runs.
+        self.regions: Optional[Regions] = None
 
     def handle(self, msg: dict, blobs: List[bytearray]) -> Reply:
         """The reply to one message."""
@@ -310,8 +313,10 @@ def merge_replies(count: int, parts: Sequence[Tuple[Sequence[int], Reply]]) -> R
 
 def serve(sock: socket.socket, worker: Worker) -> None:
     """Answers messages until the server closes the socket."""
-    worker.send = lambda header, bodies: write_frame(sock, header, bodies, worker.share_above)
-    frames = worker.frames = FrameReader(sock)
+    regions = worker.regions = Regions()
+    worker.send = lambda header, bodies: write_frame(sock, header, bodies, worker.share_above,
+                                                     regions)
+    frames = worker.frames = FrameReader(sock, regions)
     metrics_sent = 0.0
     while True:
         try:
@@ -326,7 +331,7 @@ def serve(sock: socket.socket, worker: Worker) -> None:
                     header["metrics"] = drain(worker.pending_metrics)
                     metrics_sent = now
             try:
-                write_frame(sock, header, bodies, worker.share_above)
+                write_frame(sock, header, bodies, worker.share_above, regions)
             except ProtocolError as exc:  # too large to send; nothing went out
                 log.error("%s", exc)
                 write_frame(sock, *error_reply(f"{type(exc).__name__}: {exc}"))

@@ -102,9 +102,10 @@ pub(super) async fn serve(
             scheduled: Instant::now(),
             pinned: false,
             ended: Vec::new(),
+            region: None,
         };
         spec.metrics.record_batch(flight.batch.len());
-        if let Err(message) = supervisor::dispatch(spec, process, &flight, None).await {
+        if let Err(message) = supervisor::dispatch(spec, process, &mut flight, None).await {
             return supervisor::crash(spec, VecDeque::from([flight]), None, message, true);
         }
         let outcome = loop {

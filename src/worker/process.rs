@@ -19,7 +19,7 @@ use super::fork_server::ForkedWorker;
 use super::forked::ForkedProcess;
 use super::protocol::{Frame, FrameReader};
 use super::rank_group::OtherRanks;
-use super::shared_memory::write_shared_frame;
+use super::shared_memory::{write_shared_frame, RegionLease, RequestRegions};
 use super::status::StartMode;
 use crate::python_env::PythonEnv;
 
@@ -31,6 +31,8 @@ pub struct WorkerProcess {
     process: Process,
     frames: FrameReader<DescriptorReader>,
     out: OwnedWriteHalf,
+    /// The server's shared-memory regions for this worker's request blobs.
+    regions: RequestRegions,
     /// A torchrun worker's ranks after the first, which this process (rank 0) speaks for.
     ranks: Option<OtherRanks>,
     /// The torch threads per worker the worker was last told; `None`: it is not told (a
@@ -126,6 +128,7 @@ impl WorkerProcess {
             process,
             frames: FrameReader::new(DescriptorReader::new(input)),
             out,
+            regions: RequestRegions::default(),
             ranks: None,
             threads: None,
         }
@@ -162,25 +165,35 @@ impl WorkerProcess {
     }
 
     /// Sends one message without waiting for a reply, blobs of at least `share_above` bytes
-    /// (0: none) in shared memory (other ranks of a torchrun worker get them in the frame);
-    /// fails at once after [`abort_all`].
+    /// (0: none) in a shared-memory region while one is free (other ranks of a torchrun worker
+    /// get them in the frame), and tells the worker which of its regions the server is done
+    /// with; fails at once after [`abort_all`]. The region stays busy while the lease returned
+    /// lives: until the reply to this message has come.
     pub async fn send(
         &mut self,
         header: &impl serde::Serialize,
         blobs: &[&bytes::Bytes],
         share_above: usize,
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<Option<RegionLease>> {
+        let freed = self.frames.take_freed();
         let sent = async {
-            write_shared_frame(&mut self.out, header, blobs, share_above).await?;
-            match &mut self.ranks {
-                Some(ranks) => ranks.send(header, blobs).await,
-                None => Ok(()),
+            let (out, regions) = (&mut self.out, &mut self.regions);
+            let lease =
+                write_shared_frame(out, regions, header, blobs, share_above, &freed).await?;
+            if let Some(ranks) = &mut self.ranks {
+                ranks.send(header, blobs).await?;
             }
+            Ok(lease)
         };
         tokio::select! {
             sent = sent => sent,
             () = ABORT.cancelled() => Err(aborted()),
         }
+    }
+
+    /// Whether request blobs of `len` bytes in all would go into a shared-memory region now.
+    pub fn can_share(&self, len: usize) -> bool {
+        self.regions.can_take(len)
     }
 
     /// Reads the next frame from the worker: a reply, or a streaming handler's chunk (rank 0's,

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::shared_memory;
+use super::shared_memory::{ReplyRegions, SharedFields};
 use crate::job::Param;
 use crate::metrics::{Declaration, HandlerSample};
 
@@ -286,7 +286,7 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     header: &impl Serialize,
     blobs: &[&Bytes],
 ) -> std::io::Result<()> {
-    let (head, gathered) = frame_head(header, blobs, &[])?;
+    let (head, gathered) = frame_head(header, blobs, &SharedFields::default())?;
     out.write_all(&head).await?;
     if !gathered {
         for blob in blobs {
@@ -296,16 +296,18 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     out.flush().await
 }
 
-/// The start of a frame of `blobs` but those at the indices `shared` (ascending), which travel
-/// in shared memory: lengths and JSON header (with `shared` added), followed by the other blobs
-/// when the frame is small enough to go out in one write (then `true`).
+/// The start of a frame of `blobs` but those at the indices `fields.shared` (ascending),
+/// which travel in shared memory: lengths and JSON header (with the non-empty `fields` added),
+/// followed by the other blobs when the frame is small enough to go out in one write (then
+/// `true`).
 pub(super) fn frame_head(
     header: &impl Serialize,
     blobs: &[&Bytes],
-    shared: &[usize],
+    fields: &SharedFields<'_>,
 ) -> std::io::Result<(Vec<u8>, bool)> {
     let mut header = serde_json::to_vec(header)?;
-    if !shared.is_empty() {
+    let extra = serde_json::to_vec(fields)?;
+    if extra.len() > 2 {
         if header.pop() != Some(b'}') {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -315,10 +317,9 @@ pub(super) fn frame_head(
         if header.last() != Some(&b'{') {
             header.push(b',');
         }
-        header.extend_from_slice(b"\"shared\":");
-        serde_json::to_writer(&mut header, shared)?;
-        header.push(b'}');
+        header.extend_from_slice(&extra[1..]);
     }
+    let shared = fields.shared;
     let all: usize = blobs.iter().map(|b| b.len()).sum();
     let in_memory: usize = shared.iter().map(|&i| blobs[i].len()).sum();
     if 4 + header.len() + all > MAX_FRAME {
@@ -354,14 +355,17 @@ pub(super) fn inline_blobs<'a>(
         .map(|(_, blob)| *blob)
 }
 
-/// A frame header's account of its blobs: the length of each, and which of them (ascending
-/// indices) are in the frame's shared memory, laid end to end.
+/// A frame header's account of its blobs: the length of each, which of them (ascending
+/// indices) are in shared memory, laid end to end from the start of the sender's `region`, and
+/// that region's size when the frame brings its descriptor.
 #[derive(Deserialize)]
 struct Layout {
     #[serde(default)]
     blobs: Vec<usize>,
     #[serde(default)]
     shared: Vec<usize>,
+    region: Option<u32>,
+    region_size: Option<usize>,
 }
 
 impl Layout {
@@ -378,7 +382,7 @@ impl Layout {
 }
 
 /// A received frame: its JSON header and its blobs, which share one buffer, and the blobs
-/// that came in shared memory, mapped.
+/// that came in shared memory, copied out of it.
 #[derive(Debug)]
 pub struct Frame {
     pub header: Bytes,
@@ -470,6 +474,8 @@ pub async fn read_frame<R: FrameInput>(input: &mut R) -> std::io::Result<Frame> 
 pub struct FrameReader<R> {
     input: R,
     buffer: BytesMut,
+    /// The peer's shared-memory regions.
+    regions: ReplyRegions,
 }
 
 impl<R: FrameInput> FrameReader<R> {
@@ -477,7 +483,14 @@ impl<R: FrameInput> FrameReader<R> {
         Self {
             input,
             buffer: BytesMut::new(),
+            regions: ReplyRegions::default(),
         }
+    }
+
+    /// The peer's regions that frames were copied out of since the last call, which the next
+    /// frame to the peer frees (`freed`).
+    pub fn take_freed(&mut self) -> Vec<u32> {
+        self.regions.take_freed()
     }
 
     /// Reads the next frame; `UnexpectedEof` when the peer closed the socket.
@@ -500,17 +513,25 @@ impl<R: FrameInput> FrameReader<R> {
             blobs,
             shared: Bytes::new(),
         };
-        // A frame's descriptor comes with its first bytes: when none is waiting, it has none.
-        let pending = self.input.pending_descriptors();
-        if pending > MAX_PENDING_DESCRIPTORS {
+        // A frame's descriptor comes with its first bytes, and only a frame with shared blobs
+        // has any: look for them only in a header that may name them.
+        if self.input.pending_descriptors() > MAX_PENDING_DESCRIPTORS {
             return Err(invalid("descriptors came that no frame claims".into()));
         }
-        if pending > 0 {
+        if frame.header.windows(8).any(|w| w == b"\"shared\"") {
             let layout: Layout = frame.message()?;
             if !layout.shared.is_empty() {
                 let len = layout.shared_len()?;
-                let fd = self.input.take_descriptor().expect("a descriptor waits");
-                frame.shared = shared_memory::map(fd, len)?;
+                let region = layout
+                    .region
+                    .ok_or_else(|| invalid("shared blobs without a region".into()))?;
+                if let Some(size) = layout.region_size {
+                    let fd = self.input.take_descriptor().ok_or_else(|| {
+                        invalid(format!("region {region} came without its descriptor"))
+                    })?;
+                    self.regions.map(region, fd, size)?;
+                }
+                frame.shared = self.regions.copy_out(region, len)?;
             }
         }
         Ok(frame)

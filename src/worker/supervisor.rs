@@ -20,6 +20,7 @@ use super::protocol::{
     Frame, FromWorker, LoadMessage, ParamMeta, RequestMeta, ResponseMeta, SegmentNode, ToWorker,
 };
 use super::rank_group::Parallelism;
+use super::shared_memory::RegionLease;
 use super::status::{WorkerState, WorkerStatus};
 use super::template::ModelTemplate;
 use super::threads::TorchThreads;
@@ -606,7 +607,10 @@ async fn serve_batches(
             continue;
         }
         let share_above = spec.python.shared_memory_threshold;
-        if !flights.is_empty() && framed_body_bytes(&batch, share_above) > SEND_AHEAD_LIMIT {
+        if !flights.is_empty()
+            && framed_body_bytes(&batch, share_above, |len| process.can_share(len))
+                > SEND_AHEAD_LIMIT
+        {
             held = Some((batch, from_pinned));
             continue;
         }
@@ -642,14 +646,24 @@ pub(super) fn drop_expired(spec: &WorkerSpec, batch: &mut Vec<Job>, limit: Durat
 }
 
 /// Bytes of request bodies that travel in a batch's frame: all but those of at least
-/// `share_above` bytes (0: none), which go in shared memory.
-fn framed_body_bytes(batch: &[Job], share_above: usize) -> usize {
-    batch
-        .iter()
-        .flat_map(|job| &job.request.params)
-        .map(|param| param.value.len())
-        .filter(|&len| share_above == 0 || len < share_above)
-        .sum()
+/// `share_above` bytes (0: none), which go in shared memory when a region can take them all
+/// (`can_share` of their bytes, [`WorkerProcess::can_share`]).
+fn framed_body_bytes(
+    batch: &[Job],
+    share_above: usize,
+    can_share: impl Fn(usize) -> bool,
+) -> usize {
+    let (mut shared, mut framed) = (0, 0);
+    for param in batch.iter().flat_map(|job| &job.request.params) {
+        match share_above > 0 && param.value.len() >= share_above {
+            true => shared += param.value.len(),
+            false => framed += param.value.len(),
+        }
+    }
+    match shared == 0 || can_share(shared) {
+        true => framed,
+        false => framed + shared,
+    }
 }
 
 /// Sends a batch to the worker and puts it in flight; `pinned`: whether it holds the requests
@@ -663,15 +677,21 @@ async fn send(
 ) -> Result<(), String> {
     spec.metrics.record_batch(batch.len());
     flights.push_back(Flight::new(batch, pinned));
-    dispatch(spec, process, flights.back().expect("just pushed"), None).await
+    dispatch(
+        spec,
+        process,
+        flights.back_mut().expect("just pushed"),
+        None,
+    )
+    .await
 }
 
 /// Sends a flight's batch to the worker as a `predict` message; an async worker's replies name
-/// the batch by `number`.
+/// the batch by `number`. The flight holds the shared-memory region its bodies went in.
 pub(super) async fn dispatch(
     spec: &WorkerSpec,
     process: &mut WorkerProcess,
-    flight: &Flight,
+    flight: &mut Flight,
     number: Option<u64>,
 ) -> Result<(), String> {
     let mut blobs: Vec<&Bytes> = Vec::new();
@@ -703,10 +723,12 @@ pub(super) async fn dispatch(
     if threads.is_some() {
         process.threads = threads;
     }
-    process
+    let region = process
         .send(&message, &blobs, spec.python.shared_memory_threshold)
         .await
-        .map_err(|e| format!("worker connection lost: {e}"))
+        .map_err(|e| format!("worker connection lost: {e}"))?;
+    flight.region = region;
+    Ok(())
 }
 
 /// Answers the batch the worker was running (the first in flight, with `head_started`) with
@@ -771,6 +793,8 @@ pub(super) struct Flight {
     /// The requests whose streamed answer ended early (the client went away or stopped
     /// reading), which the worker is yet to be told to stop.
     pub(super) ended: Vec<usize>,
+    /// The shared-memory region the batch's bodies went in: busy until the reply has come.
+    pub(super) region: Option<RegionLease>,
 }
 
 impl Flight {
@@ -783,6 +807,7 @@ impl Flight {
             scheduled: Instant::now(),
             pinned,
             ended: Vec::new(),
+            region: None,
         }
     }
 
@@ -808,6 +833,7 @@ impl Flight {
         process
             .send(&ToWorker::Cancel { ids }, &[], 0)
             .await
+            .map(drop)
             .map_err(|e| format!("worker connection lost: {e}"))
     }
 
@@ -1087,7 +1113,7 @@ mod tests {
     use futures::StreamExt;
 
     use super::*;
-    use crate::job::STREAM_BUFFER;
+    use crate::job::{Param, STREAM_BUFFER};
 
     fn chunk(body: &'static str) -> InferenceResponse {
         InferenceResponse {
@@ -1101,6 +1127,30 @@ mod tests {
     }
 
     const WAIT: Duration = Duration::from_secs(5);
+
+    /// Bodies at or above the threshold leave the frame only when a region can take them: a
+    /// batch sent ahead never puts more than it counts in the socket.
+    #[test]
+    fn bodies_count_in_the_frame_unless_a_region_takes_them() {
+        let job = |sizes: &[usize]| {
+            let params = sizes.iter().map(|&len| Param {
+                name: "body".into(),
+                content_type: None,
+                value: Bytes::from(vec![0; len]),
+            });
+            let request = InferenceRequest {
+                id: "r".into(),
+                headers: Vec::new(),
+                params: params.collect(),
+            };
+            Job::new(request, false, false).0
+        };
+        let batch = [job(&[10, 100]), job(&[200])];
+        assert_eq!(framed_body_bytes(&batch, 0, |_| true), 310);
+        assert_eq!(framed_body_bytes(&batch, 100, |len| len == 300), 10);
+        assert_eq!(framed_body_bytes(&batch, 100, |_| false), 310);
+        assert_eq!(framed_body_bytes(&batch, 1000, |_| false), 310);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_stream_nobody_reads_waits_then_ends_with_an_error() {
