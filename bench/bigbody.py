@@ -101,6 +101,21 @@ def table(rows: dict) -> str:
     return "\n".join(lines)
 
 
+def prepare(ts_venv: Path, size: int):
+    """Writes the wrk script for `size`-byte bodies and the echo archive: (TorchServe's bin
+    folder, the model store, the servers' environment, torchyard's command up to its config
+    file, which comes last)."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "post.lua").write_text(lua(size))
+    ts_bin = ts_venv.resolve() / "bin"
+    store = build_store(ts_bin)
+    env = {"PATH": f"{ts_bin}:/usr/bin:/bin", "HOME": str(OUT)}
+    torchyard = [str(REPO / "target" / "release" / "torchyard"), "serve", "--ncs",
+                 "--disable-token-auth", "--enable-model-api", "--model-store", str(store),
+                 "--python", str(REPO / ".venv" / "bin" / "python"), "--config"]
+    return ts_bin, store, env, torchyard
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ts-venv", type=Path, required=True)
@@ -109,14 +124,7 @@ def main():
     parser.add_argument("--threshold", type=int, default=262144,
                         help="shared_memory_threshold of the shared-memory row")
     args = parser.parse_args()
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "post.lua").write_text(lua(args.size))
-    ts_bin = args.ts_venv.resolve() / "bin"
-    store = build_store(ts_bin)
-    env = {"PATH": f"{ts_bin}:/usr/bin:/bin", "HOME": str(OUT)}
-    torchyard = [str(REPO / "target" / "release" / "torchyard"), "serve", "--ncs",
-                 "--disable-token-auth", "--enable-model-api", "--model-store", str(store),
-                 "--python", str(REPO / ".venv" / "bin" / "python"), "--config"]
+    ts_bin, store, env, torchyard = prepare(args.ts_venv, args.size)
     rows = {
         FLOOR: measure("floor", [str(REPO / "target" / "release" / "examples" / "echo_floor"),
                                  str(PORTS["inference"])], env, args.seconds, args.size,

@@ -7,7 +7,7 @@ on both alike (bench/bigbody.py measures each once). Prints each row's req/s and
 import argparse
 from pathlib import Path
 
-from bigbody import OUT, REPO, SIZE, build_store, lua, measure, write_config
+from bigbody import OUT, REPO, SIZE, measure, prepare, write_config
 
 
 def main():
@@ -18,14 +18,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=6)
     args = parser.parse_args()
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "post.lua").write_text(lua(args.size))
-    ts_bin = args.ts_venv.resolve() / "bin"
-    store = build_store(ts_bin)
-    env = {"PATH": f"{ts_bin}:/usr/bin:/bin", "HOME": str(OUT)}
-    torchyard = [str(REPO / "target" / "release" / "torchyard"), "serve", "--ncs",
-                 "--disable-token-auth", "--enable-model-api", "--model-store", str(store),
-                 "--python", str(REPO / ".venv" / "bin" / "python"), "--config"]
+    _, store, env, torchyard = prepare(args.ts_venv, args.size)
     rows = {"socket": ("shared_memory_threshold=0",),
             "shared memory": (f"shared_memory_threshold={args.size}",)}
     results = {name: [] for name in rows}
