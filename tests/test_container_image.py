@@ -123,6 +123,7 @@ def served(image, example_store):
            "TS_GRPC_INFERENCE_ADDRESS": "127.0.0.1", "TS_GRPC_INFERENCE_PORT": str(ports[3]),
            "TS_GRPC_MANAGEMENT_ADDRESS": "127.0.0.1", "TS_GRPC_MANAGEMENT_PORT": str(ports[4]),
            "TS_DISABLE_TOKEN_AUTHORIZATION": "true", "TS_ENABLE_MODEL_API": "true"}
+    print("container environment:", env)  # shown when a listener cannot bind
     container = Container(image, ["serve", "--models", "double=double.mar"], env,
                           {example_store: "/home/model-server/model-store:ro"})
     try:

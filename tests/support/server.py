@@ -29,15 +29,24 @@ def _ephemeral_range() -> range:
 _QUIET_PORTS = [p for p in range(10000, 30000) if p not in _ephemeral_range()]
 
 
+#: Ports `free_port` handed out: a server may not have bound the last one yet when the next is
+#: picked (a container given five at once), so none is handed out twice.
+_HANDED_OUT = set()
+
+
 def free_port() -> int:
-    """A loopback port that is free now, outside the kernel's ephemeral range."""
+    """A loopback port that is free now, outside the kernel's ephemeral range, and not handed
+    out before by this process."""
     while True:
         port = random.choice(_QUIET_PORTS)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _HANDED_OUT.add(port)
             return port
 
 
