@@ -71,8 +71,7 @@ struct Written {
 impl RequestRegions {
     /// Whether blobs of `len` bytes in all would go into a region now.
     pub fn can_take(&self, len: usize) -> bool {
-        len <= MAX_REGION_BYTES
-            && (self.regions.len() < MAX_REGIONS || self.regions.iter().any(is_free))
+        self.choose(len).is_some()
     }
 
     /// Which region blobs of `len` bytes go into: a free one that holds them (the smallest),
