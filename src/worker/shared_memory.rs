@@ -129,6 +129,11 @@ impl RequestRegions {
     }
 }
 
+/// Whether a blob of `len` bytes goes in shared memory under `share_above` (0: none does).
+pub fn is_shared(len: usize, share_above: usize) -> bool {
+    share_above > 0 && len >= share_above
+}
+
 fn is_free(region: &Arc<Region>) -> bool {
     Arc::strong_count(region) == 1
 }
@@ -245,7 +250,7 @@ pub async fn write_shared_frame(
     freed: &[u32],
 ) -> io::Result<Option<RegionLease>> {
     let mut shared: Vec<usize> = (0..blobs.len())
-        .filter(|&i| share_above > 0 && blobs[i].len() >= share_above)
+        .filter(|&i| is_shared(blobs[i].len(), share_above))
         .collect();
     let written = match shared.is_empty() {
         true => None,

@@ -20,7 +20,7 @@ use super::protocol::{
     Frame, FromWorker, LoadMessage, ParamMeta, RequestMeta, ResponseMeta, SegmentNode, ToWorker,
 };
 use super::rank_group::Parallelism;
-use super::shared_memory::RegionLease;
+use super::shared_memory::{is_shared, RegionLease};
 use super::status::{WorkerState, WorkerStatus};
 use super::template::ModelTemplate;
 use super::threads::TorchThreads;
@@ -655,7 +655,7 @@ fn framed_body_bytes(
 ) -> usize {
     let (mut shared, mut framed) = (0, 0);
     for param in batch.iter().flat_map(|job| &job.request.params) {
-        match share_above > 0 && param.value.len() >= share_above {
+        match is_shared(param.value.len(), share_above) {
             true => shared += param.value.len(),
             false => framed += param.value.len(),
         }
