@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from support.api import ready_pids, wait_ready
 from support.archives import build_mar, manifest
 from support.processes import wait_gone
 
@@ -137,9 +138,8 @@ def mapped(pid: int, name: str) -> dict:
 
 
 def worker_pid(server, model: str = "echo") -> int:
-    described = requests.get(f"{server.management}/models/{model}", timeout=10)
-    workers = described.json()[0]["workers"]
-    return next(w["pid"] for w in workers if w["status"] == "READY")
+    [pid] = ready_pids(server, model)
+    return pid
 
 
 def test_bodies_and_answers_reuse_a_region_above_the_threshold(server):
@@ -292,15 +292,7 @@ def test_a_worker_killed_mid_request_leaves_no_descriptor_or_region_behind(serve
     client.join(60)
     assert got["answer"].status_code == 500, got["answer"].text
     assert wait_gone(worker, 10)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if worker_pid(server) != worker:
-                break
-        except StopIteration:
-            pass
-        assert time.monotonic() < deadline, "the worker was not replaced"
-        time.sleep(0.2)
+    wait_ready(server, "echo", 1, not_in=(worker,))
     for _ in range(5):
         body = body_of(MB)
         assert echo(server, body) == body
