@@ -33,8 +33,9 @@ USER_MALLOC_VARS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_
                     "MALLOC_MMAP_MAX_", "MALLOC_ARENA_MAX")
 
 
-def user_chose_allocator(env=os.environ) -> bool:
+def user_chose_allocator() -> bool:
     """Whether the environment already sets the allocator up (then it is left alone)."""
+    env = os.environ
     return ("glibc.malloc" in env.get("GLIBC_TUNABLES", "")
             or any(name in env for name in USER_MALLOC_VARS)
             or "malloc" in env.get("LD_PRELOAD", ""))
