@@ -24,6 +24,7 @@ import os
 import queue
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -269,11 +270,6 @@ def round_ratios(rates: list, ceilings: list) -> list:
             for rate, before, after in zip(rates, ceilings, ceilings[1:])]
 
 
-def mean(values) -> float:
-    values = list(values)
-    return sum(values) / len(values)
-
-
 def cpu_split(root: int) -> dict:
     """CPU seconds so far of the server's frontend (its processes that are not Python: the
     torchyard binary, TorchServe's JVM), of its Python workers, and of the load generators this
@@ -333,7 +329,7 @@ def serve(server: str, command: list, env: dict, plans: dict, seconds: int,
                 windows[-1].update(cores_used(before, cpu_split(process.pid)))
                 if beside:
                     beside(name, plan)
-            row = {key: mean(w[key] for w in windows)
+            row = {key: statistics.fmean(w[key] for w in windows)
                    for key in ("rps", "p50", "frontend", "workers", "wrk")}
             row.update(p99=max(w["p99"] for w in windows),
                        errors=sum(w["errors"] for w in windows),
@@ -369,7 +365,7 @@ def table(ceilings: dict, plans: dict, ts: dict, ty: dict) -> str:
     for name, plan in plans.items():
         a, b = ts[name], ty[name]
         vs_torchserve = f"{b['rps'] / a['rps']:.2f}×" if a["rps"] else "n/a (TorchServe stalled)"
-        bare, kept = (mean(round_ratios(b["rates"], plan[key]))
+        bare, kept = (statistics.fmean(round_ratios(b["rates"], plan[key]))
                       for key in ("beside", "beside_heap"))
         lines.append(
             f"| {name} ({MODELS[name][0]}) | {plan['processes']} × {plan['threads']}, "
