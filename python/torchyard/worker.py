@@ -331,7 +331,7 @@ def serve(sock: socket.socket, worker: Worker) -> None:
                     header["metrics"] = drain(worker.pending_metrics)
                     metrics_sent = now
             try:
-                write_frame(sock, header, bodies, worker.share_above, regions)
+                worker.send(header, bodies)
             except ProtocolError as exc:  # too large to send; nothing went out
                 log.error("%s", exc)
                 write_frame(sock, *error_reply(f"{type(exc).__name__}: {exc}"))
